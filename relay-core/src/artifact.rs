@@ -1,0 +1,295 @@
+//! Artifacts: what gets deployed, pinned by digest.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A content digest, always `sha256:` followed by 64 lowercase hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Digest(String);
+
+impl Digest {
+    /// Parse and validate a digest. The error names `path` so callers can say
+    /// which field held it.
+    pub fn parse_at(path: &str, s: &str) -> Result<Self> {
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| {
+            Error::invalid(path, format!("digest {s:?} must start with \"sha256:\""))
+        })?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(Error::invalid(
+                path,
+                format!("digest {s:?} must be \"sha256:\" followed by 64 lowercase hex digits"),
+            ));
+        }
+        Ok(Digest(s.to_owned()))
+    }
+
+    /// The digest of `bytes` (sha256).
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Digest(format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes))))
+    }
+
+    /// The full `sha256:...` string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 12 hex digits, for display.
+    pub fn short(&self) -> &str {
+        &self.0[7..19]
+    }
+}
+
+impl FromStr for Digest {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Digest::parse_at("digest", s)
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Digest> for String {
+    fn from(d: Digest) -> String {
+        d.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A reference to an artifact as a user writes it: `repo:tag`, `repo@digest`
+/// or `repo:tag@digest`. Only a digest pins content; a tag is resolved by an
+/// [`crate::ArtifactStore`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ArtifactRef {
+    /// Repository, including registry host if any (`registry.local:5000/team/app`).
+    pub repository: String,
+    /// Tag, if given.
+    pub tag: Option<String>,
+    /// Digest, if given.
+    pub digest: Option<Digest>,
+}
+
+impl ArtifactRef {
+    /// Parse a reference, naming `path` in errors.
+    pub fn parse_at(path: &str, s: &str) -> Result<Self> {
+        if s.is_empty() {
+            return Err(Error::invalid(path, "artifact reference is empty; write repo:tag or repo@sha256:<hex>"));
+        }
+        let (rest, digest) = match s.split_once('@') {
+            Some((r, d)) => (r, Some(Digest::parse_at(path, d)?)),
+            None => (s, None),
+        };
+        // A ':' after the last '/' separates the tag; one before it is a registry port.
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (repository, tag) = match rest[last_slash..].find(':') {
+            Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+            None => (rest, None),
+        };
+        if repository.is_empty() || repository.starts_with('/') || repository.ends_with('/') {
+            return Err(Error::invalid(path, format!("artifact reference {s:?} has no repository name")));
+        }
+        if let Some(t) = tag {
+            if t.is_empty() || t.len() > 128 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                return Err(Error::invalid(
+                    path,
+                    format!("tag {t:?} must be 1-128 characters of letters, digits, '.', '_' or '-'"),
+                ));
+            }
+        }
+        if tag.is_none() && digest.is_none() {
+            return Err(Error::invalid(
+                path,
+                format!("artifact reference {s:?} needs a tag (repo:tag) or a digest (repo@sha256:<hex>)"),
+            ));
+        }
+        Ok(ArtifactRef {
+            repository: repository.to_owned(),
+            tag: tag.map(str::to_owned),
+            digest,
+        })
+    }
+
+    /// The registry host, when the repository names one (a first segment with
+    /// a '.' or ':' or equal to `localhost`).
+    pub fn registry(&self) -> Option<&str> {
+        let (first, _) = self.repository.split_once('/')?;
+        (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
+    }
+}
+
+impl FromStr for ArtifactRef {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ArtifactRef::parse_at("artifact", s)
+    }
+}
+
+impl TryFrom<String> for ArtifactRef {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<ArtifactRef> for String {
+    fn from(r: ArtifactRef) -> String {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for ArtifactRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An immutable artifact, resolved and pinned by digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Repository it lives in.
+    pub repository: String,
+    /// The tag it was resolved from, if any (informational only).
+    pub tag: Option<String>,
+    /// The content digest that pins it.
+    pub digest: Digest,
+    /// Provenance and signature metadata (`provenance.builder`, `signature`, ...).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Artifact {
+    /// The reference that pins exactly this artifact: `repo@digest`.
+    pub fn pinned_ref(&self) -> ArtifactRef {
+        ArtifactRef {
+            repository: self.repository.clone(),
+            tag: None,
+            digest: Some(self.digest.clone()),
+        }
+    }
+}
+
+/// What an artifact must satisfy before it may be deployed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactPolicy {
+    /// The release must name a digest, not only a tag.
+    pub require_digest: bool,
+    /// Registries the artifact may come from; empty means any.
+    pub allowed_registries: Vec<String>,
+    /// Metadata keys that must be present (for example `provenance`, `signature`).
+    pub required_metadata: Vec<String>,
+    /// Digests that must never be deployed (for example releases that were rolled back).
+    pub rejected_digests: Vec<Digest>,
+}
+
+impl ArtifactPolicy {
+    /// Check `artifact`, resolved from `reference`, against this policy. The
+    /// error is an [`Error::InvalidSpec`] at `release.artifact` saying which
+    /// rule failed.
+    pub fn check(&self, reference: &ArtifactRef, artifact: &Artifact) -> Result<()> {
+        const PATH: &str = "release.artifact";
+        if self.require_digest && reference.digest.is_none() {
+            return Err(Error::invalid(
+                PATH,
+                format!("policy requires a pinned digest; use {}", artifact.pinned_ref()),
+            ));
+        }
+        if let Some(d) = &reference.digest {
+            if d != &artifact.digest {
+                return Err(Error::invalid(
+                    PATH,
+                    format!("store resolved {} to {}, not the requested digest", reference, artifact.digest),
+                ));
+            }
+        }
+        if !self.allowed_registries.is_empty() {
+            let reg = reference.registry().unwrap_or("");
+            if !self.allowed_registries.iter().any(|a| a == reg) {
+                return Err(Error::invalid(
+                    PATH,
+                    format!("registry {reg:?} is not in the allowed list {:?}", self.allowed_registries),
+                ));
+            }
+        }
+        for key in &self.required_metadata {
+            if !artifact.metadata.contains_key(key) {
+                return Err(Error::invalid(PATH, format!("artifact {} lacks required metadata {key:?}", artifact.digest)));
+            }
+        }
+        if self.rejected_digests.contains(&artifact.digest) {
+            return Err(Error::invalid(PATH, format!("artifact {} is on the rejected list", artifact.digest)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn digest_validation() {
+        assert!(Digest::parse_at("x", D).is_ok());
+        for bad in ["", "sha256:", "md5:00", &D.to_uppercase(), &D[..70], "sha256:zz23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"] {
+            let e = Digest::parse_at("release.artifact", bad).unwrap_err();
+            assert!(e.to_string().starts_with("invalid release.artifact:"), "{e}");
+        }
+        assert_eq!(Digest::of(b"").as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn reference_forms() {
+        let r: ArtifactRef = "registry.local:5000/team/app:v1".parse().unwrap();
+        assert_eq!(r.repository, "registry.local:5000/team/app");
+        assert_eq!(r.tag.as_deref(), Some("v1"));
+        assert_eq!(r.registry(), Some("registry.local:5000"));
+        let r: ArtifactRef = format!("app@{D}").parse().unwrap();
+        assert_eq!(r.digest.as_ref().map(Digest::as_str), Some(D));
+        assert_eq!(r.registry(), None);
+        let r: ArtifactRef = format!("app:v2@{D}").parse().unwrap();
+        assert_eq!(r.to_string(), format!("app:v2@{D}"));
+        for bad in ["", "app", ":v1", "app:", "app@sha256:12", "app:bad tag"] {
+            assert!(matches!(bad.parse::<ArtifactRef>(), Err(Error::InvalidSpec { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn policy_rules() {
+        let art = Artifact { repository: "reg.io/app".into(), tag: Some("v1".into()), digest: D.parse().unwrap(), metadata: BTreeMap::new() };
+        let by_tag: ArtifactRef = "reg.io/app:v1".parse().unwrap();
+        assert!(ArtifactPolicy::default().check(&by_tag, &art).is_ok());
+        let p = ArtifactPolicy { require_digest: true, ..Default::default() };
+        assert!(p.check(&by_tag, &art).unwrap_err().to_string().contains("pinned digest"));
+        let p = ArtifactPolicy { allowed_registries: vec!["other.io".into()], ..Default::default() };
+        assert!(p.check(&by_tag, &art).unwrap_err().to_string().contains("allowed"));
+        let p = ArtifactPolicy { required_metadata: vec!["signature".into()], ..Default::default() };
+        assert!(p.check(&by_tag, &art).unwrap_err().to_string().contains("signature"));
+        let p = ArtifactPolicy { rejected_digests: vec![art.digest.clone()], ..Default::default() };
+        assert!(p.check(&by_tag, &art).unwrap_err().to_string().contains("rejected"));
+    }
+}

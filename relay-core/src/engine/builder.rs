@@ -1,0 +1,168 @@
+//! Building a [`Relay`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::{EngineConfig, Inner, Relay, INSTANCE};
+use crate::audit::{AuditSink, MemoryAuditSink};
+use crate::clock::{Clock, TokioClock};
+use crate::error::{Error, Result};
+use crate::gate::Gate;
+use crate::retry::RetryPolicy;
+use crate::rng::SeededRng;
+use crate::seams::{ArtifactStore, HealthProbe, SecretStore};
+use crate::state::{MemoryStateStore, StateStore};
+use crate::target::Target;
+
+/// Builds a [`Relay`] from its providers. A target and an artifact store are
+/// required; state and audit default to in-memory stores (use
+/// [`crate::FileStateStore`] and [`crate::JsonlAuditSink`] to survive a
+/// restart).
+#[derive(Debug, Default)]
+pub struct RelayBuilder {
+    targets: Vec<Arc<dyn Target>>,
+    artifacts: Option<Arc<dyn ArtifactStore>>,
+    secrets: BTreeMap<String, Arc<dyn SecretStore>>,
+    probe: Option<Arc<dyn HealthProbe>>,
+    gates: Vec<Arc<dyn Gate>>,
+    state: Option<Arc<dyn StateStore>>,
+    audit: Option<Arc<dyn AuditSink>>,
+    clock: Option<Arc<dyn Clock>>,
+    retry: Option<RetryPolicy>,
+    config: Option<EngineConfig>,
+    holder: Option<String>,
+    seed: Option<u64>,
+}
+
+impl RelayBuilder {
+    /// Register a target under its [`Target::name`].
+    pub fn target(mut self, target: Arc<dyn Target>) -> Self {
+        self.targets.push(target);
+        self
+    }
+
+    /// The artifact store.
+    pub fn artifacts(mut self, store: Arc<dyn ArtifactStore>) -> Self {
+        self.artifacts = Some(store);
+        self
+    }
+
+    /// Register a secret store for references with `scheme` (`vault`, `mem`...).
+    pub fn secrets(mut self, scheme: impl Into<String>, store: Arc<dyn SecretStore>) -> Self {
+        self.secrets.insert(scheme.into(), store);
+        self
+    }
+
+    /// The health probe analysis steps read.
+    pub fn probe(mut self, probe: Arc<dyn HealthProbe>) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+
+    /// Register a gate under its [`Gate::name`].
+    pub fn gate(mut self, gate: Arc<dyn Gate>) -> Self {
+        self.gates.push(gate);
+        self
+    }
+
+    /// The state store (default: in memory).
+    pub fn state(mut self, state: Arc<dyn StateStore>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// The audit sink (default: in memory).
+    pub fn audit(mut self, audit: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// The wall clock for audit and leases (default: [`TokioClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The retry policy for every provider call.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Engine timing.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// This engine's identity (default: `relay-<pid>-<n>`). Engines sharing a
+    /// state store must have distinct identities.
+    pub fn holder(mut self, holder: impl Into<String>) -> Self {
+        self.holder = Some(holder.into());
+        self
+    }
+
+    /// Seed for retry jitter (default: derived from the holder identity).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Build the engine.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] naming what is missing or duplicated.
+    pub fn build(self) -> Result<Relay> {
+        if self.targets.is_empty() {
+            return Err(Error::invalid("relay.targets", "register at least one target with RelayBuilder::target"));
+        }
+        let mut targets = BTreeMap::new();
+        for t in self.targets {
+            let name = t.name().to_owned();
+            if name.is_empty() {
+                return Err(Error::invalid("relay.targets", "a target has an empty name"));
+            }
+            if targets.insert(name.clone(), t).is_some() {
+                return Err(Error::invalid("relay.targets", format!("two targets are named {name:?}")));
+            }
+        }
+        let mut gates = BTreeMap::new();
+        for g in self.gates {
+            let name = g.name().to_owned();
+            if gates.insert(name.clone(), g).is_some() {
+                return Err(Error::invalid("relay.gates", format!("two gates are named {name:?}")));
+            }
+        }
+        let artifacts = self
+            .artifacts
+            .ok_or_else(|| Error::invalid("relay.artifacts", "set an artifact store with RelayBuilder::artifacts"))?;
+        let retry = self.retry.unwrap_or_default();
+        retry.validate()?;
+        let config = self.config.unwrap_or_default();
+        if config.lease_ttl.is_zero() || config.poll_interval.is_zero() || config.gate_poll_interval.is_zero() {
+            return Err(Error::invalid("relay.config", "lease_ttl, poll_interval and gate_poll_interval must be greater than zero"));
+        }
+        let holder = self
+            .holder
+            .unwrap_or_else(|| format!("relay-{}-{}", std::process::id(), INSTANCE.fetch_add(1, Ordering::Relaxed)));
+        let seed = self.seed.unwrap_or_else(|| holder.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)));
+        Ok(Relay {
+            inner: Arc::new(Inner {
+                targets,
+                artifacts,
+                secrets: self.secrets,
+                probe: self.probe,
+                gates,
+                state: self.state.unwrap_or_else(|| Arc::new(MemoryStateStore::new())),
+                audit: self.audit.unwrap_or_else(|| Arc::new(MemoryAuditSink::new())),
+                clock: self.clock.unwrap_or_else(|| Arc::new(TokioClock::new())),
+                retry,
+                config,
+                holder,
+                rng: SeededRng::new(seed),
+                ids: AtomicU64::new(0),
+            }),
+        })
+    }
+}

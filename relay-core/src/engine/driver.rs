@@ -1,0 +1,657 @@
+//! Drives one rollout through its plan, and through rollback when it fails.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::handle::Command;
+use super::{emit, Inner};
+use crate::analysis::{AnalysisSpec, CheckScope, JudgeInput, Verdict, VerdictOutcome};
+use crate::error::{Error, Result};
+use crate::event::{EventKind, Outcome, RolloutEvent};
+use crate::gate::{Approval, GateContext, GateDecision};
+use crate::plan::Step;
+use crate::release::RevisionId;
+use crate::seams::{ProbeQuery, Scope};
+use crate::state::{Lease, RolloutRecord, RolloutStatus};
+use crate::target::{Role, Target, TrafficSplit};
+
+/// Why the forward path stopped.
+enum Stop {
+    /// Roll back for this cause.
+    Rollback(String),
+    /// Stop driving without touching the target (lease lost, state store down).
+    Fatal(Error),
+}
+
+/// Why a wait ended early.
+#[derive(PartialEq)]
+enum Wake {
+    Elapsed,
+    Resumed,
+    Decision,
+    PromoteNow,
+}
+
+/// How a step ended.
+enum StepEnd {
+    Done,
+    /// A user asked to promote now; the remaining steps are replaced.
+    PromoteNow,
+}
+
+/// Aborts the lease renewal task when the driver ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub(crate) struct Driver {
+    inner: Arc<Inner>,
+    target: Arc<dyn Target>,
+    record: RolloutRecord,
+    lease: Lease,
+    lease_lost: Arc<Mutex<Option<String>>>,
+    commands: Option<mpsc::UnboundedReceiver<Command>>,
+    events: broadcast::Sender<RolloutEvent>,
+    promote_now: bool,
+    rolling_back: bool,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        record: RolloutRecord,
+        lease: Lease,
+        commands: mpsc::UnboundedReceiver<Command>,
+        events: broadcast::Sender<RolloutEvent>,
+    ) -> Self {
+        let target = inner.targets[&record.target].clone();
+        Driver {
+            inner,
+            target,
+            record,
+            lease,
+            lease_lost: Arc::new(Mutex::new(None)),
+            commands: Some(commands),
+            events,
+            promote_now: false,
+            rolling_back: false,
+        }
+    }
+
+    fn emit(&self, kind: EventKind) {
+        emit(&self.events, &self.record.id, self.inner.clock.now_ms(), kind);
+    }
+
+    async fn audit(&self, action: &str, detail: serde_json::Value) -> Result<()> {
+        self.inner.audit(&self.record.id, &self.inner.holder, action, detail).await
+    }
+
+    /// Audit on the forward path: a failure to record stops the rollout.
+    async fn audit_or_stop(&self, action: &str, detail: serde_json::Value) -> Result<(), Stop> {
+        self.audit(action, detail).await.map_err(|e| Stop::Rollback(format!("audit sink failed: {e}")))
+    }
+
+    fn spawn_lease_renewal(&self) -> AbortOnDrop {
+        let (state, clock, ttl) = (self.inner.state.clone(), self.inner.clock.clone(), self.inner.config.lease_ttl);
+        let lost = self.lease_lost.clone();
+        let mut lease = self.lease.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                match state.renew_lease(&lease, ttl, clock.now_ms()).await {
+                    Ok(l) => lease = l,
+                    Err(e) if e.is_retryable() => tracing::warn!(error = %e, "lease renewal failed, retrying"),
+                    Err(e) => {
+                        *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        return;
+                    }
+                }
+            }
+        }))
+    }
+
+    fn check_lease(&self) -> Result<(), Stop> {
+        match self.lease_lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            Some(reason) => Err(Stop::Fatal(Error::LeaseLost { target: self.record.target.clone(), reason })),
+            None => Ok(()),
+        }
+    }
+
+    async fn persist(&mut self) -> Result<(), Stop> {
+        self.record.updated_ms = self.inner.clock.now_ms();
+        let (inner, record) = (&self.inner, &self.record);
+        let expected = record.version;
+        let v = inner
+            .call("state.put", |a, e, _| tracing::warn!(attempt = a, error = %e, "state write failed, retrying"), || {
+                inner.state.put(record, Some(expected))
+            })
+            .await
+            .map_err(Stop::Fatal)?;
+        self.record.version = v;
+        Ok(())
+    }
+
+    /// Call a provider through the retry policy, reporting retries as events.
+    async fn call<T, F, Fut>(&self, op: &str, f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let on_retry = |attempt, e: &Error, backoff: Duration| {
+            tracing::warn!(operation = op, attempt, error = %e, "retrying");
+            self.emit(EventKind::Retrying {
+                operation: op.to_owned(),
+                attempt,
+                error: e.to_string(),
+                backoff_ms: backoff.as_millis() as u64,
+            });
+        };
+        self.inner.call(op, on_retry, f).await
+    }
+
+    /// Apply one target mutation and record it: one audit entry per mutation.
+    async fn mutate<F, Fut>(&self, op: &str, detail: serde_json::Value, f: F) -> Result<(), Stop>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        self.check_lease()?;
+        match self.call(op, f).await {
+            Ok(()) => {
+                tracing::info!(operation = op, %detail, "target changed");
+                let r = self.audit(op, detail).await;
+                if self.rolling_back {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "audit sink failed during rollback");
+                    }
+                    Ok(())
+                } else {
+                    r.map_err(|e| Stop::Rollback(format!("audit sink failed: {e}")))
+                }
+            }
+            Err(e) => Err(Stop::Rollback(format!("{op} failed: {e}"))),
+        }
+    }
+
+    /// Wait until `deadline` (forever when `None`), handling user commands.
+    async fn wait_until(&mut self, deadline: Option<Instant>) -> Result<Wake, Stop> {
+        loop {
+            let cmd = {
+                let sleep = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let recv = async {
+                    match self.commands.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = sleep => return Ok(Wake::Elapsed),
+                    c = recv => c,
+                }
+            };
+            let Some(cmd) = cmd else {
+                // Every handle was dropped: nobody can send commands any more.
+                self.commands = None;
+                continue;
+            };
+            if let Some(w) = self.handle_command(cmd).await? {
+                return Ok(w);
+            }
+        }
+    }
+
+    async fn handle_command(&mut self, cmd: Command) -> Result<Option<Wake>, Stop> {
+        match cmd {
+            Command::Pause { by } => {
+                if !self.record.paused && !self.rolling_back {
+                    self.record.paused = true;
+                    self.persist().await?;
+                    self.audit_or_stop("rollout.paused", json!({"by": by})).await?;
+                    self.emit(EventKind::Paused { by });
+                }
+                Ok(None)
+            }
+            Command::Resume { by } => {
+                if self.record.paused {
+                    self.record.paused = false;
+                    self.persist().await?;
+                    self.audit_or_stop("rollout.unpaused", json!({"by": by})).await?;
+                    self.emit(EventKind::Unpaused { by });
+                }
+                Ok(Some(Wake::Resumed))
+            }
+            Command::Abort { by, reason } if !self.rolling_back => {
+                self.audit_or_stop("rollout.aborted", json!({"by": by, "reason": reason})).await?;
+                Err(Stop::Rollback(format!("aborted by {by}: {reason}")))
+            }
+            Command::PromoteNow { by } if !self.rolling_back => {
+                self.audit_or_stop("rollout.promote_now", json!({"by": by})).await?;
+                self.emit(EventKind::PromotedNow { by });
+                self.promote_now = true;
+                Ok(Some(Wake::PromoteNow))
+            }
+            Command::Decide { gate, by, comment, approved } if !self.rolling_back => {
+                let action = if approved { "gate.approved" } else { "gate.rejected" };
+                self.record.approvals.push(Approval { gate: gate.clone(), by: by.clone(), comment: comment.clone(), approved, at_ms: self.inner.clock.now_ms() });
+                self.persist().await?;
+                self.audit_or_stop(action, json!({"gate": gate, "by": by, "comment": comment})).await?;
+                Ok(Some(Wake::Decision))
+            }
+            Command::Abort { .. } | Command::PromoteNow { .. } | Command::Decide { .. } => {
+                tracing::info!("command ignored: the rollout is rolling back");
+                Ok(None)
+            }
+        }
+    }
+
+    pub(crate) async fn run(mut self) -> Result<Outcome> {
+        let span = tracing::info_span!(
+            "rollout",
+            rollout.id = %self.record.id,
+            target = %self.record.target,
+            strategy = %self.record.plan.strategy
+        );
+        async move {
+            let _renewal = self.spawn_lease_renewal();
+            self.emit(EventKind::Started {
+                target: self.record.target.clone(),
+                strategy: self.record.plan.strategy.clone(),
+                candidate: self.record.plan.candidate.id.to_string(),
+                stable: self.record.plan.stable.as_ref().map(ToString::to_string),
+                steps: self.record.plan.steps.len(),
+                cursor: self.record.cursor,
+            });
+            tracing::info!(cursor = self.record.cursor, steps = self.record.plan.steps.len(), "driving rollout");
+            let result = match self.record.status.clone() {
+                RolloutStatus::NoChange => Ok(Outcome::NoChange),
+                RolloutStatus::RollingBack { cause } => self.rollback(cause).await,
+                RolloutStatus::Running => match self.forward().await {
+                    Ok(()) => self.finish(RolloutStatus::Succeeded).await,
+                    Err(Stop::Rollback(cause)) => self.rollback(cause).await,
+                    Err(Stop::Fatal(e)) => Err(e),
+                },
+                _ => Err(Error::NotRunning { rollout: self.record.id.clone() }),
+            };
+            match &result {
+                Ok(outcome) => {
+                    if let Err(e) = self.inner.state.release_lease(&self.lease).await {
+                        tracing::warn!(error = %e, "could not release the lease; it will expire");
+                    }
+                    self.emit(EventKind::Finished { outcome: outcome.clone() });
+                    tracing::info!(%outcome, "rollout finished");
+                }
+                Err(e) => tracing::error!(error = %e, "stopped driving the rollout; it can be resumed"),
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn finish(&mut self, status: RolloutStatus) -> Result<Outcome> {
+        let outcome = match &status {
+            RolloutStatus::Succeeded => Outcome::Promoted { revision: self.record.plan.candidate.id.to_string() },
+            RolloutStatus::RolledBack { cause } => Outcome::RolledBack { cause: cause.clone() },
+            RolloutStatus::RollbackFailed { cause, error } => Outcome::RollbackFailed { cause: cause.clone(), error: error.clone() },
+            _ => Outcome::NoChange,
+        };
+        self.record.status = status;
+        self.persist().await.map_err(|s| match s {
+            Stop::Fatal(e) => e,
+            Stop::Rollback(c) => Error::provider("engine", false, c),
+        })?;
+        if let Err(e) = self.audit("rollout.finished", json!({"outcome": outcome})).await {
+            tracing::error!(error = %e, "could not audit the outcome");
+        }
+        Ok(outcome)
+    }
+
+    async fn forward(&mut self) -> Result<(), Stop> {
+        while self.record.cursor < self.record.plan.steps.len() {
+            while self.record.paused && !self.promote_now {
+                self.wait_until(None).await?;
+            }
+            if self.promote_now {
+                self.replace_remaining_with_promotion().await?;
+                self.promote_now = false;
+            }
+            self.persist().await?;
+            let index = self.record.cursor;
+            let step = self.record.plan.steps[index].clone();
+            self.emit(EventKind::StepStarted { index, kind: step.kind().to_owned(), description: step.to_string() });
+            let span = tracing::info_span!("step", index, kind = step.kind());
+            let end = self.execute(index, &step).instrument(span).await?;
+            self.emit(EventKind::StepCompleted { index });
+            self.record.cursor += 1;
+            if matches!(end, StepEnd::PromoteNow) {
+                self.promote_now = true;
+            }
+        }
+        self.persist().await
+    }
+
+    /// Skip the rest of the plan: the remaining steps become "full capacity,
+    /// full traffic, promote, retire stable", persisted so a resume does the same.
+    async fn replace_remaining_with_promotion(&mut self) -> Result<(), Stop> {
+        let plan = &mut self.record.plan;
+        plan.steps.truncate(self.record.cursor);
+        plan.steps.push(Step::Scale { role: Role::Candidate, replicas: plan.replicas });
+        plan.steps.push(Step::Route { candidate_weight: 100 });
+        plan.steps.push(Step::Promote);
+        if plan.stable.is_some() {
+            plan.steps.push(Step::Retire { role: Role::Stable });
+        }
+        self.persist().await
+    }
+
+    fn split(&self, candidate_weight: u8) -> Result<TrafficSplit, Stop> {
+        let cand = &self.record.plan.candidate.id;
+        match &self.record.plan.stable {
+            Some(stable) => TrafficSplit::canary(stable, cand, candidate_weight).map_err(|e| Stop::Rollback(e.to_string())),
+            None if candidate_weight == 0 => Ok(TrafficSplit::default()),
+            None => Ok(TrafficSplit::all(cand)),
+        }
+    }
+
+    async fn execute(&mut self, index: usize, step: &Step) -> Result<StepEnd, Stop> {
+        let target = self.target.clone();
+        let cand = self.record.plan.candidate.id.clone();
+        match step {
+            Step::Stage { replicas } => {
+                let spec = self.record.plan.candidate.clone();
+                let detail = json!({"revision": cand, "digest": spec.artifact.digest, "replicas": replicas});
+                self.mutate("target.stage", detail, || target.stage(&spec, *replicas)).await?;
+                self.emit(EventKind::Scaled { role: Role::Candidate, replicas: *replicas });
+                self.wait_ready(&cand, *replicas).await?;
+            }
+            Step::Scale { role, replicas } => {
+                let Some(rev) = self.record.plan.revision(*role).cloned() else { return Ok(StepEnd::Done) };
+                let detail = json!({"role": role, "revision": rev, "replicas": replicas});
+                self.mutate("target.scale", detail, || target.scale(&rev, *replicas)).await?;
+                self.emit(EventKind::Scaled { role: *role, replicas: *replicas });
+                self.wait_ready(&rev, *replicas).await?;
+            }
+            Step::Route { candidate_weight } => {
+                let split = self.split(*candidate_weight)?;
+                let detail = json!({"candidate_weight": candidate_weight, "weights": split});
+                self.mutate("target.route", detail, || target.route(&split)).await?;
+                self.emit(EventKind::TrafficShifted { candidate_weight: *candidate_weight });
+            }
+            Step::Pause { duration } => return self.pause_step(*duration).await,
+            Step::Analyze { analysis } => return self.analyze(analysis).await,
+            Step::Gate { name } => return self.gate(index, name).await,
+            Step::Promote => {
+                self.mutate("target.promote", json!({"revision": cand}), || target.promote(&cand)).await?;
+            }
+            Step::Retire { role } => {
+                let Some(rev) = self.record.plan.revision(*role).cloned() else { return Ok(StepEnd::Done) };
+                self.mutate("target.retire", json!({"role": role, "revision": rev}), || target.retire(&rev)).await?;
+            }
+        }
+        Ok(StepEnd::Done)
+    }
+
+    async fn pause_step(&mut self, duration: Option<Duration>) -> Result<StepEnd, Stop> {
+        let Some(mut remaining) = duration else {
+            loop {
+                match self.wait_until(None).await? {
+                    Wake::PromoteNow => return Ok(StepEnd::PromoteNow),
+                    Wake::Resumed if !self.record.paused => return Ok(StepEnd::Done),
+                    _ => {}
+                }
+            }
+        };
+        loop {
+            if self.record.paused {
+                // A paused rollout's timed pause stops counting.
+                if self.wait_until(None).await? == Wake::PromoteNow {
+                    return Ok(StepEnd::PromoteNow);
+                }
+                continue;
+            }
+            let started = Instant::now();
+            match self.wait_until(Some(started + remaining)).await? {
+                Wake::Elapsed => return Ok(StepEnd::Done),
+                Wake::PromoteNow => return Ok(StepEnd::PromoteNow),
+                _ => remaining = remaining.saturating_sub(started.elapsed()),
+            }
+        }
+    }
+
+    async fn gate(&mut self, index: usize, name: &str) -> Result<StepEnd, Stop> {
+        let Some(gate) = self.inner.gates.get(name).cloned() else {
+            return Err(Stop::Rollback(format!("gate {name:?} is not registered in this engine")));
+        };
+        let mut last_wait: Option<String> = None;
+        loop {
+            let plan = &self.record.plan;
+            let ctx = GateContext {
+                rollout: self.record.id.clone(),
+                target: self.record.target.clone(),
+                candidate: plan.candidate.id.clone(),
+                digest: plan.candidate.artifact.digest.to_string(),
+                step: index,
+                approvals: self.record.approvals.clone(),
+                now_ms: self.inner.clock.now_ms(),
+            };
+            let decision = self.call("gate.check", || gate.check(&ctx)).await.map_err(|e| Stop::Rollback(format!("gate {name:?} failed: {e}")))?;
+            match decision {
+                GateDecision::Pass { by } => {
+                    self.audit_or_stop("gate.passed", json!({"gate": name, "by": by})).await?;
+                    self.emit(EventKind::GatePassed { gate: name.to_owned(), by });
+                    return Ok(StepEnd::Done);
+                }
+                GateDecision::Fail { reason } => {
+                    self.audit_or_stop("gate.failed", json!({"gate": name, "reason": reason})).await?;
+                    return Err(Stop::Rollback(Error::GateRejected { gate: name.to_owned(), reason }.to_string()));
+                }
+                GateDecision::Wait { reason } => {
+                    if last_wait.as_deref() != Some(reason.as_str()) {
+                        self.audit_or_stop("gate.waiting", json!({"gate": name, "reason": reason})).await?;
+                        self.emit(EventKind::GateWaiting { gate: name.to_owned(), reason: reason.clone() });
+                        last_wait = Some(reason);
+                    }
+                    let next = Instant::now() + self.inner.config.gate_poll_interval;
+                    if self.wait_until(Some(next)).await? == Wake::PromoteNow {
+                        return Ok(StepEnd::PromoteNow);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn wait_ready(&mut self, rev: &RevisionId, replicas: u32) -> Result<(), Stop> {
+        let deadline = Instant::now() + self.inner.config.progress_deadline;
+        loop {
+            let target = self.target.clone();
+            let state = self.call("target.observe", || target.observe()).await.map_err(|e| Stop::Rollback(format!("target.observe failed: {e}")))?;
+            match state.revision(rev) {
+                Some(r) if r.failed > 0 => {
+                    let e = Error::RevisionFailed {
+                        target: self.record.target.clone(),
+                        revision: rev.to_string(),
+                        reason: format!("{} of {} replicas failed to start", r.failed, r.desired),
+                    };
+                    return Err(Stop::Rollback(e.to_string()));
+                }
+                Some(r) if r.ready >= replicas => return Ok(()),
+                None if replicas == 0 => return Ok(()),
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let e = Error::Timeout {
+                    what: format!("revision {rev} not ready with {replicas} replicas after {:?}", self.inner.config.progress_deadline),
+                };
+                return Err(Stop::Rollback(e.to_string()));
+            }
+            // Readiness waits are not skipped by promote-now; the flag is kept.
+            self.wait_until(Some((now + self.inner.config.poll_interval).min(deadline))).await?;
+        }
+    }
+
+    async fn analyze(&mut self, spec: &AnalysisSpec) -> Result<StepEnd, Stop> {
+        let Some(probe) = self.inner.probe.clone() else {
+            return Err(Stop::Rollback("the plan analyzes health but this engine has no probe".into()));
+        };
+        let n = spec.checks.len();
+        let (mut fails, mut inconclusive, mut errors) = (vec![0u32; n], vec![0u32; n], vec![0u32; n]);
+        for measurement in 1..=spec.count {
+            let next = Instant::now() + spec.interval;
+            loop {
+                match self.wait_until(Some(next)).await? {
+                    Wake::Elapsed => break,
+                    Wake::PromoteNow => return Ok(StepEnd::PromoteNow),
+                    _ => {}
+                }
+            }
+            for (ci, check) in spec.checks.iter().enumerate() {
+                let scope = match check.scope {
+                    CheckScope::Target => Some(Scope::Target),
+                    CheckScope::Role(r) => self.record.plan.revision(r).cloned().map(Scope::Revision),
+                };
+                let Some(scope) = scope else { continue };
+                let query = ProbeQuery { metric: check.metric.clone(), scope: scope.clone(), window: spec.interval };
+                let sample = match self.call("probe.sample", || probe.sample(&query)).await {
+                    Ok(s) => {
+                        errors[ci] = 0;
+                        s
+                    }
+                    Err(e) => {
+                        errors[ci] += 1;
+                        self.audit_or_stop("analysis.probe_error", json!({"check": check.name, "error": e.to_string(), "consecutive": errors[ci]})).await?;
+                        if !check.dry_run && errors[ci] > spec.consecutive_error_limit {
+                            return Err(Stop::Rollback(format!(
+                                "analysis check {:?}: {} consecutive probe errors (limit {}), last: {e}",
+                                check.name, errors[ci], spec.consecutive_error_limit
+                            )));
+                        }
+                        continue;
+                    }
+                };
+                let baseline = match (&self.record.plan.stable, check.judge.needs_baseline()) {
+                    (Some(stable), true) => {
+                        let q = ProbeQuery { scope: Scope::Revision(stable.clone()), ..query.clone() };
+                        self.call("probe.sample", || probe.sample(&q)).await.ok().map(|s| s.values)
+                    }
+                    _ => None,
+                };
+                let judgement = check.judge.evaluate(&JudgeInput { values: &sample.values, baseline: baseline.as_deref() });
+                let verdict = Verdict {
+                    check: check.name.clone(),
+                    metric: check.metric.clone(),
+                    scope: scope.to_string(),
+                    source: sample.source.clone(),
+                    measurement,
+                    dry_run: check.dry_run,
+                    judgement,
+                };
+                tracing::info!(%verdict, "verdict");
+                self.audit_or_stop("analysis.verdict", serde_json::to_value(&verdict).unwrap_or_default()).await?;
+                self.emit(EventKind::Verdict { verdict: verdict.clone() });
+                if check.dry_run {
+                    continue;
+                }
+                match verdict.judgement.outcome {
+                    VerdictOutcome::Fail => {
+                        fails[ci] += 1;
+                        if fails[ci] > spec.failure_limit {
+                            return Err(Stop::Rollback(format!("analysis failed: {verdict}")));
+                        }
+                    }
+                    VerdictOutcome::Inconclusive => {
+                        inconclusive[ci] += 1;
+                        if inconclusive[ci] > spec.inconclusive_limit {
+                            return Err(Stop::Rollback(format!(
+                                "analysis inconclusive {} times (limit {}): {verdict}",
+                                inconclusive[ci], spec.inconclusive_limit
+                            )));
+                        }
+                    }
+                    VerdictOutcome::Pass => {}
+                }
+            }
+        }
+        Ok(StepEnd::Done)
+    }
+
+    /// Route everything back to stable, restore its capacity, make it stable
+    /// again, retire the candidate. Each action is persisted as done, so a
+    /// resumed rollback continues where it stopped.
+    async fn rollback(&mut self, cause: String) -> Result<Outcome> {
+        self.rolling_back = true;
+        self.promote_now = false;
+        let to_err = |s: Stop| match s {
+            Stop::Fatal(e) => Err(e),
+            Stop::Rollback(c) => Ok(c),
+        };
+        if !matches!(self.record.status, RolloutStatus::RollingBack { .. }) {
+            tracing::warn!(%cause, "rolling back");
+            self.record.status = RolloutStatus::RollingBack { cause: cause.clone() };
+            self.record.rollback_cursor = 0;
+            self.record.paused = false;
+            if let Err(s) = self.persist().await {
+                to_err(s)?;
+            }
+            if let Err(e) = self.audit("rollback.started", json!({"cause": cause})).await {
+                tracing::error!(error = %e, "could not audit the rollback start");
+            }
+        }
+        self.emit(EventKind::RollbackStarted { cause: cause.clone() });
+        let target = self.target.clone();
+        let plan = self.record.plan.clone();
+        let cand = plan.candidate.id.clone();
+        while self.record.rollback_cursor < 4 {
+            let result = match (self.record.rollback_cursor, &plan.stable) {
+                (0, _) => {
+                    let split = match &plan.stable {
+                        Some(s) => TrafficSplit::all(s),
+                        None => TrafficSplit::default(),
+                    };
+                    let r = self.mutate("target.route", json!({"rollback": true, "weights": split}), || target.route(&split)).await;
+                    if r.is_ok() {
+                        self.emit(EventKind::TrafficShifted { candidate_weight: 0 });
+                    }
+                    r
+                }
+                (1, Some(stable)) => {
+                    let n = plan.stable_replicas;
+                    match self.mutate("target.scale", json!({"rollback": true, "role": Role::Stable, "revision": stable, "replicas": n}), || target.scale(stable, n)).await {
+                        Ok(()) => {
+                            self.emit(EventKind::Scaled { role: Role::Stable, replicas: n });
+                            self.wait_ready(stable, n).await
+                        }
+                        Err(s) => Err(s),
+                    }
+                }
+                (2, Some(stable)) => self.mutate("target.promote", json!({"rollback": true, "revision": stable}), || target.promote(stable)).await,
+                (3, _) => self.mutate("target.retire", json!({"rollback": true, "role": Role::Candidate, "revision": cand}), || target.retire(&cand)).await,
+                _ => Ok(()),
+            };
+            if let Err(s) = result {
+                let error = to_err(s)?;
+                tracing::error!(%cause, %error, "ROLLBACK FAILED: the target needs a human");
+                return self.finish(RolloutStatus::RollbackFailed { cause, error }).await;
+            }
+            self.record.rollback_cursor += 1;
+            if let Err(s) = self.persist().await {
+                to_err(s)?;
+            }
+        }
+        self.finish(RolloutStatus::RolledBack { cause }).await
+    }
+}

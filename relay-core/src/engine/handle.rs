@@ -1,0 +1,122 @@
+//! Controlling a running rollout.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::event::{Outcome, RolloutEvent, RolloutEvents};
+
+/// A user's instruction to a running rollout.
+#[derive(Debug, Clone)]
+pub(crate) enum Command {
+    Pause { by: String },
+    Resume { by: String },
+    Abort { by: String, reason: String },
+    PromoteNow { by: String },
+    Decide { gate: String, by: String, comment: String, approved: bool },
+}
+
+/// A running rollout: control it, watch its events, await its [`Outcome`].
+///
+/// Dropping the handle does not stop the rollout.
+#[derive(Debug)]
+pub struct RolloutHandle {
+    id: String,
+    commands: mpsc::UnboundedSender<Command>,
+    events: broadcast::Sender<RolloutEvent>,
+    first: Mutex<Option<broadcast::Receiver<RolloutEvent>>>,
+    join: JoinHandle<Result<Outcome>>,
+}
+
+impl RolloutHandle {
+    pub(crate) fn new(
+        id: String,
+        commands: mpsc::UnboundedSender<Command>,
+        events: broadcast::Sender<RolloutEvent>,
+        first: broadcast::Receiver<RolloutEvent>,
+        join: JoinHandle<Result<Outcome>>,
+    ) -> Self {
+        RolloutHandle { id, commands, events, first: Mutex::new(Some(first)), join }
+    }
+
+    /// The rollout's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn send(&self, c: Command) -> Result<()> {
+        self.commands.send(c).map_err(|_| Error::NotRunning { rollout: self.id.clone() })
+    }
+
+    /// Hold the rollout at the next step boundary (a running analysis
+    /// finishes first; a timed pause stops counting).
+    pub fn pause(&self, by: impl Into<String>) -> Result<()> {
+        self.send(Command::Pause { by: by.into() })
+    }
+
+    /// Continue after [`RolloutHandle::pause`], or end an indefinite pause step.
+    pub fn resume(&self, by: impl Into<String>) -> Result<()> {
+        self.send(Command::Resume { by: by.into() })
+    }
+
+    /// Stop now and roll back.
+    pub fn abort(&self, by: impl Into<String>, reason: impl Into<String>) -> Result<()> {
+        self.send(Command::Abort { by: by.into(), reason: reason.into() })
+    }
+
+    /// Skip the remaining steps: full traffic to the candidate, promote,
+    /// retire stable.
+    pub fn promote_now(&self, by: impl Into<String>) -> Result<()> {
+        self.send(Command::PromoteNow { by: by.into() })
+    }
+
+    /// Approve the manual gate `gate`.
+    pub fn approve(&self, gate: impl Into<String>, by: impl Into<String>, comment: impl Into<String>) -> Result<()> {
+        self.send(Command::Decide { gate: gate.into(), by: by.into(), comment: comment.into(), approved: true })
+    }
+
+    /// Reject the manual gate `gate`: the rollout rolls back.
+    pub fn reject(&self, gate: impl Into<String>, by: impl Into<String>, reason: impl Into<String>) -> Result<()> {
+        self.send(Command::Decide { gate: gate.into(), by: by.into(), comment: reason.into(), approved: false })
+    }
+
+    /// The rollout's events. The first call sees every event from the start;
+    /// later calls see events from the moment they subscribe.
+    pub fn events(&self) -> RolloutEvents {
+        let first = self.first.lock().unwrap_or_else(|p| p.into_inner()).take();
+        RolloutEvents::new(first.unwrap_or_else(|| self.events.subscribe()))
+    }
+
+    /// Wait for the outcome.
+    ///
+    /// # Errors
+    /// When the engine could not drive the rollout to an end: the lease was
+    /// lost or the state store failed. The record then stays running for
+    /// [`crate::Relay::resume`].
+    pub async fn wait(self) -> Result<Outcome> {
+        match self.join.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::provider("engine", false, format!("rollout task ended abnormally: {e}"))),
+        }
+    }
+
+    /// Stop driving the rollout in this process at once, without rolling
+    /// back, as a crash or shutdown would. The record stays running and its
+    /// lease expires, so another engine can [`crate::Relay::resume`] it.
+    pub fn halt(self) {
+        self.join.abort();
+    }
+}
+
+impl IntoFuture for RolloutHandle {
+    type Output = Result<Outcome>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<Outcome>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.wait())
+    }
+}

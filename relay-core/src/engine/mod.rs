@@ -1,0 +1,394 @@
+//! The engine: [`Relay`] plans rollouts, starts them, resumes them after a
+//! crash, and drives them through their plans.
+
+mod builder;
+mod driver;
+mod handle;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::artifact::ArtifactPolicy;
+use crate::audit::{AuditEvent, AuditSink};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::event::{EventKind, RolloutEvent};
+use crate::gate::Gate;
+use crate::plan::{Plan, PlanContext, Step, Strategy};
+use crate::release::{Release, RevisionSpec};
+use crate::retry::RetryPolicy;
+use crate::rng::SeededRng;
+use crate::seams::{ArtifactStore, HealthProbe, SecretStore};
+use crate::state::{RolloutRecord, RolloutStatus, StateStore};
+use crate::target::Target;
+
+pub use builder::RelayBuilder;
+pub use handle::RolloutHandle;
+
+/// Timing of the engine itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    /// Lease time-to-live; the lease is renewed every third of it.
+    #[serde(with = "crate::serde_duration")]
+    pub lease_ttl: Duration,
+    /// How often readiness is polled after a scale.
+    #[serde(with = "crate::serde_duration")]
+    pub poll_interval: Duration,
+    /// How long a revision may take to become ready before the step fails.
+    #[serde(with = "crate::serde_duration")]
+    pub progress_deadline: Duration,
+    /// How often a waiting gate is asked again.
+    #[serde(with = "crate::serde_duration")]
+    pub gate_poll_interval: Duration,
+    /// Events buffered per rollout for slow subscribers.
+    pub event_buffer: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            lease_ttl: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+            progress_deadline: Duration::from_secs(600),
+            gate_poll_interval: Duration::from_secs(30),
+            event_buffer: 256,
+        }
+    }
+}
+
+/// What to roll out, where, and how.
+#[derive(Clone, Debug)]
+pub struct RolloutSpec {
+    /// Rollout id; generated when `None`.
+    pub id: Option<String>,
+    /// Name of a registered target.
+    pub target: String,
+    /// The release.
+    pub release: Release,
+    /// The strategy.
+    pub strategy: Arc<dyn Strategy>,
+    /// What the artifact must satisfy.
+    pub policy: ArtifactPolicy,
+}
+
+impl RolloutSpec {
+    /// Roll `release` out to `target` with `strategy`, under the default
+    /// (permissive) artifact policy.
+    pub fn new(target: impl Into<String>, release: Release, strategy: impl Strategy + 'static) -> Self {
+        RolloutSpec { id: None, target: target.into(), release, strategy: Arc::new(strategy), policy: ArtifactPolicy::default() }
+    }
+
+    /// Use a fixed id (letters, digits, '.', '_', '-').
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Require the artifact to satisfy `policy`.
+    pub fn policy(mut self, policy: ArtifactPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+static INSTANCE: AtomicU64 = AtomicU64::new(0);
+
+/// The engine. Cheap to clone; every clone shares providers and state.
+///
+/// ```
+/// # use relay_core::*;
+/// # async fn demo(relay: Relay, spec: RolloutSpec) -> Result<()> {
+/// let plan = relay.plan(&spec).await?; // dry run: no side effect
+/// println!("{plan}");
+/// let handle = relay.start(spec).await?;
+/// let outcome = handle.wait().await?;
+/// assert!(outcome.is_success());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub targets: BTreeMap<String, Arc<dyn Target>>,
+    pub artifacts: Arc<dyn ArtifactStore>,
+    pub secrets: BTreeMap<String, Arc<dyn SecretStore>>,
+    pub probe: Option<Arc<dyn HealthProbe>>,
+    pub gates: BTreeMap<String, Arc<dyn Gate>>,
+    pub state: Arc<dyn StateStore>,
+    pub audit: Arc<dyn AuditSink>,
+    pub clock: Arc<dyn Clock>,
+    pub retry: RetryPolicy,
+    pub config: EngineConfig,
+    pub holder: String,
+    pub rng: SeededRng,
+    pub ids: AtomicU64,
+}
+
+impl Inner {
+    /// Run a provider call under the retry policy, reporting retries to
+    /// `on_retry`.
+    pub(crate) async fn call<T, F, Fut>(&self, op: &str, on_retry: impl FnMut(u32, &Error, Duration), f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.retry.run(op, &self.rng, on_retry, f).await
+    }
+
+    fn target(&self, name: &str) -> Result<&Arc<dyn Target>> {
+        self.targets.get(name).ok_or_else(|| {
+            Error::invalid(
+                "spec.target",
+                format!("no target named {name:?} is registered; registered: {:?}", self.targets.keys().collect::<Vec<_>>()),
+            )
+        })
+    }
+
+    fn holder_for(&self, rollout: &str) -> String {
+        format!("{}/{rollout}", self.holder)
+    }
+
+    pub(crate) async fn audit(&self, rollout: &str, actor: &str, action: &str, detail: serde_json::Value) -> Result<()> {
+        let event = AuditEvent {
+            at_ms: self.clock.now_ms(),
+            actor: actor.to_owned(),
+            rollout: rollout.to_owned(),
+            action: action.to_owned(),
+            detail,
+        };
+        self.call("audit.append", |a, e, _| tracing::warn!(attempt = a, error = %e, "audit append failed, retrying"), || {
+            self.audit.append(event.clone())
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+fn warn_retry(op: &str) -> impl FnMut(u32, &Error, Duration) + '_ {
+    move |attempt, e, backoff| tracing::warn!(operation = op, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "retrying")
+}
+
+fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        return Err(Error::invalid("spec.id", "must be 1-128 letters, digits, '.', '_' or '-'"));
+    }
+    Ok(())
+}
+
+impl Relay {
+    /// Start building an engine.
+    pub fn builder() -> RelayBuilder {
+        RelayBuilder::default()
+    }
+
+    /// This engine instance's identity (lease holder prefix, audit actor).
+    pub fn holder(&self) -> &str {
+        &self.inner.holder
+    }
+
+    /// The audit sink.
+    pub fn audit(&self) -> &Arc<dyn AuditSink> {
+        &self.inner.audit
+    }
+
+    /// The state store.
+    pub fn state(&self) -> &Arc<dyn StateStore> {
+        &self.inner.state
+    }
+
+    /// Plan a rollout without changing anything: validate the spec, resolve
+    /// and verify the artifact, pin secret versions, observe the target and
+    /// ask the strategy for steps.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] naming the field for a bad spec,
+    /// [`Error::Unsupported`] when the target cannot do what the strategy
+    /// needs, and provider errors from resolution and observation.
+    pub async fn plan(&self, spec: &RolloutSpec) -> Result<Plan> {
+        let inner = &self.inner;
+        if let Some(id) = &spec.id {
+            validate_id(id)?;
+        }
+        spec.release.validate()?;
+        let target = inner.target(&spec.target)?;
+        let reference = &spec.release.artifact;
+        let artifact = inner.call("artifact.resolve", warn_retry("artifact.resolve"), || inner.artifacts.resolve(reference)).await?;
+        inner.artifacts.verify(reference, &artifact, &spec.policy).await?;
+
+        let mut pinned = BTreeMap::new();
+        for (name, r) in &spec.release.secrets {
+            let store = inner.secrets.get(&r.scheme).ok_or_else(|| {
+                Error::invalid(
+                    format!("release.secrets.{name}"),
+                    format!(
+                        "no secret store is registered for scheme {:?}; registered: {:?}",
+                        r.scheme,
+                        inner.secrets.keys().collect::<Vec<_>>()
+                    ),
+                )
+            })?;
+            let value = inner.call("secret.fetch", warn_retry("secret.fetch"), || store.fetch(r)).await?;
+            // Only the version is kept: the value is dropped here, unread.
+            pinned.insert(name.clone(), r.pinned(value.version.clone()));
+        }
+        let candidate = RevisionSpec::new(artifact, spec.release.config.clone(), pinned);
+
+        let observed = inner.call("target.observe", warn_retry("target.observe"), || target.observe()).await?;
+        let stable = observed.stable.as_ref().and_then(|s| observed.revision(s)).cloned();
+        let already_stable = stable.as_ref().is_some_and(|s| s.id == candidate.id && s.desired == spec.release.replicas);
+        let stable = stable.filter(|s| s.id != candidate.id);
+        let ctx = PlanContext {
+            target: spec.target.clone(),
+            capabilities: target.capabilities(),
+            replicas: spec.release.replicas,
+            stable: stable.clone(),
+        };
+        let steps = if already_stable { Vec::new() } else { spec.strategy.plan(&ctx)? };
+        for (i, step) in steps.iter().enumerate() {
+            match step {
+                Step::Gate { name } if !inner.gates.contains_key(name) => {
+                    return Err(Error::invalid(
+                        format!("plan.steps[{i}].gate"),
+                        format!("no gate named {name:?} is registered; add one with RelayBuilder::gate (for example ManualApproval::new({name:?}))"),
+                    ))
+                }
+                Step::Analyze { analysis } => {
+                    analysis.validate(&format!("plan.steps[{i}].analysis"))?;
+                    if inner.probe.is_none() {
+                        return Err(Error::invalid(format!("plan.steps[{i}].analysis"), "the plan analyzes health but no probe is registered; add one with RelayBuilder::probe"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Plan {
+            target: spec.target.clone(),
+            strategy: spec.strategy.name().to_owned(),
+            requested: reference.clone(),
+            candidate,
+            replicas: spec.release.replicas,
+            stable_replicas: stable.as_ref().map_or(0, |s| s.desired),
+            stable: stable.map(|s| s.id),
+            steps,
+        })
+    }
+
+    /// Plan and start a rollout: take the target's lease, persist the record
+    /// and drive it in a task.
+    ///
+    /// # Errors
+    /// Everything [`Relay::plan`] returns, and [`Error::TargetLocked`] when
+    /// another rollout holds the target.
+    pub async fn start(&self, spec: RolloutSpec) -> Result<RolloutHandle> {
+        let plan = self.plan(&spec).await?;
+        let inner = &self.inner;
+        let now = inner.clock.now_ms();
+        let id = spec.id.clone().unwrap_or_else(|| {
+            format!("{}-{}-{}", crate::state_key(&spec.target), now, inner.ids.fetch_add(1, Ordering::Relaxed))
+        });
+        let holder = inner.holder_for(&id);
+        let lease = inner.state.acquire_lease(&spec.target, &holder, inner.config.lease_ttl, now).await?;
+        let mut record = RolloutRecord {
+            id: id.clone(),
+            target: spec.target.clone(),
+            status: if plan.is_noop() { RolloutStatus::NoChange } else { RolloutStatus::Running },
+            plan,
+            cursor: 0,
+            rollback_cursor: 0,
+            paused: false,
+            approvals: Vec::new(),
+            holder,
+            lease_token: lease.token,
+            created_ms: now,
+            updated_ms: now,
+            version: 0,
+        };
+        let saved = inner.call("state.put", warn_retry("state.put"), || inner.state.put(&record, None)).await;
+        match saved {
+            Ok(v) => record.version = v,
+            Err(e) => {
+                let _ = inner.state.release_lease(&lease).await;
+                return Err(e);
+            }
+        }
+        let detail = serde_json::json!({
+            "target": record.target,
+            "strategy": record.plan.strategy,
+            "candidate": record.plan.candidate.id,
+            "digest": record.plan.candidate.artifact.digest,
+            "stable": record.plan.stable,
+            "steps": record.plan.steps.len(),
+        });
+        inner.audit(&id, &inner.holder, "rollout.started", detail).await?;
+        Ok(self.spawn(record, lease))
+    }
+
+    /// Pick up a rollout left running by a crashed or stopped engine. The
+    /// step under the cursor is re-run; every step is idempotent.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::NotRunning`] for a finished rollout, and
+    /// [`Error::TargetLocked`] while the previous holder's lease is valid.
+    pub async fn resume(&self, id: &str) -> Result<RolloutHandle> {
+        let inner = &self.inner;
+        let mut record = inner
+            .state
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { what: format!("rollout {id}") })?;
+        if record.status.is_terminal() {
+            return Err(Error::NotRunning { rollout: id.to_owned() });
+        }
+        inner.target(&record.target)?;
+        let holder = inner.holder_for(id);
+        let lease = inner.state.acquire_lease(&record.target, &holder, inner.config.lease_ttl, inner.clock.now_ms()).await?;
+        let expected = record.version;
+        record.holder = holder;
+        record.lease_token = lease.token;
+        record.updated_ms = inner.clock.now_ms();
+        record.version = inner.state.put(&record, Some(expected)).await?;
+        let detail = serde_json::json!({"cursor": record.cursor, "status": record.status});
+        inner.audit(id, &inner.holder, "rollout.resumed", detail).await?;
+        Ok(self.spawn(record, lease))
+    }
+
+    /// Resume every rollout the state store holds as running. Rollouts whose
+    /// target is still locked by a live holder are skipped (and returned as
+    /// errors by id).
+    pub async fn recover(&self) -> Result<(Vec<RolloutHandle>, Vec<(String, Error)>)> {
+        let mut handles = Vec::new();
+        let mut skipped = Vec::new();
+        for r in self.inner.state.list_active().await? {
+            if !self.inner.targets.contains_key(&r.target) {
+                continue;
+            }
+            match self.resume(&r.id).await {
+                Ok(h) => handles.push(h),
+                Err(e) => skipped.push((r.id, e)),
+            }
+        }
+        Ok((handles, skipped))
+    }
+
+    fn spawn(&self, record: RolloutRecord, lease: crate::state::Lease) -> RolloutHandle {
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = broadcast::channel(self.inner.config.event_buffer.max(1));
+        let id = record.id.clone();
+        let driver = driver::Driver::new(self.inner.clone(), record, lease, cmd_rx, ev_tx.clone());
+        let join = tokio::spawn(driver.run());
+        RolloutHandle::new(id, cmd_tx, ev_tx, ev_rx, join)
+    }
+}
+
+pub(crate) fn emit(tx: &broadcast::Sender<RolloutEvent>, rollout: &str, at_ms: i64, kind: EventKind) {
+    // No subscriber is fine: events are also in tracing and audit.
+    let _ = tx.send(RolloutEvent { rollout: rollout.to_owned(), at_ms, kind });
+}

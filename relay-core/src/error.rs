@@ -1,0 +1,234 @@
+//! The one error type of relay and its retry classification.
+
+use std::fmt;
+
+/// A boxed error from a provider's own client, kept as the `source` of
+/// [`Error::Provider`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The result type used throughout relay.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in relay, as kinds a caller can act on.
+///
+/// Providers keep their own private error types and map them into these kinds
+/// where they know the cause (an HTTP status, an SDK error code).
+/// [`Error::is_retryable`] is what the retry policy reads.
+///
+/// No variant ever holds a secret value: provider implementations name the
+/// secret reference, never its content.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A spec, reference or argument is invalid. `path` names the field
+    /// (`release.replicas`, `strategy.steps[2].weight`), `reason` says what is
+    /// wrong and how to fix it.
+    #[error("invalid {path}: {reason}")]
+    InvalidSpec {
+        /// Dotted path of the offending field.
+        path: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// The thing asked for does not exist.
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was looked up.
+        what: String,
+    },
+    /// A concurrent change won: compare-and-swap failed, or the object is in a
+    /// state that forbids the operation.
+    #[error("conflict: {what}")]
+    Conflict {
+        /// What conflicted.
+        what: String,
+    },
+    /// The caller is not allowed to do this.
+    #[error("permission denied: {what}")]
+    PermissionDenied {
+        /// The action or resource that was refused (never a credential).
+        what: String,
+    },
+    /// The provider throttled the call. Retryable.
+    #[error("rate limited by {provider}")]
+    RateLimited {
+        /// The provider that throttled.
+        provider: String,
+    },
+    /// The provider is temporarily unavailable (5xx, connection refused).
+    /// Retryable.
+    #[error("{provider} unavailable: {reason}")]
+    Unavailable {
+        /// The provider.
+        provider: String,
+        /// What failed.
+        reason: String,
+    },
+    /// An operation did not finish in time. Retryable.
+    #[error("timed out: {what}")]
+    Timeout {
+        /// What timed out.
+        what: String,
+    },
+    /// The target or provider cannot do what the spec asks (checked at plan
+    /// time).
+    #[error("unsupported: {what}")]
+    Unsupported {
+        /// What is not supported, and by whom.
+        what: String,
+    },
+    /// Another rollout holds the lease on this target.
+    #[error("target {target} is locked by {holder} until {expires_at_ms} ms")]
+    TargetLocked {
+        /// The target.
+        target: String,
+        /// The lease holder's identity.
+        holder: String,
+        /// When the lease expires (unix milliseconds) unless renewed.
+        expires_at_ms: i64,
+    },
+    /// This engine lost its lease (expired or taken over); it stopped driving
+    /// the rollout without further mutation.
+    #[error("lease on target {target} lost: {reason}")]
+    LeaseLost {
+        /// The target.
+        target: String,
+        /// Why the lease is no longer valid.
+        reason: String,
+    },
+    /// A gate refused the rollout.
+    #[error("gate {gate} rejected the rollout: {reason}")]
+    GateRejected {
+        /// The gate's name.
+        gate: String,
+        /// Why.
+        reason: String,
+    },
+    /// A revision on the target failed (crash loop, failed tasks, progress
+    /// deadline).
+    #[error("revision {revision} failed on target {target}: {reason}")]
+    RevisionFailed {
+        /// The target.
+        target: String,
+        /// The failing revision.
+        revision: String,
+        /// What the target reported.
+        reason: String,
+    },
+    /// The retry policy gave up on a retryable error.
+    #[error("{operation}: gave up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// The operation that was retried.
+        operation: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last error seen.
+        last: Box<Error>,
+    },
+    /// The audit log failed verification: an entry was modified, deleted,
+    /// inserted or reordered.
+    #[error("audit log tampered at entry {seq}: {reason}")]
+    AuditTampered {
+        /// The first entry (sequence number) that does not verify.
+        seq: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A rollout handle was used after the rollout finished.
+    #[error("rollout {rollout} is no longer running")]
+    NotRunning {
+        /// The rollout id.
+        rollout: String,
+    },
+    /// An error from a provider that does not fit a kind above.
+    #[error("{provider}: {source}")]
+    Provider {
+        /// The provider that failed.
+        provider: String,
+        /// Whether retrying may help.
+        retryable: bool,
+        /// The provider's own error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same call may succeed. Only these errors are
+    /// retried by [`crate::RetryPolicy`].
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::RateLimited { .. } | Error::Unavailable { .. } | Error::Timeout { .. } => true,
+            Error::Provider { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidSpec`].
+    pub fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidSpec {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Unsupported`].
+    pub fn unsupported(what: impl Into<String>) -> Self {
+        Error::Unsupported { what: what.into() }
+    }
+
+    /// Shorthand for [`Error::Provider`] around a displayable message.
+    pub fn provider(provider: impl Into<String>, retryable: bool, msg: impl fmt::Display) -> Self {
+        Error::Provider {
+            provider: provider.into(),
+            retryable,
+            source: msg.to_string().into(),
+        }
+    }
+
+    /// A short machine-readable name of the kind (`invalid_spec`,
+    /// `rate_limited`, ...), used in events and audit entries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec { .. } => "invalid_spec",
+            Error::NotFound { .. } => "not_found",
+            Error::Conflict { .. } => "conflict",
+            Error::PermissionDenied { .. } => "permission_denied",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Unavailable { .. } => "unavailable",
+            Error::Timeout { .. } => "timeout",
+            Error::Unsupported { .. } => "unsupported",
+            Error::TargetLocked { .. } => "target_locked",
+            Error::LeaseLost { .. } => "lease_lost",
+            Error::GateRejected { .. } => "gate_rejected",
+            Error::RevisionFailed { .. } => "revision_failed",
+            Error::RetriesExhausted { .. } => "retries_exhausted",
+            Error::AuditTampered { .. } => "audit_tampered",
+            Error::NotRunning { .. } => "not_running",
+            Error::Provider { .. } => "provider",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_kinds_are_retryable() {
+        assert!(Error::RateLimited { provider: "x".into() }.is_retryable());
+        assert!(Error::Timeout { what: "x".into() }.is_retryable());
+        assert!(Error::provider("x", true, "boom").is_retryable());
+        assert!(!Error::provider("x", false, "boom").is_retryable());
+        assert!(!Error::invalid("a", "b").is_retryable());
+        assert!(!Error::Conflict { what: "v".into() }.is_retryable());
+        assert!(!Error::PermissionDenied { what: "v".into() }.is_retryable());
+    }
+
+    #[test]
+    fn invalid_spec_names_the_field() {
+        let e = Error::invalid("release.replicas", "must be at least 1");
+        assert_eq!(e.to_string(), "invalid release.replicas: must be at least 1");
+        assert_eq!(e.kind(), "invalid_spec");
+    }
+}

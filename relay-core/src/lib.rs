@@ -1,0 +1,56 @@
+//! relay-core: the traits, domain types, plan model, engine, state, audit and
+//! errors of relay.
+//!
+//! Most users depend on the `relay` facade, which re-exports this crate with
+//! strategies and providers. The seams ([`Target`], [`ArtifactStore`],
+//! [`SecretStore`], [`HealthProbe`], [`Gate`], [`StateStore`], [`AuditSink`],
+//! [`Strategy`]) are object-safe `async_trait`s used as `Arc<dyn _>`; with the
+//! `mock` feature each has a mockall mock (`MockTarget`, ...).
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod analysis;
+pub mod artifact;
+pub mod audit;
+pub mod clock;
+mod engine;
+pub mod error;
+pub mod event;
+pub mod gate;
+pub mod plan;
+pub mod release;
+pub mod retry;
+pub mod rng;
+pub mod seams;
+pub mod serde_duration;
+pub mod state;
+pub mod target;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use analysis::{AnalysisSpec, Check, CheckScope, Judge, JudgeInput, Judgement, Verdict, VerdictOutcome};
+pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest};
+pub use audit::{verify_chain, AuditEntry, AuditEvent, AuditSink, JsonlAuditSink, MemoryAuditSink};
+pub use clock::{Clock, TokioClock, UnixMillis};
+pub use engine::{EngineConfig, Relay, RelayBuilder, RolloutHandle, RolloutSpec};
+pub use error::{Error, Result};
+pub use event::{EventKind, Outcome, RolloutEvent, RolloutEvents};
+pub use gate::{Approval, Gate, GateContext, GateDecision, ManualApproval};
+pub use plan::{Plan, PlanContext, Step, Strategy};
+pub use release::{Release, RevisionId, RevisionSpec, SecretRef};
+pub use retry::RetryPolicy;
+pub use rng::SeededRng;
+pub use seams::{ArtifactStore, HealthProbe, ProbeQuery, Sample, Scope, SecretStore, SecretValue};
+pub use state::{FileStateStore, Lease, MemoryStateStore, RolloutRecord, RolloutStatus, StateStore};
+pub use target::{Capabilities, RevisionState, Role, Routing, Target, TargetState, TrafficSplit};
+
+#[cfg(feature = "mock")]
+pub use {
+    audit::MockAuditSink, gate::MockGate, seams::MockArtifactStore, seams::MockHealthProbe, seams::MockSecretStore,
+    state::MockStateStore, target::MockTarget,
+};
+
+/// A name reduced to characters safe in ids and file names.
+pub(crate) fn state_key(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect()
+}

@@ -1,0 +1,93 @@
+//! The rules every state store shares (compare-and-swap, fencing, lease
+//! grants), as pure functions over the stored values, so the memory and file
+//! stores cannot drift apart.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Lease, RolloutRecord};
+use crate::clock::UnixMillis;
+use crate::error::{Error, Result};
+
+/// What a store keeps per target: the current lease and the last token
+/// granted, which survives release so tokens never repeat.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct LeaseSlot {
+    pub lease: Option<Lease>,
+    pub last_token: u64,
+}
+
+/// Validate a compare-and-swap write; returns the record as it must be stored.
+pub(crate) fn cas_put(
+    existing: Option<&RolloutRecord>,
+    slot: Option<&LeaseSlot>,
+    record: &RolloutRecord,
+    expected: Option<u64>,
+) -> Result<RolloutRecord> {
+    let current = existing.map(|r| r.version);
+    if current != expected {
+        return Err(Error::Conflict {
+            what: format!("rollout {}: expected version {expected:?}, store has {current:?}", record.id),
+        });
+    }
+    if let Some(slot) = slot {
+        if record.lease_token < slot.last_token {
+            return Err(Error::LeaseLost {
+                target: record.target.clone(),
+                reason: format!("fencing token {} is older than {}", record.lease_token, slot.last_token),
+            });
+        }
+    }
+    let mut stored = record.clone();
+    stored.version = current.unwrap_or(0) + 1;
+    Ok(stored)
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// Grant or refuse the lease; mutates `slot` on success.
+pub(crate) fn acquire(slot: &mut LeaseSlot, target: &str, holder: &str, ttl: Duration, now: UnixMillis) -> Result<Lease> {
+    if let Some(l) = &slot.lease {
+        if l.expires_at_ms > now && l.holder != holder {
+            return Err(Error::TargetLocked { target: target.to_owned(), holder: l.holder.clone(), expires_at_ms: l.expires_at_ms });
+        }
+    }
+    let token = match &slot.lease {
+        Some(l) if l.holder == holder && l.expires_at_ms > now => l.token,
+        _ => slot.last_token + 1,
+    };
+    let lease = Lease { target: target.to_owned(), holder: holder.to_owned(), token, expires_at_ms: now + ttl_ms(ttl) };
+    slot.last_token = token;
+    slot.lease = Some(lease.clone());
+    Ok(lease)
+}
+
+/// Extend a lease still held; mutates `slot` on success.
+pub(crate) fn renew(slot: &mut LeaseSlot, lease: &Lease, ttl: Duration, now: UnixMillis) -> Result<Lease> {
+    match &slot.lease {
+        Some(l) if l.token == lease.token && l.holder == lease.holder => {
+            let renewed = Lease { expires_at_ms: now + ttl_ms(ttl), ..l.clone() };
+            slot.lease = Some(renewed.clone());
+            Ok(renewed)
+        }
+        other => Err(Error::LeaseLost {
+            target: lease.target.clone(),
+            reason: match other {
+                Some(l) => format!("now held by {} with token {}", l.holder, l.token),
+                None => "released".to_owned(),
+            },
+        }),
+    }
+}
+
+/// Release a lease still held; returns whether anything changed.
+pub(crate) fn release(slot: &mut LeaseSlot, lease: &Lease) -> bool {
+    if slot.lease.as_ref().is_some_and(|l| l.token == lease.token && l.holder == lease.holder) {
+        slot.lease = None;
+        return true;
+    }
+    false
+}

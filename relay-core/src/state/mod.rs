@@ -1,0 +1,139 @@
+//! Rollout records, leases, and the [`StateStore`] seam with its memory and
+//! file implementations.
+
+mod file;
+mod logic;
+mod memory;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::UnixMillis;
+use crate::error::Result;
+use crate::gate::Approval;
+use crate::plan::Plan;
+
+pub use file::FileStateStore;
+pub use memory::MemoryStateStore;
+
+/// Where a rollout stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RolloutStatus {
+    /// Executing the plan.
+    Running,
+    /// Rolling back because of `cause`.
+    RollingBack {
+        /// Why.
+        cause: String,
+    },
+    /// Finished: the candidate is stable.
+    Succeeded,
+    /// Finished: the candidate was removed and stable restored.
+    RolledBack {
+        /// Why the rollout was rolled back.
+        cause: String,
+    },
+    /// Finished badly: the rollback itself could not complete.
+    RollbackFailed {
+        /// Why the rollout was rolled back.
+        cause: String,
+        /// Why the rollback failed.
+        error: String,
+    },
+    /// Finished: the candidate was already the stable revision.
+    NoChange,
+}
+
+impl RolloutStatus {
+    /// Whether the rollout is over.
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, RolloutStatus::Running | RolloutStatus::RollingBack { .. })
+    }
+}
+
+/// Everything needed to resume a rollout in another process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    /// Unique id.
+    pub id: String,
+    /// The target's name.
+    pub target: String,
+    /// The plan being executed.
+    pub plan: Plan,
+    /// Index of the step being executed (steps before it are done).
+    pub cursor: usize,
+    /// Rollback progress: index into the rollback sequence.
+    #[serde(default)]
+    pub rollback_cursor: usize,
+    /// Status.
+    pub status: RolloutStatus,
+    /// Paused by a user.
+    #[serde(default)]
+    pub paused: bool,
+    /// Human gate decisions so far.
+    #[serde(default)]
+    pub approvals: Vec<Approval>,
+    /// The engine instance driving it.
+    pub holder: String,
+    /// The fencing token of the lease the holder drives it under.
+    pub lease_token: u64,
+    /// Created at (unix milliseconds).
+    pub created_ms: UnixMillis,
+    /// Last written at (unix milliseconds).
+    pub updated_ms: UnixMillis,
+    /// Store-managed version for compare-and-swap; 0 before the first write.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// A time-limited exclusive right to drive rollouts on one target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The target.
+    pub target: String,
+    /// Who holds it.
+    pub holder: String,
+    /// Fencing token: strictly increases every time the lease changes hands.
+    pub token: u64,
+    /// Expiry (unix milliseconds) unless renewed.
+    pub expires_at_ms: UnixMillis,
+}
+
+/// Persists rollout records and target leases.
+///
+/// # Contract
+/// - `put` is compare-and-swap: `expected_version` must equal the stored
+///   version (`None`: the record must not exist yet), else
+///   [`crate::Error::Conflict`]. It returns the new version. A record whose
+///   `lease_token` is older than the newest token granted for its target is
+///   refused with [`crate::Error::LeaseLost`] (fencing), so an engine that
+///   lost its lease cannot overwrite its successor's progress.
+/// - `acquire_lease` grants the lease when it is free, expired or already
+///   held by `holder` (a renewal keeps the token); otherwise
+///   [`crate::Error::TargetLocked`]. Every change of holder increments the
+///   token.
+/// - `renew_lease` extends a lease still held with the same token, else
+///   [`crate::Error::LeaseLost`].
+/// - Writes are durable when the call returns.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait StateStore: Send + Sync + fmt::Debug + 'static {
+    /// The record `id`, if any.
+    async fn get(&self, id: &str) -> Result<Option<RolloutRecord>>;
+    /// Write `record` if the stored version is `expected_version`.
+    async fn put(&self, record: &RolloutRecord, expected_version: Option<u64>) -> Result<u64>;
+    /// All records that are not terminal (for recovery after a crash).
+    async fn list_active(&self) -> Result<Vec<RolloutRecord>>;
+    /// All records of `target`, oldest first (history).
+    async fn list_target(&self, target: &str) -> Result<Vec<RolloutRecord>>;
+    /// Take the lease on `target` for `ttl`.
+    async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease>;
+    /// Extend `lease` by `ttl` from now.
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: UnixMillis) -> Result<Lease>;
+    /// Give `lease` up (no-op if it is no longer held).
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
+}

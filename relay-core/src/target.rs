@@ -1,0 +1,243 @@
+//! Deployment targets: what they can do, what they look like, and the
+//! [`Target`] seam.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::release::{RevisionId, RevisionSpec};
+
+/// How a target can split traffic between revisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    /// Traffic goes wherever the running replicas are; no control.
+    None,
+    /// All-or-nothing switch between revisions (a Service selector).
+    Switch,
+    /// Traffic follows the ratio of ready replicas; weights are approximate.
+    ReplicaRatio,
+    /// Exact weights (a load balancer's weighted target groups).
+    Weighted,
+}
+
+/// What a target can do. Strategies check these when planning, so a plan that
+/// the target cannot execute is refused before anything changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// How traffic can be split.
+    pub routing: Routing,
+    /// How many revisions may run side by side (2 for canary/blue-green).
+    pub max_revisions: u32,
+}
+
+impl Capabilities {
+    /// Whether the target can hold the candidate at `weight` percent.
+    pub fn can_route(&self, weight: u8) -> bool {
+        match self.routing {
+            Routing::Weighted | Routing::ReplicaRatio => true,
+            Routing::Switch => weight == 0 || weight == 100,
+            Routing::None => weight == 100,
+        }
+    }
+}
+
+/// Which of a rollout's two revisions a step acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The revision serving before the rollout.
+    Stable,
+    /// The revision being rolled out.
+    Candidate,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Stable => "stable",
+            Role::Candidate => "candidate",
+        })
+    }
+}
+
+/// Traffic weights per revision, in whole percent, always summing to 100.
+/// Revisions with weight 0 are not stored, so equal splits compare equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "BTreeMap<RevisionId, u8>", into = "BTreeMap<RevisionId, u8>")]
+pub struct TrafficSplit(BTreeMap<RevisionId, u8>);
+
+impl TrafficSplit {
+    /// Build a split; the weights must sum to exactly 100.
+    pub fn new(weights: BTreeMap<RevisionId, u8>) -> Result<Self> {
+        let sum: u32 = weights.values().map(|w| u32::from(*w)).sum();
+        if sum != 100 {
+            return Err(Error::invalid("traffic", format!("weights sum to {sum}, they must sum to 100")));
+        }
+        Ok(TrafficSplit(weights.into_iter().filter(|(_, w)| *w > 0).collect()))
+    }
+
+    /// All traffic to `rev`.
+    pub fn all(rev: &RevisionId) -> Self {
+        TrafficSplit(BTreeMap::from([(rev.clone(), 100)]))
+    }
+
+    /// `candidate_weight` percent to `candidate`, the rest to `stable`.
+    /// Weights above 100 are an error.
+    pub fn canary(stable: &RevisionId, candidate: &RevisionId, candidate_weight: u8) -> Result<Self> {
+        if candidate_weight > 100 {
+            return Err(Error::invalid("traffic.weight", format!("{candidate_weight} is above 100")));
+        }
+        let mut m = BTreeMap::new();
+        m.insert(stable.clone(), 100 - candidate_weight);
+        m.insert(candidate.clone(), candidate_weight);
+        TrafficSplit::new(m)
+    }
+
+    /// The weight of `rev` (0 when absent).
+    pub fn weight(&self, rev: &RevisionId) -> u8 {
+        self.0.get(rev).copied().unwrap_or(0)
+    }
+
+    /// The weights, by revision.
+    pub fn weights(&self) -> &BTreeMap<RevisionId, u8> {
+        &self.0
+    }
+
+    /// Whether no revision receives traffic (a target with nothing deployed).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<BTreeMap<RevisionId, u8>> for TrafficSplit {
+    type Error = Error;
+    fn try_from(m: BTreeMap<RevisionId, u8>) -> Result<Self> {
+        if m.is_empty() {
+            return Ok(TrafficSplit::default());
+        }
+        TrafficSplit::new(m)
+    }
+}
+
+impl From<TrafficSplit> for BTreeMap<RevisionId, u8> {
+    fn from(t: TrafficSplit) -> Self {
+        t.0
+    }
+}
+
+impl fmt::Display for TrafficSplit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(no traffic)");
+        }
+        for (i, (r, w)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{r}={w}%")?;
+        }
+        Ok(())
+    }
+}
+
+/// One revision as the target reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionState {
+    /// The revision.
+    pub id: RevisionId,
+    /// Replicas asked for.
+    pub desired: u32,
+    /// Replicas ready to serve.
+    pub ready: u32,
+    /// Replicas that failed to start or crashed.
+    pub failed: u32,
+}
+
+/// What a target looks like now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetState {
+    /// The revision the target considers stable (promoted), if any.
+    pub stable: Option<RevisionId>,
+    /// Every revision present on the target.
+    pub revisions: Vec<RevisionState>,
+    /// The current traffic split.
+    pub traffic: TrafficSplit,
+}
+
+impl TargetState {
+    /// The state of `id`, if present.
+    pub fn revision(&self, id: &RevisionId) -> Option<&RevisionState> {
+        self.revisions.iter().find(|r| &r.id == id)
+    }
+
+    /// Ready replicas over all revisions.
+    pub fn ready_total(&self) -> u32 {
+        self.revisions.iter().map(|r| r.ready).sum()
+    }
+}
+
+/// A place where revisions run: an ECS service, a Kubernetes Deployment, a
+/// simulated target.
+///
+/// # Contract
+/// - Every mutation is idempotent and declarative: `scale(r, 3)` sets 3
+///   replicas, `route` sets the whole split. Repeating a call that succeeded is
+///   a no-op, so the engine may re-run a step after a crash.
+/// - Mutations return once the target has *accepted* the change; readiness is
+///   observed with [`Target::observe`].
+/// - `retire` of a revision that is absent succeeds; `retire` of a revision
+///   that still receives traffic is [`Error::Conflict`].
+///
+/// # Errors
+/// Transient failures (throttling, 5xx, timeouts) must be classified
+/// retryable; everything else terminal. See [`Error::is_retryable`].
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Target: Send + Sync + fmt::Debug + 'static {
+    /// A stable, human-readable name, used for leases and audit.
+    fn name(&self) -> &str;
+    /// What this target can do.
+    fn capabilities(&self) -> Capabilities;
+    /// The current state.
+    async fn observe(&self) -> Result<TargetState>;
+    /// Create (or keep) the candidate revision with `replicas` replicas.
+    async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> Result<()>;
+    /// Set the replica count of an existing revision.
+    async fn scale(&self, revision: &RevisionId, replicas: u32) -> Result<()>;
+    /// Set the traffic split.
+    async fn route(&self, split: &TrafficSplit) -> Result<()>;
+    /// Mark `revision` as the stable one.
+    async fn promote(&self, revision: &RevisionId) -> Result<()>;
+    /// Remove `revision` from the target.
+    async fn retire(&self, revision: &RevisionId) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_always_sums_to_100() {
+        let a = RevisionId::from("a");
+        let b = RevisionId::from("b");
+        let s = TrafficSplit::canary(&a, &b, 25).unwrap();
+        assert_eq!(s.weight(&a), 75);
+        assert_eq!(s.weight(&b), 25);
+        assert_eq!(TrafficSplit::canary(&a, &b, 0).unwrap(), TrafficSplit::all(&a));
+        assert!(TrafficSplit::canary(&a, &b, 101).is_err());
+        let bad: Result<TrafficSplit, _> = serde_json::from_str(r#"{"a":50,"b":40}"#);
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn capabilities_gate_weights() {
+        let sw = Capabilities { routing: Routing::Switch, max_revisions: 2 };
+        assert!(sw.can_route(100) && sw.can_route(0) && !sw.can_route(10));
+        let w = Capabilities { routing: Routing::Weighted, max_revisions: 2 };
+        assert!(w.can_route(10));
+    }
+}

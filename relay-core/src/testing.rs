@@ -1,0 +1,158 @@
+//! Shared conformance suites: every provider, simulated or real, runs the same
+//! checks. Each function panics with a message naming the broken rule.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! relay_core::testing::state_store_conformance(&relay_core::MemoryStateStore::new()).await;
+//! # }
+//! ```
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::audit::{AuditEvent, AuditSink};
+use crate::error::Error;
+use crate::plan::Plan;
+use crate::release::RevisionSpec;
+use crate::state::{RolloutRecord, RolloutStatus, StateStore};
+use crate::target::{Target, TrafficSplit};
+use crate::{Artifact, Digest, SecretRef, SecretStore};
+
+/// A record for `target` with a one-step plan, for store tests.
+pub fn sample_record(id: &str, target: &str, lease_token: u64) -> RolloutRecord {
+    let artifact = Artifact { repository: "app".into(), tag: None, digest: Digest::of(id.as_bytes()), metadata: BTreeMap::new() };
+    RolloutRecord {
+        id: id.into(),
+        target: target.into(),
+        plan: Plan {
+            target: target.into(),
+            strategy: "test".into(),
+            requested: artifact.pinned_ref(),
+            candidate: RevisionSpec::new(artifact, BTreeMap::new(), BTreeMap::new()),
+            replicas: 1,
+            stable: None,
+            stable_replicas: 0,
+            steps: vec![crate::Step::Promote],
+        },
+        cursor: 0,
+        rollback_cursor: 0,
+        status: RolloutStatus::Running,
+        paused: false,
+        approvals: Vec::new(),
+        holder: "h".into(),
+        lease_token,
+        created_ms: 1,
+        updated_ms: 1,
+        version: 0,
+    }
+}
+
+/// Compare-and-swap, listing, leases with expiry and fencing.
+pub async fn state_store_conformance(store: &dyn StateStore) {
+    let ttl = Duration::from_secs(10);
+    // Leases: exclusive, expiring, token increases on every change of holder.
+    let a = store.acquire_lease("conf-t", "a", ttl, 1_000).await.unwrap();
+    let again = store.acquire_lease("conf-t", "a", ttl, 2_000).await.unwrap();
+    assert_eq!(a.token, again.token, "re-acquiring by the holder keeps the token");
+    match store.acquire_lease("conf-t", "b", ttl, 3_000).await {
+        Err(Error::TargetLocked { holder, .. }) => assert_eq!(holder, "a"),
+        other => panic!("a held lease must refuse another holder, got {other:?}"),
+    }
+    let renewed = store.renew_lease(&again, ttl, 5_000).await.unwrap();
+    assert_eq!(renewed.expires_at_ms, 15_000, "renewal extends from now");
+    let b = store.acquire_lease("conf-t", "b", ttl, 15_001).await.expect("an expired lease can be taken");
+    assert!(b.token > a.token, "fencing token must increase when the holder changes");
+    assert!(matches!(store.renew_lease(&renewed, ttl, 15_002).await, Err(Error::LeaseLost { .. })), "the old holder's renewal must fail");
+
+    // Records: create-only, compare-and-swap, fencing against the old holder.
+    let mut rec = sample_record("conf-r1", "conf-t", b.token);
+    let v1 = store.put(&rec, None).await.unwrap();
+    assert!(matches!(store.put(&rec, None).await, Err(Error::Conflict { .. })), "create of an existing record must conflict");
+    rec.cursor = 1;
+    let v2 = store.put(&rec, Some(v1)).await.unwrap();
+    assert!(v2 > v1);
+    assert!(matches!(store.put(&rec, Some(v1)).await, Err(Error::Conflict { .. })), "a stale version must conflict");
+    let got = store.get("conf-r1").await.unwrap().expect("record stored");
+    assert_eq!((got.cursor, got.version), (1, v2));
+    let mut stale = got.clone();
+    stale.lease_token = a.token;
+    assert!(matches!(store.put(&stale, Some(v2)).await, Err(Error::LeaseLost { .. })), "a write under an old fencing token must be refused");
+    assert!(store.get("conf-missing").await.unwrap().is_none());
+
+    // Listing: active only, per target.
+    let mut done = sample_record("conf-r2", "conf-t", b.token);
+    done.status = RolloutStatus::Succeeded;
+    store.put(&done, None).await.unwrap();
+    let active: Vec<String> = store.list_active().await.unwrap().into_iter().map(|r| r.id).collect();
+    assert!(active.contains(&"conf-r1".to_string()) && !active.contains(&"conf-r2".to_string()));
+    assert_eq!(store.list_target("conf-t").await.unwrap().len(), 2);
+
+    // Release, then a new holder gets a still larger token.
+    store.release_lease(&b).await.unwrap();
+    let c = store.acquire_lease("conf-t", "c", ttl, 15_003).await.unwrap();
+    assert!(c.token > b.token, "tokens never repeat, even after a release");
+}
+
+/// Append, read back in order, verify.
+pub async fn audit_sink_conformance(sink: &dyn AuditSink) {
+    let before = sink.entries().await.unwrap().len() as u64;
+    for i in 0..3 {
+        let e = sink
+            .append(AuditEvent { at_ms: i, actor: "conf".into(), rollout: "r".into(), action: "test".into(), detail: serde_json::json!({"i": i}) })
+            .await
+            .unwrap();
+        assert_eq!(e.seq, before + i as u64 + 1, "sequence numbers have no gaps");
+    }
+    let all = sink.entries().await.unwrap();
+    assert_eq!(all.len() as u64, before + 3);
+    assert_eq!(sink.verify().await.unwrap(), before + 3);
+}
+
+/// The idempotent primitives of a target with at least two revisions and
+/// weighted or replica-ratio routing. `first` and `second` must differ.
+pub async fn target_conformance(target: &dyn Target, first: &RevisionSpec, second: &RevisionSpec) {
+    assert_ne!(first.id, second.id);
+    target.stage(first, 2).await.unwrap();
+    target.stage(first, 2).await.expect("stage is idempotent");
+    target.route(&TrafficSplit::all(&first.id)).await.unwrap();
+    target.promote(&first.id).await.unwrap();
+    target.promote(&first.id).await.expect("promote is idempotent");
+    target.stage(second, 1).await.unwrap();
+    let split = TrafficSplit::canary(&first.id, &second.id, 20).unwrap();
+    target.route(&split).await.unwrap();
+    target.route(&split).await.expect("route is idempotent");
+    let s = target.observe().await.unwrap();
+    assert_eq!(s.stable.as_ref(), Some(&first.id));
+    assert_eq!(s.revision(&second.id).map(|r| r.desired), Some(1));
+    assert!(matches!(target.retire(&second.id).await, Err(Error::Conflict { .. })), "retiring a revision with traffic must conflict");
+    target.scale(&second.id, 3).await.unwrap();
+    target.scale(&second.id, 3).await.expect("scale is idempotent");
+    assert_eq!(target.observe().await.unwrap().revision(&second.id).map(|r| r.desired), Some(3));
+    target.route(&TrafficSplit::all(&first.id)).await.unwrap();
+    target.retire(&second.id).await.unwrap();
+    target.retire(&second.id).await.expect("retire of an absent revision succeeds");
+    assert!(target.observe().await.unwrap().revision(&second.id).is_none());
+}
+
+/// Fetch current and pinned versions; a missing secret is `NotFound`; the
+/// value is absent from `Debug` and errors. `planted` is the value stored at
+/// `reference` (current version).
+pub async fn secret_store_conformance(store: &dyn SecretStore, reference: &SecretRef, planted: &str) {
+    use secrecy::ExposeSecret;
+    let current = store.fetch(reference).await.unwrap();
+    assert_eq!(current.value.expose_secret(), planted);
+    assert!(!format!("{current:?}").contains(planted), "Debug must not show the value");
+    let pinned = store.fetch(&reference.pinned(current.version.clone())).await.unwrap();
+    assert_eq!(pinned.version, current.version);
+    let mut missing = reference.clone();
+    missing.path.push_str("-does-not-exist");
+    match store.fetch(&missing).await {
+        Err(e @ Error::NotFound { .. }) => assert!(!e.to_string().contains(planted)),
+        other => panic!("a missing secret must be NotFound, got {other:?}"),
+    }
+    match store.fetch(&reference.pinned("no-such-version")).await {
+        Err(e) => assert!(!e.to_string().contains(planted), "errors must not show the value"),
+        Ok(_) => panic!("an unknown version must not resolve"),
+    }
+}
