@@ -73,6 +73,11 @@ pub trait Judge: Send + Sync + fmt::Debug {
     fn needs_baseline(&self) -> bool {
         false
     }
+    /// Check the judge's own parameters; `path` names the judge in errors.
+    fn validate(&self, path: &str) -> Result<()> {
+        let _ = path;
+        Ok(())
+    }
 }
 
 /// What a check measures.
@@ -204,6 +209,7 @@ impl AnalysisSpec {
             if c.metric.is_empty() {
                 return Err(Error::invalid(format!("{path}.checks[{i}].metric"), "must not be empty"));
             }
+            c.judge.validate(&format!("{path}.checks[{i}].judge"))?;
         }
         Ok(())
     }

@@ -1,1 +1,25 @@
-//! placeholder
+//! relay-strategies: rollout strategies that turn a spec into a
+//! [`relay_core::Plan`]'s steps, and the judges analyses use.
+//!
+//! Strategies are pure: no I/O, no clock. They refuse at plan time what the
+//! spec or the target's [`relay_core::Capabilities`] make impossible.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod all_at_once;
+mod bluegreen;
+mod canary;
+mod common;
+mod rolling;
+mod threshold;
+
+pub use all_at_once::AllAtOnce;
+pub use bluegreen::BlueGreenStrategy;
+pub use canary::{CanaryStep, CanaryStrategy};
+pub use rolling::{Amount, RollingStrategy};
+pub use threshold::{Comparison, Statistic, ThresholdJudge};
+
+/// Analysis judges.
+pub mod analysis {
+    pub use crate::threshold::{Comparison, Statistic, ThresholdJudge};
+}

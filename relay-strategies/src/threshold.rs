@@ -1,0 +1,224 @@
+//! The threshold judge: a statistic of the values compared with a limit.
+
+use relay_core::{Error, Judge, JudgeInput, Judgement, Result, VerdictOutcome};
+use serde::{Deserialize, Serialize};
+
+/// Which number summarizes the values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Statistic {
+    /// Arithmetic mean.
+    Mean,
+    /// Median.
+    Median,
+    /// 95th percentile (nearest rank).
+    P95,
+    /// 99th percentile (nearest rank).
+    P99,
+    /// Largest value.
+    Max,
+    /// Smallest value.
+    Min,
+}
+
+impl Statistic {
+    fn name(self) -> &'static str {
+        match self {
+            Statistic::Mean => "mean",
+            Statistic::Median => "median",
+            Statistic::P95 => "p95",
+            Statistic::P99 => "p99",
+            Statistic::Max => "max",
+            Statistic::Min => "min",
+        }
+    }
+
+    /// Compute the statistic over finite, non-empty `values`.
+    pub fn compute(self, values: &[f64]) -> f64 {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        match self {
+            Statistic::Mean => v.iter().sum::<f64>() / v.len() as f64,
+            Statistic::Median => {
+                let n = v.len();
+                if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+            }
+            Statistic::P95 => rank(0.95),
+            Statistic::P99 => rank(0.99),
+            Statistic::Max => v[v.len() - 1],
+            Statistic::Min => v[0],
+        }
+    }
+}
+
+/// Which side of the limit is healthy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Comparison {
+    /// Healthy when the statistic is strictly below the limit.
+    Below,
+    /// Healthy when the statistic is strictly above the limit.
+    Above,
+}
+
+/// Passes when a statistic of the values is on the healthy side of a limit.
+///
+/// NaN and infinite values count as missing; with fewer than `min_samples`
+/// usable values the verdict is inconclusive, never a pass.
+///
+/// ```
+/// use relay_core::{Judge, JudgeInput, VerdictOutcome};
+/// use relay_strategies::ThresholdJudge;
+/// let j = ThresholdJudge::below(0.05);
+/// assert_eq!(j.evaluate(&JudgeInput { values: &[0.01, 0.02], baseline: None }).outcome, VerdictOutcome::Pass);
+/// assert_eq!(j.evaluate(&JudgeInput { values: &[f64::NAN], baseline: None }).outcome, VerdictOutcome::Inconclusive);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdJudge {
+    /// The statistic.
+    pub statistic: Statistic,
+    /// Healthy side.
+    pub comparison: Comparison,
+    /// The limit.
+    pub limit: f64,
+    /// Fewer usable values than this is inconclusive.
+    pub min_samples: usize,
+}
+
+impl ThresholdJudge {
+    /// Healthy when the mean is below `limit`.
+    pub fn below(limit: f64) -> Self {
+        ThresholdJudge { statistic: Statistic::Mean, comparison: Comparison::Below, limit, min_samples: 1 }
+    }
+
+    /// Healthy when the mean is above `limit`.
+    pub fn above(limit: f64) -> Self {
+        ThresholdJudge { comparison: Comparison::Above, ..Self::below(limit) }
+    }
+
+    /// Judge this statistic instead of the mean.
+    pub fn statistic(mut self, s: Statistic) -> Self {
+        self.statistic = s;
+        self
+    }
+
+    /// Require at least `n` usable values.
+    pub fn min_samples(mut self, n: usize) -> Self {
+        self.min_samples = n;
+        self
+    }
+}
+
+#[typetag::serde(name = "threshold")]
+impl Judge for ThresholdJudge {
+    fn evaluate(&self, input: &JudgeInput<'_>) -> Judgement {
+        let usable: Vec<f64> = input.values.iter().copied().filter(|v| v.is_finite()).collect();
+        let dropped = input.values.len() - usable.len();
+        let stat = self.statistic.name();
+        if usable.len() < self.min_samples.max(1) || !self.limit.is_finite() {
+            let reason = if !self.limit.is_finite() {
+                format!("limit {} is not a finite number", self.limit)
+            } else {
+                format!(
+                    "insufficient data: {} usable values ({} NaN/infinite dropped), need {}",
+                    usable.len(),
+                    dropped,
+                    self.min_samples.max(1)
+                )
+            };
+            return Judgement { outcome: VerdictOutcome::Inconclusive, reason, observed: None, threshold: Some(self.limit), samples: usable.len() };
+        }
+        let value = self.statistic.compute(&usable);
+        let healthy = match self.comparison {
+            Comparison::Below => value < self.limit,
+            Comparison::Above => value > self.limit,
+        };
+        let (ok_op, bad_op) = match self.comparison {
+            Comparison::Below => ("<", ">="),
+            Comparison::Above => (">", "<="),
+        };
+        let reason = format!("{stat} {value:.4} {} {}", if healthy { ok_op } else { bad_op }, self.limit);
+        Judgement {
+            outcome: if healthy { VerdictOutcome::Pass } else { VerdictOutcome::Fail },
+            reason,
+            observed: Some(value),
+            threshold: Some(self.limit),
+            samples: usable.len(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let op = match self.comparison {
+            Comparison::Below => "<",
+            Comparison::Above => ">",
+        };
+        format!("{} {op} {}", self.statistic.name(), self.limit)
+    }
+
+    fn validate(&self, path: &str) -> Result<()> {
+        if !self.limit.is_finite() {
+            return Err(Error::invalid(format!("{path}.limit"), format!("{} is not a finite number", self.limit)));
+        }
+        if self.min_samples == 0 {
+            return Err(Error::invalid(format!("{path}.min_samples"), "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn judge(j: &ThresholdJudge, v: &[f64]) -> Judgement {
+        j.evaluate(&JudgeInput { values: v, baseline: None })
+    }
+
+    #[test]
+    fn pass_fail_and_the_numbers_behind_them() {
+        let j = ThresholdJudge::below(0.05);
+        let ok = judge(&j, &[0.01, 0.03]);
+        assert_eq!(ok.outcome, VerdictOutcome::Pass);
+        assert_eq!(ok.observed, Some(0.02));
+        let bad = judge(&j, &[0.04, 0.08]);
+        assert_eq!(bad.outcome, VerdictOutcome::Fail);
+        assert_eq!(bad.reason, "mean 0.0600 >= 0.05");
+        assert_eq!(judge(&j, &[0.05]).outcome, VerdictOutcome::Fail, "the limit itself is not healthy");
+        let up = ThresholdJudge::above(0.9);
+        assert_eq!(judge(&up, &[0.95]).outcome, VerdictOutcome::Pass);
+        assert_eq!(judge(&up, &[0.5]).outcome, VerdictOutcome::Fail);
+    }
+
+    #[test]
+    fn no_data_is_never_a_pass() {
+        let j = ThresholdJudge::below(1.0).min_samples(3);
+        assert_eq!(judge(&j, &[]).outcome, VerdictOutcome::Inconclusive);
+        assert_eq!(judge(&j, &[f64::NAN, f64::NAN, f64::NAN]).outcome, VerdictOutcome::Inconclusive);
+        assert_eq!(judge(&j, &[0.1, f64::INFINITY, 0.2]).outcome, VerdictOutcome::Inconclusive);
+        assert_eq!(judge(&j, &[0.1, f64::NAN, 0.2, 0.3]).outcome, VerdictOutcome::Pass);
+        assert_eq!(judge(&ThresholdJudge::below(f64::NAN), &[0.1]).outcome, VerdictOutcome::Inconclusive);
+        assert!(ThresholdJudge::below(f64::NAN).validate("j").is_err());
+        assert!(ThresholdJudge::below(1.0).min_samples(0).validate("j").is_err());
+    }
+
+    #[test]
+    fn statistics() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(Statistic::P95.compute(&v), 95.0);
+        assert_eq!(Statistic::P99.compute(&v), 99.0);
+        assert_eq!(Statistic::Median.compute(&v), 50.5);
+        assert_eq!(Statistic::Max.compute(&v), 100.0);
+        assert_eq!(Statistic::Min.compute(&[3.0, 1.0]), 1.0);
+    }
+
+    #[test]
+    fn survives_serialization_as_a_trait_object() {
+        let j: Arc<dyn Judge> = Arc::new(ThresholdJudge::below(0.05).statistic(Statistic::P95));
+        let s = serde_json::to_string(&j).unwrap();
+        assert!(s.contains("\"judge\":\"threshold\""), "{s}");
+        let back: Arc<dyn Judge> = serde_json::from_str(&s).unwrap();
+        assert_eq!(back.describe(), "p95 < 0.05");
+    }
+}

@@ -1,0 +1,175 @@
+//! Property tests: for random valid specs every strategy's plan keeps the
+//! invariants users rely on; invalid specs are refused naming the field.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use relay_core::{Capabilities, Error, PlanContext, RevisionId, RevisionState, Role, Routing, Step, Strategy as _};
+use relay_strategies::{AllAtOnce, Amount, BlueGreenStrategy, CanaryStrategy, RollingStrategy};
+
+fn ctx(replicas: u32, routing: Routing) -> PlanContext {
+    PlanContext {
+        target: "t".into(),
+        capabilities: Capabilities { routing, max_revisions: 2 },
+        replicas,
+        stable: Some(RevisionState { id: RevisionId::from("old"), desired: replicas, ready: replicas, failed: 0 }),
+    }
+}
+
+/// Walk the plan as if every scale became ready at once, and check the
+/// invariants; `max_unavailable` and `max_surge` bound capacity.
+fn check_invariants(steps: &[Step], n: u32, max_unavailable: u32, max_surge: Option<u32>) -> Result<(), String> {
+    let (mut c, mut s, mut weight) = (0u32, n, 0u8);
+    let mut promoted = false;
+    let mut retired = false;
+    for (i, step) in steps.iter().enumerate() {
+        match step {
+            Step::Stage { replicas } => c = *replicas,
+            Step::Scale { role: Role::Candidate, replicas } => c = *replicas,
+            Step::Scale { role: Role::Stable, replicas } => s = *replicas,
+            Step::Route { candidate_weight } => {
+                if promoted {
+                    return Err(format!("step {i}: route after promote"));
+                }
+                if *candidate_weight < weight {
+                    return Err(format!("step {i}: weight decreased {weight} -> {candidate_weight}"));
+                }
+                weight = *candidate_weight;
+            }
+            Step::Promote => {
+                if weight != 100 {
+                    return Err(format!("step {i}: promote with candidate at {weight}%"));
+                }
+                promoted = true;
+            }
+            Step::Retire { role: Role::Stable } => {
+                if !promoted {
+                    return Err(format!("step {i}: stable retired before promotion"));
+                }
+                s = 0;
+                retired = true;
+            }
+            _ => {}
+        }
+        if !retired && c + s < n.saturating_sub(max_unavailable) {
+            return Err(format!("step {i}: capacity {c}+{s} below {n}-{max_unavailable}"));
+        }
+        if let Some(surge) = max_surge {
+            if c + s > n + surge {
+                return Err(format!("step {i}: {c}+{s} replicas exceed {n}+{surge}"));
+            }
+        }
+    }
+    if !promoted || !retired || weight != 100 || c != n {
+        return Err(format!("plan does not end promoted at full size: promoted={promoted} retired={retired} weight={weight} candidate={c}"));
+    }
+    Ok(())
+}
+
+fn weights() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::btree_set(1u8..=100, 1..8).prop_map(|s| s.into_iter().collect())
+}
+
+proptest! {
+    #[test]
+    fn canary_plans_keep_invariants(ws in weights(), n in 1u32..50, ratio in any::<bool>(), pause_s in 1u64..3600) {
+        let mut c = CanaryStrategy::new();
+        for w in &ws {
+            c = c.set_weight(*w).pause(Duration::from_secs(pause_s));
+        }
+        let routing = if ratio { Routing::ReplicaRatio } else { Routing::Weighted };
+        let steps = c.plan(&ctx(n, routing)).unwrap();
+        // A replica-ratio canary trades stable replicas for candidate ones, one for one.
+        let unavailable = 0;
+        check_invariants(&steps, n, unavailable, None).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn rolling_plans_keep_invariants(n in 1u32..60, batch in 1u32..20, surge in 0u32..10, unavail in 0u32..10, weighted in any::<bool>()) {
+        prop_assume!(surge + unavail.min(n) > 0);
+        let r = RollingStrategy::new().batch(Amount::Count(batch)).max_surge(Amount::Count(surge)).max_unavailable(Amount::Count(unavail));
+        let routing = if weighted { Routing::Weighted } else { Routing::None };
+        let steps = r.plan(&ctx(n, routing)).unwrap();
+        check_invariants(&steps, n, unavail.min(n), Some(surge)).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn blue_green_and_all_at_once_keep_invariants(n in 1u32..100, delay in 0u64..600) {
+        let bg = BlueGreenStrategy::new().scale_down_delay(Duration::from_secs(delay));
+        check_invariants(&bg.plan(&ctx(n, Routing::Switch)).unwrap(), n, 0, None).map_err(TestCaseError::fail)?;
+        check_invariants(&AllAtOnce.plan(&ctx(n, Routing::None)).unwrap(), n, 0, None).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn decreasing_or_oversized_weights_are_refused(a in 1u8..=100, b in 1u8..=255) {
+        prop_assume!(b <= a || b > 100);
+        let c = CanaryStrategy::new().set_weight(a).set_weight(b);
+        match c.plan(&ctx(4, Routing::Weighted)) {
+            Err(Error::InvalidSpec { path, .. }) => prop_assert_eq!(path, "strategy.steps[1].weight"),
+            other => prop_assert!(false, "expected InvalidSpec, got {:?}", other),
+        }
+    }
+}
+
+fn invalid_path(r: relay_core::Result<Vec<Step>>) -> String {
+    match r {
+        Err(Error::InvalidSpec { path, .. }) => path,
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_specs_name_the_field() {
+    let c = ctx(4, Routing::Weighted);
+    assert_eq!(invalid_path(CanaryStrategy::new().plan(&c)), "strategy.steps");
+    assert_eq!(invalid_path(CanaryStrategy::new().set_weight(0).plan(&c)), "strategy.steps[0].weight");
+    assert_eq!(invalid_path(CanaryStrategy::new().set_weight(10).pause(Duration::ZERO).plan(&c)), "strategy.steps[1].pause");
+    assert_eq!(invalid_path(CanaryStrategy::new().set_weight(10).gate(" ").plan(&c)), "strategy.steps[1].gate");
+    let no_room = RollingStrategy::new().max_surge(Amount::Count(0)).max_unavailable(Amount::Count(0));
+    assert_eq!(invalid_path(no_room.plan(&c)), "strategy.max_surge");
+    assert_eq!(invalid_path(RollingStrategy::new().batch(Amount::Percent(101)).plan(&c)), "strategy.batch");
+    assert_eq!(invalid_path(RollingStrategy::new().batch(Amount::Count(0)).plan(&c)), "strategy.batch");
+}
+
+#[test]
+fn capabilities_are_checked_at_plan_time() {
+    let canary = CanaryStrategy::ten_percent_then_full(Duration::from_secs(300));
+    for routing in [Routing::None, Routing::Switch] {
+        assert!(matches!(canary.plan(&ctx(4, routing)), Err(Error::Unsupported { .. })), "{routing:?}");
+    }
+    assert!(matches!(BlueGreenStrategy::new().plan(&ctx(4, Routing::ReplicaRatio)), Err(Error::Unsupported { .. })));
+    let mut single = ctx(4, Routing::Weighted);
+    single.capabilities.max_revisions = 1;
+    assert!(matches!(canary.plan(&single), Err(Error::Unsupported { .. })));
+    assert!(matches!(RollingStrategy::new().plan(&single), Err(Error::Unsupported { .. })));
+}
+
+#[test]
+fn presets_expand_as_documented() {
+    let c = ctx(10, Routing::Weighted);
+    let steps = CanaryStrategy::ten_percent_then_full(Duration::from_secs(300)).plan(&c).unwrap();
+    let kinds: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "start candidate with 1 replica(s)",
+            "traffic: candidate 10%, stable 90%",
+            "wait 5m",
+            "scale candidate to 10 replica(s)",
+            "traffic: candidate 100%, stable 0%",
+            "make candidate stable",
+            "retire stable",
+        ]
+    );
+    let linear = CanaryStrategy::linear(10, Duration::from_secs(60));
+    assert_eq!(linear.steps().len(), 18, "10..=90 each with a pause");
+}
+
+#[test]
+fn first_deployment_is_a_straight_start() {
+    let mut c = ctx(3, Routing::Weighted);
+    c.stable = None;
+    let steps = CanaryStrategy::ten_percent_then_full(Duration::from_secs(1)).plan(&c).unwrap();
+    let kinds: Vec<&str> = steps.iter().map(Step::kind).collect();
+    assert_eq!(kinds, ["stage", "route", "promote"]);
+}
