@@ -1,1 +1,17 @@
-//! placeholder
+//! relay-providers: implementations of relay's seams, one module per provider
+//! family behind a cargo feature.
+//!
+//! - `sim` (default): a simulated target and probe, memory stores, and the
+//!   fault and latency wrappers that work around any provider.
+//!
+//! The `aws`, `kubernetes`, `vault` and `http` features are reserved for
+//! their provider families and enable no module yet.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+#[cfg(feature = "sim")]
+pub mod sim;
+
+pub mod wrappers;
+
+pub use wrappers::{FaultKind, Faulty, Latency};

@@ -1,0 +1,63 @@
+//! An in-memory artifact registry.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use relay_core::{Artifact, ArtifactRef, ArtifactStore, Digest, Error, Result};
+
+#[derive(Debug, Default)]
+struct Registry {
+    /// (repository, digest) -> artifact
+    artifacts: BTreeMap<(String, Digest), Artifact>,
+    /// (repository, tag) -> digest
+    tags: BTreeMap<(String, String), Digest>,
+}
+
+/// Artifacts in memory: push content under a tag, resolve tags to digests.
+#[derive(Debug, Default)]
+pub struct MemoryArtifactStore {
+    registry: Mutex<Registry>,
+}
+
+impl MemoryArtifactStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Store `content` in `repository`, point `tag` at it, and return the
+    /// pinned artifact (digest = sha256 of the content).
+    pub fn push(&self, repository: &str, tag: &str, content: &[u8], metadata: BTreeMap<String, String>) -> Artifact {
+        let digest = Digest::of(content);
+        let artifact = Artifact { repository: repository.to_owned(), tag: Some(tag.to_owned()), digest: digest.clone(), metadata };
+        let mut r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        r.artifacts.insert((repository.to_owned(), digest.clone()), artifact.clone());
+        r.tags.insert((repository.to_owned(), tag.to_owned()), digest);
+        artifact
+    }
+}
+
+#[async_trait]
+impl ArtifactStore for MemoryArtifactStore {
+    async fn resolve(&self, reference: &ArtifactRef) -> Result<Artifact> {
+        let r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let repo = reference.repository.clone();
+        let digest = match (&reference.digest, &reference.tag) {
+            (Some(d), _) => d.clone(),
+            (None, Some(t)) => r
+                .tags
+                .get(&(repo.clone(), t.clone()))
+                .cloned()
+                .ok_or_else(|| Error::NotFound { what: format!("tag {reference} in the memory registry") })?,
+            (None, None) => return Err(Error::invalid("release.artifact", "reference has neither tag nor digest")),
+        };
+        let mut artifact = r
+            .artifacts
+            .get(&(repo, digest))
+            .cloned()
+            .ok_or_else(|| Error::NotFound { what: format!("artifact {reference} in the memory registry") })?;
+        artifact.tag = reference.tag.clone();
+        Ok(artifact)
+    }
+}

@@ -1,0 +1,380 @@
+//! The simulated deployment target.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use relay_core::{
+    Capabilities, Digest, Error, Result, RevisionId, RevisionSpec, RevisionState, Routing, Sample, Scope, SeededRng,
+    Target, TargetState, TrafficSplit,
+};
+use tokio::time::Instant;
+
+use super::metrics;
+
+/// How a simulated revision behaves, chosen by its artifact digest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RevisionBehavior {
+    /// Fraction of requests that fail (0.0 to 1.0).
+    pub error_rate: f64,
+    /// Median latency in milliseconds.
+    pub latency_ms: f64,
+    /// Spread of latency (sigma of a log-normal distribution).
+    pub latency_spread: f64,
+    /// Time from scale-up until a replica is ready.
+    pub readiness_delay: Duration,
+    /// Replicas crash instead of becoming ready.
+    pub crash_on_start: bool,
+}
+
+impl Default for RevisionBehavior {
+    fn default() -> Self {
+        RevisionBehavior {
+            error_rate: 0.001,
+            latency_ms: 40.0,
+            latency_spread: 0.2,
+            readiness_delay: Duration::from_secs(5),
+            crash_on_start: false,
+        }
+    }
+}
+
+impl RevisionBehavior {
+    /// A healthy revision (0.1% errors, 40 ms).
+    pub fn healthy() -> Self {
+        Self::default()
+    }
+
+    /// A revision failing `rate` of requests.
+    pub fn failing(rate: f64) -> Self {
+        RevisionBehavior { error_rate: rate, ..Self::default() }
+    }
+
+    /// A revision whose replicas crash on start.
+    pub fn crashing() -> Self {
+        RevisionBehavior { crash_on_start: true, ..Self::default() }
+    }
+}
+
+#[derive(Debug)]
+struct SimRevision {
+    desired: u32,
+    /// When each replica becomes ready (or crashes); one per desired replica.
+    up_at: Vec<Instant>,
+    behavior: RevisionBehavior,
+}
+
+impl SimRevision {
+    fn started(&self, now: Instant) -> u32 {
+        self.up_at.iter().filter(|t| **t <= now).count() as u32
+    }
+    fn ready(&self, now: Instant) -> u32 {
+        if self.behavior.crash_on_start { 0 } else { self.started(now) }
+    }
+    fn failed(&self, now: Instant) -> u32 {
+        if self.behavior.crash_on_start { self.started(now) } else { 0 }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    revisions: BTreeMap<RevisionId, SimRevision>,
+    traffic: TrafficSplit,
+    stable: Option<RevisionId>,
+    history: Vec<TrafficSplit>,
+    mutations: u64,
+}
+
+/// A simulated deployment target.
+///
+/// Replicas become ready after their revision's readiness delay (or crash),
+/// traffic follows the weights set with `route` (or the ready-replica ratio
+/// under [`Routing::ReplicaRatio`]), and [`SimTarget::measure`] serves
+/// synthetic requests from a seeded generator. Behaviour is chosen per
+/// artifact digest with [`SimTarget::behavior`].
+///
+/// ```
+/// use relay_providers::sim::{RevisionBehavior, SimTarget};
+/// let target = SimTarget::new("web").seed(7).default_behavior(RevisionBehavior::healthy());
+/// assert_eq!(relay_core::Target::name(&target), "web");
+/// ```
+#[derive(Debug)]
+pub struct SimTarget {
+    name: String,
+    capabilities: Capabilities,
+    rng: SeededRng,
+    requests_per_second: f64,
+    default_behavior: RevisionBehavior,
+    behaviors: Mutex<BTreeMap<Digest, RevisionBehavior>>,
+    state: Mutex<State>,
+}
+
+impl SimTarget {
+    /// A target named `name` with weighted routing, two revisions side by
+    /// side, seed 0 and 100 requests per second.
+    pub fn new(name: impl Into<String>) -> Self {
+        SimTarget {
+            name: name.into(),
+            capabilities: Capabilities { routing: Routing::Weighted, max_revisions: 2 },
+            rng: SeededRng::new(0),
+            requests_per_second: 100.0,
+            default_behavior: RevisionBehavior::default(),
+            behaviors: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Seed the traffic generator.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.rng = SeededRng::new(seed);
+        self
+    }
+
+    /// How traffic can be split.
+    pub fn routing(mut self, routing: Routing) -> Self {
+        self.capabilities.routing = routing;
+        self
+    }
+
+    /// How many revisions may run side by side.
+    pub fn max_revisions(mut self, n: u32) -> Self {
+        self.capabilities.max_revisions = n;
+        self
+    }
+
+    /// Requests per second the target serves in all.
+    pub fn requests_per_second(mut self, rps: f64) -> Self {
+        self.requests_per_second = rps.max(0.0);
+        self
+    }
+
+    /// Behaviour of revisions whose digest has none set.
+    pub fn default_behavior(mut self, b: RevisionBehavior) -> Self {
+        self.default_behavior = b;
+        self
+    }
+
+    /// Set the behaviour of revisions built from `digest` (also for
+    /// revisions already running).
+    pub fn behavior(&self, digest: &Digest, b: RevisionBehavior) -> &Self {
+        lock(&self.behaviors).insert(digest.clone(), b);
+        self
+    }
+
+    /// Every traffic split set so far, in order.
+    pub fn traffic_history(&self) -> Vec<TrafficSplit> {
+        lock(&self.state).history.clone()
+    }
+
+    /// How many mutations (stage, scale, route, promote, retire) changed
+    /// something.
+    pub fn mutations(&self) -> u64 {
+        lock(&self.state).mutations
+    }
+
+    fn effective_split(&self, st: &State, now: Instant) -> TrafficSplit {
+        if self.capabilities.routing != Routing::ReplicaRatio {
+            return st.traffic.clone();
+        }
+        let ready: Vec<(&RevisionId, u32)> = st.revisions.iter().map(|(id, r)| (id, r.ready(now))).filter(|(_, n)| *n > 0).collect();
+        let total: u32 = ready.iter().map(|(_, n)| n).sum();
+        if total == 0 {
+            return TrafficSplit::default();
+        }
+        let mut weights = BTreeMap::new();
+        let mut given = 0u32;
+        for (i, (id, n)) in ready.iter().enumerate() {
+            let w = if i + 1 == ready.len() { 100 - given } else { n * 100 / total };
+            given += w;
+            weights.insert((*id).clone(), w as u8);
+        }
+        TrafficSplit::new(weights).unwrap_or_default()
+    }
+
+    /// Serve the synthetic requests of `window` for `scope` and report
+    /// `metric` per sample interval (one value per second, at most 60).
+    /// A revision with no ready replica yields no data.
+    pub fn measure(&self, metric: &str, scope: &Scope, window: Duration) -> Result<Sample> {
+        if ![metrics::ERROR_RATE, metrics::LATENCY_MS, metrics::REQUESTS].contains(&metric) {
+            return Err(Error::NotFound {
+                what: format!("metric {metric:?}; the simulated probe knows error_rate, latency_ms and requests"),
+            });
+        }
+        let now = Instant::now();
+        let st = lock(&self.state);
+        let split = self.effective_split(&st, now);
+        let behaviors = lock(&self.behaviors);
+        // Revisions in scope with their traffic share; preview traffic of
+        // 1 rps reaches a ready revision without weight.
+        let members: Vec<(RevisionBehavior, f64)> = st
+            .revisions
+            .iter()
+            .filter(|(id, r)| {
+                r.ready(now) > 0
+                    && match scope {
+                        Scope::Revision(want) => *id == want,
+                        Scope::Target => split.weight(id) > 0,
+                    }
+            })
+            .map(|(id, r)| {
+                let share = f64::from(split.weight(id)) / 100.0;
+                let rps = if share > 0.0 { self.requests_per_second * share } else { 1.0 };
+                (r.behavior.clone(), rps)
+            })
+            .collect();
+        drop(behaviors);
+        drop(st);
+        let buckets = window.as_secs().clamp(1, 60);
+        let bucket_secs = window.as_secs_f64() / buckets as f64;
+        let mut values = Vec::new();
+        if !members.is_empty() {
+            for _ in 0..buckets {
+                let mut total_n = 0.0;
+                let mut acc = 0.0;
+                for (b, rps) in &members {
+                    let n = (rps * bucket_secs).max(1.0);
+                    let v = match metric {
+                        metrics::ERROR_RATE => {
+                            let p = b.error_rate.clamp(0.0, 1.0);
+                            (p + (p * (1.0 - p) / n).sqrt() * self.rng.next_normal()).clamp(0.0, 1.0)
+                        }
+                        metrics::LATENCY_MS => b.latency_ms * (b.latency_spread * self.rng.next_normal()).exp(),
+                        _ => n,
+                    };
+                    if metric == metrics::REQUESTS {
+                        acc += v;
+                    } else {
+                        acc += v * n;
+                    }
+                    total_n += n;
+                }
+                values.push(if metric == metrics::REQUESTS { acc } else { acc / total_n });
+            }
+        }
+        Ok(Sample { values, source: format!("sim:{}/{metric}{{{scope}}}", self.name), labels: BTreeMap::new() })
+    }
+
+    fn behavior_of(&self, digest: &Digest) -> RevisionBehavior {
+        lock(&self.behaviors).get(digest).cloned().unwrap_or_else(|| self.default_behavior.clone())
+    }
+
+    fn set_replicas(rev: &mut SimRevision, replicas: u32, now: Instant) -> bool {
+        let n = replicas as usize;
+        if rev.up_at.len() == n {
+            return false;
+        }
+        rev.up_at.truncate(n);
+        while rev.up_at.len() < n {
+            rev.up_at.push(now + rev.behavior.readiness_delay);
+        }
+        rev.desired = replicas;
+        true
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn missing(id: &RevisionId) -> Error {
+    Error::NotFound { what: format!("revision {id} on the simulated target") }
+}
+
+#[async_trait]
+impl Target for SimTarget {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities.clone()
+    }
+
+    async fn observe(&self) -> Result<TargetState> {
+        let now = Instant::now();
+        let st = lock(&self.state);
+        Ok(TargetState {
+            stable: st.stable.clone(),
+            revisions: st
+                .revisions
+                .iter()
+                .map(|(id, r)| RevisionState { id: id.clone(), desired: r.desired, ready: r.ready(now), failed: r.failed(now) })
+                .collect(),
+            traffic: self.effective_split(&st, now),
+        })
+    }
+
+    async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> Result<()> {
+        let behavior = self.behavior_of(&revision.artifact.digest);
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        if !st.revisions.contains_key(&revision.id) && st.revisions.len() as u32 >= self.capabilities.max_revisions {
+            return Err(Error::Conflict {
+                what: format!("target {} already runs {} revisions; retire one first", self.name, st.revisions.len()),
+            });
+        }
+        let rev = st.revisions.entry(revision.id.clone()).or_insert_with(|| SimRevision { desired: 0, up_at: Vec::new(), behavior });
+        if Self::set_replicas(rev, replicas, now) {
+            st.mutations += 1;
+        }
+        Ok(())
+    }
+
+    async fn scale(&self, revision: &RevisionId, replicas: u32) -> Result<()> {
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        let rev = st.revisions.get_mut(revision).ok_or_else(|| missing(revision))?;
+        if Self::set_replicas(rev, replicas, now) {
+            st.mutations += 1;
+        }
+        Ok(())
+    }
+
+    async fn route(&self, split: &TrafficSplit) -> Result<()> {
+        let mut st = lock(&self.state);
+        if let Some(id) = split.weights().keys().find(|id| !st.revisions.contains_key(*id)) {
+            return Err(missing(id));
+        }
+        let needs_switch = split.weights().values().any(|w| *w != 100);
+        if needs_switch && matches!(self.capabilities.routing, Routing::Switch | Routing::None) {
+            return Err(Error::unsupported(format!("target {} cannot split traffic {split}", self.name)));
+        }
+        if &st.traffic != split {
+            st.traffic = split.clone();
+            st.history.push(split.clone());
+            st.mutations += 1;
+        }
+        Ok(())
+    }
+
+    async fn promote(&self, revision: &RevisionId) -> Result<()> {
+        let mut st = lock(&self.state);
+        if !st.revisions.contains_key(revision) {
+            return Err(missing(revision));
+        }
+        if st.stable.as_ref() != Some(revision) {
+            st.stable = Some(revision.clone());
+            st.mutations += 1;
+        }
+        Ok(())
+    }
+
+    async fn retire(&self, revision: &RevisionId) -> Result<()> {
+        let mut st = lock(&self.state);
+        if !st.revisions.contains_key(revision) {
+            return Ok(());
+        }
+        if st.traffic.weight(revision) > 0 {
+            return Err(Error::Conflict {
+                what: format!("revision {revision} still receives {}% of traffic; route it away first", st.traffic.weight(revision)),
+            });
+        }
+        st.revisions.remove(revision);
+        if st.stable.as_ref() == Some(revision) {
+            st.stable = None;
+        }
+        st.mutations += 1;
+        Ok(())
+    }
+}

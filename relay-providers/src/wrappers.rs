@@ -1,0 +1,264 @@
+//! Wrappers that add behaviour around any provider: [`Faulty`] injects
+//! errors, [`Latency`] adds delay. Both wrap every seam the same way, through
+//! one forwarding implementation per seam.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use relay_core::{
+    Artifact, ArtifactPolicy, ArtifactRef, ArtifactStore, Capabilities, Error, HealthProbe, Lease, ProbeQuery, Result,
+    RevisionId, RevisionSpec, RolloutRecord, Sample, SecretRef, SecretStore, SecretValue, SeededRng, StateStore, Target,
+    TargetState, TrafficSplit, UnixMillis,
+};
+
+/// Something done before each wrapped call: delay it, or fail it.
+#[async_trait]
+pub trait Layer: Send + Sync + fmt::Debug + 'static {
+    /// Runs before operation `op` (`route`, `fetch`, `sample`, ...); an error
+    /// is returned instead of calling the wrapped provider.
+    async fn before(&self, op: &'static str) -> Result<()>;
+}
+
+/// A provider `T` with a [`Layer`] in front of every call.
+#[derive(Debug)]
+pub struct Wrapped<L, T> {
+    layer: L,
+    inner: T,
+}
+
+impl<L, T> Wrapped<L, T> {
+    /// The wrapped provider.
+    pub fn inner(&self) -> &T {
+        &self.inner
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &L {
+        &self.layer
+    }
+}
+
+/// What kind of error [`Faulty`] injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// [`Error::Unavailable`] (retryable).
+    Unavailable,
+    /// [`Error::RateLimited`] (retryable).
+    RateLimited,
+    /// [`Error::Timeout`] (retryable).
+    Timeout,
+    /// [`Error::PermissionDenied`] (terminal).
+    PermissionDenied,
+    /// The call never returns (the retry policy's attempt timeout must end it).
+    Hang,
+}
+
+/// Seeded error injection.
+#[derive(Debug)]
+pub struct FaultLayer {
+    rng: SeededRng,
+    kind: FaultKind,
+    rate_ppm: u32,
+    only: Option<BTreeSet<&'static str>>,
+    forced: AtomicU32,
+    injected: AtomicU64,
+}
+
+#[async_trait]
+impl Layer for FaultLayer {
+    async fn before(&self, op: &'static str) -> Result<()> {
+        if self.only.as_ref().is_some_and(|o| !o.contains(op)) {
+            return Ok(());
+        }
+        let forced = self.forced.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        // Draw on every call so a schedule depends only on the seed and the call sequence.
+        let roll = (self.rng.next_u64() % 1_000_000) as u32;
+        if !forced && roll >= self.rate_ppm {
+            return Ok(());
+        }
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        let provider = "faulty".to_owned();
+        Err(match self.kind {
+            FaultKind::Unavailable => Error::Unavailable { provider, reason: format!("injected fault in {op}") },
+            FaultKind::RateLimited => Error::RateLimited { provider },
+            FaultKind::Timeout => Error::Timeout { what: format!("injected timeout in {op}") },
+            FaultKind::PermissionDenied => Error::PermissionDenied { what: format!("injected denial of {op}") },
+            FaultKind::Hang => return std::future::pending().await,
+        })
+    }
+}
+
+/// A provider that fails some calls: at a seeded rate, on chosen operations,
+/// or for the next `n` calls. Wraps any target, store or probe.
+///
+/// ```
+/// use relay_providers::{FaultKind, Faulty};
+/// use relay_providers::sim::MemorySecretStore;
+/// let store = Faulty::new(MemorySecretStore::new(), 42).with_rate(FaultKind::Unavailable, 0.2);
+/// store.fail_next(1);
+/// ```
+pub type Faulty<T> = Wrapped<FaultLayer, T>;
+
+impl<T> Faulty<T> {
+    /// Wrap `inner`; no fault is injected until a rate or `fail_next` is set.
+    pub fn new(inner: T, seed: u64) -> Self {
+        Wrapped {
+            layer: FaultLayer {
+                rng: SeededRng::new(seed),
+                kind: FaultKind::Unavailable,
+                rate_ppm: 0,
+                only: None,
+                forced: AtomicU32::new(0),
+                injected: AtomicU64::new(0),
+            },
+            inner,
+        }
+    }
+
+    /// Fail this fraction (0.0 to 1.0) of calls with `kind`.
+    pub fn with_rate(mut self, kind: FaultKind, rate: f64) -> Self {
+        self.layer.kind = kind;
+        self.layer.rate_ppm = (rate.clamp(0.0, 1.0) * 1_000_000.0) as u32;
+        self
+    }
+
+    /// Inject only into these operations (`stage`, `scale`, `route`,
+    /// `promote`, `retire`, `observe`, `fetch`, `resolve`, `sample`, `put`,
+    /// `get`, ...).
+    pub fn only_operations(mut self, ops: &[&'static str]) -> Self {
+        self.layer.only = Some(ops.iter().copied().collect());
+        self
+    }
+
+    /// Fail the next `n` matching calls regardless of the rate.
+    pub fn fail_next(&self, n: u32) {
+        self.layer.forced.store(n, Ordering::SeqCst);
+    }
+
+    /// How many faults were injected so far.
+    pub fn injected(&self) -> u64 {
+        self.layer.injected.load(Ordering::Relaxed)
+    }
+}
+
+/// A fixed delay before every call.
+#[derive(Debug)]
+pub struct LatencyLayer {
+    delay: Duration,
+}
+
+#[async_trait]
+impl Layer for LatencyLayer {
+    async fn before(&self, _op: &'static str) -> Result<()> {
+        tokio::time::sleep(self.delay).await;
+        Ok(())
+    }
+}
+
+/// A provider whose every call takes `delay` longer (in tokio time, so it is
+/// free under a paused clock).
+pub type Latency<T> = Wrapped<LatencyLayer, T>;
+
+impl<T> Latency<T> {
+    /// Wrap `inner` with `delay` per call.
+    pub fn new(inner: T, delay: Duration) -> Self {
+        Wrapped { layer: LatencyLayer { delay }, inner }
+    }
+}
+
+#[async_trait]
+impl<L: Layer, T: Target> Target for Wrapped<L, T> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn observe(&self) -> Result<TargetState> {
+        self.layer.before("observe").await?;
+        self.inner.observe().await
+    }
+    async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> Result<()> {
+        self.layer.before("stage").await?;
+        self.inner.stage(revision, replicas).await
+    }
+    async fn scale(&self, revision: &RevisionId, replicas: u32) -> Result<()> {
+        self.layer.before("scale").await?;
+        self.inner.scale(revision, replicas).await
+    }
+    async fn route(&self, split: &TrafficSplit) -> Result<()> {
+        self.layer.before("route").await?;
+        self.inner.route(split).await
+    }
+    async fn promote(&self, revision: &RevisionId) -> Result<()> {
+        self.layer.before("promote").await?;
+        self.inner.promote(revision).await
+    }
+    async fn retire(&self, revision: &RevisionId) -> Result<()> {
+        self.layer.before("retire").await?;
+        self.inner.retire(revision).await
+    }
+}
+
+#[async_trait]
+impl<L: Layer, T: SecretStore> SecretStore for Wrapped<L, T> {
+    async fn fetch(&self, reference: &SecretRef) -> Result<SecretValue> {
+        self.layer.before("fetch").await?;
+        self.inner.fetch(reference).await
+    }
+}
+
+#[async_trait]
+impl<L: Layer, T: ArtifactStore> ArtifactStore for Wrapped<L, T> {
+    async fn resolve(&self, reference: &ArtifactRef) -> Result<Artifact> {
+        self.layer.before("resolve").await?;
+        self.inner.resolve(reference).await
+    }
+    async fn verify(&self, reference: &ArtifactRef, artifact: &Artifact, policy: &ArtifactPolicy) -> Result<()> {
+        self.layer.before("verify").await?;
+        self.inner.verify(reference, artifact, policy).await
+    }
+}
+
+#[async_trait]
+impl<L: Layer, T: HealthProbe> HealthProbe for Wrapped<L, T> {
+    async fn sample(&self, query: &ProbeQuery) -> Result<Sample> {
+        self.layer.before("sample").await?;
+        self.inner.sample(query).await
+    }
+}
+
+#[async_trait]
+impl<L: Layer, T: StateStore> StateStore for Wrapped<L, T> {
+    async fn get(&self, id: &str) -> Result<Option<RolloutRecord>> {
+        self.layer.before("get").await?;
+        self.inner.get(id).await
+    }
+    async fn put(&self, record: &RolloutRecord, expected_version: Option<u64>) -> Result<u64> {
+        self.layer.before("put").await?;
+        self.inner.put(record, expected_version).await
+    }
+    async fn list_active(&self) -> Result<Vec<RolloutRecord>> {
+        self.layer.before("list_active").await?;
+        self.inner.list_active().await
+    }
+    async fn list_target(&self, target: &str) -> Result<Vec<RolloutRecord>> {
+        self.layer.before("list_target").await?;
+        self.inner.list_target(target).await
+    }
+    async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
+        self.layer.before("acquire_lease").await?;
+        self.inner.acquire_lease(target, holder, ttl, now_ms).await
+    }
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
+        self.layer.before("renew_lease").await?;
+        self.inner.renew_lease(lease, ttl, now_ms).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        self.layer.before("release_lease").await?;
+        self.inner.release_lease(lease).await
+    }
+}
