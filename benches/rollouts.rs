@@ -1,1 +1,103 @@
-fn main(){}
+//! Engine throughput on the simulated providers, under virtual time.
+//!
+//! - `canary_10_step_1h`: a ten-step canary (five weights, each followed by a
+//!   12-minute analysis: one hour of virtual analysis) from plan to promotion.
+//!   Rollouts per wall-second = 1 / time per iteration.
+//! - `engine_per_step`: a 100-step plan on zero-latency providers (no
+//!   readiness delay, no pauses); criterion reports steps per second, so
+//!   engine CPU per step = 1 / that.
+//!
+//! `cargo bench --bench rollouts`
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
+use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
+use relay::{AnalysisSpec, Check, Relay, Release, RolloutSpec};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap()
+}
+
+/// A relay on a fresh simulated target with v1 already stable.
+fn world(rt: &tokio::runtime::Runtime, readiness: Duration) -> Relay {
+    let behavior = RevisionBehavior { readiness_delay: readiness, ..RevisionBehavior::healthy() };
+    let target = Arc::new(SimTarget::new("bench").seed(1).default_behavior(behavior));
+    let artifacts = Arc::new(MemoryArtifactStore::new());
+    artifacts.push("app", "v1", b"1", Default::default());
+    artifacts.push("app", "v2", b"2", Default::default());
+    let relay = Relay::builder()
+        .target(target.clone())
+        .artifacts(artifacts)
+        .probe(Arc::new(SimProbe::new(target)))
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let spec = RolloutSpec::new("bench", Release::new("app:v1".parse().unwrap()).replicas(10), AllAtOnce);
+        relay.start(spec).await.unwrap().wait().await.unwrap();
+    });
+    relay
+}
+
+fn ten_step_canary() -> CanaryStrategy {
+    let analysis = AnalysisSpec::new(vec![Check::new("errors", metrics::ERROR_RATE, ThresholdJudge::below(0.05))])
+        .every(Duration::from_secs(60), 12);
+    let mut c = CanaryStrategy::new();
+    for w in [10, 25, 50, 75, 100] {
+        c = c.set_weight(w).analyze(analysis.clone());
+    }
+    c
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("rollouts");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("canary_10_step_1h", |b| {
+        b.iter_batched(
+            || world(&rt, Duration::from_secs(5)),
+            |relay| {
+                rt.block_on(async {
+                    let spec = RolloutSpec::new("bench", Release::new("app:v2".parse().unwrap()).replicas(10), ten_step_canary());
+                    let outcome = relay.start(spec).await.unwrap().wait().await.unwrap();
+                    assert!(outcome.is_success());
+                })
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    let steps = CanaryStrategy::linear(1, Duration::from_millis(1));
+    let mut weights_only = CanaryStrategy::new();
+    for s in steps.steps() {
+        if let relay::strategies::CanaryStep::SetWeight(w) = s {
+            weights_only = weights_only.set_weight(*w);
+        }
+    }
+    let probe = world(&rt, Duration::ZERO);
+    let plan_len = rt.block_on(async {
+        let relay = probe;
+        let spec = RolloutSpec::new("bench", Release::new("app:v2".parse().unwrap()).replicas(10), weights_only.clone());
+        relay.plan(&spec).await.unwrap().steps.len()
+    });
+    g.throughput(Throughput::Elements(plan_len as u64));
+    g.bench_function(format!("engine_per_step_{plan_len}_steps"), |b| {
+        b.iter_batched(
+            || world(&rt, Duration::ZERO),
+            |relay| {
+                rt.block_on(async {
+                    let spec = RolloutSpec::new("bench", Release::new("app:v2".parse().unwrap()).replicas(10), weights_only.clone());
+                    assert!(relay.start(spec).await.unwrap().wait().await.unwrap().is_success());
+                })
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -21,13 +21,21 @@ use std::time::Duration;
 use relay::providers::sim::{metrics, MemoryArtifactStore, MemorySecretStore, RevisionBehavior, SimProbe, SimTarget};
 use relay::strategies::{AllAtOnce, CanaryStrategy, Statistic, ThresholdJudge};
 use relay::{
-    AnalysisSpec, Check, EventKind, FileStateStore, JsonlAuditSink, Outcome, Release, Relay, RolloutSpec, Target,
+    AnalysisSpec, Check, EventKind, FileStateStore, JsonlAuditSink, Outcome, Relay, Release, RolloutSpec, Target,
 };
 
 fn canary() -> CanaryStrategy {
     let analysis = AnalysisSpec::new(vec![
-        Check::new("error rate", metrics::ERROR_RATE, ThresholdJudge::below(0.05).min_samples(30)),
-        Check::new("latency p95", metrics::LATENCY_MS, ThresholdJudge::below(250.0).statistic(Statistic::P95).min_samples(30)),
+        Check::new(
+            "error rate",
+            metrics::ERROR_RATE,
+            ThresholdJudge::below(0.05).min_samples(30),
+        ),
+        Check::new(
+            "latency p95",
+            metrics::LATENCY_MS,
+            ThresholdJudge::below(250.0).statistic(Statistic::P95).min_samples(30),
+        ),
     ])
     .every(Duration::from_secs(60), 3);
     CanaryStrategy::new()
@@ -47,8 +55,14 @@ async fn deploy(relay: &Relay, spec: RolloutSpec) -> relay::Result<Outcome> {
         while let Some(e) = events.next().await {
             let t = (e.at_ms - *t0.get_or_insert(e.at_ms)) / 1000;
             let line = match e.kind {
-                EventKind::StepStarted { index, kind, description } => format!("step {:>2} {kind:<8} {description}", index + 1),
-                EventKind::TrafficShifted { candidate_weight } => format!("         traffic  candidate now at {candidate_weight}%"),
+                EventKind::StepStarted {
+                    index,
+                    kind,
+                    description,
+                } => format!("step {:>2} {kind:<8} {description}", index + 1),
+                EventKind::TrafficShifted { candidate_weight } => {
+                    format!("         traffic  candidate now at {candidate_weight}%")
+                }
                 EventKind::Verdict { verdict } => format!("         verdict  {verdict}"),
                 EventKind::RollbackStarted { cause } => format!("ROLLBACK {cause}"),
                 EventKind::Finished { outcome } => format!("finished: {outcome}"),
@@ -91,26 +105,49 @@ async fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let release = |tag: &str| -> Result<Release, String> {
-        Ok(Release::new(format!("shop/checkout:{tag}").parse().map_err(|e: relay::Error| e.to_string())?)
-            .replicas(10)
-            .config("LOG_LEVEL", "info")
-            .secret("DB_PASSWORD", "mem://checkout/db#password".parse().map_err(|e: relay::Error| e.to_string())?))
+        Ok(Release::new(
+            format!("shop/checkout:{tag}")
+                .parse()
+                .map_err(|e: relay::Error| e.to_string())?,
+        )
+        .replicas(10)
+        .config("LOG_LEVEL", "info")
+        .secret(
+            "DB_PASSWORD",
+            "mem://checkout/db#password"
+                .parse()
+                .map_err(|e: relay::Error| e.to_string())?,
+        ))
     };
 
     println!("== 1. first release (v1), all at once");
-    let first = deploy(&relay, RolloutSpec::new("checkout", release("v1")?, AllAtOnce)).await.map_err(|e| e.to_string())?;
+    let first = deploy(&relay, RolloutSpec::new("checkout", release("v1")?, AllAtOnce))
+        .await
+        .map_err(|e| e.to_string())?;
     println!("== 2. healthy release (v2), canary with analysis");
-    let good = deploy(&relay, RolloutSpec::new("checkout", release("v2")?, canary())).await.map_err(|e| e.to_string())?;
+    let good = deploy(&relay, RolloutSpec::new("checkout", release("v2")?, canary()))
+        .await
+        .map_err(|e| e.to_string())?;
     println!("== 3. bad release (v3: 12% errors), same canary");
-    let bad_outcome = deploy(&relay, RolloutSpec::new("checkout", release("v3")?, canary())).await.map_err(|e| e.to_string())?;
+    let bad_outcome = deploy(&relay, RolloutSpec::new("checkout", release("v3")?, canary()))
+        .await
+        .map_err(|e| e.to_string())?;
 
     let state = target.observe().await.map_err(|e| e.to_string())?;
-    let verified = relay.audit().verify().await.map_err(|e| format!("audit chain broken: {e}"))?;
+    let verified = relay
+        .audit()
+        .verify()
+        .await
+        .map_err(|e| format!("audit chain broken: {e}"))?;
     println!("\n== summary");
     println!("  v1: {first}");
     println!("  v2: {good}");
     println!("  v3: {bad_outcome}");
-    println!("  target now: stable {:?}, traffic {}", state.stable.as_ref().map(|s| s.to_string()), state.traffic);
+    println!(
+        "  target now: stable {:?}, traffic {}",
+        state.stable.as_ref().map(|s| s.to_string()),
+        state.traffic
+    );
     println!("  audit: {verified} entries, hash chain verified");
 
     let mut problems = Vec::new();
@@ -124,16 +161,27 @@ async fn run() -> Result<(), String> {
         problems.push(format!("v3 was not rolled back: {bad_outcome}"));
     }
     if state.stable.as_ref().map(|s| s.as_str()) != Some(v2.as_str()) || state.revisions.len() != 1 {
-        problems.push(format!("target should run only v2 ({v2}) as stable, runs {:?}", state.revisions));
+        problems.push(format!(
+            "target should run only v2 ({v2}) as stable, runs {:?}",
+            state.revisions
+        ));
     }
     let _ = std::fs::remove_dir_all(&dir);
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 fn main() -> ExitCode {
     // Virtual time: the rollouts below wait and analyze for many minutes of
     // tokio time, which a paused clock skips through.
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("quickstart: cannot start the runtime: {e}");

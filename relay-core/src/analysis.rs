@@ -194,7 +194,10 @@ impl AnalysisSpec {
     /// Check the spec; `path` prefixes field names in errors.
     pub fn validate(&self, path: &str) -> Result<()> {
         if self.checks.is_empty() {
-            return Err(Error::invalid(format!("{path}.checks"), "an analysis needs at least one check"));
+            return Err(Error::invalid(
+                format!("{path}.checks"),
+                "an analysis needs at least one check",
+            ));
         }
         if self.interval.is_zero() {
             return Err(Error::invalid(format!("{path}.interval"), "must be greater than zero"));
@@ -207,7 +210,10 @@ impl AnalysisSpec {
                 return Err(Error::invalid(format!("{path}.checks[{i}].name"), "must not be empty"));
             }
             if c.metric.is_empty() {
-                return Err(Error::invalid(format!("{path}.checks[{i}].metric"), "must not be empty"));
+                return Err(Error::invalid(
+                    format!("{path}.checks[{i}].metric"),
+                    "must not be empty",
+                ));
             }
             c.judge.validate(&format!("{path}.checks[{i}].judge"))?;
         }
@@ -241,7 +247,13 @@ impl fmt::Display for Verdict {
         write!(
             f,
             "{} [{} on {}] #{}: {} ({}; n={})",
-            self.check, self.metric, self.scope, self.measurement, self.judgement.outcome, self.judgement.reason, self.judgement.samples
+            self.check,
+            self.metric,
+            self.scope,
+            self.measurement,
+            self.judgement.outcome,
+            self.judgement.reason,
+            self.judgement.samples
         )?;
         if self.dry_run {
             f.write_str(" [dry-run]")?;

@@ -17,9 +17,9 @@ impl Digest {
     /// Parse and validate a digest. The error names `path` so callers can say
     /// which field held it.
     pub fn parse_at(path: &str, s: &str) -> Result<Self> {
-        let hex = s.strip_prefix("sha256:").ok_or_else(|| {
-            Error::invalid(path, format!("digest {s:?} must start with \"sha256:\""))
-        })?;
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| Error::invalid(path, format!("digest {s:?} must start with \"sha256:\"")))?;
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(Error::invalid(
                 path,
@@ -90,7 +90,10 @@ impl ArtifactRef {
     /// Parse a reference, naming `path` in errors.
     pub fn parse_at(path: &str, s: &str) -> Result<Self> {
         if s.is_empty() {
-            return Err(Error::invalid(path, "artifact reference is empty; write repo:tag or repo@sha256:<hex>"));
+            return Err(Error::invalid(
+                path,
+                "artifact reference is empty; write repo:tag or repo@sha256:<hex>",
+            ));
         }
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => (r, Some(Digest::parse_at(path, d)?)),
@@ -103,7 +106,10 @@ impl ArtifactRef {
             None => (rest, None),
         };
         if repository.is_empty() || repository.starts_with('/') || repository.ends_with('/') {
-            return Err(Error::invalid(path, format!("artifact reference {s:?} has no repository name")));
+            return Err(Error::invalid(
+                path,
+                format!("artifact reference {s:?} has no repository name"),
+            ));
         }
         if let Some(t) = tag {
             if t.is_empty() || t.len() > 128 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
@@ -221,7 +227,10 @@ impl ArtifactPolicy {
             if d != &artifact.digest {
                 return Err(Error::invalid(
                     PATH,
-                    format!("store resolved {} to {}, not the requested digest", reference, artifact.digest),
+                    format!(
+                        "store resolved {} to {}, not the requested digest",
+                        reference, artifact.digest
+                    ),
                 ));
             }
         }
@@ -230,17 +239,26 @@ impl ArtifactPolicy {
             if !self.allowed_registries.iter().any(|a| a == reg) {
                 return Err(Error::invalid(
                     PATH,
-                    format!("registry {reg:?} is not in the allowed list {:?}", self.allowed_registries),
+                    format!(
+                        "registry {reg:?} is not in the allowed list {:?}",
+                        self.allowed_registries
+                    ),
                 ));
             }
         }
         for key in &self.required_metadata {
             if !artifact.metadata.contains_key(key) {
-                return Err(Error::invalid(PATH, format!("artifact {} lacks required metadata {key:?}", artifact.digest)));
+                return Err(Error::invalid(
+                    PATH,
+                    format!("artifact {} lacks required metadata {key:?}", artifact.digest),
+                ));
             }
         }
         if self.rejected_digests.contains(&artifact.digest) {
-            return Err(Error::invalid(PATH, format!("artifact {} is on the rejected list", artifact.digest)));
+            return Err(Error::invalid(
+                PATH,
+                format!("artifact {} is on the rejected list", artifact.digest),
+            ));
         }
         Ok(())
     }
@@ -255,11 +273,21 @@ mod tests {
     #[test]
     fn digest_validation() {
         assert!(Digest::parse_at("x", D).is_ok());
-        for bad in ["", "sha256:", "md5:00", &D.to_uppercase(), &D[..70], "sha256:zz23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"] {
+        for bad in [
+            "",
+            "sha256:",
+            "md5:00",
+            &D.to_uppercase(),
+            &D[..70],
+            "sha256:zz23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
             let e = Digest::parse_at("release.artifact", bad).unwrap_err();
             assert!(e.to_string().starts_with("invalid release.artifact:"), "{e}");
         }
-        assert_eq!(Digest::of(b"").as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            Digest::of(b"").as_str(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     #[test]
@@ -274,22 +302,46 @@ mod tests {
         let r: ArtifactRef = format!("app:v2@{D}").parse().unwrap();
         assert_eq!(r.to_string(), format!("app:v2@{D}"));
         for bad in ["", "app", ":v1", "app:", "app@sha256:12", "app:bad tag"] {
-            assert!(matches!(bad.parse::<ArtifactRef>(), Err(Error::InvalidSpec { .. })), "{bad}");
+            assert!(
+                matches!(bad.parse::<ArtifactRef>(), Err(Error::InvalidSpec { .. })),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn policy_rules() {
-        let art = Artifact { repository: "reg.io/app".into(), tag: Some("v1".into()), digest: D.parse().unwrap(), metadata: BTreeMap::new() };
+        let art = Artifact {
+            repository: "reg.io/app".into(),
+            tag: Some("v1".into()),
+            digest: D.parse().unwrap(),
+            metadata: BTreeMap::new(),
+        };
         let by_tag: ArtifactRef = "reg.io/app:v1".parse().unwrap();
         assert!(ArtifactPolicy::default().check(&by_tag, &art).is_ok());
-        let p = ArtifactPolicy { require_digest: true, ..Default::default() };
-        assert!(p.check(&by_tag, &art).unwrap_err().to_string().contains("pinned digest"));
-        let p = ArtifactPolicy { allowed_registries: vec!["other.io".into()], ..Default::default() };
+        let p = ArtifactPolicy {
+            require_digest: true,
+            ..Default::default()
+        };
+        assert!(p
+            .check(&by_tag, &art)
+            .unwrap_err()
+            .to_string()
+            .contains("pinned digest"));
+        let p = ArtifactPolicy {
+            allowed_registries: vec!["other.io".into()],
+            ..Default::default()
+        };
         assert!(p.check(&by_tag, &art).unwrap_err().to_string().contains("allowed"));
-        let p = ArtifactPolicy { required_metadata: vec!["signature".into()], ..Default::default() };
+        let p = ArtifactPolicy {
+            required_metadata: vec!["signature".into()],
+            ..Default::default()
+        };
         assert!(p.check(&by_tag, &art).unwrap_err().to_string().contains("signature"));
-        let p = ArtifactPolicy { rejected_digests: vec![art.digest.clone()], ..Default::default() };
+        let p = ArtifactPolicy {
+            rejected_digests: vec![art.digest.clone()],
+            ..Default::default()
+        };
         assert!(p.check(&by_tag, &art).unwrap_err().to_string().contains("rejected"));
     }
 }

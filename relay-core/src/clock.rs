@@ -33,7 +33,10 @@ impl TokioClock {
 
     /// Anchored at `base_ms`, for reproducible tests.
     pub fn starting_at(base_ms: UnixMillis) -> Self {
-        TokioClock { base_ms, base: tokio::time::Instant::now() }
+        TokioClock {
+            base_ms,
+            base: tokio::time::Instant::now(),
+        }
     }
 }
 

@@ -179,7 +179,9 @@ pub struct RolloutEvents {
 
 impl RolloutEvents {
     pub(crate) fn new(rx: broadcast::Receiver<RolloutEvent>) -> Self {
-        RolloutEvents { inner: BroadcastStream::new(rx) }
+        RolloutEvents {
+            inner: BroadcastStream::new(rx),
+        }
     }
 
     /// The next event, or `None` once the rollout has finished and every

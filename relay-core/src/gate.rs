@@ -106,8 +106,12 @@ impl Gate for ManualApproval {
         // The latest decision on this gate wins.
         Ok(match ctx.approvals.iter().rev().find(|a| a.gate == self.name) {
             Some(a) if a.approved => GateDecision::Pass { by: a.by.clone() },
-            Some(a) => GateDecision::Fail { reason: format!("rejected by {}: {}", a.by, a.comment) },
-            None => GateDecision::Wait { reason: format!("waiting for approval of {:?}", self.name) },
+            Some(a) => GateDecision::Fail {
+                reason: format!("rejected by {}: {}", a.by, a.comment),
+            },
+            None => GateDecision::Wait {
+                reason: format!("waiting for approval of {:?}", self.name),
+            },
         })
     }
 }

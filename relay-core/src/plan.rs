@@ -9,7 +9,7 @@ use crate::analysis::AnalysisSpec;
 use crate::artifact::ArtifactRef;
 use crate::error::Result;
 use crate::release::{RevisionId, RevisionSpec};
-use crate::target::{Capabilities, Role, RevisionState};
+use crate::target::{Capabilities, RevisionState, Role};
 
 /// One step of a plan. Every step is declarative ("set weight to 25", never
 /// "add 25"), so re-running the step under the cursor after a crash is safe.
@@ -77,7 +77,10 @@ impl Step {
 
     /// Whether the step changes the target.
     pub fn is_mutation(&self) -> bool {
-        matches!(self, Step::Stage { .. } | Step::Scale { .. } | Step::Route { .. } | Step::Promote | Step::Retire { .. })
+        matches!(
+            self,
+            Step::Stage { .. } | Step::Scale { .. } | Step::Route { .. } | Step::Promote | Step::Retire { .. }
+        )
     }
 }
 
@@ -85,9 +88,9 @@ fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs();
     if d.subsec_millis() != 0 || s == 0 {
         format!("{}ms", d.as_millis())
-    } else if s % 3600 == 0 {
+    } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -100,7 +103,11 @@ impl fmt::Display for Step {
             Step::Stage { replicas } => write!(f, "start candidate with {replicas} replica(s)"),
             Step::Scale { role, replicas } => write!(f, "scale {role} to {replicas} replica(s)"),
             Step::Route { candidate_weight } => {
-                write!(f, "traffic: candidate {candidate_weight}%, stable {}%", 100 - u32::from(*candidate_weight))
+                write!(
+                    f,
+                    "traffic: candidate {candidate_weight}%, stable {}%",
+                    100 - u32::from(*candidate_weight)
+                )
             }
             Step::Pause { duration: Some(d) } => write!(f, "wait {}", fmt_duration(*d)),
             Step::Pause { duration: None } => write!(f, "wait for resume"),
@@ -108,9 +115,22 @@ impl fmt::Display for Step {
                 let checks: Vec<String> = analysis
                     .checks
                     .iter()
-                    .map(|c| format!("{} {}{}", c.metric, c.judge.describe(), if c.dry_run { " (dry-run)" } else { "" }))
+                    .map(|c| {
+                        format!(
+                            "{} {}{}",
+                            c.metric,
+                            c.judge.describe(),
+                            if c.dry_run { " (dry-run)" } else { "" }
+                        )
+                    })
                     .collect();
-                write!(f, "{} x {}: {}", analysis.count, fmt_duration(analysis.interval), checks.join("; "))
+                write!(
+                    f,
+                    "{} x {}: {}",
+                    analysis.count,
+                    fmt_duration(analysis.interval),
+                    checks.join("; ")
+                )
             }
             Step::Gate { name } => write!(f, "gate {name:?}"),
             Step::Promote => write!(f, "make candidate stable"),
@@ -222,7 +242,9 @@ mod tests {
         let steps = vec![
             Step::Stage { replicas: 1 },
             Step::Route { candidate_weight: 10 },
-            Step::Pause { duration: Some(Duration::from_secs(300)) },
+            Step::Pause {
+                duration: Some(Duration::from_secs(300)),
+            },
             Step::Pause { duration: None },
             Step::Gate { name: "approve".into() },
             Step::Promote,

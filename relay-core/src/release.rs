@@ -34,15 +34,24 @@ impl SecretRef {
     /// Parse a reference, naming `path` in errors.
     pub fn parse_at(field: &str, s: &str) -> Result<Self> {
         let (scheme, rest) = s.split_once("://").ok_or_else(|| {
-            Error::invalid(field, format!("secret reference {s:?} must look like scheme://path[#key][?version=N]"))
+            Error::invalid(
+                field,
+                format!("secret reference {s:?} must look like scheme://path[#key][?version=N]"),
+            )
         })?;
         if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(Error::invalid(field, format!("secret reference {s:?} has an invalid scheme {scheme:?}")));
+            return Err(Error::invalid(
+                field,
+                format!("secret reference {s:?} has an invalid scheme {scheme:?}"),
+            ));
         }
         let cut = rest.find(['#', '?']).unwrap_or(rest.len());
         let path = &rest[..cut];
         if path.is_empty() {
-            return Err(Error::invalid(field, format!("secret reference {s:?} has an empty path")));
+            return Err(Error::invalid(
+                field,
+                format!("secret reference {s:?} has an empty path"),
+            ));
         }
         let mut key = None;
         let mut params = BTreeMap::new();
@@ -54,23 +63,37 @@ impl SecretRef {
             let part = &body[..end];
             if marker == b'#' {
                 if part.is_empty() || key.is_some() {
-                    return Err(Error::invalid(field, format!("secret reference {s:?} needs exactly one non-empty #key")));
+                    return Err(Error::invalid(
+                        field,
+                        format!("secret reference {s:?} needs exactly one non-empty #key"),
+                    ));
                 }
                 key = Some(part.to_owned());
             } else {
                 for kv in part.split('&') {
                     let (k, v) = kv.split_once('=').ok_or_else(|| {
-                        Error::invalid(field, format!("secret reference {s:?}: parameter {kv:?} must be name=value"))
+                        Error::invalid(
+                            field,
+                            format!("secret reference {s:?}: parameter {kv:?} must be name=value"),
+                        )
                     })?;
                     if k.is_empty() || v.is_empty() {
-                        return Err(Error::invalid(field, format!("secret reference {s:?}: parameter {kv:?} must be name=value")));
+                        return Err(Error::invalid(
+                            field,
+                            format!("secret reference {s:?}: parameter {kv:?} must be name=value"),
+                        ));
                     }
                     params.insert(k.to_owned(), v.to_owned());
                 }
             }
             tail = &body[end..];
         }
-        Ok(SecretRef { scheme: scheme.to_owned(), path: path.to_owned(), key, params })
+        Ok(SecretRef {
+            scheme: scheme.to_owned(),
+            path: path.to_owned(),
+            key,
+            params,
+        })
     }
 
     /// The pinned version, if the reference names one.
@@ -138,7 +161,12 @@ pub struct Release {
 impl Release {
     /// A release of `artifact` with one replica and no config or secrets.
     pub fn new(artifact: ArtifactRef) -> Self {
-        Release { artifact, config: BTreeMap::new(), secrets: BTreeMap::new(), replicas: 1 }
+        Release {
+            artifact,
+            config: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            replicas: 1,
+        }
     }
 
     /// Set the desired replica count.
@@ -165,10 +193,17 @@ impl Release {
             return Err(Error::invalid("release.replicas", "must be at least 1"));
         }
         if self.replicas > 10_000 {
-            return Err(Error::invalid("release.replicas", format!("{} is above the limit of 10000", self.replicas)));
+            return Err(Error::invalid(
+                "release.replicas",
+                format!("{} is above the limit of 10000", self.replicas),
+            ));
         }
         for k in self.config.keys().chain(self.secrets.keys()) {
-            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-') {
+            if k.is_empty()
+                || !k
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+            {
                 return Err(Error::invalid(
                     format!("release.config.{k}"),
                     "names must be non-empty letters, digits, '_', '.' or '-'",
@@ -176,7 +211,10 @@ impl Release {
             }
         }
         if let Some(dup) = self.config.keys().find(|k| self.secrets.contains_key(*k)) {
-            return Err(Error::invalid(format!("release.secrets.{dup}"), "also defined in release.config; use one"));
+            return Err(Error::invalid(
+                format!("release.secrets.{dup}"),
+                "also defined in release.config; use one",
+            ));
         }
         Ok(())
     }
@@ -234,7 +272,12 @@ impl RevisionSpec {
         });
         let hash = sha2::Sha256::digest(canonical.to_string().as_bytes());
         let id = RevisionId(format!("rev-{}", &hex::encode(hash)[..10]));
-        RevisionSpec { id, artifact, config, secrets }
+        RevisionSpec {
+            id,
+            artifact,
+            config,
+            secrets,
+        }
     }
 }
 
@@ -259,7 +302,17 @@ mod tests {
 
     #[test]
     fn bad_secret_refs_name_the_field() {
-        for bad in ["", "nourl", "://x", "v@ult://x", "mem://", "mem://a#", "mem://a?version", "mem://a#k#j", "mem://a?=1"] {
+        for bad in [
+            "",
+            "nourl",
+            "://x",
+            "v@ult://x",
+            "mem://",
+            "mem://a#",
+            "mem://a?version",
+            "mem://a#k#j",
+            "mem://a?=1",
+        ] {
             let e = SecretRef::parse_at("release.secrets.DB", bad).unwrap_err();
             assert!(e.to_string().starts_with("invalid release.secrets.DB"), "{bad}: {e}");
         }
@@ -269,17 +322,32 @@ mod tests {
     fn release_validation() {
         let r = Release::new("app:v1".parse().unwrap());
         assert!(r.validate().is_ok());
-        assert!(r.clone().replicas(0).validate().unwrap_err().to_string().contains("release.replicas"));
+        assert!(r
+            .clone()
+            .replicas(0)
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("release.replicas"));
         let e = r.clone().config("", "x").validate().unwrap_err();
         assert!(matches!(e, Error::InvalidSpec { .. }));
-        let e = r.config("DB", "x").secret("DB", "mem://db".parse().unwrap()).validate().unwrap_err();
+        let e = r
+            .config("DB", "x")
+            .secret("DB", "mem://db".parse().unwrap())
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("release.secrets.DB"));
     }
 
     #[test]
     fn revision_id_is_content_derived() {
         let d = crate::Digest::of(b"a");
-        let art = Artifact { repository: "app".into(), tag: None, digest: d, metadata: Default::default() };
+        let art = Artifact {
+            repository: "app".into(),
+            tag: None,
+            digest: d,
+            metadata: Default::default(),
+        };
         let a = RevisionSpec::new(art.clone(), BTreeMap::new(), BTreeMap::new());
         let b = RevisionSpec::new(art.clone(), BTreeMap::new(), BTreeMap::new());
         let mut cfg = BTreeMap::new();

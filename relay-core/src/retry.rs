@@ -50,7 +50,10 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// A policy that tries once.
     pub fn never() -> Self {
-        RetryPolicy { max_attempts: 1, ..Default::default() }
+        RetryPolicy {
+            max_attempts: 1,
+            ..Default::default()
+        }
     }
 
     /// Check the policy's own fields.
@@ -94,7 +97,9 @@ impl RetryPolicy {
             attempt += 1;
             let result = match tokio::time::timeout(self.attempt_timeout, call()).await {
                 Ok(r) => r,
-                Err(_) => Err(Error::Timeout { what: format!("{operation} (attempt {attempt})") }),
+                Err(_) => Err(Error::Timeout {
+                    what: format!("{operation} (attempt {attempt})"),
+                }),
             };
             let err = match result {
                 Ok(v) => return Ok(v),
@@ -103,7 +108,11 @@ impl RetryPolicy {
             };
             let backoff = self.ceiling(attempt).mul_f64(rng.next_f64());
             if attempt >= self.max_attempts || start.elapsed() + backoff > self.deadline {
-                return Err(Error::RetriesExhausted { operation: operation.to_owned(), attempts: attempt, last: Box::new(err) });
+                return Err(Error::RetriesExhausted {
+                    operation: operation.to_owned(),
+                    attempts: attempt,
+                    last: Box::new(err),
+                });
             }
             on_retry(attempt, &err, backoff);
             tokio::time::sleep(backoff).await;
@@ -117,7 +126,10 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn unavailable() -> Error {
-        Error::Unavailable { provider: "p".into(), reason: "503".into() }
+        Error::Unavailable {
+            provider: "p".into(),
+            reason: "503".into(),
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -125,9 +137,18 @@ mod tests {
         let calls = AtomicU32::new(0);
         let mut retries = 0;
         let r = RetryPolicy::default()
-            .run("op", &SeededRng::new(1), |_, _, _| retries += 1, || async {
-                if calls.fetch_add(1, Ordering::SeqCst) < 2 { Err(unavailable()) } else { Ok(7) }
-            })
+            .run(
+                "op",
+                &SeededRng::new(1),
+                |_, _, _| retries += 1,
+                || async {
+                    if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                        Err(unavailable())
+                    } else {
+                        Ok(7)
+                    }
+                },
+            )
             .await;
         assert_eq!(r.unwrap(), 7);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
@@ -138,10 +159,15 @@ mod tests {
     async fn terminal_errors_are_not_retried() {
         let calls = AtomicU32::new(0);
         let r: Result<()> = RetryPolicy::default()
-            .run("op", &SeededRng::new(1), |_, _, _| {}, || async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Err(Error::PermissionDenied { what: "x".into() })
-            })
+            .run(
+                "op",
+                &SeededRng::new(1),
+                |_, _, _| {},
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(Error::PermissionDenied { what: "x".into() })
+                },
+            )
             .await;
         assert!(matches!(r, Err(Error::PermissionDenied { .. })));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -150,12 +176,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn gives_up_after_cap_and_keeps_last_error() {
         let calls = AtomicU32::new(0);
-        let policy = RetryPolicy { max_attempts: 4, ..Default::default() };
+        let policy = RetryPolicy {
+            max_attempts: 4,
+            ..Default::default()
+        };
         let r: Result<()> = policy
-            .run("op", &SeededRng::new(1), |_, _, _| {}, || async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Err(unavailable())
-            })
+            .run(
+                "op",
+                &SeededRng::new(1),
+                |_, _, _| {},
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(unavailable())
+                },
+            )
             .await;
         match r {
             Err(Error::RetriesExhausted { attempts, last, .. }) => {
@@ -188,6 +222,11 @@ mod tests {
         let p = RetryPolicy::default();
         assert!(p.ceiling(2) > p.ceiling(1));
         assert_eq!(p.ceiling(40), p.max_backoff);
-        assert!(RetryPolicy { max_attempts: 0, ..p.clone() }.validate().is_err());
+        assert!(RetryPolicy {
+            max_attempts: 0,
+            ..p.clone()
+        }
+        .validate()
+        .is_err());
     }
 }

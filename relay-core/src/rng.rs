@@ -14,12 +14,17 @@ pub struct SeededRng {
 impl SeededRng {
     /// A generator whose sequence is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
-        SeededRng { state: AtomicU64::new(seed) }
+        SeededRng {
+            state: AtomicU64::new(seed),
+        }
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&self) -> u64 {
-        let s = self.state.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let s = self
+            .state
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = s;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -47,7 +47,10 @@ pub struct SecretValue {
 
 impl fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretValue").field("value", &"[REDACTED]").field("version", &self.version).finish()
+        f.debug_struct("SecretValue")
+            .field("value", &"[REDACTED]")
+            .field("version", &self.version)
+            .finish()
     }
 }
 

@@ -75,7 +75,10 @@ impl TrafficSplit {
     pub fn new(weights: BTreeMap<RevisionId, u8>) -> Result<Self> {
         let sum: u32 = weights.values().map(|w| u32::from(*w)).sum();
         if sum != 100 {
-            return Err(Error::invalid("traffic", format!("weights sum to {sum}, they must sum to 100")));
+            return Err(Error::invalid(
+                "traffic",
+                format!("weights sum to {sum}, they must sum to 100"),
+            ));
         }
         Ok(TrafficSplit(weights.into_iter().filter(|(_, w)| *w > 0).collect()))
     }
@@ -89,7 +92,10 @@ impl TrafficSplit {
     /// Weights above 100 are an error.
     pub fn canary(stable: &RevisionId, candidate: &RevisionId, candidate_weight: u8) -> Result<Self> {
         if candidate_weight > 100 {
-            return Err(Error::invalid("traffic.weight", format!("{candidate_weight} is above 100")));
+            return Err(Error::invalid(
+                "traffic.weight",
+                format!("{candidate_weight} is above 100"),
+            ));
         }
         let mut m = BTreeMap::new();
         m.insert(stable.clone(), 100 - candidate_weight);
@@ -235,9 +241,15 @@ mod tests {
 
     #[test]
     fn capabilities_gate_weights() {
-        let sw = Capabilities { routing: Routing::Switch, max_revisions: 2 };
+        let sw = Capabilities {
+            routing: Routing::Switch,
+            max_revisions: 2,
+        };
         assert!(sw.can_route(100) && sw.can_route(0) && !sw.can_route(10));
-        let w = Capabilities { routing: Routing::Weighted, max_revisions: 2 };
+        let w = Capabilities {
+            routing: Routing::Weighted,
+            max_revisions: 2,
+        };
         assert!(w.can_route(10));
     }
 }

@@ -21,7 +21,12 @@ use crate::{Artifact, Digest, SecretRef, SecretStore};
 
 /// A record for `target` with a one-step plan, for store tests.
 pub fn sample_record(id: &str, target: &str, lease_token: u64) -> RolloutRecord {
-    let artifact = Artifact { repository: "app".into(), tag: None, digest: Digest::of(id.as_bytes()), metadata: BTreeMap::new() };
+    let artifact = Artifact {
+        repository: "app".into(),
+        tag: None,
+        digest: Digest::of(id.as_bytes()),
+        metadata: BTreeMap::new(),
+    };
     RolloutRecord {
         id: id.into(),
         target: target.into(),
@@ -61,23 +66,41 @@ pub async fn state_store_conformance(store: &dyn StateStore) {
     }
     let renewed = store.renew_lease(&again, ttl, 5_000).await.unwrap();
     assert_eq!(renewed.expires_at_ms, 15_000, "renewal extends from now");
-    let b = store.acquire_lease("conf-t", "b", ttl, 15_001).await.expect("an expired lease can be taken");
+    let b = store
+        .acquire_lease("conf-t", "b", ttl, 15_001)
+        .await
+        .expect("an expired lease can be taken");
     assert!(b.token > a.token, "fencing token must increase when the holder changes");
-    assert!(matches!(store.renew_lease(&renewed, ttl, 15_002).await, Err(Error::LeaseLost { .. })), "the old holder's renewal must fail");
+    assert!(
+        matches!(
+            store.renew_lease(&renewed, ttl, 15_002).await,
+            Err(Error::LeaseLost { .. })
+        ),
+        "the old holder's renewal must fail"
+    );
 
     // Records: create-only, compare-and-swap, fencing against the old holder.
     let mut rec = sample_record("conf-r1", "conf-t", b.token);
     let v1 = store.put(&rec, None).await.unwrap();
-    assert!(matches!(store.put(&rec, None).await, Err(Error::Conflict { .. })), "create of an existing record must conflict");
+    assert!(
+        matches!(store.put(&rec, None).await, Err(Error::Conflict { .. })),
+        "create of an existing record must conflict"
+    );
     rec.cursor = 1;
     let v2 = store.put(&rec, Some(v1)).await.unwrap();
     assert!(v2 > v1);
-    assert!(matches!(store.put(&rec, Some(v1)).await, Err(Error::Conflict { .. })), "a stale version must conflict");
+    assert!(
+        matches!(store.put(&rec, Some(v1)).await, Err(Error::Conflict { .. })),
+        "a stale version must conflict"
+    );
     let got = store.get("conf-r1").await.unwrap().expect("record stored");
     assert_eq!((got.cursor, got.version), (1, v2));
     let mut stale = got.clone();
     stale.lease_token = a.token;
-    assert!(matches!(store.put(&stale, Some(v2)).await, Err(Error::LeaseLost { .. })), "a write under an old fencing token must be refused");
+    assert!(
+        matches!(store.put(&stale, Some(v2)).await, Err(Error::LeaseLost { .. })),
+        "a write under an old fencing token must be refused"
+    );
     assert!(store.get("conf-missing").await.unwrap().is_none());
 
     // Listing: active only, per target.
@@ -99,7 +122,13 @@ pub async fn audit_sink_conformance(sink: &dyn AuditSink) {
     let before = sink.entries().await.unwrap().len() as u64;
     for i in 0..3 {
         let e = sink
-            .append(AuditEvent { at_ms: i, actor: "conf".into(), rollout: "r".into(), action: "test".into(), detail: serde_json::json!({"i": i}) })
+            .append(AuditEvent {
+                at_ms: i,
+                actor: "conf".into(),
+                rollout: "r".into(),
+                action: "test".into(),
+                detail: serde_json::json!({"i": i}),
+            })
             .await
             .unwrap();
         assert_eq!(e.seq, before + i as u64 + 1, "sequence numbers have no gaps");
@@ -125,13 +154,22 @@ pub async fn target_conformance(target: &dyn Target, first: &RevisionSpec, secon
     let s = target.observe().await.unwrap();
     assert_eq!(s.stable.as_ref(), Some(&first.id));
     assert_eq!(s.revision(&second.id).map(|r| r.desired), Some(1));
-    assert!(matches!(target.retire(&second.id).await, Err(Error::Conflict { .. })), "retiring a revision with traffic must conflict");
+    assert!(
+        matches!(target.retire(&second.id).await, Err(Error::Conflict { .. })),
+        "retiring a revision with traffic must conflict"
+    );
     target.scale(&second.id, 3).await.unwrap();
     target.scale(&second.id, 3).await.expect("scale is idempotent");
-    assert_eq!(target.observe().await.unwrap().revision(&second.id).map(|r| r.desired), Some(3));
+    assert_eq!(
+        target.observe().await.unwrap().revision(&second.id).map(|r| r.desired),
+        Some(3)
+    );
     target.route(&TrafficSplit::all(&first.id)).await.unwrap();
     target.retire(&second.id).await.unwrap();
-    target.retire(&second.id).await.expect("retire of an absent revision succeeds");
+    target
+        .retire(&second.id)
+        .await
+        .expect("retire of an absent revision succeeds");
     assert!(target.observe().await.unwrap().revision(&second.id).is_none());
 }
 
@@ -142,7 +180,10 @@ pub async fn secret_store_conformance(store: &dyn SecretStore, reference: &Secre
     use secrecy::ExposeSecret;
     let current = store.fetch(reference).await.unwrap();
     assert_eq!(current.value.expose_secret(), planted);
-    assert!(!format!("{current:?}").contains(planted), "Debug must not show the value");
+    assert!(
+        !format!("{current:?}").contains(planted),
+        "Debug must not show the value"
+    );
     let pinned = store.fetch(&reference.pinned(current.version.clone())).await.unwrap();
     assert_eq!(pinned.version, current.version);
     let mut missing = reference.clone();

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use relay_core::{
     Artifact, ArtifactPolicy, ArtifactRef, ArtifactStore, Capabilities, Error, HealthProbe, Lease, ProbeQuery, Result,
-    RevisionId, RevisionSpec, RolloutRecord, Sample, SecretRef, SecretStore, SecretValue, SeededRng, StateStore, Target,
-    TargetState, TrafficSplit, UnixMillis,
+    RevisionId, RevisionSpec, RolloutRecord, Sample, SecretRef, SecretStore, SecretValue, SeededRng, StateStore,
+    Target, TargetState, TrafficSplit, UnixMillis,
 };
 
 /// Something done before each wrapped call: delay it, or fail it.
@@ -73,7 +73,10 @@ impl Layer for FaultLayer {
         if self.only.as_ref().is_some_and(|o| !o.contains(op)) {
             return Ok(());
         }
-        let forced = self.forced.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        let forced = self
+            .forced
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
         // Draw on every call so a schedule depends only on the seed and the call sequence.
         let roll = (self.rng.next_u64() % 1_000_000) as u32;
         if !forced && roll >= self.rate_ppm {
@@ -82,10 +85,17 @@ impl Layer for FaultLayer {
         self.injected.fetch_add(1, Ordering::Relaxed);
         let provider = "faulty".to_owned();
         Err(match self.kind {
-            FaultKind::Unavailable => Error::Unavailable { provider, reason: format!("injected fault in {op}") },
+            FaultKind::Unavailable => Error::Unavailable {
+                provider,
+                reason: format!("injected fault in {op}"),
+            },
             FaultKind::RateLimited => Error::RateLimited { provider },
-            FaultKind::Timeout => Error::Timeout { what: format!("injected timeout in {op}") },
-            FaultKind::PermissionDenied => Error::PermissionDenied { what: format!("injected denial of {op}") },
+            FaultKind::Timeout => Error::Timeout {
+                what: format!("injected timeout in {op}"),
+            },
+            FaultKind::PermissionDenied => Error::PermissionDenied {
+                what: format!("injected denial of {op}"),
+            },
             FaultKind::Hang => return std::future::pending().await,
         })
     }
@@ -165,7 +175,10 @@ pub type Latency<T> = Wrapped<LatencyLayer, T>;
 impl<T> Latency<T> {
     /// Wrap `inner` with `delay` per call.
     pub fn new(inner: T, delay: Duration) -> Self {
-        Wrapped { layer: LatencyLayer { delay }, inner }
+        Wrapped {
+            layer: LatencyLayer { delay },
+            inner,
+        }
     }
 }
 

@@ -32,7 +32,12 @@ pub struct BlueGreenStrategy {
 
 impl Default for BlueGreenStrategy {
     fn default() -> Self {
-        BlueGreenStrategy { pre_promotion: None, post_promotion: None, approval_gate: None, scale_down_delay: Duration::from_secs(30) }
+        BlueGreenStrategy {
+            pre_promotion: None,
+            post_promotion: None,
+            approval_gate: None,
+            scale_down_delay: Duration::from_secs(30),
+        }
     }
 }
 
@@ -115,7 +120,9 @@ impl Strategy for BlueGreenStrategy {
         steps.push(Step::Promote);
         if ctx.stable.is_some() {
             if !self.scale_down_delay.is_zero() {
-                steps.push(Step::Pause { duration: Some(self.scale_down_delay) });
+                steps.push(Step::Pause {
+                    duration: Some(self.scale_down_delay),
+                });
             }
             steps.push(Step::Retire { role: Role::Stable });
         }

@@ -124,10 +124,16 @@ impl CanaryStrategy {
             match s {
                 CanaryStep::SetWeight(w) => {
                     if *w == 0 || *w > 100 {
-                        return Err(Error::invalid(format!("{path}.weight"), format!("{w} must be between 1 and 100")));
+                        return Err(Error::invalid(
+                            format!("{path}.weight"),
+                            format!("{w} must be between 1 and 100"),
+                        ));
                     }
                     if *w <= last {
-                        return Err(Error::invalid(format!("{path}.weight"), format!("{w} must be greater than the previous weight {last}")));
+                        return Err(Error::invalid(
+                            format!("{path}.weight"),
+                            format!("{w} must be greater than the previous weight {last}"),
+                        ));
                     }
                     last = *w;
                     seen_weight = true;
@@ -144,7 +150,10 @@ impl CanaryStrategy {
             }
         }
         if !seen_weight {
-            return Err(Error::invalid("strategy.steps", "a canary needs at least one set_weight step"));
+            return Err(Error::invalid(
+                "strategy.steps",
+                "a canary needs at least one set_weight step",
+            ));
         }
         Ok(())
     }
@@ -187,14 +196,20 @@ impl Strategy for CanaryStrategy {
                     let want = share(n, *w).min(n);
                     match candidate {
                         None => steps.push(Step::Stage { replicas: want }),
-                        Some(c) if want > c => steps.push(Step::Scale { role: Role::Candidate, replicas: want }),
+                        Some(c) if want > c => steps.push(Step::Scale {
+                            role: Role::Candidate,
+                            replicas: want,
+                        }),
                         Some(_) => {}
                     }
                     candidate = Some(want.max(candidate.unwrap_or(0)));
                     if ratio {
                         let s = stable.desired.min(n.saturating_sub(want));
                         if s < stable_now {
-                            steps.push(Step::Scale { role: Role::Stable, replicas: s });
+                            steps.push(Step::Scale {
+                                role: Role::Stable,
+                                replicas: s,
+                            });
                             stable_now = s;
                         }
                     }
@@ -206,12 +221,18 @@ impl Strategy for CanaryStrategy {
             }
         }
         if candidate.unwrap_or(0) < n {
-            steps.push(Step::Scale { role: Role::Candidate, replicas: n });
+            steps.push(Step::Scale {
+                role: Role::Candidate,
+                replicas: n,
+            });
         }
         if ratio && stable_now > 0 {
             // On a replica-ratio target the candidate only has all traffic
             // once stable runs nothing.
-            steps.push(Step::Scale { role: Role::Stable, replicas: 0 });
+            steps.push(Step::Scale {
+                role: Role::Stable,
+                replicas: 0,
+            });
         }
         promotion(ctx, &mut steps);
         Ok(steps)

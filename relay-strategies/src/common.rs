@@ -7,7 +7,10 @@ use relay_core::{Error, PlanContext, Result, Role, Routing, Step};
 /// The end of every plan: full traffic to the candidate, promote it, retire
 /// the old stable.
 pub(crate) fn promotion(ctx: &PlanContext, steps: &mut Vec<Step>) {
-    if !matches!(steps.iter().rev().find(|s| matches!(s, Step::Route { .. })), Some(Step::Route { candidate_weight: 100 })) {
+    if !matches!(
+        steps.iter().rev().find(|s| matches!(s, Step::Route { .. })),
+        Some(Step::Route { candidate_weight: 100 })
+    ) {
         steps.push(Step::Route { candidate_weight: 100 });
     }
     steps.push(Step::Promote);

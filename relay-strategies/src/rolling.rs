@@ -136,7 +136,14 @@ impl Strategy for RollingStrategy {
             let up = batch.min(n - c).min(room);
             if up > 0 {
                 c += up;
-                steps.push(if staged { Step::Scale { role: Role::Candidate, replicas: c } } else { Step::Stage { replicas: c } });
+                steps.push(if staged {
+                    Step::Scale {
+                        role: Role::Candidate,
+                        replicas: c,
+                    }
+                } else {
+                    Step::Stage { replicas: c }
+                });
                 staged = true;
             }
             let floor = n.saturating_sub(unavailable).saturating_sub(c);
@@ -144,15 +151,25 @@ impl Strategy for RollingStrategy {
             let went_down = down_to < s;
             if went_down {
                 s = down_to;
-                steps.push(Step::Scale { role: Role::Stable, replicas: s });
+                steps.push(Step::Scale {
+                    role: Role::Stable,
+                    replicas: s,
+                });
             }
             if up == 0 && !went_down {
                 // Unreachable with surge + unavailable >= 1; kept so a bug
                 // cannot loop forever.
-                return Err(Error::invalid("strategy", "rolling plan cannot make progress with these limits"));
+                return Err(Error::invalid(
+                    "strategy",
+                    "rolling plan cannot make progress with these limits",
+                ));
             }
             if routes && c > 0 {
-                let w = if s == 0 { 100 } else { (u64::from(c) * 100 / u64::from(c + s)) as u8 };
+                let w = if s == 0 {
+                    100
+                } else {
+                    (u64::from(c) * 100 / u64::from(c + s)) as u8
+                };
                 if w > weight {
                     weight = w;
                     steps.push(Step::Route { candidate_weight: w });

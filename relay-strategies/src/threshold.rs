@@ -42,7 +42,11 @@ impl Statistic {
             Statistic::Mean => v.iter().sum::<f64>() / v.len() as f64,
             Statistic::Median => {
                 let n = v.len();
-                if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+                if n % 2 == 1 {
+                    v[n / 2]
+                } else {
+                    (v[n / 2 - 1] + v[n / 2]) / 2.0
+                }
             }
             Statistic::P95 => rank(0.95),
             Statistic::P99 => rank(0.99),
@@ -89,12 +93,20 @@ pub struct ThresholdJudge {
 impl ThresholdJudge {
     /// Healthy when the mean is below `limit`.
     pub fn below(limit: f64) -> Self {
-        ThresholdJudge { statistic: Statistic::Mean, comparison: Comparison::Below, limit, min_samples: 1 }
+        ThresholdJudge {
+            statistic: Statistic::Mean,
+            comparison: Comparison::Below,
+            limit,
+            min_samples: 1,
+        }
     }
 
     /// Healthy when the mean is above `limit`.
     pub fn above(limit: f64) -> Self {
-        ThresholdJudge { comparison: Comparison::Above, ..Self::below(limit) }
+        ThresholdJudge {
+            comparison: Comparison::Above,
+            ..Self::below(limit)
+        }
     }
 
     /// Judge this statistic instead of the mean.
@@ -127,7 +139,13 @@ impl Judge for ThresholdJudge {
                     self.min_samples.max(1)
                 )
             };
-            return Judgement { outcome: VerdictOutcome::Inconclusive, reason, observed: None, threshold: Some(self.limit), samples: usable.len() };
+            return Judgement {
+                outcome: VerdictOutcome::Inconclusive,
+                reason,
+                observed: None,
+                threshold: Some(self.limit),
+                samples: usable.len(),
+            };
         }
         let value = self.statistic.compute(&usable);
         let healthy = match self.comparison {
@@ -138,9 +156,17 @@ impl Judge for ThresholdJudge {
             Comparison::Below => ("<", ">="),
             Comparison::Above => (">", "<="),
         };
-        let reason = format!("{stat} {value:.4} {} {}", if healthy { ok_op } else { bad_op }, self.limit);
+        let reason = format!(
+            "{stat} {value:.4} {} {}",
+            if healthy { ok_op } else { bad_op },
+            self.limit
+        );
         Judgement {
-            outcome: if healthy { VerdictOutcome::Pass } else { VerdictOutcome::Fail },
+            outcome: if healthy {
+                VerdictOutcome::Pass
+            } else {
+                VerdictOutcome::Fail
+            },
             reason,
             observed: Some(value),
             threshold: Some(self.limit),
@@ -158,7 +184,10 @@ impl Judge for ThresholdJudge {
 
     fn validate(&self, path: &str) -> Result<()> {
         if !self.limit.is_finite() {
-            return Err(Error::invalid(format!("{path}.limit"), format!("{} is not a finite number", self.limit)));
+            return Err(Error::invalid(
+                format!("{path}.limit"),
+                format!("{} is not a finite number", self.limit),
+            ));
         }
         if self.min_samples == 0 {
             return Err(Error::invalid(format!("{path}.min_samples"), "must be at least 1"));
@@ -173,7 +202,10 @@ mod tests {
     use std::sync::Arc;
 
     fn judge(j: &ThresholdJudge, v: &[f64]) -> Judgement {
-        j.evaluate(&JudgeInput { values: v, baseline: None })
+        j.evaluate(&JudgeInput {
+            values: v,
+            baseline: None,
+        })
     }
 
     #[test]
@@ -185,7 +217,11 @@ mod tests {
         let bad = judge(&j, &[0.04, 0.08]);
         assert_eq!(bad.outcome, VerdictOutcome::Fail);
         assert_eq!(bad.reason, "mean 0.0600 >= 0.05");
-        assert_eq!(judge(&j, &[0.05]).outcome, VerdictOutcome::Fail, "the limit itself is not healthy");
+        assert_eq!(
+            judge(&j, &[0.05]).outcome,
+            VerdictOutcome::Fail,
+            "the limit itself is not healthy"
+        );
         let up = ThresholdJudge::above(0.9);
         assert_eq!(judge(&up, &[0.95]).outcome, VerdictOutcome::Pass);
         assert_eq!(judge(&up, &[0.5]).outcome, VerdictOutcome::Fail);
@@ -195,10 +231,19 @@ mod tests {
     fn no_data_is_never_a_pass() {
         let j = ThresholdJudge::below(1.0).min_samples(3);
         assert_eq!(judge(&j, &[]).outcome, VerdictOutcome::Inconclusive);
-        assert_eq!(judge(&j, &[f64::NAN, f64::NAN, f64::NAN]).outcome, VerdictOutcome::Inconclusive);
-        assert_eq!(judge(&j, &[0.1, f64::INFINITY, 0.2]).outcome, VerdictOutcome::Inconclusive);
+        assert_eq!(
+            judge(&j, &[f64::NAN, f64::NAN, f64::NAN]).outcome,
+            VerdictOutcome::Inconclusive
+        );
+        assert_eq!(
+            judge(&j, &[0.1, f64::INFINITY, 0.2]).outcome,
+            VerdictOutcome::Inconclusive
+        );
         assert_eq!(judge(&j, &[0.1, f64::NAN, 0.2, 0.3]).outcome, VerdictOutcome::Pass);
-        assert_eq!(judge(&ThresholdJudge::below(f64::NAN), &[0.1]).outcome, VerdictOutcome::Inconclusive);
+        assert_eq!(
+            judge(&ThresholdJudge::below(f64::NAN), &[0.1]).outcome,
+            VerdictOutcome::Inconclusive
+        );
         assert!(ThresholdJudge::below(f64::NAN).validate("j").is_err());
         assert!(ThresholdJudge::below(1.0).min_samples(0).validate("j").is_err());
     }

@@ -10,9 +10,17 @@ use relay_strategies::{AllAtOnce, Amount, BlueGreenStrategy, CanaryStrategy, Rol
 fn ctx(replicas: u32, routing: Routing) -> PlanContext {
     PlanContext {
         target: "t".into(),
-        capabilities: Capabilities { routing, max_revisions: 2 },
+        capabilities: Capabilities {
+            routing,
+            max_revisions: 2,
+        },
         replicas,
-        stable: Some(RevisionState { id: RevisionId::from("old"), desired: replicas, ready: replicas, failed: 0 }),
+        stable: Some(RevisionState {
+            id: RevisionId::from("old"),
+            desired: replicas,
+            ready: replicas,
+            failed: 0,
+        }),
     }
 }
 
@@ -25,8 +33,14 @@ fn check_invariants(steps: &[Step], n: u32, max_unavailable: u32, max_surge: Opt
     for (i, step) in steps.iter().enumerate() {
         match step {
             Step::Stage { replicas } => c = *replicas,
-            Step::Scale { role: Role::Candidate, replicas } => c = *replicas,
-            Step::Scale { role: Role::Stable, replicas } => s = *replicas,
+            Step::Scale {
+                role: Role::Candidate,
+                replicas,
+            } => c = *replicas,
+            Step::Scale {
+                role: Role::Stable,
+                replicas,
+            } => s = *replicas,
             Step::Route { candidate_weight } => {
                 if promoted {
                     return Err(format!("step {i}: route after promote"));
@@ -122,32 +136,60 @@ fn invalid_path(r: relay_core::Result<Vec<Step>>) -> String {
 fn invalid_specs_name_the_field() {
     let c = ctx(4, Routing::Weighted);
     assert_eq!(invalid_path(CanaryStrategy::new().plan(&c)), "strategy.steps");
-    assert_eq!(invalid_path(CanaryStrategy::new().set_weight(0).plan(&c)), "strategy.steps[0].weight");
-    assert_eq!(invalid_path(CanaryStrategy::new().set_weight(10).pause(Duration::ZERO).plan(&c)), "strategy.steps[1].pause");
-    assert_eq!(invalid_path(CanaryStrategy::new().set_weight(10).gate(" ").plan(&c)), "strategy.steps[1].gate");
-    let no_room = RollingStrategy::new().max_surge(Amount::Count(0)).max_unavailable(Amount::Count(0));
+    assert_eq!(
+        invalid_path(CanaryStrategy::new().set_weight(0).plan(&c)),
+        "strategy.steps[0].weight"
+    );
+    assert_eq!(
+        invalid_path(CanaryStrategy::new().set_weight(10).pause(Duration::ZERO).plan(&c)),
+        "strategy.steps[1].pause"
+    );
+    assert_eq!(
+        invalid_path(CanaryStrategy::new().set_weight(10).gate(" ").plan(&c)),
+        "strategy.steps[1].gate"
+    );
+    let no_room = RollingStrategy::new()
+        .max_surge(Amount::Count(0))
+        .max_unavailable(Amount::Count(0));
     assert_eq!(invalid_path(no_room.plan(&c)), "strategy.max_surge");
-    assert_eq!(invalid_path(RollingStrategy::new().batch(Amount::Percent(101)).plan(&c)), "strategy.batch");
-    assert_eq!(invalid_path(RollingStrategy::new().batch(Amount::Count(0)).plan(&c)), "strategy.batch");
+    assert_eq!(
+        invalid_path(RollingStrategy::new().batch(Amount::Percent(101)).plan(&c)),
+        "strategy.batch"
+    );
+    assert_eq!(
+        invalid_path(RollingStrategy::new().batch(Amount::Count(0)).plan(&c)),
+        "strategy.batch"
+    );
 }
 
 #[test]
 fn capabilities_are_checked_at_plan_time() {
     let canary = CanaryStrategy::ten_percent_then_full(Duration::from_secs(300));
     for routing in [Routing::None, Routing::Switch] {
-        assert!(matches!(canary.plan(&ctx(4, routing)), Err(Error::Unsupported { .. })), "{routing:?}");
+        assert!(
+            matches!(canary.plan(&ctx(4, routing)), Err(Error::Unsupported { .. })),
+            "{routing:?}"
+        );
     }
-    assert!(matches!(BlueGreenStrategy::new().plan(&ctx(4, Routing::ReplicaRatio)), Err(Error::Unsupported { .. })));
+    assert!(matches!(
+        BlueGreenStrategy::new().plan(&ctx(4, Routing::ReplicaRatio)),
+        Err(Error::Unsupported { .. })
+    ));
     let mut single = ctx(4, Routing::Weighted);
     single.capabilities.max_revisions = 1;
     assert!(matches!(canary.plan(&single), Err(Error::Unsupported { .. })));
-    assert!(matches!(RollingStrategy::new().plan(&single), Err(Error::Unsupported { .. })));
+    assert!(matches!(
+        RollingStrategy::new().plan(&single),
+        Err(Error::Unsupported { .. })
+    ));
 }
 
 #[test]
 fn presets_expand_as_documented() {
     let c = ctx(10, Routing::Weighted);
-    let steps = CanaryStrategy::ten_percent_then_full(Duration::from_secs(300)).plan(&c).unwrap();
+    let steps = CanaryStrategy::ten_percent_then_full(Duration::from_secs(300))
+        .plan(&c)
+        .unwrap();
     let kinds: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
     assert_eq!(
         kinds,
@@ -169,7 +211,9 @@ fn presets_expand_as_documented() {
 fn first_deployment_is_a_straight_start() {
     let mut c = ctx(3, Routing::Weighted);
     c.stable = None;
-    let steps = CanaryStrategy::ten_percent_then_full(Duration::from_secs(1)).plan(&c).unwrap();
+    let steps = CanaryStrategy::ten_percent_then_full(Duration::from_secs(1))
+        .plan(&c)
+        .unwrap();
     let kinds: Vec<&str> = steps.iter().map(Step::kind).collect();
     assert_eq!(kinds, ["stage", "route", "promote"]);
 }

@@ -58,8 +58,15 @@ impl JsonlAuditSink {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
         let path = path.into();
         let head = verify_chain(&read_entries(&path)?, None)?;
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_err(&path, e))?;
-        Ok(JsonlAuditSink { path: Arc::new(path), inner: Arc::new(Mutex::new(Writer { file, head, sync: true })) })
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        Ok(JsonlAuditSink {
+            path: Arc::new(path),
+            inner: Arc::new(Mutex::new(Writer { file, head, sync: true })),
+        })
     }
 
     /// Whether every append is fsynced (default `true`). Turning it off
@@ -101,7 +108,9 @@ impl AuditSink for JsonlAuditSink {
 
     async fn entries(&self) -> Result<Vec<AuditEntry>> {
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || read_entries(&path)).await.map_err(|e| io_err(&self.path, e))?
+        tokio::task::spawn_blocking(move || read_entries(&path))
+            .await
+            .map_err(|e| io_err(&self.path, e))?
     }
 
     async fn verify(&self) -> Result<u64> {

@@ -78,7 +78,10 @@ pub struct ChainHead {
 
 impl Default for ChainHead {
     fn default() -> Self {
-        ChainHead { seq: 0, hash: GENESIS_HASH.to_owned() }
+        ChainHead {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+        }
     }
 }
 
@@ -87,7 +90,12 @@ impl ChainHead {
     pub fn seal(&mut self, event: AuditEvent) -> AuditEntry {
         let seq = self.seq + 1;
         let hash = entry_hash(seq, &event, &self.hash);
-        let entry = AuditEntry { seq, event, prev_hash: std::mem::replace(&mut self.hash, hash.clone()), hash };
+        let entry = AuditEntry {
+            seq,
+            event,
+            prev_hash: std::mem::replace(&mut self.hash, hash.clone()),
+            hash,
+        };
         self.seq = seq;
         entry
     }
@@ -106,18 +114,30 @@ pub fn verify_chain(entries: &[AuditEntry], expected_head: Option<&ChainHead>) -
             });
         }
         if e.prev_hash != head.hash {
-            return Err(Error::AuditTampered { seq: e.seq, reason: "prev_hash does not match the previous entry".into() });
+            return Err(Error::AuditTampered {
+                seq: e.seq,
+                reason: "prev_hash does not match the previous entry".into(),
+            });
         }
         if entry_hash(e.seq, &e.event, &e.prev_hash) != e.hash {
-            return Err(Error::AuditTampered { seq: e.seq, reason: "content does not match its hash: the entry was modified".into() });
+            return Err(Error::AuditTampered {
+                seq: e.seq,
+                reason: "content does not match its hash: the entry was modified".into(),
+            });
         }
-        head = ChainHead { seq: e.seq, hash: e.hash.clone() };
+        head = ChainHead {
+            seq: e.seq,
+            hash: e.hash.clone(),
+        };
     }
     if let Some(exp) = expected_head {
         if exp != &head {
             return Err(Error::AuditTampered {
                 seq: head.seq + 1,
-                reason: format!("log ends at entry {} but {} were written: entries were deleted from the end", head.seq, exp.seq),
+                reason: format!(
+                    "log ends at entry {} but {} were written: entries were deleted from the end",
+                    head.seq, exp.seq
+                ),
             });
         }
     }
@@ -187,8 +207,18 @@ mod tests {
         let mut rehashed = c.clone();
         rehashed[4].event.actor = "mallory".into();
         rehashed[4].hash = entry_hash(5, &rehashed[4].event, &rehashed[4].prev_hash);
-        for (name, bad) in [("modified", modified), ("deleted", deleted), ("reordered", reordered), ("inserted", inserted), ("truncated", truncated), ("rehashed", rehashed)] {
-            assert!(matches!(verify_chain(&bad, Some(&head)), Err(Error::AuditTampered { .. })), "{name} not detected");
+        for (name, bad) in [
+            ("modified", modified),
+            ("deleted", deleted),
+            ("reordered", reordered),
+            ("inserted", inserted),
+            ("truncated", truncated),
+            ("rehashed", rehashed),
+        ] {
+            assert!(
+                matches!(verify_chain(&bad, Some(&head)), Err(Error::AuditTampered { .. })),
+                "{name} not detected"
+            );
         }
     }
 }

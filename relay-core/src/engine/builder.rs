@@ -115,7 +115,10 @@ impl RelayBuilder {
     /// [`Error::InvalidSpec`] naming what is missing or duplicated.
     pub fn build(self) -> Result<Relay> {
         if self.targets.is_empty() {
-            return Err(Error::invalid("relay.targets", "register at least one target with RelayBuilder::target"));
+            return Err(Error::invalid(
+                "relay.targets",
+                "register at least one target with RelayBuilder::target",
+            ));
         }
         let mut targets = BTreeMap::new();
         for t in self.targets {
@@ -124,7 +127,10 @@ impl RelayBuilder {
                 return Err(Error::invalid("relay.targets", "a target has an empty name"));
             }
             if targets.insert(name.clone(), t).is_some() {
-                return Err(Error::invalid("relay.targets", format!("two targets are named {name:?}")));
+                return Err(Error::invalid(
+                    "relay.targets",
+                    format!("two targets are named {name:?}"),
+                ));
             }
         }
         let mut gates = BTreeMap::new();
@@ -141,12 +147,23 @@ impl RelayBuilder {
         retry.validate()?;
         let config = self.config.unwrap_or_default();
         if config.lease_ttl.is_zero() || config.poll_interval.is_zero() || config.gate_poll_interval.is_zero() {
-            return Err(Error::invalid("relay.config", "lease_ttl, poll_interval and gate_poll_interval must be greater than zero"));
+            return Err(Error::invalid(
+                "relay.config",
+                "lease_ttl, poll_interval and gate_poll_interval must be greater than zero",
+            ));
         }
-        let holder = self
-            .holder
-            .unwrap_or_else(|| format!("relay-{}-{}", std::process::id(), INSTANCE.fetch_add(1, Ordering::Relaxed)));
-        let seed = self.seed.unwrap_or_else(|| holder.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)));
+        let holder = self.holder.unwrap_or_else(|| {
+            format!(
+                "relay-{}-{}",
+                std::process::id(),
+                INSTANCE.fetch_add(1, Ordering::Relaxed)
+            )
+        });
+        let seed = self.seed.unwrap_or_else(|| {
+            holder.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
+        });
         Ok(Relay {
             inner: Arc::new(Inner {
                 targets,

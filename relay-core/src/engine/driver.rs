@@ -92,16 +92,24 @@ impl Driver {
     }
 
     async fn audit(&self, action: &str, detail: serde_json::Value) -> Result<()> {
-        self.inner.audit(&self.record.id, &self.inner.holder, action, detail).await
+        self.inner
+            .audit(&self.record.id, &self.inner.holder, action, detail)
+            .await
     }
 
     /// Audit on the forward path: a failure to record stops the rollout.
     async fn audit_or_stop(&self, action: &str, detail: serde_json::Value) -> Result<(), Stop> {
-        self.audit(action, detail).await.map_err(|e| Stop::Rollback(format!("audit sink failed: {e}")))
+        self.audit(action, detail)
+            .await
+            .map_err(|e| Stop::Rollback(format!("audit sink failed: {e}")))
     }
 
     fn spawn_lease_renewal(&self) -> AbortOnDrop {
-        let (state, clock, ttl) = (self.inner.state.clone(), self.inner.clock.clone(), self.inner.config.lease_ttl);
+        let (state, clock, ttl) = (
+            self.inner.state.clone(),
+            self.inner.clock.clone(),
+            self.inner.config.lease_ttl,
+        );
         let lost = self.lease_lost.clone();
         let mut lease = self.lease.clone();
         AbortOnDrop(tokio::spawn(async move {
@@ -121,7 +129,10 @@ impl Driver {
 
     fn check_lease(&self) -> Result<(), Stop> {
         match self.lease_lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            Some(reason) => Err(Stop::Fatal(Error::LeaseLost { target: self.record.target.clone(), reason })),
+            Some(reason) => Err(Stop::Fatal(Error::LeaseLost {
+                target: self.record.target.clone(),
+                reason,
+            })),
             None => Ok(()),
         }
     }
@@ -131,9 +142,11 @@ impl Driver {
         let (inner, record) = (&self.inner, &self.record);
         let expected = record.version;
         let v = inner
-            .call("state.put", |a, e, _| tracing::warn!(attempt = a, error = %e, "state write failed, retrying"), || {
-                inner.state.put(record, Some(expected))
-            })
+            .call(
+                "state.put",
+                |a, e, _| tracing::warn!(attempt = a, error = %e, "state write failed, retrying"),
+                || inner.state.put(record, Some(expected)),
+            )
             .await
             .map_err(Stop::Fatal)?;
         self.record.version = v;
@@ -235,7 +248,8 @@ impl Driver {
                 Ok(Some(Wake::Resumed))
             }
             Command::Abort { by, reason } if !self.rolling_back => {
-                self.audit_or_stop("rollout.aborted", json!({"by": by, "reason": reason})).await?;
+                self.audit_or_stop("rollout.aborted", json!({"by": by, "reason": reason}))
+                    .await?;
                 Err(Stop::Rollback(format!("aborted by {by}: {reason}")))
             }
             Command::PromoteNow { by } if !self.rolling_back => {
@@ -244,11 +258,23 @@ impl Driver {
                 self.promote_now = true;
                 Ok(Some(Wake::PromoteNow))
             }
-            Command::Decide { gate, by, comment, approved } if !self.rolling_back => {
+            Command::Decide {
+                gate,
+                by,
+                comment,
+                approved,
+            } if !self.rolling_back => {
                 let action = if approved { "gate.approved" } else { "gate.rejected" };
-                self.record.approvals.push(Approval { gate: gate.clone(), by: by.clone(), comment: comment.clone(), approved, at_ms: self.inner.clock.now_ms() });
+                self.record.approvals.push(Approval {
+                    gate: gate.clone(),
+                    by: by.clone(),
+                    comment: comment.clone(),
+                    approved,
+                    at_ms: self.inner.clock.now_ms(),
+                });
                 self.persist().await?;
-                self.audit_or_stop(action, json!({"gate": gate, "by": by, "comment": comment})).await?;
+                self.audit_or_stop(action, json!({"gate": gate, "by": by, "comment": comment}))
+                    .await?;
                 Ok(Some(Wake::Decision))
             }
             Command::Abort { .. } | Command::PromoteNow { .. } | Command::Decide { .. } => {
@@ -275,7 +301,11 @@ impl Driver {
                 steps: self.record.plan.steps.len(),
                 cursor: self.record.cursor,
             });
-            tracing::info!(cursor = self.record.cursor, steps = self.record.plan.steps.len(), "driving rollout");
+            tracing::info!(
+                cursor = self.record.cursor,
+                steps = self.record.plan.steps.len(),
+                "driving rollout"
+            );
             let result = match self.record.status.clone() {
                 RolloutStatus::NoChange => Ok(Outcome::NoChange),
                 RolloutStatus::RollingBack { cause } => self.rollback(cause).await,
@@ -284,14 +314,18 @@ impl Driver {
                     Err(Stop::Rollback(cause)) => self.rollback(cause).await,
                     Err(Stop::Fatal(e)) => Err(e),
                 },
-                _ => Err(Error::NotRunning { rollout: self.record.id.clone() }),
+                _ => Err(Error::NotRunning {
+                    rollout: self.record.id.clone(),
+                }),
             };
             match &result {
                 Ok(outcome) => {
                     if let Err(e) = self.inner.state.release_lease(&self.lease).await {
                         tracing::warn!(error = %e, "could not release the lease; it will expire");
                     }
-                    self.emit(EventKind::Finished { outcome: outcome.clone() });
+                    self.emit(EventKind::Finished {
+                        outcome: outcome.clone(),
+                    });
                     tracing::info!(%outcome, "rollout finished");
                 }
                 Err(e) => tracing::error!(error = %e, "stopped driving the rollout; it can be resumed"),
@@ -304,9 +338,14 @@ impl Driver {
 
     async fn finish(&mut self, status: RolloutStatus) -> Result<Outcome> {
         let outcome = match &status {
-            RolloutStatus::Succeeded => Outcome::Promoted { revision: self.record.plan.candidate.id.to_string() },
+            RolloutStatus::Succeeded => Outcome::Promoted {
+                revision: self.record.plan.candidate.id.to_string(),
+            },
             RolloutStatus::RolledBack { cause } => Outcome::RolledBack { cause: cause.clone() },
-            RolloutStatus::RollbackFailed { cause, error } => Outcome::RollbackFailed { cause: cause.clone(), error: error.clone() },
+            RolloutStatus::RollbackFailed { cause, error } => Outcome::RollbackFailed {
+                cause: cause.clone(),
+                error: error.clone(),
+            },
             _ => Outcome::NoChange,
         };
         self.record.status = status;
@@ -332,7 +371,11 @@ impl Driver {
             self.persist().await?;
             let index = self.record.cursor;
             let step = self.record.plan.steps[index].clone();
-            self.emit(EventKind::StepStarted { index, kind: step.kind().to_owned(), description: step.to_string() });
+            self.emit(EventKind::StepStarted {
+                index,
+                kind: step.kind().to_owned(),
+                description: step.to_string(),
+            });
             let span = tracing::info_span!("step", index, kind = step.kind());
             let end = self.execute(index, &step).instrument(span).await?;
             self.emit(EventKind::StepCompleted { index });
@@ -349,7 +392,10 @@ impl Driver {
     async fn replace_remaining_with_promotion(&mut self) -> Result<(), Stop> {
         let plan = &mut self.record.plan;
         plan.steps.truncate(self.record.cursor);
-        plan.steps.push(Step::Scale { role: Role::Candidate, replicas: plan.replicas });
+        plan.steps.push(Step::Scale {
+            role: Role::Candidate,
+            replicas: plan.replicas,
+        });
         plan.steps.push(Step::Route { candidate_weight: 100 });
         plan.steps.push(Step::Promote);
         if plan.stable.is_some() {
@@ -361,7 +407,9 @@ impl Driver {
     fn split(&self, candidate_weight: u8) -> Result<TrafficSplit, Stop> {
         let cand = &self.record.plan.candidate.id;
         match &self.record.plan.stable {
-            Some(stable) => TrafficSplit::canary(stable, cand, candidate_weight).map_err(|e| Stop::Rollback(e.to_string())),
+            Some(stable) => {
+                TrafficSplit::canary(stable, cand, candidate_weight).map_err(|e| Stop::Rollback(e.to_string()))
+            }
             None if candidate_weight == 0 => Ok(TrafficSplit::default()),
             None => Ok(TrafficSplit::all(cand)),
         }
@@ -374,32 +422,50 @@ impl Driver {
             Step::Stage { replicas } => {
                 let spec = self.record.plan.candidate.clone();
                 let detail = json!({"revision": cand, "digest": spec.artifact.digest, "replicas": replicas});
-                self.mutate("target.stage", detail, || target.stage(&spec, *replicas)).await?;
-                self.emit(EventKind::Scaled { role: Role::Candidate, replicas: *replicas });
+                self.mutate("target.stage", detail, || target.stage(&spec, *replicas))
+                    .await?;
+                self.emit(EventKind::Scaled {
+                    role: Role::Candidate,
+                    replicas: *replicas,
+                });
                 self.wait_ready(&cand, *replicas).await?;
             }
             Step::Scale { role, replicas } => {
-                let Some(rev) = self.record.plan.revision(*role).cloned() else { return Ok(StepEnd::Done) };
+                let Some(rev) = self.record.plan.revision(*role).cloned() else {
+                    return Ok(StepEnd::Done);
+                };
                 let detail = json!({"role": role, "revision": rev, "replicas": replicas});
-                self.mutate("target.scale", detail, || target.scale(&rev, *replicas)).await?;
-                self.emit(EventKind::Scaled { role: *role, replicas: *replicas });
+                self.mutate("target.scale", detail, || target.scale(&rev, *replicas))
+                    .await?;
+                self.emit(EventKind::Scaled {
+                    role: *role,
+                    replicas: *replicas,
+                });
                 self.wait_ready(&rev, *replicas).await?;
             }
             Step::Route { candidate_weight } => {
                 let split = self.split(*candidate_weight)?;
                 let detail = json!({"candidate_weight": candidate_weight, "weights": split});
                 self.mutate("target.route", detail, || target.route(&split)).await?;
-                self.emit(EventKind::TrafficShifted { candidate_weight: *candidate_weight });
+                self.emit(EventKind::TrafficShifted {
+                    candidate_weight: *candidate_weight,
+                });
             }
             Step::Pause { duration } => return self.pause_step(*duration).await,
             Step::Analyze { analysis } => return self.analyze(analysis).await,
             Step::Gate { name } => return self.gate(index, name).await,
             Step::Promote => {
-                self.mutate("target.promote", json!({"revision": cand}), || target.promote(&cand)).await?;
+                self.mutate("target.promote", json!({"revision": cand}), || target.promote(&cand))
+                    .await?;
             }
             Step::Retire { role } => {
-                let Some(rev) = self.record.plan.revision(*role).cloned() else { return Ok(StepEnd::Done) };
-                self.mutate("target.retire", json!({"role": role, "revision": rev}), || target.retire(&rev)).await?;
+                let Some(rev) = self.record.plan.revision(*role).cloned() else {
+                    return Ok(StepEnd::Done);
+                };
+                self.mutate("target.retire", json!({"role": role, "revision": rev}), || {
+                    target.retire(&rev)
+                })
+                .await?;
             }
         }
         Ok(StepEnd::Done)
@@ -434,7 +500,9 @@ impl Driver {
 
     async fn gate(&mut self, index: usize, name: &str) -> Result<StepEnd, Stop> {
         let Some(gate) = self.inner.gates.get(name).cloned() else {
-            return Err(Stop::Rollback(format!("gate {name:?} is not registered in this engine")));
+            return Err(Stop::Rollback(format!(
+                "gate {name:?} is not registered in this engine"
+            )));
         };
         let mut last_wait: Option<String> = None;
         loop {
@@ -448,21 +516,39 @@ impl Driver {
                 approvals: self.record.approvals.clone(),
                 now_ms: self.inner.clock.now_ms(),
             };
-            let decision = self.call("gate.check", || gate.check(&ctx)).await.map_err(|e| Stop::Rollback(format!("gate {name:?} failed: {e}")))?;
+            let decision = self
+                .call("gate.check", || gate.check(&ctx))
+                .await
+                .map_err(|e| Stop::Rollback(format!("gate {name:?} failed: {e}")))?;
             match decision {
                 GateDecision::Pass { by } => {
-                    self.audit_or_stop("gate.passed", json!({"gate": name, "by": by})).await?;
-                    self.emit(EventKind::GatePassed { gate: name.to_owned(), by });
+                    self.audit_or_stop("gate.passed", json!({"gate": name, "by": by}))
+                        .await?;
+                    self.emit(EventKind::GatePassed {
+                        gate: name.to_owned(),
+                        by,
+                    });
                     return Ok(StepEnd::Done);
                 }
                 GateDecision::Fail { reason } => {
-                    self.audit_or_stop("gate.failed", json!({"gate": name, "reason": reason})).await?;
-                    return Err(Stop::Rollback(Error::GateRejected { gate: name.to_owned(), reason }.to_string()));
+                    self.audit_or_stop("gate.failed", json!({"gate": name, "reason": reason}))
+                        .await?;
+                    return Err(Stop::Rollback(
+                        Error::GateRejected {
+                            gate: name.to_owned(),
+                            reason,
+                        }
+                        .to_string(),
+                    ));
                 }
                 GateDecision::Wait { reason } => {
                     if last_wait.as_deref() != Some(reason.as_str()) {
-                        self.audit_or_stop("gate.waiting", json!({"gate": name, "reason": reason})).await?;
-                        self.emit(EventKind::GateWaiting { gate: name.to_owned(), reason: reason.clone() });
+                        self.audit_or_stop("gate.waiting", json!({"gate": name, "reason": reason}))
+                            .await?;
+                        self.emit(EventKind::GateWaiting {
+                            gate: name.to_owned(),
+                            reason: reason.clone(),
+                        });
                         last_wait = Some(reason);
                     }
                     let next = Instant::now() + self.inner.config.gate_poll_interval;
@@ -478,7 +564,10 @@ impl Driver {
         let deadline = Instant::now() + self.inner.config.progress_deadline;
         loop {
             let target = self.target.clone();
-            let state = self.call("target.observe", || target.observe()).await.map_err(|e| Stop::Rollback(format!("target.observe failed: {e}")))?;
+            let state = self
+                .call("target.observe", || target.observe())
+                .await
+                .map_err(|e| Stop::Rollback(format!("target.observe failed: {e}")))?;
             match state.revision(rev) {
                 Some(r) if r.failed > 0 => {
                     let e = Error::RevisionFailed {
@@ -495,18 +584,24 @@ impl Driver {
             let now = Instant::now();
             if now >= deadline {
                 let e = Error::Timeout {
-                    what: format!("revision {rev} not ready with {replicas} replicas after {:?}", self.inner.config.progress_deadline),
+                    what: format!(
+                        "revision {rev} not ready with {replicas} replicas after {:?}",
+                        self.inner.config.progress_deadline
+                    ),
                 };
                 return Err(Stop::Rollback(e.to_string()));
             }
             // Readiness waits are not skipped by promote-now; the flag is kept.
-            self.wait_until(Some((now + self.inner.config.poll_interval).min(deadline))).await?;
+            self.wait_until(Some((now + self.inner.config.poll_interval).min(deadline)))
+                .await?;
         }
     }
 
     async fn analyze(&mut self, spec: &AnalysisSpec) -> Result<StepEnd, Stop> {
         let Some(probe) = self.inner.probe.clone() else {
-            return Err(Stop::Rollback("the plan analyzes health but this engine has no probe".into()));
+            return Err(Stop::Rollback(
+                "the plan analyzes health but this engine has no probe".into(),
+            ));
         };
         let n = spec.checks.len();
         let (mut fails, mut inconclusive, mut errors) = (vec![0u32; n], vec![0u32; n], vec![0u32; n]);
@@ -525,7 +620,11 @@ impl Driver {
                     CheckScope::Role(r) => self.record.plan.revision(r).cloned().map(Scope::Revision),
                 };
                 let Some(scope) = scope else { continue };
-                let query = ProbeQuery { metric: check.metric.clone(), scope: scope.clone(), window: spec.interval };
+                let query = ProbeQuery {
+                    metric: check.metric.clone(),
+                    scope: scope.clone(),
+                    window: spec.interval,
+                };
                 let sample = match self.call("probe.sample", || probe.sample(&query)).await {
                     Ok(s) => {
                         errors[ci] = 0;
@@ -533,7 +632,11 @@ impl Driver {
                     }
                     Err(e) => {
                         errors[ci] += 1;
-                        self.audit_or_stop("analysis.probe_error", json!({"check": check.name, "error": e.to_string(), "consecutive": errors[ci]})).await?;
+                        self.audit_or_stop(
+                            "analysis.probe_error",
+                            json!({"check": check.name, "error": e.to_string(), "consecutive": errors[ci]}),
+                        )
+                        .await?;
                         if !check.dry_run && errors[ci] > spec.consecutive_error_limit {
                             return Err(Stop::Rollback(format!(
                                 "analysis check {:?}: {} consecutive probe errors (limit {}), last: {e}",
@@ -545,12 +648,21 @@ impl Driver {
                 };
                 let baseline = match (&self.record.plan.stable, check.judge.needs_baseline()) {
                     (Some(stable), true) => {
-                        let q = ProbeQuery { scope: Scope::Revision(stable.clone()), ..query.clone() };
-                        self.call("probe.sample", || probe.sample(&q)).await.ok().map(|s| s.values)
+                        let q = ProbeQuery {
+                            scope: Scope::Revision(stable.clone()),
+                            ..query.clone()
+                        };
+                        self.call("probe.sample", || probe.sample(&q))
+                            .await
+                            .ok()
+                            .map(|s| s.values)
                     }
                     _ => None,
                 };
-                let judgement = check.judge.evaluate(&JudgeInput { values: &sample.values, baseline: baseline.as_deref() });
+                let judgement = check.judge.evaluate(&JudgeInput {
+                    values: &sample.values,
+                    baseline: baseline.as_deref(),
+                });
                 let verdict = Verdict {
                     check: check.name.clone(),
                     metric: check.metric.clone(),
@@ -561,8 +673,11 @@ impl Driver {
                     judgement,
                 };
                 tracing::info!(%verdict, "verdict");
-                self.audit_or_stop("analysis.verdict", serde_json::to_value(&verdict).unwrap_or_default()).await?;
-                self.emit(EventKind::Verdict { verdict: verdict.clone() });
+                self.audit_or_stop("analysis.verdict", serde_json::to_value(&verdict).unwrap_or_default())
+                    .await?;
+                self.emit(EventKind::Verdict {
+                    verdict: verdict.clone(),
+                });
                 if check.dry_run {
                     continue;
                 }
@@ -622,7 +737,11 @@ impl Driver {
                         Some(s) => TrafficSplit::all(s),
                         None => TrafficSplit::default(),
                     };
-                    let r = self.mutate("target.route", json!({"rollback": true, "weights": split}), || target.route(&split)).await;
+                    let r = self
+                        .mutate("target.route", json!({"rollback": true, "weights": split}), || {
+                            target.route(&split)
+                        })
+                        .await;
                     if r.is_ok() {
                         self.emit(EventKind::TrafficShifted { candidate_weight: 0 });
                     }
@@ -630,16 +749,38 @@ impl Driver {
                 }
                 (1, Some(stable)) => {
                     let n = plan.stable_replicas;
-                    match self.mutate("target.scale", json!({"rollback": true, "role": Role::Stable, "revision": stable, "replicas": n}), || target.scale(stable, n)).await {
+                    match self
+                        .mutate(
+                            "target.scale",
+                            json!({"rollback": true, "role": Role::Stable, "revision": stable, "replicas": n}),
+                            || target.scale(stable, n),
+                        )
+                        .await
+                    {
                         Ok(()) => {
-                            self.emit(EventKind::Scaled { role: Role::Stable, replicas: n });
+                            self.emit(EventKind::Scaled {
+                                role: Role::Stable,
+                                replicas: n,
+                            });
                             self.wait_ready(stable, n).await
                         }
                         Err(s) => Err(s),
                     }
                 }
-                (2, Some(stable)) => self.mutate("target.promote", json!({"rollback": true, "revision": stable}), || target.promote(stable)).await,
-                (3, _) => self.mutate("target.retire", json!({"rollback": true, "role": Role::Candidate, "revision": cand}), || target.retire(&cand)).await,
+                (2, Some(stable)) => {
+                    self.mutate("target.promote", json!({"rollback": true, "revision": stable}), || {
+                        target.promote(stable)
+                    })
+                    .await
+                }
+                (3, _) => {
+                    self.mutate(
+                        "target.retire",
+                        json!({"rollback": true, "role": Role::Candidate, "revision": cand}),
+                        || target.retire(&cand),
+                    )
+                    .await
+                }
                 _ => Ok(()),
             };
             if let Err(s) = result {

@@ -13,11 +13,25 @@ use crate::event::{Outcome, RolloutEvent, RolloutEvents};
 /// A user's instruction to a running rollout.
 #[derive(Debug, Clone)]
 pub(crate) enum Command {
-    Pause { by: String },
-    Resume { by: String },
-    Abort { by: String, reason: String },
-    PromoteNow { by: String },
-    Decide { gate: String, by: String, comment: String, approved: bool },
+    Pause {
+        by: String,
+    },
+    Resume {
+        by: String,
+    },
+    Abort {
+        by: String,
+        reason: String,
+    },
+    PromoteNow {
+        by: String,
+    },
+    Decide {
+        gate: String,
+        by: String,
+        comment: String,
+        approved: bool,
+    },
 }
 
 /// A running rollout: control it, watch its events, await its [`Outcome`].
@@ -40,7 +54,13 @@ impl RolloutHandle {
         first: broadcast::Receiver<RolloutEvent>,
         join: JoinHandle<Result<Outcome>>,
     ) -> Self {
-        RolloutHandle { id, commands, events, first: Mutex::new(Some(first)), join }
+        RolloutHandle {
+            id,
+            commands,
+            events,
+            first: Mutex::new(Some(first)),
+            join,
+        }
     }
 
     /// The rollout's id.
@@ -49,7 +69,9 @@ impl RolloutHandle {
     }
 
     fn send(&self, c: Command) -> Result<()> {
-        self.commands.send(c).map_err(|_| Error::NotRunning { rollout: self.id.clone() })
+        self.commands.send(c).map_err(|_| Error::NotRunning {
+            rollout: self.id.clone(),
+        })
     }
 
     /// Hold the rollout at the next step boundary (a running analysis
@@ -65,7 +87,10 @@ impl RolloutHandle {
 
     /// Stop now and roll back.
     pub fn abort(&self, by: impl Into<String>, reason: impl Into<String>) -> Result<()> {
-        self.send(Command::Abort { by: by.into(), reason: reason.into() })
+        self.send(Command::Abort {
+            by: by.into(),
+            reason: reason.into(),
+        })
     }
 
     /// Skip the remaining steps: full traffic to the candidate, promote,
@@ -76,12 +101,22 @@ impl RolloutHandle {
 
     /// Approve the manual gate `gate`.
     pub fn approve(&self, gate: impl Into<String>, by: impl Into<String>, comment: impl Into<String>) -> Result<()> {
-        self.send(Command::Decide { gate: gate.into(), by: by.into(), comment: comment.into(), approved: true })
+        self.send(Command::Decide {
+            gate: gate.into(),
+            by: by.into(),
+            comment: comment.into(),
+            approved: true,
+        })
     }
 
     /// Reject the manual gate `gate`: the rollout rolls back.
     pub fn reject(&self, gate: impl Into<String>, by: impl Into<String>, reason: impl Into<String>) -> Result<()> {
-        self.send(Command::Decide { gate: gate.into(), by: by.into(), comment: reason.into(), approved: false })
+        self.send(Command::Decide {
+            gate: gate.into(),
+            by: by.into(),
+            comment: reason.into(),
+            approved: false,
+        })
     }
 
     /// The rollout's events. The first call sees every event from the start;
@@ -100,7 +135,11 @@ impl RolloutHandle {
     pub async fn wait(self) -> Result<Outcome> {
         match self.join.await {
             Ok(r) => r,
-            Err(e) => Err(Error::provider("engine", false, format!("rollout task ended abnormally: {e}"))),
+            Err(e) => Err(Error::provider(
+                "engine",
+                false,
+                format!("rollout task ended abnormally: {e}"),
+            )),
         }
     }
 

@@ -80,7 +80,13 @@ impl RolloutSpec {
     /// Roll `release` out to `target` with `strategy`, under the default
     /// (permissive) artifact policy.
     pub fn new(target: impl Into<String>, release: Release, strategy: impl Strategy + 'static) -> Self {
-        RolloutSpec { id: None, target: target.into(), release, strategy: Arc::new(strategy), policy: ArtifactPolicy::default() }
+        RolloutSpec {
+            id: None,
+            target: target.into(),
+            release,
+            strategy: Arc::new(strategy),
+            policy: ArtifactPolicy::default(),
+        }
     }
 
     /// Use a fixed id (letters, digits, '.', '_', '-').
@@ -147,7 +153,10 @@ impl Inner {
         self.targets.get(name).ok_or_else(|| {
             Error::invalid(
                 "spec.target",
-                format!("no target named {name:?} is registered; registered: {:?}", self.targets.keys().collect::<Vec<_>>()),
+                format!(
+                    "no target named {name:?} is registered; registered: {:?}",
+                    self.targets.keys().collect::<Vec<_>>()
+                ),
             )
         })
     }
@@ -156,7 +165,13 @@ impl Inner {
         format!("{}/{rollout}", self.holder)
     }
 
-    pub(crate) async fn audit(&self, rollout: &str, actor: &str, action: &str, detail: serde_json::Value) -> Result<()> {
+    pub(crate) async fn audit(
+        &self,
+        rollout: &str,
+        actor: &str,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<()> {
         let event = AuditEvent {
             at_ms: self.clock.now_ms(),
             actor: actor.to_owned(),
@@ -164,9 +179,11 @@ impl Inner {
             action: action.to_owned(),
             detail,
         };
-        self.call("audit.append", |a, e, _| tracing::warn!(attempt = a, error = %e, "audit append failed, retrying"), || {
-            self.audit.append(event.clone())
-        })
+        self.call(
+            "audit.append",
+            |a, e, _| tracing::warn!(attempt = a, error = %e, "audit append failed, retrying"),
+            || self.audit.append(event.clone()),
+        )
         .await
         .map(|_| ())
     }
@@ -178,7 +195,10 @@ fn warn_retry(op: &str) -> impl FnMut(u32, &Error, Duration) + '_ {
 
 fn validate_id(id: &str) -> Result<()> {
     if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-        return Err(Error::invalid("spec.id", "must be 1-128 letters, digits, '.', '_' or '-'"));
+        return Err(Error::invalid(
+            "spec.id",
+            "must be 1-128 letters, digits, '.', '_' or '-'",
+        ));
     }
     Ok(())
 }
@@ -220,7 +240,11 @@ impl Relay {
         spec.release.validate()?;
         let target = inner.target(&spec.target)?;
         let reference = &spec.release.artifact;
-        let artifact = inner.call("artifact.resolve", warn_retry("artifact.resolve"), || inner.artifacts.resolve(reference)).await?;
+        let artifact = inner
+            .call("artifact.resolve", warn_retry("artifact.resolve"), || {
+                inner.artifacts.resolve(reference)
+            })
+            .await?;
         inner.artifacts.verify(reference, &artifact, &spec.policy).await?;
 
         let mut pinned = BTreeMap::new();
@@ -235,15 +259,21 @@ impl Relay {
                     ),
                 )
             })?;
-            let value = inner.call("secret.fetch", warn_retry("secret.fetch"), || store.fetch(r)).await?;
+            let value = inner
+                .call("secret.fetch", warn_retry("secret.fetch"), || store.fetch(r))
+                .await?;
             // Only the version is kept: the value is dropped here, unread.
             pinned.insert(name.clone(), r.pinned(value.version.clone()));
         }
         let candidate = RevisionSpec::new(artifact, spec.release.config.clone(), pinned);
 
-        let observed = inner.call("target.observe", warn_retry("target.observe"), || target.observe()).await?;
+        let observed = inner
+            .call("target.observe", warn_retry("target.observe"), || target.observe())
+            .await?;
         let stable = observed.stable.as_ref().and_then(|s| observed.revision(s)).cloned();
-        let already_stable = stable.as_ref().is_some_and(|s| s.id == candidate.id && s.desired == spec.release.replicas);
+        let already_stable = stable
+            .as_ref()
+            .is_some_and(|s| s.id == candidate.id && s.desired == spec.release.replicas);
         let stable = stable.filter(|s| s.id != candidate.id);
         let ctx = PlanContext {
             target: spec.target.clone(),
@@ -251,7 +281,11 @@ impl Relay {
             replicas: spec.release.replicas,
             stable: stable.clone(),
         };
-        let steps = if already_stable { Vec::new() } else { spec.strategy.plan(&ctx)? };
+        let steps = if already_stable {
+            Vec::new()
+        } else {
+            spec.strategy.plan(&ctx)?
+        };
         for (i, step) in steps.iter().enumerate() {
             match step {
                 Step::Gate { name } if !inner.gates.contains_key(name) => {
@@ -292,14 +326,26 @@ impl Relay {
         let inner = &self.inner;
         let now = inner.clock.now_ms();
         let id = spec.id.clone().unwrap_or_else(|| {
-            format!("{}-{}-{}", crate::state_key(&spec.target), now, inner.ids.fetch_add(1, Ordering::Relaxed))
+            format!(
+                "{}-{}-{}",
+                crate::state_key(&spec.target),
+                now,
+                inner.ids.fetch_add(1, Ordering::Relaxed)
+            )
         });
         let holder = inner.holder_for(&id);
-        let lease = inner.state.acquire_lease(&spec.target, &holder, inner.config.lease_ttl, now).await?;
+        let lease = inner
+            .state
+            .acquire_lease(&spec.target, &holder, inner.config.lease_ttl, now)
+            .await?;
         let mut record = RolloutRecord {
             id: id.clone(),
             target: spec.target.clone(),
-            status: if plan.is_noop() { RolloutStatus::NoChange } else { RolloutStatus::Running },
+            status: if plan.is_noop() {
+                RolloutStatus::NoChange
+            } else {
+                RolloutStatus::Running
+            },
             plan,
             cursor: 0,
             rollback_cursor: 0,
@@ -311,7 +357,9 @@ impl Relay {
             updated_ms: now,
             version: 0,
         };
-        let saved = inner.call("state.put", warn_retry("state.put"), || inner.state.put(&record, None)).await;
+        let saved = inner
+            .call("state.put", warn_retry("state.put"), || inner.state.put(&record, None))
+            .await;
         match saved {
             Ok(v) => record.version = v,
             Err(e) => {
@@ -339,17 +387,18 @@ impl Relay {
     /// [`Error::TargetLocked`] while the previous holder's lease is valid.
     pub async fn resume(&self, id: &str) -> Result<RolloutHandle> {
         let inner = &self.inner;
-        let mut record = inner
-            .state
-            .get(id)
-            .await?
-            .ok_or_else(|| Error::NotFound { what: format!("rollout {id}") })?;
+        let mut record = inner.state.get(id).await?.ok_or_else(|| Error::NotFound {
+            what: format!("rollout {id}"),
+        })?;
         if record.status.is_terminal() {
             return Err(Error::NotRunning { rollout: id.to_owned() });
         }
         inner.target(&record.target)?;
         let holder = inner.holder_for(id);
-        let lease = inner.state.acquire_lease(&record.target, &holder, inner.config.lease_ttl, inner.clock.now_ms()).await?;
+        let lease = inner
+            .state
+            .acquire_lease(&record.target, &holder, inner.config.lease_ttl, inner.clock.now_ms())
+            .await?;
         let expected = record.version;
         record.holder = holder;
         record.lease_token = lease.token;
@@ -390,5 +439,9 @@ impl Relay {
 
 pub(crate) fn emit(tx: &broadcast::Sender<RolloutEvent>, rollout: &str, at_ms: i64, kind: EventKind) {
     // No subscriber is fine: events are also in tracing and audit.
-    let _ = tx.send(RolloutEvent { rollout: rollout.to_owned(), at_ms, kind });
+    let _ = tx.send(RolloutEvent {
+        rollout: rollout.to_owned(),
+        at_ms,
+        kind,
+    });
 }

@@ -27,7 +27,10 @@ pub struct FileStateStore {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
-    let retryable = matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::TimedOut);
+    let retryable = matches!(
+        e.kind(),
+        ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::TimedOut
+    );
     Error::provider(PROVIDER, retryable, format!("{}: {e}", path.display()))
 }
 
@@ -168,29 +171,36 @@ impl StateStore for FileStateStore {
     }
 
     async fn list_active(&self) -> Result<Vec<RolloutRecord>> {
-        self.locked(|dir| Self::list_where(dir, |r| !r.status.is_terminal())).await
+        self.locked(|dir| Self::list_where(dir, |r| !r.status.is_terminal()))
+            .await
     }
 
     async fn list_target(&self, target: &str) -> Result<Vec<RolloutRecord>> {
         let target = target.to_owned();
-        self.locked(move |dir| Self::list_where(dir, |r| r.target == target)).await
+        self.locked(move |dir| Self::list_where(dir, |r| r.target == target))
+            .await
     }
 
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
         let (t, h) = (target.to_owned(), holder.to_owned());
-        self.with_slot(target.to_owned(), move |slot| logic::acquire(slot, &t, &h, ttl, now_ms).map(|l| (l, true)))
-            .await
+        self.with_slot(target.to_owned(), move |slot| {
+            logic::acquire(slot, &t, &h, ttl, now_ms).map(|l| (l, true))
+        })
+        .await
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
         let l = lease.clone();
-        self.with_slot(lease.target.clone(), move |slot| logic::renew(slot, &l, ttl, now_ms).map(|l| (l, true)))
-            .await
+        self.with_slot(lease.target.clone(), move |slot| {
+            logic::renew(slot, &l, ttl, now_ms).map(|l| (l, true))
+        })
+        .await
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
         let l = lease.clone();
-        self.with_slot(lease.target.clone(), move |slot| Ok(((), logic::release(slot, &l)))).await
+        self.with_slot(lease.target.clone(), move |slot| Ok(((), logic::release(slot, &l))))
+            .await
     }
 }
 

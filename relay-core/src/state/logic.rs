@@ -28,7 +28,10 @@ pub(crate) fn cas_put(
     let current = existing.map(|r| r.version);
     if current != expected {
         return Err(Error::Conflict {
-            what: format!("rollout {}: expected version {expected:?}, store has {current:?}", record.id),
+            what: format!(
+                "rollout {}: expected version {expected:?}, store has {current:?}",
+                record.id
+            ),
         });
     }
     if let Some(slot) = slot {
@@ -49,17 +52,32 @@ fn ttl_ms(ttl: Duration) -> i64 {
 }
 
 /// Grant or refuse the lease; mutates `slot` on success.
-pub(crate) fn acquire(slot: &mut LeaseSlot, target: &str, holder: &str, ttl: Duration, now: UnixMillis) -> Result<Lease> {
+pub(crate) fn acquire(
+    slot: &mut LeaseSlot,
+    target: &str,
+    holder: &str,
+    ttl: Duration,
+    now: UnixMillis,
+) -> Result<Lease> {
     if let Some(l) = &slot.lease {
         if l.expires_at_ms > now && l.holder != holder {
-            return Err(Error::TargetLocked { target: target.to_owned(), holder: l.holder.clone(), expires_at_ms: l.expires_at_ms });
+            return Err(Error::TargetLocked {
+                target: target.to_owned(),
+                holder: l.holder.clone(),
+                expires_at_ms: l.expires_at_ms,
+            });
         }
     }
     let token = match &slot.lease {
         Some(l) if l.holder == holder && l.expires_at_ms > now => l.token,
         _ => slot.last_token + 1,
     };
-    let lease = Lease { target: target.to_owned(), holder: holder.to_owned(), token, expires_at_ms: now + ttl_ms(ttl) };
+    let lease = Lease {
+        target: target.to_owned(),
+        holder: holder.to_owned(),
+        token,
+        expires_at_ms: now + ttl_ms(ttl),
+    };
     slot.last_token = token;
     slot.lease = Some(lease.clone());
     Ok(lease)
@@ -69,7 +87,10 @@ pub(crate) fn acquire(slot: &mut LeaseSlot, target: &str, holder: &str, ttl: Dur
 pub(crate) fn renew(slot: &mut LeaseSlot, lease: &Lease, ttl: Duration, now: UnixMillis) -> Result<Lease> {
     match &slot.lease {
         Some(l) if l.token == lease.token && l.holder == lease.holder => {
-            let renewed = Lease { expires_at_ms: now + ttl_ms(ttl), ..l.clone() };
+            let renewed = Lease {
+                expires_at_ms: now + ttl_ms(ttl),
+                ..l.clone()
+            };
             slot.lease = Some(renewed.clone());
             Ok(renewed)
         }
@@ -85,7 +106,11 @@ pub(crate) fn renew(slot: &mut LeaseSlot, lease: &Lease, ttl: Duration, now: Uni
 
 /// Release a lease still held; returns whether anything changed.
 pub(crate) fn release(slot: &mut LeaseSlot, lease: &Lease) -> bool {
-    if slot.lease.as_ref().is_some_and(|l| l.token == lease.token && l.holder == lease.holder) {
+    if slot
+        .lease
+        .as_ref()
+        .is_some_and(|l| l.token == lease.token && l.holder == lease.holder)
+    {
         slot.lease = None;
         return true;
     }

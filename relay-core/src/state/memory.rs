@@ -45,27 +45,50 @@ impl StateStore for MemoryStateStore {
 
     async fn put(&self, record: &RolloutRecord, expected_version: Option<u64>) -> Result<u64> {
         let mut g = self.lock();
-        let stored = logic::cas_put(g.records.get(&record.id), g.leases.get(&record.target), record, expected_version)?;
+        let stored = logic::cas_put(
+            g.records.get(&record.id),
+            g.leases.get(&record.target),
+            record,
+            expected_version,
+        )?;
         let v = stored.version;
         g.records.insert(record.id.clone(), stored);
         Ok(v)
     }
 
     async fn list_active(&self) -> Result<Vec<RolloutRecord>> {
-        let mut v: Vec<_> = self.lock().records.values().filter(|r| !r.status.is_terminal()).cloned().collect();
+        let mut v: Vec<_> = self
+            .lock()
+            .records
+            .values()
+            .filter(|r| !r.status.is_terminal())
+            .cloned()
+            .collect();
         v.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         Ok(v)
     }
 
     async fn list_target(&self, target: &str) -> Result<Vec<RolloutRecord>> {
-        let mut v: Vec<_> = self.lock().records.values().filter(|r| r.target == target).cloned().collect();
+        let mut v: Vec<_> = self
+            .lock()
+            .records
+            .values()
+            .filter(|r| r.target == target)
+            .cloned()
+            .collect();
         v.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         Ok(v)
     }
 
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
         let mut g = self.lock();
-        logic::acquire(g.leases.entry(target.to_owned()).or_default(), target, holder, ttl, now_ms)
+        logic::acquire(
+            g.leases.entry(target.to_owned()).or_default(),
+            target,
+            holder,
+            ttl,
+            now_ms,
+        )
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {

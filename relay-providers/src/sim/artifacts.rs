@@ -30,9 +30,15 @@ impl MemoryArtifactStore {
     /// pinned artifact (digest = sha256 of the content).
     pub fn push(&self, repository: &str, tag: &str, content: &[u8], metadata: BTreeMap<String, String>) -> Artifact {
         let digest = Digest::of(content);
-        let artifact = Artifact { repository: repository.to_owned(), tag: Some(tag.to_owned()), digest: digest.clone(), metadata };
+        let artifact = Artifact {
+            repository: repository.to_owned(),
+            tag: Some(tag.to_owned()),
+            digest: digest.clone(),
+            metadata,
+        };
         let mut r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        r.artifacts.insert((repository.to_owned(), digest.clone()), artifact.clone());
+        r.artifacts
+            .insert((repository.to_owned(), digest.clone()), artifact.clone());
         r.tags.insert((repository.to_owned(), tag.to_owned()), digest);
         artifact
     }
@@ -49,14 +55,23 @@ impl ArtifactStore for MemoryArtifactStore {
                 .tags
                 .get(&(repo.clone(), t.clone()))
                 .cloned()
-                .ok_or_else(|| Error::NotFound { what: format!("tag {reference} in the memory registry") })?,
-            (None, None) => return Err(Error::invalid("release.artifact", "reference has neither tag nor digest")),
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("tag {reference} in the memory registry"),
+                })?,
+            (None, None) => {
+                return Err(Error::invalid(
+                    "release.artifact",
+                    "reference has neither tag nor digest",
+                ))
+            }
         };
         let mut artifact = r
             .artifacts
             .get(&(repo, digest))
             .cloned()
-            .ok_or_else(|| Error::NotFound { what: format!("artifact {reference} in the memory registry") })?;
+            .ok_or_else(|| Error::NotFound {
+                what: format!("artifact {reference} in the memory registry"),
+            })?;
         artifact.tag = reference.tag.clone();
         Ok(artifact)
     }

@@ -51,14 +51,27 @@ impl SecretStore for MemorySecretStore {
     async fn fetch(&self, reference: &SecretRef) -> Result<SecretValue> {
         let name = key_of(&reference.path, reference.key.as_deref());
         let g = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
-        let versions = g.get(&name).ok_or_else(|| Error::NotFound { what: format!("secret {}://{name}", reference.scheme) })?;
+        let versions = g.get(&name).ok_or_else(|| Error::NotFound {
+            what: format!("secret {}://{name}", reference.scheme),
+        })?;
         let index = match reference.version() {
             None => versions.len(),
-            Some(v) => v.parse::<usize>().ok().filter(|n| (1..=versions.len()).contains(n)).ok_or_else(|| Error::NotFound {
-                what: format!("secret {}://{name} version {v:?} (versions 1 to {})", reference.scheme, versions.len()),
-            })?,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=versions.len()).contains(n))
+                .ok_or_else(|| Error::NotFound {
+                    what: format!(
+                        "secret {}://{name} version {v:?} (versions 1 to {})",
+                        reference.scheme,
+                        versions.len()
+                    ),
+                })?,
         };
         let value = SecretString::from(versions[index - 1].expose_secret().to_owned());
-        Ok(SecretValue { value, version: index.to_string() })
+        Ok(SecretValue {
+            value,
+            version: index.to_string(),
+        })
     }
 }

@@ -48,12 +48,18 @@ impl RevisionBehavior {
 
     /// A revision failing `rate` of requests.
     pub fn failing(rate: f64) -> Self {
-        RevisionBehavior { error_rate: rate, ..Self::default() }
+        RevisionBehavior {
+            error_rate: rate,
+            ..Self::default()
+        }
     }
 
     /// A revision whose replicas crash on start.
     pub fn crashing() -> Self {
-        RevisionBehavior { crash_on_start: true, ..Self::default() }
+        RevisionBehavior {
+            crash_on_start: true,
+            ..Self::default()
+        }
     }
 }
 
@@ -70,10 +76,18 @@ impl SimRevision {
         self.up_at.iter().filter(|t| **t <= now).count() as u32
     }
     fn ready(&self, now: Instant) -> u32 {
-        if self.behavior.crash_on_start { 0 } else { self.started(now) }
+        if self.behavior.crash_on_start {
+            0
+        } else {
+            self.started(now)
+        }
     }
     fn failed(&self, now: Instant) -> u32 {
-        if self.behavior.crash_on_start { self.started(now) } else { 0 }
+        if self.behavior.crash_on_start {
+            self.started(now)
+        } else {
+            0
+        }
     }
 }
 
@@ -116,7 +130,10 @@ impl SimTarget {
     pub fn new(name: impl Into<String>) -> Self {
         SimTarget {
             name: name.into(),
-            capabilities: Capabilities { routing: Routing::Weighted, max_revisions: 2 },
+            capabilities: Capabilities {
+                routing: Routing::Weighted,
+                max_revisions: 2,
+            },
             rng: SeededRng::new(0),
             requests_per_second: 100.0,
             default_behavior: RevisionBehavior::default(),
@@ -177,7 +194,12 @@ impl SimTarget {
         if self.capabilities.routing != Routing::ReplicaRatio {
             return st.traffic.clone();
         }
-        let ready: Vec<(&RevisionId, u32)> = st.revisions.iter().map(|(id, r)| (id, r.ready(now))).filter(|(_, n)| *n > 0).collect();
+        let ready: Vec<(&RevisionId, u32)> = st
+            .revisions
+            .iter()
+            .map(|(id, r)| (id, r.ready(now)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         let total: u32 = ready.iter().map(|(_, n)| n).sum();
         if total == 0 {
             return TrafficSplit::default();
@@ -185,7 +207,11 @@ impl SimTarget {
         let mut weights = BTreeMap::new();
         let mut given = 0u32;
         for (i, (id, n)) in ready.iter().enumerate() {
-            let w = if i + 1 == ready.len() { 100 - given } else { n * 100 / total };
+            let w = if i + 1 == ready.len() {
+                100 - given
+            } else {
+                n * 100 / total
+            };
             given += w;
             weights.insert((*id).clone(), w as u8);
         }
@@ -219,7 +245,11 @@ impl SimTarget {
             })
             .map(|(id, r)| {
                 let share = f64::from(split.weight(id)) / 100.0;
-                let rps = if share > 0.0 { self.requests_per_second * share } else { 1.0 };
+                let rps = if share > 0.0 {
+                    self.requests_per_second * share
+                } else {
+                    1.0
+                };
                 (r.behavior.clone(), rps)
             })
             .collect();
@@ -249,14 +279,25 @@ impl SimTarget {
                     }
                     total_n += n;
                 }
-                values.push(if metric == metrics::REQUESTS { acc } else { acc / total_n });
+                values.push(if metric == metrics::REQUESTS {
+                    acc
+                } else {
+                    acc / total_n
+                });
             }
         }
-        Ok(Sample { values, source: format!("sim:{}/{metric}{{{scope}}}", self.name), labels: BTreeMap::new() })
+        Ok(Sample {
+            values,
+            source: format!("sim:{}/{metric}{{{scope}}}", self.name),
+            labels: BTreeMap::new(),
+        })
     }
 
     fn behavior_of(&self, digest: &Digest) -> RevisionBehavior {
-        lock(&self.behaviors).get(digest).cloned().unwrap_or_else(|| self.default_behavior.clone())
+        lock(&self.behaviors)
+            .get(digest)
+            .cloned()
+            .unwrap_or_else(|| self.default_behavior.clone())
     }
 
     fn set_replicas(rev: &mut SimRevision, replicas: u32, now: Instant) -> bool {
@@ -278,7 +319,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn missing(id: &RevisionId) -> Error {
-    Error::NotFound { what: format!("revision {id} on the simulated target") }
+    Error::NotFound {
+        what: format!("revision {id} on the simulated target"),
+    }
 }
 
 #[async_trait]
@@ -299,7 +342,12 @@ impl Target for SimTarget {
             revisions: st
                 .revisions
                 .iter()
-                .map(|(id, r)| RevisionState { id: id.clone(), desired: r.desired, ready: r.ready(now), failed: r.failed(now) })
+                .map(|(id, r)| RevisionState {
+                    id: id.clone(),
+                    desired: r.desired,
+                    ready: r.ready(now),
+                    failed: r.failed(now),
+                })
                 .collect(),
             traffic: self.effective_split(&st, now),
         })
@@ -311,10 +359,18 @@ impl Target for SimTarget {
         let mut st = lock(&self.state);
         if !st.revisions.contains_key(&revision.id) && st.revisions.len() as u32 >= self.capabilities.max_revisions {
             return Err(Error::Conflict {
-                what: format!("target {} already runs {} revisions; retire one first", self.name, st.revisions.len()),
+                what: format!(
+                    "target {} already runs {} revisions; retire one first",
+                    self.name,
+                    st.revisions.len()
+                ),
             });
         }
-        let rev = st.revisions.entry(revision.id.clone()).or_insert_with(|| SimRevision { desired: 0, up_at: Vec::new(), behavior });
+        let rev = st.revisions.entry(revision.id.clone()).or_insert_with(|| SimRevision {
+            desired: 0,
+            up_at: Vec::new(),
+            behavior,
+        });
         if Self::set_replicas(rev, replicas, now) {
             st.mutations += 1;
         }
@@ -338,7 +394,10 @@ impl Target for SimTarget {
         }
         let needs_switch = split.weights().values().any(|w| *w != 100);
         if needs_switch && matches!(self.capabilities.routing, Routing::Switch | Routing::None) {
-            return Err(Error::unsupported(format!("target {} cannot split traffic {split}", self.name)));
+            return Err(Error::unsupported(format!(
+                "target {} cannot split traffic {split}",
+                self.name
+            )));
         }
         if &st.traffic != split {
             st.traffic = split.clone();
@@ -367,7 +426,10 @@ impl Target for SimTarget {
         }
         if st.traffic.weight(revision) > 0 {
             return Err(Error::Conflict {
-                what: format!("revision {revision} still receives {}% of traffic; route it away first", st.traffic.weight(revision)),
+                what: format!(
+                    "revision {revision} still receives {}% of traffic; route it away first",
+                    st.traffic.weight(revision)
+                ),
             });
         }
         st.revisions.remove(revision);

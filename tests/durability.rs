@@ -1,0 +1,248 @@
+//! Crash-resume, leases between engines, and audit tamper detection.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use relay::{
+    AuditSink, Error, EventKind, FileStateStore, JsonlAuditSink, Outcome, Relay, RolloutSpec, Target, TokioClock,
+};
+
+struct Crash {
+    world: World,
+    dir: tempfile::TempDir,
+    clock: Arc<TokioClock>,
+}
+
+impl Crash {
+    fn new(seed: u64) -> Self {
+        Crash {
+            world: World::new(seed),
+            dir: tempfile::tempdir().unwrap(),
+            clock: Arc::new(TokioClock::starting_at(1_000_000)),
+        }
+    }
+
+    /// A fresh engine on the shared state directory, as a restarted process would build it.
+    fn engine(&self, holder: &str) -> Relay {
+        let state = Arc::new(FileStateStore::open(self.dir.path()).unwrap());
+        self.world
+            .builder()
+            .state(state)
+            .clock(self.clock.clone())
+            .holder(holder)
+            .build()
+            .unwrap()
+    }
+}
+
+/// Run `tag` with the canary, kill the engine when `crash_on` matches the
+/// `nth` event, resume with a new engine, and return the outcome and the
+/// target mutations made after v1.
+async fn crash_and_resume(seed: u64, tag: &str, crash_on: impl Fn(&EventKind) -> bool) -> (Outcome, u64, World) {
+    let c = Crash::new(seed);
+    let a = c.engine("engine-a");
+    deploy_v1(&a).await;
+    let before = c.world.target.mutations();
+    let handle = a.start(RolloutSpec::new("web", release(tag), canary())).await.unwrap();
+    let id = handle.id().to_string();
+    let mut events = handle.events();
+    until(&mut events, crash_on).await;
+    handle.halt();
+    drop(a);
+
+    let b = c.engine("engine-b");
+    match b.resume(&id).await {
+        Err(Error::TargetLocked { holder, .. }) => assert!(holder.starts_with("engine-a/"), "{holder}"),
+        other => panic!("the crashed engine's lease must still hold, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let outcome = b.resume(&id).await.unwrap().wait().await.unwrap();
+    let record = b.state().get(&id).await.unwrap().unwrap();
+    assert!(record.status.is_terminal());
+    b.audit().verify().await.unwrap();
+    (outcome, c.world.target.mutations() - before, c.world)
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_after_a_crash_at_every_step_boundary_reaches_the_right_end() {
+    let steps = 11; // canary(): stage, route 25, analyze, scale, route 50, pause, analyze, scale, route 100, promote, retire
+    for k in 0..steps {
+        for on_completion in [false, true] {
+            let (outcome, mutations, w) = crash_and_resume(100 + k as u64, "v2", |e| match e {
+                EventKind::StepStarted { index, .. } if !on_completion => *index == k,
+                EventKind::StepCompleted { index } if on_completion => *index == k,
+                _ => false,
+            })
+            .await;
+            let Outcome::Promoted { revision } = &outcome else {
+                panic!("crash at step {k} (completed: {on_completion}): {outcome}")
+            };
+            let state = w.target.observe().await.unwrap();
+            assert_eq!(state.stable.as_ref().map(|r| r.as_str()), Some(revision.as_str()));
+            assert_eq!(state.revisions.len(), 1);
+            assert_eq!(
+                mutations, 8,
+                "crash at step {k}: a mutation was applied twice (idempotent re-runs change nothing)"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_after_a_crash_during_rollback_finishes_the_rollback() {
+    for (i, crash_on) in [
+        Box::new(|e: &EventKind| matches!(e, EventKind::RollbackStarted { .. })) as Box<dyn Fn(&EventKind) -> bool>,
+        Box::new(|e: &EventKind| matches!(e, EventKind::TrafficShifted { candidate_weight: 0 })),
+        Box::new(|e: &EventKind| matches!(e, EventKind::StepStarted { index: 2, .. })),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (outcome, _, w) = crash_and_resume(200 + i as u64, "v3", crash_on).await;
+        assert!(matches!(outcome, Outcome::RolledBack { .. }), "case {i}: {outcome}");
+        let state = w.target.observe().await.unwrap();
+        assert_eq!(state.revisions.len(), 1, "case {i}: candidate retired");
+        assert_eq!(state.revisions[0].ready, 4);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_engines_on_one_target_exactly_one_gets_the_lease() {
+    let c = Crash::new(300);
+    let (a, b) = (c.engine("engine-a"), c.engine("engine-b"));
+    deploy_v1(&a).await;
+    let (ra, rb) = tokio::join!(
+        a.start(RolloutSpec::new("web", release("v2"), canary())),
+        b.start(RolloutSpec::new("web", release("v2"), canary()))
+    );
+    let (winner, loser) = match (ra, rb) {
+        (Ok(h), Err(e)) | (Err(e), Ok(h)) => (h, e),
+        (ra, rb) => panic!(
+            "exactly one engine must win: {:?} / {:?}",
+            ra.map(|h| h.id().to_string()),
+            rb.map(|h| h.id().to_string())
+        ),
+    };
+    assert!(matches!(loser, Error::TargetLocked { .. }), "{loser:?}");
+    assert!(winner.wait().await.unwrap().is_success());
+    // Once released, the other engine may deploy.
+    assert!(b
+        .start(RolloutSpec::new("web", release("v3"), canary()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_rollout_from_the_same_engine_is_locked_out() {
+    let w = World::new(301);
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    let first = relay
+        .start(RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        relay.start(RolloutSpec::new("web", release("v3"), canary())).await,
+        Err(Error::TargetLocked { .. })
+    ));
+    first.abort("test", "done").unwrap();
+    first.wait().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn jsonl_audit_detects_modification_deletion_insertion_and_reordering() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let w = World::new(302);
+    let sink = Arc::new(JsonlAuditSink::open(&path).unwrap());
+    let relay = w.builder().audit(sink.clone()).build().unwrap();
+    deploy_v1(&relay).await;
+    relay
+        .start(RolloutSpec::new("web", release("v3"), canary()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let n = sink.verify().await.unwrap();
+    assert!(n > 10, "{n}");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+
+    let tamper = |name: &str, lines: Vec<String>| {
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        (name.to_string(), lines)
+    };
+    let mut cases = Vec::new();
+    let mut modified: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    modified[3] = modified[3].replace("\"actor\":\"", "\"actor\":\"mallory-");
+    cases.push(tamper("modified", modified));
+    let mut deleted: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    deleted.remove(2);
+    cases.push(tamper("deleted", deleted));
+    let mut inserted: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    inserted.insert(4, lines[4].to_string());
+    cases.push(tamper("inserted", inserted));
+    let mut reordered: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    reordered.swap(5, 6);
+    cases.push(tamper("reordered", reordered));
+    let mut truncated: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    truncated.pop();
+    cases.push(tamper("truncated", truncated));
+
+    for (name, content) in cases {
+        std::fs::write(&path, content.join("\n") + "\n").unwrap();
+        assert!(
+            matches!(sink.verify().await, Err(Error::AuditTampered { .. })),
+            "{name} not detected"
+        );
+        if name != "truncated" {
+            assert!(
+                matches!(JsonlAuditSink::open(&path), Err(Error::AuditTampered { .. })),
+                "{name} not detected on open"
+            );
+        }
+    }
+    std::fs::write(&path, &original).unwrap();
+    assert_eq!(sink.verify().await.unwrap(), n);
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_audit_detects_tampering() {
+    let w = World::new(303);
+    let sink = Arc::new(relay::MemoryAuditSink::new());
+    let relay = w.builder().audit(sink.clone()).build().unwrap();
+    deploy_v1(&relay).await;
+    let mut entries = sink.entries().await.unwrap();
+    entries[1].event.detail = serde_json::json!({"replicas": 400});
+    sink.overwrite_entries(entries);
+    assert!(matches!(sink.verify().await, Err(Error::AuditTampered { seq: 2, .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn recover_resumes_every_running_rollout() {
+    let c = Crash::new(304);
+    let a = c.engine("engine-a");
+    deploy_v1(&a).await;
+    let h = a.start(RolloutSpec::new("web", release("v2"), canary())).await.unwrap();
+    let mut ev = h.events();
+    until(&mut ev, |k| matches!(k, EventKind::StepStarted { index: 3, .. })).await;
+    h.halt();
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let b = c.engine("engine-b");
+    let (handles, skipped) = b.recover().await.unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(handles.len(), 1);
+    for h in handles {
+        assert!(h.wait().await.unwrap().is_success());
+    }
+    assert!(b.state().list_active().await.unwrap().is_empty());
+}

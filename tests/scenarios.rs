@@ -1,0 +1,637 @@
+//! End-to-end rollouts on the simulated providers, in virtual time.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use relay::providers::sim::{RevisionBehavior, SimTarget};
+use relay::providers::{FaultKind, Faulty};
+use relay::strategies::{Amount, BlueGreenStrategy, CanaryStrategy, RollingStrategy};
+use relay::{
+    Error, EventKind, ManualApproval, Outcome, RetryPolicy, Role, RolloutSpec, RolloutStatus, Routing, Target,
+    TrafficSplit,
+};
+
+#[tokio::test(start_paused = true)]
+async fn healthy_canary_is_promoted_with_one_audit_entry_per_mutation() {
+    let w = World::new(1);
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    let mutations_before = w.target.mutations();
+    let audit_before = relay.audit().entries().await.unwrap().len();
+
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap();
+    let id = handle.id().to_string();
+    let events = handle.events();
+    let outcome = handle.wait().await.unwrap();
+    let events = drain(events).await;
+
+    let Outcome::Promoted { revision } = &outcome else {
+        panic!("{outcome}")
+    };
+    let state = w.target.observe().await.unwrap();
+    assert_eq!(state.stable.as_ref().map(|r| r.as_str()), Some(revision.as_str()));
+    assert_eq!(
+        state.traffic.weights().len(),
+        1,
+        "all traffic on the candidate: {}",
+        state.traffic
+    );
+    assert_eq!(state.revisions.len(), 1, "old stable retired");
+    assert_eq!(state.revisions[0].ready, 4);
+    let weights: Vec<u8> = events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::TrafficShifted { candidate_weight } => Some(candidate_weight),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(weights, [25, 50, 100]);
+    let verdicts = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Verdict { .. }))
+        .count();
+    assert_eq!(verdicts, 4, "two analyses of two measurements");
+
+    let entries = relay.audit().entries().await.unwrap();
+    let mutation_entries = entries[audit_before..]
+        .iter()
+        .filter(|e| e.event.action.starts_with("target."))
+        .count() as u64;
+    assert_eq!(
+        mutation_entries,
+        w.target.mutations() - mutations_before,
+        "exactly one audit entry per target mutation"
+    );
+    assert!(entries
+        .iter()
+        .any(|e| e.event.rollout == id && e.event.action == "rollout.finished"));
+    relay.audit().verify().await.unwrap();
+    let record = relay.state().get(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, RolloutStatus::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_analysis_rolls_back_and_never_reports_success() {
+    let w = World::new(2);
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    let stable = w.target.observe().await.unwrap().stable.unwrap();
+
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v3"), canary()))
+        .await
+        .unwrap();
+    let events = handle.events();
+    let outcome = handle.wait().await.unwrap();
+    let events = drain(events).await;
+
+    let Outcome::RolledBack { cause } = &outcome else {
+        panic!("expected a rollback, got {outcome}")
+    };
+    assert!(
+        cause.contains("analysis failed") && cause.contains("error_rate"),
+        "{cause}"
+    );
+    assert!(!outcome.is_success());
+    let state = w.target.observe().await.unwrap();
+    assert_eq!(state.traffic, TrafficSplit::all(&stable), "stable back at 100%");
+    assert_eq!(state.stable.as_ref(), Some(&stable));
+    assert_eq!(state.revisions.len(), 1, "candidate retired");
+    assert_eq!(state.revisions[0].ready, 4, "stable capacity intact");
+    // The failing verdict carries its numbers.
+    let fail = events.iter().find_map(|e| match &e.kind {
+        EventKind::Verdict { verdict } if verdict.judgement.outcome == relay::VerdictOutcome::Fail => {
+            Some(verdict.clone())
+        }
+        _ => None,
+    });
+    let fail = fail.expect("a failing verdict event");
+    assert!(fail.judgement.observed.unwrap() > 0.05 && fail.judgement.threshold == Some(0.05));
+    // Detection to rollback: the first rollback mutation is at the verdict's instant.
+    let verdict_at = events.iter().find(|e| matches!(&e.kind, EventKind::Verdict { verdict } if verdict.judgement.outcome == relay::VerdictOutcome::Fail)).unwrap().at_ms;
+    let rollback_at = events
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::RollbackStarted { .. }))
+        .unwrap()
+        .at_ms;
+    assert_eq!(verdict_at, rollback_at);
+    relay.audit().verify().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_mid_canary_restores_stable_and_weight_never_rises_again() {
+    let w = World::new(3);
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    let stable = w.target.observe().await.unwrap().stable.unwrap();
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    until(&mut events, |k| {
+        matches!(k, EventKind::TrafficShifted { candidate_weight: 50 })
+    })
+    .await;
+    let history_at_abort = w.target.traffic_history().len();
+    handle.abort("bob", "saw a spike").unwrap();
+    let outcome = handle.wait().await.unwrap();
+    let Outcome::RolledBack { cause } = outcome else {
+        panic!()
+    };
+    assert!(cause.contains("aborted by bob: saw a spike"), "{cause}");
+    let history = w.target.traffic_history();
+    let after: Vec<&TrafficSplit> = history[history_at_abort..].iter().collect();
+    assert_eq!(
+        after,
+        [&TrafficSplit::all(&stable)],
+        "only the move back to stable after the abort"
+    );
+    assert_eq!(w.target.observe().await.unwrap().revisions.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_holds_the_rollout_until_resumed() {
+    let w = World::new(4);
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    let strategy = CanaryStrategy::new()
+        .set_weight(25)
+        .pause(Duration::from_secs(60))
+        .set_weight(50)
+        .pause_until_resumed();
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), strategy))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    until(&mut events, |k| {
+        matches!(k, EventKind::TrafficShifted { candidate_weight: 25 })
+    })
+    .await;
+    handle.pause("carol").unwrap();
+    until(&mut events, |k| matches!(k, EventKind::Paused { .. })).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let record = relay.state().get(handle.id()).await.unwrap().unwrap();
+    assert!(record.paused);
+    assert_eq!(
+        w.target
+            .traffic_history()
+            .last()
+            .map(|t| t.weights().values().copied().min()),
+        Some(Some(25)),
+        "held at 25% while paused"
+    );
+    handle.resume("carol").unwrap();
+    until(&mut events, |k| {
+        matches!(k, EventKind::TrafficShifted { candidate_weight: 50 })
+    })
+    .await;
+    // The indefinite pause step waits for a resume.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(
+        w.target.observe().await.unwrap().revisions.len(),
+        2,
+        "still waiting at the open-ended pause"
+    );
+    handle.resume("carol").unwrap();
+    assert!(handle.wait().await.unwrap().is_success());
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_approval_gates_promotion_and_records_the_approver() {
+    let w = World::new(5);
+    let relay = w
+        .builder()
+        .gate(Arc::new(ManualApproval::new("promote")))
+        .build()
+        .unwrap();
+    deploy_v1(&relay).await;
+    let strategy = BlueGreenStrategy::new()
+        .manual_promotion("promote")
+        .scale_down_delay(Duration::from_secs(30));
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), strategy))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    until(&mut events, |k| matches!(k, EventKind::GateWaiting { .. })).await;
+    tokio::time::sleep(Duration::from_secs(7200)).await;
+    assert_eq!(
+        w.target.traffic_history().len(),
+        1,
+        "no traffic moved while waiting for approval"
+    );
+    handle.approve("promote", "alice", "looks good").unwrap();
+    let passed = until(&mut events, |k| matches!(k, EventKind::GatePassed { .. })).await;
+    assert!(matches!(passed.kind, EventKind::GatePassed { ref by, .. } if by == "alice"));
+    assert!(handle.wait().await.unwrap().is_success());
+    let approvals: Vec<_> = relay
+        .audit()
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.action == "gate.approved")
+        .collect();
+    assert_eq!(approvals.len(), 1);
+    assert_eq!(approvals[0].event.detail["by"], "alice");
+    assert_eq!(approvals[0].event.detail["comment"], "looks good");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejection_at_a_gate_rolls_back() {
+    let w = World::new(6);
+    let relay = w
+        .builder()
+        .gate(Arc::new(ManualApproval::new("promote")))
+        .build()
+        .unwrap();
+    deploy_v1(&relay).await;
+    let strategy = CanaryStrategy::new().set_weight(10).gate("promote");
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), strategy))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    until(&mut events, |k| matches!(k, EventKind::GateWaiting { .. })).await;
+    handle.reject("promote", "dave", "not today").unwrap();
+    match handle.wait().await.unwrap() {
+        Outcome::RolledBack { cause } => assert!(cause.contains("rejected by dave: not today"), "{cause}"),
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn promote_now_skips_the_remaining_steps() {
+    let w = World::new(7);
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    let strategy = CanaryStrategy::new()
+        .set_weight(10)
+        .pause(Duration::from_secs(86_400))
+        .set_weight(50)
+        .pause(Duration::from_secs(86_400));
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), strategy))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    until(
+        &mut events,
+        |k| matches!(k, EventKind::StepStarted { kind, .. } if kind == "pause"),
+    )
+    .await;
+    let start = tokio::time::Instant::now();
+    handle.promote_now("erin").unwrap();
+    assert!(handle.wait().await.unwrap().is_success());
+    assert!(
+        start.elapsed() < Duration::from_secs(3600),
+        "did not sit out the day-long pauses"
+    );
+    let weights: Vec<u8> = w
+        .target
+        .traffic_history()
+        .iter()
+        .filter_map(|t| t.weights().values().copied().max())
+        .collect();
+    assert_eq!(w.target.observe().await.unwrap().revisions.len(), 1);
+    assert!(!weights.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn crashing_candidate_is_rolled_back() {
+    let w = World::new(8);
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    let v2 = w
+        .artifacts
+        .push("shop/web", "v2-crash", b"crashing build", Default::default());
+    w.target.behavior(&v2.digest, RevisionBehavior::crashing());
+    let release = common::release("v2-crash");
+    match relay
+        .start(RolloutSpec::new("web", release, canary()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+    {
+        Outcome::RolledBack { cause } => assert!(cause.contains("failed to start"), "{cause}"),
+        other => panic!("{other}"),
+    }
+    assert_eq!(w.target.observe().await.unwrap().revisions.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_faults_are_retried_and_terminal_ones_roll_back() {
+    // Two transient failures of `route`: retried, the rollout succeeds.
+    let faulty = Arc::new(
+        Faulty::new(SimTarget::new("web").seed(9), 9)
+            .with_rate(FaultKind::Unavailable, 0.0)
+            .only_operations(&["route"]),
+    );
+    let w = World::new(9);
+    let relay = w.builder().target(faulty.clone()).build();
+    assert!(
+        matches!(relay, Err(Error::InvalidSpec { .. })),
+        "two targets named web are refused"
+    );
+    let relay = relay::Relay::builder()
+        .target(faulty.clone())
+        .artifacts(w.artifacts.clone())
+        .secrets("mem", w.secrets.clone())
+        .build()
+        .unwrap();
+    deploy_v1(&relay).await;
+    faulty.fail_next(2);
+    let handle = relay
+        .start(RolloutSpec::new(
+            "web",
+            release("v2"),
+            CanaryStrategy::new().set_weight(50),
+        ))
+        .await
+        .unwrap();
+    let events = handle.events();
+    assert!(handle.wait().await.unwrap().is_success());
+    let retries = drain(events)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e.kind, EventKind::Retrying { .. }))
+        .count();
+    assert_eq!(retries, 2);
+    assert_eq!(faulty.injected(), 2);
+
+    // A terminal failure of `route` (and of the rollback's route): rollback fails loudly.
+    let denied = Arc::new(
+        Faulty::new(SimTarget::new("web").seed(9), 9)
+            .with_rate(FaultKind::PermissionDenied, 0.0)
+            .only_operations(&["route"]),
+    );
+    let relay = relay::Relay::builder()
+        .target(denied.clone())
+        .artifacts(w.artifacts.clone())
+        .secrets("mem", w.secrets.clone())
+        .build()
+        .unwrap();
+    deploy_v1(&relay).await;
+    denied.fail_next(2);
+    match relay
+        .start(RolloutSpec::new(
+            "web",
+            release("v2"),
+            CanaryStrategy::new().set_weight(50),
+        ))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+    {
+        Outcome::RollbackFailed { cause, error } => {
+            assert!(cause.contains("permission denied"), "{cause}");
+            assert!(error.contains("permission denied"), "{error}");
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn hung_provider_calls_time_out_and_roll_back_in_bounded_time() {
+    let hang = Arc::new(
+        Faulty::new(SimTarget::new("web").seed(10), 10)
+            .with_rate(FaultKind::Hang, 0.0)
+            .only_operations(&["scale"]),
+    );
+    let w = World::new(10);
+    let policy = RetryPolicy {
+        attempt_timeout: Duration::from_secs(5),
+        max_attempts: 3,
+        ..RetryPolicy::default()
+    };
+    let relay = relay::Relay::builder()
+        .target(hang.clone())
+        .artifacts(w.artifacts.clone())
+        .secrets("mem", w.secrets.clone())
+        .retry(policy)
+        .build()
+        .unwrap();
+    deploy_v1(&relay).await;
+    hang.fail_next(3);
+    let start = tokio::time::Instant::now();
+    let outcome = relay
+        .start(RolloutSpec::new(
+            "web",
+            release("v2"),
+            CanaryStrategy::new().set_weight(25).set_weight(50),
+        ))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("gave up after 3 attempts")),
+        "{outcome}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(120), "took {:?}", start.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn rolling_on_a_replica_ratio_target_keeps_capacity() {
+    let w = World::with_target(SimTarget::new("web").seed(11).routing(Routing::ReplicaRatio));
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    let strategy = RollingStrategy::new()
+        .batch(Amount::Count(1))
+        .max_surge(Amount::Count(1))
+        .max_unavailable(Amount::Count(0));
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), strategy))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    // Sample readiness at every step start: ready replicas never drop below 4.
+    loop {
+        let Some(e) = events.next().await else { break };
+        if matches!(e.kind, EventKind::StepStarted { .. }) {
+            assert!(w.target.observe().await.unwrap().ready_total() >= 4);
+        }
+        if matches!(e.kind, EventKind::Finished { .. }) {
+            break;
+        }
+    }
+    assert!(handle.wait().await.unwrap().is_success());
+}
+
+#[tokio::test(start_paused = true)]
+async fn blue_green_switches_on_a_switch_only_target_and_rolls_back_after_a_bad_switch() {
+    let w = World::with_target(SimTarget::new("web").seed(12).routing(Routing::Switch));
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    let stable = w.target.observe().await.unwrap().stable.unwrap();
+    let bg = BlueGreenStrategy::new()
+        .post_promotion(error_analysis())
+        .scale_down_delay(Duration::from_secs(60));
+    assert!(relay
+        .start(RolloutSpec::new("web", release("v2"), bg.clone()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+        .is_success());
+    let v2 = w.target.observe().await.unwrap().stable.unwrap();
+    assert_ne!(v2, stable);
+    // v3 fails after the switch: traffic goes back to v2, which is stable again.
+    let outcome = relay
+        .start(RolloutSpec::new("web", release("v3"), bg))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+    let state = w.target.observe().await.unwrap();
+    assert_eq!(state.stable.as_ref(), Some(&v2));
+    assert_eq!(state.traffic, TrafficSplit::all(&v2));
+    assert_eq!(state.revision(&v2).unwrap().ready, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn plan_is_a_dry_run_and_redeploying_the_stable_release_is_no_change() {
+    let w = World::new(13);
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    let (m, a) = (w.target.mutations(), relay.audit().entries().await.unwrap().len());
+    let plan = relay
+        .plan(&RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (w.target.mutations(), relay.audit().entries().await.unwrap().len()),
+        (m, a),
+        "plan changed something"
+    );
+    let table = plan.to_string();
+    assert!(
+        table.contains("traffic: candidate 25%, stable 75%")
+            && table.contains("DB_PASSWORD <- mem://web/db#password?version=1"),
+        "{table}"
+    );
+    assert!(!table.contains(PLANTED_SECRET));
+    assert_eq!(
+        plan.candidate.secrets["DB_PASSWORD"].version(),
+        Some("1"),
+        "secret pinned at plan time"
+    );
+    let again = relay
+        .start(RolloutSpec::new("web", release("v1"), canary()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(again, Outcome::NoChange);
+    assert_eq!(w.target.mutations(), m);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_specs_are_refused_before_anything_changes() {
+    let w = World::new(14);
+    let relay = w.relay();
+    let path = |e: Error| match e {
+        Error::InvalidSpec { path, .. } => path,
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    };
+    let unknown_scheme = release("v1").secret("TOKEN", "vault://kv/app#token".parse().unwrap());
+    assert_eq!(
+        path(
+            relay
+                .plan(&RolloutSpec::new("web", unknown_scheme, canary()))
+                .await
+                .unwrap_err()
+        ),
+        "release.secrets.TOKEN"
+    );
+    assert_eq!(
+        path(
+            relay
+                .plan(&RolloutSpec::new("nope", release("v1"), canary()))
+                .await
+                .unwrap_err()
+        ),
+        "spec.target"
+    );
+    assert_eq!(
+        path(
+            relay
+                .plan(&RolloutSpec::new("web", release("v1").replicas(0), canary()))
+                .await
+                .unwrap_err()
+        ),
+        "release.replicas"
+    );
+    assert_eq!(
+        path(
+            relay
+                .plan(&RolloutSpec::new("web", release("v1"), canary()).id("has space"))
+                .await
+                .unwrap_err()
+        ),
+        "spec.id"
+    );
+    deploy_v1(&relay).await;
+    let gated = CanaryStrategy::new().set_weight(10).gate("cab-approval");
+    assert_eq!(
+        path(
+            relay
+                .plan(&RolloutSpec::new("web", release("v2"), gated))
+                .await
+                .unwrap_err()
+        ),
+        "plan.steps[2].gate"
+    );
+    let policy = relay::ArtifactPolicy {
+        require_digest: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        path(
+            relay
+                .plan(&RolloutSpec::new("web", release("v2"), canary()).policy(policy))
+                .await
+                .unwrap_err()
+        ),
+        "release.artifact"
+    );
+    assert!(matches!(
+        relay.plan(&RolloutSpec::new("web", release("v9"), canary())).await,
+        Err(Error::NotFound { .. })
+    ));
+    let no_probe = relay::Relay::builder()
+        .target(w.target.clone())
+        .artifacts(w.artifacts.clone())
+        .secrets("mem", w.secrets.clone())
+        .build()
+        .unwrap();
+    assert_eq!(
+        path(
+            no_probe
+                .plan(&RolloutSpec::new("web", release("v2"), canary()))
+                .await
+                .unwrap_err()
+        ),
+        "plan.steps[2].analysis"
+    );
+    let _ = Role::Stable;
+}
