@@ -19,12 +19,19 @@ use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, Relay, Release, RolloutSpec};
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
 }
 
 /// A relay on a fresh simulated target with v1 already stable.
 fn world(rt: &tokio::runtime::Runtime, readiness: Duration) -> Relay {
-    let behavior = RevisionBehavior { readiness_delay: readiness, ..RevisionBehavior::healthy() };
+    let behavior = RevisionBehavior {
+        readiness_delay: readiness,
+        ..RevisionBehavior::healthy()
+    };
     let target = Arc::new(SimTarget::new("bench").seed(1).default_behavior(behavior));
     let artifacts = Arc::new(MemoryArtifactStore::new());
     artifacts.push("app", "v1", b"1", Default::default());
@@ -43,8 +50,12 @@ fn world(rt: &tokio::runtime::Runtime, readiness: Duration) -> Relay {
 }
 
 fn ten_step_canary() -> CanaryStrategy {
-    let analysis = AnalysisSpec::new(vec![Check::new("errors", metrics::ERROR_RATE, ThresholdJudge::below(0.05))])
-        .every(Duration::from_secs(60), 12);
+    let analysis = AnalysisSpec::new(vec![Check::new(
+        "errors",
+        metrics::ERROR_RATE,
+        ThresholdJudge::below(0.05),
+    )])
+    .every(Duration::from_secs(60), 12);
     let mut c = CanaryStrategy::new();
     for w in [10, 25, 50, 75, 100] {
         c = c.set_weight(w).analyze(analysis.clone());
@@ -61,7 +72,11 @@ fn bench(c: &mut Criterion) {
             || world(&rt, Duration::from_secs(5)),
             |relay| {
                 rt.block_on(async {
-                    let spec = RolloutSpec::new("bench", Release::new("app:v2".parse().unwrap()).replicas(10), ten_step_canary());
+                    let spec = RolloutSpec::new(
+                        "bench",
+                        Release::new("app:v2".parse().unwrap()).replicas(10),
+                        ten_step_canary(),
+                    );
                     let outcome = relay.start(spec).await.unwrap().wait().await.unwrap();
                     assert!(outcome.is_success());
                 })
@@ -80,7 +95,11 @@ fn bench(c: &mut Criterion) {
     let probe = world(&rt, Duration::ZERO);
     let plan_len = rt.block_on(async {
         let relay = probe;
-        let spec = RolloutSpec::new("bench", Release::new("app:v2".parse().unwrap()).replicas(10), weights_only.clone());
+        let spec = RolloutSpec::new(
+            "bench",
+            Release::new("app:v2".parse().unwrap()).replicas(10),
+            weights_only.clone(),
+        );
         relay.plan(&spec).await.unwrap().steps.len()
     });
     g.throughput(Throughput::Elements(plan_len as u64));
@@ -89,7 +108,11 @@ fn bench(c: &mut Criterion) {
             || world(&rt, Duration::ZERO),
             |relay| {
                 rt.block_on(async {
-                    let spec = RolloutSpec::new("bench", Release::new("app:v2".parse().unwrap()).replicas(10), weights_only.clone());
+                    let spec = RolloutSpec::new(
+                        "bench",
+                        Release::new("app:v2".parse().unwrap()).replicas(10),
+                        weights_only.clone(),
+                    );
                     assert!(relay.start(spec).await.unwrap().wait().await.unwrap().is_success());
                 })
             },

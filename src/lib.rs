@@ -47,3 +47,8 @@ pub mod strategies {
 pub mod providers {
     pub use relay_providers::*;
 }
+
+/// The README's example compiles as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
