@@ -211,7 +211,7 @@ mod tests {
         };
         let start = Instant::now();
         let r: Result<()> = policy
-            .run("hang", &SeededRng::new(3), |_, _, _| {}, || std::future::pending())
+            .run("hang", &SeededRng::new(3), |_, _, _| {}, std::future::pending)
             .await;
         assert!(matches!(r, Err(Error::RetriesExhausted { .. })));
         assert!(start.elapsed() <= Duration::from_secs(5 + 1 + 10));
