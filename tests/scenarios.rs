@@ -635,3 +635,110 @@ async fn bad_specs_are_refused_before_anything_changes() {
     );
     let _ = Role::Stable;
 }
+
+fn one_check(check: relay::Check, count: u32) -> CanaryStrategy {
+    let analysis = relay::AnalysisSpec::new(vec![check]).every(Duration::from_secs(60), count);
+    CanaryStrategy::new().set_weight(25).analyze(analysis)
+}
+
+#[tokio::test(start_paused = true)]
+async fn analysis_without_enough_data_is_inconclusive_and_rolls_back_past_the_limit() {
+    let w = World::new(15);
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    // 60 values per minute can never reach 1000 samples: every verdict is inconclusive.
+    let check = relay::Check::new(
+        "errors",
+        "error_rate",
+        relay::strategies::ThresholdJudge::below(0.05).min_samples(1000),
+    );
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), one_check(check, 5)))
+        .await
+        .unwrap();
+    let events = handle.events();
+    let outcome = handle.wait().await.unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("inconclusive 3 times (limit 2)")),
+        "{outcome}"
+    );
+    let inconclusive = drain(events).await.into_iter().filter(|e| matches!(&e.kind, EventKind::Verdict { verdict } if verdict.judgement.outcome == relay::VerdictOutcome::Inconclusive)).count();
+    assert_eq!(inconclusive, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn probe_errors_past_the_consecutive_limit_roll_back() {
+    let w = World::new(16);
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    let check = relay::Check::new("ghost", "no_such_metric", relay::strategies::ThresholdJudge::below(1.0));
+    let outcome = relay
+        .start(RolloutSpec::new("web", release("v2"), one_check(check, 10)))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("5 consecutive probe errors (limit 4)")),
+        "{outcome}"
+    );
+    let errors = relay
+        .audit()
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.action == "analysis.probe_error")
+        .count();
+    assert_eq!(errors, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_checks_are_recorded_but_never_fail_the_rollout() {
+    let w = World::new(17);
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    // Any error rate is above 0: this check fails every time, in dry-run.
+    let check = relay::Check::new("strict", "error_rate", relay::strategies::ThresholdJudge::below(0.0)).dry_run();
+    let outcome = relay
+        .start(RolloutSpec::new("web", release("v2"), one_check(check, 3)))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(outcome.is_success(), "{outcome}");
+    let failed_dry: Vec<_> = relay
+        .audit()
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| {
+            e.event.action == "analysis.verdict"
+                && e.event.detail["dry_run"] == true
+                && e.event.detail["outcome"] == "fail"
+        })
+        .collect();
+    assert_eq!(failed_dry.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_start_releases_the_lease() {
+    let w = World::new(18);
+    let relay = w.relay();
+    deploy_v1(&relay).await;
+    assert!(relay
+        .start(RolloutSpec::new("web", release("v2").replicas(0), canary()))
+        .await
+        .is_err());
+    assert!(relay
+        .start(RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+        .is_success());
+}

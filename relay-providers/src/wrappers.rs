@@ -275,3 +275,55 @@ impl<L: Layer, T: StateStore> StateStore for Wrapped<L, T> {
         self.inner.release_lease(lease).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{MemorySecretStore, SimTarget};
+
+    async fn pattern(seed: u64) -> Vec<bool> {
+        let store = Faulty::new(MemorySecretStore::new(), seed).with_rate(FaultKind::Unavailable, 0.3);
+        store.inner().put("a", "x".to_string().into());
+        let r: SecretRef = "mem://a".parse().unwrap();
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            out.push(store.fetch(&r).await.is_err());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn fault_schedules_depend_only_on_the_seed() {
+        let (a, b, c) = (pattern(5).await, pattern(5).await, pattern(6).await);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let rate = a.iter().filter(|x| **x).count() as f64 / a.len() as f64;
+        assert!((0.2..0.4).contains(&rate), "{rate}");
+    }
+
+    #[tokio::test]
+    async fn faults_have_the_configured_kind_and_scope() {
+        let t = Faulty::new(SimTarget::new("t"), 1)
+            .with_rate(FaultKind::PermissionDenied, 0.0)
+            .only_operations(&["route"]);
+        t.fail_next(1);
+        assert!(t.observe().await.is_ok(), "observe is not in scope");
+        let e = t.route(&TrafficSplit::default()).await.unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied { .. }) && !e.is_retryable());
+        assert!(
+            t.route(&TrafficSplit::default()).await.is_ok(),
+            "only the next call was forced"
+        );
+        assert_eq!(t.injected(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_delays_every_call_in_tokio_time() {
+        let t = Latency::new(SimTarget::new("t"), Duration::from_millis(250));
+        let start = tokio::time::Instant::now();
+        t.observe().await.unwrap();
+        t.route(&TrafficSplit::default()).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+        assert_eq!(t.name(), "t");
+    }
+}

@@ -322,8 +322,11 @@ impl Relay {
     /// Everything [`Relay::plan`] returns, and [`Error::TargetLocked`] when
     /// another rollout holds the target.
     pub async fn start(&self, spec: RolloutSpec) -> Result<RolloutHandle> {
-        let plan = self.plan(&spec).await?;
         let inner = &self.inner;
+        if let Some(id) = &spec.id {
+            validate_id(id)?;
+        }
+        inner.target(&spec.target)?;
         let now = inner.clock.now_ms();
         let id = spec.id.clone().unwrap_or_else(|| {
             format!(
@@ -333,11 +336,22 @@ impl Relay {
                 inner.ids.fetch_add(1, Ordering::Relaxed)
             )
         });
+        // Lease first, then plan: the plan is made from what the target looks
+        // like while no other rollout can change it.
         let holder = inner.holder_for(&id);
         let lease = inner
             .state
             .acquire_lease(&spec.target, &holder, inner.config.lease_ttl, now)
             .await?;
+        let planned = self.plan(&spec).await;
+        let plan = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = inner.state.release_lease(&lease).await;
+                return Err(e);
+            }
+        };
+        let now = inner.clock.now_ms();
         let mut record = RolloutRecord {
             id: id.clone(),
             target: spec.target.clone(),
