@@ -1,8 +1,10 @@
 //! Engine throughput on the simulated providers, under virtual time.
 //!
-//! - `canary_10_step_1h`: a ten-step canary (five weights, each followed by a
-//!   12-minute analysis: one hour of virtual analysis) from plan to promotion.
-//!   Rollouts per wall-second = 1 / time per iteration.
+//! - `canary_10_step_1h_measured_every_{60,300}s`: a ten-step canary (five
+//!   weights, each followed by a 12-minute analysis: one hour of virtual
+//!   analysis, measured every minute or every five minutes) from plan to
+//!   promotion, with readiness delays of 5 s. Rollouts per wall-second =
+//!   1 / time per iteration.
 //! - `engine_per_step`: a 100-step plan on zero-latency providers (no
 //!   readiness delay, no pauses); criterion reports steps per second, so
 //!   engine CPU per step = 1 / that.
@@ -49,13 +51,12 @@ fn world(rt: &tokio::runtime::Runtime, readiness: Duration) -> Relay {
     relay
 }
 
-fn ten_step_canary() -> CanaryStrategy {
-    let analysis = AnalysisSpec::new(vec![Check::new(
-        "errors",
-        metrics::ERROR_RATE,
-        ThresholdJudge::below(0.05),
-    )])
-    .every(Duration::from_secs(60), 12);
+/// Five weights, each followed by an analysis: 12 minutes of analysis each,
+/// measured every `interval`.
+fn ten_step_canary(interval: Duration) -> CanaryStrategy {
+    let count = (720 / interval.as_secs()) as u32;
+    let check = Check::new("errors", metrics::ERROR_RATE, ThresholdJudge::below(0.05));
+    let analysis = AnalysisSpec::new(vec![check]).every(interval, count);
     let mut c = CanaryStrategy::new();
     for w in [10, 25, 50, 75, 100] {
         c = c.set_weight(w).analyze(analysis.clone());
@@ -67,23 +68,23 @@ fn bench(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("rollouts");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("canary_10_step_1h", |b| {
-        b.iter_batched(
-            || world(&rt, Duration::from_secs(5)),
-            |relay| {
-                rt.block_on(async {
-                    let spec = RolloutSpec::new(
-                        "bench",
-                        Release::new("app:v2".parse().unwrap()).replicas(10),
-                        ten_step_canary(),
-                    );
-                    let outcome = relay.start(spec).await.unwrap().wait().await.unwrap();
-                    assert!(outcome.is_success());
-                })
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    for interval in [60, 300] {
+        let strategy = ten_step_canary(Duration::from_secs(interval));
+        g.bench_function(format!("canary_10_step_1h_measured_every_{interval}s"), |b| {
+            b.iter_batched(
+                || world(&rt, Duration::from_secs(5)),
+                |relay| {
+                    rt.block_on(async {
+                        let release = Release::new("app:v2".parse().unwrap()).replicas(10);
+                        let spec = RolloutSpec::new("bench", release, strategy.clone());
+                        let outcome = relay.start(spec).await.unwrap().wait().await.unwrap();
+                        assert!(outcome.is_success());
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
 
     let steps = CanaryStrategy::linear(1, Duration::from_millis(1));
     let mut weights_only = CanaryStrategy::new();

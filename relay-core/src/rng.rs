@@ -36,11 +36,16 @@ impl SeededRng {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// A standard normal variate (Box-Muller).
+    /// A standard normal variate (Marsaglia's polar method).
     pub fn next_normal(&self) -> f64 {
-        let u1 = self.next_f64().max(f64::MIN_POSITIVE);
-        let u2 = self.next_f64();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        loop {
+            let u = 2.0 * self.next_f64() - 1.0;
+            let v = 2.0 * self.next_f64() - 1.0;
+            let s = u * u + v * v;
+            if s > 0.0 && s < 1.0 {
+                return u * (-2.0 * s.ln() / s).sqrt();
+            }
+        }
     }
 }
 
@@ -60,5 +65,9 @@ mod tests {
         assert_ne!(xa, xc);
         let mean: f64 = (0..10_000).map(|_| a.next_f64()).sum::<f64>() / 10_000.0;
         assert!((mean - 0.5).abs() < 0.02, "{mean}");
+        let normals: Vec<f64> = (0..20_000).map(|_| a.next_normal()).collect();
+        let m = normals.iter().sum::<f64>() / normals.len() as f64;
+        let var = normals.iter().map(|x| (x - m).powi(2)).sum::<f64>() / normals.len() as f64;
+        assert!(m.abs() < 0.03 && (var - 1.0).abs() < 0.05, "mean {m}, variance {var}");
     }
 }

@@ -35,23 +35,22 @@ impl Statistic {
 
     /// Compute the statistic over finite, non-empty `values`.
     pub fn compute(self, values: &[f64]) -> f64 {
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
         match self {
-            Statistic::Mean => v.iter().sum::<f64>() / v.len() as f64,
-            Statistic::Median => {
+            Statistic::Mean => values.iter().sum::<f64>() / values.len() as f64,
+            Statistic::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            Statistic::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
+            Statistic::Median | Statistic::P95 | Statistic::P99 => {
+                let mut v = values.to_vec();
+                v.sort_unstable_by(f64::total_cmp);
                 let n = v.len();
-                if n % 2 == 1 {
-                    v[n / 2]
-                } else {
-                    (v[n / 2 - 1] + v[n / 2]) / 2.0
+                let rank = |q: f64| v[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
+                match self {
+                    Statistic::Median if n % 2 == 1 => v[n / 2],
+                    Statistic::Median => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+                    Statistic::P95 => rank(0.95),
+                    _ => rank(0.99),
                 }
             }
-            Statistic::P95 => rank(0.95),
-            Statistic::P99 => rank(0.99),
-            Statistic::Max => v[v.len() - 1],
-            Statistic::Min => v[0],
         }
     }
 }

@@ -15,6 +15,15 @@ const PROVIDER: &str = "jsonl-audit";
 /// Appends entries to a JSONL file. Opening an existing file verifies it and
 /// continues its chain. Each append is flushed and, unless
 /// [`JsonlAuditSink::sync_each_append`] is turned off, fsynced.
+///
+/// # Caveats
+/// - One writer per file: the sink keeps the chain head in memory, so two
+///   sinks (or processes) appending to the same file would fork the chain.
+///   Clone the sink to share it within a process.
+/// - `verify` also catches entries cut from the end of the file, because the
+///   sink remembers the head it wrote; a freshly opened sink cannot know
+///   about entries removed before it opened the file. Anchor the head
+///   elsewhere (for example in the state store) when that matters.
 #[derive(Debug, Clone)]
 pub struct JsonlAuditSink {
     path: Arc<PathBuf>,

@@ -49,20 +49,47 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
+/// The hashed form of an entry: fields in lexicographic order, so serde's
+/// field order is the sorted-key canonical JSON (and `detail`, a
+/// `serde_json::Value`, serializes its object keys sorted too).
+#[derive(Serialize)]
+struct Canonical<'a> {
+    action: &'a str,
+    actor: &'a str,
+    at_ms: UnixMillis,
+    detail: &'a serde_json::Value,
+    prev_hash: &'a str,
+    rollout: &'a str,
+    seq: u64,
+}
+
+/// Feeds serialized bytes straight into the hasher.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn entry_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
-    // serde_json's map is a BTreeMap, so keys serialize sorted: canonical.
-    let body = serde_json::json!({
-        "seq": seq,
-        "at_ms": event.at_ms,
-        "actor": event.actor,
-        "rollout": event.rollout,
-        "action": event.action,
-        "detail": event.detail,
-        "prev_hash": prev_hash,
-    });
+    let body = Canonical {
+        action: &event.action,
+        actor: &event.actor,
+        at_ms: event.at_ms,
+        detail: &event.detail,
+        prev_hash,
+        rollout: &event.rollout,
+        seq,
+    };
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
-    h.update(body.to_string().as_bytes());
+    // Writing into a hasher cannot fail, and these types always serialize.
+    let _ = serde_json::to_writer(HashWriter(&mut h), &body);
     hex::encode(h.finalize())
 }
 
@@ -180,6 +207,23 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    #[test]
+    fn the_hash_is_over_sorted_key_canonical_json() {
+        let event = AuditEvent {
+            at_ms: 5,
+            actor: "a".into(),
+            rollout: "r".into(),
+            action: "x".into(),
+            detail: serde_json::json!({"b": 1, "a": [1.5]}),
+        };
+        let canonical =
+            r#"{"action":"x","actor":"a","at_ms":5,"detail":{"a":[1.5],"b":1},"prev_hash":"p","rollout":"r","seq":1}"#;
+        let mut h = Sha256::new();
+        h.update(b"p");
+        h.update(canonical.as_bytes());
+        assert_eq!(entry_hash(1, &event, "p"), hex::encode(h.finalize()));
     }
 
     #[test]
