@@ -142,9 +142,7 @@ async fn two_engines_on_one_target_exactly_one_gets_the_lease() {
 
 #[tokio::test(start_paused = true)]
 async fn a_second_rollout_from_the_same_engine_is_locked_out() {
-    let w = World::new(301);
-    let relay = w.relay();
-    deploy_v1(&relay).await;
+    let (_w, relay) = World::with_v1(301).await;
     let first = relay
         .start(RolloutSpec::new("web", release("v2"), canary()))
         .await
@@ -165,13 +163,7 @@ async fn jsonl_audit_detects_modification_deletion_insertion_and_reordering() {
     let sink = Arc::new(JsonlAuditSink::open(&path).unwrap());
     let relay = w.builder().audit(sink.clone()).build().unwrap();
     deploy_v1(&relay).await;
-    relay
-        .start(RolloutSpec::new("web", release("v3"), canary()))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    run(&relay, RolloutSpec::new("web", release("v3"), canary())).await;
     let n = sink.verify().await.unwrap();
     assert!(n > 10, "{n}");
     let original = std::fs::read_to_string(&path).unwrap();

@@ -18,9 +18,7 @@ use relay::{
 
 #[tokio::test(start_paused = true)]
 async fn healthy_canary_is_promoted_with_one_audit_entry_per_mutation() {
-    let w = World::new(1);
-    let relay = w.relay();
-    deploy_v1(&relay).await;
+    let (w, relay) = World::with_v1(1).await;
     let mutations_before = w.target.mutations();
     let audit_before = relay.audit().entries().await.unwrap().len();
 
@@ -80,18 +78,10 @@ async fn healthy_canary_is_promoted_with_one_audit_entry_per_mutation() {
 
 #[tokio::test(start_paused = true)]
 async fn failing_analysis_rolls_back_and_never_reports_success() {
-    let w = World::new(2);
-    let relay = w.relay();
-    deploy_v1(&relay).await;
+    let (w, relay) = World::with_v1(2).await;
     let stable = w.target.observe().await.unwrap().stable.unwrap();
 
-    let handle = relay
-        .start(RolloutSpec::new("web", release("v3"), canary()))
-        .await
-        .unwrap();
-    let events = handle.events();
-    let outcome = handle.wait().await.unwrap();
-    let events = drain(events).await;
+    let (outcome, events) = run_with_events(&relay, RolloutSpec::new("web", release("v3"), canary())).await;
 
     let Outcome::RolledBack { cause } = &outcome else {
         panic!("expected a rollback, got {outcome}")
@@ -128,9 +118,7 @@ async fn failing_analysis_rolls_back_and_never_reports_success() {
 
 #[tokio::test(start_paused = true)]
 async fn abort_mid_canary_restores_stable_and_weight_never_rises_again() {
-    let w = World::new(3);
-    let relay = w.relay();
-    deploy_v1(&relay).await;
+    let (w, relay) = World::with_v1(3).await;
     let stable = w.target.observe().await.unwrap().stable.unwrap();
     let handle = relay
         .start(RolloutSpec::new("web", release("v2"), canary()))
@@ -160,9 +148,7 @@ async fn abort_mid_canary_restores_stable_and_weight_never_rises_again() {
 
 #[tokio::test(start_paused = true)]
 async fn pause_holds_the_rollout_until_resumed() {
-    let w = World::new(4);
-    let relay = w.relay();
-    deploy_v1(&relay).await;
+    let (w, relay) = World::with_v1(4).await;
     let strategy = CanaryStrategy::new()
         .set_weight(25)
         .pause(Duration::from_secs(60))
@@ -272,9 +258,7 @@ async fn rejection_at_a_gate_rolls_back() {
 
 #[tokio::test(start_paused = true)]
 async fn promote_now_skips_the_remaining_steps() {
-    let w = World::new(7);
-    let relay = w.relay();
-    deploy_v1(&relay).await;
+    let (w, relay) = World::with_v1(7).await;
     let strategy = CanaryStrategy::new()
         .set_weight(10)
         .pause(Duration::from_secs(86_400))
@@ -309,22 +293,13 @@ async fn promote_now_skips_the_remaining_steps() {
 
 #[tokio::test(start_paused = true)]
 async fn crashing_candidate_is_rolled_back() {
-    let w = World::new(8);
-    let relay = w.relay();
-    deploy_v1(&relay).await;
+    let (w, relay) = World::with_v1(8).await;
     let v2 = w
         .artifacts
         .push("shop/web", "v2-crash", b"crashing build", Default::default());
     w.target.behavior(&v2.digest, RevisionBehavior::crashing());
     let release = common::release("v2-crash");
-    match relay
-        .start(RolloutSpec::new("web", release, canary()))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap()
-    {
+    match run(&relay, RolloutSpec::new("web", release, canary())).await {
         Outcome::RolledBack { cause } => assert!(cause.contains("failed to start"), "{cause}"),
         other => panic!("{other}"),
     }
@@ -385,17 +360,11 @@ async fn retryable_faults_are_retried_and_terminal_ones_roll_back() {
         .unwrap();
     deploy_v1(&relay).await;
     denied.fail_next(2);
-    match relay
-        .start(RolloutSpec::new(
-            "web",
-            release("v2"),
-            CanaryStrategy::new().set_weight(50),
-        ))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap()
+    match run(
+        &relay,
+        RolloutSpec::new("web", release("v2"), CanaryStrategy::new().set_weight(50)),
+    )
+    .await
     {
         Outcome::RollbackFailed { cause, error } => {
             assert!(cause.contains("permission denied"), "{cause}");
@@ -428,17 +397,15 @@ async fn hung_provider_calls_time_out_and_roll_back_in_bounded_time() {
     deploy_v1(&relay).await;
     hang.fail_next(3);
     let start = tokio::time::Instant::now();
-    let outcome = relay
-        .start(RolloutSpec::new(
+    let outcome = run(
+        &relay,
+        RolloutSpec::new(
             "web",
             release("v2"),
             CanaryStrategy::new().set_weight(25).set_weight(50),
-        ))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert!(
         matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("gave up after 3 attempts")),
         "{outcome}"
@@ -482,24 +449,13 @@ async fn blue_green_switches_on_a_switch_only_target_and_rolls_back_after_a_bad_
     let bg = BlueGreenStrategy::new()
         .post_promotion(error_analysis())
         .scale_down_delay(Duration::from_secs(60));
-    assert!(relay
-        .start(RolloutSpec::new("web", release("v2"), bg.clone()))
+    assert!(run(&relay, RolloutSpec::new("web", release("v2"), bg.clone()))
         .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap()
         .is_success());
     let v2 = w.target.observe().await.unwrap().stable.unwrap();
     assert_ne!(v2, stable);
     // v3 fails after the switch: traffic goes back to v2, which is stable again.
-    let outcome = relay
-        .start(RolloutSpec::new("web", release("v3"), bg))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let outcome = run(&relay, RolloutSpec::new("web", release("v3"), bg)).await;
     assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
     let state = w.target.observe().await.unwrap();
     assert_eq!(state.stable.as_ref(), Some(&v2));
@@ -509,9 +465,7 @@ async fn blue_green_switches_on_a_switch_only_target_and_rolls_back_after_a_bad_
 
 #[tokio::test(start_paused = true)]
 async fn plan_is_a_dry_run_and_redeploying_the_stable_release_is_no_change() {
-    let w = World::new(13);
-    let relay = w.relay();
-    deploy_v1(&relay).await;
+    let (w, relay) = World::with_v1(13).await;
     let (m, a) = (w.target.mutations(), relay.audit().entries().await.unwrap().len());
     let plan = relay
         .plan(&RolloutSpec::new("web", release("v2"), canary()))
@@ -534,13 +488,7 @@ async fn plan_is_a_dry_run_and_redeploying_the_stable_release_is_no_change() {
         Some("1"),
         "secret pinned at plan time"
     );
-    let again = relay
-        .start(RolloutSpec::new("web", release("v1"), canary()))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let again = run(&relay, RolloutSpec::new("web", release("v1"), canary())).await;
     assert_eq!(again, Outcome::NoChange);
     assert_eq!(w.target.mutations(), m);
 }
@@ -643,42 +591,27 @@ fn one_check(check: relay::Check, count: u32) -> CanaryStrategy {
 
 #[tokio::test(start_paused = true)]
 async fn analysis_without_enough_data_is_inconclusive_and_rolls_back_past_the_limit() {
-    let w = World::new(15);
-    let relay = w.relay();
-    deploy_v1(&relay).await;
+    let (_w, relay) = World::with_v1(15).await;
     // 60 values per minute can never reach 1000 samples: every verdict is inconclusive.
     let check = relay::Check::new(
         "errors",
         "error_rate",
         relay::strategies::ThresholdJudge::below(0.05).min_samples(1000),
     );
-    let handle = relay
-        .start(RolloutSpec::new("web", release("v2"), one_check(check, 5)))
-        .await
-        .unwrap();
-    let events = handle.events();
-    let outcome = handle.wait().await.unwrap();
+    let (outcome, events) = run_with_events(&relay, RolloutSpec::new("web", release("v2"), one_check(check, 5))).await;
     assert!(
         matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("inconclusive 3 times (limit 2)")),
         "{outcome}"
     );
-    let inconclusive = drain(events).await.into_iter().filter(|e| matches!(&e.kind, EventKind::Verdict { verdict } if verdict.judgement.outcome == relay::VerdictOutcome::Inconclusive)).count();
+    let inconclusive = events.into_iter().filter(|e| matches!(&e.kind, EventKind::Verdict { verdict } if verdict.judgement.outcome == relay::VerdictOutcome::Inconclusive)).count();
     assert_eq!(inconclusive, 3);
 }
 
 #[tokio::test(start_paused = true)]
 async fn probe_errors_past_the_consecutive_limit_roll_back() {
-    let w = World::new(16);
-    let relay = w.relay();
-    deploy_v1(&relay).await;
+    let (_w, relay) = World::with_v1(16).await;
     let check = relay::Check::new("ghost", "no_such_metric", relay::strategies::ThresholdJudge::below(1.0));
-    let outcome = relay
-        .start(RolloutSpec::new("web", release("v2"), one_check(check, 10)))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let outcome = run(&relay, RolloutSpec::new("web", release("v2"), one_check(check, 10))).await;
     assert!(
         matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("5 consecutive probe errors (limit 4)")),
         "{outcome}"
@@ -696,18 +629,10 @@ async fn probe_errors_past_the_consecutive_limit_roll_back() {
 
 #[tokio::test(start_paused = true)]
 async fn dry_run_checks_are_recorded_but_never_fail_the_rollout() {
-    let w = World::new(17);
-    let relay = w.relay();
-    deploy_v1(&relay).await;
+    let (_w, relay) = World::with_v1(17).await;
     // Any error rate is above 0: this check fails every time, in dry-run.
     let check = relay::Check::new("strict", "error_rate", relay::strategies::ThresholdJudge::below(0.0)).dry_run();
-    let outcome = relay
-        .start(RolloutSpec::new("web", release("v2"), one_check(check, 3)))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let outcome = run(&relay, RolloutSpec::new("web", release("v2"), one_check(check, 3))).await;
     assert!(outcome.is_success(), "{outcome}");
     let failed_dry: Vec<_> = relay
         .audit()
@@ -726,19 +651,12 @@ async fn dry_run_checks_are_recorded_but_never_fail_the_rollout() {
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_start_releases_the_lease() {
-    let w = World::new(18);
-    let relay = w.relay();
-    deploy_v1(&relay).await;
+    let (_w, relay) = World::with_v1(18).await;
     assert!(relay
         .start(RolloutSpec::new("web", release("v2").replicas(0), canary()))
         .await
         .is_err());
-    assert!(relay
-        .start(RolloutSpec::new("web", release("v2"), canary()))
+    assert!(run(&relay, RolloutSpec::new("web", release("v2"), canary()))
         .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap()
         .is_success());
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use relay::providers::sim::{metrics, MemoryArtifactStore, MemorySecretStore, RevisionBehavior, SimProbe, SimTarget};
 use relay::strategies::{CanaryStrategy, ThresholdJudge};
 use relay::{
-    AnalysisSpec, Artifact, Check, EventKind, Relay, RelayBuilder, Release, RolloutEvent, RolloutEvents, RolloutSpec,
+    AnalysisSpec, Artifact, Check, EventKind, Outcome, Relay, RelayBuilder, Release, RolloutEvent, RolloutEvents,
+    RolloutSpec,
 };
 
 pub const PLANTED_SECRET: &str = "planted-secret-value-7f3a9c";
@@ -55,6 +56,14 @@ impl World {
     pub fn relay(&self) -> Relay {
         self.builder().build().unwrap()
     }
+
+    /// A world whose target already runs v1 as stable, and its engine.
+    pub async fn with_v1(seed: u64) -> (World, Relay) {
+        let w = World::new(seed);
+        let relay = w.relay();
+        deploy_v1(&relay).await;
+        (w, relay)
+    }
 }
 
 pub fn release(tag: &str) -> Release {
@@ -83,15 +92,26 @@ pub fn canary() -> CanaryStrategy {
         .analyze(error_analysis())
 }
 
+/// Start a rollout and wait for its outcome.
+pub async fn run(relay: &Relay, spec: RolloutSpec) -> Outcome {
+    relay.start(spec).await.unwrap().wait().await.unwrap()
+}
+
+/// Start a rollout and return its outcome and every event it emitted.
+pub async fn run_with_events(relay: &Relay, spec: RolloutSpec) -> (Outcome, Vec<RolloutEvent>) {
+    let handle = relay.start(spec).await.unwrap();
+    let events = handle.events();
+    let outcome = handle.wait().await.unwrap();
+    (outcome, drain(events).await)
+}
+
 /// Put v1 on the target as stable.
 pub async fn deploy_v1(relay: &Relay) {
-    let outcome = relay
-        .start(RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let outcome = run(
+        relay,
+        RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce),
+    )
+    .await;
     assert!(outcome.is_success(), "{outcome}");
 }
 
