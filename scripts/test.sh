@@ -33,6 +33,9 @@ cargo fmt --all -- --check
 log "lint (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+log "docs (broken links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
+
 log "tests (unit, property, scenario, integration, doc)"
 cargo test --workspace --all-features
 
