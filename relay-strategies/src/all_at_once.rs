@@ -3,7 +3,7 @@
 use relay_core::{PlanContext, Result, Step, Strategy};
 use serde::{Deserialize, Serialize};
 
-use crate::common::promotion;
+use crate::common::{need_replicas, promotion};
 
 /// Starts the candidate at full size, sends it all traffic, promotes it and
 /// retires stable. Works on any target; there is no gradual exposure.
@@ -16,6 +16,7 @@ impl Strategy for AllAtOnce {
     }
 
     fn plan(&self, ctx: &PlanContext) -> Result<Vec<Step>> {
+        need_replicas(ctx)?;
         let mut steps = vec![Step::Stage { replicas: ctx.replicas }];
         promotion(ctx, &mut steps);
         Ok(steps)

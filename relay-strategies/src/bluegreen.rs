@@ -7,7 +7,7 @@ use std::time::Duration;
 use relay_core::{AnalysisSpec, Error, PlanContext, Result, Role, Routing, Step, Strategy};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{gate_name, need_two_revisions, positive, routing_name};
+use crate::common::{gate_name, need_replicas, need_two_revisions, positive, routing_name};
 
 /// Blue/green with optional pre- and post-promotion analysis and a manual
 /// approval before the switch.
@@ -96,6 +96,7 @@ impl Strategy for BlueGreenStrategy {
 
     fn plan(&self, ctx: &PlanContext) -> Result<Vec<Step>> {
         self.validate()?;
+        need_replicas(ctx)?;
         if ctx.stable.is_some() {
             need_two_revisions("blue-green", ctx)?;
             if !matches!(ctx.capabilities.routing, Routing::Switch | Routing::Weighted) {

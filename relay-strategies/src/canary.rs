@@ -6,7 +6,9 @@ use std::time::Duration;
 use relay_core::{AnalysisSpec, Error, PlanContext, Result, Role, Routing, Step, Strategy};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{first_deployment, gate_name, need_two_revisions, positive, promotion, routing_name};
+use crate::common::{
+    first_deployment, gate_name, need_replicas, need_two_revisions, positive, promotion, routing_name,
+};
 
 /// One step of a canary as the user writes it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -171,6 +173,7 @@ impl Strategy for CanaryStrategy {
 
     fn plan(&self, ctx: &PlanContext) -> Result<Vec<Step>> {
         self.validate()?;
+        need_replicas(ctx)?;
         let Some(stable) = &ctx.stable else {
             return Ok(first_deployment(ctx));
         };

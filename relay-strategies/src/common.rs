@@ -27,6 +27,14 @@ pub(crate) fn first_deployment(ctx: &PlanContext) -> Vec<Step> {
     steps
 }
 
+/// Every strategy refuses a release without replicas.
+pub(crate) fn need_replicas(ctx: &PlanContext) -> Result<()> {
+    if ctx.replicas == 0 {
+        return Err(Error::invalid("release.replicas", "must be at least 1"));
+    }
+    Ok(())
+}
+
 pub(crate) fn need_two_revisions(strategy: &str, ctx: &PlanContext) -> Result<()> {
     if ctx.capabilities.max_revisions < 2 {
         return Err(Error::unsupported(format!(

@@ -7,7 +7,7 @@ use relay_core::{AnalysisSpec, Error, PlanContext, Result, Role, Routing, Step, 
 use serde::{Deserialize, Serialize};
 
 pub use crate::common::Amount;
-use crate::common::{first_deployment, need_two_revisions, positive, promotion};
+use crate::common::{first_deployment, need_replicas, need_two_revisions, positive, promotion};
 
 /// Replaces replicas in batches: the candidate grows by at most `batch` per
 /// round, total replicas stay within `desired + max_surge`, ready replicas
@@ -120,6 +120,7 @@ impl Strategy for RollingStrategy {
 
     fn plan(&self, ctx: &PlanContext) -> Result<Vec<Step>> {
         self.validate()?;
+        need_replicas(ctx)?;
         let n = ctx.replicas;
         let (batch, surge, unavailable) = self.limits(n)?;
         let Some(stable) = &ctx.stable else {

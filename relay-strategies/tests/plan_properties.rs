@@ -163,6 +163,17 @@ fn invalid_specs_name_the_field() {
 }
 
 #[test]
+fn zero_replicas_are_refused_by_every_strategy() {
+    let c = ctx(0, Routing::Weighted);
+    let canary = CanaryStrategy::ten_percent_then_full(Duration::from_secs(1));
+    let strategies: [&dyn relay_core::Strategy; 4] =
+        [&canary, &RollingStrategy::new(), &BlueGreenStrategy::new(), &AllAtOnce];
+    for s in strategies {
+        assert_eq!(invalid_path(s.plan(&c)), "release.replicas", "{}", s.name());
+    }
+}
+
+#[test]
 fn capabilities_are_checked_at_plan_time() {
     let canary = CanaryStrategy::ten_percent_then_full(Duration::from_secs(300));
     for routing in [Routing::None, Routing::Switch] {

@@ -339,9 +339,11 @@ impl Relay {
         // Lease first, then plan: the plan is made from what the target looks
         // like while no other rollout can change it.
         let holder = inner.holder_for(&id);
+        let ttl = inner.config.lease_ttl;
         let lease = inner
-            .state
-            .acquire_lease(&spec.target, &holder, inner.config.lease_ttl, now)
+            .call("state.acquire_lease", warn_retry("state.acquire_lease"), || {
+                inner.state.acquire_lease(&spec.target, &holder, ttl, now)
+            })
             .await?;
         let planned = self.plan(&spec).await;
         let plan = match planned {
@@ -401,23 +403,39 @@ impl Relay {
     /// [`Error::TargetLocked`] while the previous holder's lease is valid.
     pub async fn resume(&self, id: &str) -> Result<RolloutHandle> {
         let inner = &self.inner;
-        let mut record = inner.state.get(id).await?.ok_or_else(|| Error::NotFound {
-            what: format!("rollout {id}"),
-        })?;
+        let mut record = inner
+            .call("state.get", warn_retry("state.get"), || inner.state.get(id))
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("rollout {id}"),
+            })?;
         if record.status.is_terminal() {
             return Err(Error::NotRunning { rollout: id.to_owned() });
         }
         inner.target(&record.target)?;
         let holder = inner.holder_for(id);
+        let (ttl, now) = (inner.config.lease_ttl, inner.clock.now_ms());
         let lease = inner
-            .state
-            .acquire_lease(&record.target, &holder, inner.config.lease_ttl, inner.clock.now_ms())
+            .call("state.acquire_lease", warn_retry("state.acquire_lease"), || {
+                inner.state.acquire_lease(&record.target, &holder, ttl, now)
+            })
             .await?;
         let expected = record.version;
         record.holder = holder;
         record.lease_token = lease.token;
-        record.updated_ms = inner.clock.now_ms();
-        record.version = inner.state.put(&record, Some(expected)).await?;
+        record.updated_ms = now;
+        let saved = inner
+            .call("state.put", warn_retry("state.put"), || {
+                inner.state.put(&record, Some(expected))
+            })
+            .await;
+        record.version = match saved {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = inner.state.release_lease(&lease).await;
+                return Err(e);
+            }
+        };
         let detail = serde_json::json!({"cursor": record.cursor, "status": record.status});
         inner.audit(id, &inner.holder, "rollout.resumed", detail).await?;
         Ok(self.spawn(record, lease))

@@ -440,3 +440,133 @@ impl Target for SimTarget {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_core::Artifact;
+
+    fn rev(content: &[u8]) -> RevisionSpec {
+        let artifact = Artifact {
+            repository: "app".into(),
+            tag: None,
+            digest: Digest::of(content),
+            metadata: BTreeMap::new(),
+        };
+        RevisionSpec::new(artifact, BTreeMap::new(), BTreeMap::new())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replicas_become_ready_after_the_readiness_delay() {
+        let t = SimTarget::new("t");
+        let a = rev(b"a");
+        t.stage(&a, 3).await.unwrap();
+        let s = t.observe().await.unwrap();
+        assert_eq!(
+            (s.revision(&a.id).unwrap().desired, s.revision(&a.id).unwrap().ready),
+            (3, 0)
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(t.observe().await.unwrap().revision(&a.id).unwrap().ready, 3);
+        assert_eq!(
+            t.measure(
+                metrics::ERROR_RATE,
+                &Scope::Revision(a.id.clone()),
+                Duration::from_secs(10)
+            )
+            .unwrap()
+            .values
+            .len(),
+            10
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn crashing_revisions_report_failures_and_serve_nothing() {
+        let t = SimTarget::new("t");
+        let a = rev(b"a");
+        t.behavior(&a.artifact.digest, RevisionBehavior::crashing());
+        t.stage(&a, 2).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let s = t.observe().await.unwrap();
+        assert_eq!(
+            (s.revision(&a.id).unwrap().ready, s.revision(&a.id).unwrap().failed),
+            (0, 2)
+        );
+        let sample = t
+            .measure(
+                metrics::ERROR_RATE,
+                &Scope::Revision(a.id.clone()),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert!(sample.values.is_empty(), "no ready replica, no data");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replica_ratio_routing_follows_ready_replicas() {
+        let t = SimTarget::new("t").routing(Routing::ReplicaRatio);
+        let (a, b) = (rev(b"a"), rev(b"b"));
+        t.stage(&a, 3).await.unwrap();
+        t.stage(&b, 1).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let s = t.observe().await.unwrap();
+        assert_eq!((s.traffic.weight(&a.id), s.traffic.weight(&b.id)), (75, 25));
+        assert!(
+            t.stage(&rev(b"c"), 1).await.is_err(),
+            "a third revision exceeds max_revisions"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn measurements_reflect_the_revision_behaviour_and_the_seed() {
+        let make = |seed| {
+            let t = SimTarget::new("t").seed(seed);
+            let (a, b) = (rev(b"a"), rev(b"b"));
+            t.behavior(
+                &b.artifact.digest,
+                RevisionBehavior {
+                    error_rate: 0.3,
+                    latency_ms: 200.0,
+                    ..RevisionBehavior::default()
+                },
+            );
+            (t, a, b)
+        };
+        let (t, a, b) = make(1);
+        t.stage(&a, 2).await.unwrap();
+        t.stage(&b, 2).await.unwrap();
+        t.route(&TrafficSplit::canary(&a.id, &b.id, 50).unwrap()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let w = Duration::from_secs(60);
+        let good = t
+            .measure(metrics::ERROR_RATE, &Scope::Revision(a.id.clone()), w)
+            .unwrap();
+        let bad = t
+            .measure(metrics::ERROR_RATE, &Scope::Revision(b.id.clone()), w)
+            .unwrap();
+        assert!(mean(&good.values) < 0.01 && (mean(&bad.values) - 0.3).abs() < 0.03);
+        let lat = t
+            .measure(metrics::LATENCY_MS, &Scope::Revision(b.id.clone()), w)
+            .unwrap();
+        assert!((mean(&lat.values) - 200.0).abs() < 20.0);
+        let all = t.measure(metrics::ERROR_RATE, &Scope::Target, w).unwrap();
+        assert!((mean(&all.values) - 0.15).abs() < 0.03, "a 50/50 mix");
+        assert!(t.measure("nope", &Scope::Target, w).is_err());
+        // Same seed, same numbers.
+        let (t2, a2, b2) = make(1);
+        t2.stage(&a2, 2).await.unwrap();
+        t2.stage(&b2, 2).await.unwrap();
+        t2.route(&TrafficSplit::canary(&a2.id, &b2.id, 50).unwrap())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            t2.measure(metrics::ERROR_RATE, &Scope::Revision(a2.id.clone()), w)
+                .unwrap()
+                .values,
+            good.values
+        );
+    }
+}
