@@ -13,14 +13,102 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::target::Role;
 
+/// Event counts behind a rate: how many of `total` events failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Failed events (errors).
+    pub failures: u64,
+    /// All events (requests).
+    pub total: u64,
+}
+
+impl Counts {
+    /// Add another window's counts.
+    pub fn add(self, other: Counts) -> Counts {
+        Counts {
+            failures: self.failures + other.failures,
+            total: self.total + other.total,
+        }
+    }
+
+    /// failures / total (NaN when total is 0).
+    pub fn rate(self) -> f64 {
+        if self.total == 0 {
+            f64::NAN
+        } else {
+            self.failures as f64 / self.total as f64
+        }
+    }
+}
+
 /// The data a judge sees.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct JudgeInput<'a> {
-    /// The measured values of the scope under test.
+    /// The measured values of the scope under test. For a
+    /// [`Judge::cumulative`] judge, every value since the analysis began.
     pub values: &'a [f64],
-    /// Values of the baseline (stable) in the same window, when the judge
+    /// Values of the baseline (stable) in the same windows, when the judge
     /// asked for them.
     pub baseline: Option<&'a [f64]>,
+    /// Event counts behind `values`, when the probe reports them.
+    pub counts: Option<Counts>,
+    /// Event counts of the baseline.
+    pub baseline_counts: Option<Counts>,
+    /// Which look at the data this is (1-based) ...
+    pub look: u32,
+    /// ... of how many planned looks; judges that test repeatedly spend
+    /// their false-alarm budget across them.
+    pub looks: u32,
+}
+
+impl<'a> JudgeInput<'a> {
+    /// A single look at `values` with no baseline.
+    pub fn values(values: &'a [f64]) -> Self {
+        JudgeInput {
+            values,
+            baseline: None,
+            counts: None,
+            baseline_counts: None,
+            look: 1,
+            looks: 1,
+        }
+    }
+
+    /// A single look comparing `values` with `baseline`.
+    pub fn compare(values: &'a [f64], baseline: &'a [f64]) -> Self {
+        JudgeInput {
+            baseline: Some(baseline),
+            ..Self::values(values)
+        }
+    }
+
+    /// A single look comparing event counts.
+    pub fn compare_counts(candidate: Counts, baseline: Counts) -> Self {
+        JudgeInput {
+            counts: Some(candidate),
+            baseline_counts: Some(baseline),
+            ..Self::values(&[])
+        }
+    }
+
+    /// The same data seen at look `look` of `looks`.
+    pub fn at_look(mut self, look: u32, looks: u32) -> Self {
+        self.look = look;
+        self.looks = looks;
+        self
+    }
+}
+
+/// Why a verdict is inconclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InconclusiveReason {
+    /// Fewer usable samples than the judge's declared minimum.
+    InsufficientData,
+    /// The judge needs a baseline and none was measured.
+    NoBaseline,
+    /// The judge's own configuration cannot be evaluated.
+    InvalidConfig,
 }
 
 /// How a single evaluation came out.
@@ -50,14 +138,116 @@ impl fmt::Display for VerdictOutcome {
 pub struct Judgement {
     /// The outcome.
     pub outcome: VerdictOutcome,
+    /// Why it is inconclusive, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconclusive: Option<InconclusiveReason>,
     /// One line saying why (`mean error_rate 0.084 >= 0.05`).
     pub reason: String,
-    /// The statistic the judge computed (mean, p95, ...), when it computed one.
+    /// The value compared with the threshold (a mean, a p95, a relative
+    /// shift...), when there is one.
     pub observed: Option<f64>,
-    /// The threshold it compared against.
+    /// The threshold or tolerance it was compared with.
     pub threshold: Option<f64>,
-    /// How many usable values it saw.
+    /// Usable samples of the scope under test (values, or events for rates).
     pub samples: usize,
+    /// Usable samples of the baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_samples: Option<usize>,
+    /// The test statistic's name (`U`, `z`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic_name: Option<String>,
+    /// The test statistic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<f64>,
+    /// The p-value of the test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    /// The significance level this look used (after correction for
+    /// repeated looks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// The effect size (relative shift or relative increase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect_size: Option<f64>,
+    /// Summary values of both arms (`candidate_median`, `baseline_p95`,
+    /// `candidate_rate`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub summary: std::collections::BTreeMap<String, f64>,
+}
+
+impl Judgement {
+    fn new(outcome: VerdictOutcome, reason: String, samples: usize) -> Self {
+        Judgement {
+            outcome,
+            inconclusive: None,
+            reason,
+            observed: None,
+            threshold: None,
+            samples,
+            baseline_samples: None,
+            statistic_name: None,
+            statistic: None,
+            p_value: None,
+            alpha: None,
+            effect_size: None,
+            summary: Default::default(),
+        }
+    }
+
+    /// A pass.
+    pub fn pass(reason: impl Into<String>, samples: usize) -> Self {
+        Self::new(VerdictOutcome::Pass, reason.into(), samples)
+    }
+
+    /// A failure.
+    pub fn fail(reason: impl Into<String>, samples: usize) -> Self {
+        Self::new(VerdictOutcome::Fail, reason.into(), samples)
+    }
+
+    /// An inconclusive verdict for `why`.
+    pub fn inconclusive(why: InconclusiveReason, reason: impl Into<String>, samples: usize) -> Self {
+        let mut j = Self::new(VerdictOutcome::Inconclusive, reason.into(), samples);
+        j.inconclusive = Some(why);
+        j
+    }
+
+    /// Pass or fail.
+    pub fn decide(healthy: bool, reason: impl Into<String>, samples: usize) -> Self {
+        if healthy {
+            Self::pass(reason, samples)
+        } else {
+            Self::fail(reason, samples)
+        }
+    }
+
+    /// Record the compared value and threshold.
+    pub fn compared(mut self, observed: f64, threshold: f64) -> Self {
+        self.observed = Some(observed);
+        self.threshold = Some(threshold);
+        self
+    }
+
+    /// Record the test: statistic, p-value, level and effect size.
+    pub fn tested(mut self, name: &str, statistic: f64, p_value: f64, alpha: f64, effect_size: f64) -> Self {
+        self.statistic_name = Some(name.to_owned());
+        self.statistic = Some(statistic);
+        self.p_value = Some(p_value);
+        self.alpha = Some(alpha);
+        self.effect_size = Some(effect_size);
+        self
+    }
+
+    /// Record a summary value.
+    pub fn summarize(mut self, key: &str, value: f64) -> Self {
+        self.summary.insert(key.to_owned(), value);
+        self
+    }
+
+    /// Record the baseline's sample size.
+    pub fn with_baseline_samples(mut self, n: usize) -> Self {
+        self.baseline_samples = Some(n);
+        self
+    }
 }
 
 /// Turns measurements into a [`Judgement`]. Implementations must be pure and
@@ -71,6 +261,12 @@ pub trait Judge: Send + Sync + fmt::Debug {
     /// Whether the engine should also measure the stable revision as a
     /// baseline in the same window.
     fn needs_baseline(&self) -> bool {
+        false
+    }
+    /// Whether the engine should hand this judge every value (and count)
+    /// since the analysis began, rather than only the last window's. Judges
+    /// that test repeatedly with an error budget across looks want this.
+    fn cumulative(&self) -> bool {
         false
     }
     /// Check the judge's own parameters; `path` names the judge in errors.
@@ -151,6 +347,21 @@ pub struct AnalysisSpec {
     pub inconclusive_limit: u32,
     /// Consecutive probe errors tolerated per check.
     pub consecutive_error_limit: u32,
+    /// What happens past the inconclusive limit.
+    #[serde(default)]
+    pub on_inconclusive: InconclusivePolicy,
+}
+
+/// What an analysis does when its checks stay inconclusive past the limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InconclusivePolicy {
+    /// Roll back (the default: no evidence is not evidence of health).
+    #[default]
+    RollBack,
+    /// Pause the rollout for a human: `resume` accepts the analysis and
+    /// continues, `abort` rolls back.
+    Pause,
 }
 
 impl AnalysisSpec {
@@ -164,6 +375,7 @@ impl AnalysisSpec {
             failure_limit: 0,
             inconclusive_limit: 2,
             consecutive_error_limit: 4,
+            on_inconclusive: InconclusivePolicy::RollBack,
         }
     }
 
@@ -183,6 +395,18 @@ impl AnalysisSpec {
     /// Set the inconclusive limit.
     pub fn inconclusive_limit(mut self, n: u32) -> Self {
         self.inconclusive_limit = n;
+        self
+    }
+
+    /// Set the consecutive probe-error limit.
+    pub fn consecutive_error_limit(mut self, n: u32) -> Self {
+        self.consecutive_error_limit = n;
+        self
+    }
+
+    /// Choose what happens past the inconclusive limit.
+    pub fn on_inconclusive(mut self, policy: InconclusivePolicy) -> Self {
+        self.on_inconclusive = policy;
         self
     }
 
@@ -244,17 +468,22 @@ pub struct Verdict {
 
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let j = &self.judgement;
         write!(
             f,
-            "{} [{} on {}] #{}: {} ({}; n={})",
-            self.check,
-            self.metric,
-            self.scope,
-            self.measurement,
-            self.judgement.outcome,
-            self.judgement.reason,
-            self.judgement.samples
+            "{} [{} on {}] #{}: {} ({}",
+            self.check, self.metric, self.scope, self.measurement, j.outcome, j.reason
         )?;
+        if let (Some(p), Some(a)) = (j.p_value, j.alpha) {
+            write!(f, "; p={p:.4} vs alpha={a:.4}")?;
+        }
+        if let Some(e) = j.effect_size {
+            write!(f, "; effect={:+.1}%", e * 100.0)?;
+        }
+        match j.baseline_samples {
+            Some(b) => write!(f, "; n={} vs baseline n={b})", j.samples)?,
+            None => write!(f, "; n={})", j.samples)?,
+        }
         if self.dry_run {
             f.write_str(" [dry-run]")?;
         }

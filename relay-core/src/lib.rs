@@ -28,7 +28,10 @@ pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use analysis::{AnalysisSpec, Check, CheckScope, Judge, JudgeInput, Judgement, Verdict, VerdictOutcome};
+pub use analysis::{
+    AnalysisSpec, Check, CheckScope, Counts, InconclusivePolicy, InconclusiveReason, Judge, JudgeInput, Judgement,
+    Verdict, VerdictOutcome,
+};
 pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest};
 pub use audit::{verify_chain, AuditEntry, AuditEvent, AuditSink, JsonlAuditSink, MemoryAuditSink};
 pub use clock::{Clock, TokioClock, UnixMillis};

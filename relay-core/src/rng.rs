@@ -49,6 +49,40 @@ impl SeededRng {
     }
 }
 
+impl SeededRng {
+    /// A binomial variate: successes in `n` trials of probability `p`.
+    /// Exact (Bernoulli trials or a Poisson limit) for small counts, normal
+    /// approximation once the variance exceeds 25.
+    pub fn binomial(&self, n: u64, p: f64) -> u64 {
+        let p = if p.is_finite() { p.clamp(0.0, 1.0) } else { 0.0 };
+        if n == 0 || p == 0.0 {
+            return 0;
+        }
+        if p == 1.0 {
+            return n;
+        }
+        if p > 0.5 {
+            return n - self.binomial(n, 1.0 - p);
+        }
+        let (nf, var) = (n as f64, n as f64 * p * (1.0 - p));
+        if var >= 25.0 {
+            return (nf * p + var.sqrt() * self.next_normal()).round().clamp(0.0, nf) as u64;
+        }
+        if n <= 64 {
+            return (0..n).filter(|_| self.next_f64() < p).count() as u64;
+        }
+        // Poisson(np) by multiplication of uniforms (Knuth); np < 50 here.
+        let limit = (-nf * p).exp();
+        let mut k = 0u64;
+        let mut prod = self.next_f64();
+        while prod > limit && k < n {
+            k += 1;
+            prod *= self.next_f64();
+        }
+        k
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +103,19 @@ mod tests {
         let m = normals.iter().sum::<f64>() / normals.len() as f64;
         let var = normals.iter().map(|x| (x - m).powi(2)).sum::<f64>() / normals.len() as f64;
         assert!(m.abs() < 0.03 && (var - 1.0).abs() < 0.05, "mean {m}, variance {var}");
+        for (n, p) in [(10u64, 0.3), (1000, 0.01), (5000, 0.2), (200, 0.9)] {
+            let draws: Vec<f64> = (0..4000).map(|_| a.binomial(n, p) as f64).collect();
+            let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+            let var = draws.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / draws.len() as f64;
+            let (em, ev) = (n as f64 * p, n as f64 * p * (1.0 - p));
+            assert!(
+                (mean - em).abs() < 0.05 * em.max(1.0),
+                "n={n} p={p}: mean {mean} vs {em}"
+            );
+            assert!(
+                (var - ev).abs() < 0.15 * ev.max(1.0),
+                "n={n} p={p}: variance {var} vs {ev}"
+            );
+        }
     }
 }

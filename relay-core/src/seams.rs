@@ -109,6 +109,10 @@ pub struct Sample {
     /// Extra labels the probe attaches (region, pod...).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// For rate metrics, the event counts over the whole window, when the
+    /// probe knows them (rate judges test counts, not averaged rates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<crate::analysis::Counts>,
 }
 
 /// Takes measurements of a target's health.

@@ -11,15 +11,11 @@ mod bluegreen;
 mod canary;
 mod common;
 mod rolling;
-mod threshold;
+
+pub mod analysis;
 
 pub use all_at_once::AllAtOnce;
+pub use analysis::{Comparison, Direction, MannWhitneyJudge, ProportionJudge, Statistic, ThresholdJudge};
 pub use bluegreen::BlueGreenStrategy;
 pub use canary::{CanaryStep, CanaryStrategy};
 pub use rolling::{Amount, RollingStrategy};
-pub use threshold::{Comparison, Statistic, ThresholdJudge};
-
-/// Analysis judges.
-pub mod analysis {
-    pub use crate::threshold::{Comparison, Statistic, ThresholdJudge};
-}

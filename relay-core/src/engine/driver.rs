@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::handle::Command;
 use super::{emit, Inner};
-use crate::analysis::{AnalysisSpec, CheckScope, JudgeInput, Verdict, VerdictOutcome};
+use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, Verdict, VerdictOutcome};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome, RolloutEvent};
 use crate::gate::{Approval, GateContext, GateDecision};
@@ -42,6 +42,55 @@ enum StepEnd {
     Done,
     /// A user asked to promote now; the remaining steps are replaced.
     PromoteNow,
+}
+
+/// What an analysis has seen of one check.
+#[derive(Default)]
+struct CheckTally {
+    values: Vec<f64>,
+    baseline: Vec<f64>,
+    has_baseline: bool,
+    counts: Option<Counts>,
+    baseline_counts: Option<Counts>,
+    fails: u32,
+    inconclusive: u32,
+    errors: u32,
+}
+
+fn merge(into: &mut Vec<f64>, counts: &mut Option<Counts>, values: Vec<f64>, new: Option<Counts>, cumulative: bool) {
+    if cumulative {
+        into.extend(values);
+        *counts = match (*counts, new) {
+            (Some(a), Some(b)) => Some(a.add(b)),
+            (a, b) => b.or(a),
+        };
+    } else {
+        *into = values;
+        *counts = new;
+    }
+}
+
+impl CheckTally {
+    fn record(&mut self, values: Vec<f64>, counts: Option<Counts>, cumulative: bool) {
+        merge(&mut self.values, &mut self.counts, values, counts, cumulative);
+        if !cumulative {
+            // A window-by-window judge sees a baseline only from its own window.
+            self.has_baseline = false;
+            self.baseline.clear();
+            self.baseline_counts = None;
+        }
+    }
+
+    fn record_baseline(&mut self, values: Vec<f64>, counts: Option<Counts>, cumulative: bool) {
+        merge(
+            &mut self.baseline,
+            &mut self.baseline_counts,
+            values,
+            counts,
+            cumulative,
+        );
+        self.has_baseline = true;
+    }
 }
 
 /// Aborts the lease renewal task when the driver ends, however it ends.
@@ -603,8 +652,7 @@ impl Driver {
                 "the plan analyzes health but this engine has no probe".into(),
             ));
         };
-        let n = spec.checks.len();
-        let (mut fails, mut inconclusive, mut errors) = (vec![0u32; n], vec![0u32; n], vec![0u32; n]);
+        let mut tally: Vec<CheckTally> = spec.checks.iter().map(|_| CheckTally::default()).collect();
         for measurement in 1..=spec.count {
             let next = Instant::now() + spec.interval;
             loop {
@@ -614,7 +662,7 @@ impl Driver {
                     _ => {}
                 }
             }
-            for (ci, check) in spec.checks.iter().enumerate() {
+            for (check, t) in spec.checks.iter().zip(tally.iter_mut()) {
                 let scope = match check.scope {
                     CheckScope::Target => Some(Scope::Target),
                     CheckScope::Role(r) => self.record.plan.revision(r).cloned().map(Scope::Revision),
@@ -627,42 +675,46 @@ impl Driver {
                 };
                 let sample = match self.call("probe.sample", || probe.sample(&query)).await {
                     Ok(s) => {
-                        errors[ci] = 0;
+                        t.errors = 0;
                         s
                     }
                     Err(e) => {
-                        errors[ci] += 1;
-                        self.audit_or_stop(
-                            "analysis.probe_error",
-                            json!({"check": check.name, "error": e.to_string(), "consecutive": errors[ci]}),
-                        )
-                        .await?;
-                        if !check.dry_run && errors[ci] > spec.consecutive_error_limit {
+                        t.errors += 1;
+                        let detail = json!({"check": check.name, "error": e.to_string(), "consecutive": t.errors});
+                        self.audit_or_stop("analysis.probe_error", detail).await?;
+                        if !check.dry_run && t.errors > spec.consecutive_error_limit {
                             return Err(Stop::Rollback(format!(
                                 "analysis check {:?}: {} consecutive probe errors (limit {}), last: {e}",
-                                check.name, errors[ci], spec.consecutive_error_limit
+                                check.name, t.errors, spec.consecutive_error_limit
                             )));
                         }
                         continue;
                     }
                 };
+                // The baseline is the stable revision, measured in the same window.
                 let baseline = match (&self.record.plan.stable, check.judge.needs_baseline()) {
                     (Some(stable), true) => {
                         let q = ProbeQuery {
                             scope: Scope::Revision(stable.clone()),
                             ..query.clone()
                         };
-                        self.call("probe.sample", || probe.sample(&q))
-                            .await
-                            .ok()
-                            .map(|s| s.values)
+                        self.call("probe.sample", || probe.sample(&q)).await.ok()
                     }
                     _ => None,
                 };
-                let judgement = check.judge.evaluate(&JudgeInput {
-                    values: &sample.values,
-                    baseline: baseline.as_deref(),
-                });
+                t.record(sample.values, sample.counts, check.judge.cumulative());
+                if let Some(b) = baseline {
+                    t.record_baseline(b.values, b.counts, check.judge.cumulative());
+                }
+                let input = JudgeInput {
+                    values: &t.values,
+                    baseline: t.has_baseline.then_some(t.baseline.as_slice()),
+                    counts: t.counts,
+                    baseline_counts: t.baseline_counts,
+                    look: measurement,
+                    looks: spec.count,
+                };
+                let judgement = check.judge.evaluate(&input);
                 let verdict = Verdict {
                     check: check.name.clone(),
                     metric: check.metric.clone(),
@@ -683,22 +735,45 @@ impl Driver {
                 }
                 match verdict.judgement.outcome {
                     VerdictOutcome::Fail => {
-                        fails[ci] += 1;
-                        if fails[ci] > spec.failure_limit {
+                        t.fails += 1;
+                        if t.fails > spec.failure_limit {
                             return Err(Stop::Rollback(format!("analysis failed: {verdict}")));
                         }
                     }
                     VerdictOutcome::Inconclusive => {
-                        inconclusive[ci] += 1;
-                        if inconclusive[ci] > spec.inconclusive_limit {
-                            return Err(Stop::Rollback(format!(
+                        t.inconclusive += 1;
+                        if t.inconclusive > spec.inconclusive_limit {
+                            let why = format!(
                                 "analysis inconclusive {} times (limit {}): {verdict}",
-                                inconclusive[ci], spec.inconclusive_limit
-                            )));
+                                t.inconclusive, spec.inconclusive_limit
+                            );
+                            return self.inconclusive(spec.on_inconclusive, why).await;
                         }
                     }
                     VerdictOutcome::Pass => {}
                 }
+            }
+        }
+        Ok(StepEnd::Done)
+    }
+
+    /// Past the inconclusive limit: roll back, or hold for a human whose
+    /// `resume` accepts the analysis (and whose `abort` rolls back).
+    async fn inconclusive(&mut self, policy: InconclusivePolicy, why: String) -> Result<StepEnd, Stop> {
+        if policy == InconclusivePolicy::RollBack {
+            return Err(Stop::Rollback(why));
+        }
+        tracing::warn!(reason = %why, "analysis inconclusive: paused for a human");
+        self.record.paused = true;
+        self.persist().await?;
+        self.audit_or_stop("analysis.inconclusive_paused", json!({"reason": why}))
+            .await?;
+        self.emit(EventKind::Paused {
+            by: format!("analysis: {why}"),
+        });
+        while self.record.paused {
+            if self.wait_until(None).await? == Wake::PromoteNow {
+                return Ok(StepEnd::PromoteNow);
             }
         }
         Ok(StepEnd::Done)

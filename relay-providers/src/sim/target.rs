@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use relay_core::{
-    Capabilities, Digest, Error, Result, RevisionId, RevisionSpec, RevisionState, Routing, Sample, Scope, SeededRng,
-    Target, TargetState, TrafficSplit,
+    Capabilities, Counts, Digest, Error, Result, RevisionId, RevisionSpec, RevisionState, Routing, Sample, Scope,
+    SeededRng, Target, TargetState, TrafficSplit,
 };
 use tokio::time::Instant;
 
@@ -252,44 +252,46 @@ impl SimTarget {
                 };
                 (r.behavior.clone(), rps)
             })
+            .filter(|(_, rps)| *rps > 0.0)
             .collect();
         drop(behaviors);
         drop(st);
         let buckets = window.as_secs().clamp(1, 60);
         let bucket_secs = window.as_secs_f64() / buckets as f64;
-        let mut values = Vec::new();
-        if !members.is_empty() {
-            for _ in 0..buckets {
-                let mut total_n = 0.0;
-                let mut acc = 0.0;
-                for (b, rps) in &members {
-                    let n = (rps * bucket_secs).max(1.0);
-                    let v = match metric {
-                        metrics::ERROR_RATE => {
-                            let p = b.error_rate.clamp(0.0, 1.0);
-                            (p + (p * (1.0 - p) / n).sqrt() * self.rng.next_normal()).clamp(0.0, 1.0)
-                        }
-                        metrics::LATENCY_MS => b.latency_ms * (b.latency_spread * self.rng.next_normal()).exp(),
-                        _ => n,
-                    };
-                    if metric == metrics::REQUESTS {
-                        acc += v;
-                    } else {
-                        acc += v * n;
-                    }
-                    total_n += n;
+        let mut values = Vec::with_capacity(buckets as usize);
+        let mut counts = Counts::default();
+        for _ in 0..buckets {
+            let (mut requests, mut failures, mut latency) = (0u64, 0u64, 0.0);
+            for (b, rps) in &members {
+                let n = (rps * bucket_secs).round() as u64;
+                if n == 0 {
+                    continue;
                 }
-                values.push(if metric == metrics::REQUESTS {
-                    acc
-                } else {
-                    acc / total_n
-                });
+                requests += n;
+                failures += self.rng.binomial(n, b.error_rate);
+                if metric == metrics::LATENCY_MS {
+                    latency += n as f64 * b.latency_ms * (b.latency_spread * self.rng.next_normal()).exp();
+                }
             }
+            if requests == 0 {
+                // No request in this interval: no data point, not a zero.
+                continue;
+            }
+            counts = counts.add(Counts {
+                failures,
+                total: requests,
+            });
+            values.push(match metric {
+                metrics::ERROR_RATE => failures as f64 / requests as f64,
+                metrics::LATENCY_MS => latency / requests as f64,
+                _ => requests as f64,
+            });
         }
         Ok(Sample {
             values,
             source: format!("sim:{}/{metric}{{{scope}}}", self.name),
             labels: BTreeMap::new(),
+            counts: (metric == metrics::ERROR_RATE && counts.total > 0).then_some(counts),
         })
     }
 

@@ -1,6 +1,8 @@
 //! The threshold judge: a statistic of the values compared with a limit.
 
-use relay_core::{Error, Judge, JudgeInput, Judgement, Result, VerdictOutcome};
+use relay_core::{Error, InconclusiveReason, Judge, JudgeInput, Judgement, Result};
+
+use super::{insufficient, usable};
 use serde::{Deserialize, Serialize};
 
 /// Which number summarizes the values.
@@ -72,10 +74,10 @@ pub enum Comparison {
 ///
 /// ```
 /// use relay_core::{Judge, JudgeInput, VerdictOutcome};
-/// use relay_strategies::ThresholdJudge;
+/// use relay_strategies::analysis::ThresholdJudge;
 /// let j = ThresholdJudge::below(0.05);
-/// assert_eq!(j.evaluate(&JudgeInput { values: &[0.01, 0.02], baseline: None }).outcome, VerdictOutcome::Pass);
-/// assert_eq!(j.evaluate(&JudgeInput { values: &[f64::NAN], baseline: None }).outcome, VerdictOutcome::Inconclusive);
+/// assert_eq!(j.evaluate(&JudgeInput::values(&[0.01, 0.02])).outcome, VerdictOutcome::Pass);
+/// assert_eq!(j.evaluate(&JudgeInput::values(&[f64::NAN])).outcome, VerdictOutcome::Inconclusive);
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ThresholdJudge {
@@ -124,53 +126,31 @@ impl ThresholdJudge {
 #[typetag::serde(name = "threshold")]
 impl Judge for ThresholdJudge {
     fn evaluate(&self, input: &JudgeInput<'_>) -> Judgement {
-        let usable: Vec<f64> = input.values.iter().copied().filter(|v| v.is_finite()).collect();
-        let dropped = input.values.len() - usable.len();
-        let stat = self.statistic.name();
-        if usable.len() < self.min_samples.max(1) || !self.limit.is_finite() {
-            let reason = if !self.limit.is_finite() {
-                format!("limit {} is not a finite number", self.limit)
-            } else {
-                format!(
-                    "insufficient data: {} usable values ({} NaN/infinite dropped), need {}",
-                    usable.len(),
-                    dropped,
-                    self.min_samples.max(1)
-                )
-            };
-            return Judgement {
-                outcome: VerdictOutcome::Inconclusive,
-                reason,
-                observed: None,
-                threshold: Some(self.limit),
-                samples: usable.len(),
-            };
+        if !self.limit.is_finite() {
+            return Judgement::inconclusive(
+                InconclusiveReason::InvalidConfig,
+                format!("limit {} is not a finite number", self.limit),
+                0,
+            );
+        }
+        let (usable, dropped) = usable(input.values);
+        let need = self.min_samples.max(1);
+        if usable.len() < need {
+            return insufficient("values", usable.len(), dropped, need);
         }
         let value = self.statistic.compute(&usable);
         let healthy = match self.comparison {
             Comparison::Below => value < self.limit,
             Comparison::Above => value > self.limit,
         };
-        let (ok_op, bad_op) = match self.comparison {
-            Comparison::Below => ("<", ">="),
-            Comparison::Above => (">", "<="),
+        let op = match (self.comparison, healthy) {
+            (Comparison::Below, true) => "<",
+            (Comparison::Below, false) => ">=",
+            (Comparison::Above, true) => ">",
+            (Comparison::Above, false) => "<=",
         };
-        let reason = format!(
-            "{stat} {value:.4} {} {}",
-            if healthy { ok_op } else { bad_op },
-            self.limit
-        );
-        Judgement {
-            outcome: if healthy {
-                VerdictOutcome::Pass
-            } else {
-                VerdictOutcome::Fail
-            },
-            reason,
-            observed: Some(value),
-            threshold: Some(self.limit),
-            samples: usable.len(),
-        }
+        let reason = format!("{} {value:.4} {op} {}", self.statistic.name(), self.limit);
+        Judgement::decide(healthy, reason, usable.len()).compared(value, self.limit)
     }
 
     fn describe(&self) -> String {
@@ -198,13 +178,11 @@ impl Judge for ThresholdJudge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relay_core::VerdictOutcome;
     use std::sync::Arc;
 
     fn judge(j: &ThresholdJudge, v: &[f64]) -> Judgement {
-        j.evaluate(&JudgeInput {
-            values: v,
-            baseline: None,
-        })
+        j.evaluate(&JudgeInput::values(v))
     }
 
     #[test]
