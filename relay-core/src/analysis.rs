@@ -22,15 +22,19 @@ pub struct Counts {
     pub total: u64,
 }
 
-impl Counts {
-    /// Add another window's counts.
-    pub fn add(self, other: Counts) -> Counts {
+impl std::ops::Add for Counts {
+    type Output = Counts;
+
+    /// Counts of two windows together.
+    fn add(self, other: Counts) -> Counts {
         Counts {
             failures: self.failures + other.failures,
             total: self.total + other.total,
         }
     }
+}
 
+impl Counts {
     /// failures / total (NaN when total is 0).
     pub fn rate(self) -> f64 {
         if self.total == 0 {

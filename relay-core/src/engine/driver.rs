@@ -61,7 +61,7 @@ fn merge(into: &mut Vec<f64>, counts: &mut Option<Counts>, values: Vec<f64>, new
     if cumulative {
         into.extend(values);
         *counts = match (*counts, new) {
-            (Some(a), Some(b)) => Some(a.add(b)),
+            (Some(a), Some(b)) => Some(a + b),
             (a, b) => b.or(a),
         };
     } else {

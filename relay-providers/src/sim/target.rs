@@ -277,10 +277,11 @@ impl SimTarget {
                 // No request in this interval: no data point, not a zero.
                 continue;
             }
-            counts = counts.add(Counts {
-                failures,
-                total: requests,
-            });
+            counts = counts
+                + Counts {
+                    failures,
+                    total: requests,
+                };
             values.push(match metric {
                 metrics::ERROR_RATE => failures as f64 / requests as f64,
                 metrics::LATENCY_MS => latency / requests as f64,
