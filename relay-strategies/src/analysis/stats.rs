@@ -248,8 +248,12 @@ fn ln_choose(n: u64, k: u64) -> f64 {
 
 /// Fisher's exact test, one-sided: the probability of at least `a` failures
 /// in the first arm given the margins, for the table
-/// `[[a, n1 - a], [c, n2 - c]]` (failures, successes per arm).
+/// `[[a, n1 - a], [c, n2 - c]]` (failures, successes per arm). NaN when a
+/// count exceeds its arm.
 pub fn fisher_greater(a: u64, n1: u64, c: u64, n2: u64) -> f64 {
+    if a > n1 || c > n2 {
+        return f64::NAN;
+    }
     let k = a + c; // failures in all
     let n = n1 + n2;
     let hi = k.min(n1);
@@ -268,7 +272,7 @@ pub fn fisher_greater(a: u64, n1: u64, c: u64, n2: u64) -> f64 {
             break;
         }
         let num = (k - x) as f64 * (n1 - x) as f64;
-        let den = (x + 1) as f64 * (n - k - n1 + x + 1) as f64;
+        let den = (x + 1) as f64 * (n2 + x + 1 - k) as f64; // x > k - n2, so positive
         term *= num / den;
         x += 1;
     }
@@ -415,6 +419,10 @@ mod tests {
         // = (36*165 + 9*55 + 1*11) / 184756 = 6446 / 184756.
         assert!(close(fisher_greater(7, 10, 2, 10), 6446.0 / 184_756.0, 1e-12));
         assert!(close(ln_gamma(10.0), (362_880.0f64).ln(), 1e-12));
+        // More failures than one arm holds (K + n1 > N): [[9, 1], [8, 2]],
+        // K = 17: (C(17,9)C(3,1) + C(17,10)C(3,0)) / C(20,10) = 92378 / 184756.
+        assert!(close(fisher_greater(9, 10, 8, 10), 92_378.0 / 184_756.0, 1e-12));
+        assert!(fisher_greater(11, 10, 0, 10).is_nan());
     }
 
     #[test]
