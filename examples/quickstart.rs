@@ -4,7 +4,9 @@
 //! 2. a healthy release goes out as a canary, judged by analysis, and is
 //!    promoted;
 //! 3. a bad release (12% errors) goes out the same way, fails its analysis
-//!    at 10% traffic and is rolled back automatically;
+//!    against the stable baseline at 10% traffic and is rolled back
+//!    automatically; every verdict prints the numbers behind it (sample
+//!    sizes, medians or rates, p-value against the look's alpha, effect);
 //! 4. the audit chain is verified.
 //!
 //! Exits non-zero if anything went otherwise.
@@ -19,17 +21,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay::providers::sim::{metrics, MemoryArtifactStore, MemorySecretStore, RevisionBehavior, SimProbe, SimTarget};
-use relay::strategies::{AllAtOnce, CanaryStrategy, Statistic, ThresholdJudge};
+use relay::strategies::{
+    AllAtOnce, CanaryStrategy, Direction, MannWhitneyJudge, ProportionJudge, Statistic, ThresholdJudge,
+};
 use relay::{
     AnalysisSpec, Check, EventKind, FileStateStore, JsonlAuditSink, Outcome, Relay, Release, RolloutSpec, Target,
 };
 
+/// Each analysis compares the candidate with the stable baseline serving in
+/// the same minutes (errors: proportion test; latency: Mann-Whitney U), and
+/// keeps an absolute guard on the candidate's p95 latency.
 fn canary() -> CanaryStrategy {
     let analysis = AnalysisSpec::new(vec![
         Check::new(
-            "error rate",
+            "errors vs baseline",
             metrics::ERROR_RATE,
-            ThresholdJudge::below(0.05).min_samples(30),
+            ProportionJudge::new().tolerance(0.5),
+        ),
+        Check::new(
+            "latency vs baseline",
+            metrics::LATENCY_MS,
+            MannWhitneyJudge::new(Direction::LowerIsBetter).tolerance(0.2),
         ),
         Check::new(
             "latency p95",

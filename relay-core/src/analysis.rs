@@ -478,12 +478,6 @@ impl fmt::Display for Verdict {
             "{} [{} on {}] #{}: {} ({}",
             self.check, self.metric, self.scope, self.measurement, j.outcome, j.reason
         )?;
-        if let (Some(p), Some(a)) = (j.p_value, j.alpha) {
-            write!(f, "; p={p:.4} vs alpha={a:.4}")?;
-        }
-        if let Some(e) = j.effect_size {
-            write!(f, "; effect={:+.1}%", e * 100.0)?;
-        }
         match j.baseline_samples {
             Some(b) => write!(f, "; n={} vs baseline n={b})", j.samples)?,
             None => write!(f, "; n={})", j.samples)?,

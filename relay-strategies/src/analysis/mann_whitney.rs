@@ -5,7 +5,7 @@ use relay_core::{InconclusiveReason, Judge, JudgeInput, Judgement, Result};
 use serde::{Deserialize, Serialize};
 
 use super::stats::{alpha_spent_at, hodges_lehmann, mann_whitney_greater, median, quantile};
-use super::{check_confidence, check_tolerance, insufficient, usable};
+use super::{check_confidence, check_tolerance, fmt_p, insufficient, usable};
 
 /// Which direction of the metric is good.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,16 +120,16 @@ impl Judge for MannWhitneyJudge {
         let too_large = relative > self.tolerance;
         let worse = if sign > 0.0 { "higher" } else { "lower" };
         let reason = format!(
-            "candidate median {:.4} vs baseline {:.4}: {:+.1}% shift ({} is worse, tolerance {:.1}%), U={}, p={:.4} {} alpha={:.4}{}",
+            "candidate median {:.4} vs baseline {:.4}: {:+.1}% shift ({} is worse, tolerance {:.1}%), U={}, p={} {} alpha={}{}",
             median(&cand),
             base_median,
             relative * 100.0,
             worse,
             self.tolerance * 100.0,
             test.u,
-            test.p_value,
+            fmt_p(test.p_value),
             if significant { "<" } else { ">=" },
-            alpha,
+            fmt_p(alpha),
             if test.exact { " (exact)" } else { "" },
         );
         Judgement::decide(!(significant && too_large), reason, cand.len())

@@ -17,6 +17,7 @@
 //! `Inconclusive(InsufficientData)` below it; NaN and infinite values are
 //! dropped, and nothing usable is never a pass.
 
+pub mod accuracy;
 mod mann_whitney;
 mod proportion;
 pub mod stats;
@@ -27,6 +28,16 @@ pub use proportion::ProportionJudge;
 pub use threshold::{Comparison, Statistic, ThresholdJudge};
 
 use relay_core::{Error, InconclusiveReason, Judgement, Result};
+
+/// A probability for people: four decimals, or scientific notation when
+/// smaller than 0.001.
+pub(crate) fn fmt_p(p: f64) -> String {
+    if p >= 0.001 || p == 0.0 {
+        format!("{p:.4}")
+    } else {
+        format!("{p:.1e}")
+    }
+}
 
 /// The finite values, and how many were dropped.
 pub(crate) fn usable(values: &[f64]) -> (Vec<f64>, usize) {

@@ -5,7 +5,7 @@ use relay_core::{Counts, Error, InconclusiveReason, Judge, JudgeInput, Judgement
 use serde::{Deserialize, Serialize};
 
 use super::stats::{alpha_spent_at, fisher_greater, small_counts, two_proportion_greater};
-use super::{check_confidence, check_tolerance};
+use super::{check_confidence, check_tolerance, fmt_p};
 
 /// Fails when the candidate's failure rate (failures / events) exceeds the
 /// baseline's with significance at the look's spent alpha — a pooled
@@ -122,12 +122,14 @@ impl Judge for ProportionJudge {
         let significant = p_value < alpha;
         let too_large = relative > self.tolerance;
         let reason = format!(
-            "candidate {f1}/{n1} = {:.4}% vs baseline {f0}/{n0} = {:.4}%: {:+.1}% (tolerance {:.1}%), {test} p={p_value:.4} {} alpha={alpha:.4}",
+            "candidate {f1}/{n1} = {:.4}% vs baseline {f0}/{n0} = {:.4}%: {:+.1}% (tolerance {:.1}%), {test} p={} {} alpha={}",
             p1 * 100.0,
             p0 * 100.0,
             relative * 100.0,
             self.tolerance * 100.0,
+            fmt_p(p_value),
             if significant { "<" } else { ">=" },
+            fmt_p(alpha),
         );
         Judgement::decide(!(significant && too_large), reason, n1 as usize)
             .compared(relative, self.tolerance)
