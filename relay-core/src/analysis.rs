@@ -267,6 +267,12 @@ pub trait Judge: Send + Sync + fmt::Debug {
     fn needs_baseline(&self) -> bool {
         false
     }
+    /// The fewest usable samples (values, or events for rate judges) per
+    /// arm below which this judge answers
+    /// `Inconclusive(InsufficientData)`.
+    fn min_samples(&self) -> usize {
+        1
+    }
     /// Whether the engine should hand this judge every value (and count)
     /// since the analysis began, rather than only the last window's. Judges
     /// that test repeatedly with an error budget across looks want this.

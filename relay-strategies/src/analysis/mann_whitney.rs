@@ -91,7 +91,7 @@ impl Judge for MannWhitneyJudge {
         };
         let (cand, dropped_c) = usable(input.values);
         let (base, dropped_b) = usable(baseline);
-        let need = self.min_samples.max(1);
+        let need = Judge::min_samples(self);
         if cand.len() < need {
             return insufficient("candidate values", cand.len(), dropped_c, need).with_baseline_samples(base.len());
         }
@@ -141,6 +141,10 @@ impl Judge for MannWhitneyJudge {
             .summarize("baseline_median", base_median)
             .summarize("candidate_p95", quantile(&cand, 0.95))
             .summarize("baseline_p95", quantile(&base, 0.95))
+    }
+
+    fn min_samples(&self) -> usize {
+        self.min_samples.max(1)
     }
 
     fn describe(&self) -> String {

@@ -141,6 +141,10 @@ impl Judge for ProportionJudge {
             .summarize("baseline_failures", f0 as f64)
     }
 
+    fn min_samples(&self) -> usize {
+        self.min_events.max(1) as usize
+    }
+
     fn describe(&self) -> String {
         format!(
             "failure rate not above baseline by > {:.0}% ({:.0}% confidence)",

@@ -134,7 +134,7 @@ impl Judge for ThresholdJudge {
             );
         }
         let (usable, dropped) = usable(input.values);
-        let need = self.min_samples.max(1);
+        let need = Judge::min_samples(self);
         if usable.len() < need {
             return insufficient("values", usable.len(), dropped, need);
         }
@@ -151,6 +151,10 @@ impl Judge for ThresholdJudge {
         };
         let reason = format!("{} {value:.4} {op} {}", self.statistic.name(), self.limit);
         Judgement::decide(healthy, reason, usable.len()).compared(value, self.limit)
+    }
+
+    fn min_samples(&self) -> usize {
+        self.min_samples.max(1)
     }
 
     fn describe(&self) -> String {
