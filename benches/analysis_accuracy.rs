@@ -6,9 +6,41 @@
 //! `-- --quick` for a tenth of the trials).
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
+use std::time::Duration;
+
+use relay::providers::sim::{metrics, SimTarget};
 use relay::strategies::analysis::accuracy::{rejection_rate, Arm, Setting};
-use relay::strategies::{Direction, MannWhitneyJudge, ProportionJudge, Statistic, ThresholdJudge};
-use relay::Judge;
+use relay::strategies::{CanaryStrategy, Direction, MannWhitneyJudge, ProportionJudge, Statistic, ThresholdJudge};
+use relay::{AnalysisSpec, Check, Judge, Outcome};
+
+/// Equal releases through the whole engine: a 25% canary on a simulated
+/// target at 200 rps, one analysis of five one-minute looks comparing with
+/// the stable baseline; returns how many of `seeds` were rolled back.
+fn end_to_end_rollbacks(check: impl Fn() -> Check, seeds: u64) -> u64 {
+    let rt = common::virtual_time();
+    rt.block_on(async {
+        let mut rolled_back = 0;
+        for seed in 0..seeds {
+            let relay =
+                common::relay_with_v1(SimTarget::new(common::TARGET).seed(seed).requests_per_second(200.0)).await;
+            let analysis = AnalysisSpec::new(vec![check()]).every(Duration::from_secs(60), 5);
+            let canary = CanaryStrategy::new().set_weight(25).analyze(analysis);
+            let outcome = relay
+                .start(common::spec("v2", canary))
+                .await
+                .unwrap()
+                .wait()
+                .await
+                .unwrap();
+            if !matches!(outcome, Outcome::Promoted { .. }) {
+                rolled_back += 1;
+            }
+        }
+        rolled_back
+    })
+}
 
 const SIGMA: f64 = 0.6;
 
@@ -142,4 +174,31 @@ fn main() {
             }
         }
     }
+
+    println!();
+    let seeds = if quick { 100 } else { 1_000 };
+    println!("End to end through the engine, equal releases (A/A), {seeds} seeds, tolerance 0:");
+    println!();
+    let lat = end_to_end_rollbacks(
+        || {
+            Check::new(
+                "latency",
+                metrics::LATENCY_MS,
+                MannWhitneyJudge::new(Direction::LowerIsBetter).tolerance(0.0),
+            )
+        },
+        seeds,
+    );
+    println!(
+        "- Mann-Whitney latency check: {lat} of {seeds} rolled back ({:.2}%)",
+        lat as f64 * 100.0 / seeds as f64
+    );
+    let err = end_to_end_rollbacks(
+        || Check::new("errors", metrics::ERROR_RATE, ProportionJudge::new().tolerance(0.0)),
+        seeds,
+    );
+    println!(
+        "- proportion error check: {err} of {seeds} rolled back ({:.2}%)",
+        err as f64 * 100.0 / seeds as f64
+    );
 }

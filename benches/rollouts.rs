@@ -12,43 +12,24 @@
 //! `cargo bench --bench rollouts`
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
-use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
-use relay::{AnalysisSpec, Check, Relay, Release, RolloutSpec};
+use relay::providers::sim::{metrics, RevisionBehavior, SimTarget};
+use relay::strategies::{CanaryStrategy, ThresholdJudge};
+use relay::{AnalysisSpec, Check, Relay};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
-
-/// A relay on a fresh simulated target with v1 already stable.
+/// An engine on a fresh simulated target with v1 already stable.
 fn world(rt: &tokio::runtime::Runtime, readiness: Duration) -> Relay {
     let behavior = RevisionBehavior {
         readiness_delay: readiness,
         ..RevisionBehavior::healthy()
     };
-    let target = Arc::new(SimTarget::new("bench").seed(1).default_behavior(behavior));
-    let artifacts = Arc::new(MemoryArtifactStore::new());
-    artifacts.push("app", "v1", b"1", Default::default());
-    artifacts.push("app", "v2", b"2", Default::default());
-    let relay = Relay::builder()
-        .target(target.clone())
-        .artifacts(artifacts)
-        .probe(Arc::new(SimProbe::new(target)))
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let spec = RolloutSpec::new("bench", Release::new("app:v1".parse().unwrap()).replicas(10), AllAtOnce);
-        relay.start(spec).await.unwrap().wait().await.unwrap();
-    });
-    relay
+    rt.block_on(common::relay_with_v1(
+        SimTarget::new(common::TARGET).seed(1).default_behavior(behavior),
+    ))
 }
 
 /// Five weights, each followed by an analysis: 12 minutes of analysis each,
@@ -65,7 +46,7 @@ fn ten_step_canary(interval: Duration) -> CanaryStrategy {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::virtual_time();
     let mut g = c.benchmark_group("rollouts");
     g.throughput(Throughput::Elements(1));
     for interval in [60, 300] {
@@ -75,8 +56,7 @@ fn bench(c: &mut Criterion) {
                 || world(&rt, Duration::from_secs(5)),
                 |relay| {
                     rt.block_on(async {
-                        let release = Release::new("app:v2".parse().unwrap()).replicas(10);
-                        let spec = RolloutSpec::new("bench", release, strategy.clone());
+                        let spec = common::spec("v2", strategy.clone());
                         let outcome = relay.start(spec).await.unwrap().wait().await.unwrap();
                         assert!(outcome.is_success());
                     })
@@ -96,11 +76,7 @@ fn bench(c: &mut Criterion) {
     let probe = world(&rt, Duration::ZERO);
     let plan_len = rt.block_on(async {
         let relay = probe;
-        let spec = RolloutSpec::new(
-            "bench",
-            Release::new("app:v2".parse().unwrap()).replicas(10),
-            weights_only.clone(),
-        );
+        let spec = common::spec("v2", weights_only.clone());
         relay.plan(&spec).await.unwrap().steps.len()
     });
     g.throughput(Throughput::Elements(plan_len as u64));
@@ -109,11 +85,7 @@ fn bench(c: &mut Criterion) {
             || world(&rt, Duration::ZERO),
             |relay| {
                 rt.block_on(async {
-                    let spec = RolloutSpec::new(
-                        "bench",
-                        Release::new("app:v2".parse().unwrap()).replicas(10),
-                        weights_only.clone(),
-                    );
+                    let spec = common::spec("v2", weights_only.clone());
                     assert!(relay.start(spec).await.unwrap().wait().await.unwrap().is_success());
                 })
             },

@@ -1,0 +1,46 @@
+//! What the benches share: a paused-clock runtime and an engine on a fresh
+//! simulated target whose v1 is already stable (builds `app:v1`, `app:v2`).
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use relay::providers::sim::{MemoryArtifactStore, SimProbe, SimTarget};
+use relay::strategies::AllAtOnce;
+use relay::{Relay, Release, RolloutSpec};
+
+/// A current-thread runtime on a paused clock: rollouts run in virtual time.
+pub fn virtual_time() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// The spec of `app:<tag>` with 10 replicas on the target of `relay_with_v1`.
+pub fn spec(tag: &str, strategy: impl relay::Strategy + 'static) -> RolloutSpec {
+    RolloutSpec::new(
+        TARGET,
+        Release::new(format!("app:{tag}").parse().unwrap()).replicas(10),
+        strategy,
+    )
+}
+
+/// The target name every bench uses.
+pub const TARGET: &str = "bench";
+
+/// An engine on `target` (named [`TARGET`]) with v1 deployed all at once.
+pub async fn relay_with_v1(target: SimTarget) -> Relay {
+    let target = Arc::new(target);
+    let artifacts = Arc::new(MemoryArtifactStore::new());
+    artifacts.push("app", "v1", b"1", Default::default());
+    artifacts.push("app", "v2", b"2", Default::default());
+    let relay = Relay::builder()
+        .target(target.clone())
+        .artifacts(artifacts)
+        .probe(Arc::new(SimProbe::new(target)))
+        .build()
+        .unwrap();
+    relay.start(spec("v1", AllAtOnce)).await.unwrap().wait().await.unwrap();
+    relay
+}
