@@ -7,7 +7,7 @@ use std::time::Duration;
 use relay_core::{AnalysisSpec, Error, PlanContext, Result, Role, Routing, Step, Strategy};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{gate_name, need_replicas, need_two_revisions, positive, routing_name};
+use crate::common::{analysis_step, gate_name, need_replicas, need_two_revisions, positive, routing_name};
 
 /// Blue/green with optional pre- and post-promotion analysis and a manual
 /// approval before the switch.
@@ -108,16 +108,12 @@ impl Strategy for BlueGreenStrategy {
             }
         }
         let mut steps = vec![Step::Stage { replicas: ctx.replicas }];
-        if let Some(a) = &self.pre_promotion {
-            steps.push(Step::Analyze { analysis: a.clone() });
-        }
+        steps.extend(self.pre_promotion.as_ref().and_then(|a| analysis_step(a, ctx)));
         if let Some(g) = &self.approval_gate {
             steps.push(Step::Gate { name: g.clone() });
         }
         steps.push(Step::Route { candidate_weight: 100 });
-        if let Some(a) = &self.post_promotion {
-            steps.push(Step::Analyze { analysis: a.clone() });
-        }
+        steps.extend(self.post_promotion.as_ref().and_then(|a| analysis_step(a, ctx)));
         steps.push(Step::Promote);
         if ctx.stable.is_some() {
             if !self.scale_down_delay.is_zero() {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use relay_core::{Error, PlanContext, Result, Role, Routing, Step};
+use relay_core::{AnalysisSpec, Error, PlanContext, Result, Role, Routing, Step};
 
 /// The end of every plan: full traffic to the candidate, promote it, retire
 /// the old stable.
@@ -17,6 +17,17 @@ pub(crate) fn promotion(ctx: &PlanContext, steps: &mut Vec<Step>) {
     if ctx.stable.is_some() {
         steps.push(Step::Retire { role: Role::Stable });
     }
+}
+
+/// The step for `analysis`. Without a stable revision there is no baseline,
+/// so checks that compare with one are left out (and the step too if nothing
+/// is left): a first deployment is judged by its absolute checks only.
+pub(crate) fn analysis_step(analysis: &AnalysisSpec, ctx: &PlanContext) -> Option<Step> {
+    let mut a = analysis.clone();
+    if ctx.stable.is_none() {
+        a.checks.retain(|c| !c.judge.needs_baseline());
+    }
+    (!a.checks.is_empty()).then_some(Step::Analyze { analysis: a })
 }
 
 /// A target with nothing stable gets the candidate at full size, then

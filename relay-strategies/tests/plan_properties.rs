@@ -228,3 +228,42 @@ fn first_deployment_is_a_straight_start() {
     let kinds: Vec<&str> = steps.iter().map(Step::kind).collect();
     assert_eq!(kinds, ["stage", "route", "promote"]);
 }
+
+#[test]
+fn a_first_blue_green_deployment_keeps_only_absolute_checks() {
+    use relay_core::{AnalysisSpec, Check};
+    use relay_strategies::{Direction, MannWhitneyJudge, ThresholdJudge};
+    let mut first = ctx(3, Routing::Switch);
+    first.stable = None;
+    let comparative = AnalysisSpec::new(vec![Check::new(
+        "lat",
+        "latency_ms",
+        MannWhitneyJudge::new(Direction::LowerIsBetter),
+    )]);
+    let mixed = AnalysisSpec::new(vec![
+        Check::new("lat", "latency_ms", MannWhitneyJudge::new(Direction::LowerIsBetter)),
+        Check::new("err", "error_rate", ThresholdJudge::below(0.05)),
+    ]);
+    let bg = BlueGreenStrategy::new()
+        .pre_promotion(comparative.clone())
+        .post_promotion(mixed.clone());
+    let steps = bg.plan(&first).unwrap();
+    let analyses: Vec<Vec<String>> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Analyze { analysis } => Some(analysis.checks.iter().map(|c| c.name.clone()).collect()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        analyses,
+        vec![vec!["err".to_string()]],
+        "nothing to compare with on a first deployment"
+    );
+    // With a stable revision both analyses stay whole.
+    let with_stable = bg.plan(&ctx(3, Routing::Switch)).unwrap();
+    assert_eq!(
+        with_stable.iter().filter(|s| matches!(s, Step::Analyze { .. })).count(),
+        2
+    );
+}
