@@ -47,12 +47,11 @@ impl SeededRng {
             }
         }
     }
-}
 
-impl SeededRng {
     /// A binomial variate: successes in `n` trials of probability `p`.
-    /// Exact (Bernoulli trials or a Poisson limit) for small counts, normal
-    /// approximation once the variance exceeds 25.
+    /// Exact by inversion of the distribution function (one uniform draw)
+    /// while the mean is below 30; normal approximation above, where the
+    /// variance is at least 15.
     pub fn binomial(&self, n: u64, p: f64) -> u64 {
         let p = if p.is_finite() { p.clamp(0.0, 1.0) } else { 0.0 };
         if n == 0 || p == 0.0 {
@@ -64,22 +63,24 @@ impl SeededRng {
         if p > 0.5 {
             return n - self.binomial(n, 1.0 - p);
         }
-        let (nf, var) = (n as f64, n as f64 * p * (1.0 - p));
-        if var >= 25.0 {
-            return (nf * p + var.sqrt() * self.next_normal()).round().clamp(0.0, nf) as u64;
+        let nf = n as f64;
+        if nf * p >= 30.0 {
+            let sd = (nf * p * (1.0 - p)).sqrt();
+            return (nf * p + sd * self.next_normal()).round().clamp(0.0, nf) as u64;
         }
-        if n <= 64 {
-            return (0..n).filter(|_| self.next_f64() < p).count() as u64;
+        // Inversion (BINV): walk the probabilities P(X = x) up from x = 0,
+        // each from the last by the ratio (n - x + 1) p / (x q).
+        let q = 1.0 - p;
+        let ratio = p / q;
+        let mut prob = q.powf(nf);
+        let mut u = self.next_f64();
+        let mut x = 0u64;
+        while u > prob && x < n {
+            u -= prob;
+            x += 1;
+            prob *= ratio * (n - x + 1) as f64 / x as f64;
         }
-        // Poisson(np) by multiplication of uniforms (Knuth); np < 50 here.
-        let limit = (-nf * p).exp();
-        let mut k = 0u64;
-        let mut prod = self.next_f64();
-        while prod > limit && k < n {
-            k += 1;
-            prod *= self.next_f64();
-        }
-        k
+        x
     }
 }
 
