@@ -238,3 +238,38 @@ async fn recover_resumes_every_running_rollout() {
     }
     assert!(b.state().list_active().await.unwrap().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_that_loses_its_lease_stops_without_touching_the_target() {
+    use relay::providers::{FaultKind, Faulty};
+    let w = World::new(305);
+    let state = Arc::new(
+        Faulty::new(relay::MemoryStateStore::new(), 1)
+            .with_rate(FaultKind::PermissionDenied, 0.0)
+            .only_operations(&["renew_lease"]),
+    );
+    let relay = w.builder().state(state.clone()).build().unwrap();
+    deploy_v1(&relay).await;
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    until(&mut events, |k| {
+        matches!(k, EventKind::TrafficShifted { candidate_weight: 25 })
+    })
+    .await;
+    let mutations = w.target.mutations();
+    state.fail_next(1);
+    match handle.wait().await {
+        Err(Error::LeaseLost { target, .. }) => assert_eq!(target, "web"),
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+    assert_eq!(w.target.mutations(), mutations, "no mutation after the lease was lost");
+    let records = relay::StateStore::list_active(state.as_ref()).await.unwrap();
+    assert_eq!(
+        records.len(),
+        1,
+        "the record stays running for whoever holds the lease now"
+    );
+}
