@@ -2,9 +2,9 @@
 # The whole test suite, as CI runs it, on a fresh machine.
 #
 # It installs what the tests need, starts the local test servers on 127.0.0.1
-# (none are needed yet: every test so far runs on the simulated providers;
-# the AWS emulator, kube-apiserver, OpenBao and Prometheus start here when
-# their providers land), runs the checks, and stops what it started.
+# (moto, the AWS emulator, for the `aws` provider; kube-apiserver, OpenBao and
+# Prometheus join when their providers land), runs the checks, and stops what
+# it started, by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +25,39 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 cargo --version
-rustup component list --installed 2>/dev/null | grep -qE '^(rustfmt|clippy)' || rustup component add rustfmt clippy
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+
+log "test servers"
+python3 -m pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt
+
+# Start `$@` in the background, wait for it to print its http://127.0.0.1
+# address, and leave that address in SERVER_URL. The PID is kept for the
+# cleanup on exit (no subshell, so PIDS is this shell's).
+start_server() {
+  local name=$1 log
+  shift
+  log=$(mktemp)
+  "$@" >"$log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 1 120); do
+    local url
+    url=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$log" | head -n 1 || true)
+    if [ -n "$url" ]; then
+      SERVER_URL=$url
+      return 0
+    fi
+    sleep 0.25
+  done
+  echo "$name did not start; its output:" >&2
+  cat "$log" >&2
+  return 1
+}
+
+start_server moto python3 -m moto.server -H 127.0.0.1 -p 0
+export RELAY_TEST_MOTO_ENDPOINT=$SERVER_URL
+echo "moto on $RELAY_TEST_MOTO_ENDPOINT"
 
 log "format"
 cargo fmt --all -- --check

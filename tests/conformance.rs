@@ -59,3 +59,10 @@ async fn memory_secret_store() {
     let v1 = relay::SecretStore::fetch(&store, &r.pinned("1")).await.unwrap();
     assert_eq!(secrecy::ExposeSecret::expose_secret(&v1.value), "old-value");
 }
+
+#[tokio::test]
+async fn memory_artifact_store() {
+    let store = relay::providers::sim::MemoryArtifactStore::new();
+    let a = store.push("shop/web", "v1", b"image", BTreeMap::new());
+    testing::artifact_store_conformance(&store, &"shop/web:v1".parse().unwrap(), &a.digest).await;
+}

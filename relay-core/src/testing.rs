@@ -197,3 +197,41 @@ pub async fn secret_store_conformance(store: &dyn SecretStore, reference: &Secre
         Ok(_) => panic!("an unknown version must not resolve"),
     }
 }
+
+/// Resolve by tag and by digest; unknown tags and digests are `NotFound`;
+/// a digest that does not match is never substituted. `tagged` must name an
+/// existing tag whose image has digest `digest`.
+pub async fn artifact_store_conformance(
+    store: &dyn crate::ArtifactStore,
+    tagged: &crate::ArtifactRef,
+    digest: &Digest,
+) {
+    let by_tag = store.resolve(tagged).await.unwrap();
+    assert_eq!(&by_tag.digest, digest, "a tag resolves to its digest");
+    let pinned = crate::ArtifactRef {
+        tag: None,
+        digest: Some(digest.clone()),
+        ..tagged.clone()
+    };
+    assert_eq!(
+        &store.resolve(&pinned).await.unwrap().digest,
+        digest,
+        "a digest resolves to itself"
+    );
+    let mut missing_tag = tagged.clone();
+    missing_tag.tag = Some("no-such-tag-relay-conformance".into());
+    assert!(
+        matches!(store.resolve(&missing_tag).await, Err(Error::NotFound { .. })),
+        "an unknown tag is NotFound"
+    );
+    let other = crate::ArtifactRef {
+        tag: None,
+        digest: Some(Digest::of(b"relay conformance: no such image")),
+        ..tagged.clone()
+    };
+    match store.resolve(&other).await {
+        Err(Error::NotFound { .. }) => {}
+        Ok(a) => panic!("an unknown digest resolved to {}", a.digest),
+        Err(e) => panic!("an unknown digest must be NotFound, got {e:?}"),
+    }
+}

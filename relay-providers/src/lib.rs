@@ -4,11 +4,16 @@
 //! - `sim` (default): a simulated target and probe, memory stores, and the
 //!   fault and latency wrappers that work around any provider.
 //!
-//! The `aws`, `kubernetes`, `vault` and `http` features are reserved for
-//! their provider families and enable no module yet.
+//! - `aws`: the Secrets Manager secret store and the ECR artifact store (the
+//!   ECS target and CloudWatch probe are not built yet).
+//!
+//! The `kubernetes`, `vault` and `http` features are reserved for their
+//! provider families and enable no module yet.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+#[cfg(feature = "aws")]
+pub mod aws;
 #[cfg(feature = "sim")]
 pub mod sim;
 
