@@ -25,11 +25,11 @@ fn endpoint() -> String {
         .expect("RELAY_TEST_MOTO_ENDPOINT is not set: run the suite with scripts/test.sh, which installs and starts a moto server")
 }
 
-/// Test credentials, one attempt and an operation timeout, so an emulator
-/// error is reported rather than retried into duplicates.
-async fn config() -> SdkConfig {
+/// Test credentials for `endpoint`, one attempt and an operation timeout, so
+/// an emulator error is reported rather than retried into duplicates.
+async fn config_for(endpoint: &str) -> SdkConfig {
     relay::providers::aws::sdk::config::defaults(BehaviorVersion::latest())
-        .endpoint_url(endpoint())
+        .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(secretsmanager::config::Credentials::new(
             "testing",
@@ -46,6 +46,10 @@ async fn config() -> SdkConfig {
         )
         .load()
         .await
+}
+
+async fn config() -> SdkConfig {
+    config_for(&endpoint()).await
 }
 
 /// Names unique to this test process, so runs against one server don't collide.
@@ -172,19 +176,8 @@ async fn bad_references_fail_clearly_and_never_show_the_value() {
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_a_retryable_error() {
-    let cfg = relay::providers::aws::sdk::config::defaults(BehaviorVersion::latest())
-        .endpoint_url("http://127.0.0.1:9") // discard port: nothing listens
-        .region(Region::new("us-east-1"))
-        .credentials_provider(secretsmanager::config::Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "relay-tests",
-        ))
-        .retry_config(RetryConfig::disabled())
-        .load()
-        .await;
+    // The discard port: nothing listens there.
+    let cfg = config_for("http://127.0.0.1:9").await;
     let e = SecretsManagerStore::new(&cfg)
         .fetch(&"aws-sm://x".parse().unwrap())
         .await

@@ -11,10 +11,7 @@ use common::*;
 use relay::providers::sim::{RevisionBehavior, SimTarget};
 use relay::providers::{FaultKind, Faulty};
 use relay::strategies::{Amount, BlueGreenStrategy, CanaryStrategy, RollingStrategy};
-use relay::{
-    Error, EventKind, ManualApproval, Outcome, RetryPolicy, Role, RolloutSpec, RolloutStatus, Routing, Target,
-    TrafficSplit,
-};
+use relay::{Error, EventKind, Outcome, RetryPolicy, Role, RolloutSpec, RolloutStatus, Routing, Target, TrafficSplit};
 
 #[tokio::test(start_paused = true)]
 async fn healthy_canary_is_promoted_with_one_audit_entry_per_mutation() {
@@ -195,12 +192,7 @@ async fn pause_holds_the_rollout_until_resumed() {
 #[tokio::test(start_paused = true)]
 async fn manual_approval_gates_promotion_and_records_the_approver() {
     let w = World::new(5);
-    let relay = w
-        .builder()
-        .gate(Arc::new(ManualApproval::new("promote")))
-        .build()
-        .unwrap();
-    deploy_v1(&relay).await;
+    let relay = w.relay_with_approval("promote").await;
     let strategy = BlueGreenStrategy::new()
         .manual_promotion("promote")
         .scale_down_delay(Duration::from_secs(30));
@@ -236,12 +228,7 @@ async fn manual_approval_gates_promotion_and_records_the_approver() {
 #[tokio::test(start_paused = true)]
 async fn rejection_at_a_gate_rolls_back() {
     let w = World::new(6);
-    let relay = w
-        .builder()
-        .gate(Arc::new(ManualApproval::new("promote")))
-        .build()
-        .unwrap();
-    deploy_v1(&relay).await;
+    let relay = w.relay_with_approval("promote").await;
     let strategy = CanaryStrategy::new().set_weight(10).gate("promote");
     let handle = relay
         .start(RolloutSpec::new("web", release("v2"), strategy))

@@ -57,6 +57,17 @@ impl World {
         self.builder().build().unwrap()
     }
 
+    /// An engine with a manual approval gate called `gate`, v1 deployed.
+    pub async fn relay_with_approval(&self, gate: &str) -> Relay {
+        let relay = self
+            .builder()
+            .gate(std::sync::Arc::new(relay::ManualApproval::new(gate)))
+            .build()
+            .unwrap();
+        deploy_v1(&relay).await;
+        relay
+    }
+
     /// A world whose target already runs v1 as stable, and its engine.
     pub async fn with_v1(seed: u64) -> (World, Relay) {
         let w = World::new(seed);
