@@ -16,6 +16,7 @@ pub mod clock;
 mod engine;
 pub mod error;
 pub mod event;
+mod forward;
 pub mod gate;
 pub mod plan;
 pub mod release;

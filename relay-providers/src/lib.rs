@@ -19,4 +19,4 @@ pub mod sim;
 
 pub mod wrappers;
 
-pub use wrappers::{FaultKind, Faulty, Latency};
+pub use wrappers::{FaultKind, Faulty, Latency, RateLimited, RateLimiter};

@@ -1,6 +1,7 @@
 //! Wrappers that add behaviour around any provider: [`Faulty`] injects
-//! errors, [`Latency`] adds delay. Both wrap every seam the same way, through
-//! one forwarding implementation per seam.
+//! errors, [`Latency`] adds delay, [`RateLimited`] keeps calls under a
+//! request rate. All wrap every seam the same way, through one forwarding
+//! implementation per seam.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -182,6 +183,90 @@ impl<T> Latency<T> {
     }
 }
 
+/// A token bucket (as a generic cell rate algorithm) in tokio time: at most
+/// `burst` calls at once, then `per_second` calls a second. Clones share the
+/// bucket, so one limiter can guard every provider that talks to the same
+/// API (one AWS account, one API server) across all rollouts of a process.
+#[derive(Clone, Debug)]
+pub struct RateLimiter {
+    inner: std::sync::Arc<std::sync::Mutex<Gcra>>,
+}
+
+#[derive(Debug)]
+struct Gcra {
+    interval: Duration,
+    burst: u32,
+    /// Theoretical arrival time of the next call.
+    tat: Option<tokio::time::Instant>,
+}
+
+impl RateLimiter {
+    /// A limiter of `per_second` calls a second with bursts of `burst`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] for a rate that is not positive and finite, or
+    /// a burst of 0.
+    pub fn new(per_second: f64, burst: u32) -> Result<Self> {
+        if !(per_second.is_finite() && per_second > 0.0) {
+            return Err(Error::invalid(
+                "rate_limit.per_second",
+                format!("{per_second} must be a positive number"),
+            ));
+        }
+        if burst == 0 {
+            return Err(Error::invalid("rate_limit.burst", "must be at least 1"));
+        }
+        let interval = Duration::from_secs_f64(1.0 / per_second);
+        Ok(RateLimiter {
+            inner: std::sync::Arc::new(std::sync::Mutex::new(Gcra {
+                interval,
+                burst,
+                tat: None,
+            })),
+        })
+    }
+
+    /// Wait until a call may start.
+    pub async fn acquire(&self) {
+        let start = {
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            let tat = g.tat.map_or(now, |t| t.max(now));
+            // Up to `burst` calls may run ahead of the steady schedule.
+            let slack = g.interval * (g.burst - 1);
+            let start = tat.checked_sub(slack).map_or(now, |s| s.max(now));
+            g.tat = Some(tat + g.interval);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
+#[async_trait]
+impl Layer for RateLimiter {
+    async fn before(&self, _op: &'static str) -> Result<()> {
+        self.acquire().await;
+        Ok(())
+    }
+}
+
+/// A provider whose calls wait for a shared [`RateLimiter`].
+///
+/// ```
+/// use relay_providers::{RateLimited, RateLimiter};
+/// use relay_providers::sim::SimTarget;
+/// let aws = RateLimiter::new(20.0, 5).unwrap();
+/// let target = RateLimited::new(SimTarget::new("web"), aws.clone());
+/// ```
+pub type RateLimited<T> = Wrapped<RateLimiter, T>;
+
+impl<T> RateLimited<T> {
+    /// Wrap `inner` behind `limiter` (clone one limiter to share it).
+    pub fn new(inner: T, limiter: RateLimiter) -> Self {
+        Wrapped { layer: limiter, inner }
+    }
+}
+
 #[async_trait]
 impl<L: Layer, T: Target> Target for Wrapped<L, T> {
     fn name(&self) -> &str {
@@ -315,6 +400,58 @@ mod tests {
             "only the next call was forced"
         );
         assert_eq!(t.injected(), 1);
+    }
+
+    /// Records when each call reaches the wrapped provider.
+    #[derive(Debug, Default)]
+    struct Stamps(std::sync::Mutex<Vec<tokio::time::Instant>>);
+
+    #[async_trait]
+    impl SecretStore for Stamps {
+        async fn fetch(&self, _r: &SecretRef) -> Result<SecretValue> {
+            self.0.lock().unwrap().push(tokio::time::Instant::now());
+            Ok(SecretValue {
+                value: "x".to_string().into(),
+                version: "1".into(),
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_rate_limit_is_never_exceeded_by_concurrent_callers() {
+        let limiter = RateLimiter::new(50.0, 10).unwrap();
+        let stamps = std::sync::Arc::new(Stamps::default());
+        // Two providers sharing one limiter, 500 concurrent callers each.
+        let a = std::sync::Arc::new(RateLimited::new(stamps.clone(), limiter.clone()));
+        let b = std::sync::Arc::new(RateLimited::new(stamps.clone(), limiter));
+        let r: SecretRef = "mem://x".parse().unwrap();
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..1000 {
+            let (p, r) = (if i % 2 == 0 { a.clone() } else { b.clone() }, r.clone());
+            tasks.push(tokio::spawn(async move { p.fetch(&r).await.unwrap() }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut times: Vec<Duration> = stamps.0.lock().unwrap().iter().map(|t| *t - start).collect();
+        times.sort();
+        assert_eq!(times.len(), 1000);
+        // In any one-second window: at most the burst plus the rate.
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times[i..]
+                .iter()
+                .take_while(|u| **u < *t + Duration::from_secs(1))
+                .count();
+            assert!(in_window <= 60, "{in_window} calls in the second after {t:?}");
+        }
+        // And no slower than the schedule: (1000 - burst) / rate seconds.
+        let last = *times.last().unwrap();
+        assert!(
+            last >= Duration::from_millis(19_790) && last <= Duration::from_millis(19_810),
+            "{last:?}"
+        );
+        assert!(RateLimiter::new(0.0, 1).is_err() && RateLimiter::new(1.0, 0).is_err());
     }
 
     #[tokio::test(start_paused = true)]
