@@ -293,26 +293,27 @@ async fn crashing_candidate_is_rolled_back() {
     assert_eq!(w.target.observe().await.unwrap().revisions.len(), 1);
 }
 
+/// A simulated target named `web` whose `op` calls fail with `kind` when
+/// told to (`fail_next`).
+fn faulty_target(seed: u64, kind: FaultKind, op: &'static str) -> Arc<Faulty<SimTarget>> {
+    Arc::new(
+        Faulty::new(SimTarget::new("web").seed(seed), seed)
+            .with_rate(kind, 0.0)
+            .only_operations(&[op]),
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn retryable_faults_are_retried_and_terminal_ones_roll_back() {
     // Two transient failures of `route`: retried, the rollout succeeds.
-    let faulty = Arc::new(
-        Faulty::new(SimTarget::new("web").seed(9), 9)
-            .with_rate(FaultKind::Unavailable, 0.0)
-            .only_operations(&["route"]),
-    );
+    let faulty = faulty_target(9, FaultKind::Unavailable, "route");
     let w = World::new(9);
     let relay = w.builder().target(faulty.clone()).build();
     assert!(
         matches!(relay, Err(Error::InvalidSpec { .. })),
         "two targets named web are refused"
     );
-    let relay = relay::Relay::builder()
-        .target(faulty.clone())
-        .artifacts(w.artifacts.clone())
-        .secrets("mem", w.secrets.clone())
-        .build()
-        .unwrap();
+    let relay = w.stores().target(faulty.clone()).build().unwrap();
     deploy_v1(&relay).await;
     faulty.fail_next(2);
     let handle = relay
@@ -334,17 +335,8 @@ async fn retryable_faults_are_retried_and_terminal_ones_roll_back() {
     assert_eq!(faulty.injected(), 2);
 
     // A terminal failure of `route` (and of the rollback's route): rollback fails loudly.
-    let denied = Arc::new(
-        Faulty::new(SimTarget::new("web").seed(9), 9)
-            .with_rate(FaultKind::PermissionDenied, 0.0)
-            .only_operations(&["route"]),
-    );
-    let relay = relay::Relay::builder()
-        .target(denied.clone())
-        .artifacts(w.artifacts.clone())
-        .secrets("mem", w.secrets.clone())
-        .build()
-        .unwrap();
+    let denied = faulty_target(9, FaultKind::PermissionDenied, "route");
+    let relay = w.stores().target(denied.clone()).build().unwrap();
     deploy_v1(&relay).await;
     denied.fail_next(2);
     match run(
@@ -363,24 +355,14 @@ async fn retryable_faults_are_retried_and_terminal_ones_roll_back() {
 
 #[tokio::test(start_paused = true)]
 async fn hung_provider_calls_time_out_and_roll_back_in_bounded_time() {
-    let hang = Arc::new(
-        Faulty::new(SimTarget::new("web").seed(10), 10)
-            .with_rate(FaultKind::Hang, 0.0)
-            .only_operations(&["scale"]),
-    );
+    let hang = faulty_target(10, FaultKind::Hang, "scale");
     let w = World::new(10);
     let policy = RetryPolicy {
         attempt_timeout: Duration::from_secs(5),
         max_attempts: 3,
         ..RetryPolicy::default()
     };
-    let relay = relay::Relay::builder()
-        .target(hang.clone())
-        .artifacts(w.artifacts.clone())
-        .secrets("mem", w.secrets.clone())
-        .retry(policy)
-        .build()
-        .unwrap();
+    let relay = w.stores().target(hang.clone()).retry(policy).build().unwrap();
     deploy_v1(&relay).await;
     hang.fail_next(3);
     let start = tokio::time::Instant::now();
@@ -553,12 +535,7 @@ async fn bad_specs_are_refused_before_anything_changes() {
         relay.plan(&RolloutSpec::new("web", release("v9"), canary())).await,
         Err(Error::NotFound { .. })
     ));
-    let no_probe = relay::Relay::builder()
-        .target(w.target.clone())
-        .artifacts(w.artifacts.clone())
-        .secrets("mem", w.secrets.clone())
-        .build()
-        .unwrap();
+    let no_probe = w.stores().target(w.target.clone()).build().unwrap();
     assert_eq!(
         path(
             no_probe

@@ -44,12 +44,18 @@ impl World {
         }
     }
 
-    /// A builder with every provider of this world.
-    pub fn builder(&self) -> RelayBuilder {
+    /// A builder with this world's artifact and secret stores, for a test
+    /// that brings its own target (a wrapped one, say) and probe.
+    pub fn stores(&self) -> RelayBuilder {
         Relay::builder()
-            .target(self.target.clone())
             .artifacts(self.artifacts.clone())
             .secrets("mem", self.secrets.clone())
+    }
+
+    /// A builder with every provider of this world.
+    pub fn builder(&self) -> RelayBuilder {
+        self.stores()
+            .target(self.target.clone())
             .probe(Arc::new(SimProbe::new(self.target.clone())))
     }
 
