@@ -187,3 +187,28 @@ async fn no_traffic_can_pause_for_a_human_instead() {
     handle.abort("oncall", "no traffic to judge").unwrap();
     assert!(matches!(handle.wait().await.unwrap(), Outcome::RolledBack { .. }));
 }
+
+/// Tolerating inconclusive verdicts is not evidence of health: with a limit
+/// as high as the number of looks, a release without traffic was promoted
+/// before this check (found by the CloudWatch test on the AWS emulator,
+/// whose first window held no datapoint).
+#[tokio::test(start_paused = true)]
+async fn a_check_that_never_passed_does_not_promote_even_within_its_limits() {
+    let (_w, relay) = world(38, 0.0, base()).await;
+    let analysis = AnalysisSpec::new(vec![Check::new(
+        "errors",
+        metrics::ERROR_RATE,
+        ProportionJudge::new().tolerance(0.5),
+    )])
+    .every(Duration::from_secs(60), 3)
+    .inconclusive_limit(3);
+    let strategy = CanaryStrategy::new().set_weight(25).analyze(analysis);
+    let outcome = run(&relay, RolloutSpec::new("web", release("v2x"), strategy)).await;
+    match &outcome {
+        Outcome::RolledBack { cause } => assert!(
+            cause.contains("\"errors\" never passed in 3 measurement(s)") && cause.contains("3 inconclusive"),
+            "{cause}"
+        ),
+        other => panic!("{other}"),
+    }
+}

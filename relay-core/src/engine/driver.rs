@@ -55,6 +55,9 @@ struct CheckTally {
     fails: u32,
     inconclusive: u32,
     errors: u32,
+    /// Measurements the check was taken at (it has a scope to measure).
+    measured: u32,
+    passes: u32,
 }
 
 fn merge(into: &mut Vec<f64>, counts: &mut Option<Counts>, values: Vec<f64>, new: Option<Counts>, cumulative: bool) {
@@ -668,6 +671,7 @@ impl Driver {
                     CheckScope::Role(r) => self.record.plan.revision(r).cloned().map(Scope::Revision),
                 };
                 let Some(scope) = scope else { continue };
+                t.measured += 1;
                 let query = ProbeQuery {
                     metric: check.metric.clone(),
                     scope: scope.clone(),
@@ -750,9 +754,28 @@ impl Driver {
                             return self.inconclusive(spec.on_inconclusive, why).await;
                         }
                     }
-                    VerdictOutcome::Pass => {}
+                    VerdictOutcome::Pass => t.passes += 1,
                 }
             }
+        }
+        // Tolerated inconclusive verdicts and probe errors are not evidence
+        // of health: a check that never passed leaves the analysis
+        // inconclusive, whatever its limits.
+        let unproven = spec
+            .checks
+            .iter()
+            .zip(&tally)
+            .find(|(c, t)| !c.dry_run && t.measured > 0 && t.passes == 0);
+        if let Some((check, t)) = unproven {
+            let why = format!(
+                "analysis check {:?} never passed in {} measurement(s): {} failing (tolerated), {} inconclusive, {} probe errors",
+                check.name,
+                t.measured,
+                t.fails,
+                t.inconclusive,
+                t.measured.saturating_sub(t.inconclusive + t.fails)
+            );
+            return self.inconclusive(spec.on_inconclusive, why).await;
         }
         Ok(StepEnd::Done)
     }
