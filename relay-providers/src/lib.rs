@@ -4,8 +4,9 @@
 //! - `sim` (default): a simulated target and probe, memory stores, and the
 //!   fault and latency wrappers that work around any provider.
 //!
-//! - `aws`: the Secrets Manager secret store and the ECR artifact store (the
-//!   ECS target and CloudWatch probe are not built yet).
+//! - `aws`: the ECS service target (rolling, and task sets weighted at an
+//!   ALB listener), the CloudWatch probe, the Secrets Manager secret store
+//!   and the ECR artifact store.
 //!
 //! The `kubernetes`, `vault` and `http` features are reserved for their
 //! provider families and enable no module yet.

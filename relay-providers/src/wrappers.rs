@@ -190,6 +190,7 @@ impl<T> Latency<T> {
 #[derive(Clone, Debug)]
 pub struct RateLimiter {
     inner: std::sync::Arc<std::sync::Mutex<Gcra>>,
+    granted: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -223,6 +224,7 @@ impl RateLimiter {
                 burst,
                 tat: None,
             })),
+            granted: Default::default(),
         })
     }
 
@@ -239,6 +241,13 @@ impl RateLimiter {
             start
         };
         tokio::time::sleep_until(start).await;
+        self.granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Calls let through so far, by every clone of this limiter: compare it
+    /// with a provider's request count to check that none bypassed it.
+    pub fn granted(&self) -> u64 {
+        self.granted.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -423,7 +432,7 @@ mod tests {
         let stamps = std::sync::Arc::new(Stamps::default());
         // Two providers sharing one limiter, 500 concurrent callers each.
         let a = std::sync::Arc::new(RateLimited::new(stamps.clone(), limiter.clone()));
-        let b = std::sync::Arc::new(RateLimited::new(stamps.clone(), limiter));
+        let b = std::sync::Arc::new(RateLimited::new(stamps.clone(), limiter.clone()));
         let r: SecretRef = "mem://x".parse().unwrap();
         let start = tokio::time::Instant::now();
         let mut tasks = Vec::new();
@@ -437,6 +446,7 @@ mod tests {
         let mut times: Vec<Duration> = stamps.0.lock().unwrap().iter().map(|t| *t - start).collect();
         times.sort();
         assert_eq!(times.len(), 1000);
+        assert_eq!(limiter.granted(), 1000, "clones share one count");
         // In any one-second window: at most the burst plus the rate.
         for (i, t) in times.iter().enumerate() {
             let in_window = times[i..]

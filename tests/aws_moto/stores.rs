@@ -1,62 +1,16 @@
-//! The AWS providers against a real local AWS emulator: moto in server mode,
-//! started on 127.0.0.1 by `scripts/test.sh`, which exports its address as
-//! `RELAY_TEST_MOTO_ENDPOINT`.
+//! Secrets Manager and ECR stores on the emulator.
 
-#![allow(clippy::unwrap_used)]
-
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay::providers::aws::sdk::config::{
-    retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig,
-};
-use relay::providers::aws::sdk::{ecr, secretsmanager};
+use relay::providers::aws::sdk::secretsmanager;
 use relay::providers::aws::{EcrArtifactStore, SecretsManagerStore};
 use relay::providers::sim::SimTarget;
 use relay::strategies::AllAtOnce;
-use relay::{testing, ArtifactRef, Digest, Error, Relay, Release, RolloutSpec, SecretStore};
+use relay::{testing, ArtifactRef, Error, Relay, Release, RolloutSpec, SecretStore};
 use secrecy::ExposeSecret;
 
-const PLANTED: &str = "moto-planted-secret-3c9e1";
-
-fn endpoint() -> String {
-    std::env::var("RELAY_TEST_MOTO_ENDPOINT")
-        .expect("RELAY_TEST_MOTO_ENDPOINT is not set: run the suite with scripts/test.sh, which installs and starts a moto server")
-}
-
-/// Test credentials for `endpoint`, one attempt and an operation timeout, so
-/// an emulator error is reported rather than retried into duplicates.
-async fn config_for(endpoint: &str) -> SdkConfig {
-    relay::providers::aws::sdk::config::defaults(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(secretsmanager::config::Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "relay-tests",
-        ))
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .operation_timeout(Duration::from_secs(10))
-                .build(),
-        )
-        .load()
-        .await
-}
-
-async fn config() -> SdkConfig {
-    config_for(&endpoint()).await
-}
-
-/// Names unique to this test process, so runs against one server don't collide.
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
+use crate::support::{config, config_for, push_image, unique, MANIFEST, PLANTED};
 
 async fn secret_with_two_versions(sm: &secretsmanager::Client) -> (String, String) {
     let name = unique("relay/db");
@@ -184,29 +138,6 @@ async fn an_unreachable_endpoint_is_a_retryable_error() {
         .unwrap_err();
     assert!(e.is_retryable(), "{e:?}");
 }
-
-async fn push_image(cfg: &SdkConfig, repo: &str, tag: &str, manifest: &str) -> Digest {
-    let client = ecr::Client::new(cfg);
-    let _ = client.create_repository().repository_name(repo).send().await;
-    let out = client
-        .put_image()
-        .repository_name(repo)
-        .image_tag(tag)
-        .image_manifest(manifest)
-        .send()
-        .await
-        .unwrap();
-    out.image()
-        .unwrap()
-        .image_id()
-        .unwrap()
-        .image_digest()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":7023,"digest":"sha256:b5b2b2c507a0944348e0303114d8d93aaaa081732b86451d9bce1f432a537bc7"},"layers":[]}"#;
 
 #[tokio::test]
 async fn ecr_passes_the_artifact_store_conformance_suite() {

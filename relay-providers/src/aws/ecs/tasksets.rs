@@ -1,0 +1,318 @@
+//! Task-set mode (the `EXTERNAL` controller): one task set per revision,
+//! each behind its own target group, weighted at the ALB listener.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ecs::types::{AwsVpcConfiguration, LoadBalancer, NetworkConfiguration, Scale, ScaleUnit, Service, TaskSet};
+use relay_core::{Error, Result, RevisionId, RevisionSpec, RevisionState, TargetState, TrafficSplit};
+
+use super::listener::split_of;
+use super::{count, replicas, EcsServiceTarget, TaskSetConfig, PROVIDER};
+use crate::aws::error::classify;
+
+/// A task set that has not been retired, with its revision and target group.
+struct Set<'a> {
+    ts: &'a TaskSet,
+    id: RevisionId,
+}
+
+impl<'a> Set<'a> {
+    fn arn(&self) -> &'a str {
+        self.ts.task_set_arn().unwrap_or_default()
+    }
+
+    fn target_group(&self) -> Option<&'a str> {
+        self.ts.load_balancers().iter().find_map(|lb| lb.target_group_arn())
+    }
+
+    fn is_primary(&self) -> bool {
+        self.ts.status() == Some("PRIMARY")
+    }
+
+    /// Tasks asked for: the scale percent of the service's desired count,
+    /// rounded up, as ECS computes it.
+    fn desired(&self, service_desired: i32) -> u32 {
+        match self.ts.scale().filter(|s| s.unit() == Some(&ScaleUnit::Percent)) {
+            Some(s) => {
+                let tasks = f64::from(service_desired) * s.value() / 100.0;
+                (tasks - 1e-9).ceil().max(0.0) as u32
+            }
+            None => replicas(self.ts.computed_desired_count()),
+        }
+    }
+
+    fn percent(&self) -> Option<f64> {
+        self.ts.scale().map(Scale::value)
+    }
+}
+
+fn sets(service: &Service) -> Vec<Set<'_>> {
+    service
+        .task_sets()
+        .iter()
+        .filter(|ts| ts.status() != Some("DRAINING"))
+        .map(|ts| Set {
+            ts,
+            id: RevisionId(match ts.external_id() {
+                Some(id) if !id.is_empty() => id.to_owned(),
+                // A task set created outside relay.
+                _ => format!("taskset:{}", ts.id().unwrap_or("?")),
+            }),
+        })
+        .collect()
+}
+
+fn find<'a>(service: &'a Service, id: &RevisionId) -> Option<Set<'a>> {
+    sets(service).into_iter().find(|s| &s.id == id)
+}
+
+/// `n` tasks as a percent of `of`.
+fn percent(n: u32, of: i32) -> f64 {
+    if of <= 0 {
+        return 0.0;
+    }
+    (f64::from(n) * 100.0 / f64::from(of)).min(100.0)
+}
+
+impl EcsServiceTarget {
+    /// The target group ARN `revision`'s task set is behind, in task-set
+    /// mode; `None` in rolling mode or when the revision has no task set.
+    ///
+    /// # Errors
+    /// Those of `DescribeServices`.
+    pub async fn target_group_of(&self, revision: &RevisionId) -> Result<Option<String>> {
+        if !matches!(self.inner.mode, super::Mode::TaskSets(_)) {
+            return Ok(None);
+        }
+        let service = self.describe_service().await?;
+        Ok(find(&service, revision).and_then(|s| s.target_group().map(str::to_owned)))
+    }
+
+    pub(super) async fn task_sets_observe(&self, c: &TaskSetConfig) -> Result<TargetState> {
+        let service = self.describe_service().await?;
+        let weights = self.listener_weights(c).await?;
+        let sets = sets(&service);
+        let revisions = sets
+            .iter()
+            .map(|s| RevisionState {
+                id: s.id.clone(),
+                desired: s.desired(service.desired_count()),
+                ready: replicas(s.ts.running_count()),
+                failed: 0,
+            })
+            .collect();
+        let by_group: Vec<(RevisionId, u32)> = sets
+            .iter()
+            .filter_map(|s| {
+                let w = weights.get(s.target_group()?)?;
+                Some((s.id.clone(), *w))
+            })
+            .collect();
+        Ok(TargetState {
+            stable: sets.iter().find(|s| s.is_primary()).map(|s| s.id.clone()),
+            revisions,
+            traffic: split_of(&by_group)?,
+        })
+    }
+
+    async fn update_task_set(&self, set: &Set<'_>, pct: f64) -> Result<()> {
+        let scale = Scale::builder().unit(ScaleUnit::Percent).value(pct).build();
+        self.limit().await;
+        self.inner
+            .ecs
+            .update_task_set()
+            .cluster(&self.inner.cluster)
+            .service(&self.inner.service)
+            .task_set(set.arn())
+            .scale(scale)
+            .send()
+            .await
+            .map_err(|e| classify(PROVIDER, &format!("UpdateTaskSet {}", set.id), e))?;
+        Ok(())
+    }
+
+    /// Task-set scales are percents of the service's desired count: raise it
+    /// to `n` when a revision needs more, keeping every other set's task
+    /// count. Returns the desired count to scale against.
+    async fn ensure_capacity(&self, service: &Service, n: u32, except: Option<&RevisionId>) -> Result<i32> {
+        let before = service.desired_count();
+        let needed = count(n)?;
+        if needed <= before {
+            return Ok(before);
+        }
+        self.update_service(None, Some(needed), None).await?;
+        for set in sets(service).iter().filter(|s| Some(&s.id) != except) {
+            let tasks = set.desired(before);
+            self.update_task_set(set, percent(tasks, needed)).await?;
+        }
+        Ok(needed)
+    }
+
+    pub(super) async fn task_sets_stage(&self, c: &TaskSetConfig, spec: &RevisionSpec, n: u32) -> Result<()> {
+        let service = self.describe_service().await?;
+        if let Some(set) = find(&service, &spec.id) {
+            return self.scale_set(&service, &set, n).await;
+        }
+        let existing = sets(&service);
+        let used: Vec<&str> = existing.iter().filter_map(Set::target_group).collect();
+        let free = c
+            .target_groups
+            .iter()
+            .find(|tg| !used.contains(&tg.as_str()))
+            .ok_or_else(|| Error::Conflict {
+                what: format!(
+                    "ECS service {} already runs task sets on both target groups; retire one first",
+                    self.inner.service
+                ),
+            })?;
+        let current = existing
+            .iter()
+            .find(|s| s.is_primary())
+            .and_then(|s| s.ts.task_definition())
+            .or(service.task_definition());
+        let task_definition = match self.cached_arn(&spec.id) {
+            Some(arn) => arn,
+            None => self.register(spec, current).await?,
+        };
+        let desired = self.ensure_capacity(&service, n, None).await?;
+        let network = NetworkConfiguration::builder()
+            .awsvpc_configuration(
+                AwsVpcConfiguration::builder()
+                    .set_subnets(Some(c.subnets.clone()))
+                    .set_security_groups(Some(c.security_groups.clone()))
+                    .assign_public_ip(c.assign_public_ip())
+                    .build()
+                    .map_err(|e| Error::invalid("ecs.network", e.to_string()))?,
+            )
+            .build();
+        let load_balancer = LoadBalancer::builder()
+            .target_group_arn(free)
+            .container_name(&c.container)
+            .container_port(c.container_port)
+            .build();
+        self.limit().await;
+        self.inner
+            .ecs
+            .create_task_set()
+            .cluster(&self.inner.cluster)
+            .service(&self.inner.service)
+            .task_definition(&task_definition)
+            .external_id(spec.id.as_str())
+            .load_balancers(load_balancer)
+            .network_configuration(network)
+            .launch_type(c.launch_type.clone())
+            .scale(
+                Scale::builder()
+                    .unit(ScaleUnit::Percent)
+                    .value(percent(n, desired))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(PROVIDER, &format!("CreateTaskSet {}", spec.id), e))?;
+        Ok(())
+    }
+
+    async fn scale_set(&self, service: &Service, set: &Set<'_>, n: u32) -> Result<()> {
+        let desired = self.ensure_capacity(service, n, Some(&set.id)).await?;
+        let pct = percent(n, desired);
+        if set.percent().is_some_and(|p| (p - pct).abs() < 1e-9) && desired == service.desired_count() {
+            return Ok(());
+        }
+        self.update_task_set(set, pct).await
+    }
+
+    pub(super) async fn task_sets_scale(&self, id: &RevisionId, n: u32) -> Result<()> {
+        let service = self.describe_service().await?;
+        let set = find(&service, id).ok_or_else(|| self.no_task_set(id))?;
+        self.scale_set(&service, &set, n).await
+    }
+
+    fn no_task_set(&self, id: &RevisionId) -> Error {
+        Error::NotFound {
+            what: format!("task set for revision {id} on ECS service {}", self.inner.service),
+        }
+    }
+
+    pub(super) async fn task_sets_route(&self, c: &TaskSetConfig, split: &TrafficSplit) -> Result<()> {
+        if split.is_empty() {
+            return Err(Error::invalid("traffic", "a split must send traffic somewhere"));
+        }
+        let service = self.describe_service().await?;
+        let mut by_group: BTreeMap<&str, u8> = BTreeMap::new();
+        for (id, w) in split.weights() {
+            let set = find(&service, id).ok_or_else(|| self.no_task_set(id))?;
+            let tg = set.target_group().ok_or_else(|| {
+                Error::provider(
+                    PROVIDER,
+                    false,
+                    format!("the task set of {id} has no target group, so it cannot take traffic"),
+                )
+            })?;
+            let tg = c
+                .target_groups
+                .iter()
+                .find(|g| g.as_str() == tg)
+                .ok_or_else(|| Error::Conflict {
+                    what: format!(
+                        "the task set of {id} is behind {tg}, which is not one of this target's target groups"
+                    ),
+                })?;
+            by_group.insert(tg.as_str(), *w);
+        }
+        self.set_listener_weights(c, &by_group).await
+    }
+
+    pub(super) async fn task_sets_promote(&self, id: &RevisionId) -> Result<()> {
+        let service = self.describe_service().await?;
+        let set = find(&service, id).ok_or_else(|| self.no_task_set(id))?;
+        if set.is_primary() {
+            return Ok(());
+        }
+        self.limit().await;
+        self.inner
+            .ecs
+            .update_service_primary_task_set()
+            .cluster(&self.inner.cluster)
+            .service(&self.inner.service)
+            .primary_task_set(set.arn())
+            .send()
+            .await
+            .map_err(|e| classify(PROVIDER, &format!("UpdateServicePrimaryTaskSet {id}"), e))?;
+        Ok(())
+    }
+
+    pub(super) async fn task_sets_retire(&self, c: &TaskSetConfig, id: &RevisionId) -> Result<()> {
+        let service = self.describe_service().await?;
+        let Some(set) = find(&service, id) else {
+            return Ok(());
+        };
+        if set.is_primary() {
+            return Err(Error::Conflict {
+                what: format!("revision {id} is the primary task set; promote another revision first"),
+            });
+        }
+        let weights = self.listener_weights(c).await?;
+        if let Some(w) = set.target_group().and_then(|tg| weights.get(tg)).filter(|w| **w > 0) {
+            return Err(Error::Conflict {
+                what: format!(
+                    "revision {id} still receives traffic (listener weight {w} of {}); route it away first",
+                    weights.values().sum::<u32>()
+                ),
+            });
+        }
+        self.limit().await;
+        self.inner
+            .ecs
+            .delete_task_set()
+            .cluster(&self.inner.cluster)
+            .service(&self.inner.service)
+            .task_set(set.arn())
+            // Traffic is already away; the tasks may go with the set.
+            .force(true)
+            .send()
+            .await
+            .map_err(|e| classify(PROVIDER, &format!("DeleteTaskSet {id}"), e))?;
+        Ok(())
+    }
+}

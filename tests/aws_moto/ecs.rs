@@ -1,0 +1,709 @@
+//! The ECS service target on the emulator: task sets behind an ALB listener
+//! (canary, conformance, rollback) and the rolling mode's primitives.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use relay::providers::aws::sdk::config::SdkConfig;
+use relay::providers::aws::sdk::{cloudwatch, ecs, elbv2};
+use relay::providers::aws::{
+    ApiCallCounter, CloudWatchMetric, CloudWatchProbe, DimensionValue, EcrArtifactStore, EcsServiceTarget,
+};
+use relay::providers::RateLimiter;
+use relay::strategies::{AllAtOnce, CanaryStrategy, Statistic, ThresholdJudge};
+use relay::{
+    testing, AnalysisSpec, Artifact, Capabilities, Check, Digest, EventKind, Outcome, Relay, Release, Result,
+    RevisionId, RevisionSpec, RolloutSpec, Routing, Target, TargetState, TrafficSplit,
+};
+
+use crate::support::{config, default_vpc, manifest, push_image, unique, DefaultVpc};
+
+/// An ECS service with the EXTERNAL controller, an ALB listener forwarding to
+/// the first of two target groups, and a Fargate task definition family.
+struct TaskSetService {
+    cfg: SdkConfig,
+    /// Counts the requests of the targets built by [`TaskSetService::target`]
+    /// (the test's own reads use uncounted clients).
+    calls: ApiCallCounter,
+    ecs: ecs::Client,
+    elb: elbv2::Client,
+    cluster: String,
+    service: String,
+    family: String,
+    listener: String,
+    groups: [String; 2],
+    vpc: DefaultVpc,
+}
+
+async fn task_set_service() -> TaskSetService {
+    let cfg = config().await;
+    let calls = ApiCallCounter::default();
+    let ecs = ecs::Client::new(&cfg);
+    let elb = elbv2::Client::new(&cfg);
+    let vpc = default_vpc();
+    let name = unique("web");
+    let lb = elb
+        .create_load_balancer()
+        .name(&name)
+        .set_subnets(Some(vpc.subnets[..2].to_vec()))
+        .send()
+        .await
+        .unwrap();
+    let lb_arn = lb.load_balancers()[0].load_balancer_arn().unwrap().to_owned();
+    let mut groups = Vec::new();
+    for color in ["blue", "green"] {
+        let tg = elb
+            .create_target_group()
+            .name(format!("{name}-{color}"))
+            .protocol(elbv2::types::ProtocolEnum::Http)
+            .port(8080)
+            .vpc_id(&vpc.vpc)
+            .target_type(elbv2::types::TargetTypeEnum::Ip)
+            .send()
+            .await
+            .unwrap();
+        groups.push(tg.target_groups()[0].target_group_arn().unwrap().to_owned());
+    }
+    let listener = elb
+        .create_listener()
+        .load_balancer_arn(&lb_arn)
+        .protocol(elbv2::types::ProtocolEnum::Http)
+        .port(80)
+        .default_actions(
+            elbv2::types::Action::builder()
+                .r#type(elbv2::types::ActionTypeEnum::Forward)
+                .target_group_arn(&groups[0])
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .listeners()[0]
+        .listener_arn()
+        .unwrap()
+        .to_owned();
+    let cluster = unique("cluster");
+    ecs.create_cluster().cluster_name(&cluster).send().await.unwrap();
+    let family = unique("web-family");
+    register_template(&ecs, &family).await;
+    ecs.create_service()
+        .cluster(&cluster)
+        .service_name(&name)
+        .desired_count(0)
+        .deployment_controller(
+            ecs::types::DeploymentController::builder()
+                .r#type(ecs::types::DeploymentControllerType::External)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    TaskSetService {
+        cfg,
+        calls,
+        ecs,
+        elb,
+        cluster,
+        service: name,
+        family,
+        listener,
+        groups: [groups[0].clone(), groups[1].clone()],
+        vpc,
+    }
+}
+
+async fn register_template(ecs: &ecs::Client, family: &str) -> String {
+    ecs.register_task_definition()
+        .family(family)
+        .network_mode(ecs::types::NetworkMode::Awsvpc)
+        .requires_compatibilities(ecs::types::Compatibility::Fargate)
+        .cpu("256")
+        .memory("512")
+        .container_definitions(
+            ecs::types::ContainerDefinition::builder()
+                .name("web")
+                .image("registry.invalid/web:template")
+                .essential(true)
+                // moto sizes tasks from the container's memory.
+                .memory(512)
+                .environment(ecs::types::KeyValuePair::builder().name("KEEP").value("1").build())
+                .port_mappings(ecs::types::PortMapping::builder().container_port(8080).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .task_definition()
+        .unwrap()
+        .task_definition_arn()
+        .unwrap()
+        .to_owned()
+}
+
+impl TaskSetService {
+    async fn target(&self, limiter: Option<RateLimiter>) -> EcsServiceTarget {
+        let counted = |b: ecs::config::Builder| b.interceptor(self.calls.clone()).build();
+        let mut b = EcsServiceTarget::builder(&self.cfg, &self.cluster, &self.service)
+            .name("web")
+            .ecs_client(ecs::Client::from_conf(counted(ecs::config::Builder::from(&self.cfg))))
+            .elb_client(elbv2::Client::from_conf(
+                elbv2::config::Builder::from(&self.cfg)
+                    .interceptor(self.calls.clone())
+                    .build(),
+            ))
+            .container("web")
+            .template_family(&self.family)
+            .listener(&self.listener)
+            .target_groups(&self.groups[0], &self.groups[1])
+            .container_port(8080)
+            .network(self.vpc.subnets.clone(), [self.vpc.security_group.clone()], false);
+        if let Some(l) = limiter {
+            b = b.rate_limiter(l);
+        }
+        b.build().await.unwrap()
+    }
+
+    /// The listener's weights read back from ELB, by target group index.
+    async fn weights(&self) -> [i32; 2] {
+        let out = self
+            .elb
+            .describe_listeners()
+            .listener_arns(&self.listener)
+            .send()
+            .await
+            .unwrap();
+        let action = &out.listeners()[0].default_actions()[0];
+        let mut w = [0; 2];
+        match action.forward_config() {
+            Some(f) if !f.target_groups().is_empty() => {
+                for tg in f.target_groups() {
+                    let i = self
+                        .groups
+                        .iter()
+                        .position(|g| Some(g.as_str()) == tg.target_group_arn())
+                        .unwrap();
+                    w[i] = tg.weight().unwrap_or(1);
+                }
+            }
+            _ => {
+                let i = self
+                    .groups
+                    .iter()
+                    .position(|g| Some(g.as_str()) == action.target_group_arn())
+                    .unwrap();
+                w[i] = 100;
+            }
+        }
+        w
+    }
+
+    /// Task sets as ECS lists them: (external id, status, target group index).
+    async fn task_sets(&self) -> Vec<(String, String, usize)> {
+        let out = self
+            .ecs
+            .describe_task_sets()
+            .cluster(&self.cluster)
+            .service(&self.service)
+            .send()
+            .await
+            .unwrap();
+        out.task_sets()
+            .iter()
+            .map(|ts| {
+                let tg = ts.load_balancers()[0].target_group_arn().unwrap();
+                (
+                    ts.external_id().unwrap_or_default().to_owned(),
+                    ts.status().unwrap_or_default().to_owned(),
+                    self.groups.iter().position(|g| g == tg).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// An engine on `target` (behind [`TasksStartAtOnce`], returned too so
+    /// its request log can be read).
+    async fn relay(&self, target: EcsServiceTarget, probe: Option<CloudWatchProbe>) -> (Relay, Arc<TasksStartAtOnce>) {
+        let wrapped = Arc::new(TasksStartAtOnce {
+            target,
+            calls: self.calls.clone(),
+            log: Mutex::new(Vec::new()),
+        });
+        let mut b = Relay::builder()
+            .target(wrapped.clone())
+            .artifacts(Arc::new(EcrArtifactStore::new(&self.cfg)))
+            .config(relay::EngineConfig {
+                poll_interval: Duration::from_millis(20),
+                progress_deadline: Duration::from_secs(30),
+                ..Default::default()
+            });
+        if let Some(p) = probe {
+            b = b.probe(Arc::new(p));
+        }
+        (b.build().unwrap(), wrapped)
+    }
+}
+
+/// moto never starts the tasks of a task set (its running count stays 0), so
+/// readiness cannot come from the emulator: this wrapper reports every asked
+/// task as running and passes every other call through unchanged. Readiness
+/// waits, failed tasks and progress deadlines are covered with the simulated
+/// target in `tests/scenarios.rs`; what runs here is every ECS and ELB call.
+///
+/// It also records how many API requests each target call sent (the engine
+/// calls a target one call at a time, so the difference is exact).
+#[derive(Debug)]
+struct TasksStartAtOnce {
+    target: EcsServiceTarget,
+    calls: ApiCallCounter,
+    log: Mutex<Vec<(&'static str, u64)>>,
+}
+
+impl TasksStartAtOnce {
+    async fn counted<T>(&self, what: &'static str, f: impl std::future::Future<Output = T>) -> T {
+        let before = self.calls.total();
+        let out = f.await;
+        self.log.lock().unwrap().push((what, self.calls.total() - before));
+        out
+    }
+}
+
+#[async_trait]
+impl Target for TasksStartAtOnce {
+    fn name(&self) -> &str {
+        self.target.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.target.capabilities()
+    }
+    async fn observe(&self) -> Result<TargetState> {
+        let mut s = self.counted("observe", self.target.observe()).await?;
+        for r in &mut s.revisions {
+            r.ready = r.desired;
+        }
+        Ok(s)
+    }
+    async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> Result<()> {
+        self.counted("stage", self.target.stage(revision, replicas)).await
+    }
+    async fn scale(&self, revision: &RevisionId, replicas: u32) -> Result<()> {
+        self.counted("scale", self.target.scale(revision, replicas)).await
+    }
+    async fn route(&self, split: &TrafficSplit) -> Result<()> {
+        self.counted("route", self.target.route(split)).await
+    }
+    async fn promote(&self, revision: &RevisionId) -> Result<()> {
+        self.counted("promote", self.target.promote(revision)).await
+    }
+    async fn retire(&self, revision: &RevisionId) -> Result<()> {
+        self.counted("retire", self.target.retire(revision)).await
+    }
+}
+
+fn revision(n: u8) -> RevisionSpec {
+    let artifact = Artifact {
+        repository: "registry.invalid/web".into(),
+        tag: None,
+        digest: Digest::of(&[n]),
+        metadata: BTreeMap::new(),
+    };
+    RevisionSpec::new(artifact, BTreeMap::new(), BTreeMap::new())
+}
+
+#[tokio::test]
+async fn task_sets_pass_the_target_conformance_suite() {
+    let svc = task_set_service().await;
+    let target = svc.target(None).await;
+    assert_eq!(
+        target.capabilities(),
+        Capabilities {
+            routing: Routing::Weighted,
+            max_revisions: 2
+        }
+    );
+    testing::target_conformance(&target, &revision(1), &revision(2)).await;
+    // What ECS and ELB hold afterwards: one primary task set for the first
+    // revision, all traffic on its target group.
+    let sets = svc.task_sets().await;
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert_eq!(sets[0].0, revision(1).id.as_str());
+    assert_eq!(sets[0].1, "PRIMARY");
+    let w = svc.weights().await;
+    assert_eq!(w[sets[0].2], 100);
+    assert_eq!(w[1 - sets[0].2], 0);
+}
+
+#[tokio::test]
+async fn a_revision_task_definition_pins_image_config_and_secret_references() {
+    let svc = task_set_service().await;
+    let target = svc.target(None).await;
+    let mut spec = revision(7);
+    spec.config.insert("MODE".into(), "fast".into());
+    spec.secrets.insert(
+        "DB_PASSWORD".into(),
+        "aws-sm://prod/db#password?version=v-42".parse().unwrap(),
+    );
+    let spec = RevisionSpec::new(spec.artifact, spec.config, spec.secrets);
+    target.stage(&spec, 1).await.unwrap();
+    let out = svc
+        .ecs
+        .describe_task_sets()
+        .cluster(&svc.cluster)
+        .service(&svc.service)
+        .send()
+        .await
+        .unwrap();
+    let arn = out.task_sets()[0].task_definition().unwrap().to_owned();
+    let td = svc
+        .ecs
+        .describe_task_definition()
+        .task_definition(&arn)
+        .include(ecs::types::TaskDefinitionField::Tags)
+        .send()
+        .await
+        .unwrap();
+    let c = &td.task_definition().unwrap().container_definitions()[0];
+    assert_eq!(c.image(), Some(spec.artifact.pinned_ref().to_string().as_str()));
+    let env: BTreeMap<_, _> = c
+        .environment()
+        .iter()
+        .map(|kv| (kv.name().unwrap(), kv.value().unwrap()))
+        .collect();
+    assert_eq!(env, BTreeMap::from([("KEEP", "1"), ("MODE", "fast")]));
+    let secret = &c.secrets()[0];
+    assert_eq!(secret.name(), "DB_PASSWORD");
+    assert!(
+        secret.value_from().starts_with("arn:aws:secretsmanager:us-east-1:")
+            && secret.value_from().ends_with(":secret:prod/db:password::v-42"),
+        "valueFrom pins the key and version: {}",
+        secret.value_from()
+    );
+    assert!(td
+        .tags()
+        .iter()
+        .any(|t| t.key() == Some("relay:revision") && t.value() == Some(spec.id.as_str())));
+    // A secret scheme ECS cannot reference is refused before anything changes.
+    let vault = RevisionSpec::new(
+        revision(8).artifact,
+        BTreeMap::new(),
+        BTreeMap::from([("TOKEN".into(), "vault://kv/app#token".parse().unwrap())]),
+    );
+    let before = svc.task_sets().await.len();
+    let e = target.stage(&vault, 1).await.unwrap_err();
+    assert!(e.to_string().contains("release.secrets.TOKEN"), "{e}");
+    assert_eq!(svc.task_sets().await.len(), before);
+}
+
+/// Deploy v1, then canary v2 through 10% and 50% (each held until resumed,
+/// so the listener can be read there) to 100%, counting the API requests of
+/// every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_moves_listener_weights_and_swaps_the_primary_task_set() {
+    let svc = task_set_service().await;
+    let repo = unique("shop/web");
+    push_image(&svc.cfg, &repo, "v1", &manifest(1)).await;
+    push_image(&svc.cfg, &repo, "v2", &manifest(2)).await;
+    let limiter = RateLimiter::new(50.0, 5).unwrap();
+    let (relay, target) = svc.relay(svc.target(Some(limiter.clone())).await, None).await;
+    let v1 = Release::new(format!("{repo}:v1").parse().unwrap()).replicas(2);
+    let outcome = relay
+        .start(RolloutSpec::new("web", v1, AllAtOnce))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(outcome.is_success(), "{outcome}");
+    assert_eq!(svc.weights().await, [100, 0]);
+
+    let canary = CanaryStrategy::new()
+        .set_weight(10)
+        .pause_until_resumed()
+        .set_weight(50)
+        .pause_until_resumed();
+    let v2 = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
+    target.log.lock().unwrap().clear();
+    let granted_before = limiter.granted();
+    let calls_before = svc.calls.total();
+    let handle = relay.start(RolloutSpec::new("web", v2, canary)).await.unwrap();
+    let candidate = handle.id().to_string();
+    let mut events = handle.events();
+    let mut seen = Vec::new();
+    while let Some(e) = events.next().await {
+        match &e.kind {
+            EventKind::StepStarted { kind, .. } if kind == "pause" => {
+                seen.push(svc.weights().await[1]);
+                handle.resume("test").unwrap();
+            }
+            // The stage step: the candidate is up, with no traffic yet.
+            EventKind::StepCompleted { index: 0 } => seen.push(svc.weights().await[1]),
+            EventKind::Finished { .. } => break,
+            _ => {}
+        }
+    }
+    let outcome = handle.wait().await.unwrap();
+    assert!(outcome.is_success(), "{outcome}");
+    seen.push(svc.weights().await[1]);
+    assert_eq!(
+        seen,
+        [0, 10, 50, 100],
+        "candidate weight read back from DescribeListeners"
+    );
+    assert_eq!(svc.weights().await, [0, 100]);
+    let record = relay.state().get(&candidate).await.unwrap().unwrap();
+    let sets = svc.task_sets().await;
+    assert_eq!(
+        sets,
+        [(record.plan.candidate.id.to_string(), "PRIMARY".to_owned(), 1)],
+        "the candidate's task set is primary and the old one is deleted"
+    );
+    let log = target.log.lock().unwrap().clone();
+    let total: u64 = log.iter().map(|(_, n)| n).sum();
+    eprintln!("API requests per target call of the canary: {log:?}; total {total}");
+    let most = |call: &str| log.iter().filter(|(c, _)| *c == call).map(|(_, n)| *n).max().unwrap();
+    // Each primitive sends a fixed, small number of requests: reads of the
+    // service (and the listener where traffic matters) and one write.
+    assert_eq!(most("observe"), 2, "DescribeServices + DescribeListeners");
+    assert_eq!(most("route"), 2, "DescribeServices + ModifyListener");
+    assert_eq!(most("promote"), 2, "DescribeServices + UpdateServicePrimaryTaskSet");
+    assert_eq!(
+        most("retire"),
+        3,
+        "DescribeServices + DescribeListeners + DeleteTaskSet"
+    );
+    assert!(most("stage") <= 5, "{log:?}");
+    assert_eq!(
+        total,
+        svc.calls.total() - calls_before,
+        "every request is a target call's"
+    );
+    assert_eq!(
+        limiter.granted() - granted_before,
+        svc.calls.total() - calls_before,
+        "every request waited for the shared rate limiter"
+    );
+}
+
+/// The candidate's target group reports errors in CloudWatch; the analysis
+/// fails, and the rollback sends everything back to stable and deletes the
+/// candidate's task set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate() {
+    let svc = task_set_service().await;
+    let repo = unique("shop/web");
+    push_image(&svc.cfg, &repo, "v1", &manifest(1)).await;
+    push_image(&svc.cfg, &repo, "v2", &manifest(2)).await;
+    let target = svc.target(None).await;
+    let namespace = unique("Relay/Test");
+    let probe = CloudWatchProbe::new(&svc.cfg).metric(
+        "errors",
+        CloudWatchMetric::new(&namespace, "Errors")
+            .statistic("Maximum")
+            .dimension("TargetGroup", DimensionValue::TargetGroupOf(target.clone())),
+    );
+    let (relay, _) = svc.relay(target.clone(), Some(probe)).await;
+    let v1 = Release::new(format!("{repo}:v1").parse().unwrap()).replicas(2);
+    let outcome = relay
+        .start(RolloutSpec::new("web", v1, AllAtOnce))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(outcome.is_success(), "{outcome}");
+    let stable_sets = svc.task_sets().await;
+
+    // One 3-second look: the window starts when the analysis step starts,
+    // which is when the test publishes the candidate's errors.
+    let analysis = AnalysisSpec::new(vec![Check::new(
+        "no-errors",
+        "errors",
+        ThresholdJudge::below(1.0).statistic(Statistic::Max),
+    )])
+    .every(Duration::from_secs(3), 1);
+    let canary = CanaryStrategy::new().set_weight(20).analyze(analysis);
+    let v2 = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
+    let handle = relay.start(RolloutSpec::new("web", v2, canary)).await.unwrap();
+    let candidate = relay.state().get(handle.id()).await.unwrap().unwrap().plan.candidate.id;
+    let cw = cloudwatch::Client::new(&svc.cfg);
+    let mut events = handle.events();
+    let mut verdicts = Vec::new();
+    while let Some(e) = events.next().await {
+        match e.kind {
+            EventKind::StepStarted { kind, .. } if kind == "analyze" => {
+                let group = target.target_group_of(&candidate).await.unwrap().unwrap();
+                assert_eq!(group, svc.groups[1], "the candidate is behind the free target group");
+                let dimension = group.rsplit_once(':').unwrap().1.to_owned();
+                cw.put_metric_data()
+                    .namespace(&namespace)
+                    .metric_data(
+                        cloudwatch::types::MetricDatum::builder()
+                            .metric_name("Errors")
+                            .dimensions(
+                                cloudwatch::types::Dimension::builder()
+                                    .name("TargetGroup")
+                                    .value(&dimension)
+                                    .build(),
+                            )
+                            .value(12.0)
+                            .timestamp(cloudwatch::primitives::DateTime::from(std::time::SystemTime::now()))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            EventKind::Verdict { verdict } => verdicts.push(verdict),
+            EventKind::Finished { .. } => break,
+            _ => {}
+        }
+    }
+    let outcome = handle.wait().await.unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    assert_eq!(verdicts[0].judgement.outcome, relay::VerdictOutcome::Fail);
+    assert!(
+        verdicts[0].source.contains("TargetGroup=targetgroup/"),
+        "the verdict names the query: {}",
+        verdicts[0].source
+    );
+    assert_eq!(svc.weights().await, [100, 0], "all traffic back on stable");
+    assert_eq!(
+        svc.task_sets().await,
+        stable_sets,
+        "the candidate's task set is deleted"
+    );
+}
+
+/// A service on the ECS (rolling) controller: one task definition at a time,
+/// no weights. moto does not progress ECS deployments (a service's
+/// deployment list stays as it was created), so a whole rollout cannot run
+/// here; the primitives are checked one by one against the service, and the
+/// rollout and rollback flow on such a target (routing none, one revision)
+/// runs on the simulated target in `tests/scenarios.rs`.
+#[tokio::test]
+async fn the_rolling_mode_updates_the_service_and_rolls_back_to_the_stable_task_definition() {
+    let cfg = config().await;
+    let ecs = ecs::Client::new(&cfg);
+    let cluster = unique("cluster");
+    ecs.create_cluster().cluster_name(&cluster).send().await.unwrap();
+    let family = unique("api");
+    let original = register_template(&ecs, &family).await;
+    let service = unique("api");
+    ecs.create_service()
+        .cluster(&cluster)
+        .service_name(&service)
+        .task_definition(&original)
+        .desired_count(2)
+        .send()
+        .await
+        .unwrap();
+    let target = EcsServiceTarget::builder(&cfg, &cluster, &service)
+        .rolling_limits(50, 150)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        target.capabilities(),
+        Capabilities {
+            routing: Routing::None,
+            max_revisions: 1
+        }
+    );
+    let describe = || async {
+        ecs.describe_services()
+            .cluster(&cluster)
+            .services(&service)
+            .include(ecs::types::ServiceField::Tags)
+            .send()
+            .await
+            .unwrap()
+            .services()[0]
+            .clone()
+    };
+    let before = target.observe().await.unwrap();
+    let stable = before.stable.clone().expect("what the service runs is stable");
+    assert_eq!(before.traffic, TrafficSplit::all(&stable));
+
+    let candidate = revision(3);
+    target.stage(&candidate, 3).await.unwrap();
+    let s = describe().await;
+    assert_ne!(
+        s.task_definition(),
+        Some(original.as_str()),
+        "a new task definition revision"
+    );
+    assert_eq!(s.desired_count(), 3);
+    let dc = s.deployment_configuration().unwrap();
+    assert_eq!(
+        (dc.minimum_healthy_percent(), dc.maximum_percent()),
+        (Some(50), Some(150))
+    );
+    let breaker = dc.deployment_circuit_breaker().unwrap();
+    assert!(
+        breaker.enable() && !breaker.rollback(),
+        "ECS stops a failing deployment; relay rolls back"
+    );
+    assert!(
+        s.tags()
+            .iter()
+            .any(|t| t.key() == Some("relay:stable") && t.value() == Some(original.as_str())),
+        "the service's original task definition is pinned as stable before the first change"
+    );
+    let observed = target.observe().await.unwrap();
+    assert_eq!(observed.stable.as_ref(), Some(&stable));
+    assert_eq!(observed.traffic, TrafficSplit::all(&candidate.id));
+    // No weights in this mode, and only the running revision scales.
+    let split = TrafficSplit::canary(&stable, &candidate.id, 10).unwrap();
+    assert!(matches!(
+        target.route(&split).await,
+        Err(relay::Error::Unsupported { .. })
+    ));
+    assert!(matches!(
+        target.scale(&stable, 1).await,
+        Err(relay::Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        target.retire(&candidate.id).await,
+        Err(relay::Error::Conflict { .. })
+    ));
+
+    // Roll back: the service goes back to the stable task definition.
+    target.route(&TrafficSplit::all(&stable)).await.unwrap();
+    assert_eq!(describe().await.task_definition(), Some(original.as_str()));
+    target.retire(&candidate.id).await.unwrap();
+
+    // Forward again and promote: the stable tag follows.
+    target.stage(&candidate, 2).await.unwrap();
+    target.promote(&candidate.id).await.unwrap();
+    target.promote(&candidate.id).await.expect("promote is idempotent");
+    let s = describe().await;
+    assert_eq!(target.observe().await.unwrap().stable, Some(candidate.id.clone()));
+    assert!(s
+        .tags()
+        .iter()
+        .any(|t| t.key() == Some("relay:stable") && t.value() == s.task_definition()));
+}
+
+#[tokio::test]
+async fn builder_errors_name_the_missing_setting() {
+    let svc = task_set_service().await;
+    let e = EcsServiceTarget::builder(&svc.cfg, &svc.cluster, &svc.service)
+        .container("web")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("ecs.listener"), "{e}");
+    let e = EcsServiceTarget::builder(&svc.cfg, &svc.cluster, "absent")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, relay::Error::NotFound { .. }), "{e:?}");
+    let target = svc.target(None).await;
+    assert!(
+        !format!("{target:?}").contains("testing"),
+        "no credential in Debug: {target:?}"
+    );
+}

@@ -1,0 +1,10 @@
+//! The AWS providers against a real local AWS emulator: moto in server mode,
+//! started on 127.0.0.1 by `scripts/test.sh`, which exports its address as
+//! `RELAY_TEST_MOTO_ENDPOINT`.
+
+#![allow(clippy::unwrap_used)]
+
+mod cloudwatch;
+mod ecs;
+mod stores;
+mod support;
