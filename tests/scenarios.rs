@@ -293,6 +293,51 @@ async fn crashing_candidate_is_rolled_back() {
     assert_eq!(w.target.observe().await.unwrap().revisions.len(), 1);
 }
 
+/// A target that runs one revision and replaces it in place: how an ECS
+/// service on the ECS deployment controller behaves, whose deployments the
+/// AWS emulator does not progress (`tests/aws_moto/ecs.rs` checks the ECS
+/// calls themselves). All at once replaces and promotes; a crashing release
+/// is rolled back by running the stable revision again at its size; plans
+/// that need weights or two revisions are refused before anything changes.
+#[tokio::test(start_paused = true)]
+async fn an_in_place_target_replaces_and_rolls_back_like_an_ecs_rolling_service() {
+    let w = World::with_target(SimTarget::new("web").replace_in_place());
+    let relay = w.relay();
+    let all_at_once =
+        |tag: &str| RolloutSpec::new("web", common::release(tag).replicas(3), relay::strategies::AllAtOnce);
+    assert!(run(&relay, all_at_once("v1")).await.is_success());
+    assert!(run(&relay, all_at_once("v2")).await.is_success());
+    let s = w.target.observe().await.unwrap();
+    let v2 = s.stable.clone().unwrap();
+    assert_eq!(s.revisions.len(), 1, "the old revision was replaced: {s:?}");
+    assert_eq!((s.revisions[0].id.clone(), s.revisions[0].ready), (v2.clone(), 3));
+
+    let crash = w
+        .artifacts
+        .push("shop/web", "v3-crash", b"crashing build", Default::default());
+    w.target.behavior(&crash.digest, RevisionBehavior::crashing());
+    match run(&relay, all_at_once("v3-crash")).await {
+        Outcome::RolledBack { cause } => assert!(cause.contains("failed to start"), "{cause}"),
+        other => panic!("{other}"),
+    }
+    let s = w.target.observe().await.unwrap();
+    assert_eq!(s.stable.as_ref(), Some(&v2));
+    assert_eq!(s.traffic, TrafficSplit::all(&v2));
+    assert_eq!(
+        (s.revisions.len(), s.revisions[0].ready),
+        (1, 3),
+        "stable runs again at its size"
+    );
+
+    for refused in [
+        RolloutSpec::new("web", common::release("v3"), canary()),
+        RolloutSpec::new("web", common::release("v3"), RollingStrategy::new()),
+    ] {
+        let e = relay.plan(&refused).await.unwrap_err();
+        assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    }
+}
+
 /// A simulated target named `web` whose `op` calls fail with `kind` when
 /// told to (`fail_next`).
 fn faulty_target(seed: u64, kind: FaultKind, op: &'static str) -> Arc<Faulty<SimTarget>> {

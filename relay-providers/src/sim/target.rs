@@ -94,6 +94,9 @@ impl SimRevision {
 #[derive(Debug, Default)]
 struct State {
     revisions: BTreeMap<RevisionId, SimRevision>,
+    /// In-place mode: revisions replaced by a newer one, with the replica
+    /// count they ran at, so routing back to one restarts it.
+    replaced: BTreeMap<RevisionId, (u32, RevisionBehavior)>,
     traffic: TrafficSplit,
     stable: Option<RevisionId>,
     history: Vec<TrafficSplit>,
@@ -122,6 +125,7 @@ pub struct SimTarget {
     default_behavior: RevisionBehavior,
     behaviors: Mutex<BTreeMap<Digest, RevisionBehavior>>,
     state: Mutex<State>,
+    in_place: bool,
 }
 
 impl SimTarget {
@@ -139,7 +143,23 @@ impl SimTarget {
             default_behavior: RevisionBehavior::default(),
             behaviors: Mutex::new(BTreeMap::new()),
             state: Mutex::new(State::default()),
+            in_place: false,
         }
+    }
+
+    /// Model a target that runs one revision and replaces it in place, as an
+    /// ECS service on its own deployment controller does: staging a new
+    /// revision stops the old one's replicas, routing all traffic back to a
+    /// replaced revision restarts it at the size it ran, and traffic always
+    /// follows the one running revision. Capabilities: no traffic control,
+    /// one revision.
+    pub fn replace_in_place(mut self) -> Self {
+        self.in_place = true;
+        self.capabilities = Capabilities {
+            routing: Routing::None,
+            max_revisions: 1,
+        };
+        self
     }
 
     /// Seed the traffic generator.
@@ -303,6 +323,40 @@ impl SimTarget {
             .unwrap_or_else(|| self.default_behavior.clone())
     }
 
+    /// In-place mode: stop the running revision, remembering its size.
+    fn replace_current(st: &mut State) {
+        for (id, rev) in std::mem::take(&mut st.revisions) {
+            st.replaced.insert(id, (rev.desired, rev.behavior));
+        }
+    }
+
+    /// In-place mode: all traffic goes to the running revision; naming a
+    /// replaced one starts it again at its old size.
+    fn route_in_place(&self, st: &mut State, split: &TrafficSplit) -> Result<()> {
+        let Some((id, _)) = split.weights().iter().find(|(_, w)| **w == 100) else {
+            return Err(Error::unsupported(format!(
+                "target {} runs one revision at a time and cannot split traffic {split}",
+                self.name
+            )));
+        };
+        if st.revisions.contains_key(id) {
+            return Ok(());
+        }
+        let (desired, behavior) = st.replaced.remove(id).ok_or_else(|| missing(id))?;
+        Self::replace_current(st);
+        let mut rev = SimRevision {
+            desired: 0,
+            up_at: Vec::new(),
+            behavior,
+        };
+        Self::set_replicas(&mut rev, desired, Instant::now());
+        st.revisions.insert(id.clone(), rev);
+        st.traffic = TrafficSplit::all(id);
+        st.history.push(st.traffic.clone());
+        st.mutations += 1;
+        Ok(())
+    }
+
     fn set_replicas(rev: &mut SimRevision, replicas: u32, now: Instant) -> bool {
         let n = replicas as usize;
         if rev.up_at.len() == n {
@@ -360,6 +414,12 @@ impl Target for SimTarget {
         let behavior = self.behavior_of(&revision.artifact.digest);
         let now = Instant::now();
         let mut st = lock(&self.state);
+        if self.in_place && !st.revisions.contains_key(&revision.id) {
+            Self::replace_current(&mut st);
+            st.replaced.remove(&revision.id);
+            st.traffic = TrafficSplit::all(&revision.id);
+            st.history.push(TrafficSplit::all(&revision.id));
+        }
         if !st.revisions.contains_key(&revision.id) && st.revisions.len() as u32 >= self.capabilities.max_revisions {
             return Err(Error::Conflict {
                 what: format!(
@@ -392,6 +452,9 @@ impl Target for SimTarget {
 
     async fn route(&self, split: &TrafficSplit) -> Result<()> {
         let mut st = lock(&self.state);
+        if self.in_place {
+            return self.route_in_place(&mut st, split);
+        }
         if let Some(id) = split.weights().keys().find(|id| !st.revisions.contains_key(*id)) {
             return Err(missing(id));
         }
@@ -412,7 +475,7 @@ impl Target for SimTarget {
 
     async fn promote(&self, revision: &RevisionId) -> Result<()> {
         let mut st = lock(&self.state);
-        if !st.revisions.contains_key(revision) {
+        if !st.revisions.contains_key(revision) && !st.replaced.contains_key(revision) {
             return Err(missing(revision));
         }
         if st.stable.as_ref() != Some(revision) {
@@ -424,6 +487,9 @@ impl Target for SimTarget {
 
     async fn retire(&self, revision: &RevisionId) -> Result<()> {
         let mut st = lock(&self.state);
+        if st.replaced.remove(revision).is_some() {
+            st.mutations += 1;
+        }
         if !st.revisions.contains_key(revision) {
             return Ok(());
         }
