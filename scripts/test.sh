@@ -74,6 +74,14 @@ cargo test --workspace --all-features
 log "main job: cargo run --example quickstart"
 cargo run --example quickstart
 
+log "example: ecs_canary plans a canary on an ECS service in the emulator"
+(
+  eval "$(python3 scripts/moto-ecs-fixture.py "$RELAY_TEST_MOTO_ENDPOINT")"
+  AWS_ENDPOINT_URL=$RELAY_TEST_MOTO_ENDPOINT AWS_REGION=us-east-1 \
+    AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
+    cargo run --example ecs_canary --all-features -- plan
+)
+
 log "benches compile and run once"
 cargo bench --bench rollouts -- --test
 

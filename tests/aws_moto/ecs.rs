@@ -12,7 +12,7 @@ use relay::providers::aws::{
     ApiCallCounter, CloudWatchMetric, CloudWatchProbe, DimensionValue, EcrArtifactStore, EcsServiceTarget,
 };
 use relay::providers::RateLimiter;
-use relay::strategies::{AllAtOnce, CanaryStrategy, Statistic, ThresholdJudge};
+use relay::strategies::{AllAtOnce, BlueGreenStrategy, CanaryStrategy, Statistic, ThresholdJudge};
 use relay::{
     testing, AnalysisSpec, Artifact, Capabilities, Check, Digest, EventKind, Outcome, Relay, Release, Result,
     RevisionId, RevisionSpec, RolloutSpec, Routing, Target, TargetState, TrafficSplit,
@@ -302,6 +302,26 @@ impl Target for TasksStartAtOnce {
     }
 }
 
+/// Push `v1` and `v2` of a fresh repository; returns its name.
+async fn two_images(cfg: &SdkConfig) -> String {
+    let repo = unique("shop/web");
+    push_image(cfg, &repo, "v1", &manifest(1)).await;
+    push_image(cfg, &repo, "v2", &manifest(2)).await;
+    repo
+}
+
+/// Roll out `repo:tag` at 2 tasks with `strategy` and wait for the outcome.
+async fn deploy(relay: &Relay, repo: &str, tag: &str, strategy: impl relay::Strategy + 'static) -> Outcome {
+    let release = Release::new(format!("{repo}:{tag}").parse().unwrap()).replicas(2);
+    relay
+        .start(RolloutSpec::new("web", release, strategy))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+}
+
 fn revision(n: u8) -> RevisionSpec {
     let artifact = Artifact {
         repository: "registry.invalid/web".into(),
@@ -402,19 +422,10 @@ async fn a_revision_task_definition_pins_image_config_and_secret_references() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_moves_listener_weights_and_swaps_the_primary_task_set() {
     let svc = task_set_service().await;
-    let repo = unique("shop/web");
-    push_image(&svc.cfg, &repo, "v1", &manifest(1)).await;
-    push_image(&svc.cfg, &repo, "v2", &manifest(2)).await;
+    let repo = two_images(&svc.cfg).await;
     let limiter = RateLimiter::new(50.0, 5).unwrap();
     let (relay, target) = svc.relay(svc.target(Some(limiter.clone())).await, None).await;
-    let v1 = Release::new(format!("{repo}:v1").parse().unwrap()).replicas(2);
-    let outcome = relay
-        .start(RolloutSpec::new("web", v1, AllAtOnce))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let outcome = deploy(&relay, &repo, "v1", AllAtOnce).await;
     assert!(outcome.is_success(), "{outcome}");
     assert_eq!(svc.weights().await, [100, 0]);
 
@@ -460,20 +471,7 @@ async fn a_canary_moves_listener_weights_and_swaps_the_primary_task_set() {
         "the candidate's task set is primary and the old one is deleted"
     );
     let log = target.log.lock().unwrap().clone();
-    let total: u64 = log.iter().map(|(_, n)| n).sum();
-    eprintln!("API requests per target call of the canary: {log:?}; total {total}");
-    let most = |call: &str| log.iter().filter(|(c, _)| *c == call).map(|(_, n)| *n).max().unwrap();
-    // Each primitive sends a fixed, small number of requests: reads of the
-    // service (and the listener where traffic matters) and one write.
-    assert_eq!(most("observe"), 2, "DescribeServices + DescribeListeners");
-    assert_eq!(most("route"), 2, "DescribeServices + ModifyListener");
-    assert_eq!(most("promote"), 2, "DescribeServices + UpdateServicePrimaryTaskSet");
-    assert_eq!(
-        most("retire"),
-        3,
-        "DescribeServices + DescribeListeners + DeleteTaskSet"
-    );
-    assert!(most("stage") <= 5, "{log:?}");
+    let total = assert_fixed_request_costs(&log);
     assert_eq!(
         total,
         svc.calls.total() - calls_before,
@@ -486,15 +484,82 @@ async fn a_canary_moves_listener_weights_and_swaps_the_primary_task_set() {
     );
 }
 
+/// Check that each kind of target call sent a fixed, small number of
+/// requests (reads of the service, and of the listener where traffic
+/// matters, then one write), print them, and return the total.
+fn assert_fixed_request_costs(log: &[(&'static str, u64)]) -> u64 {
+    let total: u64 = log.iter().map(|(_, n)| n).sum();
+    eprintln!("API requests per target call: {log:?}; total {total}");
+    let cost = |call: &str| {
+        let mut n: Vec<u64> = log.iter().filter(|(c, _)| *c == call).map(|(_, n)| *n).collect();
+        n.dedup();
+        n
+    };
+    assert_eq!(cost("observe"), [2], "DescribeServices + DescribeListeners");
+    assert_eq!(cost("route"), [2], "DescribeServices + ModifyListener");
+    assert_eq!(cost("promote"), [2], "DescribeServices + UpdateServicePrimaryTaskSet");
+    assert_eq!(
+        cost("retire"),
+        [3],
+        "DescribeServices + DescribeListeners + DeleteTaskSet"
+    );
+    assert_eq!(cost("scale"), [2], "DescribeServices + UpdateTaskSet");
+    // DescribeServices, DescribeTaskDefinition (the template),
+    // RegisterTaskDefinition, CreateTaskSet.
+    assert_eq!(cost("stage"), [4]);
+    total
+}
+
+/// Five traffic steps (20, 40, 60, 80, 100%), measured for BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_step_canary_sends_a_fixed_number_of_requests() {
+    let svc = task_set_service().await;
+    let repo = two_images(&svc.cfg).await;
+    let (relay, target) = svc.relay(svc.target(None).await, None).await;
+    assert!(deploy(&relay, &repo, "v1", AllAtOnce).await.is_success());
+    target.log.lock().unwrap().clear();
+    let outcome = deploy(
+        &relay,
+        &repo,
+        "v2",
+        CanaryStrategy::linear(20, Duration::from_millis(10)),
+    )
+    .await;
+    assert!(outcome.is_success(), "{outcome}");
+    let log = target.log.lock().unwrap().clone();
+    let total = assert_fixed_request_costs(&log);
+    assert_eq!(log.iter().filter(|(c, _)| *c == "route").count(), 5, "{log:?}");
+    assert_eq!(svc.weights().await, [0, 100]);
+    assert!(total <= 30, "{total} requests for a five-step canary: {log:?}");
+}
+
+/// Blue/green on task sets: the candidate gets all traffic in one switch,
+/// becomes primary, and the old task set is deleted after the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switches_the_listener_and_deletes_the_old_task_set() {
+    let svc = task_set_service().await;
+    let repo = two_images(&svc.cfg).await;
+    let (relay, _) = svc.relay(svc.target(None).await, None).await;
+    assert!(deploy(&relay, &repo, "v1", AllAtOnce).await.is_success());
+    let strategy = BlueGreenStrategy::new().scale_down_delay(Duration::from_millis(10));
+    let outcome = deploy(&relay, &repo, "v2", strategy).await;
+    assert!(outcome.is_success(), "{outcome}");
+    assert_eq!(svc.weights().await, [0, 100]);
+    let sets = svc.task_sets().await;
+    assert_eq!(
+        (sets.len(), sets[0].1.as_str(), sets[0].2),
+        (1, "PRIMARY", 1),
+        "{sets:?}"
+    );
+}
+
 /// The candidate's target group reports errors in CloudWatch; the analysis
 /// fails, and the rollback sends everything back to stable and deletes the
 /// candidate's task set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate() {
     let svc = task_set_service().await;
-    let repo = unique("shop/web");
-    push_image(&svc.cfg, &repo, "v1", &manifest(1)).await;
-    push_image(&svc.cfg, &repo, "v2", &manifest(2)).await;
+    let repo = two_images(&svc.cfg).await;
     let target = svc.target(None).await;
     let namespace = unique("Relay/Test");
     let probe = CloudWatchProbe::new(&svc.cfg).metric(
@@ -504,14 +569,7 @@ async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate
             .dimension("TargetGroup", DimensionValue::TargetGroupOf(target.clone())),
     );
     let (relay, _) = svc.relay(target.clone(), Some(probe)).await;
-    let v1 = Release::new(format!("{repo}:v1").parse().unwrap()).replicas(2);
-    let outcome = relay
-        .start(RolloutSpec::new("web", v1, AllAtOnce))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let outcome = deploy(&relay, &repo, "v1", AllAtOnce).await;
     assert!(outcome.is_success(), "{outcome}");
     let stable_sets = svc.task_sets().await;
 
@@ -581,8 +639,9 @@ async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate
 /// no weights. moto does not progress ECS deployments (a service's
 /// deployment list stays as it was created), so a whole rollout cannot run
 /// here; the primitives are checked one by one against the service, and the
-/// rollout and rollback flow on such a target (routing none, one revision)
-/// runs on the simulated target in `tests/scenarios.rs`.
+/// rollout and rollback flow on such a target (no traffic control, one
+/// revision replaced in place) runs on the simulated target in
+/// `tests/scenarios.rs` (`an_in_place_target_replaces_and_rolls_back_like_an_ecs_rolling_service`).
 #[tokio::test]
 async fn the_rolling_mode_updates_the_service_and_rolls_back_to_the_stable_task_definition() {
     let cfg = config().await;

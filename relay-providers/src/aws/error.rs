@@ -26,6 +26,17 @@ const NOT_FOUND: &[&str] = &[
     "ImageNotFoundException",
     "NotFoundException",
     "NoSuchEntity",
+    // ECS
+    "ClusterNotFoundException",
+    "ServiceNotFoundException",
+    "TaskSetNotFoundException",
+    // ELBv2
+    "ListenerNotFound",
+    "LoadBalancerNotFound",
+    "TargetGroupNotFound",
+    "RuleNotFound",
+    // CloudWatch
+    "ResourceNotFound",
 ];
 
 /// Error codes that mean the caller may not do this.
@@ -111,10 +122,13 @@ mod tests {
     fn service_errors_map_to_kinds() {
         assert!(matches!(service("ThrottlingException", 400), Error::RateLimited { .. }));
         assert!(matches!(service("Whatever", 429), Error::RateLimited { .. }));
-        assert!(matches!(
-            service("ResourceNotFoundException", 400),
-            Error::NotFound { .. }
-        ));
+        for missing in [
+            "ResourceNotFoundException",
+            "ServiceNotFoundException",
+            "TargetGroupNotFound",
+        ] {
+            assert!(matches!(service(missing, 400), Error::NotFound { .. }), "{missing}");
+        }
         assert!(matches!(
             service("AccessDeniedException", 400),
             Error::PermissionDenied { .. }

@@ -29,9 +29,9 @@ const PROVIDER: &str = "ecs";
 ///   and calls `UpdateService` with the minimum-healthy and maximum percent
 ///   and the deployment circuit breaker; ECS replaces the tasks itself. One
 ///   revision runs at a time and traffic follows the tasks, so the
-///   capabilities are `Routing::None` with one revision: use
-///   [`AllAtOnce`](https://docs.rs/relay-strategies) and let ECS batch within
-///   the limits set here. A rollback updates the service back to the stable
+///   capabilities are `Routing::None` with one revision: use the all-at-once
+///   strategy and let ECS batch within the limits set with
+///   [`EcsServiceTargetBuilder::rolling_limits`]. A rollback updates the service back to the stable
 ///   revision's task definition. A deployment the circuit breaker marks
 ///   `FAILED` is reported as failed replicas, so the engine rolls back.
 /// - **Task sets** (the `EXTERNAL` controller): each revision is a task set

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_ecs::types::{DeploymentCircuitBreaker, DeploymentConfiguration, DeploymentRolloutState, Service, Tag};
+use aws_sdk_ecs::types::{
+    Deployment, DeploymentCircuitBreaker, DeploymentConfiguration, DeploymentRolloutState, Service, Tag,
+};
 use relay_core::{Error, Result, RevisionId, RevisionSpec, RevisionState, TargetState, TrafficSplit};
 
 use super::{count, replicas, EcsServiceTarget, RollingLimits, PROVIDER};
@@ -19,31 +21,42 @@ fn stable_arn(service: &Service) -> Option<&str> {
         .and_then(|t| t.value())
 }
 
+/// The revisions of a service's deployments. Several deployments may run one
+/// task definition (a rollback while the old deployment still drains): their
+/// counts add up. A deployment the circuit breaker marked `FAILED` counts all
+/// its tasks as failed, so the engine rolls back.
+fn deployment_states(deployments: &[Deployment], ids: &BTreeMap<String, RevisionId>) -> Vec<RevisionState> {
+    let mut revisions: BTreeMap<RevisionId, RevisionState> = BTreeMap::new();
+    for d in deployments {
+        let Some(id) = d.task_definition().and_then(|arn| ids.get(arn)) else {
+            continue;
+        };
+        let failed = if d.rollout_state() == Some(&DeploymentRolloutState::Failed) {
+            replicas(d.desired_count()).max(1)
+        } else {
+            0
+        };
+        let r = revisions.entry(id.clone()).or_insert(RevisionState {
+            id: id.clone(),
+            desired: 0,
+            ready: 0,
+            failed: 0,
+        });
+        r.desired += replicas(d.desired_count());
+        r.ready += replicas(d.running_count());
+        r.failed += failed;
+    }
+    revisions.into_values().collect()
+}
+
 impl EcsServiceTarget {
     pub(super) async fn rolling_observe(&self) -> Result<TargetState> {
         let service = self.describe_service().await?;
-        // Several deployments may run one task definition (a rollback while
-        // the old deployment still drains): their counts add up.
-        let mut revisions: BTreeMap<RevisionId, RevisionState> = BTreeMap::new();
-        for d in service.deployments() {
-            let Some(arn) = d.task_definition() else { continue };
-            let id = self.revision_of(arn).await?;
-            let failed = if d.rollout_state() == Some(&DeploymentRolloutState::Failed) {
-                // The circuit breaker gave up on this deployment.
-                replicas(d.desired_count()).max(1)
-            } else {
-                0
-            };
-            let r = revisions.entry(id.clone()).or_insert(RevisionState {
-                id,
-                desired: 0,
-                ready: 0,
-                failed: 0,
-            });
-            r.desired += replicas(d.desired_count());
-            r.ready += replicas(d.running_count());
-            r.failed += failed;
+        let mut ids = BTreeMap::new();
+        for arn in service.deployments().iter().filter_map(|d| d.task_definition()) {
+            ids.insert(arn.to_owned(), self.revision_of(arn).await?);
         }
+        let revisions = deployment_states(service.deployments(), &ids);
         let current = match service.task_definition() {
             Some(arn) => Some(self.revision_of(arn).await?),
             None => None,
@@ -55,7 +68,7 @@ impl EcsServiceTarget {
         };
         Ok(TargetState {
             stable,
-            revisions: revisions.into_values().collect(),
+            revisions,
             traffic: current.as_ref().map(TrafficSplit::all).unwrap_or_default(),
         })
     }
@@ -216,5 +229,53 @@ impl EcsServiceTarget {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(arn: &str, desired: i32, running: i32, state: DeploymentRolloutState) -> Deployment {
+        Deployment::builder()
+            .task_definition(arn)
+            .desired_count(desired)
+            .running_count(running)
+            .rollout_state(state)
+            .build()
+    }
+
+    #[test]
+    fn deployments_of_one_task_definition_add_up_and_a_failed_one_fails() {
+        let ids = BTreeMap::from([
+            ("td:1".to_owned(), RevisionId::from("a")),
+            ("td:2".to_owned(), RevisionId::from("b")),
+        ]);
+        let states = deployment_states(
+            &[
+                deployment("td:2", 3, 1, DeploymentRolloutState::Failed),
+                deployment("td:1", 2, 2, DeploymentRolloutState::InProgress),
+                deployment("td:1", 1, 1, DeploymentRolloutState::Completed),
+                deployment("td:unknown", 9, 9, DeploymentRolloutState::Completed),
+            ],
+            &ids,
+        );
+        assert_eq!(
+            states,
+            [
+                RevisionState {
+                    id: "a".into(),
+                    desired: 3,
+                    ready: 3,
+                    failed: 0
+                },
+                RevisionState {
+                    id: "b".into(),
+                    desired: 3,
+                    ready: 1,
+                    failed: 3
+                },
+            ]
+        );
     }
 }

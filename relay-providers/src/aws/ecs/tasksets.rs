@@ -316,3 +316,29 @@ impl EcsServiceTarget {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(pct: f64) -> TaskSet {
+        TaskSet::builder()
+            .external_id("rev-a")
+            .scale(Scale::builder().unit(ScaleUnit::Percent).value(pct).build())
+            .build()
+    }
+
+    #[test]
+    fn task_counts_round_up_from_the_scale_percent_as_ecs_does() {
+        let svc = Service::builder()
+            .desired_count(3)
+            .task_sets(set(percent(2, 3)))
+            .build();
+        let s = &sets(&svc)[0];
+        assert_eq!(s.id, RevisionId::from("rev-a"));
+        assert_eq!(s.desired(3), 2, "66.67% of 3 is 2 tasks");
+        assert_eq!(s.desired(4), 3, "66.67% of 4 rounds up to 3");
+        assert_eq!(percent(5, 2), 100.0, "a scale is at most 100%");
+        assert_eq!(percent(1, 0), 0.0);
+    }
+}
