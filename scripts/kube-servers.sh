@@ -1,0 +1,169 @@
+# Kubernetes test servers for scripts/test.sh (sourced, not run): a real
+# kube-apiserver and kube-controller-manager on 127.0.0.1, built from
+# Debian's kubernetes source package, with etcd from Debian.
+#
+# No Kubernetes server package exists in the registries this machine can
+# reach, so `kube_build` fetches Debian bookworm's source package (the full
+# upstream tree with vendor/) and Go 1.19 through a private apt directory
+# whose sources are the machine's own Debian entries with `deb-src` added,
+# and builds the two binaries in GOPATH mode (about 7 minutes on 2 cores the
+# first time). The binaries are cached outside the repository, keyed by
+# version, and reused.
+#
+# `kube_start DIR` generates a CA, a server certificate and a token for a
+# `system:masters` user in DIR, starts etcd, the API server (TLS only, RBAC)
+# and the controller manager (deployment, replicaset and garbage-collector
+# controllers: real ReplicaSets, Pods and Deployment status; there is no
+# scheduler or kubelet), waits for readiness and writes DIR/kubeconfig.
+# Every PID goes to the caller's PIDS array, so the caller's exit trap stops
+# them.
+
+KUBE_VERSION=1.20.2
+KUBE_DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
+KUBE_CACHE=${RELAY_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/relay-test}/kube-$KUBE_DEB_VERSION
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+kube_build() {
+  if [ -x "$KUBE_CACHE/bin/kube-apiserver" ] && [ -x "$KUBE_CACHE/bin/kube-controller-manager" ] &&
+    [ -x "$KUBE_CACHE/root/usr/bin/etcd" ]; then
+    return 0
+  fi
+  local work
+  work=$(mktemp -d)
+  mkdir -p "$work/apt/sources.list.d" "$work/apt/lists/partial" "$work/apt/cache/archives/partial" \
+    "$work/src" "$work/debs" "$work/shim" "$work/gopath/src/k8s.io" "$KUBE_CACHE/bin"
+  # The machine's own Debian entries, with source packages too.
+  local found=0 f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -e "$f" ] || continue
+    if grep -q '^URIs:.*debian' "$f"; then
+      sed -e 's/^Types: deb$/Types: deb deb-src/' "$f" >"$work/apt/sources.list.d/$(basename "$f")"
+      found=1
+    fi
+  done
+  if [ -f /etc/apt/sources.list ] && grep -q '^deb .*debian' /etc/apt/sources.list; then
+    grep '^deb .*debian' /etc/apt/sources.list | sed -e 's/^deb /deb-src /' >"$work/apt/sources.list.d/debian-src.list"
+    grep '^deb .*debian' /etc/apt/sources.list >>"$work/apt/sources.list.d/debian-src.list"
+    found=1
+  fi
+  if [ "$found" = 0 ]; then
+    echo "no Debian apt source entry found in /etc/apt to fetch the kubernetes source package from" >&2
+    return 1
+  fi
+  local apt=(-o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$work/apt/sources.list.d"
+    -o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache")
+  apt-get "${apt[@]}" -qq update
+  (cd "$work/src" && apt-get "${apt[@]}" -qq source --download-only "kubernetes=$KUBE_DEB_VERSION")
+  (cd "$work/debs" && apt-get "${apt[@]}" -qq download golang-1.19-go golang-1.19-src etcd-server etcd-client)
+  local deb
+  for deb in "$work"/debs/*.deb; do
+    case "$deb" in
+    *etcd*) dpkg-deb -x "$deb" "$KUBE_CACHE/root" ;;
+    *) dpkg-deb -x "$deb" "$work/root" ;;
+    esac
+  done
+  (cd "$work/src" && dpkg-source -x ./*.dsc k8s >/dev/null)
+  ln -s "$work/src/k8s" "$work/gopath/src/k8s.io/kubernetes"
+  # The build scripts call `rsync -pc SRC DST`; a plain copy does the same.
+  printf '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec cp -p "$1" "$2"\n' >"$work/shim/rsync"
+  chmod +x "$work/shim/rsync"
+  local v=k8s.io/kubernetes/vendor/k8s.io/component-base/version
+  local ldflags="-s -w -X $v.gitVersion=v$KUBE_VERSION -X $v.gitMajor=1 -X $v.gitMinor=20 -X $v.gitTreeState=clean"
+  (
+    cd "$work/gopath/src/k8s.io/kubernetes"
+    export GO111MODULE=off GOPROXY=off CGO_ENABLED=0 GOFLAGS= GOPATH="$work/gopath"
+    export GOCACHE="$work/gocache" PATH="$work/shim:$work/root/usr/lib/go-1.19/bin:$PATH"
+    # The generated OpenAPI definitions are not in the source tarball.
+    make gen_openapi >/dev/null
+    go build -o "$KUBE_CACHE/bin/kube-apiserver" -ldflags "$ldflags" ./cmd/kube-apiserver
+    go build -o "$KUBE_CACHE/bin/kube-controller-manager" -ldflags "$ldflags" ./cmd/kube-controller-manager
+  )
+  chmod -R u+w "$work" && rm -rf "$work"
+}
+
+# Wait until `curl`-less probe `$1` (a command) succeeds, up to $2 seconds.
+kube_wait() {
+  local i
+  for i in $(seq 1 $(($2 * 4))); do
+    if eval "$1" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.25
+  done
+  return 1
+}
+
+kube_start() {
+  local dir=$1
+  mkdir -p "$dir"
+  local etcd_client etcd_peer api
+  etcd_client=$(free_port)
+  etcd_peer=$(free_port)
+  api=$(free_port)
+  # A CA and a server certificate for 127.0.0.1, a service-account key, and
+  # a static token whose user is in system:masters.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=relay-test-ca" \
+    -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$dir/san.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial -days 2 \
+    -extfile "$dir/san.ext" -out "$dir/server.crt" 2>/dev/null
+  openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
+  local token
+  token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+  printf '%s,relay-admin,relay-admin,"system:masters"\n' "$token" >"$dir/tokens.csv"
+  chmod 600 "$dir"/*.key "$dir/tokens.csv"
+
+  "$KUBE_CACHE/root/usr/bin/etcd" --data-dir "$dir/etcd" --name relay-test \
+    --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "relay-test=http://127.0.0.1:$etcd_peer" >"$dir/etcd.log" 2>&1 &
+  PIDS+=("$!")
+
+  "$KUBE_CACHE/bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_client" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api" \
+    --tls-cert-file "$dir/server.crt" --tls-private-key-file "$dir/server.key" --client-ca-file "$dir/ca.crt" \
+    --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \
+    --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$dir/sa.pub" \
+    --service-account-signing-key-file "$dir/sa.key" --service-cluster-ip-range 10.96.0.0/16 \
+    --endpoint-reconciler-type none --disable-admission-plugins ServiceAccount \
+    >"$dir/apiserver.log" 2>&1 &
+  PIDS+=("$!")
+
+  cat >"$dir/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: relay-test
+  cluster:
+    server: https://127.0.0.1:$api
+    certificate-authority: $dir/ca.crt
+users:
+- name: relay-admin
+  user:
+    token: $token
+contexts:
+- name: relay-test
+  context:
+    cluster: relay-test
+    user: relay-admin
+current-context: relay-test
+EOF
+  chmod 600 "$dir/kubeconfig"
+  if ! kube_wait "python3 -c \"import ssl,urllib.request as u; c=ssl.create_default_context(cafile='$dir/ca.crt'); r=u.Request('https://127.0.0.1:$api/readyz', headers={'Authorization': 'Bearer $token'}); u.urlopen(r, context=c, timeout=2)\"" 60; then
+    echo "kube-apiserver did not become ready; its log:" >&2
+    tail -n 40 "$dir/apiserver.log" >&2
+    return 1
+  fi
+
+  "$KUBE_CACHE/bin/kube-controller-manager" --kubeconfig "$dir/kubeconfig" \
+    --controllers deployment,replicaset,garbagecollector --leader-elect=false --port=0 --secure-port=0 \
+    --use-service-account-credentials=false >"$dir/controller-manager.log" 2>&1 &
+  PIDS+=("$!")
+  KUBE_SERVER_URL="https://127.0.0.1:$api"
+}
