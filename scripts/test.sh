@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it, on a fresh machine.
 #
 # It installs what the tests need, starts the local test servers on 127.0.0.1
-# (moto, the AWS emulator, for the `aws` provider; kube-apiserver, OpenBao and
+# (moto, the AWS emulator, for the `aws` provider; a kube-apiserver with etcd
+# and the controller manager for the `kubernetes` provider; OpenBao and
 # Prometheus join when their providers land), runs the checks, and stops what
 # it started, by PID.
 set -euo pipefail
@@ -12,9 +13,13 @@ log() { printf '\n== %s\n' "$*"; }
 
 # Servers started below register their PIDs here and are stopped on exit.
 PIDS=()
+TMPDIRS=()
 cleanup() {
   for pid in "${PIDS[@]:-}"; do
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  done
+  for dir in "${TMPDIRS[@]:-}"; do
+    [ -n "$dir" ] && rm -rf "$dir" 2>/dev/null || true
   done
 }
 trap cleanup EXIT
@@ -58,6 +63,15 @@ start_server() {
 start_server moto python3 -m moto.server -H 127.0.0.1 -p 0
 export RELAY_TEST_MOTO_ENDPOINT=$SERVER_URL
 echo "moto on $RELAY_TEST_MOTO_ENDPOINT"
+
+# shellcheck source=scripts/kube-servers.sh
+. scripts/kube-servers.sh
+kube_build
+KUBE_DIR=$(mktemp -d)
+TMPDIRS+=("$KUBE_DIR")
+kube_start "$KUBE_DIR"
+export RELAY_TEST_KUBECONFIG=$KUBE_DIR/kubeconfig
+echo "kube-apiserver $KUBE_VERSION on $KUBE_SERVER_URL"
 
 log "format"
 cargo fmt --all -- --check

@@ -8,13 +8,18 @@
 //!   ALB listener), the CloudWatch probe, the Secrets Manager secret store
 //!   and the ECR artifact store.
 //!
-//! The `kubernetes`, `vault` and `http` features are reserved for their
-//! provider families and enable no module yet.
+//! - `kubernetes`: the Secret store so far (the Deployment target, Lease
+//!   lock, ConfigMap state store and readiness probe are to come).
+//!
+//! The `vault` and `http` features are reserved for their provider families
+//! and enable no module yet.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 #[cfg(feature = "sim")]
 pub mod sim;
 

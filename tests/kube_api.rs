@@ -1,0 +1,143 @@
+//! The Kubernetes providers against a real kube-apiserver (with etcd and the
+//! controller manager) on 127.0.0.1, built and started by `scripts/test.sh`,
+//! which exports its kubeconfig as `RELAY_TEST_KUBECONFIG`. Each test works
+//! in a namespace of its own.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use relay::providers::kubernetes::sdk::k8s_openapi::api::core::v1::{Namespace, Secret};
+use relay::providers::kubernetes::sdk::k8s_openapi::ByteString;
+use relay::providers::kubernetes::sdk::kube::api::{ObjectMeta, PostParams};
+use relay::providers::kubernetes::sdk::kube::config::{KubeConfigOptions, Kubeconfig};
+use relay::providers::kubernetes::sdk::kube::{Api, Client, Config};
+use relay::providers::kubernetes::KubeSecretStore;
+use relay::{testing, Error, SecretStore};
+
+const PLANTED: &str = "kube-planted-secret-51d0e";
+
+async fn client() -> Client {
+    let path = std::env::var("RELAY_TEST_KUBECONFIG").expect(
+        "RELAY_TEST_KUBECONFIG is not set: run the suite with scripts/test.sh, which builds and starts a kube-apiserver",
+    );
+    let kubeconfig = Kubeconfig::read_from(path).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// A fresh namespace for one test.
+async fn namespace(client: &Client) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!("relay-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    name
+}
+
+async fn put_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &[u8])]) -> Secret {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        ..Default::default()
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await.unwrap() {
+        Some(existing) => {
+            let mut next = secret;
+            next.metadata.resource_version = existing.metadata.resource_version;
+            api.replace(name, &PostParams::default(), &next).await.unwrap()
+        }
+        None => api.create(&PostParams::default(), &secret).await.unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn secrets_pass_the_secret_store_conformance_suite() {
+    let client = client().await;
+    let ns = namespace(&client).await;
+    put_secret(
+        &client,
+        &ns,
+        "db",
+        &[("password", PLANTED.as_bytes()), ("user", b"app")],
+    )
+    .await;
+    let store = KubeSecretStore::new(client, &ns);
+    testing::secret_store_conformance(&store, &"k8s://db#password".parse().unwrap(), PLANTED).await;
+    let other_namespace = store
+        .fetch(&format!("k8s://{ns}/db#user").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&other_namespace.value), "app");
+}
+
+#[tokio::test]
+async fn a_pinned_version_is_never_silently_replaced_by_a_newer_value() {
+    let client = client().await;
+    let ns = namespace(&client).await;
+    let first = put_secret(&client, &ns, "db", &[("password", b"old-value")]).await;
+    let pinned = first.metadata.resource_version.unwrap();
+    put_secret(&client, &ns, "db", &[("password", PLANTED.as_bytes())]).await;
+    let store = KubeSecretStore::new(client, &ns);
+    let e = store
+        .fetch(&format!("k8s://db#password?version={pinned}").parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::NotFound { what } if what.contains("has changed")),
+        "{e:?}"
+    );
+    assert!(!format!("{e} {e:?}").contains(PLANTED));
+    let current = store.fetch(&"k8s://db#password".parse().unwrap()).await.unwrap();
+    assert_ne!(current.version, pinned);
+}
+
+#[tokio::test]
+async fn bad_references_fail_clearly_and_never_show_the_value() {
+    let client = client().await;
+    let ns = namespace(&client).await;
+    put_secret(
+        &client,
+        &ns,
+        "db",
+        &[("password", PLANTED.as_bytes()), ("blob", &[0xff, 0xfe])],
+    )
+    .await;
+    let store = KubeSecretStore::new(client, &ns);
+    let fetch = |r: &str| {
+        let store = store.clone();
+        let r = r.to_owned();
+        async move { store.fetch(&r.parse().unwrap()).await.unwrap_err() }
+    };
+    let no_key = fetch("k8s://db").await;
+    assert!(matches!(no_key, Error::InvalidSpec { .. }), "{no_key:?}");
+    let missing_key = fetch("k8s://db#nope").await;
+    assert!(matches!(missing_key, Error::NotFound { .. }), "{missing_key:?}");
+    let missing = fetch("k8s://absent#password").await;
+    assert!(matches!(missing, Error::NotFound { .. }), "{missing:?}");
+    let binary = fetch("k8s://db#blob").await;
+    assert!(matches!(binary, Error::InvalidSpec { .. }), "{binary:?}");
+    for e in [no_key, missing_key, missing, binary] {
+        assert!(!format!("{e} {e:?}").contains(PLANTED), "the value leaked into {e:?}");
+    }
+}
