@@ -145,15 +145,12 @@ async fn register_template(ecs: &ecs::Client, family: &str) -> String {
 
 impl TaskSetService {
     async fn target(&self, limiter: Option<RateLimiter>) -> EcsServiceTarget {
-        let counted = |b: ecs::config::Builder| b.interceptor(self.calls.clone()).build();
+        let ecs_config = ecs::config::Builder::from(&self.cfg).interceptor(self.calls.clone());
+        let elb_config = elbv2::config::Builder::from(&self.cfg).interceptor(self.calls.clone());
         let mut b = EcsServiceTarget::builder(&self.cfg, &self.cluster, &self.service)
             .name("web")
-            .ecs_client(ecs::Client::from_conf(counted(ecs::config::Builder::from(&self.cfg))))
-            .elb_client(elbv2::Client::from_conf(
-                elbv2::config::Builder::from(&self.cfg)
-                    .interceptor(self.calls.clone())
-                    .build(),
-            ))
+            .ecs_client(ecs::Client::from_conf(ecs_config.build()))
+            .elb_client(elbv2::Client::from_conf(elb_config.build()))
             .container("web")
             .template_family(&self.family)
             .listener(&self.listener)
