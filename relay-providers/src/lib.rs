@@ -8,8 +8,9 @@
 //!   ALB listener), the CloudWatch probe, the Secrets Manager secret store
 //!   and the ECR artifact store.
 //!
-//! - `kubernetes`: the Secret store so far (the Deployment target, Lease
-//!   lock, ConfigMap state store and readiness probe are to come).
+//! - `kubernetes`: the Secret store and the state store (ConfigMaps and
+//!   Leases) so far; the Deployment target and the readiness probe are to
+//!   come.
 //!
 //! The `vault` and `http` features are reserved for their provider families
 //! and enable no module yet.

@@ -1,6 +1,8 @@
 //! The rules every state store shares (compare-and-swap, fencing, lease
-//! grants), as pure functions over the stored values, so the memory and file
-//! stores cannot drift apart.
+//! grants), as pure functions over the stored values, so stores cannot
+//! drift apart: the memory and file stores here, and stores in other crates
+//! (a Kubernetes or DynamoDB store keeps a [`LeaseSlot`] per target and
+//! applies these under its own optimistic concurrency).
 
 use std::time::Duration;
 
@@ -13,13 +15,15 @@ use crate::error::{Error, Result};
 /// What a store keeps per target: the current lease and the last token
 /// granted, which survives release so tokens never repeat.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct LeaseSlot {
+pub struct LeaseSlot {
+    /// The lease, while one is held.
     pub lease: Option<Lease>,
+    /// The last token granted.
     pub last_token: u64,
 }
 
 /// Validate a compare-and-swap write; returns the record as it must be stored.
-pub(crate) fn cas_put(
+pub fn cas_put(
     existing: Option<&RolloutRecord>,
     slot: Option<&LeaseSlot>,
     record: &RolloutRecord,
@@ -52,13 +56,7 @@ fn ttl_ms(ttl: Duration) -> i64 {
 }
 
 /// Grant or refuse the lease; mutates `slot` on success.
-pub(crate) fn acquire(
-    slot: &mut LeaseSlot,
-    target: &str,
-    holder: &str,
-    ttl: Duration,
-    now: UnixMillis,
-) -> Result<Lease> {
+pub fn acquire(slot: &mut LeaseSlot, target: &str, holder: &str, ttl: Duration, now: UnixMillis) -> Result<Lease> {
     if let Some(l) = &slot.lease {
         if l.expires_at_ms > now && l.holder != holder {
             return Err(Error::TargetLocked {
@@ -84,7 +82,7 @@ pub(crate) fn acquire(
 }
 
 /// Extend a lease still held; mutates `slot` on success.
-pub(crate) fn renew(slot: &mut LeaseSlot, lease: &Lease, ttl: Duration, now: UnixMillis) -> Result<Lease> {
+pub fn renew(slot: &mut LeaseSlot, lease: &Lease, ttl: Duration, now: UnixMillis) -> Result<Lease> {
     match &slot.lease {
         Some(l) if l.token == lease.token && l.holder == lease.holder => {
             let renewed = Lease {
@@ -105,7 +103,7 @@ pub(crate) fn renew(slot: &mut LeaseSlot, lease: &Lease, ttl: Duration, now: Uni
 }
 
 /// Release a lease still held; returns whether anything changed.
-pub(crate) fn release(slot: &mut LeaseSlot, lease: &Lease) -> bool {
+pub fn release(slot: &mut LeaseSlot, lease: &Lease) -> bool {
     if slot
         .lease
         .as_ref()

@@ -2,7 +2,7 @@
 //! file implementations.
 
 mod file;
-mod logic;
+pub mod logic;
 mod memory;
 
 use std::fmt;

@@ -5,18 +5,22 @@
 //!
 //! - [`KubeSecretStore`]: one key of a `Secret`, pinned to its
 //!   `resourceVersion`.
+//! - [`KubeStateStore`]: rollout records in ConfigMaps and target leases in
+//!   `coordination.k8s.io/v1` Leases, both with optimistic concurrency on
+//!   `resourceVersion`, so replicas of a service coordinate in the cluster.
 //!
 //! Every API error is classified into relay's [`relay_core::Error`]: 404 not
 //! found, 401/403 permission denied, 409 conflict, 400/422 invalid
 //! (terminal); 429, 5xx, timeouts and connection failures retryable.
 //!
-//! The Deployment target, the Lease lock, the ConfigMap state store and the
-//! pod readiness probe are not built yet.
+//! The Deployment target and the pod readiness probe are not built yet.
 
 mod error;
 mod secrets;
+mod state;
 
 pub use secrets::KubeSecretStore;
+pub use state::KubeStateStore;
 
 /// The client crates these providers are built on, at the versions they use.
 pub mod sdk {

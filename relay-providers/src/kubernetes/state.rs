@@ -1,0 +1,291 @@
+//! Rollout records and target leases kept in the cluster.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::coordination::v1::{Lease as KubeLease, LeaseSpec};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::{Api, Client};
+use relay_core::state::logic::{self, LeaseSlot};
+use relay_core::{Error, Lease, Result, RolloutRecord, StateStore, UnixMillis};
+use sha2::Digest as _;
+
+use super::error::classify;
+
+const RECORD_KEY: &str = "record";
+const SLOT_ANNOTATION: &str = "relay.dev/lease-slot";
+const ROLLOUT_LABEL: &str = "relay.dev/rollout";
+const TARGET_LABEL: &str = "relay.dev/target";
+const ACTIVE_LABEL: &str = "relay.dev/active";
+/// Writes that lose a race for a Lease re-read and retry this often.
+const LEASE_ATTEMPTS: u32 = 5;
+
+/// A [`StateStore`] in one namespace of the cluster, so several replicas of
+/// an embedding service coordinate through the API server:
+///
+/// - each rollout record is a ConfigMap (`relay-rollout-<hash of id>`,
+///   labelled with its target and whether it is active), written with
+///   optimistic concurrency on `resourceVersion`: a lost race is
+///   [`Error::Conflict`], never an overwrite;
+/// - each target's lease is a `coordination.k8s.io/v1` Lease
+///   (`relay-lease-<hash of target>`): holder identity and duration in its
+///   spec, the fencing token as its `leaseTransitions`, and relay's exact
+///   grant in an annotation; every change is a compare-and-swap on its
+///   `resourceVersion`.
+///
+/// The compare-and-swap and fencing rules are relay-core's
+/// ([`relay_core::state::logic`]), the same as the memory and file stores'.
+///
+/// # Caveats
+/// A record write checks the target's Lease and then writes the record: two
+/// objects, no transaction. A holder whose lease is taken over between the
+/// two requests can land one last write; every later one is refused
+/// ([`Error::LeaseLost`]).
+#[derive(Clone)]
+pub struct KubeStateStore {
+    client: Client,
+    namespace: String,
+}
+
+impl fmt::Debug for KubeStateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeStateStore")
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+/// A name-safe digest of an id or target name.
+fn hashed(s: &str) -> String {
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..12])
+}
+
+fn record_name(id: &str) -> String {
+    format!("relay-rollout-{}", hashed(id))
+}
+
+fn lease_name(target: &str) -> String {
+    format!("relay-lease-{}", hashed(target))
+}
+
+fn parse_record(cm: &ConfigMap) -> Result<RolloutRecord> {
+    let name = cm.metadata.name.as_deref().unwrap_or("?");
+    let json = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(RECORD_KEY))
+        .ok_or_else(|| Error::provider("kubernetes", false, format!("ConfigMap {name} holds no rollout record")))?;
+    serde_json::from_str(json).map_err(|e| {
+        Error::provider(
+            "kubernetes",
+            false,
+            format!("ConfigMap {name} holds an unreadable rollout record: {e}"),
+        )
+    })
+}
+
+fn slot_of(lease: &KubeLease) -> Result<LeaseSlot> {
+    match lease.metadata.annotations.as_ref().and_then(|a| a.get(SLOT_ANNOTATION)) {
+        Some(json) => serde_json::from_str(json).map_err(|e| {
+            Error::provider(
+                "kubernetes",
+                false,
+                format!(
+                    "Lease {} has an unreadable grant: {e}",
+                    lease.metadata.name.as_deref().unwrap_or("?")
+                ),
+            )
+        }),
+        None => Ok(LeaseSlot::default()),
+    }
+}
+
+impl KubeStateStore {
+    /// A store in `namespace`, which must exist.
+    pub fn new(client: Client, namespace: impl Into<String>) -> Self {
+        KubeStateStore {
+            client,
+            namespace: namespace.into(),
+        }
+    }
+
+    fn config_maps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn leases(&self) -> Api<KubeLease> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    async fn record_map(&self, id: &str) -> Result<Option<ConfigMap>> {
+        let name = record_name(id);
+        self.config_maps()
+            .get_opt(&name)
+            .await
+            .map_err(|e| classify(&format!("get ConfigMap {}/{name} (rollout {id})", self.namespace), e))
+    }
+
+    async fn lease_object(&self, target: &str) -> Result<Option<KubeLease>> {
+        let name = lease_name(target);
+        self.leases()
+            .get_opt(&name)
+            .await
+            .map_err(|e| classify(&format!("get Lease {}/{name} (target {target})", self.namespace), e))
+    }
+
+    async fn list(&self, selector: &str) -> Result<Vec<RolloutRecord>> {
+        let list = self
+            .config_maps()
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| classify(&format!("list ConfigMaps {}/{selector}", self.namespace), e))?;
+        let mut records = list.items.iter().map(parse_record).collect::<Result<Vec<_>>>()?;
+        records.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(records)
+    }
+
+    /// Apply `change` to the target's lease slot and write it back with a
+    /// compare-and-swap, re-reading after a lost race. `change` returns what
+    /// to answer and whether the slot changed.
+    async fn update_slot<T>(
+        &self,
+        target: &str,
+        ttl: Duration,
+        mut change: impl FnMut(&mut LeaseSlot) -> Result<(T, bool)>,
+    ) -> Result<T> {
+        let name = lease_name(target);
+        let what = format!("Lease {}/{name} (target {target})", self.namespace);
+        for _ in 0..LEASE_ATTEMPTS {
+            let existing = self.lease_object(target).await?;
+            let mut slot = match &existing {
+                Some(l) => slot_of(l)?,
+                None => LeaseSlot::default(),
+            };
+            let (answer, changed) = change(&mut slot)?;
+            if !changed {
+                return Ok(answer);
+            }
+            let json = serde_json::to_string(&slot)
+                .map_err(|e| Error::provider("kubernetes", false, format!("{what}: {e}")))?;
+            let object = KubeLease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    resource_version: existing.as_ref().and_then(|l| l.metadata.resource_version.clone()),
+                    labels: Some(BTreeMap::from([(TARGET_LABEL.to_owned(), hashed(target))])),
+                    annotations: Some(BTreeMap::from([(SLOT_ANNOTATION.to_owned(), json)])),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: slot.lease.as_ref().map(|l| l.holder.clone()),
+                    lease_duration_seconds: Some(i32::try_from(ttl.as_secs().max(1)).unwrap_or(i32::MAX)),
+                    lease_transitions: Some(i32::try_from(slot.last_token).unwrap_or(i32::MAX)),
+                    ..Default::default()
+                }),
+            };
+            let written = match existing {
+                Some(_) => self.leases().replace(&name, &PostParams::default(), &object).await,
+                None => self.leases().create(&PostParams::default(), &object).await,
+            };
+            match written {
+                Ok(_) => return Ok(answer),
+                // Another holder wrote first: decide again on what it wrote.
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(classify(&format!("write {what}"), e)),
+            }
+        }
+        Err(Error::Conflict {
+            what: format!("{what}: {LEASE_ATTEMPTS} writes in a row lost a race; try again"),
+        })
+    }
+}
+
+#[async_trait]
+impl StateStore for KubeStateStore {
+    async fn get(&self, id: &str) -> Result<Option<RolloutRecord>> {
+        match self.record_map(id).await? {
+            Some(cm) => parse_record(&cm).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn put(&self, record: &RolloutRecord, expected_version: Option<u64>) -> Result<u64> {
+        let slot = match self.lease_object(&record.target).await? {
+            Some(l) => Some(slot_of(&l)?),
+            None => None,
+        };
+        let existing_map = self.record_map(&record.id).await?;
+        let existing = existing_map.as_ref().map(parse_record).transpose()?;
+        let stored = logic::cas_put(existing.as_ref(), slot.as_ref(), record, expected_version)?;
+        let name = record_name(&record.id);
+        let json = serde_json::to_string(&stored)
+            .map_err(|e| Error::provider("kubernetes", false, format!("rollout {}: {e}", record.id)))?;
+        let object = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                resource_version: existing_map.and_then(|m| m.metadata.resource_version),
+                labels: Some(BTreeMap::from([
+                    (ROLLOUT_LABEL.to_owned(), "true".to_owned()),
+                    (TARGET_LABEL.to_owned(), hashed(&record.target)),
+                    (ACTIVE_LABEL.to_owned(), (!stored.status.is_terminal()).to_string()),
+                ])),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(RECORD_KEY.to_owned(), json)])),
+            ..Default::default()
+        };
+        let what = format!("write ConfigMap {}/{name} (rollout {})", self.namespace, record.id);
+        let written = match existing {
+            Some(_) => self.config_maps().replace(&name, &PostParams::default(), &object).await,
+            None => self.config_maps().create(&PostParams::default(), &object).await,
+        };
+        match written {
+            Ok(_) => Ok(stored.version),
+            // Created or changed by someone else since it was read.
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict {
+                what: format!("rollout {}: changed concurrently ({})", record.id, s.message),
+            }),
+            Err(e) => Err(classify(&what, e)),
+        }
+    }
+
+    async fn list_active(&self) -> Result<Vec<RolloutRecord>> {
+        self.list(&format!("{ROLLOUT_LABEL}=true,{ACTIVE_LABEL}=true")).await
+    }
+
+    async fn list_target(&self, target: &str) -> Result<Vec<RolloutRecord>> {
+        // The label is a hash; keep only exact matches.
+        let mut records = self
+            .list(&format!("{ROLLOUT_LABEL}=true,{TARGET_LABEL}={}", hashed(target)))
+            .await?;
+        records.retain(|r| r.target == target);
+        Ok(records)
+    }
+
+    async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
+        self.update_slot(target, ttl, |slot| {
+            let before = slot.lease.clone();
+            let lease = logic::acquire(slot, target, holder, ttl, now_ms)?;
+            Ok((lease, before != slot.lease))
+        })
+        .await
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
+        self.update_slot(&lease.target, ttl, |slot| {
+            let renewed = logic::renew(slot, lease, ttl, now_ms)?;
+            Ok((renewed, true))
+        })
+        .await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        self.update_slot(&lease.target, Duration::from_secs(1), |slot| {
+            let changed = logic::release(slot, lease);
+            Ok(((), changed))
+        })
+        .await
+    }
+}
