@@ -103,6 +103,27 @@ impl TrafficSplit {
         TrafficSplit::new(m)
     }
 
+    /// The split that follows ready replicas (a target whose traffic goes to
+    /// every ready replica alike): each revision's share of `ready`, in whole
+    /// percent, the last one taking the rounding remainder. Revisions with no
+    /// ready replica get nothing; with none ready at all the split is empty.
+    pub fn by_replicas<'a>(ready: impl IntoIterator<Item = (&'a RevisionId, u32)>) -> Self {
+        let ready: Vec<(&RevisionId, u32)> = ready.into_iter().filter(|(_, n)| *n > 0).collect();
+        let total: u64 = ready.iter().map(|(_, n)| u64::from(*n)).sum();
+        let mut weights = BTreeMap::new();
+        let mut given = 0u64;
+        for (i, (id, n)) in ready.iter().enumerate() {
+            let w = if i + 1 == ready.len() {
+                100 - given
+            } else {
+                u64::from(*n) * 100 / total
+            };
+            given += w;
+            *weights.entry((*id).clone()).or_insert(0u8) += w as u8;
+        }
+        TrafficSplit(weights.into_iter().filter(|(_, w)| *w > 0).collect())
+    }
+
     /// The weight of `rev` (0 when absent).
     pub fn weight(&self, rev: &RevisionId) -> u8 {
         self.0.get(rev).copied().unwrap_or(0)
@@ -237,6 +258,16 @@ mod tests {
         assert!(TrafficSplit::canary(&a, &b, 101).is_err());
         let bad: Result<TrafficSplit, _> = serde_json::from_str(r#"{"a":50,"b":40}"#);
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn a_split_by_replicas_follows_ready_counts_and_sums_to_100() {
+        let a = RevisionId::from("a");
+        let b = RevisionId::from("b");
+        let s = TrafficSplit::by_replicas([(&a, 1), (&b, 2)]);
+        assert_eq!((s.weight(&a), s.weight(&b)), (33, 67));
+        assert_eq!(TrafficSplit::by_replicas([(&a, 0), (&b, 5)]), TrafficSplit::all(&b));
+        assert!(TrafficSplit::by_replicas([(&a, 0)]).is_empty());
     }
 
     #[test]

@@ -8,17 +8,26 @@
 //! - [`KubeStateStore`]: rollout records in ConfigMaps and target leases in
 //!   `coordination.k8s.io/v1` Leases, both with optimistic concurrency on
 //!   `resourceVersion`, so replicas of a service coordinate in the cluster.
+//! - [`DeploymentTarget`]: a `Deployment` in rolling, canary (a second
+//!   `<name>-canary` Deployment, traffic by replica ratio) or blue/green
+//!   (Service selector switch) mode.
+//! - [`PodReadinessProbe`]: ready and crash-looping pods per revision.
+//! - [`RequestCounter`]: a client layer counting API requests by operation.
 //!
 //! Every API error is classified into relay's [`relay_core::Error`]: 404 not
 //! found, 401/403 permission denied, 409 conflict, 400/422 invalid
 //! (terminal); 429, 5xx, timeouts and connection failures retryable.
-//!
-//! The Deployment target and the pod readiness probe are not built yet.
 
+mod calls;
+mod deployment;
 mod error;
+mod probe;
 mod secrets;
 mod state;
 
+pub use calls::{Counted, RequestCounter};
+pub use deployment::{DeploymentTarget, DeploymentTargetBuilder};
+pub use probe::PodReadinessProbe;
 pub use secrets::KubeSecretStore;
 pub use state::KubeStateStore;
 

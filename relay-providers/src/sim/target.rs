@@ -214,28 +214,7 @@ impl SimTarget {
         if self.capabilities.routing != Routing::ReplicaRatio {
             return st.traffic.clone();
         }
-        let ready: Vec<(&RevisionId, u32)> = st
-            .revisions
-            .iter()
-            .map(|(id, r)| (id, r.ready(now)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        let total: u32 = ready.iter().map(|(_, n)| n).sum();
-        if total == 0 {
-            return TrafficSplit::default();
-        }
-        let mut weights = BTreeMap::new();
-        let mut given = 0u32;
-        for (i, (id, n)) in ready.iter().enumerate() {
-            let w = if i + 1 == ready.len() {
-                100 - given
-            } else {
-                n * 100 / total
-            };
-            given += w;
-            weights.insert((*id).clone(), w as u8);
-        }
-        TrafficSplit::new(weights).unwrap_or_default()
+        TrafficSplit::by_replicas(st.revisions.iter().map(|(id, r)| (id, r.ready(now))))
     }
 
     /// Serve the synthetic requests of `window` for `scope` and report

@@ -1,77 +1,13 @@
-//! The Kubernetes providers against a real kube-apiserver (with etcd and the
-//! controller manager) on 127.0.0.1, built and started by `scripts/test.sh`,
-//! which exports its kubeconfig as `RELAY_TEST_KUBECONFIG`. Each test works
-//! in a namespace of its own.
-
-#![allow(clippy::unwrap_used)]
+//! The Secret store and the state store (ConfigMaps and Leases).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use relay::providers::kubernetes::sdk::k8s_openapi::api::core::v1::{Namespace, Secret};
-use relay::providers::kubernetes::sdk::k8s_openapi::ByteString;
-use relay::providers::kubernetes::sdk::kube::api::{ObjectMeta, PostParams};
-use relay::providers::kubernetes::sdk::kube::config::{KubeConfigOptions, Kubeconfig};
-use relay::providers::kubernetes::sdk::kube::{Api, Client, Config};
 use relay::providers::kubernetes::{KubeSecretStore, KubeStateStore};
 use relay::providers::sim::{MemoryArtifactStore, SimTarget};
 use relay::strategies::AllAtOnce;
 use relay::{testing, Error, Relay, Release, RolloutSpec, SecretStore, StateStore};
 
-const PLANTED: &str = "kube-planted-secret-51d0e";
-
-async fn client() -> Client {
-    let path = std::env::var("RELAY_TEST_KUBECONFIG").expect(
-        "RELAY_TEST_KUBECONFIG is not set: run the suite with scripts/test.sh, which builds and starts a kube-apiserver",
-    );
-    let kubeconfig = Kubeconfig::read_from(path).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
-
-/// A fresh namespace for one test.
-async fn namespace(client: &Client) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let name = format!("relay-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    name
-}
-
-async fn put_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &[u8])]) -> Secret {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(
-            data.iter()
-                .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
-                .collect::<BTreeMap<_, _>>(),
-        ),
-        ..Default::default()
-    };
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    match api.get_opt(name).await.unwrap() {
-        Some(existing) => {
-            let mut next = secret;
-            next.metadata.resource_version = existing.metadata.resource_version;
-            api.replace(name, &PostParams::default(), &next).await.unwrap()
-        }
-        None => api.create(&PostParams::default(), &secret).await.unwrap(),
-    }
-}
+use crate::support::{client, namespace, put_secret, PLANTED};
 
 #[tokio::test]
 async fn secrets_pass_the_secret_store_conformance_suite() {

@@ -1,0 +1,919 @@
+//! A Kubernetes Deployment as a deployment [`Target`].
+
+mod status;
+mod template;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use relay_core::{Capabilities, Error, Result, RevisionId, RevisionSpec, Routing, Target, TargetState, TrafficSplit};
+use serde_json::json;
+
+use super::error::classify;
+pub(crate) use template::REVISION_LABEL;
+use template::{CANARY_LABEL, POD_TEMPLATE_HASH};
+
+/// The Deployment annotation naming the promoted revision (rolling mode).
+const STABLE_ANNOTATION: &str = "relay.dev/stable";
+/// The Service annotation keeping its selector while relay switches it.
+const SELECTOR_ANNOTATION: &str = "relay.dev/selector";
+/// A replace that loses a race re-reads and tries again this often.
+const REPLACE_ATTEMPTS: u32 = 3;
+
+/// A Kubernetes `Deployment` that relay deploys to, in one of three modes
+/// that [`Target::capabilities`] reports:
+///
+/// - **Rolling** ([`DeploymentTargetBuilder::rolling`], the default): the
+///   Deployment controller replaces the pods. `stage` writes the revision's
+///   pod template with server-side apply (field manager `relay`), with
+///   `maxSurge`/`maxUnavailable` and `progressDeadlineSeconds`. One revision
+///   at a time and traffic follows the pods: `Routing::None`, one revision;
+///   use the all-at-once strategy. A rollback puts the previous template
+///   back from its ReplicaSet (what `kubectl rollout undo` does).
+/// - **Canary** ([`DeploymentTargetBuilder::canary`]): the candidate runs in
+///   a second Deployment, `<name>-canary`, whose pods carry the stable pods'
+///   labels, so the Service that selects them sends it a share of requests
+///   in proportion to ready replicas: `Routing::ReplicaRatio` (approximate
+///   weights), two revisions. Routing a revision to 0% scales its
+///   Deployment to zero. Promotion writes the candidate's template into the
+///   stable Deployment, waits for it to be complete, then scales the canary
+///   to zero; retiring the candidate deletes the canary Deployment.
+/// - **Blue/green** ([`DeploymentTargetBuilder::blue_green`]): the same two
+///   Deployments, but the candidate's pods lack the labels the Service
+///   selects, so they get no traffic until `route` switches the Service's
+///   selector to the candidate's `relay.dev/revision` label:
+///   `Routing::Switch`. Promotion writes the template into the stable
+///   Deployment, waits for it, and switches the Service back to its own
+///   selector (kept in an annotation meanwhile).
+///
+/// Revisions are pod templates: a template relay wrote carries the
+/// revision id as its `relay.dev/revision` label (a template applied by
+/// hand gets an id derived from its pod spec). Progress is read from the
+/// Deployments' ReplicaSets, and only once the controller has caught up with
+/// the latest spec (`observedGeneration`); a passed `progressDeadlineSeconds`
+/// reports the revision's replicas as failed, so the engine rolls back.
+///
+/// A revision's image is pinned by digest; its config becomes environment
+/// variables and its secrets `secretKeyRef`s (`k8s://<secret>#<key>`), never
+/// values. Kubernetes keeps no old Secret versions, so `stage` refuses a
+/// secret whose `resourceVersion` moved since the plan ([`Error::Conflict`]:
+/// plan again).
+///
+/// `Debug` shows the namespace, Deployment and mode: no credential.
+#[derive(Clone)]
+pub struct DeploymentTarget {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    client: Client,
+    namespace: String,
+    deployment: String,
+    container: String,
+    mode: Mode,
+    field_manager: String,
+    progress_deadline: Option<Duration>,
+    poll_interval: Duration,
+    promote_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+enum Mode {
+    Rolling {
+        max_surge: IntOrString,
+        max_unavailable: IntOrString,
+    },
+    Canary,
+    BlueGreen {
+        service: String,
+    },
+}
+
+impl fmt::Debug for DeploymentTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeploymentTarget")
+            .field("name", &self.inner.name)
+            .field("namespace", &self.inner.namespace)
+            .field("deployment", &self.inner.deployment)
+            .field("mode", &self.inner.mode)
+            .finish()
+    }
+}
+
+/// Settings for a [`DeploymentTarget`]; [`DeploymentTargetBuilder::build`]
+/// checks them against the cluster.
+#[must_use]
+pub struct DeploymentTargetBuilder {
+    client: Client,
+    namespace: String,
+    deployment: String,
+    name: Option<String>,
+    container: Option<String>,
+    mode: Mode,
+    field_manager: String,
+    progress_deadline: Option<Duration>,
+    poll_interval: Duration,
+    promote_timeout: Duration,
+}
+
+impl fmt::Debug for DeploymentTargetBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeploymentTargetBuilder")
+            .field("namespace", &self.namespace)
+            .field("deployment", &self.deployment)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeploymentTargetBuilder {
+    /// The target's name in leases and audit (default
+    /// `k8s:<namespace>/<deployment>`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The container that runs the artifact (default: the only one).
+    pub fn container(mut self, name: impl Into<String>) -> Self {
+        self.container = Some(name.into());
+        self
+    }
+
+    /// Rolling mode (the default) with the Deployment controller's limits:
+    /// pods above the desired count and pods that may be unavailable while
+    /// it replaces them (a count or a percent, as in a Deployment:
+    /// `IntOrString::String("25%".into())`).
+    pub fn rolling(mut self, max_surge: IntOrString, max_unavailable: IntOrString) -> Self {
+        self.mode = Mode::Rolling {
+            max_surge,
+            max_unavailable,
+        };
+        self
+    }
+
+    /// Canary mode: the candidate in `<deployment>-canary`, traffic by
+    /// replica ratio.
+    pub fn canary(mut self) -> Self {
+        self.mode = Mode::Canary;
+        self
+    }
+
+    /// Blue/green mode: the candidate in `<deployment>-canary`, traffic
+    /// switched with the selector of `service`.
+    pub fn blue_green(mut self, service: impl Into<String>) -> Self {
+        self.mode = Mode::BlueGreen {
+            service: service.into(),
+        };
+        self
+    }
+
+    /// The field manager of relay's server-side applies (default `relay`).
+    pub fn field_manager(mut self, manager: impl Into<String>) -> Self {
+        self.field_manager = manager.into();
+        self
+    }
+
+    /// `progressDeadlineSeconds` for the templates relay writes (default:
+    /// the Deployment's own, 600 s unless set).
+    pub fn progress_deadline(mut self, deadline: Duration) -> Self {
+        self.progress_deadline = Some(deadline);
+        self
+    }
+
+    /// How often a promotion re-reads the stable Deployment while it rolls
+    /// (default 2 s).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// How long a promotion waits for the stable Deployment to run the
+    /// candidate everywhere (default 10 min).
+    pub fn promote_timeout(mut self, timeout: Duration) -> Self {
+        self.promote_timeout = timeout;
+        self
+    }
+
+    /// Read the Deployment (and the Service in blue/green mode) and check the
+    /// settings against them.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for a missing Deployment or Service;
+    /// [`Error::InvalidSpec`] naming the setting (`kubernetes.container`,
+    /// `kubernetes.service`, `kubernetes.field_manager`...) for the rest.
+    pub async fn build(self) -> Result<DeploymentTarget> {
+        if self.field_manager.is_empty() {
+            return Err(Error::invalid("kubernetes.field_manager", "must not be empty"));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(Error::invalid("kubernetes.poll_interval", "must be above zero"));
+        }
+        if let Some(d) = self.progress_deadline {
+            if d.as_secs() == 0 || i32::try_from(d.as_secs()).is_err() {
+                return Err(Error::invalid(
+                    "kubernetes.progress_deadline",
+                    format!("{d:?} must be between 1 s and {} s", i32::MAX),
+                ));
+            }
+        }
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
+        let what = format!("get Deployment {}/{}", self.namespace, self.deployment);
+        let d = api
+            .get_opt(&self.deployment)
+            .await
+            .map_err(|e| classify(&what, e))?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("Deployment {}/{}", self.namespace, self.deployment),
+            })?;
+        let template = d.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+        let container = template::container_name(&template, &self.deployment, self.container.as_deref())?;
+        if let Mode::BlueGreen { service } = &self.mode {
+            let svc = service_api(&self.client, &self.namespace)
+                .get_opt(service)
+                .await
+                .map_err(|e| classify(&format!("get Service {}/{service}", self.namespace), e))?
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("Service {}/{service}", self.namespace),
+                })?;
+            let selector = original_selector(&svc);
+            if selector.is_empty() {
+                return Err(Error::invalid(
+                    "kubernetes.service",
+                    format!("Service {service} has no selector, so relay cannot switch it"),
+                ));
+            }
+            let pod_labels = template::labels(&template);
+            if !selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)) {
+                return Err(Error::invalid(
+                    "kubernetes.service",
+                    format!(
+                        "Service {service} selects {selector:?}, which the pods of Deployment {} do not carry",
+                        self.deployment
+                    ),
+                ));
+            }
+        }
+        Ok(DeploymentTarget {
+            inner: Arc::new(Inner {
+                name: self
+                    .name
+                    .unwrap_or_else(|| format!("k8s:{}/{}", self.namespace, self.deployment)),
+                client: self.client,
+                namespace: self.namespace,
+                deployment: self.deployment,
+                container,
+                mode: self.mode,
+                field_manager: self.field_manager,
+                progress_deadline: self.progress_deadline,
+                poll_interval: self.poll_interval,
+                promote_timeout: self.promote_timeout,
+            }),
+        })
+    }
+}
+
+fn service_api(client: &Client, namespace: &str) -> Api<Service> {
+    Api::namespaced(client.clone(), namespace)
+}
+
+/// The Service's own selector: the one relay kept aside while it switched,
+/// or the current one.
+fn original_selector(svc: &Service) -> BTreeMap<String, String> {
+    svc.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SELECTOR_ANNOTATION))
+        .and_then(|s| serde_json::from_str(s).ok())
+        .or_else(|| svc.spec.as_ref().and_then(|s| s.selector.clone()))
+        .unwrap_or_default()
+}
+
+/// The label selector string of a Deployment's `matchLabels`.
+fn selector_of(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+        .unwrap_or_default()
+}
+
+/// The one revision a split sends everything to, for targets that cannot
+/// split.
+fn sole(split: &TrafficSplit, routing: &str) -> Result<RevisionId> {
+    match split.weights().iter().collect::<Vec<_>>()[..] {
+        [(id, 100)] => Ok(id.clone()),
+        _ => Err(Error::invalid(
+            "traffic",
+            format!("{split}: a Deployment in {routing} mode sends all traffic to one revision"),
+        )),
+    }
+}
+
+impl DeploymentTarget {
+    /// Start building a target for Deployment `deployment` in `namespace`.
+    pub fn builder(
+        client: Client,
+        namespace: impl Into<String>,
+        deployment: impl Into<String>,
+    ) -> DeploymentTargetBuilder {
+        DeploymentTargetBuilder {
+            client,
+            namespace: namespace.into(),
+            deployment: deployment.into(),
+            name: None,
+            container: None,
+            mode: Mode::Rolling {
+                max_surge: IntOrString::String("25%".into()),
+                max_unavailable: IntOrString::String("25%".into()),
+            },
+            field_manager: "relay".into(),
+            progress_deadline: None,
+            poll_interval: Duration::from_secs(2),
+            promote_timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// The name of the Deployment that runs candidates in canary and
+    /// blue/green modes.
+    pub fn canary_name(&self) -> String {
+        format!("{}-canary", self.inner.deployment)
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.inner.client.clone(), &self.inner.namespace)
+    }
+
+    fn what(&self, verb: &str, kind: &str, name: &str) -> String {
+        format!("{verb} {kind} {}/{name}", self.inner.namespace)
+    }
+
+    async fn get(&self, name: &str) -> Result<Deployment> {
+        self.get_opt(name).await?.ok_or_else(|| Error::NotFound {
+            what: format!("Deployment {}/{name}", self.inner.namespace),
+        })
+    }
+
+    async fn get_opt(&self, name: &str) -> Result<Option<Deployment>> {
+        self.deployments()
+            .get_opt(name)
+            .await
+            .map_err(|e| classify(&self.what("get", "Deployment", name), e))
+    }
+
+    /// The stable Deployment and, outside rolling mode, the canary one.
+    async fn both(&self) -> Result<(Deployment, Option<Deployment>)> {
+        let stable = self.get(&self.inner.deployment).await?;
+        let canary = match self.inner.mode {
+            Mode::Rolling { .. } => None,
+            _ => self.get_opt(&self.canary_name()).await?,
+        };
+        Ok((stable, canary))
+    }
+
+    async fn replica_sets(&self, d: &Deployment) -> Result<Vec<ReplicaSet>> {
+        let api: Api<ReplicaSet> = Api::namespaced(self.inner.client.clone(), &self.inner.namespace);
+        let name = d.metadata.name.as_deref().unwrap_or_default();
+        let list = api
+            .list(&ListParams::default().labels(&selector_of(d)))
+            .await
+            .map_err(|e| classify(&self.what("list ReplicaSets of", "Deployment", name), e))?;
+        Ok(list.items.into_iter().filter(|rs| status::owned_by(rs, d)).collect())
+    }
+
+    async fn apply(&self, name: &str, spec: serde_json::Value) -> Result<()> {
+        let body = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": spec,
+        });
+        let params = PatchParams::apply(&self.inner.field_manager).force();
+        self.deployments()
+            .patch(name, &params, &Patch::Apply(&body))
+            .await
+            .map_err(|e| classify(&self.what("apply", "Deployment", name), e))?;
+        Ok(())
+    }
+
+    async fn set_replicas(&self, name: &str, n: u32) -> Result<()> {
+        let params = PatchParams {
+            field_manager: Some(self.inner.field_manager.clone()),
+            ..Default::default()
+        };
+        self.deployments()
+            .patch(name, &params, &Patch::Merge(json!({"spec": {"replicas": n}})))
+            .await
+            .map_err(|e| classify(&self.what("scale", "Deployment", name), e))?;
+        Ok(())
+    }
+
+    fn deadline_seconds(&self) -> Option<i32> {
+        self.inner
+            .progress_deadline
+            .and_then(|d| i32::try_from(d.as_secs()).ok())
+    }
+
+    /// Refuse secrets that changed since the plan: a pod reads the current
+    /// value of a Secret, and Kubernetes keeps no older one.
+    async fn check_secrets(&self, spec: &RevisionSpec) -> Result<()> {
+        let api: Api<Secret> = Api::namespaced(self.inner.client.clone(), &self.inner.namespace);
+        for (name, reference) in &spec.secrets {
+            let (secret, _, pinned) = template::secret_key_ref(name, reference, &self.inner.namespace)?;
+            let Some(pinned) = pinned else { continue };
+            let what = self.what("get", "Secret", secret);
+            let now = api
+                .get_metadata_opt(secret)
+                .await
+                .map_err(|e| classify(&what, e))?
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("Secret {}/{secret} (release.secrets.{name})", self.inner.namespace),
+                })?
+                .metadata
+                .resource_version
+                .unwrap_or_default();
+            if now != pinned {
+                return Err(Error::Conflict {
+                    what: format!(
+                        "Secret {}/{secret} (release.secrets.{name}) changed since the plan (resourceVersion {pinned}, now {now}); \
+                         pods would read the new value, so plan again",
+                        self.inner.namespace
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Put `id`'s template back into Deployment `d` from its ReplicaSet
+    /// history, as `kubectl rollout undo` does. The replace carries the
+    /// `resourceVersion`, so a concurrent change is re-read, never lost.
+    async fn restore(&self, d: &Deployment, id: &RevisionId) -> Result<()> {
+        let name = d.metadata.name.clone().unwrap_or_default();
+        let sets = self.replica_sets(d).await?;
+        let template = sets
+            .iter()
+            .filter_map(|rs| rs.spec.as_ref()?.template.as_ref())
+            .find(|t| &template::revision_of(t) == id)
+            .map(template::without_hash)
+            .ok_or_else(|| Error::NotFound {
+                what: format!(
+                    "revision {id} in the ReplicaSet history of Deployment {}/{name} (revisionHistoryLimit may have dropped it)",
+                    self.inner.namespace
+                ),
+            })?;
+        let mut current = d.clone();
+        for attempt in 1..=REPLACE_ATTEMPTS {
+            if let Some(spec) = current.spec.as_mut() {
+                spec.template = template.clone();
+            }
+            current.metadata.managed_fields = None;
+            let params = PostParams {
+                field_manager: Some(self.inner.field_manager.clone()),
+                ..Default::default()
+            };
+            match self.deployments().replace(&name, &params, &current).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 && attempt < REPLACE_ATTEMPTS => {
+                    current = self.get(&name).await?;
+                }
+                Err(e) => return Err(classify(&self.what("replace", "Deployment", &name), e)),
+            }
+        }
+        Err(Error::Conflict {
+            what: format!(
+                "Deployment {}/{name} kept changing while relay restored {id}",
+                self.inner.namespace
+            ),
+        })
+    }
+
+    async fn switch_service(&self, service: &str, to: Option<&RevisionId>) -> Result<()> {
+        let api = service_api(&self.inner.client, &self.inner.namespace);
+        let what = self.what("switch", "Service", service);
+        let svc = api.get(service).await.map_err(|e| classify(&what, e))?;
+        let original = original_selector(&svc);
+        let current = svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+        let (wanted, keep) = match to {
+            Some(id) => (BTreeMap::from([(REVISION_LABEL.to_owned(), id.to_string())]), true),
+            None => (original.clone(), false),
+        };
+        if current == wanted {
+            return Ok(());
+        }
+        // A merge patch removes a key set to null.
+        let mut selector: serde_json::Map<String, serde_json::Value> =
+            current.keys().map(|k| (k.clone(), serde_json::Value::Null)).collect();
+        for (k, v) in &wanted {
+            selector.insert(k.clone(), json!(v));
+        }
+        let annotation = if keep {
+            json!(serde_json::to_string(&original).unwrap_or_default())
+        } else {
+            serde_json::Value::Null
+        };
+        let patch = json!({
+            "metadata": {"annotations": {SELECTOR_ANNOTATION: annotation}},
+            "spec": {"selector": selector},
+        });
+        let params = PatchParams {
+            field_manager: Some(self.inner.field_manager.clone()),
+            ..Default::default()
+        };
+        api.patch(service, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(|e| classify(&what, e))?;
+        Ok(())
+    }
+
+    /// Wait for the stable Deployment to run its template on every replica.
+    async fn wait_complete(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.inner.promote_timeout;
+        loop {
+            let d = self.get(&self.inner.deployment).await?;
+            if status::complete(&d) {
+                return Ok(());
+            }
+            if status::caught_up(&d) && status::deadline_exceeded(&d) {
+                return Err(Error::RevisionFailed {
+                    target: self.inner.name.clone(),
+                    revision: status::current(&d).map(|r| r.to_string()).unwrap_or_default(),
+                    reason: format!(
+                        "Deployment {}/{} exceeded its progress deadline",
+                        self.inner.namespace, self.inner.deployment
+                    ),
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "Deployment {}/{} not complete {:?} after promotion",
+                        self.inner.namespace, self.inner.deployment, self.inner.promote_timeout
+                    ),
+                });
+            }
+            tokio::time::sleep(self.inner.poll_interval).await;
+        }
+    }
+
+    /// The canary Deployment for `base` (the stable template) running `spec`.
+    fn canary_spec(&self, base: &PodTemplateSpec, spec: &RevisionSpec, replicas: u32) -> Result<serde_json::Value> {
+        let mut t = template::candidate(base, spec, &self.inner.container, &self.inner.namespace)?;
+        let mut labels = template::labels(&t);
+        if let Mode::BlueGreen { .. } = self.inner.mode {
+            // Without the labels the Service selects, the candidate gets no
+            // traffic until the switch.
+            labels.retain(|k, _| k == template::REVISION_LABEL);
+        }
+        labels.insert(CANARY_LABEL.to_owned(), self.inner.deployment.clone());
+        labels.remove(POD_TEMPLATE_HASH);
+        template::set_labels(&mut t, labels);
+        let mut spec = json!({
+            "replicas": replicas,
+            "selector": {"matchLabels": {CANARY_LABEL: self.inner.deployment}},
+            "template": t,
+        });
+        if let Some(s) = self.deadline_seconds() {
+            spec["progressDeadlineSeconds"] = json!(s);
+        }
+        Ok(spec)
+    }
+}
+
+#[async_trait]
+impl Target for DeploymentTarget {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        match self.inner.mode {
+            Mode::Rolling { .. } => Capabilities {
+                routing: Routing::None,
+                max_revisions: 1,
+            },
+            Mode::Canary => Capabilities {
+                routing: Routing::ReplicaRatio,
+                max_revisions: 2,
+            },
+            Mode::BlueGreen { .. } => Capabilities {
+                routing: Routing::Switch,
+                max_revisions: 2,
+            },
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(target = %self.inner.name))]
+    async fn observe(&self) -> Result<TargetState> {
+        let (stable, canary) = self.both().await?;
+        let mut revisions = BTreeMap::new();
+        for d in std::iter::once(&stable).chain(canary.as_ref()) {
+            let sets = self.replica_sets(d).await?;
+            status::add_revisions(d, &sets, &mut revisions);
+        }
+        let current = status::current(&stable);
+        let promoted = match self.inner.mode {
+            Mode::Rolling { .. } => stable
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(STABLE_ANNOTATION))
+                .map(|s| RevisionId(s.clone()))
+                .or(current.clone()),
+            _ => current.clone(),
+        };
+        let traffic = match &self.inner.mode {
+            Mode::Rolling { .. } => current.as_ref().map(TrafficSplit::all).unwrap_or_default(),
+            Mode::Canary => TrafficSplit::by_replicas(revisions.values().map(|r| (&r.id, r.ready))),
+            Mode::BlueGreen { service } => self
+                .switched_to(service)
+                .await?
+                .or(current)
+                .as_ref()
+                .map(TrafficSplit::all)
+                .unwrap_or_default(),
+        };
+        Ok(TargetState {
+            stable: promoted,
+            revisions: revisions.into_values().collect(),
+            traffic,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(target = %self.inner.name, revision = %spec.id, replicas))]
+    async fn stage(&self, spec: &RevisionSpec, replicas: u32) -> Result<()> {
+        self.check_secrets(spec).await?;
+        let stable = self.get(&self.inner.deployment).await?;
+        let base = stable.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+        match &self.inner.mode {
+            Mode::Rolling {
+                max_surge,
+                max_unavailable,
+            } => {
+                if status::current(&stable).as_ref() == Some(&spec.id) {
+                    if status::desired(&stable) != replicas {
+                        self.set_replicas(&self.inner.deployment, replicas).await?;
+                    }
+                    return Ok(());
+                }
+                let annotated = stable
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(STABLE_ANNOTATION));
+                let t = template::candidate(&base, spec, &self.inner.container, &self.inner.namespace)?;
+                let mut body = json!({
+                    "replicas": replicas,
+                    "strategy": {
+                        "type": "RollingUpdate",
+                        "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": max_unavailable},
+                    },
+                    "template": t,
+                });
+                if let Some(s) = self.deadline_seconds() {
+                    body["progressDeadlineSeconds"] = json!(s);
+                }
+                if !annotated {
+                    // Adopt what runs now as stable, so a rollback of a
+                    // Deployment applied by hand knows where to go back.
+                    if let Some(current) = status::current(&stable) {
+                        self.annotate_stable(&current).await?;
+                    }
+                }
+                self.apply(&self.inner.deployment, body).await
+            }
+            Mode::Canary | Mode::BlueGreen { .. } => {
+                if status::current(&stable).as_ref() == Some(&spec.id) {
+                    return Err(Error::Conflict {
+                        what: format!(
+                            "revision {} already runs in the stable Deployment {}; there is nothing to stage",
+                            spec.id, self.inner.deployment
+                        ),
+                    });
+                }
+                let canary = self.canary_name();
+                if let Some(c) = self.get_opt(&canary).await? {
+                    if status::current(&c).as_ref() == Some(&spec.id) {
+                        if status::desired(&c) != replicas {
+                            self.set_replicas(&canary, replicas).await?;
+                        }
+                        return Ok(());
+                    }
+                }
+                let body = self.canary_spec(&base, spec, replicas)?;
+                self.apply(&canary, body).await
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(target = %self.inner.name, revision = %id, replicas))]
+    async fn scale(&self, id: &RevisionId, replicas: u32) -> Result<()> {
+        let (stable, canary) = self.both().await?;
+        let d = std::iter::once(&stable)
+            .chain(canary.as_ref())
+            .find(|d| status::current(d).as_ref() == Some(id))
+            .ok_or_else(|| match self.inner.mode {
+                Mode::Rolling { .. } => Error::Conflict {
+                    what: format!(
+                        "Deployment {} runs one template at a time and {id} is not it; route to it first",
+                        self.inner.deployment
+                    ),
+                },
+                _ => Error::NotFound {
+                    what: format!("revision {id} in Deployment {} or its canary", self.inner.deployment),
+                },
+            })?;
+        if status::desired(d) == replicas {
+            return Ok(());
+        }
+        self.set_replicas(d.metadata.name.as_deref().unwrap_or_default(), replicas)
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(target = %self.inner.name, split = %split))]
+    async fn route(&self, split: &TrafficSplit) -> Result<()> {
+        if split.is_empty() {
+            return Err(Error::invalid("traffic", "a split must send traffic somewhere"));
+        }
+        let (mut stable, mut canary) = self.both().await?;
+        // A revision that should serve but runs in no Deployment any more
+        // (a rollback after the template moved on) comes back from history.
+        let running = |s: &Deployment, c: &Option<Deployment>| {
+            [Some(s), c.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(status::current)
+                .collect::<Vec<_>>()
+        };
+        let missing: Vec<RevisionId> = split
+            .weights()
+            .keys()
+            .filter(|id| !running(&stable, &canary).contains(id))
+            .cloned()
+            .collect();
+        if let [id] = &missing[..] {
+            self.restore(&stable, id).await?;
+            (stable, canary) = self.both().await?;
+        } else if missing.len() > 1 {
+            return Err(Error::NotFound {
+                what: format!(
+                    "revisions {missing:?} in Deployment {} or its canary",
+                    self.inner.deployment
+                ),
+            });
+        }
+        let on_stable = status::current(&stable);
+        let on_canary = canary.as_ref().and_then(status::current);
+        match &self.inner.mode {
+            Mode::Rolling { .. } => {
+                sole(split, "rolling")?;
+                Ok(())
+            }
+            Mode::Canary => {
+                // Traffic follows ready replicas: a revision routed to 0%
+                // stops serving when its pods go.
+                for d in std::iter::once(&stable).chain(canary.as_ref()) {
+                    let Some(id) = status::current(d) else { continue };
+                    if split.weight(&id) == 0 && status::desired(d) > 0 {
+                        self.set_replicas(d.metadata.name.as_deref().unwrap_or_default(), 0)
+                            .await?;
+                    }
+                }
+                Ok(())
+            }
+            Mode::BlueGreen { service } => {
+                let to = sole(split, "blue/green")?;
+                if on_canary.as_ref() == Some(&to) && on_stable.as_ref() != Some(&to) {
+                    self.switch_service(service, Some(&to)).await
+                } else {
+                    self.switch_service(service, None).await
+                }
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(target = %self.inner.name, revision = %id))]
+    async fn promote(&self, id: &RevisionId) -> Result<()> {
+        let (stable, canary) = self.both().await?;
+        if let Mode::Rolling { .. } = self.inner.mode {
+            let promoted = stable
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(STABLE_ANNOTATION));
+            if promoted.map(String::as_str) == Some(id.as_str()) {
+                return Ok(());
+            }
+            if status::current(&stable).as_ref() != Some(id) {
+                return Err(Error::Conflict {
+                    what: format!(
+                        "Deployment {} does not run {id}; route to it before promoting it",
+                        self.inner.deployment
+                    ),
+                });
+            }
+            return self.annotate_stable(id).await;
+        }
+        if status::current(&stable).as_ref() != Some(id) {
+            let c = canary
+                .as_ref()
+                .filter(|c| status::current(c).as_ref() == Some(id))
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("revision {id} in Deployment {} or its canary", self.inner.deployment),
+                })?;
+            let mut t = c.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+            let mut labels = template::labels(&stable.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default());
+            labels.insert(REVISION_LABEL.to_owned(), id.to_string());
+            labels.remove(POD_TEMPLATE_HASH);
+            template::set_labels(&mut t, labels);
+            let mut body = json!({"replicas": status::desired(c).max(status::desired(&stable)), "template": t});
+            if let Some(s) = self.deadline_seconds() {
+                body["progressDeadlineSeconds"] = json!(s);
+            }
+            self.apply(&self.inner.deployment, body).await?;
+        }
+        self.wait_complete().await?;
+        if let Mode::BlueGreen { service } = &self.inner.mode {
+            self.switch_service(service, None).await?;
+        }
+        if let Some(c) = canary.filter(|c| status::desired(c) > 0) {
+            self.set_replicas(c.metadata.name.as_deref().unwrap_or_default(), 0)
+                .await?;
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(target = %self.inner.name, revision = %id))]
+    async fn retire(&self, id: &RevisionId) -> Result<()> {
+        let (stable, canary) = self.both().await?;
+        if status::current(&stable).as_ref() == Some(id) {
+            return Err(Error::Conflict {
+                what: format!(
+                    "revision {id} is what Deployment {} runs; route to and promote another revision first",
+                    self.inner.deployment
+                ),
+            });
+        }
+        let Some(c) = canary.filter(|c| status::current(c).as_ref() == Some(id)) else {
+            // Gone already, or only in the ReplicaSet history, which stays
+            // for `kubectl rollout undo`.
+            return Ok(());
+        };
+        let serving = match &self.inner.mode {
+            Mode::BlueGreen { service } => self.switched_to(service).await?.as_ref() == Some(id),
+            _ => status::desired(&c) > 0,
+        };
+        if serving {
+            return Err(Error::Conflict {
+                what: format!(
+                    "revision {id} still receives traffic in {}; route it away first",
+                    self.canary_name()
+                ),
+            });
+        }
+        let name = self.canary_name();
+        match self.deployments().delete(&name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(classify(&self.what("delete", "Deployment", &name), e)),
+        }
+    }
+}
+
+impl DeploymentTarget {
+    /// The revision the Service is switched to, if relay switched it.
+    async fn switched_to(&self, service: &str) -> Result<Option<RevisionId>> {
+        let svc = service_api(&self.inner.client, &self.inner.namespace)
+            .get(service)
+            .await
+            .map_err(|e| classify(&self.what("get", "Service", service), e))?;
+        Ok(svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .and_then(|s| s.get(REVISION_LABEL))
+            .map(|r| RevisionId(r.clone())))
+    }
+
+    async fn annotate_stable(&self, id: &RevisionId) -> Result<()> {
+        let params = PatchParams {
+            field_manager: Some(self.inner.field_manager.clone()),
+            ..Default::default()
+        };
+        let patch = json!({"metadata": {"annotations": {STABLE_ANNOTATION: id.as_str()}}});
+        self.deployments()
+            .patch(&self.inner.deployment, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(|e| classify(&self.what("annotate", "Deployment", &self.inner.deployment), e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,480 @@
+//! The Deployment target (rolling, canary and blue/green modes) and the pod
+//! readiness probe, with the controller manager doing the real work and a
+//! stand-in kubelet making pods ready or crash-looping.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use relay::providers::kubernetes::sdk::k8s_openapi::api::apps::v1::Deployment;
+use relay::providers::kubernetes::sdk::k8s_openapi::api::core::v1::Service;
+use relay::providers::kubernetes::sdk::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use relay::providers::kubernetes::sdk::kube::{Api, Client};
+use relay::providers::kubernetes::{DeploymentTarget, KubeSecretStore, PodReadinessProbe, RequestCounter};
+use relay::providers::sim::MemoryArtifactStore;
+use relay::strategies::{AllAtOnce, BlueGreenStrategy, CanaryStrategy, Statistic, ThresholdJudge};
+use relay::{
+    testing, AnalysisSpec, Artifact, AuditSink, Check, Digest, EngineConfig, Error, EventKind, MemoryAuditSink,
+    Outcome, Relay, Release, RevisionId, RevisionSpec, RolloutSpec, Target, TrafficSplit, VerdictOutcome,
+};
+
+use crate::support::{client, counted_client, namespace, put_secret, web_app, Kubelet, PLANTED};
+
+const REPO: &str = "registry.test/web";
+
+fn spec(tag: &str) -> RevisionSpec {
+    let artifact = Artifact {
+        repository: REPO.into(),
+        tag: Some(tag.into()),
+        digest: Digest::of(tag.as_bytes()),
+        metadata: BTreeMap::new(),
+    };
+    RevisionSpec::new(artifact, BTreeMap::new(), BTreeMap::new())
+}
+
+/// Artifacts `v2`, `v3`... whose content is their tag.
+fn artifacts(tags: &[&str]) -> Arc<MemoryArtifactStore> {
+    let store = MemoryArtifactStore::new();
+    for tag in tags {
+        store.push(REPO, tag, tag.as_bytes(), BTreeMap::new());
+    }
+    Arc::new(store)
+}
+
+fn pinned(tag: &str) -> String {
+    format!("{REPO}@{}", Digest::of(tag.as_bytes()))
+}
+
+async fn get(client: &Client, ns: &str, name: &str) -> Option<Deployment> {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+fn image(d: &Deployment) -> String {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap()
+}
+
+fn replicas(d: &Deployment) -> i32 {
+    d.spec.as_ref().unwrap().replicas.unwrap()
+}
+
+async fn selector(client: &Client, ns: &str) -> BTreeMap<String, String> {
+    Api::<Service>::namespaced(client.clone(), ns)
+        .get("web")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .selector
+        .unwrap()
+}
+
+fn engine(target: DeploymentTarget, artifacts: Arc<MemoryArtifactStore>) -> relay::RelayBuilder {
+    Relay::builder()
+        .target(Arc::new(target))
+        .artifacts(artifacts)
+        .config(EngineConfig {
+            poll_interval: Duration::from_millis(200),
+            progress_deadline: Duration::from_secs(60),
+            ..Default::default()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_mode_passes_the_target_conformance_suite() {
+    let client = client().await;
+    let ns = namespace(&client).await;
+    let _kubelet = Kubelet::start(&client, &ns);
+    web_app(&client, &ns, "web", 2).await;
+    let target = DeploymentTarget::builder(client.clone(), &ns, "web")
+        .canary()
+        .poll_interval(Duration::from_millis(100))
+        .promote_timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    testing::target_conformance(&target, &spec("v1"), &spec("v2")).await;
+    let stable = get(&client, &ns, "web").await.unwrap();
+    assert_eq!(
+        image(&stable),
+        pinned("v1"),
+        "the promoted template is in the stable Deployment"
+    );
+    assert!(
+        get(&client, &ns, "web-canary").await.is_none(),
+        "retiring the candidate deleted its Deployment"
+    );
+}
+
+/// Samples the Deployment's status while a rollout runs: the distinct
+/// (updated, available) pairs seen and the fewest available replicas.
+fn watch(client: &Client, ns: &str) -> (Arc<Mutex<Vec<(i32, i32)>>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            if let Ok(d) = api.get("web").await {
+                let s = d.status.unwrap_or_default();
+                let pair = (s.updated_replicas.unwrap_or(0), s.available_replicas.unwrap_or(0));
+                let mut seen = out.lock().unwrap();
+                if seen.last() != Some(&pair) {
+                    seen.push(pair);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+    (seen, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_the_previous_template() {
+    let client = client().await;
+    let ns = namespace(&client).await;
+    let kubelet = Kubelet::start(&client, &ns);
+    web_app(&client, &ns, "web", 4).await;
+    put_secret(&client, &ns, "db", &[("password", PLANTED.as_bytes())]).await;
+    let target = DeploymentTarget::builder(client.clone(), &ns, "web")
+        .name("web")
+        .rolling(IntOrString::Int(1), IntOrString::Int(0))
+        .progress_deadline(Duration::from_secs(4))
+        .build()
+        .await
+        .unwrap();
+    let adopted = target.observe().await.unwrap().stable.unwrap();
+    let audit = Arc::new(MemoryAuditSink::default());
+    let relay = engine(target.clone(), artifacts(&["v2", "v3"]))
+        .secrets("k8s", Arc::new(KubeSecretStore::new(client.clone(), &ns)))
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+
+    let (seen, watcher) = watch(&client, &ns);
+    let v2 = Release::new(format!("{REPO}:v2").parse().unwrap())
+        .replicas(4)
+        .config("MODE", "fast")
+        .secret("DB", "k8s://db#password".parse().unwrap());
+    let outcome = relay
+        .start(RolloutSpec::new("web", v2, AllAtOnce))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    watcher.abort();
+    assert!(outcome.is_success(), "{outcome}");
+    let seen = seen.lock().unwrap().clone();
+    let after_start: Vec<_> = seen.iter().skip_while(|(updated, _)| *updated == 4).collect();
+    assert!(
+        after_start.iter().all(|(_, available)| *available >= 4),
+        "maxUnavailable 0: available never below 4: {seen:?}"
+    );
+    let updated: Vec<i32> = after_start.iter().map(|(u, _)| *u).collect();
+    assert!(
+        updated.windows(2).all(|w| w[0] <= w[1]) && (1..=4).all(|n| updated.contains(&n)),
+        "maxSurge 1: pods replaced one at a time: {seen:?}"
+    );
+
+    let d = get(&client, &ns, "web").await.unwrap();
+    assert_eq!(image(&d), pinned("v2"));
+    let spec = d.spec.as_ref().unwrap();
+    let rolling = spec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
+    assert_eq!(
+        (rolling.max_surge.clone(), rolling.max_unavailable.clone()),
+        (Some(IntOrString::Int(1)), Some(IntOrString::Int(0)))
+    );
+    assert_eq!(spec.progress_deadline_seconds, Some(4));
+    let env = spec.template.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    let db = env.iter().find(|e| e.name == "DB").unwrap();
+    assert_eq!(db.value, None, "a secret is a reference, never a value");
+    let key = db.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+    assert_eq!((key.name.as_str(), key.key.as_str()), ("db", "password"));
+    assert!(env
+        .iter()
+        .any(|e| e.name == "MODE" && e.value.as_deref() == Some("fast")));
+    let managers = d.metadata.managed_fields.clone().unwrap_or_default();
+    assert!(
+        managers
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("relay") && m.operation.as_deref() == Some("Apply")),
+        "the template was server-side applied by relay: {managers:?}"
+    );
+    let v2_id = target.observe().await.unwrap().stable.unwrap();
+    assert_ne!(v2_id, adopted);
+
+    // v3's pods never become ready: the controller's progress deadline
+    // passes, relay rolls back to v2's template from its ReplicaSet.
+    kubelet.fail(&Digest::of(b"v3").to_string());
+    let v3 = Release::new(format!("{REPO}:v3").parse().unwrap())
+        .replicas(4)
+        .config("MODE", "fast")
+        .secret("DB", "k8s://db#password".parse().unwrap());
+    let outcome = relay
+        .start(RolloutSpec::new("web", v3, AllAtOnce))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("failed")),
+        "{outcome}"
+    );
+    let d = get(&client, &ns, "web").await.unwrap();
+    assert_eq!(image(&d), pinned("v2"), "the previous template is back");
+    let state = target.observe().await.unwrap();
+    assert_eq!(state.stable.as_ref(), Some(&v2_id));
+    assert_eq!(state.revision(&v2_id).map(|r| (r.desired, r.ready)), Some((4, 4)));
+    for e in audit.entries().await.unwrap() {
+        assert!(
+            !serde_json::to_string(&e).unwrap().contains(PLANTED),
+            "the secret leaked: {e:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
+    let client = client().await;
+    let ns = namespace(&client).await;
+    let kubelet = Kubelet::start(&client, &ns);
+    web_app(&client, &ns, "web", 4).await;
+    let calls = RequestCounter::default();
+    let target = DeploymentTarget::builder(counted_client(&calls).await, &ns, "web")
+        .name("web")
+        .canary()
+        .progress_deadline(Duration::from_secs(4))
+        .poll_interval(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let probe = PodReadinessProbe::new(client.clone(), &ns, "app=web");
+    let relay = engine(target.clone(), artifacts(&["v2", "v3", "v4"]))
+        .probe(Arc::new(probe))
+        .build()
+        .unwrap();
+    let analysis = AnalysisSpec::new(vec![
+        Check::new("ready", "ready_ratio", ThresholdJudge::above(0.99)),
+        Check::new(
+            "not-crashing",
+            "crash_looping",
+            ThresholdJudge::below(0.5).statistic(Statistic::Max),
+        ),
+    ])
+    .every(Duration::from_secs(1), 2);
+    let canary = || {
+        CanaryStrategy::new()
+            .set_weight(25)
+            .analyze(analysis.clone())
+            .set_weight(50)
+            .analyze(analysis.clone())
+    };
+    let release = |tag: &str| Release::new(format!("{REPO}:{tag}").parse().unwrap()).replicas(4);
+
+    // v2 is healthy: promoted, requests counted per step.
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    let mut per_step: Vec<(String, u64)> = Vec::new();
+    let mut started = calls.total();
+    while let Some(e) = events.next().await {
+        match e.kind {
+            EventKind::StepStarted { .. } => started = calls.total(),
+            EventKind::StepCompleted { index } => {
+                let record = relay.state().get(handle.id()).await.unwrap().unwrap();
+                per_step.push((record.plan.steps[index].to_string(), calls.total() - started));
+            }
+            EventKind::Finished { .. } => break,
+            _ => {}
+        }
+    }
+    let outcome = handle.wait().await.unwrap();
+    assert!(outcome.is_success(), "{outcome}");
+    for (step, n) in &per_step {
+        println!("kubernetes canary step requests: {n:>3}  {step}");
+    }
+    let stable = get(&client, &ns, "web").await.unwrap();
+    assert_eq!((image(&stable), replicas(&stable)), (pinned("v2"), 4));
+    let canary_dep = get(&client, &ns, "web-canary").await.unwrap();
+    assert_eq!(replicas(&canary_dep), 0, "promotion scales the canary to zero");
+    assert_eq!(
+        selector(&client, &ns).await,
+        BTreeMap::from([("app".into(), "web".into())])
+    );
+    calls.reset();
+    let state = target.observe().await.unwrap();
+    println!("kubernetes canary observe requests: {:?}", calls.counts());
+    assert_eq!(
+        state.stable.as_ref().map(RevisionId::as_str),
+        Some(outcome_revision(&outcome))
+    );
+
+    // v3's pods never become ready: rolled back at the progress deadline.
+    kubelet.fail(&Digest::of(b"v3").to_string());
+    let outcome = relay
+        .start(RolloutSpec::new("web", release("v3"), canary()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(matches!(&outcome, Outcome::RolledBack { .. }), "{outcome}");
+    assert!(
+        get(&client, &ns, "web-canary").await.is_none(),
+        "the candidate's Deployment is deleted"
+    );
+    let stable = get(&client, &ns, "web").await.unwrap();
+    assert_eq!((image(&stable), replicas(&stable)), (pinned("v2"), 4));
+
+    // v4 gets ready, then crash-loops during analysis: the verdict fails and
+    // the rollback's first mutation follows it.
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v4"), canary()))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    let (mut verdict_at, mut first_rollback_at) = (None, None);
+    while let Some(e) = events.next().await {
+        match &e.kind {
+            EventKind::StepStarted { kind, .. } if kind == "analyze" => kubelet.fail(&Digest::of(b"v4").to_string()),
+            EventKind::Verdict { verdict } if verdict.judgement.outcome == VerdictOutcome::Fail => {
+                verdict_at.get_or_insert((Instant::now(), e.at_ms));
+            }
+            EventKind::TrafficShifted { candidate_weight: 0 } if verdict_at.is_some() => {
+                first_rollback_at.get_or_insert((Instant::now(), e.at_ms));
+            }
+            EventKind::Finished { .. } => break,
+            _ => {}
+        }
+    }
+    let outcome = handle.wait().await.unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.starts_with("analysis failed")),
+        "{outcome}"
+    );
+    let (verdict, rollback) = (verdict_at.unwrap(), first_rollback_at.unwrap());
+    println!(
+        "kubernetes verdict to first rollback mutation done: {} ms wall ({} ms by event clocks)",
+        rollback.0.duration_since(verdict.0).as_millis(),
+        rollback.1 - verdict.1
+    );
+    assert!(get(&client, &ns, "web-canary").await.is_none());
+    let stable = get(&client, &ns, "web").await.unwrap();
+    assert_eq!((image(&stable), replicas(&stable)), (pinned("v2"), 4));
+}
+
+fn outcome_revision(o: &Outcome) -> &str {
+    match o {
+        Outcome::Promoted { revision } => revision,
+        other => panic!("not promoted: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switches_the_service_and_back_on_promotion() {
+    let client = client().await;
+    let ns = namespace(&client).await;
+    let _kubelet = Kubelet::start(&client, &ns);
+    web_app(&client, &ns, "web", 2).await;
+    let target = DeploymentTarget::builder(client.clone(), &ns, "web")
+        .name("web")
+        .blue_green("web")
+        .poll_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let original = selector(&client, &ns).await;
+    let blue = target.observe().await.unwrap().stable.unwrap();
+    let green = spec("v2");
+    target.stage(&green, 2).await.unwrap();
+    let preview = get(&client, &ns, "web-canary").await.unwrap();
+    let labels = preview.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+    assert!(
+        !labels.contains_key("app"),
+        "the Service must not select the preview: {labels:?}"
+    );
+    assert_eq!(target.observe().await.unwrap().traffic, TrafficSplit::all(&blue));
+
+    target.route(&TrafficSplit::all(&green.id)).await.unwrap();
+    assert_eq!(
+        selector(&client, &ns).await,
+        BTreeMap::from([("relay.dev/revision".into(), green.id.to_string())])
+    );
+    assert_eq!(target.observe().await.unwrap().traffic, TrafficSplit::all(&green.id));
+    let e = target.retire(&green.id).await.unwrap_err();
+    assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
+
+    target.promote(&green.id).await.unwrap();
+    assert_eq!(
+        selector(&client, &ns).await,
+        original,
+        "the Service's own selector is back"
+    );
+    let stable = get(&client, &ns, "web").await.unwrap();
+    assert_eq!((image(&stable), replicas(&stable)), (pinned("v2"), 2));
+    let state = target.observe().await.unwrap();
+    assert_eq!(state.stable.as_ref(), Some(&green.id));
+    assert_eq!(state.traffic, TrafficSplit::all(&green.id));
+    target.retire(&blue).await.unwrap();
+
+    // The same through the engine.
+    let relay = engine(target, artifacts(&["v3"])).build().unwrap();
+    let v3 = Release::new(format!("{REPO}:v3").parse().unwrap()).replicas(2);
+    let outcome = relay
+        .start(RolloutSpec::new("web", v3, BlueGreenStrategy::new()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(outcome.is_success(), "{outcome}");
+    assert_eq!(image(&get(&client, &ns, "web").await.unwrap()), pinned("v3"));
+    assert_eq!(selector(&client, &ns).await, original);
+}
+
+#[tokio::test]
+async fn a_secret_changed_since_the_plan_is_refused_before_anything_changes() {
+    let client = client().await;
+    let ns = namespace(&client).await;
+    let _kubelet = Kubelet::start(&client, &ns);
+    web_app(&client, &ns, "web", 1).await;
+    let first = put_secret(&client, &ns, "db", &[("password", b"one")]).await;
+    put_secret(&client, &ns, "db", &[("password", PLANTED.as_bytes())]).await;
+    let target = DeploymentTarget::builder(client.clone(), &ns, "web")
+        .build()
+        .await
+        .unwrap();
+    let mut s = spec("v2");
+    let version = first.metadata.resource_version.unwrap();
+    s.secrets.insert(
+        "DB".into(),
+        format!("k8s://db#password?version={version}").parse().unwrap(),
+    );
+    let generation = get(&client, &ns, "web").await.unwrap().metadata.generation;
+    let e = target.stage(&s, 1).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Conflict { what } if what.contains("release.secrets.DB") && what.contains("plan again")),
+        "{e:?}"
+    );
+    assert!(!format!("{e} {e:?}").contains(PLANTED));
+    assert_eq!(get(&client, &ns, "web").await.unwrap().metadata.generation, generation);
+    let e = DeploymentTarget::builder(client.clone(), &ns, "web")
+        .container("sidecar")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("kubernetes.container"), "{e}");
+    let e = DeploymentTarget::builder(client, &ns, "absent")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
+}
