@@ -111,9 +111,11 @@ async fn canary_mode_passes_the_target_conformance_suite() {
     );
 }
 
-/// Samples the Deployment's status while a rollout runs: the distinct
-/// (updated, available) pairs seen and the fewest available replicas.
-fn watch(client: &Client, ns: &str) -> (Arc<Mutex<Vec<(i32, i32)>>>, tokio::task::JoinHandle<()>) {
+/// The distinct (updated, available) replica pairs a Deployment went through.
+type Seen = Arc<Mutex<Vec<(i32, i32)>>>;
+
+/// Samples the Deployment's status every 25 ms while a rollout runs.
+fn watch(client: &Client, ns: &str) -> (Seen, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let out = seen.clone();
