@@ -1,5 +1,7 @@
 //! A Kubernetes Deployment as a deployment [`Target`].
 
+#[cfg(test)]
+mod shapes;
 mod status;
 mod template;
 
@@ -744,6 +746,12 @@ impl Target for DeploymentTarget {
         if split.is_empty() {
             return Err(Error::invalid("traffic", "a split must send traffic somewhere"));
         }
+        // Refuse a split the mode cannot serve before changing anything.
+        let sole_revision = match &self.inner.mode {
+            Mode::Rolling { .. } => Some(sole(split, "rolling")?),
+            Mode::BlueGreen { .. } => Some(sole(split, "blue/green")?),
+            Mode::Canary => None,
+        };
         let (mut stable, mut canary) = self.both().await?;
         // A revision that should serve but runs in no Deployment any more
         // (a rollback after the template moved on) comes back from history.
@@ -774,10 +782,7 @@ impl Target for DeploymentTarget {
         let on_stable = status::current(&stable);
         let on_canary = canary.as_ref().and_then(status::current);
         match &self.inner.mode {
-            Mode::Rolling { .. } => {
-                sole(split, "rolling")?;
-                Ok(())
-            }
+            Mode::Rolling { .. } => Ok(()),
             Mode::Canary => {
                 // Traffic follows ready replicas: a revision routed to 0%
                 // stops serving when its pods go.
@@ -791,9 +796,9 @@ impl Target for DeploymentTarget {
                 Ok(())
             }
             Mode::BlueGreen { service } => {
-                let to = sole(split, "blue/green")?;
-                if on_canary.as_ref() == Some(&to) && on_stable.as_ref() != Some(&to) {
-                    self.switch_service(service, Some(&to)).await
+                let to = sole_revision.as_ref();
+                if on_canary.as_ref() == to && on_stable.as_ref() != to {
+                    self.switch_service(service, to).await
                 } else {
                     self.switch_service(service, None).await
                 }
