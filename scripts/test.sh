@@ -96,6 +96,14 @@ log "example: ecs_canary plans a canary on an ECS service in the emulator"
     cargo run --example ecs_canary --all-features -- plan
 )
 
+log "example: k8s_canary plans a canary on a Deployment in the test cluster"
+(
+  python3 scripts/kube-demo.py "$RELAY_TEST_KUBECONFIG" >/dev/null
+  KUBECONFIG=$RELAY_TEST_KUBECONFIG RELAY_NAMESPACE=relay-example \
+    RELAY_IMAGE=registry.test/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
+    cargo run --example k8s_canary --all-features -- plan
+)
+
 log "benches compile and run once"
 cargo bench --bench rollouts -- --test
 

@@ -264,6 +264,35 @@ impl ArtifactPolicy {
     }
 }
 
+/// An [`crate::ArtifactStore`] for pipelines that hand over images already
+/// pinned by digest (`repo@sha256:…`), with no registry to ask: it resolves a
+/// reference to the digest it carries and refuses a reference with only a
+/// tag, since resolving a tag needs a registry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PinnedArtifactStore;
+
+#[async_trait::async_trait]
+impl crate::ArtifactStore for PinnedArtifactStore {
+    async fn resolve(&self, reference: &ArtifactRef) -> Result<Artifact> {
+        let digest = reference.digest.clone().ok_or_else(|| {
+            Error::invalid(
+                "release.artifact",
+                format!(
+                    "{reference} names no digest, and without a registry a tag cannot be resolved; \
+                     name the image by digest ({}@sha256:…) or use a registry-backed artifact store",
+                    reference.repository
+                ),
+            )
+        })?;
+        Ok(Artifact {
+            repository: reference.repository.clone(),
+            tag: reference.tag.clone(),
+            digest,
+            metadata: BTreeMap::new(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +316,22 @@ mod tests {
         assert_eq!(
             Digest::of(b"").as_str(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_pinned_store_takes_digests_and_refuses_bare_tags() {
+        use crate::ArtifactStore as _;
+        let pinned: ArtifactRef = format!("reg.test/app@{D}").parse().unwrap();
+        let a = PinnedArtifactStore.resolve(&pinned).await.unwrap();
+        assert_eq!((a.repository.as_str(), a.digest.as_str()), ("reg.test/app", D));
+        let e = PinnedArtifactStore
+            .resolve(&"reg.test/app:v1".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("release.artifact") && e.to_string().contains("by digest"),
+            "{e}"
         );
     }
 

@@ -33,7 +33,7 @@ pub use analysis::{
     AnalysisSpec, Check, CheckScope, Counts, InconclusivePolicy, InconclusiveReason, Judge, JudgeInput, Judgement,
     Verdict, VerdictOutcome,
 };
-pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest};
+pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest, PinnedArtifactStore};
 pub use audit::{verify_chain, AuditEntry, AuditEvent, AuditSink, JsonlAuditSink, MemoryAuditSink};
 pub use clock::{Clock, TokioClock, UnixMillis};
 pub use engine::{EngineConfig, Relay, RelayBuilder, RolloutHandle, RolloutSpec};

@@ -74,7 +74,7 @@ async fn selector(client: &Client, ns: &str) -> BTreeMap<String, String> {
         .unwrap()
 }
 
-fn engine(target: DeploymentTarget, artifacts: Arc<MemoryArtifactStore>) -> relay::RelayBuilder {
+fn engine(target: impl Target, artifacts: Arc<MemoryArtifactStore>) -> relay::RelayBuilder {
     Relay::builder()
         .target(Arc::new(target))
         .artifacts(artifacts)
@@ -142,16 +142,34 @@ async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_t
     let kubelet = Kubelet::start(&client, &ns);
     web_app(&client, &ns, "web", 4).await;
     put_secret(&client, &ns, "db", &[("password", PLANTED.as_bytes())]).await;
-    let target = DeploymentTarget::builder(client.clone(), &ns, "web")
+    let calls = RequestCounter::default();
+    let target = DeploymentTarget::builder(counted_client(&calls).await, &ns, "web")
         .name("web")
         .rolling(IntOrString::Int(1), IntOrString::Int(0))
         .progress_deadline(Duration::from_secs(4))
         .build()
         .await
         .unwrap();
-    let adopted = target.observe().await.unwrap().stable.unwrap();
+    // A Deployment applied by hand: its template and its ReplicaSet's get
+    // the same derived id, so it is one revision, all ready.
+    let before = target.observe().await.unwrap();
+    let adopted = before.stable.clone().unwrap();
+    assert_eq!(
+        before
+            .revisions
+            .iter()
+            .map(|r| (&r.id, r.desired, r.ready))
+            .collect::<Vec<_>>(),
+        [(&adopted, 4, 4)]
+    );
     let audit = Arc::new(MemoryAuditSink::default());
-    let relay = engine(target.clone(), artifacts(&["v2", "v3"]))
+    let log = CallLog::default();
+    let metered = Metered {
+        inner: target.clone(),
+        calls,
+        log: log.clone(),
+    };
+    let relay = engine(metered, artifacts(&["v2", "v3"]))
         .secrets("k8s", Arc::new(KubeSecretStore::new(client.clone(), &ns)))
         .audit(audit.clone())
         .build()
@@ -171,6 +189,12 @@ async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_t
         .unwrap();
     watcher.abort();
     assert!(outcome.is_success(), "{outcome}");
+    let calls_of_v2 = std::mem::take(&mut *log.lock().unwrap());
+    for (call, n, fewest, most, total) in summary(&calls_of_v2) {
+        println!("kubernetes rolling target calls: {call:<8} x{n:<3} requests {fewest}..{most} each, {total} in all");
+    }
+    let observe = summary(&calls_of_v2).into_iter().find(|c| c.0 == "observe").unwrap();
+    assert_eq!((observe.2, observe.3), (2, 2), "a Deployment and its ReplicaSets");
     let seen = seen.lock().unwrap().clone();
     let after_start: Vec<_> = seen.iter().skip_while(|(updated, _)| *updated == 4).collect();
     assert!(
@@ -257,7 +281,13 @@ async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
         .await
         .unwrap();
     let probe = PodReadinessProbe::new(client.clone(), &ns, "app=web");
-    let relay = engine(target.clone(), artifacts(&["v2", "v3", "v4"]))
+    let log = CallLog::default();
+    let metered = Metered {
+        inner: target.clone(),
+        calls: calls.clone(),
+        log: log.clone(),
+    };
+    let relay = engine(metered, artifacts(&["v2", "v3", "v4"]))
         .probe(Arc::new(probe))
         .build()
         .unwrap();
@@ -279,30 +309,30 @@ async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
     };
     let release = |tag: &str| Release::new(format!("{REPO}:{tag}").parse().unwrap()).replicas(4);
 
-    // v2 is healthy: promoted, requests counted per step.
-    let handle = relay
+    // v2 is healthy: promoted; the requests of every target call counted.
+    let outcome = relay
         .start(RolloutSpec::new("web", release("v2"), canary()))
         .await
+        .unwrap()
+        .wait()
+        .await
         .unwrap();
-    let mut events = handle.events();
-    let mut per_step: Vec<(String, u64)> = Vec::new();
-    let mut started = calls.total();
-    while let Some(e) = events.next().await {
-        match e.kind {
-            EventKind::StepStarted { .. } => started = calls.total(),
-            EventKind::StepCompleted { index } => {
-                let record = relay.state().get(handle.id()).await.unwrap().unwrap();
-                per_step.push((record.plan.steps[index].to_string(), calls.total() - started));
-            }
-            EventKind::Finished { .. } => break,
-            _ => {}
-        }
-    }
-    let outcome = handle.wait().await.unwrap();
     assert!(outcome.is_success(), "{outcome}");
-    for (step, n) in &per_step {
-        println!("kubernetes canary step requests: {n:>3}  {step}");
+    let calls_of_v2 = std::mem::take(&mut *log.lock().unwrap());
+    for (call, n, fewest, most, total) in summary(&calls_of_v2) {
+        println!("kubernetes canary target calls: {call:<8} x{n:<3} requests {fewest}..{most} each, {total} in all");
     }
+    let per_call: BTreeMap<&str, (u64, u64)> = summary(&calls_of_v2)
+        .into_iter()
+        .map(|(call, _, fewest, most, _)| (call, (fewest, most)))
+        .collect();
+    assert_eq!(
+        per_call["observe"],
+        (3, 4),
+        "a Deployment and its ReplicaSets, and the canary Deployment (and its ReplicaSets once it exists)"
+    );
+    assert_eq!(per_call["stage"], (3, 3), "stable, canary, apply");
+    assert_eq!(per_call["scale"], (3, 3), "both Deployments, a merge patch");
     let stable = get(&client, &ns, "web").await.unwrap();
     assert_eq!((image(&stable), replicas(&stable)), (pinned("v2"), 4));
     let canary_dep = get(&client, &ns, "web-canary").await.unwrap();
@@ -311,9 +341,7 @@ async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
         selector(&client, &ns).await,
         BTreeMap::from([("app".into(), "web".into())])
     );
-    calls.reset();
     let state = target.observe().await.unwrap();
-    println!("kubernetes canary observe requests: {:?}", calls.counts());
     assert_eq!(
         state.stable.as_ref().map(RevisionId::as_str),
         Some(outcome_revision(&outcome))
@@ -371,6 +399,74 @@ async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
     assert!(get(&client, &ns, "web-canary").await.is_none());
     let stable = get(&client, &ns, "web").await.unwrap();
     assert_eq!((image(&stable), replicas(&stable)), (pinned("v2"), 4));
+}
+
+/// Requests each target call sent, in order: (call, requests).
+type CallLog = Arc<Mutex<Vec<(&'static str, u64)>>>;
+
+/// A target that records how many API requests each call sent (the engine
+/// calls its target one call at a time, so the counts are exact).
+#[derive(Debug)]
+struct Metered {
+    inner: DeploymentTarget,
+    calls: RequestCounter,
+    log: CallLog,
+}
+
+impl Metered {
+    async fn measure<T>(&self, call: &'static str, f: impl std::future::Future<Output = T>) -> T {
+        let before = self.calls.total();
+        let out = f.await;
+        self.log.lock().unwrap().push((call, self.calls.total() - before));
+        out
+    }
+}
+
+#[async_trait::async_trait]
+impl Target for Metered {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> relay::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn observe(&self) -> relay::Result<relay::TargetState> {
+        self.measure("observe", self.inner.observe()).await
+    }
+    async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> relay::Result<()> {
+        self.measure("stage", self.inner.stage(revision, replicas)).await
+    }
+    async fn scale(&self, revision: &RevisionId, replicas: u32) -> relay::Result<()> {
+        self.measure("scale", self.inner.scale(revision, replicas)).await
+    }
+    async fn route(&self, split: &TrafficSplit) -> relay::Result<()> {
+        self.measure("route", self.inner.route(split)).await
+    }
+    async fn promote(&self, revision: &RevisionId) -> relay::Result<()> {
+        self.measure("promote", self.inner.promote(revision)).await
+    }
+    async fn retire(&self, revision: &RevisionId) -> relay::Result<()> {
+        self.measure("retire", self.inner.retire(revision)).await
+    }
+}
+
+/// Requests per call kind: (kind, calls, fewest, most, total).
+fn summary(log: &[(&'static str, u64)]) -> Vec<(&'static str, usize, u64, u64, u64)> {
+    let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for (call, n) in log {
+        by.entry(call).or_default().push(*n);
+    }
+    by.into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.len(),
+                *v.iter().min().unwrap(),
+                *v.iter().max().unwrap(),
+                v.iter().sum(),
+            )
+        })
+        .collect()
 }
 
 fn outcome_revision(o: &Outcome) -> &str {
