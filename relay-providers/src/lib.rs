@@ -8,9 +8,9 @@
 //!   ALB listener), the CloudWatch probe, the Secrets Manager secret store
 //!   and the ECR artifact store.
 //!
-//! - `kubernetes`: the Secret store and the state store (ConfigMaps and
-//!   Leases) so far; the Deployment target and the readiness probe are to
-//!   come.
+//! - `kubernetes`: the Deployment target (rolling, canary and blue/green
+//!   modes), the pod readiness probe, the Secret store and the state store
+//!   (ConfigMaps and Leases).
 //!
 //! The `vault` and `http` features are reserved for their provider families
 //! and enable no module yet.
