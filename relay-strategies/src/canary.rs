@@ -29,7 +29,10 @@ pub enum CanaryStep {
 /// The candidate is scaled to its share of the desired replicas (at least
 /// one) before each weight; on targets with exact weights stable keeps full
 /// capacity until promotion, on replica-ratio targets stable shrinks by what
-/// the candidate adds so the ratio approximates the weight.
+/// the candidate adds so the ratio approximates the weight. There the plan's
+/// route steps state the weight the replicas actually make (with 2 replicas,
+/// a 25% step is 1 beside 1: 50%), and a step that moves no replica routes
+/// nothing new.
 ///
 /// ```
 /// use std::time::Duration;
@@ -193,6 +196,7 @@ impl Strategy for CanaryStrategy {
         let mut steps = Vec::new();
         let mut candidate = None::<u32>;
         let mut stable_now = stable.desired;
+        let mut routed = 0u8;
         for s in &self.steps {
             match s {
                 CanaryStep::SetWeight(w) => {
@@ -216,7 +220,20 @@ impl Strategy for CanaryStrategy {
                             stable_now = s;
                         }
                     }
-                    steps.push(Step::Route { candidate_weight: *w });
+                    // On a replica-ratio target the split is what the replicas
+                    // make it (1 candidate beside 1 stable is 50%, whatever
+                    // was asked): the plan says so, and a step that moves no
+                    // replica routes nothing new.
+                    let weight = if ratio {
+                        let c = candidate.unwrap_or(0);
+                        (u64::from(c) * 100 / u64::from(c + stable_now).max(1)) as u8
+                    } else {
+                        *w
+                    };
+                    if weight > routed {
+                        steps.push(Step::Route { candidate_weight: weight });
+                        routed = weight;
+                    }
                 }
                 CanaryStep::Pause(d) => steps.push(Step::Pause { duration: *d }),
                 CanaryStep::Analyze(a) => steps.push(Step::Analyze { analysis: a.clone() }),

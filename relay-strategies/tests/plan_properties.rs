@@ -96,6 +96,20 @@ proptest! {
         // A replica-ratio canary trades stable replicas for candidate ones, one for one.
         let unavailable = 0;
         check_invariants(&steps, n, unavailable, None).map_err(TestCaseError::fail)?;
+        if ratio {
+            // Every weight the plan states is the one its replicas make.
+            let (mut c, mut s) = (0u32, n);
+            for step in &steps {
+                match step {
+                    Step::Stage { replicas } | Step::Scale { role: Role::Candidate, replicas } => c = *replicas,
+                    Step::Scale { role: Role::Stable, replicas } => s = *replicas,
+                    Step::Route { candidate_weight } => {
+                        prop_assert_eq!(u32::from(*candidate_weight), c * 100 / (c + s), "{} candidate, {} stable", c, s);
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     #[test]
