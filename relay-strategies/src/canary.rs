@@ -231,7 +231,9 @@ impl Strategy for CanaryStrategy {
                         *w
                     };
                     if weight > routed {
-                        steps.push(Step::Route { candidate_weight: weight });
+                        steps.push(Step::Route {
+                            candidate_weight: weight,
+                        });
                         routed = weight;
                     }
                 }
