@@ -131,6 +131,19 @@ log "example: k8s_canary plans a canary on a Deployment in the test cluster"
     cargo run --example k8s_canary --all-features -- plan
 )
 
+log "example: vault_secrets pins a secret from the OpenBao server"
+(
+  python3 - "$RELAY_TEST_VAULT_ADDR" "$RELAY_TEST_VAULT_TOKEN" <<'PY'
+import json, sys, urllib.request as u
+addr, token = sys.argv[1], sys.argv[2]
+body = json.dumps({"data": {"password": "example-only"}}).encode()
+u.urlopen(u.Request(addr + "/v1/secret/data/relay-example/db", data=body, method="POST",
+                    headers={"X-Vault-Token": token, "Content-Type": "application/json"}), timeout=10)
+PY
+  VAULT_ADDR=$RELAY_TEST_VAULT_ADDR VAULT_TOKEN=$RELAY_TEST_VAULT_TOKEN \
+    cargo run --example vault_secrets --all-features -- 'vault://secret/relay-example/db#password'
+)
+
 log "benches compile and run once"
 cargo bench --bench rollouts -- --test
 
