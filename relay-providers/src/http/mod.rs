@@ -1,0 +1,91 @@
+//! HTTP health probes (feature `http`): [`HttpProbe`] hits a health endpoint
+//! per revision; [`PrometheusProbe`] queries a Prometheus server.
+
+mod probe;
+mod prometheus;
+
+pub use probe::{HttpProbe, HttpProbeBuilder, ERROR_RATE, LATENCY_MS};
+pub use prometheus::{PromQuery, PrometheusProbe};
+
+use relay_core::{Error, Result, Scope};
+
+const PROVIDER: &str = "http";
+
+/// The placeholder a URL or query template has for the revision measured.
+pub const REVISION_PLACEHOLDER: &str = "{{revision}}";
+
+/// The client crate these probes are built on, at the version they use.
+pub mod sdk {
+    pub use reqwest;
+}
+
+/// `template` with the measured revision in place of
+/// [`REVISION_PLACEHOLDER`]. A template for the whole target must not name a
+/// revision; errors name `field`.
+pub(crate) fn fill(template: &str, scope: &Scope, field: &str) -> Result<String> {
+    match scope {
+        Scope::Revision(id) => Ok(template.replace(REVISION_PLACEHOLDER, id.as_str())),
+        Scope::Target if template.contains(REVISION_PLACEHOLDER) => Err(Error::invalid(
+            field,
+            format!("{template:?} names {REVISION_PLACEHOLDER}, but the check measures the whole target"),
+        )),
+        Scope::Target => Ok(template.to_owned()),
+    }
+}
+
+/// `url` as shown in samples and verdicts: without user info or query, which
+/// may carry credentials.
+pub(crate) fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "(invalid URL)".to_owned(),
+    }
+}
+
+/// A request that did not complete (refused, reset, timed out): retryable.
+pub(crate) fn unreachable(what: &str, e: &reqwest::Error) -> Error {
+    Error::provider(PROVIDER, true, format!("{what}: {}", without_url(e)))
+}
+
+/// reqwest's message without the URL (which may carry credentials in its
+/// query or user info).
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "could not read the response"
+    } else {
+        "request failed"
+    };
+    kind.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_core::RevisionId;
+
+    #[test]
+    fn templates_take_the_revision_and_a_target_template_must_not_need_one() {
+        let rev = Scope::Revision(RevisionId::from("rev-1"));
+        assert_eq!(
+            fill("http://h/{{revision}}/health", &rev, "f").unwrap(),
+            "http://h/rev-1/health"
+        );
+        assert_eq!(fill("up", &Scope::Target, "f").unwrap(), "up");
+        let e = fill("x{{revision}}", &Scope::Target, "analysis.checks.metric").unwrap_err();
+        assert!(e.to_string().contains("analysis.checks.metric"), "{e}");
+    }
+
+    #[test]
+    fn shown_urls_carry_no_credentials() {
+        assert_eq!(shown("https://user:pw@h:8/health?token=t"), "https://h:8/health");
+    }
+}

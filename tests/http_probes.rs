@@ -1,0 +1,272 @@
+//! The HTTP probe against endpoints this test serves, and the Prometheus
+//! probe against a real Prometheus (`scripts/test.sh` starts it on
+//! 127.0.0.1 scraping `RELAY_TEST_METRICS_ADDR` every second and exports its
+//! URL as `RELAY_TEST_PROMETHEUS_URL`), which scrapes a metrics endpoint this
+//! test serves: stable and candidate revisions with different error rates.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use relay::providers::http::{HttpProbe, PrometheusProbe, ERROR_RATE, LATENCY_MS};
+use relay::providers::sim::{MemoryArtifactStore, RevisionBehavior, SimTarget};
+use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
+use relay::{
+    AnalysisSpec, Check, EngineConfig, Error, HealthProbe, Outcome, ProbeQuery, Relay, Release, RevisionId,
+    RolloutSpec, Scope,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Error rate per revision, and when the revision started serving.
+type Revisions = Arc<Mutex<BTreeMap<String, (f64, tokio::time::Instant)>>>;
+
+/// Serves `/metrics` (request counters per revision, 100 requests/s at the
+/// revision's error rate, none at a NaN rate), `/health/<revision>` (500 when the revision's
+/// error rate is above one half) and `/slow` (answers after 3 s).
+fn serve(listener: TcpListener, revisions: Revisions) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let revisions = revisions.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let (status, body) = if path == "/metrics" {
+                    let mut body = String::from("# TYPE http_requests_total counter\n");
+                    for (rev, (rate, since)) in revisions.lock().unwrap().iter() {
+                        // A NaN rate: a revision that serves nothing.
+                        let total = if rate.is_nan() {
+                            0
+                        } else {
+                            since.elapsed().as_millis() as u64 / 10
+                        };
+                        let errors = if rate.is_nan() { 0 } else { (total as f64 * rate) as u64 };
+                        body += &format!(
+                            "http_requests_total{{revision=\"{rev}\",code=\"200\"}} {}\n\
+                             http_requests_total{{revision=\"{rev}\",code=\"500\"}} {errors}\n",
+                            total - errors
+                        );
+                    }
+                    (200, body)
+                } else if path == "/slow" {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    (200, "late".to_owned())
+                } else if let Some(rev) = path.strip_prefix("/health/") {
+                    match revisions.lock().unwrap().get(rev) {
+                        Some((rate, _)) if *rate <= 0.5 => (200, "ok".to_owned()),
+                        _ => (500, "failing".to_owned()),
+                    }
+                } else {
+                    (404, String::new())
+                };
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+}
+
+fn revisions(entries: &[(&str, f64)]) -> Revisions {
+    let now = tokio::time::Instant::now();
+    Arc::new(Mutex::new(
+        entries.iter().map(|(r, e)| ((*r).to_owned(), (*e, now))).collect(),
+    ))
+}
+
+fn query(metric: &str, scope: Scope) -> ProbeQuery {
+    ProbeQuery {
+        metric: metric.into(),
+        scope,
+        window: Duration::from_secs(5),
+    }
+}
+
+fn rev(id: &str) -> Scope {
+    Scope::Revision(RevisionId::from(id))
+}
+
+#[tokio::test]
+async fn the_http_probe_counts_statuses_timeouts_and_refusals_as_failed_requests() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve(listener, revisions(&[("good", 0.0), ("bad", 0.9)]));
+    let probe = HttpProbe::builder()
+        .revision_url(format!("http://{addr}/health/{{{{revision}}}}"))
+        .target_url(format!("http://{addr}/slow"))
+        .requests_per_sample(4)
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let good = probe.sample(&query(ERROR_RATE, rev("good"))).await.unwrap();
+    assert_eq!(good.values, [0.0; 4]);
+    assert_eq!(good.counts.map(|c| (c.failures, c.total)), Some((0, 4)));
+    let latency = probe.sample(&query(LATENCY_MS, rev("good"))).await.unwrap();
+    assert_eq!(latency.values.len(), 4);
+    assert!(latency.values.iter().all(|ms| *ms > 0.0 && *ms < 300.0), "{latency:?}");
+    let bad = probe.sample(&query(ERROR_RATE, rev("bad"))).await.unwrap();
+    assert_eq!(bad.values, [1.0; 4]);
+    assert!(bad.source.contains("status 500"), "{}", bad.source);
+
+    let slow = probe.sample(&query(ERROR_RATE, Scope::Target)).await.unwrap();
+    assert_eq!(slow.values, [1.0; 4], "timeouts are failed requests");
+    assert!(slow.source.contains("timed out"), "{}", slow.source);
+
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let refused = HttpProbe::builder()
+        .target_url(format!("http://{closed}/health"))
+        .requests_per_sample(2)
+        .build()
+        .unwrap()
+        .sample(&query(ERROR_RATE, Scope::Target))
+        .await
+        .unwrap();
+    assert_eq!(refused.values, [1.0; 2], "refused connections are failed requests");
+    assert!(refused.source.contains("could not connect"), "{}", refused.source);
+
+    let e = HttpProbe::builder()
+        .target_url(format!("http://{addr}/slow"))
+        .build()
+        .unwrap()
+        .sample(&query(ERROR_RATE, rev("good")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidSpec { path, .. } if path == "http.url"),
+        "{e:?}"
+    );
+    let e = HttpProbe::builder().build().unwrap_err();
+    assert!(e.to_string().contains("http.url"), "{e}");
+}
+
+const ERRORS: &str = "sum(rate(http_requests_total{revision=\"{{revision}}\",code=\"500\"}[5s])) \
+                      / sum(rate(http_requests_total{revision=\"{{revision}}\"}[5s]))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_judged_through_prometheus_promotes_the_good_release_and_rolls_back_the_bad() {
+    let prometheus = std::env::var("RELAY_TEST_PROMETHEUS_URL")
+        .expect("RELAY_TEST_PROMETHEUS_URL is not set: run the suite with scripts/test.sh, which starts Prometheus");
+    let metrics_addr = std::env::var("RELAY_TEST_METRICS_ADDR").unwrap();
+    let probe = PrometheusProbe::new(&prometheus, Duration::from_secs(5))
+        .unwrap()
+        .query("error_rate", ERRORS)
+        .range_query("error_rate_over_time", ERRORS, Duration::from_secs(1));
+
+    let artifacts = MemoryArtifactStore::new();
+    artifacts.push("shop/web", "v1", b"build 1", BTreeMap::new());
+    artifacts.push("shop/web", "v2", b"build 2", BTreeMap::new());
+    artifacts.push("shop/web", "v3", b"build 3", BTreeMap::new());
+    let target = Arc::new(SimTarget::new("web").default_behavior(RevisionBehavior {
+        readiness_delay: Duration::from_millis(20),
+        ..Default::default()
+    }));
+    let relay = Relay::builder()
+        .target(target)
+        .probe(Arc::new(probe.clone()))
+        .artifacts(Arc::new(artifacts))
+        .config(EngineConfig {
+            poll_interval: Duration::from_millis(10),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let release = |tag: &str| Release::new(format!("shop/web:{tag}").parse().unwrap()).replicas(2);
+    let outcome = relay
+        .start(RolloutSpec::new("web", release("v1"), AllAtOnce))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(outcome.is_success(), "{outcome}");
+    let analysis = AnalysisSpec::new(vec![Check::new("errors", "error_rate", ThresholdJudge::below(0.05))])
+        .every(Duration::from_secs(1), 3);
+    let canary = || CanaryStrategy::new().set_weight(50).analyze(analysis.clone());
+    let id = |tag: &str| {
+        let relay = &relay;
+        let spec = RolloutSpec::new("web", release(tag), canary());
+        async move { relay.plan(&spec).await.unwrap().candidate.id.to_string() }
+    };
+    let (v1, v2, v3) = (
+        relay
+            .plan(&RolloutSpec::new("web", release("v1"), AllAtOnce))
+            .await
+            .unwrap()
+            .candidate
+            .id
+            .to_string(),
+        id("v2").await,
+        id("v3").await,
+    );
+    let listener = TcpListener::bind(&metrics_addr).await.unwrap();
+    serve(
+        listener,
+        revisions(&[(&v1, 0.01), (&v2, 0.01), (&v3, 0.3), ("idle", f64::NAN)]),
+    );
+
+    // Wait for Prometheus to have scraped enough for a 5 s rate.
+    let mut ready = false;
+    for _ in 0..60 {
+        let s = probe.sample(&query("error_rate", rev(&v3))).await.unwrap();
+        if s.values.first().is_some_and(|v| v.is_finite()) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(ready, "Prometheus never had the candidate's rate");
+    // A few more scrapes, so the last 5 s hold a rate at every step.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Range queries give one value per step over the window.
+    let range = probe.sample(&query("error_rate_over_time", rev(&v3))).await.unwrap();
+    assert!(range.values.len() >= 2, "{range:?}");
+    assert!(range.values.iter().all(|v| (v - 0.3).abs() < 0.05), "{range:?}");
+
+    // No traffic: 0/0 is NaN, kept so the judge calls it no data.
+    let idle = probe.sample(&query("error_rate", rev("idle"))).await.unwrap();
+    assert!(
+        idle.values.iter().all(|v| v.is_nan()) && idle.source.contains("NaN"),
+        "{idle:?}"
+    );
+    // No series at all, and a query Prometheus refuses: no values, and why.
+    let none = probe.sample(&query("error_rate", rev("absent"))).await.unwrap();
+    assert!(
+        none.values.is_empty() && none.source.contains("empty result"),
+        "{none:?}"
+    );
+    let broken = probe.sample(&query("sum(rate(", Scope::Target)).await.unwrap();
+    assert!(
+        broken.values.is_empty() && broken.source.contains("query error") && broken.source.contains("sum(rate("),
+        "{broken:?}"
+    );
+
+    let good = relay
+        .start(RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(good.is_success(), "{good}");
+    let bad = relay
+        .start(RolloutSpec::new("web", release("v3"), canary()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(
+        matches!(&bad, Outcome::RolledBack { cause } if cause.contains("errors")),
+        "{bad}"
+    );
+}
