@@ -74,6 +74,10 @@ pub(crate) fn count(pods: &[Pod]) -> PodCounts {
 ///   one pod of the revision cannot run.
 ///
 /// Other metric names are [`Error::InvalidSpec`].
+///
+/// Revision ids are derived from the release's content, so two Deployments
+/// of one namespace running the very same release share a revision label
+/// and are counted together; keep such twins in separate namespaces.
 #[derive(Clone)]
 pub struct PodReadinessProbe {
     client: Client,
