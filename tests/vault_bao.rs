@@ -208,6 +208,30 @@ async fn an_approle_token_is_refused_outside_its_policy_and_logs_in_again_after_
     assert_eq!(store.fetch(&allowed).await.unwrap().value.expose_secret(), PLANTED);
 }
 
+#[tokio::test]
+async fn a_renewable_token_is_renewed_before_it_expires() {
+    let path = unique("app/renew");
+    root()
+        .write("secret", &path, &data(&[("password", "v")]), None)
+        .await
+        .unwrap();
+    let mut request = vaultrs::api::token::requests::CreateTokenRequest::builder();
+    request.ttl("3s").explicit_max_ttl("60s").renewable(true);
+    let token = vaultrs::token::new(&admin(), Some(&mut request))
+        .await
+        .unwrap()
+        .client_token;
+    let store = VaultKvStore::builder(addr()).token(token.into()).build().unwrap();
+    let reference = format!("vault://secret/{path}#password").parse().unwrap();
+    // A token used past its 3 s TTL only works if the store renewed it (a
+    // given token cannot be replaced by a new login).
+    for _ in 0..3 {
+        assert_eq!(store.fetch(&reference).await.unwrap().value.expose_secret(), "v");
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+    }
+    assert_eq!(store.fetch(&reference).await.unwrap().value.expose_secret(), "v");
+}
+
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
 

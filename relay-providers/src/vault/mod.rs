@@ -183,8 +183,11 @@ type Call<'a, T> = Pin<Box<dyn Future<Output = std::result::Result<T, ClientErro
 /// Map a client error for `what` (a path, never a token or value).
 fn classify(what: &str, e: ClientError) -> Error {
     match e {
-        ClientError::APIError { code: 401 | 403, .. } => Error::PermissionDenied {
-            what: format!("{what} (Vault answered {})", 403),
+        ClientError::APIError {
+            code: code @ (401 | 403),
+            ..
+        } => Error::PermissionDenied {
+            what: format!("{what} (Vault answered {code})"),
         },
         ClientError::APIError { code: 404, .. } => Error::NotFound { what: what.to_owned() },
         ClientError::APIError { code: 429, .. } => Error::RateLimited {
