@@ -51,3 +51,17 @@ impl Clock for TokioClock {
         self.base_ms + self.base.elapsed().as_millis() as i64
     }
 }
+
+/// Milliseconds since the Unix epoch of an RFC 3339 instant
+/// (`2026-12-24T00:00:00Z`, `2026-12-24T01:00:00+01:00`); errors name `field`.
+///
+/// # Errors
+/// [`crate::Error::InvalidSpec`] at `field` when `s` is not such an instant.
+pub fn parse_rfc3339(field: &str, s: &str) -> crate::Result<UnixMillis> {
+    s.parse::<jiff::Timestamp>().map(|t| t.as_millisecond()).map_err(|e| {
+        crate::Error::invalid(
+            field,
+            format!("{s:?} is not an RFC 3339 time like 2026-12-24T00:00:00Z: {e}"),
+        )
+    })
+}

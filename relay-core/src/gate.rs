@@ -1,6 +1,7 @@
 //! Gates: decisions taken before a step may proceed.
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,10 @@ pub struct GateContext {
     pub approvals: Vec<Approval>,
     /// Now (unix milliseconds, from the engine's clock).
     pub now_ms: UnixMillis,
+    /// When the engine began asking this gate (unix milliseconds); after a
+    /// resume, when it began asking again.
+    #[serde(default)]
+    pub waiting_since_ms: UnixMillis,
 }
 
 /// A gate's answer.
@@ -81,18 +86,41 @@ pub trait Gate: Send + Sync + fmt::Debug + 'static {
     async fn check(&self, ctx: &GateContext) -> Result<GateDecision>;
 }
 
+/// What a [`ManualApproval`] decides when nobody did in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    /// Refuse: the rollout rolls back.
+    Reject,
+    /// Proceed, as if approved by "timeout".
+    Approve,
+}
+
 /// A gate that waits for a person: it passes once
 /// [`crate::RolloutHandle::approve`] names it and fails once
-/// [`crate::RolloutHandle::reject`] does.
+/// [`crate::RolloutHandle::reject`] does (the latest decision wins; the
+/// engine audits who decided, when, and their comment). With
+/// [`ManualApproval::timeout`], a gate nobody decided within the time takes
+/// the configured outcome.
 #[derive(Clone, Debug)]
 pub struct ManualApproval {
     name: String,
+    timeout: Option<(Duration, OnTimeout)>,
 }
 
 impl ManualApproval {
     /// A manual approval gate called `name`.
     pub fn new(name: impl Into<String>) -> Self {
-        ManualApproval { name: name.into() }
+        ManualApproval {
+            name: name.into(),
+            timeout: None,
+        }
+    }
+
+    /// Decide `outcome` when nobody decided within `after`.
+    pub fn timeout(mut self, after: Duration, outcome: OnTimeout) -> Self {
+        self.timeout = Some((after, outcome));
+        self
     }
 }
 
@@ -104,14 +132,30 @@ impl Gate for ManualApproval {
 
     async fn check(&self, ctx: &GateContext) -> Result<GateDecision> {
         // The latest decision on this gate wins.
-        Ok(match ctx.approvals.iter().rev().find(|a| a.gate == self.name) {
-            Some(a) if a.approved => GateDecision::Pass { by: a.by.clone() },
-            Some(a) => GateDecision::Fail {
-                reason: format!("rejected by {}: {}", a.by, a.comment),
-            },
-            None => GateDecision::Wait {
-                reason: format!("waiting for approval of {:?}", self.name),
-            },
+        if let Some(a) = ctx.approvals.iter().rev().find(|a| a.gate == self.name) {
+            return Ok(if a.approved {
+                GateDecision::Pass { by: a.by.clone() }
+            } else {
+                GateDecision::Fail {
+                    reason: format!("rejected by {}: {}", a.by, a.comment),
+                }
+            });
+        }
+        if let Some((after, outcome)) = self.timeout {
+            let waited = ctx.now_ms.saturating_sub(ctx.waiting_since_ms);
+            if waited >= i64::try_from(after.as_millis()).unwrap_or(i64::MAX) {
+                return Ok(match outcome {
+                    OnTimeout::Approve => GateDecision::Pass {
+                        by: format!("timeout: no decision within {after:?}"),
+                    },
+                    OnTimeout::Reject => GateDecision::Fail {
+                        reason: format!("no decision on {:?} within {after:?}", self.name),
+                    },
+                });
+            }
+        }
+        Ok(GateDecision::Wait {
+            reason: format!("waiting for approval of {:?}", self.name),
         })
     }
 }

@@ -557,9 +557,11 @@ impl Driver {
             )));
         };
         let mut last_wait: Option<String> = None;
+        let waiting_since_ms = self.inner.clock.now_ms();
         loop {
             let plan = &self.record.plan;
             let ctx = GateContext {
+                waiting_since_ms,
                 rollout: self.record.id.clone(),
                 target: self.record.target.clone(),
                 candidate: plan.candidate.id.clone(),

@@ -18,7 +18,7 @@ use crate::audit::{AuditEvent, AuditSink};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::event::{EventKind, RolloutEvent};
-use crate::gate::Gate;
+use crate::gate::{Approval, Gate, GateContext, GateDecision};
 use crate::plan::{Plan, PlanContext, Step, Strategy};
 use crate::release::{Release, RevisionSpec};
 use crate::retry::RetryPolicy;
@@ -74,6 +74,15 @@ pub struct RolloutSpec {
     pub strategy: Arc<dyn Strategy>,
     /// What the artifact must satisfy.
     pub policy: ArtifactPolicy,
+    /// Gates checked before anything changes: a gate that refuses makes
+    /// [`Relay::plan`] and [`Relay::start`] fail; one that waits becomes the
+    /// plan's first step.
+    pub gates_before_start: Vec<String>,
+    /// Gates checked right before promotion (a step before `promote`).
+    pub gates_before_promotion: Vec<String>,
+    /// Decisions given before the rollout starts (an emergency override of
+    /// a freeze window, say); recorded and audited when it starts.
+    pub approvals: Vec<Approval>,
 }
 
 impl RolloutSpec {
@@ -86,7 +95,36 @@ impl RolloutSpec {
             release,
             strategy: Arc::new(strategy),
             policy: ArtifactPolicy::default(),
+            gates_before_start: Vec::new(),
+            gates_before_promotion: Vec::new(),
+            approvals: Vec::new(),
         }
+    }
+
+    /// Check gate `name` before anything changes.
+    pub fn gate_before_start(mut self, name: impl Into<String>) -> Self {
+        self.gates_before_start.push(name.into());
+        self
+    }
+
+    /// Check gate `name` right before promotion.
+    pub fn gate_before_promotion(mut self, name: impl Into<String>) -> Self {
+        self.gates_before_promotion.push(name.into());
+        self
+    }
+
+    /// Approve gate `gate` up front, as `by` with `comment` (for example an
+    /// emergency override of a freeze window). Recorded in the rollout and
+    /// audited when it starts.
+    pub fn approve(mut self, gate: impl Into<String>, by: impl Into<String>, comment: impl Into<String>) -> Self {
+        self.approvals.push(Approval {
+            gate: gate.into(),
+            by: by.into(),
+            comment: comment.into(),
+            approved: true,
+            at_ms: 0,
+        });
+        self
     }
 
     /// Use a fixed id (letters, digits, '.', '_', '-').
@@ -281,11 +319,19 @@ impl Relay {
             replicas: spec.release.replicas,
             stable: stable.clone(),
         };
-        let steps = if already_stable {
+        let mut steps = if already_stable {
             Vec::new()
         } else {
             spec.strategy.plan(&ctx)?
         };
+        if !steps.is_empty() {
+            self.preflight(spec, &candidate).await?;
+            let gate = |name: &String| Step::Gate { name: name.clone() };
+            if let Some(at) = steps.iter().position(|s| matches!(s, Step::Promote)) {
+                steps.splice(at..at, spec.gates_before_promotion.iter().map(gate));
+            }
+            steps.splice(0..0, spec.gates_before_start.iter().map(gate));
+        }
         for (i, step) in steps.iter().enumerate() {
             match step {
                 Step::Gate { name } if !inner.gates.contains_key(name) => {
@@ -313,6 +359,55 @@ impl Relay {
             stable: stable.map(|s| s.id),
             steps,
         })
+    }
+
+    /// Ask the before-start gates now: a refusal fails the plan, naming the
+    /// gate and its reason; a gate that waits is asked again as the plan's
+    /// first step.
+    async fn preflight(&self, spec: &RolloutSpec, candidate: &RevisionSpec) -> Result<()> {
+        let inner = &self.inner;
+        let now_ms = inner.clock.now_ms();
+        for (i, name) in spec
+            .gates_before_start
+            .iter()
+            .chain(&spec.gates_before_promotion)
+            .enumerate()
+        {
+            let Some(gate) = inner.gates.get(name) else {
+                let field = if i < spec.gates_before_start.len() {
+                    format!("spec.gates_before_start[{i}]")
+                } else {
+                    format!("spec.gates_before_promotion[{}]", i - spec.gates_before_start.len())
+                };
+                return Err(Error::invalid(
+                    field,
+                    format!("no gate named {name:?} is registered; add one with RelayBuilder::gate"),
+                ));
+            };
+            if i >= spec.gates_before_start.len() {
+                continue;
+            }
+            let ctx = GateContext {
+                rollout: spec.id.clone().unwrap_or_default(),
+                target: spec.target.clone(),
+                candidate: candidate.id.clone(),
+                digest: candidate.artifact.digest.to_string(),
+                step: 0,
+                approvals: spec.approvals.clone(),
+                now_ms,
+                waiting_since_ms: now_ms,
+            };
+            let decision = inner
+                .call("gate.check", warn_retry("gate.check"), || gate.check(&ctx))
+                .await?;
+            if let GateDecision::Fail { reason } = decision {
+                return Err(Error::GateRejected {
+                    gate: name.clone(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Plan and start a rollout: take the target's lease, persist the record
@@ -366,7 +461,14 @@ impl Relay {
             cursor: 0,
             rollback_cursor: 0,
             paused: false,
-            approvals: Vec::new(),
+            approvals: spec
+                .approvals
+                .iter()
+                .map(|a| Approval {
+                    at_ms: now,
+                    ..a.clone()
+                })
+                .collect(),
             holder,
             lease_token: lease.token,
             created_ms: now,
@@ -392,6 +494,10 @@ impl Relay {
             "steps": record.plan.steps.len(),
         });
         inner.audit(&id, &inner.holder, "rollout.started", detail).await?;
+        for a in &record.approvals {
+            let detail = serde_json::json!({"gate": a.gate, "by": a.by, "comment": a.comment, "before_start": true});
+            inner.audit(&id, &inner.holder, "gate.approved", detail).await?;
+        }
         Ok(self.spawn(record, lease))
     }
 
