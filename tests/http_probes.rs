@@ -2,7 +2,8 @@
 //! probe against a real Prometheus (`scripts/test.sh` starts it on
 //! 127.0.0.1 scraping `RELAY_TEST_METRICS_ADDR` every second and exports its
 //! URL as `RELAY_TEST_PROMETHEUS_URL`), which scrapes a metrics endpoint this
-//! test serves: stable and candidate revisions with different error rates.
+//! test serves: stable and candidate revisions with different error rates;
+//! and the webhook gate against hooks this test serves.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use relay::providers::http::{HttpProbe, PrometheusProbe, ERROR_RATE, LATENCY_MS};
+use relay::providers::http::{HttpProbe, PrometheusProbe, WebhookGate, ERROR_RATE, LATENCY_MS};
 use relay::providers::sim::{MemoryArtifactStore, RevisionBehavior, SimTarget};
 use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
 use relay::{
@@ -34,11 +35,31 @@ fn serve(listener: TcpListener, revisions: Revisions) {
             };
             let revisions = revisions.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let n = conn.read(&mut buf).await.unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]).to_string();
-                let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let (status, body) = if path == "/metrics" {
+                let (head, body) = read_request(&mut conn).await;
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let (status, body) = if path == "/hook/ok" {
+                    let signature = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("x-relay-signature-256: ")
+                                .or_else(|| l.strip_prefix("X-Relay-Signature-256: "))
+                        })
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned();
+                    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if !relay::verify_webhook_signature(HOOK_KEY.as_bytes(), &body, &signature) {
+                        (401, "bad signature".to_owned())
+                    } else if sent["target"] != "web"
+                        || sent["candidate"].as_str().is_none_or(|c| !c.starts_with("rev-"))
+                    {
+                        (400, format!("unexpected context {sent}"))
+                    } else {
+                        (200, "go".to_owned())
+                    }
+                } else if path == "/hook/fail" {
+                    (503, "change freeze in effect".to_owned())
+                } else if path == "/metrics" {
                     let mut body = String::from("# TYPE http_requests_total counter\n");
                     for (rev, (rate, since)) in revisions.lock().unwrap().iter() {
                         // A NaN rate: a revision that serves nothing.
@@ -74,6 +95,42 @@ fn serve(listener: TcpListener, revisions: Revisions) {
             });
         }
     });
+}
+
+const HOOK_KEY: &str = "hook-signing-key";
+
+/// The request line and headers, and the body (by Content-Length).
+async fn read_request(conn: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&buf[..n]);
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_string();
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0usize);
+            while data.len() < end + 4 + length {
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+            }
+            let body = data[end + 4..].to_vec();
+            return (head, body);
+        }
+    }
+    (String::from_utf8_lossy(&data).to_string(), Vec::new())
 }
 
 fn revisions(entries: &[(&str, f64)]) -> Revisions {
@@ -269,4 +326,60 @@ async fn a_canary_judged_through_prometheus_promotes_the_good_release_and_rolls_
         matches!(&bad, Outcome::RolledBack { cause } if cause.contains("errors")),
         "{bad}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_gate_passes_on_2xx_and_fails_on_errors_and_timeouts() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve(listener, revisions(&[]));
+    let hook = |name: &str, path: &str, key: &str| {
+        Arc::new(
+            WebhookGate::new(name, format!("http://{addr}{path}"), Duration::from_millis(500))
+                .unwrap()
+                .signing_key(key.to_owned().into()),
+        ) as Arc<dyn relay::Gate>
+    };
+    let artifacts = MemoryArtifactStore::new();
+    for tag in ["v1", "v2"] {
+        artifacts.push("shop/web", tag, tag.as_bytes(), BTreeMap::new());
+    }
+    let target = Arc::new(SimTarget::new("web").default_behavior(RevisionBehavior {
+        readiness_delay: Duration::from_millis(20),
+        ..Default::default()
+    }));
+    let relay = Relay::builder()
+        .target(target)
+        .artifacts(Arc::new(artifacts))
+        .gate(hook("signed", "/hook/ok", HOOK_KEY))
+        .gate(hook("wrong-key", "/hook/ok", "not-the-key"))
+        .gate(hook("failing", "/hook/fail", HOOK_KEY))
+        .gate(hook("slow", "/slow", HOOK_KEY))
+        .config(EngineConfig {
+            poll_interval: Duration::from_millis(10),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let run = |gate: &'static str, tag: &'static str| {
+        let relay = relay.clone();
+        async move {
+            let release = Release::new(format!("shop/web:{tag}").parse().unwrap()).replicas(2);
+            let spec = RolloutSpec::new("web", release, AllAtOnce).gate_before_promotion(gate);
+            relay.start(spec).await.unwrap().wait().await.unwrap()
+        }
+    };
+    assert!(run("signed", "v1").await.is_success());
+    for (gate, says) in [
+        ("wrong-key", "answered 401: bad signature"),
+        ("failing", "answered 503: change freeze in effect"),
+        ("slow", "did not answer within 500ms"),
+    ] {
+        match run(gate, "v2").await {
+            Outcome::RolledBack { cause } => assert!(cause.contains(says), "{gate}: {cause}"),
+            other => panic!("{gate}: {other}"),
+        }
+    }
+    let shown = format!("{:?}", hook("signed", "/hook/ok", HOOK_KEY));
+    assert!(!shown.contains(HOOK_KEY), "{shown}");
 }

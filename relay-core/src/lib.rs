@@ -41,7 +41,9 @@ pub use engine::{EngineConfig, Relay, RelayBuilder, RolloutHandle, RolloutSpec};
 pub use error::{Error, Result};
 pub use event::{EventKind, Outcome, RolloutEvent, RolloutEvents};
 pub use freeze::{FreezeGate, FreezeWindow, Weekday};
-pub use gate::{Approval, Gate, GateContext, GateDecision, ManualApproval, OnTimeout};
+pub use gate::{
+    verify_webhook_signature, webhook_signature, Approval, Gate, GateContext, GateDecision, ManualApproval, OnTimeout,
+};
 pub use plan::{Plan, PlanContext, Step, Strategy};
 pub use release::{Release, RevisionId, RevisionSpec, SecretRef};
 pub use retry::RetryPolicy;

@@ -1,11 +1,14 @@
-//! HTTP health probes (feature `http`): [`HttpProbe`] hits a health endpoint
-//! per revision; [`PrometheusProbe`] queries a Prometheus server.
+//! HTTP providers (feature `http`): [`HttpProbe`] hits a health endpoint
+//! per revision; [`PrometheusProbe`] queries a Prometheus server;
+//! [`WebhookGate`] asks an HTTP endpoint whether a rollout may proceed.
 
 mod probe;
 mod prometheus;
+mod webhook;
 
 pub use probe::{HttpProbe, HttpProbeBuilder, ERROR_RATE, LATENCY_MS};
 pub use prometheus::{PromQuery, PrometheusProbe};
+pub use webhook::{WebhookGate, SIGNATURE_HEADER};
 
 use relay_core::{Error, Result, Scope};
 
