@@ -1,5 +1,7 @@
-//! Gates in virtual time: manual approval timeouts, freeze windows before
-//! start and before promotion (and their audited override).
+//! Gates and artifact checks in virtual time: manual approval timeouts,
+//! freeze windows before start and before promotion (and their audited
+//! override), signature and checksum verifiers, and a rolled-back digest
+//! refused again.
 
 #![allow(clippy::unwrap_used)]
 
@@ -156,4 +158,105 @@ async fn an_unregistered_spec_gate_is_named() {
         RolloutSpec::new("web", release("v2"), CanaryStrategy::new().set_weight(50)).gate_before_promotion("nope");
     let e = relay.plan(&spec).await.unwrap_err();
     assert!(e.to_string().contains("spec.gates_before_promotion[0]"), "{e}");
+}
+
+/// A world whose v2 carries `signature` metadata signed with `key`.
+#[cfg(feature = "signing")]
+fn signed_world(key: &relay::verify::ed25519::SigningKey) -> World {
+    let w = World::new(25);
+    let digest = relay::Digest::of(b"build 2 signed");
+    let signature = relay::SignatureVerifier::sign(key, &digest);
+    w.artifacts.push(
+        "shop/web",
+        "v2-signed",
+        b"build 2 signed",
+        [(relay::SIGNATURE_METADATA.to_owned(), signature.clone())].into(),
+    );
+    // The same signature copied onto other content: tampered.
+    w.artifacts.push(
+        "shop/web",
+        "v2-tampered",
+        b"build 2 with a backdoor",
+        [(relay::SIGNATURE_METADATA.to_owned(), signature)].into(),
+    );
+    w
+}
+
+#[cfg(feature = "signing")]
+#[tokio::test(start_paused = true)]
+async fn unsigned_and_tampered_artifacts_are_refused_before_anything_changes() {
+    use relay::verify::ed25519::SigningKey;
+    let key = SigningKey::from_bytes(&[42; 32]);
+    let w = signed_world(&key);
+    let public = relay::verify::ed25519::VerifyingKey::from(&key);
+    let verifier = relay::SignatureVerifier::new([("release-key", hex(&public.to_bytes()).as_str())]).unwrap();
+    let relay = w.builder().verifier(Arc::new(verifier)).build().unwrap();
+    let spec = |tag: &str| RolloutSpec::new("web", release(tag), CanaryStrategy::new().set_weight(50));
+    for (tag, says) in [
+        ("v1", "unsigned"),
+        ("v2-tampered", "does not verify with any trusted key (release-key)"),
+    ] {
+        match relay.plan(&spec(tag)).await {
+            Err(Error::InvalidSpec { path, reason }) => {
+                assert_eq!(path, "release.artifact");
+                assert!(reason.contains(says), "{tag}: {reason}");
+            }
+            other => panic!("{tag}: {other:?}"),
+        }
+    }
+    assert_eq!(w.target.mutations(), 0, "nothing changed");
+    assert!(relay
+        .start(spec("v2-signed"))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+        .is_success());
+}
+
+#[cfg(feature = "signing")]
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_checksummed_artifacts_pass_and_a_rolled_back_digest_is_refused_again() {
+    let w = World::new(26);
+    let v1 = relay::Digest::of(b"build 1");
+    let v3 = w.v3.digest.clone();
+    let manifest = format!("{}  web-v1.tar\n{}  web-v3.tar\n", &v1.as_str()[7..], &v3.as_str()[7..]);
+    let relay = w
+        .builder()
+        .verifier(Arc::new(relay::ChecksumVerifier::from_sha256sums(&manifest).unwrap()))
+        .build()
+        .unwrap();
+    deploy_v1(&relay).await;
+    let e = relay
+        .plan(&RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not in the trusted checksum list"), "{e}");
+
+    // v3 fails its analysis and is rolled back; the policy then refuses it.
+    let policy = relay::ArtifactPolicy {
+        refuse_rolled_back: true,
+        ..Default::default()
+    };
+    let spec = || RolloutSpec::new("web", release("v3"), canary()).policy(policy.clone());
+    let handle = relay.start(spec()).await.unwrap();
+    let id = handle.id().to_string();
+    assert!(matches!(handle.wait().await.unwrap(), Outcome::RolledBack { .. }));
+    match relay.plan(&spec()).await {
+        Err(Error::InvalidSpec { path, reason }) => {
+            assert_eq!(path, "release.artifact");
+            assert!(
+                reason.contains(&id) && reason.contains("refuses to deploy it again"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let without = RolloutSpec::new("web", release("v3"), canary());
+    assert!(relay.plan(&without).await.is_ok(), "only the policy refuses it");
 }

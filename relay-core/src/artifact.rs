@@ -209,6 +209,11 @@ pub struct ArtifactPolicy {
     pub required_metadata: Vec<String>,
     /// Digests that must never be deployed (for example releases that were rolled back).
     pub rejected_digests: Vec<Digest>,
+    /// Refuse a digest that a rollout on the same target rolled back, so
+    /// automation does not deploy it again (the state store's history is
+    /// the list).
+    #[serde(default)]
+    pub refuse_rolled_back: bool,
 }
 
 impl ArtifactPolicy {

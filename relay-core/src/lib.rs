@@ -29,6 +29,7 @@ pub mod state;
 pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod verify;
 
 pub use analysis::{
     AnalysisSpec, Check, CheckScope, Counts, InconclusivePolicy, InconclusiveReason, Judge, JudgeInput, Judgement,
@@ -51,6 +52,9 @@ pub use rng::SeededRng;
 pub use seams::{ArtifactStore, HealthProbe, ProbeQuery, Sample, Scope, SecretStore, SecretValue};
 pub use state::{FileStateStore, Lease, MemoryStateStore, RolloutRecord, RolloutStatus, StateStore};
 pub use target::{Capabilities, RevisionState, Role, Routing, Target, TargetState, TrafficSplit};
+#[cfg(feature = "signing")]
+pub use verify::SignatureVerifier;
+pub use verify::{ArtifactVerifier, ChecksumVerifier, SIGNATURE_METADATA};
 
 #[cfg(feature = "mock")]
 pub use {

@@ -14,6 +14,7 @@ use crate::rng::SeededRng;
 use crate::seams::{ArtifactStore, HealthProbe, SecretStore};
 use crate::state::{MemoryStateStore, StateStore};
 use crate::target::Target;
+use crate::verify::ArtifactVerifier;
 
 /// Builds a [`Relay`] from its providers. A target and an artifact store are
 /// required; state and audit default to in-memory stores (use
@@ -26,6 +27,7 @@ pub struct RelayBuilder {
     secrets: BTreeMap<String, Arc<dyn SecretStore>>,
     probe: Option<Arc<dyn HealthProbe>>,
     gates: Vec<Arc<dyn Gate>>,
+    verifiers: Vec<Arc<dyn ArtifactVerifier>>,
     state: Option<Arc<dyn StateStore>>,
     audit: Option<Arc<dyn AuditSink>>,
     clock: Option<Arc<dyn Clock>>,
@@ -36,6 +38,13 @@ pub struct RelayBuilder {
 }
 
 impl RelayBuilder {
+    /// Add an artifact verifier; every one must accept an artifact before a
+    /// rollout of it is planned.
+    pub fn verifier(mut self, verifier: Arc<dyn ArtifactVerifier>) -> Self {
+        self.verifiers.push(verifier);
+        self
+    }
+
     /// Register a target under its [`Target::name`].
     pub fn target(mut self, target: Arc<dyn Target>) -> Self {
         self.targets.push(target);
@@ -171,6 +180,7 @@ impl RelayBuilder {
                 secrets: self.secrets,
                 probe: self.probe,
                 gates,
+                verifiers: self.verifiers,
                 state: self.state.unwrap_or_else(|| Arc::new(MemoryStateStore::new())),
                 audit: self.audit.unwrap_or_else(|| Arc::new(MemoryAuditSink::new())),
                 clock: self.clock.unwrap_or_else(|| Arc::new(TokioClock::new())),

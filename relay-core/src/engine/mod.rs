@@ -26,6 +26,7 @@ use crate::rng::SeededRng;
 use crate::seams::{ArtifactStore, HealthProbe, SecretStore};
 use crate::state::{RolloutRecord, RolloutStatus, StateStore};
 use crate::target::Target;
+use crate::verify::ArtifactVerifier;
 
 pub use builder::RelayBuilder;
 pub use handle::RolloutHandle;
@@ -166,6 +167,7 @@ pub(crate) struct Inner {
     pub secrets: BTreeMap<String, Arc<dyn SecretStore>>,
     pub probe: Option<Arc<dyn HealthProbe>>,
     pub gates: BTreeMap<String, Arc<dyn Gate>>,
+    pub verifiers: Vec<Arc<dyn ArtifactVerifier>>,
     pub state: Arc<dyn StateStore>,
     pub audit: Arc<dyn AuditSink>,
     pub clock: Arc<dyn Clock>,
@@ -284,6 +286,32 @@ impl Relay {
             })
             .await?;
         inner.artifacts.verify(reference, &artifact, &spec.policy).await?;
+        for v in &inner.verifiers {
+            v.verify(&artifact).await?;
+        }
+        if spec.policy.refuse_rolled_back {
+            let history = inner
+                .call("state.list_target", warn_retry("state.list_target"), || {
+                    inner.state.list_target(&spec.target)
+                })
+                .await?;
+            if let Some(r) = history.iter().rev().find(|r| {
+                matches!(r.status, RolloutStatus::RolledBack { .. })
+                    && r.plan.candidate.artifact.digest == artifact.digest
+            }) {
+                let cause = match &r.status {
+                    RolloutStatus::RolledBack { cause } => cause.as_str(),
+                    _ => "",
+                };
+                return Err(Error::invalid(
+                    "release.artifact",
+                    format!(
+                        "{} was rolled back on target {:?} by rollout {} ({cause}); the policy refuses to deploy it again",
+                        artifact.digest, spec.target, r.id
+                    ),
+                ));
+            }
+        }
 
         let mut pinned = BTreeMap::new();
         for (name, r) in &spec.release.secrets {
