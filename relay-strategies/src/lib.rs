@@ -13,6 +13,8 @@ mod common;
 mod rolling;
 
 pub mod analysis;
+#[cfg(feature = "spec")]
+pub mod spec;
 
 pub use all_at_once::AllAtOnce;
 pub use analysis::{Comparison, Direction, MannWhitneyJudge, ProportionJudge, Statistic, ThresholdJudge};

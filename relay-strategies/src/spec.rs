@@ -1,0 +1,510 @@
+//! Rollout specs from YAML or TOML files (feature `spec`).
+//!
+//! ```yaml
+//! target: web
+//! release:
+//!   artifact: registry.local/shop/web:v2
+//!   replicas: 4
+//!   config: { MODE: fast }
+//!   secrets: { DB_PASSWORD: "vault://secret/web/db#password" }
+//! strategy:
+//!   canary:
+//!     steps:
+//!       - set_weight: 25
+//!       - analyze:
+//!           interval: 1m
+//!           count: 5
+//!           checks:
+//!             - { name: errors, metric: error_rate, below: 0.05 }
+//!       - pause: 10m
+//!       - gate: approve
+//! gates: { before_start: [freeze], before_promotion: [freeze] }
+//! policy: { require_digest: false, refuse_rolled_back: true }
+//! ```
+//!
+//! Every error is [`Error::InvalidSpec`] whose path is where the problem is
+//! in the file (`strategy.canary.steps[1].set_weight`) and whose reason says
+//! what is expected. Durations are written `250ms`, `30s`, `5m`, `1h30m`,
+//! `2d`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_core::{
+    AnalysisSpec, ArtifactPolicy, Check, CheckScope, Error, InconclusivePolicy, Judge, Release, Result, Role,
+    RolloutSpec, SecretRef,
+};
+use serde::Deserialize;
+
+use crate::{AllAtOnce, Amount, BlueGreenStrategy, CanaryStrategy, RollingStrategy, Statistic, ThresholdJudge};
+
+/// A parsed spec file: the rollout, ready for [`relay_core::Relay::start`].
+#[derive(Debug)]
+pub struct SpecFile {
+    /// The rollout it describes.
+    pub rollout: RolloutSpec,
+}
+
+/// A duration as written in a spec: `250ms`, `30s`, `5m`, `1h30m`, `2d`.
+///
+/// # Errors
+/// A message saying what a duration looks like.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration; write it like 250ms, 30s, 5m, 1h30m or 2d");
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let millis = match &rest[..unit] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit..];
+        let part = n.checked_mul(millis).ok_or_else(|| format!("{s:?} is too long"))?;
+        total = total
+            .checked_add(Duration::from_millis(part))
+            .ok_or_else(|| format!("{s:?} is too long"))?;
+    }
+    Ok(total)
+}
+
+#[derive(Debug)]
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    target: String,
+    #[serde(default)]
+    id: Option<String>,
+    release: ReleaseDoc,
+    strategy: StrategyDoc,
+    #[serde(default)]
+    gates: GatesDoc,
+    #[serde(default)]
+    policy: PolicyDoc,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyDoc {
+    #[serde(default)]
+    require_digest: bool,
+    #[serde(default)]
+    allowed_registries: Vec<String>,
+    #[serde(default)]
+    required_metadata: Vec<String>,
+    #[serde(default)]
+    rejected_digests: Vec<String>,
+    #[serde(default)]
+    refuse_rolled_back: bool,
+}
+
+impl PolicyDoc {
+    fn policy(self) -> Result<ArtifactPolicy> {
+        let rejected_digests = self
+            .rejected_digests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| relay_core::Digest::parse_at(&format!("policy.rejected_digests[{i}]"), d))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ArtifactPolicy {
+            require_digest: self.require_digest,
+            allowed_registries: self.allowed_registries,
+            required_metadata: self.required_metadata,
+            rejected_digests,
+            refuse_rolled_back: self.refuse_rolled_back,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseDoc {
+    artifact: String,
+    replicas: u32,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatesDoc {
+    #[serde(default)]
+    before_start: Vec<String>,
+    #[serde(default)]
+    before_promotion: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum StrategyDoc {
+    Canary(CanaryDoc),
+    Rolling(RollingDoc),
+    BlueGreen(BlueGreenDoc),
+    AllAtOnce {},
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanaryDoc {
+    steps: Vec<StepDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum StepDoc {
+    SetWeight(u8),
+    /// A duration, or `until_resumed`.
+    Pause(String),
+    Analyze(AnalysisDoc),
+    Gate(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollingDoc {
+    #[serde(default)]
+    batch: Option<AmountDoc>,
+    #[serde(default)]
+    max_surge: Option<AmountDoc>,
+    #[serde(default)]
+    max_unavailable: Option<AmountDoc>,
+    #[serde(default)]
+    pause_between: Option<Dur>,
+    #[serde(default)]
+    analysis: Option<AnalysisDoc>,
+}
+
+/// `3` replicas or `"25%"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum AmountDoc {
+    Count(u32),
+    Percent(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlueGreenDoc {
+    #[serde(default)]
+    pre_promotion: Option<AnalysisDoc>,
+    #[serde(default)]
+    post_promotion: Option<AnalysisDoc>,
+    #[serde(default)]
+    approval_gate: Option<String>,
+    #[serde(default)]
+    scale_down_delay: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnalysisDoc {
+    interval: Dur,
+    count: u32,
+    checks: Vec<CheckDoc>,
+    #[serde(default)]
+    failure_limit: Option<u32>,
+    #[serde(default)]
+    inconclusive_limit: Option<u32>,
+    #[serde(default)]
+    consecutive_error_limit: Option<u32>,
+    #[serde(default)]
+    on_inconclusive: Option<InconclusivePolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ScopeDoc {
+    Candidate,
+    Stable,
+    Target,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckDoc {
+    name: String,
+    metric: String,
+    #[serde(default)]
+    scope: Option<ScopeDoc>,
+    #[serde(default)]
+    dry_run: bool,
+    /// Threshold judge: healthy below this.
+    #[serde(default)]
+    below: Option<f64>,
+    /// Threshold judge: healthy above this.
+    #[serde(default)]
+    above: Option<f64>,
+    #[serde(default)]
+    statistic: Option<Statistic>,
+    #[serde(default)]
+    min_samples: Option<usize>,
+    /// Any other judge, as relay serializes judges (`judge: mann_whitney`).
+    #[serde(default)]
+    judge: Option<serde_json::Value>,
+}
+
+/// An error at `path` in the file.
+fn at(path: &str, reason: impl Into<String>) -> Error {
+    Error::invalid(path, reason.into())
+}
+
+impl AmountDoc {
+    fn amount(&self, path: &str) -> Result<Amount> {
+        match self {
+            AmountDoc::Count(n) => Ok(Amount::Count(*n)),
+            AmountDoc::Percent(s) => s
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse::<u8>().ok())
+                .map(Amount::Percent)
+                .ok_or_else(|| at(path, format!("{s:?} must be a count like 2 or a percent like \"25%\""))),
+        }
+    }
+}
+
+impl CheckDoc {
+    fn check(mut self, path: &str) -> Result<Check> {
+        let judge: Arc<dyn Judge> = match (self.below, self.above, self.judge.take()) {
+            (Some(limit), None, None) => Arc::new(self.threshold(ThresholdJudge::below(limit))),
+            (None, Some(limit), None) => Arc::new(self.threshold(ThresholdJudge::above(limit))),
+            (None, None, Some(judge)) => serde_json::from_value(judge).map_err(|e| {
+                at(
+                    &format!("{path}.judge"),
+                    format!("{e}; see the judges' serialized form"),
+                )
+            })?,
+            _ => {
+                return Err(at(
+                    path,
+                    "give exactly one of `below: <limit>`, `above: <limit>` or `judge: {...}`",
+                ))
+            }
+        };
+        Ok(Check {
+            name: self.name,
+            metric: self.metric,
+            scope: match self.scope {
+                None | Some(ScopeDoc::Candidate) => CheckScope::Role(Role::Candidate),
+                Some(ScopeDoc::Stable) => CheckScope::Role(Role::Stable),
+                Some(ScopeDoc::Target) => CheckScope::Target,
+            },
+            judge,
+            dry_run: self.dry_run,
+        })
+    }
+
+    fn threshold(&self, mut j: ThresholdJudge) -> ThresholdJudge {
+        if let Some(s) = self.statistic {
+            j = j.statistic(s);
+        }
+        if let Some(n) = self.min_samples {
+            j = j.min_samples(n);
+        }
+        j
+    }
+}
+
+impl AnalysisDoc {
+    fn analysis(self, path: &str) -> Result<AnalysisSpec> {
+        let checks = self
+            .checks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| c.check(&format!("{path}.checks[{i}]")))
+            .collect::<Result<Vec<_>>>()?;
+        let mut a = AnalysisSpec::new(checks).every(self.interval.0, self.count);
+        if let Some(n) = self.failure_limit {
+            a.failure_limit = n;
+        }
+        if let Some(n) = self.inconclusive_limit {
+            a.inconclusive_limit = n;
+        }
+        if let Some(n) = self.consecutive_error_limit {
+            a.consecutive_error_limit = n;
+        }
+        if let Some(p) = self.on_inconclusive {
+            a.on_inconclusive = p;
+        }
+        a.validate(path)?;
+        Ok(a)
+    }
+}
+
+/// Strategy errors name `strategy.…`; in a file that is `strategy.<kind>.…`.
+fn under(kind: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidSpec { path, reason } if path.starts_with("strategy") => Error::InvalidSpec {
+            path: path.replacen("strategy", &format!("strategy.{kind}"), 1),
+            reason,
+        },
+        other => other,
+    }
+}
+
+impl Doc {
+    fn rollout(self) -> Result<RolloutSpec> {
+        if self.target.trim().is_empty() {
+            return Err(at("target", "name the target to roll out to"));
+        }
+        let artifact = self.release.artifact.parse().map_err(|e: Error| match e {
+            Error::InvalidSpec { reason, .. } => at("release.artifact", reason),
+            other => other,
+        })?;
+        let mut release = Release::new(artifact).replicas(self.release.replicas);
+        release.config = self.release.config;
+        for (name, r) in self.release.secrets {
+            let path = format!("release.secrets.{name}");
+            release.secrets.insert(name, SecretRef::parse_at(&path, &r)?);
+        }
+        release.validate()?;
+        let mut spec = match self.strategy {
+            StrategyDoc::Canary(c) => {
+                let mut s = CanaryStrategy::new();
+                for (i, step) in c.steps.into_iter().enumerate() {
+                    let path = format!("strategy.canary.steps[{i}]");
+                    s = match step {
+                        StepDoc::SetWeight(w) => s.set_weight(w),
+                        StepDoc::Pause(p) if p == "until_resumed" => s.pause_until_resumed(),
+                        StepDoc::Pause(p) => s.pause(parse_duration(&p).map_err(|e| at(&format!("{path}.pause"), e))?),
+                        StepDoc::Analyze(a) => s.analyze(a.analysis(&format!("{path}.analyze"))?),
+                        StepDoc::Gate(g) => s.gate(g),
+                    };
+                }
+                s.validate().map_err(|e| under("canary", e))?;
+                RolloutSpec::new(self.target, release, s)
+            }
+            StrategyDoc::Rolling(r) => {
+                let mut s = RollingStrategy::new();
+                if let Some(a) = r.batch {
+                    s = s.batch(a.amount("strategy.rolling.batch")?);
+                }
+                if let Some(a) = r.max_surge {
+                    s = s.max_surge(a.amount("strategy.rolling.max_surge")?);
+                }
+                if let Some(a) = r.max_unavailable {
+                    s = s.max_unavailable(a.amount("strategy.rolling.max_unavailable")?);
+                }
+                s.pause_between = r.pause_between.map(|d| d.0);
+                if let Some(a) = r.analysis {
+                    s.analysis = Some(a.analysis("strategy.rolling.analysis")?);
+                }
+                s.validate().map_err(|e| under("rolling", e))?;
+                RolloutSpec::new(self.target, release, s)
+            }
+            StrategyDoc::BlueGreen(b) => {
+                let mut s = BlueGreenStrategy::new();
+                if let Some(a) = b.pre_promotion {
+                    s.pre_promotion = Some(a.analysis("strategy.blue_green.pre_promotion")?);
+                }
+                if let Some(a) = b.post_promotion {
+                    s.post_promotion = Some(a.analysis("strategy.blue_green.post_promotion")?);
+                }
+                s.approval_gate = b.approval_gate;
+                if let Some(d) = b.scale_down_delay {
+                    s.scale_down_delay = d.0;
+                }
+                s.validate().map_err(|e| under("blue_green", e))?;
+                RolloutSpec::new(self.target, release, s)
+            }
+            StrategyDoc::AllAtOnce {} => RolloutSpec::new(self.target, release, AllAtOnce),
+        };
+        spec.id = self.id;
+        spec.policy = self.policy.policy()?;
+        spec.gates_before_start = self.gates.before_start;
+        spec.gates_before_promotion = self.gates.before_promotion;
+        Ok(spec)
+    }
+}
+
+/// The serde error at its path in the document.
+fn located(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
+    let path = e.path().to_string();
+    let path = if path == "." { "spec".to_owned() } else { path };
+    at(&path, e.into_inner().to_string())
+}
+
+fn from_value(value: serde_json::Value) -> Result<SpecFile> {
+    let doc: Doc = serde_path_to_error::deserialize(value).map_err(located)?;
+    Ok(SpecFile {
+        rollout: doc.rollout()?,
+    })
+}
+
+impl SpecFile {
+    /// Parse a YAML spec.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] at the path of the problem (`spec` for YAML
+    /// that does not parse, with its line and column).
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let value: serde_json::Value =
+            serde_saphyr::from_str(text).map_err(|e| at("spec", format!("not valid YAML: {e}")))?;
+        from_value(value)
+    }
+
+    /// Parse a TOML spec.
+    ///
+    /// # Errors
+    /// As [`SpecFile::from_yaml`].
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let value: serde_json::Value = toml::from_str(text).map_err(|e| at("spec", format!("not valid TOML: {e}")))?;
+        from_value(value)
+    }
+
+    /// Read a spec file, YAML (`.yaml`, `.yml`) or TOML (`.toml`).
+    ///
+    /// # Errors
+    /// As [`SpecFile::from_yaml`], and for a file that cannot be read or
+    /// has another extension.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| at("spec", format!("cannot read {}: {e}", path.display())))?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => Self::from_yaml(&text),
+            Some("toml") => Self::from_toml(&text),
+            _ => Err(at(
+                "spec",
+                format!("{}: name the file .yaml, .yml or .toml", path.display()),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        for bad in ["", "5", "m", "-5m", "5 minutes", "1.5h", "99999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Spec files: valid YAML and TOML load into the same rollout; a table of
+//! invalid files each fails at its precise path with a reason that says
+//! what is expected.
+
+#![cfg(feature = "spec")]
+#![allow(clippy::unwrap_used)]
+
+use relay_core::{Error, Step};
+use relay_strategies::spec::SpecFile;
+
+const YAML: &str = r#"
+target: web
+release:
+  artifact: registry.local/shop/web:v2
+  replicas: 4
+  config: { MODE: fast }
+  secrets: { DB_PASSWORD: "vault://secret/web/db#password" }
+strategy:
+  canary:
+    steps:
+      - set_weight: 25
+      - analyze:
+          interval: 1m
+          count: 5
+          checks:
+            - { name: errors, metric: error_rate, below: 0.05, statistic: max }
+            - name: latency
+              metric: latency_ms
+              judge: { judge: mann_whitney, direction: lower_is_better, confidence: 0.95, tolerance: 0.1, min_samples: 10 }
+      - pause: 10m
+      - gate: approve
+      - set_weight: 50
+      - pause: until_resumed
+gates: { before_start: [freeze], before_promotion: [freeze] }
+policy: { require_digest: false, refuse_rolled_back: true }
+"#;
+
+const TOML: &str = r#"
+target = "web"
+
+[release]
+artifact = "registry.local/shop/web:v2"
+replicas = 4
+config = { MODE = "fast" }
+secrets = { DB_PASSWORD = "vault://secret/web/db#password" }
+
+[[strategy.canary.steps]]
+set_weight = 25
+
+[[strategy.canary.steps]]
+[strategy.canary.steps.analyze]
+interval = "1m"
+count = 5
+checks = [
+  { name = "errors", metric = "error_rate", below = 0.05, statistic = "max" },
+  { name = "latency", metric = "latency_ms", judge = { judge = "mann_whitney", direction = "lower_is_better", confidence = 0.95, tolerance = 0.1, min_samples = 10 } },
+]
+
+[[strategy.canary.steps]]
+pause = "10m"
+
+[[strategy.canary.steps]]
+gate = "approve"
+
+[[strategy.canary.steps]]
+set_weight = 50
+
+[[strategy.canary.steps]]
+pause = "until_resumed"
+
+[gates]
+before_start = ["freeze"]
+before_promotion = ["freeze"]
+
+[policy]
+refuse_rolled_back = true
+"#;
+
+#[test]
+fn yaml_and_toml_describe_the_same_rollout() {
+    let y = SpecFile::from_yaml(YAML).unwrap().rollout;
+    let t = SpecFile::from_toml(TOML).unwrap().rollout;
+    for s in [&y, &t] {
+        assert_eq!(s.target, "web");
+        assert_eq!(s.release.replicas, 4);
+        assert_eq!(s.release.config["MODE"], "fast");
+        assert_eq!(
+            s.release.secrets["DB_PASSWORD"].to_string(),
+            "vault://secret/web/db#password"
+        );
+        assert_eq!(s.gates_before_start, ["freeze"]);
+        assert_eq!(s.gates_before_promotion, ["freeze"]);
+        assert!(s.policy.refuse_rolled_back);
+        assert_eq!(s.strategy.name(), "canary");
+    }
+    let plan = |s: &relay_core::RolloutSpec| {
+        let ctx = relay_core::PlanContext {
+            target: "web".into(),
+            capabilities: relay_core::Capabilities {
+                routing: relay_core::Routing::Weighted,
+                max_revisions: 2,
+            },
+            replicas: 4,
+            stable: Some(relay_core::RevisionState {
+                id: "old".into(),
+                desired: 4,
+                ready: 4,
+                failed: 0,
+            }),
+        };
+        serde_json::to_string(&s.strategy.plan(&ctx).unwrap()).unwrap()
+    };
+    assert_eq!(plan(&y), plan(&t), "the same steps from either format");
+    let steps: Vec<Step> = serde_json::from_str(&plan(&y)).unwrap();
+    let pause = steps.iter().find_map(|s| match s {
+        Step::Pause { duration: Some(d) } => Some(*d),
+        _ => None,
+    });
+    assert_eq!(pause, Some(std::time::Duration::from_secs(600)), "10m");
+}
+
+/// Replace `from` with `to` in the valid YAML.
+fn yaml_with(from: &str, to: &str) -> String {
+    assert!(YAML.contains(from), "{from}");
+    YAML.replacen(from, to, 1)
+}
+
+#[test]
+fn each_invalid_spec_fails_at_its_path_saying_what_is_expected() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            yaml_with("set_weight: 25", "set_weight: 150"),
+            "strategy.canary.steps[0].weight",
+            "between 1 and 100",
+        ),
+        (
+            yaml_with("set_weight: 25", "set_weight: 300"),
+            "strategy.canary.steps[0].set_weight",
+            "u8",
+        ),
+        (
+            yaml_with("set_weight: 50", "set_weight: 10"),
+            "strategy.canary.steps[4].weight",
+            "greater than the previous weight 25",
+        ),
+        (
+            yaml_with("pause: 10m", "pause: 0s"),
+            "strategy.canary.steps[2].pause",
+            "greater than zero",
+        ),
+        (
+            yaml_with("pause: 10m", "pause: -5m"),
+            "strategy.canary.steps[2].pause",
+            "250ms, 30s, 5m",
+        ),
+        (
+            yaml_with("interval: 1m", "interval: soon"),
+            "strategy.canary.steps[1].analyze.interval",
+            "not a duration",
+        ),
+        (
+            yaml_with("count: 5", "count: 0"),
+            "strategy.canary.steps[1].analyze.count",
+            "at least 1",
+        ),
+        (
+            yaml_with("below: 0.05,", "below: 0.05, above: 0.01,"),
+            "strategy.canary.steps[1].analyze.checks[0]",
+            "exactly one of",
+        ),
+        (
+            yaml_with("judge: mann_whitney", "judge: crystal_ball"),
+            "strategy.canary.steps[1].analyze.checks[1].judge",
+            "crystal_ball",
+        ),
+        (
+            yaml_with("replicas: 4", "replica: 4"),
+            "release.replica",
+            "unknown field `replica`, expected one of `artifact`, `replicas`",
+        ),
+        (
+            yaml_with("replicas: 4", "replicas: 99999999999"),
+            "release.replicas",
+            "u32",
+        ),
+        (
+            yaml_with("replicas: 4", "replicas: 20000"),
+            "release.replicas",
+            "above the limit",
+        ),
+        (
+            yaml_with("replicas: 4", "replicas: 0"),
+            "release.replicas",
+            "at least 1",
+        ),
+        (
+            yaml_with("\"vault://secret/web/db#password\"", "\"secret-without-scheme\""),
+            "release.secrets.DB_PASSWORD",
+            "scheme://path",
+        ),
+        (
+            yaml_with("shop/web:v2", "shop/web@sha256:xyz"),
+            "release.artifact",
+            "sha256",
+        ),
+        (yaml_with("target: web", "target: \"\""), "target", "name the target"),
+        (
+            yaml_with("canary:", "canaryy:"),
+            "strategy",
+            "unknown variant `canaryy`",
+        ),
+        (
+            yaml_with("gates: {", "gatez: {"),
+            "gatez",
+            "unknown field `gatez`, expected one of",
+        ),
+        (
+            yaml_with(
+                "refuse_rolled_back: true",
+                "refuse_rolled_back: true, require_signature: true",
+            ),
+            "policy.require_signature",
+            "unknown field",
+        ),
+        (
+            yaml_with("refuse_rolled_back: true", "refuse_rolled_back: maybe"),
+            "policy.refuse_rolled_back",
+            "boolean",
+        ),
+        (yaml_with("steps:", "steps: ["), "spec", "not valid YAML"),
+    ];
+    let mut failures = Vec::new();
+    for (text, path, says) in &cases {
+        match SpecFile::from_yaml(text) {
+            Err(Error::InvalidSpec { path: p, reason }) if p == *path && reason.contains(says) => {}
+            other => failures.push(format!("want {path} / {says:?}, got {other:?}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    let e = SpecFile::from_toml("target = ").unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidSpec { path, reason } if path == "spec" && reason.contains("TOML")),
+        "{e:?}"
+    );
+}
