@@ -19,6 +19,7 @@ pub mod event;
 mod forward;
 pub mod freeze;
 pub mod gate;
+pub mod pipeline;
 pub mod plan;
 pub mod release;
 pub mod retry;
@@ -45,6 +46,7 @@ pub use freeze::{FreezeGate, FreezeWindow, Weekday};
 pub use gate::{
     verify_webhook_signature, webhook_signature, Approval, Gate, GateContext, GateDecision, ManualApproval, OnTimeout,
 };
+pub use pipeline::{Environment, Pipeline};
 pub use plan::{Plan, PlanContext, Step, Strategy};
 pub use release::{Release, RevisionId, RevisionSpec, SecretRef};
 pub use retry::RetryPolicy;

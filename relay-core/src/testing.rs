@@ -45,6 +45,7 @@ pub fn sample_record(id: &str, target: &str, lease_token: u64) -> RolloutRecord 
         status: RolloutStatus::Running,
         paused: false,
         approvals: Vec::new(),
+        promoted_from: None,
         holder: "h".into(),
         lease_token,
         created_ms: 1,

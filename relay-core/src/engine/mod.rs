@@ -84,21 +84,30 @@ pub struct RolloutSpec {
     /// Decisions given before the rollout starts (an emergency override of
     /// a freeze window, say); recorded and audited when it starts.
     pub approvals: Vec<Approval>,
+    /// The rollout this one promotes from another environment (set by
+    /// [`crate::Pipeline::promote`]); recorded and audited.
+    pub promoted_from: Option<String>,
 }
 
 impl RolloutSpec {
     /// Roll `release` out to `target` with `strategy`, under the default
     /// (permissive) artifact policy.
     pub fn new(target: impl Into<String>, release: Release, strategy: impl Strategy + 'static) -> Self {
+        Self::with_strategy(target, release, Arc::new(strategy))
+    }
+
+    /// The same with a shared strategy.
+    pub fn with_strategy(target: impl Into<String>, release: Release, strategy: Arc<dyn Strategy>) -> Self {
         RolloutSpec {
             id: None,
             target: target.into(),
             release,
-            strategy: Arc::new(strategy),
+            strategy,
             policy: ArtifactPolicy::default(),
             gates_before_start: Vec::new(),
             gates_before_promotion: Vec::new(),
             approvals: Vec::new(),
+            promoted_from: None,
         }
     }
 
@@ -497,6 +506,7 @@ impl Relay {
                     ..a.clone()
                 })
                 .collect(),
+            promoted_from: spec.promoted_from.clone(),
             holder,
             lease_token: lease.token,
             created_ms: now,
@@ -520,6 +530,7 @@ impl Relay {
             "digest": record.plan.candidate.artifact.digest,
             "stable": record.plan.stable,
             "steps": record.plan.steps.len(),
+            "promoted_from": record.promoted_from,
         });
         inner.audit(&id, &inner.holder, "rollout.started", detail).await?;
         for a in &record.approvals {

@@ -77,6 +77,10 @@ pub struct RolloutRecord {
     /// Human gate decisions so far.
     #[serde(default)]
     pub approvals: Vec<Approval>,
+    /// For a promotion between environments, the rollout whose success it
+    /// promotes (the same digest, in the environment before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<String>,
     /// The engine instance driving it.
     pub holder: String,
     /// The fencing token of the lease the holder drives it under.
