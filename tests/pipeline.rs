@@ -166,3 +166,43 @@ fn a_pipeline_needs_distinct_named_environments() {
     .unwrap_err();
     assert!(e.to_string().contains("pipeline.environments[1].name"), "{e}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn drift_shows_each_change_made_behind_relays_back() {
+    use relay::{Drift, Target};
+    let (w, relay) = common::World::with_v1(50).await;
+    let report = relay.drift("web").await.unwrap();
+    assert!(report.in_sync() && report.described, "{report:?}");
+    let stable = w.target.observe().await.unwrap().stable.unwrap();
+
+    // An operator hot-patches the image, a variable and a secret, and
+    // scales up, without relay.
+    assert!(w.target.edit_behind_relays_back(&stable, |r| {
+        r.image = "shop/web:hotfix".into();
+        r.config.insert("MODE".into(), "debug".into());
+        r.secrets.remove("DB_PASSWORD");
+    }));
+    w.target.scale(&stable, 7).await.unwrap();
+    let report = relay.drift("web").await.unwrap();
+    let kinds: Vec<String> = report.differences.iter().map(ToString::to_string).collect();
+    assert_eq!(report.differences.len(), 4, "{kinds:#?}");
+    assert!(report
+        .differences
+        .iter()
+        .any(|d| matches!(d, Drift::Image { running, .. } if running == "shop/web:hotfix")));
+    assert!(report.differences.iter().any(
+        |d| matches!(d, Drift::Config { key, running, .. } if key == "MODE" && running.as_deref() == Some("debug"))
+    ));
+    assert!(report
+        .differences
+        .iter()
+        .any(|d| matches!(d, Drift::Secret { name, running: None, .. } if name == "DB_PASSWORD")));
+    assert!(report
+        .differences
+        .iter()
+        .any(|d| matches!(d, Drift::Replicas { applied: 4, running: 7 })));
+    assert!(
+        !format!("{report:?}").contains(common::PLANTED_SECRET),
+        "values are never compared or shown"
+    );
+}

@@ -43,6 +43,9 @@ impl<T: Target + ?Sized> Target for Arc<T> {
     async fn retire(&self, revision: &RevisionId) -> Result<()> {
         (**self).retire(revision).await
     }
+    async fn describe(&self, revision: &RevisionId) -> Result<Option<crate::target::RunningRevision>> {
+        (**self).describe(revision).await
+    }
 }
 
 #[async_trait]

@@ -13,6 +13,8 @@ pub mod analysis;
 pub mod artifact;
 pub mod audit;
 pub mod clock;
+pub mod dora;
+pub mod drift;
 mod engine;
 pub mod error;
 pub mod event;
@@ -39,6 +41,8 @@ pub use analysis::{
 pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest, PinnedArtifactStore};
 pub use audit::{verify_chain, AuditEntry, AuditEvent, AuditSink, JsonlAuditSink, MemoryAuditSink};
 pub use clock::{parse_rfc3339, Clock, TokioClock, UnixMillis};
+pub use dora::{dora, DoraReport, CREATED_AT_METADATA};
+pub use drift::{Drift, DriftReport};
 pub use engine::{EngineConfig, Relay, RelayBuilder, RolloutHandle, RolloutSpec};
 pub use error::{Error, Result};
 pub use event::{EventKind, Outcome, RolloutEvent, RolloutEvents};
@@ -53,7 +57,7 @@ pub use retry::RetryPolicy;
 pub use rng::SeededRng;
 pub use seams::{ArtifactStore, HealthProbe, ProbeQuery, Sample, Scope, SecretStore, SecretValue};
 pub use state::{FileStateStore, Lease, MemoryStateStore, RolloutRecord, RolloutStatus, StateStore};
-pub use target::{Capabilities, RevisionState, Role, Routing, Target, TargetState, TrafficSplit};
+pub use target::{Capabilities, RevisionState, Role, Routing, RunningRevision, Target, TargetState, TrafficSplit};
 #[cfg(feature = "signing")]
 pub use verify::SignatureVerifier;
 pub use verify::{ArtifactVerifier, ChecksumVerifier, SIGNATURE_METADATA};

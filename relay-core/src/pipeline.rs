@@ -192,6 +192,15 @@ impl Pipeline {
             .find(|r| matches!(r.status, RolloutStatus::Succeeded) && &r.plan.candidate.artifact.digest == digest))
     }
 
+    /// How environment `env`'s target differs from what relay last promoted
+    /// there ([`Relay::drift`]).
+    ///
+    /// # Errors
+    /// As [`Relay::drift`], and for an unknown environment.
+    pub async fn drift(&self, relay: &Relay, env: &str) -> Result<crate::drift::DriftReport> {
+        relay.drift(&self.environments[self.position(env)?].target).await
+    }
+
     /// Roll `digest` out to environment `to`, which must not be the first:
     /// only a digest that succeeded in the environment before it is
     /// promoted, pinned by digest (the build that was tested is the build

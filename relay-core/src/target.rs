@@ -207,6 +207,20 @@ impl TargetState {
     }
 }
 
+/// What a revision runs, as the target reports it (for drift detection):
+/// the image reference, and the configuration and secret references relay
+/// manages. A secret is written as its reference (`k8s://db#password`,
+/// with `?version=` when the target records which version).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningRevision {
+    /// The image, `repository@sha256:…` when pinned.
+    pub image: String,
+    /// Configuration values.
+    pub config: BTreeMap<String, String>,
+    /// Secret references by name.
+    pub secrets: BTreeMap<String, String>,
+}
+
 /// A place where revisions run: an ECS service, a Kubernetes Deployment, a
 /// simulated target.
 ///
@@ -241,6 +255,13 @@ pub trait Target: Send + Sync + fmt::Debug + 'static {
     async fn promote(&self, revision: &RevisionId) -> Result<()>;
     /// Remove `revision` from the target.
     async fn retire(&self, revision: &RevisionId) -> Result<()>;
+    /// What `revision` runs now, read from the target (not from relay's
+    /// records), or `None` when the target cannot say. Used to detect
+    /// changes made behind relay's back.
+    async fn describe(&self, revision: &RevisionId) -> Result<Option<RunningRevision>> {
+        let _ = revision;
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -308,6 +308,10 @@ impl<L: Layer, T: Target> Target for Wrapped<L, T> {
         self.layer.before("retire").await?;
         self.inner.retire(revision).await
     }
+    async fn describe(&self, revision: &RevisionId) -> Result<Option<relay_core::RunningRevision>> {
+        self.layer.before("describe").await?;
+        self.inner.describe(revision).await
+    }
 }
 
 #[async_trait]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use relay::providers::kubernetes::sdk::k8s_openapi::api::apps::v1::Deployment;
 use relay::providers::kubernetes::sdk::k8s_openapi::api::core::v1::Service;
 use relay::providers::kubernetes::sdk::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use relay::providers::kubernetes::sdk::kube::api::{Patch, PatchParams};
 use relay::providers::kubernetes::sdk::kube::{Api, Client};
 use relay::providers::kubernetes::{DeploymentTarget, KubeSecretStore, PodReadinessProbe, RequestCounter};
 use relay::providers::sim::MemoryArtifactStore;
@@ -263,6 +264,24 @@ async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_t
             "the secret leaked: {e:?}"
         );
     }
+
+    // Drift: in sync, until someone sets the image by hand.
+    let report = relay.drift("web").await.unwrap();
+    assert!(report.in_sync() && report.described, "{report:?}");
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.test/web:hotfix"}]}}}});
+    Api::<Deployment>::namespaced(client.clone(), &ns)
+        .patch("web", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .unwrap();
+    let report = relay.drift("web").await.unwrap();
+    assert_eq!(
+        report.differences,
+        [relay::Drift::Image {
+            applied: pinned("v2"),
+            running: "registry.test/web:hotfix".into()
+        }],
+        "{report:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,6 +466,9 @@ impl Target for Metered {
     }
     async fn retire(&self, revision: &RevisionId) -> relay::Result<()> {
         self.measure("retire", self.inner.retire(revision)).await
+    }
+    async fn describe(&self, revision: &RevisionId) -> relay::Result<Option<relay::RunningRevision>> {
+        self.measure("describe", self.inner.describe(revision)).await
     }
 }
 

@@ -447,6 +447,112 @@ impl Relay {
         Ok(())
     }
 
+    /// How `target` differs from the release relay last promoted on it: the
+    /// stable revision, replicas, revisions left running, and — when the
+    /// target can describe what it runs — the image, the configuration and
+    /// the secret references, so a change made behind relay's back shows.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] for an unknown target; provider and state
+    /// store errors.
+    pub async fn drift(&self, target: &str) -> Result<crate::drift::DriftReport> {
+        use crate::drift::{Drift, DriftReport};
+        let inner = &self.inner;
+        let t = inner.target(target)?;
+        let history = inner
+            .call("state.list_target", warn_retry("state.list_target"), || {
+                inner.state.list_target(target)
+            })
+            .await?;
+        let Some(applied) = history
+            .into_iter()
+            .rev()
+            .find(|r| matches!(r.status, RolloutStatus::Succeeded))
+        else {
+            return Ok(DriftReport {
+                target: target.to_owned(),
+                applied_by: None,
+                differences: Vec::new(),
+                described: false,
+            });
+        };
+        let observed = inner
+            .call("target.observe", warn_retry("target.observe"), || t.observe())
+            .await?;
+        let want = &applied.plan.candidate;
+        let mut differences = Vec::new();
+        if observed.stable.as_ref() != Some(&want.id) {
+            differences.push(Drift::Revision {
+                applied: want.id.clone(),
+                running: observed.stable.clone(),
+            });
+        }
+        let stable = observed.stable.clone().unwrap_or_else(|| want.id.clone());
+        if let Some(r) = observed.revision(&stable) {
+            if r.desired != applied.plan.replicas {
+                differences.push(Drift::Replicas {
+                    applied: applied.plan.replicas,
+                    running: r.desired,
+                });
+            }
+        }
+        for r in observed.revisions.iter().filter(|r| r.id != stable && r.desired > 0) {
+            differences.push(Drift::ExtraRevision {
+                revision: r.id.clone(),
+                replicas: r.desired,
+            });
+        }
+        let running = inner
+            .call("target.describe", warn_retry("target.describe"), || t.describe(&stable))
+            .await?;
+        let described = running.is_some();
+        if let Some(running) = running {
+            let image = format!("{}@{}", want.artifact.repository, want.artifact.digest);
+            if running.image != image {
+                differences.push(Drift::Image {
+                    applied: image,
+                    running: running.image.clone(),
+                });
+            }
+            for (key, value) in &want.config {
+                if running.config.get(key) != Some(value) {
+                    differences.push(Drift::Config {
+                        key: key.clone(),
+                        applied: value.clone(),
+                        running: running.config.get(key).cloned(),
+                    });
+                }
+            }
+            for (name, reference) in &want.secrets {
+                let now = running.secrets.get(name);
+                // A target that does not record versions reports the
+                // reference without one; compare what it knows.
+                let same = now.is_some_and(|n| match n.parse::<crate::release::SecretRef>() {
+                    Ok(n) if n.version().is_none() => {
+                        let mut w = reference.clone();
+                        w.params.remove("version");
+                        n == w
+                    }
+                    Ok(n) => &n == reference,
+                    Err(_) => false,
+                });
+                if !same {
+                    differences.push(Drift::Secret {
+                        name: name.clone(),
+                        applied: reference.to_string(),
+                        running: now.cloned(),
+                    });
+                }
+            }
+        }
+        Ok(DriftReport {
+            target: target.to_owned(),
+            applied_by: Some(applied.id),
+            differences,
+            described,
+        })
+    }
+
     /// Plan and start a rollout: take the target's lease, persist the record
     /// and drive it in a task.
     ///

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use relay_core::{
-    Capabilities, Counts, Digest, Error, Result, RevisionId, RevisionSpec, RevisionState, Routing, Sample, Scope,
-    SeededRng, Target, TargetState, TrafficSplit,
+    Capabilities, Counts, Digest, Error, Result, RevisionId, RevisionSpec, RevisionState, Routing, RunningRevision,
+    Sample, Scope, SeededRng, Target, TargetState, TrafficSplit,
 };
 use tokio::time::Instant;
 
@@ -65,6 +65,8 @@ impl RevisionBehavior {
 
 #[derive(Debug)]
 struct SimRevision {
+    /// What it runs, as `describe` reports it.
+    running: RunningRevision,
     desired: u32,
     /// When each replica becomes ready (or crashes); one per desired replica.
     up_at: Vec<Instant>,
@@ -96,7 +98,7 @@ struct State {
     revisions: BTreeMap<RevisionId, SimRevision>,
     /// In-place mode: revisions replaced by a newer one, with the replica
     /// count they ran at, so routing back to one restarts it.
-    replaced: BTreeMap<RevisionId, (u32, RevisionBehavior)>,
+    replaced: BTreeMap<RevisionId, SimRevision>,
     traffic: TrafficSplit,
     stable: Option<RevisionId>,
     history: Vec<TrafficSplit>,
@@ -197,6 +199,19 @@ impl SimTarget {
     pub fn behavior(&self, digest: &Digest, b: RevisionBehavior) -> &Self {
         lock(&self.behaviors).insert(digest.clone(), b);
         self
+    }
+
+    /// Change what `revision` runs without relay (as an operator editing the
+    /// live service would), so tests can check drift detection. Returns
+    /// whether the revision exists.
+    pub fn edit_behind_relays_back(&self, revision: &RevisionId, edit: impl FnOnce(&mut RunningRevision)) -> bool {
+        match lock(&self.state).revisions.get_mut(revision) {
+            Some(r) => {
+                edit(&mut r.running);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Every traffic split set so far, in order.
@@ -305,7 +320,7 @@ impl SimTarget {
     /// In-place mode: stop the running revision, remembering its size.
     fn replace_current(st: &mut State) {
         for (id, rev) in std::mem::take(&mut st.revisions) {
-            st.replaced.insert(id, (rev.desired, rev.behavior));
+            st.replaced.insert(id, rev);
         }
     }
 
@@ -321,14 +336,15 @@ impl SimTarget {
         if st.revisions.contains_key(id) {
             return Ok(());
         }
-        let (desired, behavior) = st.replaced.remove(id).ok_or_else(|| missing(id))?;
+        let old = st.replaced.remove(id).ok_or_else(|| missing(id))?;
         Self::replace_current(st);
         let mut rev = SimRevision {
+            running: old.running,
             desired: 0,
             up_at: Vec::new(),
-            behavior,
+            behavior: old.behavior,
         };
-        Self::set_replicas(&mut rev, desired, Instant::now());
+        Self::set_replicas(&mut rev, old.desired, Instant::now());
         st.revisions.insert(id.clone(), rev);
         st.traffic = TrafficSplit::all(id);
         st.history.push(st.traffic.clone());
@@ -409,6 +425,15 @@ impl Target for SimTarget {
             });
         }
         let rev = st.revisions.entry(revision.id.clone()).or_insert_with(|| SimRevision {
+            running: RunningRevision {
+                image: format!("{}@{}", revision.artifact.repository, revision.artifact.digest),
+                config: revision.config.clone(),
+                secrets: revision
+                    .secrets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_string()))
+                    .collect(),
+            },
             desired: 0,
             up_at: Vec::new(),
             behavior,
@@ -486,6 +511,10 @@ impl Target for SimTarget {
         }
         st.mutations += 1;
         Ok(())
+    }
+
+    async fn describe(&self, revision: &RevisionId) -> Result<Option<RunningRevision>> {
+        Ok(lock(&self.state).revisions.get(revision).map(|r| r.running.clone()))
     }
 }
 

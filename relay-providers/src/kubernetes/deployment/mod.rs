@@ -858,6 +858,16 @@ impl Target for DeploymentTarget {
     }
 
     #[tracing::instrument(skip_all, fields(target = %self.inner.name, revision = %id))]
+    async fn describe(&self, id: &RevisionId) -> Result<Option<relay_core::RunningRevision>> {
+        let (stable, canary) = self.both().await?;
+        Ok(std::iter::once(&stable)
+            .chain(canary.as_ref())
+            .find(|d| status::current(d).as_ref() == Some(id))
+            .and_then(|d| d.spec.as_ref())
+            .map(|s| template::running(&s.template, &self.inner.container)))
+    }
+
+    #[tracing::instrument(skip_all, fields(target = %self.inner.name, revision = %id))]
     async fn retire(&self, id: &RevisionId) -> Result<()> {
         let (stable, canary) = self.both().await?;
         if status::current(&stable).as_ref() == Some(id) {

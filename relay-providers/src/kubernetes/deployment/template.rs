@@ -193,6 +193,55 @@ pub(crate) fn candidate(
     Ok(t)
 }
 
+/// What `template` runs in `container`, for drift detection: the image, the
+/// environment variables relay set (per the template's annotation) as
+/// config, and its `secretKeyRef`s as `k8s://` references with the pinned
+/// version relay recorded.
+pub(crate) fn running(template: &PodTemplateSpec, container: &str) -> relay_core::RunningRevision {
+    let annotations = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    let ours: Vec<&str> = annotations
+        .get(ENV_ANNOTATION)
+        .map(|s| s.split(',').filter(|n| !n.is_empty()).collect())
+        .unwrap_or_default();
+    let versions: BTreeMap<String, String> = annotations
+        .get(SECRETS_ANNOTATION)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let mut out = relay_core::RunningRevision::default();
+    let Some(c) = template
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == container))
+    else {
+        return out;
+    };
+    out.image = c.image.clone().unwrap_or_default();
+    for e in c.env.iter().flatten().filter(|e| ours.contains(&e.name.as_str())) {
+        match (&e.value, e.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref())) {
+            (Some(v), _) => {
+                out.config.insert(e.name.clone(), v.clone());
+            }
+            (None, Some(r)) => {
+                // Recorded as "<secret>@<version>".
+                let version = versions
+                    .get(&e.name)
+                    .and_then(|v| v.rsplit_once('@'))
+                    .filter(|(secret, _)| *secret == r.name)
+                    .map(|(_, v)| format!("?version={v}"))
+                    .unwrap_or_default();
+                out.secrets
+                    .insert(e.name.clone(), format!("k8s://{}#{}{version}", r.name, r.key));
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
 /// A ReplicaSet's template as the Deployment had it: without the
 /// controller's `pod-template-hash` label.
 pub(crate) fn without_hash(template: &PodTemplateSpec) -> PodTemplateSpec {
@@ -318,6 +367,20 @@ mod tests {
                 "{reference}: {msg}"
             );
         }
+    }
+
+    #[test]
+    fn a_template_describes_what_relay_set_in_it() {
+        let s = spec(&[("MODE", "fast")], &[("DB", "k8s://shop/db#password?version=42")]);
+        let t = candidate(&base(), &s, "app", "shop").unwrap();
+        let r = running(&t, "app");
+        assert_eq!(r.image, format!("reg.example/web@{}", s.artifact.digest));
+        assert_eq!(
+            r.config,
+            BTreeMap::from([("MODE".to_owned(), "fast".to_owned())]),
+            "KEEP is the template's own"
+        );
+        assert_eq!(r.secrets["DB"], "k8s://db#password?version=42");
     }
 
     #[test]
