@@ -30,6 +30,8 @@ pub mod sim;
 #[cfg(feature = "vault")]
 pub mod vault;
 
+mod counts;
 pub mod wrappers;
 
+pub use counts::RequestCounter;
 pub use wrappers::{FaultKind, Faulty, Latency, RateLimited, RateLimiter};

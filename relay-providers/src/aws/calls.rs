@@ -1,9 +1,5 @@
 //! Counting the API requests the AWS providers send.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::sync::{Arc, Mutex};
-
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -11,7 +7,8 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
-/// An SDK interceptor that counts the requests each client sends, by
+/// The request counter of the AWS providers: a [`crate::RequestCounter`],
+/// which is an SDK interceptor counting the requests each client sends by
 /// `Service.Operation` (retries count: it sees every attempt on the wire).
 ///
 /// Clones share the counts, so one counter can watch every client of a
@@ -26,37 +23,9 @@ use aws_smithy_types::config_bag::ConfigBag;
 /// );
 /// # }
 /// ```
-#[derive(Clone, Default)]
-pub struct ApiCallCounter {
-    counts: Arc<Mutex<BTreeMap<String, u64>>>,
-}
+pub type ApiCallCounter = crate::RequestCounter;
 
-impl ApiCallCounter {
-    /// Requests sent so far, by `Service.Operation`.
-    pub fn counts(&self) -> BTreeMap<String, u64> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// All requests sent so far.
-    pub fn total(&self) -> u64 {
-        self.counts().values().sum()
-    }
-
-    /// Forget the counts.
-    pub fn reset(&self) {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-}
-
-impl fmt::Debug for ApiCallCounter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiCallCounter")
-            .field("counts", &self.counts())
-            .finish()
-    }
-}
-
-impl Intercept for ApiCallCounter {
+impl Intercept for crate::RequestCounter {
     fn name(&self) -> &'static str {
         "relay.ApiCallCounter"
     }
@@ -70,12 +39,7 @@ impl Intercept for ApiCallCounter {
         let name = cfg
             .load::<Metadata>()
             .map_or_else(|| "unknown".to_owned(), |m| format!("{}.{}", m.service(), m.name()));
-        *self
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name)
-            .or_default() += 1;
+        self.record(name);
         Ok(())
     }
 }

@@ -1,48 +1,12 @@
 //! Counting the requests a kube client sends.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// A client layer that counts API requests by operation (`GET
-/// deployments`, `LIST replicasets`, `PATCH deployments`, `PATCH
-/// pods/status`...). Clones share the counts.
-///
-/// ```no_run
-/// # async fn f(config: relay_providers::kubernetes::sdk::kube::Config) -> Result<(), Box<dyn std::error::Error>> {
-/// use relay_providers::kubernetes::sdk::kube::client::ClientBuilder;
-/// use relay_providers::kubernetes::RequestCounter;
-/// let calls = RequestCounter::default();
-/// let client = ClientBuilder::try_from(config)?.with_layer(&calls).build();
-/// // ... use `client`; then:
-/// println!("{} requests: {:?}", calls.total(), calls.counts());
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug, Default)]
-pub struct RequestCounter {
-    counts: Arc<Mutex<BTreeMap<String, u64>>>,
-}
-
-impl RequestCounter {
-    /// Requests so far, by operation.
-    pub fn counts(&self) -> BTreeMap<String, u64> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// All requests so far.
-    pub fn total(&self) -> u64 {
-        self.counts().values().sum()
-    }
-
-    /// Forget the counts.
-    pub fn reset(&self) {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-}
+pub use crate::RequestCounter;
 
 /// `GET /apis/apps/v1/namespaces/ns/deployments/web` → `GET deployments`;
 /// a GET without a name is a `LIST`; subresources follow a slash.
@@ -79,6 +43,7 @@ pub(crate) fn operation(method: &http::Method, path: &str) -> String {
     }
 }
 
+/// A kube client layer: `ClientBuilder::try_from(config)?.with_layer(&counter)`.
 impl<S> Layer<S> for RequestCounter {
     type Service = Counted<S>;
 
@@ -110,14 +75,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let op = operation(req.method(), req.uri().path());
-        *self
-            .counter
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(op)
-            .or_insert(0) += 1;
+        self.counter.record(operation(req.method(), req.uri().path()));
         self.inner.call(req)
     }
 }
