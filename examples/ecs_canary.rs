@@ -27,6 +27,9 @@
 //! checked every minute if given); a failure rolls back to the stable task
 //! set. The state and audit log are kept under `./relay-ecs-state`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +37,7 @@ use std::time::Duration;
 use relay::providers::aws::sdk::config::{self, BehaviorVersion};
 use relay::providers::aws::{CloudWatchProbe, EcrArtifactStore, EcsServiceTarget, ALARM_PREFIX};
 use relay::strategies::{CanaryStrategy, Statistic, ThresholdJudge};
-use relay::{AnalysisSpec, Check, EventKind, FileStateStore, JsonlAuditSink, Relay, Release, RolloutSpec};
+use relay::{AnalysisSpec, Check, FileStateStore, JsonlAuditSink, Relay, Release, RolloutSpec};
 
 fn var(name: &str) -> Result<String, String> {
     std::env::var(name).map_err(|_| format!("set {name} (see the table at the top of examples/ecs_canary.rs)"))
@@ -110,43 +113,13 @@ async fn run(apply: bool) -> Result<bool, String> {
     let image = var("RELAY_IMAGE")?;
     let release = Release::new(image.parse().map_err(|e: relay::Error| e.to_string())?).replicas(replicas);
     let spec = RolloutSpec::new(name, release, canary);
-    let plan = relay.plan(&spec).await.map_err(|e| e.to_string())?;
-    println!("{plan}");
-    if !apply {
-        println!("dry run: nothing changed (run with `apply` to roll out)");
-        return Ok(true);
-    }
-    let handle = relay.start(spec).await.map_err(|e| e.to_string())?;
-    let mut events = handle.events();
-    while let Some(e) = events.next().await {
-        match &e.kind {
-            EventKind::StepStarted { description, .. } => println!("step: {description}"),
-            EventKind::Verdict { verdict } => println!("verdict: {verdict}"),
-            EventKind::Finished { .. } => break,
-            _ => {}
-        }
-    }
-    let outcome = handle.wait().await.map_err(|e| e.to_string())?;
-    println!("outcome: {outcome}");
-    Ok(outcome.is_success())
+    support::plan_or_apply(&relay, spec, apply).await
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let apply = match std::env::args().nth(1).as_deref() {
-        None | Some("plan") => false,
-        Some("apply") => true,
-        Some(other) => {
-            eprintln!("unknown command {other:?}: use `plan` (default) or `apply`");
-            return ExitCode::FAILURE;
-        }
-    };
-    match run(apply).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+    match support::apply_requested() {
+        Ok(apply) => support::exit(run(apply).await),
+        Err(code) => code,
     }
 }

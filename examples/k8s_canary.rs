@@ -27,6 +27,9 @@
 //! several copies of a tool using relay coordinate; the audit log goes to
 //! `./relay-k8s-state/audit.jsonl`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +37,7 @@ use std::time::Duration;
 use relay::providers::kubernetes::sdk::kube::Client;
 use relay::providers::kubernetes::{DeploymentTarget, KubeSecretStore, KubeStateStore, PodReadinessProbe};
 use relay::strategies::{CanaryStrategy, Statistic, ThresholdJudge};
-use relay::{AnalysisSpec, Check, EventKind, JsonlAuditSink, PinnedArtifactStore, Relay, Release, RolloutSpec, Target};
+use relay::{AnalysisSpec, Check, JsonlAuditSink, PinnedArtifactStore, Relay, Release, RolloutSpec, Target};
 
 fn var_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -90,43 +93,13 @@ async fn run(apply: bool) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     let release = Release::new(image.parse().map_err(|e: relay::Error| e.to_string())?).replicas(replicas);
     let spec = RolloutSpec::new(name, release, canary);
-    let plan = relay.plan(&spec).await.map_err(|e| e.to_string())?;
-    println!("{plan}");
-    if !apply {
-        println!("dry run: nothing changed (run with `apply` to roll out)");
-        return Ok(true);
-    }
-    let handle = relay.start(spec).await.map_err(|e| e.to_string())?;
-    let mut events = handle.events();
-    while let Some(e) = events.next().await {
-        match &e.kind {
-            EventKind::StepStarted { description, .. } => println!("step: {description}"),
-            EventKind::Verdict { verdict } => println!("verdict: {verdict}"),
-            EventKind::Finished { .. } => break,
-            _ => {}
-        }
-    }
-    let outcome = handle.wait().await.map_err(|e| e.to_string())?;
-    println!("outcome: {outcome}");
-    Ok(outcome.is_success())
+    support::plan_or_apply(&relay, spec, apply).await
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let apply = match std::env::args().nth(1).as_deref() {
-        None | Some("plan") => false,
-        Some("apply") => true,
-        Some(other) => {
-            eprintln!("unknown command {other:?}: use `plan` (default) or `apply`");
-            return ExitCode::FAILURE;
-        }
-    };
-    match run(apply).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+    match support::apply_requested() {
+        Ok(apply) => support::exit(run(apply).await),
+        Err(code) => code,
     }
 }
