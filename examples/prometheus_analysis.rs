@@ -37,6 +37,7 @@ async fn run(args: &[String]) -> Result<VerdictOutcome, String> {
             metric: query.clone(),
             scope,
             window: Duration::from_secs(60),
+            target: String::new(),
         })
         .await
         .map_err(|e| e.to_string())?;

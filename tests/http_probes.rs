@@ -145,6 +145,7 @@ fn query(metric: &str, scope: Scope) -> ProbeQuery {
         metric: metric.into(),
         scope,
         window: Duration::from_secs(5),
+        target: String::new(),
     }
 }
 

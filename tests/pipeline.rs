@@ -13,7 +13,7 @@ use relay::providers::sim::{MemoryArtifactStore, RevisionBehavior, SimProbe, Sim
 use relay::strategies::{AllAtOnce, CanaryStrategy};
 use relay::{
     ArtifactRef, AuditSink, Digest, Environment, Error, MemoryAuditSink, MemoryStateStore, Outcome, Pipeline, Relay,
-    StateStore,
+    Revert, StateStore, WaveOrder, WaveStatus,
 };
 
 struct Envs {
@@ -65,9 +65,12 @@ fn envs() -> Envs {
     }
 }
 
-async fn finished(h: relay::RolloutHandle) -> (String, Outcome) {
-    let id = h.id().to_string();
-    (id, h.wait().await.unwrap())
+/// The rollout and outcome of a one-target environment's deployment.
+async fn finished(h: relay::WaveHandle) -> (String, Outcome) {
+    let report = h.wait().await.unwrap();
+    assert_eq!(report.rollouts.len(), 1, "{report:?}");
+    let row = report.rollouts.into_iter().next().unwrap();
+    (row.rollout.unwrap(), row.outcome.unwrap())
 }
 
 #[tokio::test(start_paused = true)]
@@ -205,4 +208,219 @@ async fn drift_shows_each_change_made_behind_relays_back() {
         !format!("{report:?}").contains(common::PLANTED_SECRET),
         "values are never compared or shown"
     );
+}
+
+/// Two regions of one environment, each its own sim target with its own
+/// probe; `v3` fails only in the second region.
+fn regions(order: WaveOrder) -> (Relay, Pipeline, Arc<MemoryAuditSink>, Arc<SimTarget>, Arc<SimTarget>) {
+    let artifacts = Arc::new(MemoryArtifactStore::new());
+    for tag in ["v1", "v2", "v3"] {
+        artifacts.push("shop/web", tag, tag.as_bytes(), BTreeMap::new());
+    }
+    let eu = Arc::new(SimTarget::new("web-eu").seed(7));
+    let us = Arc::new(SimTarget::new("web-us").seed(8));
+    us.behavior(&Digest::of(b"v3"), RevisionBehavior::failing(0.2));
+    let audit = Arc::new(MemoryAuditSink::new());
+    let relay = Relay::builder()
+        .target(eu.clone())
+        .target(us.clone())
+        .probe_for("web-eu", Arc::new(SimProbe::new(eu.clone())))
+        .probe_for("web-us", Arc::new(SimProbe::new(us.clone())))
+        .artifacts(artifacts)
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+    let canary = CanaryStrategy::new().set_weight(50).analyze(error_analysis());
+    let pipeline = Pipeline::new(vec![Environment::new("prod", "web-eu", canary)
+        .also_target("web-us")
+        .order(order)
+        .replicas(2)])
+    .unwrap();
+    (relay, pipeline, audit, eu, us)
+}
+
+async fn stable_of(t: &SimTarget) -> relay::RevisionId {
+    relay::Target::observe(t).await.unwrap().stable.unwrap()
+}
+
+async fn actions(audit: &MemoryAuditSink) -> Vec<(String, String)> {
+    audit
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.event.rollout, a.event.action))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sequential_wave_reverts_the_first_region_when_the_second_fails() {
+    let (relay, p, audit, eu, us) = regions(WaveOrder::Sequential);
+    let tag = |t: &str| t.parse::<ArtifactRef>().unwrap();
+    let report = p
+        .deploy(&relay, tag("shop/web:v1"))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(report.is_success(), "{report:?}");
+    let v1_eu = stable_of(&eu).await;
+    let v1_us = stable_of(&us).await;
+
+    let report = p
+        .deploy(&relay, tag("shop/web:v3"))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let WaveStatus::Failed { target, cause } = &report.status else {
+        panic!("{report:?}")
+    };
+    assert_eq!(target, "web-us");
+    assert!(cause.contains("rolled back"), "{cause}");
+    // The first region had been promoted: the wave put v1 back there.
+    assert!(
+        matches!(report.rollouts[0].outcome, Some(Outcome::Promoted { .. })),
+        "{report:?}"
+    );
+    match &report.rollouts[0].revert {
+        Some(Revert::Reverted { revision, .. }) => assert_eq!(revision, &v1_eu),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(report.rollouts[1].outcome, Some(Outcome::RolledBack { .. })));
+    assert_eq!(report.rollouts[1].revert, None, "the failed region rolled itself back");
+    assert_eq!(stable_of(&eu).await, v1_eu);
+    assert_eq!(stable_of(&us).await, v1_us);
+    // No candidate is left running anywhere.
+    for t in [&eu, &us] {
+        let state = relay::Target::observe(t.as_ref()).await.unwrap();
+        assert!(
+            state
+                .revisions
+                .iter()
+                .all(|r| r.id == state.stable.clone().unwrap() || r.desired == 0),
+            "{state:?}"
+        );
+    }
+    let log = actions(&audit).await;
+    let wave = |a: &str| log.iter().any(|(r, x)| r == &report.id && x == a);
+    assert!(wave("wave.started") && wave("wave.failed") && wave("wave.reverted") && wave("wave.finished"));
+    relay::verify_chain(&audit.entries().await.unwrap(), None).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parallel_wave_promotes_nowhere_until_every_region_passed_and_then_everywhere() {
+    let (relay, p, audit, eu, us) = regions(WaveOrder::Parallel);
+    let tag = |t: &str| t.parse::<ArtifactRef>().unwrap();
+    assert!(p
+        .deploy(&relay, tag("shop/web:v1"))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+        .is_success());
+    let v1 = stable_of(&eu).await;
+
+    // v2 is good in both regions: both hold at the wave gate, then promote.
+    let report = p
+        .deploy(&relay, tag("shop/web:v2"))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(report.is_success(), "{report:?}");
+    assert_ne!(stable_of(&eu).await, v1);
+    assert_eq!(stable_of(&eu).await, stable_of(&us).await);
+    let log = actions(&audit).await;
+    let released = log
+        .iter()
+        .position(|(r, a)| r == &report.id && a == "wave.released")
+        .expect("released");
+    for row in &report.rollouts {
+        let id = row.rollout.clone().unwrap();
+        let held = log
+            .iter()
+            .position(|(r, a)| r == &id && a == "gate.waiting")
+            .expect("each region waited at the wave gate");
+        let finished = log
+            .iter()
+            .position(|(r, a)| r == &id && a == "rollout.finished")
+            .unwrap();
+        assert!(held < released && released < finished, "{log:?}");
+    }
+
+    // v3 fails in us: eu, still before promotion, is aborted and rolls back.
+    let v2 = stable_of(&eu).await;
+    let report = p
+        .deploy(&relay, tag("shop/web:v3"))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(
+        matches!(&report.status, WaveStatus::Failed { target, .. } if target == "web-us"),
+        "{report:?}"
+    );
+    for row in &report.rollouts {
+        assert!(matches!(row.outcome, Some(Outcome::RolledBack { .. })), "{row:?}");
+        assert_eq!(row.revert, None, "nothing was promoted, so nothing is reverted");
+    }
+    match &report.rollouts[0].outcome {
+        Some(Outcome::RolledBack { cause }) => {
+            assert!(cause.contains("web-us"), "names the region that failed: {cause}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(stable_of(&eu).await, v2);
+    assert_eq!(stable_of(&us).await, v2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_wave_changes_nothing_and_an_aborted_one_rolls_back_and_starts_no_further_region() {
+    let (relay, p, _audit, eu, us) = regions(WaveOrder::Sequential);
+    let tag = |t: &str| t.parse::<ArtifactRef>().unwrap();
+    // A tag the store does not have: planning fails before any region moves.
+    let e = p.deploy(&relay, tag("shop/web:v9")).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+    assert!(relay::Target::observe(eu.as_ref()).await.unwrap().stable.is_none());
+    assert!(relay::Target::observe(us.as_ref()).await.unwrap().stable.is_none());
+    let twice = relay::Wave::new(
+        "w",
+        vec![p.wave(&relay, "prod", tag("shop/web:v1")).unwrap().specs()[0].clone(); 2],
+    );
+    let e = relay.start_wave(twice).await.unwrap_err();
+    assert!(e.to_string().contains("wave.targets[1]"), "{e}");
+
+    assert!(p
+        .deploy(&relay, tag("shop/web:v1"))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+        .is_success());
+    let v1 = stable_of(&eu).await;
+    // Abort v2 while the first region is in its canary.
+    let wave = p.deploy(&relay, tag("shop/web:v2")).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    wave.abort("alice", "wrong build").unwrap();
+    let report = wave.wait().await.unwrap();
+    assert_eq!(
+        report.status,
+        WaveStatus::Aborted {
+            by: "alice".into(),
+            reason: "wrong build".into()
+        }
+    );
+    assert!(
+        matches!(report.rollouts[0].outcome, Some(Outcome::RolledBack { .. })),
+        "{report:?}"
+    );
+    assert_eq!(report.rollouts[1].rollout, None, "the second region never started");
+    assert_eq!(stable_of(&eu).await, v1);
 }

@@ -43,7 +43,10 @@ pub use audit::{verify_chain, AuditEntry, AuditEvent, AuditSink, JsonlAuditSink,
 pub use clock::{parse_rfc3339, Clock, TokioClock, UnixMillis};
 pub use dora::{dora, DoraReport, CREATED_AT_METADATA};
 pub use drift::{Drift, DriftReport};
-pub use engine::{EngineConfig, Relay, RelayBuilder, RolloutHandle, RolloutSpec};
+pub use engine::{
+    EngineConfig, Relay, RelayBuilder, Revert, RolloutHandle, RolloutSpec, Wave, WaveHandle, WaveOrder, WaveReport,
+    WaveRollout, WaveStatus, WAVE_GATE,
+};
 pub use error::{Error, Result};
 pub use event::{EventKind, Outcome, RolloutEvent, RolloutEvents};
 pub use freeze::{FreezeGate, FreezeWindow, Weekday};

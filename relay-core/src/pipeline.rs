@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::artifact::{ArtifactRef, Digest};
-use crate::engine::{Relay, RolloutHandle, RolloutSpec};
+use crate::engine::{Relay, RolloutSpec, Wave, WaveHandle, WaveOrder};
 use crate::error::{Error, Result};
 use crate::plan::Strategy;
 use crate::release::{Release, SecretRef};
@@ -16,7 +16,8 @@ use crate::state::{RolloutRecord, RolloutStatus};
 #[derive(Clone, Debug)]
 pub struct Environment {
     name: String,
-    target: String,
+    targets: Vec<String>,
+    order: WaveOrder,
     strategy: Arc<dyn Strategy>,
     replicas: u32,
     config: BTreeMap<String, String>,
@@ -29,16 +30,35 @@ impl Environment {
     /// Environment `name` deploying to the registered target `target` with
     /// `strategy`, one replica until [`Environment::replicas`] says more.
     pub fn new(name: impl Into<String>, target: impl Into<String>, strategy: impl Strategy + 'static) -> Self {
+        Self::with_strategy(name, target, Arc::new(strategy))
+    }
+
+    /// The same with a shared strategy.
+    pub fn with_strategy(name: impl Into<String>, target: impl Into<String>, strategy: Arc<dyn Strategy>) -> Self {
         Environment {
             name: name.into(),
-            target: target.into(),
-            strategy: Arc::new(strategy),
+            targets: vec![target.into()],
+            order: WaveOrder::Sequential,
+            strategy,
             replicas: 1,
             config: BTreeMap::new(),
             secrets: BTreeMap::new(),
             gates_before_start: Vec::new(),
             gates_before_promotion: Vec::new(),
         }
+    }
+
+    /// Another target (a second region, say): every deployment here is a
+    /// [`Wave`] over the targets, in `order` ([`Environment::order`]).
+    pub fn also_target(mut self, target: impl Into<String>) -> Self {
+        self.targets.push(target.into());
+        self
+    }
+
+    /// How a deployment moves through the targets (default: one at a time).
+    pub fn order(mut self, order: WaveOrder) -> Self {
+        self.order = order;
+        self
     }
 
     /// Replicas at full rollout.
@@ -76,15 +96,17 @@ impl Environment {
         &self.name
     }
 
-    /// The target it deploys to.
-    pub fn target(&self) -> &str {
-        &self.target
+    /// The targets it deploys to, in order.
+    pub fn targets(&self) -> &[String] {
+        &self.targets
     }
 }
 
-/// Named environments in order (dev → staging → prod) over one engine.
+/// Named environments in order (dev → staging → prod).
 ///
-/// [`Pipeline::deploy`] rolls an artifact out to the first environment;
+/// Each deployment to an environment is a [`Wave`] over its targets (a wave
+/// of one for a single target). [`Pipeline::deploy`] rolls an artifact out
+/// to the first environment;
 /// [`Pipeline::promote`] rolls the exact digest that succeeded in the
 /// previous environment out to the next one, and refuses a digest that did
 /// not succeed there. A promotion's record names the rollout it promotes
@@ -116,6 +138,14 @@ impl Pipeline {
                     format!("{path}.name"),
                     format!("{:?} is used twice", e.name),
                 ));
+            }
+            for (j, t) in e.targets.iter().enumerate() {
+                if e.targets[..j].iter().any(|o| o == t) {
+                    return Err(Error::invalid(
+                        format!("{path}.targets[{j}]"),
+                        format!("target {t:?} is named twice"),
+                    ));
+                }
             }
             if e.replicas == 0 {
                 return Err(Error::invalid(format!("{path}.replicas"), "must be at least 1"));
@@ -152,53 +182,89 @@ impl Pipeline {
         })
     }
 
-    /// The rollout spec that deploys `artifact` to environment `env`: the
-    /// base configuration and secrets with the environment's on top, its
-    /// replicas, strategy and gates.
+    /// The wave that deploys `artifact` to environment `env`: one rollout
+    /// spec per target, each with the base configuration and secrets with
+    /// the environment's on top, its replicas, strategy and gates.
     ///
     /// # Errors
     /// [`Error::InvalidSpec`] for an unknown environment.
-    pub fn spec(&self, env: &str, artifact: ArtifactRef) -> Result<RolloutSpec> {
+    pub fn wave(&self, relay: &Relay, env: &str, artifact: ArtifactRef) -> Result<Wave> {
+        self.wave_from(relay, env, artifact, None)
+    }
+
+    fn wave_from(
+        &self,
+        relay: &Relay,
+        env: &str,
+        artifact: ArtifactRef,
+        promoted_from: Option<String>,
+    ) -> Result<Wave> {
         let e = &self.environments[self.position(env)?];
         let mut release = Release::new(artifact).replicas(e.replicas);
         release.config = self.config.clone();
         release.config.extend(e.config.clone());
         release.secrets = self.secrets.clone();
         release.secrets.extend(e.secrets.clone());
-        let mut spec = RolloutSpec::with_strategy(e.target.clone(), release, e.strategy.clone());
-        spec.gates_before_start = e.gates_before_start.clone();
-        spec.gates_before_promotion = e.gates_before_promotion.clone();
-        Ok(spec)
+        let specs = e
+            .targets
+            .iter()
+            .map(|target| {
+                let mut spec = RolloutSpec::with_strategy(target.clone(), release.clone(), e.strategy.clone());
+                spec.gates_before_start = e.gates_before_start.clone();
+                spec.gates_before_promotion = e.gates_before_promotion.clone();
+                spec.promoted_from = promoted_from.clone();
+                spec
+            })
+            .collect();
+        Ok(Wave::new(relay.fresh_id(&e.name), specs).order(e.order))
     }
 
     /// Roll `artifact` out to the first environment.
     ///
     /// # Errors
-    /// Those of [`Relay::start`].
-    pub async fn deploy(&self, relay: &Relay, artifact: ArtifactRef) -> Result<RolloutHandle> {
-        relay.start(self.spec(&self.environments[0].name, artifact)?).await
+    /// Those of [`Relay::start_wave`].
+    pub async fn deploy(&self, relay: &Relay, artifact: ArtifactRef) -> Result<WaveHandle> {
+        relay
+            .start_wave(self.wave(relay, &self.environments[0].name, artifact)?)
+            .await
     }
 
-    /// The latest rollout in environment `env` that promoted `digest`.
+    /// Whether `digest` succeeded on every target of environment `env`: the
+    /// latest of the rollouts that promoted it there (the one that
+    /// completed the environment), or `None` when a target has none.
     ///
     /// # Errors
     /// Those of the state store.
     pub async fn succeeded_in(&self, relay: &Relay, env: &str, digest: &Digest) -> Result<Option<RolloutRecord>> {
         let e = &self.environments[self.position(env)?];
-        let history = relay.state().list_target(&e.target).await?;
-        Ok(history
-            .into_iter()
-            .rev()
-            .find(|r| matches!(r.status, RolloutStatus::Succeeded) && &r.plan.candidate.artifact.digest == digest))
+        let mut latest: Option<RolloutRecord> = None;
+        for target in &e.targets {
+            let history = relay.state().list_target(target).await?;
+            let Some(r) = history
+                .into_iter()
+                .rev()
+                .find(|r| matches!(r.status, RolloutStatus::Succeeded) && &r.plan.candidate.artifact.digest == digest)
+            else {
+                return Ok(None);
+            };
+            if latest.as_ref().is_none_or(|l| r.updated_ms >= l.updated_ms) {
+                latest = Some(r);
+            }
+        }
+        Ok(latest)
     }
 
-    /// How environment `env`'s target differs from what relay last promoted
-    /// there ([`Relay::drift`]).
+    /// How each target of environment `env` differs from what relay last
+    /// promoted there ([`Relay::drift`]), in the environment's order.
     ///
     /// # Errors
     /// As [`Relay::drift`], and for an unknown environment.
-    pub async fn drift(&self, relay: &Relay, env: &str) -> Result<crate::drift::DriftReport> {
-        relay.drift(&self.environments[self.position(env)?].target).await
+    pub async fn drift(&self, relay: &Relay, env: &str) -> Result<Vec<crate::drift::DriftReport>> {
+        let mut reports = Vec::new();
+        for target in &self.environments[self.position(env)?].targets {
+            reports.push(relay.drift(target).await?);
+        }
+        Ok(reports)
     }
 
     /// Roll `digest` out to environment `to`, which must not be the first:
@@ -211,7 +277,7 @@ impl Pipeline {
     /// succeed in the previous environment (naming it, and what it runs
     /// instead), at `promotion.to` for the first environment; those of
     /// [`Relay::start`].
-    pub async fn promote(&self, relay: &Relay, digest: &Digest, to: &str) -> Result<RolloutHandle> {
+    pub async fn promote(&self, relay: &Relay, digest: &Digest, to: &str) -> Result<WaveHandle> {
         let at = self.position(to)?;
         if at == 0 {
             return Err(Error::invalid(
@@ -221,7 +287,11 @@ impl Pipeline {
         }
         let from = &self.environments[at - 1].name;
         let Some(source) = self.succeeded_in(relay, from, digest).await? else {
-            let history = relay.state().list_target(&self.environments[at - 1].target).await?;
+            let mut history = Vec::new();
+            for target in &self.environments[at - 1].targets {
+                history.extend(relay.state().list_target(target).await?);
+            }
+            history.sort_by_key(|r| r.updated_ms);
             let last = history
                 .iter()
                 .rev()
@@ -244,8 +314,8 @@ impl Pipeline {
             tag: None,
             digest: Some(digest.clone()),
         };
-        let mut spec = self.spec(to, artifact)?;
-        spec.promoted_from = Some(source.id);
-        relay.start(spec).await
+        relay
+            .start_wave(self.wave_from(relay, to, artifact, Some(source.id))?)
+            .await
     }
 }

@@ -97,6 +97,10 @@ pub struct ProbeQuery {
     /// How far back to look.
     #[serde(with = "crate::serde_duration")]
     pub window: Duration,
+    /// The target the rollout runs on (a probe shared by several targets,
+    /// one per region say, tells them apart by it).
+    #[serde(default)]
+    pub target: String,
 }
 
 /// Measurements of one metric: one value per sample interval the probe saw.

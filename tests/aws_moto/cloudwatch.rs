@@ -16,6 +16,7 @@ fn query(metric: &str, scope: Scope) -> ProbeQuery {
         metric: metric.into(),
         scope,
         window: Duration::from_secs(600),
+        target: String::new(),
     }
 }
 

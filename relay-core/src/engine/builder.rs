@@ -26,6 +26,7 @@ pub struct RelayBuilder {
     artifacts: Option<Arc<dyn ArtifactStore>>,
     secrets: BTreeMap<String, Arc<dyn SecretStore>>,
     probe: Option<Arc<dyn HealthProbe>>,
+    probes: BTreeMap<String, Arc<dyn HealthProbe>>,
     gates: Vec<Arc<dyn Gate>>,
     verifiers: Vec<Arc<dyn ArtifactVerifier>>,
     state: Option<Arc<dyn StateStore>>,
@@ -63,9 +64,17 @@ impl RelayBuilder {
         self
     }
 
-    /// The health probe analysis steps read.
+    /// The health probe analysis steps read (for every target without a
+    /// probe of its own).
     pub fn probe(mut self, probe: Arc<dyn HealthProbe>) -> Self {
         self.probe = Some(probe);
+        self
+    }
+
+    /// The health probe for rollouts on `target` (one per region, say),
+    /// instead of the one set with [`RelayBuilder::probe`].
+    pub fn probe_for(mut self, target: impl Into<String>, probe: Arc<dyn HealthProbe>) -> Self {
+        self.probes.insert(target.into(), probe);
         self
     }
 
@@ -142,6 +151,15 @@ impl RelayBuilder {
                 ));
             }
         }
+        if let Some(name) = self.probes.keys().find(|n| !targets.contains_key(*n)) {
+            return Err(Error::invalid(
+                format!("relay.probes.{name}"),
+                format!(
+                    "no target named {name:?} is registered; registered: {:?}",
+                    targets.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
         let mut gates = BTreeMap::new();
         for g in self.gates {
             let name = g.name().to_owned();
@@ -149,6 +167,10 @@ impl RelayBuilder {
                 return Err(Error::invalid("relay.gates", format!("two gates are named {name:?}")));
             }
         }
+        // The barrier a wave holds its rollouts at before promotion.
+        gates
+            .entry(super::WAVE_GATE.to_owned())
+            .or_insert_with(|| Arc::new(crate::gate::ManualApproval::new(super::WAVE_GATE)));
         let artifacts = self
             .artifacts
             .ok_or_else(|| Error::invalid("relay.artifacts", "set an artifact store with RelayBuilder::artifacts"))?;
@@ -179,6 +201,7 @@ impl RelayBuilder {
                 artifacts,
                 secrets: self.secrets,
                 probe: self.probe,
+                probes: self.probes,
                 gates,
                 verifiers: self.verifiers,
                 state: self.state.unwrap_or_else(|| Arc::new(MemoryStateStore::new())),

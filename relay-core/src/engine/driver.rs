@@ -652,7 +652,7 @@ impl Driver {
     }
 
     async fn analyze(&mut self, spec: &AnalysisSpec) -> Result<StepEnd, Stop> {
-        let Some(probe) = self.inner.probe.clone() else {
+        let Some(probe) = self.inner.probe_for(&self.record.target) else {
             return Err(Stop::Rollback(
                 "the plan analyzes health but this engine has no probe".into(),
             ));
@@ -678,6 +678,7 @@ impl Driver {
                     metric: check.metric.clone(),
                     scope: scope.clone(),
                     window: spec.interval,
+                    target: self.record.target.clone(),
                 };
                 let sample = match self.call("probe.sample", || probe.sample(&query)).await {
                     Ok(s) => {

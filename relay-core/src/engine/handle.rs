@@ -126,6 +126,12 @@ impl RolloutHandle {
         RolloutEvents::new(first.unwrap_or_else(|| self.events.subscribe()))
     }
 
+    /// The command channel and the task, borrowed apart so one caller can
+    /// forward commands while it awaits the outcome (see `crate::wave`).
+    pub(crate) fn parts(&mut self) -> (&mpsc::UnboundedSender<Command>, &mut JoinHandle<Result<Outcome>>) {
+        (&self.commands, &mut self.join)
+    }
+
     /// Wait for the outcome.
     ///
     /// # Errors
@@ -133,14 +139,7 @@ impl RolloutHandle {
     /// lost or the state store failed. The record then stays running for
     /// [`crate::Relay::resume`].
     pub async fn wait(self) -> Result<Outcome> {
-        match self.join.await {
-            Ok(r) => r,
-            Err(e) => Err(Error::provider(
-                "engine",
-                false,
-                format!("rollout task ended abnormally: {e}"),
-            )),
-        }
+        joined(self.join.await)
     }
 
     /// Stop driving the rollout in this process at once, without rolling
@@ -148,6 +147,19 @@ impl RolloutHandle {
     /// lease expires, so another engine can [`crate::Relay::resume`] it.
     pub fn halt(self) {
         self.join.abort();
+    }
+}
+
+/// A rollout task's result: a task that panicked or was cancelled is an
+/// engine error.
+pub(crate) fn joined(r: std::result::Result<Result<Outcome>, tokio::task::JoinError>) -> Result<Outcome> {
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(Error::provider(
+            "engine",
+            false,
+            format!("rollout task ended abnormally: {e}"),
+        )),
     }
 }
 

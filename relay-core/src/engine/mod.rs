@@ -4,6 +4,7 @@
 mod builder;
 mod driver;
 mod handle;
+mod wave;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,7 @@ use crate::verify::ArtifactVerifier;
 
 pub use builder::RelayBuilder;
 pub use handle::RolloutHandle;
+pub use wave::{Revert, Wave, WaveHandle, WaveOrder, WaveReport, WaveRollout, WaveStatus, WAVE_GATE};
 
 /// Timing of the engine itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,6 +177,7 @@ pub(crate) struct Inner {
     pub artifacts: Arc<dyn ArtifactStore>,
     pub secrets: BTreeMap<String, Arc<dyn SecretStore>>,
     pub probe: Option<Arc<dyn HealthProbe>>,
+    pub probes: BTreeMap<String, Arc<dyn HealthProbe>>,
     pub gates: BTreeMap<String, Arc<dyn Gate>>,
     pub verifiers: Vec<Arc<dyn ArtifactVerifier>>,
     pub state: Arc<dyn StateStore>,
@@ -196,6 +199,11 @@ impl Inner {
         Fut: std::future::Future<Output = Result<T>>,
     {
         self.retry.run(op, &self.rng, on_retry, f).await
+    }
+
+    /// The probe analysis reads for rollouts on `target`.
+    pub(crate) fn probe_for(&self, target: &str) -> Option<Arc<dyn HealthProbe>> {
+        self.probes.get(target).or(self.probe.as_ref()).cloned()
     }
 
     fn target(&self, name: &str) -> Result<&Arc<dyn Target>> {
@@ -271,6 +279,16 @@ impl Relay {
     /// The state store.
     pub fn state(&self) -> &Arc<dyn StateStore> {
         &self.inner.state
+    }
+
+    /// A fresh id `<prefix>-<now ms>-<counter>` for a rollout or wave.
+    pub(crate) fn fresh_id(&self, prefix: &str) -> String {
+        format!(
+            "{}-{}-{}",
+            crate::state_key(prefix),
+            self.inner.clock.now_ms(),
+            self.inner.ids.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Plan a rollout without changing anything: validate the spec, resolve
@@ -379,8 +397,8 @@ impl Relay {
                 }
                 Step::Analyze { analysis } => {
                     analysis.validate(&format!("plan.steps[{i}].analysis"))?;
-                    if inner.probe.is_none() {
-                        return Err(Error::invalid(format!("plan.steps[{i}].analysis"), "the plan analyzes health but no probe is registered; add one with RelayBuilder::probe"));
+                    if inner.probe_for(&spec.target).is_none() {
+                        return Err(Error::invalid(format!("plan.steps[{i}].analysis"), format!("the plan analyzes health but no probe is registered for target {:?}; add one with RelayBuilder::probe or RelayBuilder::probe_for", spec.target)));
                     }
                 }
                 _ => {}
@@ -566,14 +584,7 @@ impl Relay {
         }
         inner.target(&spec.target)?;
         let now = inner.clock.now_ms();
-        let id = spec.id.clone().unwrap_or_else(|| {
-            format!(
-                "{}-{}-{}",
-                crate::state_key(&spec.target),
-                now,
-                inner.ids.fetch_add(1, Ordering::Relaxed)
-            )
-        });
+        let id = spec.id.clone().unwrap_or_else(|| self.fresh_id(&spec.target));
         // Lease first, then plan: the plan is made from what the target looks
         // like while no other rollout can change it.
         let holder = inner.holder_for(&id);

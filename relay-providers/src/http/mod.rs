@@ -10,12 +10,16 @@ pub use probe::{HttpProbe, HttpProbeBuilder, ERROR_RATE, LATENCY_MS};
 pub use prometheus::{PromQuery, PrometheusProbe};
 pub use webhook::{WebhookGate, SIGNATURE_HEADER};
 
-use relay_core::{Error, Result, Scope};
+use relay_core::{Error, ProbeQuery, Result};
 
 const PROVIDER: &str = "http";
 
 /// The placeholder a URL or query template has for the revision measured.
 pub const REVISION_PLACEHOLDER: &str = "{{revision}}";
+
+/// The placeholder for the name of the target the rollout runs on, so one
+/// template serves every target of a wave (one per region, say).
+pub const TARGET_PLACEHOLDER: &str = "{{target}}";
 
 /// The client crate these probes are built on, at the version they use.
 pub mod sdk {
@@ -23,10 +27,22 @@ pub mod sdk {
 }
 
 /// `template` with the measured revision in place of
-/// [`REVISION_PLACEHOLDER`]. A template for the whole target must not name a
-/// revision; errors name `field`.
-pub(crate) fn fill(template: &str, scope: &Scope, field: &str) -> Result<String> {
-    match scope {
+/// [`REVISION_PLACEHOLDER`] and the target in place of [`TARGET_PLACEHOLDER`].
+/// A template for the whole target must not name a revision, nor one for a
+/// query without a target name the target; errors name `field`.
+pub(crate) fn fill(template: &str, query: &ProbeQuery, field: &str) -> Result<String> {
+    let template = &if template.contains(TARGET_PLACEHOLDER) {
+        if query.target.is_empty() {
+            return Err(Error::invalid(
+                field,
+                format!("{template:?} names {TARGET_PLACEHOLDER}, but the query names no target"),
+            ));
+        }
+        template.replace(TARGET_PLACEHOLDER, &query.target)
+    } else {
+        template.to_owned()
+    };
+    match &query.scope {
         Scope::Revision(id) => Ok(template.replace(REVISION_PLACEHOLDER, id.as_str())),
         Scope::Target if template.contains(REVISION_PLACEHOLDER) => Err(Error::invalid(
             field,
@@ -73,17 +89,37 @@ fn without_url(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relay_core::RevisionId;
+    use relay_core::{RevisionId, Scope};
 
     #[test]
     fn templates_take_the_revision_and_a_target_template_must_not_need_one() {
-        let rev = Scope::Revision(RevisionId::from("rev-1"));
+        let q = |scope: Scope, target: &str| ProbeQuery {
+            metric: String::new(),
+            scope,
+            window: std::time::Duration::from_secs(1),
+            target: target.into(),
+        };
+        let rev = q(Scope::Revision(RevisionId::from("rev-1")), "");
         assert_eq!(
             fill("http://h/{{revision}}/health", &rev, "f").unwrap(),
             "http://h/rev-1/health"
         );
-        assert_eq!(fill("up", &Scope::Target, "f").unwrap(), "up");
-        let e = fill("x{{revision}}", &Scope::Target, "analysis.checks.metric").unwrap_err();
+        assert_eq!(fill("up", &q(Scope::Target, ""), "f").unwrap(), "up");
+        assert_eq!(
+            fill(
+                "up{region=\"{{target}}\",rev=\"{{revision}}\"}",
+                &q(Scope::Revision("r1".into()), "eu"),
+                "f"
+            )
+            .unwrap(),
+            "up{region=\"eu\",rev=\"r1\"}"
+        );
+        let e = fill("x{{target}}", &q(Scope::Target, ""), "http.url").unwrap_err();
+        assert!(
+            e.to_string().contains("http.url") && e.to_string().contains("no target"),
+            "{e}"
+        );
+        let e = fill("x{{revision}}", &q(Scope::Target, "eu"), "analysis.checks.metric").unwrap_err();
         assert!(e.to_string().contains("analysis.checks.metric"), "{e}");
     }
 

@@ -94,7 +94,9 @@ impl HttpProbeBuilder {
             ));
         }
         for url in self.target_url.iter().chain(&self.revision_url) {
-            let probe = url.replace(super::REVISION_PLACEHOLDER, "rev");
+            let probe = url
+                .replace(super::REVISION_PLACEHOLDER, "rev")
+                .replace(super::TARGET_PLACEHOLDER, "target");
             let parsed = reqwest::Url::parse(&probe)
                 .map_err(|e| Error::invalid("http.url", format!("{url:?} is not a URL: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
@@ -150,7 +152,7 @@ impl HealthProbe for HttpProbe {
                 format!("the probe has no URL for scope {}; set it on the builder", query.scope),
             )
         })?;
-        let url = fill(template, &query.scope, "http.url")?;
+        let url = fill(template, query, "http.url")?;
         let (mut errors, mut latencies, mut last_failure) = (Vec::new(), Vec::new(), None);
         for _ in 0..self.requests {
             let started = tokio::time::Instant::now();

@@ -147,7 +147,7 @@ impl HealthProbe for PrometheusProbe {
     async fn sample(&self, query: &ProbeQuery) -> Result<Sample> {
         let registered = self.queries.get(&query.metric);
         let template = registered.map_or(query.metric.as_str(), |q| q.expr.as_str());
-        let expr = fill(template, &query.scope, "analysis.checks.metric")?;
+        let expr = fill(template, query, "analysis.checks.metric")?;
         let now = self.clock.now_ms();
         let url = match registered.and_then(|q| q.step) {
             Some(step) => {
