@@ -100,6 +100,21 @@ impl Environment {
     pub fn targets(&self) -> &[String] {
         &self.targets
     }
+
+    /// How a deployment moves through the targets.
+    pub fn wave_order(&self) -> WaveOrder {
+        self.order
+    }
+
+    /// Replicas at full rollout.
+    pub fn replica_count(&self) -> u32 {
+        self.replicas
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> &Arc<dyn Strategy> {
+        &self.strategy
+    }
 }
 
 /// Named environments in order (dev → staging → prod).
@@ -170,6 +185,11 @@ impl Pipeline {
         self
     }
 
+    /// The environments, in order.
+    pub fn environments(&self) -> &[Environment] {
+        &self.environments
+    }
+
     fn position(&self, env: &str) -> Result<usize> {
         self.environments.iter().position(|e| e.name == env).ok_or_else(|| {
             Error::invalid(
@@ -188,17 +208,11 @@ impl Pipeline {
     ///
     /// # Errors
     /// [`Error::InvalidSpec`] for an unknown environment.
-    pub fn wave(&self, relay: &Relay, env: &str, artifact: ArtifactRef) -> Result<Wave> {
-        self.wave_from(relay, env, artifact, None)
+    pub fn wave(&self, env: &str, artifact: ArtifactRef) -> Result<Wave> {
+        self.wave_from(env, artifact, None)
     }
 
-    fn wave_from(
-        &self,
-        relay: &Relay,
-        env: &str,
-        artifact: ArtifactRef,
-        promoted_from: Option<String>,
-    ) -> Result<Wave> {
+    fn wave_from(&self, env: &str, artifact: ArtifactRef, promoted_from: Option<String>) -> Result<Wave> {
         let e = &self.environments[self.position(env)?];
         let mut release = Release::new(artifact).replicas(e.replicas);
         release.config = self.config.clone();
@@ -216,7 +230,7 @@ impl Pipeline {
                 spec
             })
             .collect();
-        Ok(Wave::new(relay.fresh_id(&e.name), specs).order(e.order))
+        Ok(Wave::new(specs).order(e.order))
     }
 
     /// Roll `artifact` out to the first environment.
@@ -224,9 +238,7 @@ impl Pipeline {
     /// # Errors
     /// Those of [`Relay::start_wave`].
     pub async fn deploy(&self, relay: &Relay, artifact: ArtifactRef) -> Result<WaveHandle> {
-        relay
-            .start_wave(self.wave(relay, &self.environments[0].name, artifact)?)
-            .await
+        relay.start_wave(self.wave(&self.environments[0].name, artifact)?).await
     }
 
     /// Whether `digest` succeeded on every target of environment `env`: the
@@ -314,8 +326,6 @@ impl Pipeline {
             tag: None,
             digest: Some(digest.clone()),
         };
-        relay
-            .start_wave(self.wave_from(relay, to, artifact, Some(source.id))?)
-            .await
+        relay.start_wave(self.wave_from(to, artifact, Some(source.id))?).await
     }
 }

@@ -217,6 +217,7 @@ impl fmt::Display for Plan {
         )?;
         match &self.stable {
             Some(s) => writeln!(f, "  stable:    {s} ({} replicas)", self.stable_replicas)?,
+            None if self.steps.is_empty() => {}
             None => writeln!(f, "  stable:    none (first deployment)")?,
         }
         for (name, r) in &self.candidate.secrets {

@@ -32,8 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay_core::{
-    AnalysisSpec, ArtifactPolicy, Check, CheckScope, Error, InconclusivePolicy, Judge, Release, Result, Role,
-    RolloutSpec, SecretRef,
+    AnalysisSpec, ArtifactPolicy, Check, CheckScope, Environment, Error, InconclusivePolicy, Judge, Pipeline, Release,
+    Result, Role, RolloutSpec, SecretRef, Strategy, WaveOrder,
 };
 use serde::Deserialize;
 
@@ -44,6 +44,10 @@ use crate::{AllAtOnce, Amount, BlueGreenStrategy, CanaryStrategy, RollingStrateg
 pub struct SpecFile {
     /// The rollout it describes.
     pub rollout: RolloutSpec,
+    /// The file's `provider:` section, uninterpreted: which providers the
+    /// embedding application should build for the target (relay's own
+    /// `relayctl` example reads `sim` and `kubernetes` from it).
+    pub provider: Option<serde_json::Value>,
 }
 
 /// A duration as written in a spec: `250ms`, `30s`, `5m`, `1h30m`, `2d`.
@@ -104,6 +108,88 @@ struct Doc {
     gates: GatesDoc,
     #[serde(default)]
     policy: PolicyDoc,
+    #[serde(default)]
+    provider: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineDoc {
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+    environments: Vec<EnvironmentDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentDoc {
+    name: String,
+    targets: Vec<String>,
+    #[serde(default)]
+    order: WaveOrder,
+    #[serde(default = "one")]
+    replicas: u32,
+    strategy: StrategyDoc,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+    #[serde(default)]
+    gates: GatesDoc,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl PipelineDoc {
+    fn pipeline(self) -> Result<Pipeline> {
+        let mut environments = Vec::new();
+        for (i, e) in self.environments.into_iter().enumerate() {
+            let path = format!("environments[{i}]");
+            let mut targets = e.targets.into_iter();
+            let first = targets
+                .next()
+                .filter(|t| !t.trim().is_empty())
+                .ok_or_else(|| at(&format!("{path}.targets"), "name at least one target (not empty)"))?;
+            let strategy = e.strategy.build().map_err(|err| inside(&path, err))?;
+            let mut env = Environment::with_strategy(e.name, first, strategy)
+                .order(e.order)
+                .replicas(e.replicas);
+            for t in targets {
+                env = env.also_target(t);
+            }
+            for (k, v) in e.config {
+                env = env.config(k, v);
+            }
+            for (k, v) in secret_refs(&format!("{path}.secrets"), e.secrets)? {
+                env = env.secret(k, v);
+            }
+            for g in e.gates.before_start {
+                env = env.gate_before_start(g);
+            }
+            for g in e.gates.before_promotion {
+                env = env.gate_before_promotion(g);
+            }
+            environments.push(env);
+        }
+        let mut pipeline = Pipeline::new(environments).map_err(|e| match e {
+            Error::InvalidSpec { path, reason } => Error::InvalidSpec {
+                path: path.replacen("pipeline.", "", 1),
+                reason,
+            },
+            other => other,
+        })?;
+        for (k, v) in self.config {
+            pipeline = pipeline.config(k, v);
+        }
+        for (k, v) in secret_refs("secrets", self.secrets)? {
+            pipeline = pipeline.secret(k, v);
+        }
+        Ok(pipeline)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -365,23 +451,10 @@ fn under(kind: &str, e: Error) -> Error {
     }
 }
 
-impl Doc {
-    fn rollout(self) -> Result<RolloutSpec> {
-        if self.target.trim().is_empty() {
-            return Err(at("target", "name the target to roll out to"));
-        }
-        let artifact = self.release.artifact.parse().map_err(|e: Error| match e {
-            Error::InvalidSpec { reason, .. } => at("release.artifact", reason),
-            other => other,
-        })?;
-        let mut release = Release::new(artifact).replicas(self.release.replicas);
-        release.config = self.release.config;
-        for (name, r) in self.release.secrets {
-            let path = format!("release.secrets.{name}");
-            release.secrets.insert(name, SecretRef::parse_at(&path, &r)?);
-        }
-        release.validate()?;
-        let mut spec = match self.strategy {
+impl StrategyDoc {
+    /// The strategy, validated; errors name `strategy.<kind>.…`.
+    fn build(self) -> Result<Arc<dyn Strategy>> {
+        Ok(match self {
             StrategyDoc::Canary(c) => {
                 let mut s = CanaryStrategy::new();
                 for (i, step) in c.steps.into_iter().enumerate() {
@@ -395,7 +468,7 @@ impl Doc {
                     };
                 }
                 s.validate().map_err(|e| under("canary", e))?;
-                RolloutSpec::new(self.target, release, s)
+                Arc::new(s)
             }
             StrategyDoc::Rolling(r) => {
                 let mut s = RollingStrategy::new();
@@ -413,7 +486,7 @@ impl Doc {
                     s.analysis = Some(a.analysis("strategy.rolling.analysis")?);
                 }
                 s.validate().map_err(|e| under("rolling", e))?;
-                RolloutSpec::new(self.target, release, s)
+                Arc::new(s)
             }
             StrategyDoc::BlueGreen(b) => {
                 let mut s = BlueGreenStrategy::new();
@@ -428,10 +501,50 @@ impl Doc {
                     s.scale_down_delay = d.0;
                 }
                 s.validate().map_err(|e| under("blue_green", e))?;
-                RolloutSpec::new(self.target, release, s)
+                Arc::new(s)
             }
-            StrategyDoc::AllAtOnce {} => RolloutSpec::new(self.target, release, AllAtOnce),
-        };
+            StrategyDoc::AllAtOnce {} => Arc::new(AllAtOnce),
+        })
+    }
+}
+
+/// Parse each secret reference, naming `<path>.<NAME>` when one is bad.
+fn secret_refs(path: &str, secrets: BTreeMap<String, String>) -> Result<BTreeMap<String, SecretRef>> {
+    secrets
+        .into_iter()
+        .map(|(name, r)| {
+            let at = format!("{path}.{name}");
+            Ok((name, SecretRef::parse_at(&at, &r)?))
+        })
+        .collect()
+}
+
+/// `e` with `prefix` before its path, for errors found inside a part of a
+/// bigger document.
+fn inside(prefix: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidSpec { path, reason } => Error::InvalidSpec {
+            path: format!("{prefix}.{path}"),
+            reason,
+        },
+        other => other,
+    }
+}
+
+impl Doc {
+    fn rollout(self) -> Result<RolloutSpec> {
+        if self.target.trim().is_empty() {
+            return Err(at("target", "name the target to roll out to"));
+        }
+        let artifact = self.release.artifact.parse().map_err(|e: Error| match e {
+            Error::InvalidSpec { reason, .. } => at("release.artifact", reason),
+            other => other,
+        })?;
+        let mut release = Release::new(artifact).replicas(self.release.replicas);
+        release.config = self.release.config;
+        release.secrets = secret_refs("release.secrets", self.release.secrets)?;
+        release.validate()?;
+        let mut spec = RolloutSpec::with_strategy(self.target, release, self.strategy.build()?);
         spec.id = self.id;
         spec.policy = self.policy.policy()?;
         spec.gates_before_start = self.gates.before_start;
@@ -447,23 +560,48 @@ fn located(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
     at(&path, e.into_inner().to_string())
 }
 
-fn from_value(value: serde_json::Value) -> Result<SpecFile> {
-    let doc: Doc = serde_path_to_error::deserialize(value).map_err(located)?;
-    Ok(SpecFile {
-        rollout: doc.rollout()?,
-    })
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(located)
+}
+
+fn yaml(text: &str) -> Result<serde_json::Value> {
+    serde_saphyr::from_str(text).map_err(|e| at("spec", format!("not valid YAML: {e}")))
+}
+
+fn toml_value(text: &str) -> Result<serde_json::Value> {
+    toml::from_str(text).map_err(|e| at("spec", format!("not valid TOML: {e}")))
+}
+
+/// A YAML (`.yaml`, `.yml`) or TOML (`.toml`) file as a document.
+fn read(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| at("spec", format!("cannot read {}: {e}", path.display())))?;
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("yaml" | "yml") => yaml(&text),
+        Some("toml") => toml_value(&text),
+        _ => Err(at(
+            "spec",
+            format!("{}: name the file .yaml, .yml or .toml", path.display()),
+        )),
+    }
 }
 
 impl SpecFile {
+    fn from_value(value: serde_json::Value) -> Result<Self> {
+        let mut doc = typed::<Doc>(value)?;
+        let provider = doc.provider.take();
+        Ok(SpecFile {
+            rollout: doc.rollout()?,
+            provider,
+        })
+    }
+
     /// Parse a YAML spec.
     ///
     /// # Errors
     /// [`Error::InvalidSpec`] at the path of the problem (`spec` for YAML
     /// that does not parse, with its line and column).
     pub fn from_yaml(text: &str) -> Result<Self> {
-        let value: serde_json::Value =
-            serde_saphyr::from_str(text).map_err(|e| at("spec", format!("not valid YAML: {e}")))?;
-        from_value(value)
+        Self::from_value(yaml(text)?)
     }
 
     /// Parse a TOML spec.
@@ -471,8 +609,7 @@ impl SpecFile {
     /// # Errors
     /// As [`SpecFile::from_yaml`].
     pub fn from_toml(text: &str) -> Result<Self> {
-        let value: serde_json::Value = toml::from_str(text).map_err(|e| at("spec", format!("not valid TOML: {e}")))?;
-        from_value(value)
+        Self::from_value(toml_value(text)?)
     }
 
     /// Read a spec file, YAML (`.yaml`, `.yml`) or TOML (`.toml`).
@@ -481,16 +618,64 @@ impl SpecFile {
     /// As [`SpecFile::from_yaml`], and for a file that cannot be read or
     /// has another extension.
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| at("spec", format!("cannot read {}: {e}", path.display())))?;
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("yaml" | "yml") => Self::from_yaml(&text),
-            Some("toml") => Self::from_toml(&text),
-            _ => Err(at(
-                "spec",
-                format!("{}: name the file .yaml, .yml or .toml", path.display()),
-            )),
-        }
+        Self::from_value(read(path)?)
+    }
+}
+
+/// A parsed pipeline file: environments in order, each with its targets,
+/// wave order, replicas, strategy (as in a rollout spec), configuration,
+/// secrets and gates, over a base configuration.
+///
+/// ```yaml
+/// config: { LOG: info }
+/// environments:
+///   - { name: staging, targets: [web-staging], strategy: { all_at_once: {} } }
+///   - name: prod
+///     targets: [web-eu, web-us]
+///     order: parallel          # or sequential (the default)
+///     replicas: 4
+///     config: { LOG: warn }
+///     gates: { before_start: [freeze] }
+///     strategy:
+///       canary: { steps: [ { set_weight: 25 }, { pause: 10m } ] }
+/// ```
+#[derive(Debug)]
+pub struct PipelineFile {
+    /// The pipeline it describes.
+    pub pipeline: Pipeline,
+}
+
+impl PipelineFile {
+    fn from_value(value: serde_json::Value) -> Result<Self> {
+        Ok(PipelineFile {
+            pipeline: typed::<PipelineDoc>(value)?.pipeline()?,
+        })
+    }
+
+    /// Parse a YAML pipeline.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] at the path of the problem
+    /// (`environments[1].strategy.canary.steps[0].set_weight`).
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        Self::from_value(yaml(text)?)
+    }
+
+    /// Parse a TOML pipeline.
+    ///
+    /// # Errors
+    /// As [`PipelineFile::from_yaml`].
+    pub fn from_toml(text: &str) -> Result<Self> {
+        Self::from_value(toml_value(text)?)
+    }
+
+    /// Read a pipeline file, YAML or TOML by extension.
+    ///
+    /// # Errors
+    /// As [`PipelineFile::from_yaml`], and for a file that cannot be read
+    /// or has another extension.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        Self::from_value(read(path)?)
     }
 }
 

@@ -249,3 +249,150 @@ fn each_invalid_spec_fails_at_its_path_saying_what_is_expected() {
         "{e:?}"
     );
 }
+
+const PIPELINE_YAML: &str = r#"
+config: { LOG: info }
+secrets: { DB: "mem://db#password" }
+environments:
+  - { name: staging, targets: [web-staging], strategy: { all_at_once: {} } }
+  - name: prod
+    targets: [web-eu, web-us]
+    order: parallel
+    replicas: 4
+    config: { LOG: warn }
+    gates: { before_start: [freeze], before_promotion: [approve] }
+    strategy:
+      canary:
+        steps:
+          - set_weight: 25
+          - pause: 10m
+"#;
+
+const PIPELINE_TOML: &str = r#"
+config = { LOG = "info" }
+secrets = { DB = "mem://db#password" }
+
+[[environments]]
+name = "staging"
+targets = ["web-staging"]
+strategy = { all_at_once = {} }
+
+[[environments]]
+name = "prod"
+targets = ["web-eu", "web-us"]
+order = "parallel"
+replicas = 4
+config = { LOG = "warn" }
+gates = { before_start = ["freeze"], before_promotion = ["approve"] }
+
+[[environments.strategy.canary.steps]]
+set_weight = 25
+
+[[environments.strategy.canary.steps]]
+pause = "10m"
+"#;
+
+#[test]
+fn pipelines_load_from_yaml_and_toml_alike() {
+    use relay_core::{PlanContext, WaveOrder};
+    use relay_strategies::spec::PipelineFile;
+    for p in [
+        PipelineFile::from_yaml(PIPELINE_YAML).unwrap().pipeline,
+        PipelineFile::from_toml(PIPELINE_TOML).unwrap().pipeline,
+    ] {
+        let envs = p.environments();
+        assert_eq!(envs.len(), 2);
+        assert_eq!(envs[0].name(), "staging");
+        assert_eq!(envs[0].targets(), ["web-staging"]);
+        assert_eq!(envs[0].wave_order(), WaveOrder::Sequential);
+        assert_eq!(envs[0].replica_count(), 1);
+        assert_eq!(envs[1].targets(), ["web-eu", "web-us"]);
+        assert_eq!(envs[1].wave_order(), WaveOrder::Parallel);
+        assert_eq!(envs[1].replica_count(), 4);
+        assert_eq!(envs[1].strategy().name(), "canary");
+        let ctx = PlanContext {
+            target: "web-eu".into(),
+            capabilities: relay_core::Capabilities {
+                routing: relay_core::Routing::Weighted,
+                max_revisions: 2,
+            },
+            replicas: 4,
+            stable: None,
+        };
+        assert!(envs[1].strategy().plan(&ctx).is_ok());
+        // The environment's overlay, gates and the base secret reach each
+        // target's rollout.
+        let wave_specs = |env: &str| p.wave(env, "shop/web:v1".parse().unwrap()).unwrap().specs().to_vec();
+        let prod = wave_specs("prod");
+        assert_eq!(prod.len(), 2);
+        assert_eq!(prod[1].target, "web-us");
+        assert_eq!(prod[1].release.config["LOG"], "warn");
+        assert_eq!(prod[1].release.replicas, 4);
+        assert_eq!(prod[1].release.secrets["DB"].to_string(), "mem://db#password");
+        assert_eq!(prod[1].gates_before_start, ["freeze"]);
+        assert_eq!(prod[1].gates_before_promotion, ["approve"]);
+        assert_eq!(wave_specs("staging")[0].release.config["LOG"], "info");
+    }
+}
+
+#[test]
+fn each_invalid_pipeline_fails_at_its_path() {
+    use relay_strategies::spec::PipelineFile;
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "environments:\n  - { name: staging,",
+            "environments:\n  - { nom: staging,",
+            "environments[0]",
+            "unknown field",
+        ),
+        (
+            "targets: [web-staging]",
+            "targets: []",
+            "environments[0].targets",
+            "at least one target",
+        ),
+        (
+            "order: parallel",
+            "order: sideways",
+            "environments[1].order",
+            "unknown variant",
+        ),
+        (
+            "- set_weight: 25",
+            "- set_weight: 250",
+            "environments[1].strategy.canary",
+            "100",
+        ),
+        (
+            "pause: 10m",
+            "pause: 10 minutes",
+            "environments[1].strategy.canary.steps[1].pause",
+            "250ms",
+        ),
+        (
+            "DB: \"mem://db#password\"",
+            "DB: \"db-password\"",
+            "secrets.DB",
+            "must look like",
+        ),
+        ("name: prod", "name: staging", "environments[1].name", "used twice"),
+        (
+            "targets: [web-eu, web-us]",
+            "targets: [web-eu, web-eu]",
+            "environments[1].targets[1]",
+            "named twice",
+        ),
+        ("replicas: 4", "replicas: 0", "environments[1].replicas", "at least 1"),
+    ];
+    for (from, to, path, reason) in cases {
+        assert!(PIPELINE_YAML.contains(from), "{from}");
+        let text = PIPELINE_YAML.replacen(from, to, 1);
+        match PipelineFile::from_yaml(&text) {
+            Err(Error::InvalidSpec { path: p, reason: r }) => {
+                assert!(p.starts_with(path), "{to}: path {p:?}, want {path:?} ({r})");
+                assert!(r.contains(reason), "{to}: reason {r:?} lacks {reason:?}");
+            }
+            other => panic!("{to}: {other:?}"),
+        }
+    }
+}

@@ -34,36 +34,22 @@ pub(crate) enum Command {
     },
 }
 
-/// A running rollout: control it, watch its events, await its [`Outcome`].
-///
-/// Dropping the handle does not stop the rollout.
-#[derive(Debug)]
-pub struct RolloutHandle {
+/// The controls of a running rollout (or of every rollout of a wave):
+/// cheap to clone and to hand to another task while the
+/// [`RolloutHandle`] awaits the outcome. Commands reach the engine in the
+/// order they are sent; the engine audits who gave each.
+#[derive(Clone, Debug)]
+pub struct RolloutControl {
     id: String,
     commands: mpsc::UnboundedSender<Command>,
-    events: broadcast::Sender<RolloutEvent>,
-    first: Mutex<Option<broadcast::Receiver<RolloutEvent>>>,
-    join: JoinHandle<Result<Outcome>>,
 }
 
-impl RolloutHandle {
-    pub(crate) fn new(
-        id: String,
-        commands: mpsc::UnboundedSender<Command>,
-        events: broadcast::Sender<RolloutEvent>,
-        first: broadcast::Receiver<RolloutEvent>,
-        join: JoinHandle<Result<Outcome>>,
-    ) -> Self {
-        RolloutHandle {
-            id,
-            commands,
-            events,
-            first: Mutex::new(Some(first)),
-            join,
-        }
+impl RolloutControl {
+    pub(crate) fn new(id: String, commands: mpsc::UnboundedSender<Command>) -> Self {
+        RolloutControl { id, commands }
     }
 
-    /// The rollout's id.
+    /// The rollout's (or wave's) id.
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -80,7 +66,7 @@ impl RolloutHandle {
         self.send(Command::Pause { by: by.into() })
     }
 
-    /// Continue after [`RolloutHandle::pause`], or end an indefinite pause step.
+    /// Continue after [`RolloutControl::pause`], or end an indefinite pause step.
     pub fn resume(&self, by: impl Into<String>) -> Result<()> {
         self.send(Command::Resume { by: by.into() })
     }
@@ -118,6 +104,49 @@ impl RolloutHandle {
             approved: false,
         })
     }
+}
+
+/// A running rollout: control it (it dereferences to its
+/// [`RolloutControl`]: `handle.approve(..)`, `handle.abort(..)`), watch its
+/// events, await its [`Outcome`].
+///
+/// Dropping the handle does not stop the rollout.
+#[derive(Debug)]
+pub struct RolloutHandle {
+    control: RolloutControl,
+    events: broadcast::Sender<RolloutEvent>,
+    first: Mutex<Option<broadcast::Receiver<RolloutEvent>>>,
+    join: JoinHandle<Result<Outcome>>,
+}
+
+impl std::ops::Deref for RolloutHandle {
+    type Target = RolloutControl;
+
+    fn deref(&self) -> &RolloutControl {
+        &self.control
+    }
+}
+
+impl RolloutHandle {
+    pub(crate) fn new(
+        id: String,
+        commands: mpsc::UnboundedSender<Command>,
+        events: broadcast::Sender<RolloutEvent>,
+        first: broadcast::Receiver<RolloutEvent>,
+        join: JoinHandle<Result<Outcome>>,
+    ) -> Self {
+        RolloutHandle {
+            control: RolloutControl::new(id, commands),
+            events,
+            first: Mutex::new(Some(first)),
+            join,
+        }
+    }
+
+    /// The rollout's controls, to hand to another task.
+    pub fn control(&self) -> RolloutControl {
+        self.control.clone()
+    }
 
     /// The rollout's events. The first call sees every event from the start;
     /// later calls see events from the moment they subscribe.
@@ -129,7 +158,7 @@ impl RolloutHandle {
     /// The command channel and the task, borrowed apart so one caller can
     /// forward commands while it awaits the outcome (see `crate::wave`).
     pub(crate) fn parts(&mut self) -> (&mpsc::UnboundedSender<Command>, &mut JoinHandle<Result<Outcome>>) {
-        (&self.commands, &mut self.join)
+        (&self.control.commands, &mut self.join)
     }
 
     /// Wait for the outcome.

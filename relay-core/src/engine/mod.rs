@@ -30,7 +30,7 @@ use crate::target::Target;
 use crate::verify::ArtifactVerifier;
 
 pub use builder::RelayBuilder;
-pub use handle::RolloutHandle;
+pub use handle::{RolloutControl, RolloutHandle};
 pub use wave::{Revert, Wave, WaveHandle, WaveOrder, WaveReport, WaveRollout, WaveStatus, WAVE_GATE};
 
 /// Timing of the engine itself.

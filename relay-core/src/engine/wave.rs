@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::handle::{joined, Command};
+use super::handle::{joined, Command, RolloutControl};
 use super::{validate_id, Relay, RolloutHandle, RolloutSpec};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
@@ -48,21 +48,29 @@ pub enum WaveOrder {
 /// the target's strategy (or [`Wave::revert_with`]) and without gates.
 #[derive(Clone, Debug)]
 pub struct Wave {
-    id: String,
+    id: Option<String>,
     order: WaveOrder,
     specs: Vec<RolloutSpec>,
     revert_strategy: Option<Arc<dyn Strategy>>,
 }
 
 impl Wave {
-    /// A sequential wave `id` over `specs`, one per target, in order.
-    pub fn new(id: impl Into<String>, specs: Vec<RolloutSpec>) -> Self {
+    /// A sequential wave over `specs`, one per target, in order.
+    pub fn new(specs: Vec<RolloutSpec>) -> Self {
         Wave {
-            id: id.into(),
+            id: None,
             order: WaveOrder::Sequential,
             specs,
             revert_strategy: None,
         }
+    }
+
+    /// Use a fixed id (letters, digits, '.', '_', '-'); generated when not
+    /// set. Rollouts are named `<wave id>.<target>` unless their spec names
+    /// them.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
     }
 
     /// Move through the targets in `order`.
@@ -78,19 +86,15 @@ impl Wave {
         self
     }
 
-    /// The wave's id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// The rollout specs, one per target.
     pub fn specs(&self) -> &[RolloutSpec] {
         &self.specs
     }
 
     fn validate(&self) -> Result<()> {
-        validate_id(&self.id)
-            .map_err(|_| Error::invalid("wave.id", "must be 1-128 letters, digits, '.', '_' or '-'"))?;
+        if let Some(id) = &self.id {
+            validate_id(id).map_err(|_| Error::invalid("wave.id", "must be 1-128 letters, digits, '.', '_' or '-'"))?;
+        }
         if self.specs.is_empty() {
             return Err(Error::invalid("wave.targets", "name at least one target"));
         }
@@ -105,13 +109,18 @@ impl Wave {
         Ok(())
     }
 
+    /// The id, once [`Relay::start_wave`] has set it.
+    fn wave_id(&self) -> &str {
+        self.id.as_deref().unwrap_or_default()
+    }
+
     /// The rollout id of target `i`: the spec's own, or the wave's id and
     /// the target's.
     fn rollout_id(&self, i: usize) -> String {
         self.specs[i]
             .id
             .clone()
-            .unwrap_or_else(|| format!("{}.{}", self.id, crate::state_key(&self.specs[i].target)))
+            .unwrap_or_else(|| format!("{}.{}", self.wave_id(), crate::state_key(&self.specs[i].target)))
     }
 }
 
@@ -195,55 +204,26 @@ impl WaveReport {
     }
 }
 
-/// A running wave: decide its gates, abort it, await its [`WaveReport`].
+/// A running wave: it dereferences to a [`RolloutControl`] whose commands
+/// reach every rollout of the wave running when they arrive (approve a
+/// gate on all of them, say); [`RolloutControl::abort`] stops the wave
+/// (running rollouts roll back, promoted targets are reverted, no further
+/// target starts). Await its [`WaveReport`].
 #[derive(Debug)]
 pub struct WaveHandle {
-    id: String,
-    commands: mpsc::UnboundedSender<Command>,
+    control: RolloutControl,
     join: JoinHandle<WaveReport>,
 }
 
+impl std::ops::Deref for WaveHandle {
+    type Target = RolloutControl;
+
+    fn deref(&self) -> &RolloutControl {
+        &self.control
+    }
+}
+
 impl WaveHandle {
-    /// The wave's id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn send(&self, c: Command) -> Result<()> {
-        self.commands.send(c).map_err(|_| Error::NotRunning {
-            rollout: self.id.clone(),
-        })
-    }
-
-    /// Approve manual gate `gate` on every rollout of the wave running now.
-    pub fn approve(&self, gate: impl Into<String>, by: impl Into<String>, comment: impl Into<String>) -> Result<()> {
-        self.send(Command::Decide {
-            gate: gate.into(),
-            by: by.into(),
-            comment: comment.into(),
-            approved: true,
-        })
-    }
-
-    /// Reject manual gate `gate`: the wave fails and rolls back.
-    pub fn reject(&self, gate: impl Into<String>, by: impl Into<String>, reason: impl Into<String>) -> Result<()> {
-        self.send(Command::Decide {
-            gate: gate.into(),
-            by: by.into(),
-            comment: reason.into(),
-            approved: false,
-        })
-    }
-
-    /// Stop the wave: running rollouts roll back, promoted targets are
-    /// reverted, no further target starts.
-    pub fn abort(&self, by: impl Into<String>, reason: impl Into<String>) -> Result<()> {
-        self.send(Command::Abort {
-            by: by.into(),
-            reason: reason.into(),
-        })
-    }
-
     /// Wait for the end.
     ///
     /// # Errors
@@ -262,15 +242,18 @@ impl Relay {
     /// # Errors
     /// [`Error::InvalidSpec`] for a bad wave, and what [`Relay::plan`]
     /// returns for any of its targets.
-    pub async fn start_wave(&self, wave: Wave) -> Result<WaveHandle> {
+    pub async fn start_wave(&self, mut wave: Wave) -> Result<WaveHandle> {
         wave.validate()?;
+        let id = wave.id.get_or_insert_with(|| self.fresh_id("wave")).clone();
         for spec in &wave.specs {
             self.plan(spec).await?;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let id = wave.id.clone();
         let join = tokio::spawn(Driver::new(self.clone(), wave).run(rx));
-        Ok(WaveHandle { id, commands: tx, join })
+        Ok(WaveHandle {
+            control: RolloutControl::new(id, tx),
+            join,
+        })
     }
 }
 
@@ -351,8 +334,8 @@ impl Driver {
 
     async fn audit(&self, action: &str, detail: serde_json::Value) {
         let inner = &self.relay.inner;
-        if let Err(e) = inner.audit(&self.wave.id, &inner.holder, action, detail).await {
-            tracing::error!(wave = %self.wave.id, action, error = %e, "could not audit a wave decision");
+        if let Err(e) = inner.audit(self.wave.wave_id(), &inner.holder, action, detail).await {
+            tracing::error!(wave = %self.wave.wave_id(), action, error = %e, "could not audit a wave decision");
         }
     }
 
@@ -391,7 +374,7 @@ impl Driver {
                                 i,
                                 Command::Decide {
                                     gate: WAVE_GATE.to_owned(),
-                                    by: format!("wave {}", self.wave.id),
+                                    by: format!("wave {}", self.wave.wave_id()),
                                     comment: "every target of the wave passed its analysis".to_owned(),
                                     approved: true,
                                 },
@@ -420,7 +403,7 @@ impl Driver {
         };
         self.audit("wave.finished", json!({"status": status})).await;
         WaveReport {
-            id: self.wave.id.clone(),
+            id: self.wave.wave_id().to_owned(),
             status,
             rollouts: self.rows,
         }
@@ -458,10 +441,10 @@ impl Driver {
         let target = self.rows[i].target.clone();
         self.audit("wave.failed", json!({"target": target, "cause": cause}))
             .await;
-        let reason = format!("wave {}: target {target:?} failed: {cause}", self.wave.id);
+        let reason = format!("wave {}: target {target:?} failed: {cause}", self.wave.wave_id());
         for tx in self.live.values() {
             let _ = tx.send(Command::Abort {
-                by: format!("wave {}", self.wave.id),
+                by: format!("wave {}", self.wave.wave_id()),
                 reason: reason.clone(),
             });
         }

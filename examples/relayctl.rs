@@ -1,0 +1,795 @@
+//! `relayctl`: a small command line over relay, driven by spec files.
+//!
+//! ```text
+//! relayctl [--state DIR] [--virtual] <command>
+//!
+//!   plan <spec>                    print the plan, change nothing
+//!   apply <spec>                   roll out, showing progress; exit 0 only
+//!                                  when the release is live
+//!   status [<rollout>]             running rollouts, or one rollout
+//!   history <target>               every rollout on a target
+//!   deploy <pipeline> <artifact>   roll out to a pipeline's first environment
+//!   promote <pipeline> <digest> <environment>
+//!                                  roll a digest that succeeded in the
+//!                                  environment before out to this one
+//!   approve <rollout> <gate> [--by NAME] [--comment TEXT]
+//!   reject <rollout> <gate> [--by NAME] [--comment TEXT]
+//!   resume <rollout> [--by NAME]   end an indefinite pause
+//!   abort <rollout> [--by NAME] [--reason TEXT]
+//!   verify-audit [<file>]          check the audit log's hash chain
+//! ```
+//!
+//! State (rollout records, leases), the audit log and the command inbox live
+//! in `--state DIR` (default `.relay`, or `RELAY_STATE_DIR`), so every
+//! command sees what the others did. `approve`, `reject`, `resume` and
+//! `abort` are for a rollout another `relayctl apply` drives: they queue the
+//! command in the inbox, which that process reads every 200 ms and hands to
+//! its rollout (the engine audits who decided, as for an in-process call).
+//!
+//! Providers come from the spec's `provider:` section: `sim` (the default:
+//! a simulated target named after the spec's target, whose candidate fails
+//! `error_rate` of requests; any tag resolves, to a digest of its name) or,
+//! built with the `kubernetes` feature, `kubernetes` (a Deployment through
+//! the default kubeconfig). Every gate a spec names is a manual approval
+//! (`relayctl approve`). `--virtual` runs on virtual time, so a
+//! simulated hour-long canary ends at once; it leaves no time for a person
+//! to answer a gate.
+//!
+//! Exit codes: 0 the release is live (or the command did what it said),
+//! 1 it was rolled back or refused, 2 bad usage or input.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use relay::providers::sim::{RevisionBehavior, SimProbe, SimTarget};
+use relay::strategies::spec::{parse_duration, PipelineFile, SpecFile};
+use relay::{
+    Artifact, ArtifactRef, ArtifactStore, Capabilities, Digest, EventKind, FileStateStore, JsonlAuditSink,
+    ManualApproval, Plan, PlanContext, Relay, RelayBuilder, RevisionState, RolloutEvents, RolloutRecord, RolloutSpec,
+    RolloutStatus, Routing, StateStore, Step, Target, TrafficSplit,
+};
+use serde::{Deserialize, Serialize};
+
+/// A failure with its exit code.
+struct Failure(u8, String);
+
+impl From<relay::Error> for Failure {
+    fn from(e: relay::Error) -> Self {
+        let code = if matches!(e, relay::Error::InvalidSpec { .. }) {
+            2
+        } else {
+            1
+        };
+        Failure(code, e.to_string())
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure(2, msg.into())
+}
+
+type Outcome<T> = Result<T, Failure>;
+
+/// The command line: global flags, the command and its words, and options.
+struct Args {
+    dir: PathBuf,
+    virtual_time: bool,
+    words: Vec<String>,
+    options: BTreeMap<String, String>,
+}
+
+fn parse_args() -> Outcome<Args> {
+    let mut args = Args {
+        dir: std::env::var_os("RELAY_STATE_DIR").map_or_else(|| PathBuf::from(".relay"), PathBuf::from),
+        virtual_time: false,
+        words: Vec::new(),
+        options: BTreeMap::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--virtual" => args.virtual_time = true,
+            "--state" | "--by" | "--comment" | "--reason" => {
+                let v = it.next().ok_or_else(|| usage(format!("{a} needs a value")))?;
+                if a == "--state" {
+                    args.dir = PathBuf::from(v);
+                } else {
+                    args.options.insert(a.trim_start_matches('-').to_owned(), v);
+                }
+            }
+            flag if flag.starts_with("--") => return Err(usage(format!("unknown option {flag}"))),
+            _ => args.words.push(a),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let result = parse_args().and_then(|args| {
+        let mut rt = if args.virtual_time {
+            let mut b = tokio::runtime::Builder::new_current_thread();
+            b.start_paused(true);
+            b
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+        };
+        let rt = rt
+            .enable_all()
+            .build()
+            .map_err(|e| Failure(1, format!("cannot start the runtime: {e}")))?;
+        rt.block_on(run(&args))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            eprintln!("relayctl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(args: &Args) -> Outcome<()> {
+    let word = |i: usize, what: &str| {
+        args.words
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| usage(format!("missing {what}; run without arguments for help")))
+    };
+    let by = || args.options.get("by").cloned().unwrap_or_else(whoami);
+    let ctl = Ctl::open(&args.dir, args.virtual_time)?;
+    match args.words.first().map(String::as_str) {
+        Some("plan") => ctl.plan(Path::new(word(1, "spec file")?)).await,
+        Some("apply") => ctl.apply(Path::new(word(1, "spec file")?)).await,
+        Some("status") => ctl.status(args.words.get(1).map(String::as_str)).await,
+        Some("history") => ctl.history(word(1, "target")?).await,
+        Some("deploy") => {
+            let artifact = word(2, "artifact")?.parse::<ArtifactRef>()?;
+            ctl.deploy(Path::new(word(1, "pipeline file")?), artifact).await
+        }
+        Some("promote") => {
+            let digest = Digest::parse_at("digest", word(2, "digest")?)?;
+            ctl.promote(Path::new(word(1, "pipeline file")?), &digest, word(3, "environment")?)
+                .await
+        }
+        Some(c @ ("approve" | "reject")) => {
+            let comment = args.options.get("comment").cloned().unwrap_or_default();
+            let command = Inbox::Decide {
+                gate: word(2, "gate")?.to_owned(),
+                by: by(),
+                comment,
+                approved: c == "approve",
+            };
+            ctl.send(word(1, "rollout id")?, &command).await
+        }
+        Some("resume") => ctl.send(word(1, "rollout id")?, &Inbox::Resume { by: by() }).await,
+        Some("abort") => {
+            let reason = args
+                .options
+                .get("reason")
+                .cloned()
+                .unwrap_or_else(|| "aborted with relayctl".into());
+            ctl.send(word(1, "rollout id")?, &Inbox::Abort { by: by(), reason })
+                .await
+        }
+        Some("verify-audit") => {
+            let path = args.words.get(1).map_or_else(|| ctl.audit_path(), PathBuf::from);
+            verify_audit(&path)
+        }
+        Some(other) => Err(usage(format!("unknown command {other:?}"))),
+        None => {
+            println!("{}", HELP.trim());
+            Ok(())
+        }
+    }
+}
+
+const HELP: &str = "
+relayctl [--state DIR] [--virtual] <command>
+  plan <spec> | apply <spec> | status [<rollout>] | history <target>
+  deploy <pipeline> <artifact> | promote <pipeline> <digest> <environment>
+  approve|reject <rollout> <gate> [--by NAME] [--comment TEXT]
+  resume <rollout> [--by NAME] | abort <rollout> [--by NAME] [--reason TEXT]
+  verify-audit [<file>]
+";
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "relayctl".into())
+}
+
+/// A command queued for the process driving a rollout.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+enum Inbox {
+    Decide {
+        gate: String,
+        by: String,
+        comment: String,
+        approved: bool,
+    },
+    Resume {
+        by: String,
+    },
+    Abort {
+        by: String,
+        reason: String,
+    },
+}
+
+/// The `provider:` section of a spec.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum ProviderDoc {
+    Sim(SimDoc),
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(KubeDoc),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimDoc {
+    /// The share of requests the candidate fails.
+    #[serde(default)]
+    error_rate: Option<f64>,
+    /// How long a replica takes to become ready (`5s` by default).
+    #[serde(default)]
+    readiness_delay: Option<String>,
+}
+
+#[cfg(feature = "kubernetes")]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubeDoc {
+    namespace: String,
+    deployment: String,
+    /// `rolling` (default), `canary` or `blue_green`.
+    #[serde(default)]
+    mode: Option<String>,
+    /// The Service a blue/green switch moves.
+    #[serde(default)]
+    service: Option<String>,
+    /// The label selector of the target's pods (default `app=<deployment>`).
+    #[serde(default)]
+    selector: Option<String>,
+}
+
+/// Resolves any tag, to the digest of its reference (a stand-in registry
+/// for simulated rollouts); digests resolve to themselves.
+#[derive(Debug)]
+struct SimRegistry;
+
+#[async_trait]
+impl ArtifactStore for SimRegistry {
+    async fn resolve(&self, reference: &ArtifactRef) -> relay::Result<Artifact> {
+        Ok(Artifact {
+            repository: reference.repository.clone(),
+            tag: reference.tag.clone(),
+            digest: reference
+                .digest
+                .clone()
+                .unwrap_or_else(|| Digest::of(reference.to_string().as_bytes())),
+            metadata: BTreeMap::new(),
+        })
+    }
+}
+
+struct Ctl {
+    dir: PathBuf,
+    state: Arc<FileStateStore>,
+    virtual_time: bool,
+}
+
+impl Ctl {
+    fn open(dir: &Path, virtual_time: bool) -> Outcome<Self> {
+        Ok(Ctl {
+            dir: dir.to_owned(),
+            state: Arc::new(FileStateStore::open(dir.join("state"))?),
+            virtual_time,
+        })
+    }
+
+    fn audit_path(&self) -> PathBuf {
+        self.dir.join("audit.jsonl")
+    }
+
+    fn inbox(&self, rollout: &str) -> PathBuf {
+        self.dir.join("inbox").join(rollout)
+    }
+
+    fn builder(&self) -> Outcome<RelayBuilder> {
+        Ok(Relay::builder()
+            .state(self.state.clone())
+            .audit(Arc::new(JsonlAuditSink::open(self.audit_path())?))
+            .holder(format!("relayctl-{}", std::process::id())))
+    }
+
+    /// A simulated target `name`, running what relay last promoted there
+    /// (the simulation lives only as long as this process; the state store
+    /// remembers what ran).
+    async fn sim_target(&self, name: &str, doc: &SimDoc, candidate: Option<&Digest>) -> Outcome<Arc<SimTarget>> {
+        let mut behavior = RevisionBehavior::healthy();
+        if let Some(d) = &doc.readiness_delay {
+            behavior.readiness_delay =
+                parse_duration(d).map_err(|e| usage(format!("provider.sim.readiness_delay: {e}")))?;
+        }
+        let target = Arc::new(SimTarget::new(name).default_behavior(behavior.clone()));
+        if let (Some(rate), Some(digest)) = (doc.error_rate, candidate) {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(usage("provider.sim.error_rate: must be between 0 and 1"));
+            }
+            target.behavior(
+                digest,
+                RevisionBehavior {
+                    error_rate: rate,
+                    ..behavior
+                },
+            );
+        }
+        let history = self.state.list_target(name).await?;
+        if let Some(last) = history
+            .iter()
+            .rev()
+            .find(|r| matches!(r.status, RolloutStatus::Succeeded))
+        {
+            let live = &last.plan.candidate;
+            target.behavior(
+                &live.artifact.digest,
+                RevisionBehavior {
+                    readiness_delay: Duration::ZERO,
+                    ..RevisionBehavior::healthy()
+                },
+            );
+            target.stage(live, last.plan.replicas).await?;
+            target.route(&TrafficSplit::all(&live.id)).await?;
+            target.promote(&live.id).await?;
+        }
+        Ok(target)
+    }
+
+    /// An engine for the spec's target with the providers it names, and a
+    /// manual approval for every gate the spec names.
+    async fn relay_for(&self, spec: &SpecFile) -> Outcome<Relay> {
+        let mut b = self.providers(spec).await?;
+        for gate in gate_names(&spec.rollout) {
+            b = b.gate(Arc::new(ManualApproval::new(gate)));
+        }
+        Ok(b.build()?)
+    }
+
+    async fn providers(&self, spec: &SpecFile) -> Outcome<RelayBuilder> {
+        let provider = match &spec.provider {
+            None => ProviderDoc::Sim(SimDoc::default()),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| usage(format!("provider: {e}")))?,
+        };
+        let target_name = &spec.rollout.target;
+        match provider {
+            ProviderDoc::Sim(doc) => {
+                let candidate = SimRegistry.resolve(&spec.rollout.release.artifact).await?.digest;
+                let target = self.sim_target(target_name, &doc, Some(&candidate)).await?;
+                Ok(self
+                    .builder()?
+                    .target(target.clone())
+                    .probe(Arc::new(SimProbe::new(target)))
+                    .artifacts(Arc::new(SimRegistry)))
+            }
+            #[cfg(feature = "kubernetes")]
+            ProviderDoc::Kubernetes(doc) => self.kube_relay(target_name, doc).await,
+        }
+    }
+
+    #[cfg(feature = "kubernetes")]
+    async fn kube_relay(&self, name: &str, doc: KubeDoc) -> Outcome<RelayBuilder> {
+        use relay::providers::kubernetes::{DeploymentTarget, KubeSecretStore, PodReadinessProbe};
+        let client = relay::providers::kubernetes::sdk::kube::Client::try_default()
+            .await
+            .map_err(|e| Failure(1, format!("no usable kubeconfig: {e}")))?;
+        let mut b = DeploymentTarget::builder(client.clone(), &doc.namespace, &doc.deployment).name(name);
+        b = match doc.mode.as_deref() {
+            None | Some("rolling") => b,
+            Some("canary") => b.canary(),
+            Some("blue_green") => {
+                let service = doc
+                    .service
+                    .ok_or_else(|| usage("provider.kubernetes.service: blue_green needs the Service to switch"))?;
+                b.blue_green(service)
+            }
+            Some(other) => {
+                return Err(usage(format!(
+                    "provider.kubernetes.mode: {other:?}; use rolling, canary or blue_green"
+                )))
+            }
+        };
+        let target = Arc::new(b.build().await?);
+        let selector = doc.selector.unwrap_or_else(|| format!("app={}", doc.deployment));
+        Ok(self
+            .builder()?
+            .target(target)
+            .probe(Arc::new(PodReadinessProbe::new(
+                client.clone(),
+                &doc.namespace,
+                selector,
+            )))
+            .secrets("k8s", Arc::new(KubeSecretStore::new(client, &doc.namespace)))
+            .artifacts(Arc::new(relay::PinnedArtifactStore)))
+    }
+
+    async fn plan(&self, path: &Path) -> Outcome<()> {
+        let spec = SpecFile::load(path)?;
+        let relay = self.relay_for(&spec).await?;
+        println!("{}", relay.plan(&spec.rollout).await?);
+        println!(
+            "dry run: nothing changed (`relayctl apply {}` rolls it out)",
+            path.display()
+        );
+        Ok(())
+    }
+
+    async fn apply(&self, path: &Path) -> Outcome<()> {
+        let spec = SpecFile::load(path)?;
+        let relay = self.relay_for(&spec).await?;
+        let plan = relay.plan(&spec.rollout).await?;
+        println!("{plan}");
+        let handle = relay.start(spec.rollout).await?;
+        println!("rollout {} started", handle.id());
+        let forward = (!self.virtual_time).then(|| self.forward_inbox(&handle));
+        show_progress(&plan, handle.events()).await;
+        let outcome = handle.wait().await?;
+        if let Some(f) = forward {
+            f.abort();
+        }
+        println!("outcome: {outcome}");
+        if outcome.is_success() {
+            Ok(())
+        } else {
+            Err(Failure(1, format!("not live: {outcome}")))
+        }
+    }
+
+    /// Hand commands queued in the rollout's inbox to it, oldest first.
+    fn forward_inbox(&self, handle: &relay::RolloutHandle) -> tokio::task::JoinHandle<()> {
+        let dir = self.inbox(handle.id());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Inbox>();
+        let reader = tokio::spawn(async move {
+            loop {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                    .unwrap_or_default();
+                files.sort();
+                for f in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "json")) {
+                    let command = std::fs::read(&f)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<Inbox>(&b).ok());
+                    let _ = std::fs::remove_file(&f);
+                    match command {
+                        Some(c) => {
+                            let _ = tx.send(c);
+                        }
+                        None => eprintln!("relayctl: ignored unreadable command {}", f.display()),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let control = handle.control();
+        tokio::spawn(async move {
+            let _reader = AbortOnDrop(reader);
+            while let Some(c) = rx.recv().await {
+                let sent = match c {
+                    Inbox::Decide {
+                        gate,
+                        by,
+                        comment,
+                        approved: true,
+                    } => control.approve(gate, by, comment),
+                    Inbox::Decide { gate, by, comment, .. } => control.reject(gate, by, comment),
+                    Inbox::Resume { by } => control.resume(by),
+                    Inbox::Abort { by, reason } => control.abort(by, reason),
+                };
+                if let Err(e) = sent {
+                    eprintln!("relayctl: {e}");
+                }
+            }
+        })
+    }
+
+    async fn send(&self, rollout: &str, command: &Inbox) -> Outcome<()> {
+        let record = self
+            .state
+            .get(rollout)
+            .await?
+            .ok_or_else(|| Failure(1, format!("no rollout {rollout:?} in {}", self.dir.display())))?;
+        if record.status.is_terminal() {
+            return Err(Failure(1, format!("rollout {rollout} has ended: {:?}", record.status)));
+        }
+        let dir = self.inbox(rollout);
+        std::fs::create_dir_all(&dir).map_err(|e| Failure(1, format!("{}: {e}", dir.display())))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let file = dir.join(format!("{stamp:020}-{}.json", std::process::id()));
+        let tmp = file.with_extension("tmp");
+        let body = serde_json::to_vec(command).map_err(|e| Failure(1, e.to_string()))?;
+        std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .map_err(|e| Failure(1, format!("{}: {e}", file.display())))?;
+        println!(
+            "queued for rollout {rollout} (held by {}); the process applying it picks it up",
+            record.holder
+        );
+        Ok(())
+    }
+
+    async fn status(&self, rollout: Option<&str>) -> Outcome<()> {
+        let records = match rollout {
+            Some(id) => vec![self
+                .state
+                .get(id)
+                .await?
+                .ok_or_else(|| Failure(1, format!("no rollout {id:?}")))?],
+            None => self.state.list_active().await?,
+        };
+        if records.is_empty() {
+            println!("no rollout is running");
+        }
+        print_records(&records);
+        if let [r] = records.as_slice() {
+            println!("\n{}", r.plan);
+        }
+        Ok(())
+    }
+
+    async fn history(&self, target: &str) -> Outcome<()> {
+        let records = self.state.list_target(target).await?;
+        if records.is_empty() {
+            println!("no rollout on {target:?}");
+        }
+        print_records(&records);
+        Ok(())
+    }
+
+    /// An engine over simulated targets for every environment of `pipeline`.
+    async fn pipeline_relay(&self, pipeline: &relay::Pipeline) -> Outcome<Relay> {
+        let mut b = self.builder()?.artifacts(Arc::new(SimRegistry));
+        for env in pipeline.environments() {
+            for name in env.targets() {
+                let target = self.sim_target(name, &SimDoc::default(), None).await?;
+                b = b
+                    .target(target.clone())
+                    .probe_for(name, Arc::new(SimProbe::new(target)));
+            }
+        }
+        Ok(b.build()?)
+    }
+
+    async fn deploy(&self, path: &Path, artifact: ArtifactRef) -> Outcome<()> {
+        let pipeline = PipelineFile::load(path)?.pipeline;
+        let relay = self.pipeline_relay(&pipeline).await?;
+        let wave = pipeline.deploy(&relay, artifact).await?;
+        wave_result(wave).await
+    }
+
+    async fn promote(&self, path: &Path, digest: &Digest, to: &str) -> Outcome<()> {
+        let pipeline = PipelineFile::load(path)?.pipeline;
+        let relay = self.pipeline_relay(&pipeline).await?;
+        let wave = pipeline.promote(&relay, digest, to).await?;
+        wave_result(wave).await
+    }
+}
+
+/// Every gate `spec` names: before start, before promotion, and in the
+/// strategy's steps (as it plans them for a target with a stable revision,
+/// where a canary has all its steps).
+fn gate_names(spec: &RolloutSpec) -> Vec<String> {
+    let ctx = PlanContext {
+        target: spec.target.clone(),
+        capabilities: Capabilities {
+            routing: Routing::Weighted,
+            max_revisions: 2,
+        },
+        replicas: spec.release.replicas,
+        stable: Some(RevisionState {
+            id: "stable".into(),
+            desired: spec.release.replicas,
+            ready: spec.release.replicas,
+            failed: 0,
+        }),
+    };
+    let steps = spec.strategy.plan(&ctx).unwrap_or_default();
+    let mut names: Vec<String> = spec
+        .gates_before_start
+        .iter()
+        .chain(&spec.gates_before_promotion)
+        .cloned()
+        .chain(steps.into_iter().filter_map(|s| match s {
+            Step::Gate { name } => Some(name),
+            _ => None,
+        }))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn wave_result(wave: relay::WaveHandle) -> Outcome<()> {
+    println!("wave {} started", wave.id());
+    let report = wave.wait().await?;
+    for r in &report.rollouts {
+        let outcome = r
+            .outcome
+            .as_ref()
+            .map_or_else(|| "not started".to_owned(), ToString::to_string);
+        let revert = r.revert.as_ref().map(|v| format!(" ({v:?})")).unwrap_or_default();
+        println!(
+            "  {:<16} {:<40} {outcome}{revert}",
+            r.target,
+            r.rollout.as_deref().unwrap_or("-")
+        );
+    }
+    match report.status {
+        relay::WaveStatus::Succeeded => {
+            println!("wave {}: every target runs the release", report.id);
+            Ok(())
+        }
+        other => Err(Failure(1, format!("wave {}: {other:?}", report.id))),
+    }
+}
+
+fn print_records(records: &[RolloutRecord]) {
+    if records.is_empty() {
+        return;
+    }
+    println!(
+        "{:<44} {:<14} {:<18} {:>5}  {:<16} {}",
+        "ROLLOUT", "TARGET", "CANDIDATE", "STEP", "STATUS", "DIGEST"
+    );
+    for r in records {
+        let status = match &r.status {
+            RolloutStatus::Running if r.paused => "paused".to_owned(),
+            RolloutStatus::Running => "running".to_owned(),
+            RolloutStatus::RollingBack { .. } => "rolling back".to_owned(),
+            RolloutStatus::Succeeded => "succeeded".to_owned(),
+            RolloutStatus::RolledBack { .. } => "rolled back".to_owned(),
+            RolloutStatus::RollbackFailed { .. } => "ROLLBACK FAILED".to_owned(),
+            RolloutStatus::NoChange => "no change".to_owned(),
+        };
+        println!(
+            "{:<44} {:<14} {:<18} {:>2}/{:<2}  {:<16} {}",
+            r.id,
+            r.target,
+            r.plan.candidate.id,
+            r.cursor.min(r.plan.steps.len()),
+            r.plan.steps.len(),
+            status,
+            r.plan.candidate.artifact.digest
+        );
+        if let RolloutStatus::RolledBack { cause } | RolloutStatus::RollingBack { cause } = &r.status {
+            println!("{:<44} cause: {cause}", "");
+        }
+    }
+}
+
+fn verify_audit(path: &Path) -> Outcome<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| Failure(1, format!("{}: {e}", path.display())))?;
+    let entries = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str::<relay::AuditEntry>(l).map_err(|e| {
+                Failure(
+                    1,
+                    format!("{}: line {} is not an audit entry: {e}", path.display(), i + 1),
+                )
+            })
+        })
+        .collect::<Outcome<Vec<_>>>()?;
+    let head = relay::verify_chain(&entries, None).map_err(|e| Failure(1, format!("{}: {e}", path.display())))?;
+    println!(
+        "{}: {} entries, chain intact (head {} {})",
+        path.display(),
+        entries.len(),
+        head.seq,
+        head.hash
+    );
+    Ok(())
+}
+
+/// Show the rollout's steps as they run: on a terminal, a bar per long step
+/// (analysis measurements, timed pauses) and a spinner for the others; in a
+/// log, one line per step and verdict.
+async fn show_progress(plan: &Plan, mut events: RolloutEvents) {
+    let tty = std::io::stdout().is_terminal();
+    let bars = MultiProgress::new();
+    let mut current: Option<(ProgressBar, Option<tokio::task::JoinHandle<()>>)> = None;
+    let say = |bars: &MultiProgress, line: String| {
+        if tty {
+            let _ = bars.println(line);
+        } else {
+            println!("{line}");
+        }
+    };
+    while let Some(e) = events.next().await {
+        match e.kind {
+            EventKind::StepStarted { index, description, .. } => {
+                if let Some((bar, ticker)) = current.take() {
+                    bar.finish();
+                    if let Some(t) = ticker {
+                        t.abort();
+                    }
+                }
+                let label = format!("step {:>2} {description}", index + 1);
+                if !tty {
+                    println!("{label}");
+                    continue;
+                }
+                let (bar, ticker) = match plan.steps.get(index) {
+                    Some(Step::Analyze { analysis }) => {
+                        let n = u64::from(analysis.count) * analysis.checks.len() as u64;
+                        (bar(&bars, n, "measurements"), None)
+                    }
+                    Some(Step::Pause { duration: Some(d) }) => {
+                        let bar = bar(&bars, d.as_secs().max(1), "s");
+                        let b = bar.clone();
+                        let ticker = tokio::spawn(async move {
+                            loop {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                b.inc(1);
+                            }
+                        });
+                        (bar, Some(ticker))
+                    }
+                    _ => {
+                        let s = bars.add(ProgressBar::new_spinner());
+                        s.enable_steady_tick(Duration::from_millis(120));
+                        (s, None)
+                    }
+                };
+                bar.set_message(label);
+                current = Some((bar, ticker));
+            }
+            EventKind::Verdict { verdict } => {
+                if let Some((bar, _)) = &current {
+                    bar.inc(1);
+                }
+                say(&bars, format!("         verdict  {verdict}"));
+            }
+            EventKind::GateWaiting { gate, reason } => say(&bars, format!("         gate {gate:?} waits: {reason}")),
+            EventKind::GatePassed { gate, by } => say(&bars, format!("         gate {gate:?} passed by {by}")),
+            EventKind::RollbackStarted { cause } => say(&bars, format!("ROLLBACK {cause}")),
+            EventKind::Retrying { operation, error, .. } => {
+                say(&bars, format!("         retrying {operation}: {error}"))
+            }
+            EventKind::Finished { .. } => break,
+            _ => {}
+        }
+    }
+    if let Some((bar, ticker)) = current {
+        bar.finish();
+        if let Some(t) = ticker {
+            t.abort();
+        }
+    }
+}
+
+fn bar(bars: &MultiProgress, len: u64, unit: &str) -> ProgressBar {
+    let bar = bars.add(ProgressBar::new(len));
+    if let Ok(style) = ProgressStyle::with_template(&format!(
+        "{{msg}}\n         [{{bar:30}}] {{pos}}/{{len}} {unit} ({{elapsed}})"
+    )) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
