@@ -138,6 +138,48 @@ log "example: k8s_canary plans a canary on a Deployment in the test cluster"
     cargo run --example k8s_canary --all-features -- plan
 )
 
+log "example: relayctl on spec and pipeline files"
+RELAYCTL_DIR=$(mktemp -d)
+TMPDIRS+=("$RELAYCTL_DIR")
+cargo build --example relayctl --all-features
+(
+  ctl() { timeout 120 target/debug/examples/relayctl --state "$RELAYCTL_DIR" "$@"; }
+  # A canary on the simulated providers, in virtual time; then a bad
+  # release, which must be rolled back and exit non-zero.
+  ctl --virtual apply examples/specs/canary.yaml
+  if ctl --virtual apply examples/specs/bad-canary.yaml; then
+    echo "relayctl: a rolled-back release must exit non-zero" >&2
+    exit 1
+  fi
+  ctl history web | grep -q "rolled back"
+  # A rollout held at a gate in one process, approved from another.
+  ctl apply examples/specs/approval.yaml >"$RELAYCTL_DIR/apply.log" 2>&1 &
+  apply=$!
+  id=""
+  for _ in $(seq 1 100); do
+    id=$(ctl status | awk '$2 == "api" {print $1}')
+    [ -n "$id" ] && break
+    sleep 0.2
+  done
+  [ -n "$id" ] || { echo "relayctl: the rollout did not start" >&2; cat "$RELAYCTL_DIR/apply.log" >&2; exit 1; }
+  ctl approve "$id" release-manager --by ci --comment "approved by the test script"
+  wait "$apply" || { cat "$RELAYCTL_DIR/apply.log" >&2; exit 1; }
+  grep -q 'passed by ci' "$RELAYCTL_DIR/apply.log"
+  # dev -> staging -> prod (two regions in parallel); prod refuses a digest
+  # that staging has not run.
+  ctl --virtual deploy examples/specs/pipeline.yaml shop/web:v2
+  digest=$(ctl history web-dev | awk 'NR == 2 {print $NF}')
+  if ctl --virtual promote examples/specs/pipeline.yaml "$digest" prod; then
+    echo "relayctl: prod must refuse a digest staging has not run" >&2
+    exit 1
+  fi
+  ctl --virtual promote examples/specs/pipeline.yaml "$digest" staging
+  ctl --virtual promote examples/specs/pipeline.yaml "$digest" prod
+  ctl verify-audit
+  # The Kubernetes provider, named by the spec, on the test cluster.
+  KUBECONFIG=$RELAY_TEST_KUBECONFIG ctl plan examples/specs/k8s-canary.yaml
+)
+
 log "example: vault_secrets pins a secret from the OpenBao server"
 (
   python3 - "$RELAY_TEST_VAULT_ADDR" "$RELAY_TEST_VAULT_TOKEN" <<'PY'

@@ -389,10 +389,7 @@ async fn a_bad_wave_changes_nothing_and_an_aborted_one_rolls_back_and_starts_no_
     assert!(matches!(e, Error::NotFound { .. }), "{e}");
     assert!(relay::Target::observe(eu.as_ref()).await.unwrap().stable.is_none());
     assert!(relay::Target::observe(us.as_ref()).await.unwrap().stable.is_none());
-    let twice = relay::Wave::new(
-        "w",
-        vec![p.wave(&relay, "prod", tag("shop/web:v1")).unwrap().specs()[0].clone(); 2],
-    );
+    let twice = relay::Wave::new(vec![p.wave("prod", tag("shop/web:v1")).unwrap().specs()[0].clone(); 2]);
     let e = relay.start_wave(twice).await.unwrap_err();
     assert!(e.to_string().contains("wave.targets[1]"), "{e}");
 

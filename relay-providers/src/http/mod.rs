@@ -10,7 +10,7 @@ pub use probe::{HttpProbe, HttpProbeBuilder, ERROR_RATE, LATENCY_MS};
 pub use prometheus::{PromQuery, PrometheusProbe};
 pub use webhook::{WebhookGate, SIGNATURE_HEADER};
 
-use relay_core::{Error, ProbeQuery, Result};
+use relay_core::{Error, ProbeQuery, Result, Scope};
 
 const PROVIDER: &str = "http";
 
@@ -89,7 +89,7 @@ fn without_url(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relay_core::{RevisionId, Scope};
+    use relay_core::RevisionId;
 
     #[test]
     fn templates_take_the_revision_and_a_target_template_must_not_need_one() {
