@@ -652,8 +652,8 @@ fn print_records(records: &[RolloutRecord]) {
         return;
     }
     println!(
-        "{:<44} {:<14} {:<18} {:>5}  {:<16} {}",
-        "ROLLOUT", "TARGET", "CANDIDATE", "STEP", "STATUS", "DIGEST"
+        "{:<44} {:<14} {:<18} {:>5}  {:<16} DIGEST",
+        "ROLLOUT", "TARGET", "CANDIDATE", "STEP", "STATUS"
     );
     for r in records {
         let status = match &r.status {

@@ -7,7 +7,7 @@ use relay_core::{AnalysisSpec, Error, PlanContext, Result, Role, Routing, Step, 
 use serde::{Deserialize, Serialize};
 
 pub use crate::common::Amount;
-use crate::common::{first_deployment, need_replicas, need_two_revisions, positive, promotion};
+use crate::common::{first_deployment, need_replicas, need_two_revisions, positive, promotion, routing_name};
 
 /// Replaces replicas in batches: the candidate grows by at most `batch` per
 /// round, total replicas stay within `desired + max_surge`, ready replicas
@@ -127,7 +127,16 @@ impl Strategy for RollingStrategy {
             return Ok(first_deployment(ctx));
         };
         need_two_revisions("rolling", ctx)?;
-        let routes = matches!(ctx.capabilities.routing, Routing::Weighted | Routing::ReplicaRatio);
+        // Replacing replicas batch by batch keeps capacity only if traffic
+        // follows the replicas; behind a switch (or no traffic control) the
+        // shrinking stable would keep it all until the end.
+        if !matches!(ctx.capabilities.routing, Routing::Weighted | Routing::ReplicaRatio) {
+            return Err(Error::unsupported(format!(
+                "rolling needs weighted or replica-ratio routing; target {:?} has {} (use blue_green behind a switch, all_at_once where the platform replaces replicas itself)",
+                ctx.target,
+                routing_name(ctx.capabilities.routing)
+            )));
+        }
         let (mut c, mut s) = (0u32, stable.desired);
         let mut weight = 0u8;
         let mut steps = Vec::new();
@@ -150,13 +159,6 @@ impl Strategy for RollingStrategy {
             let floor = n.saturating_sub(unavailable).saturating_sub(c);
             let down_to = s.min(floor);
             let went_down = down_to < s;
-            if went_down {
-                s = down_to;
-                steps.push(Step::Scale {
-                    role: Role::Stable,
-                    replicas: s,
-                });
-            }
             if up == 0 && !went_down {
                 // Unreachable with surge + unavailable >= 1; kept so a bug
                 // cannot loop forever.
@@ -165,16 +167,28 @@ impl Strategy for RollingStrategy {
                     "rolling plan cannot make progress with these limits",
                 ));
             }
-            if routes && c > 0 {
-                let w = if s == 0 {
+            // Traffic moves to the ready candidate replicas before stable
+            // shrinks, in the proportion the replicas will have after it:
+            // routing after the scale-down would leave fewer replicas
+            // serving than max_unavailable allows, and none at all in the
+            // last batch.
+            if c > 0 {
+                let w = if down_to == 0 {
                     100
                 } else {
-                    (u64::from(c) * 100 / u64::from(c + s)) as u8
+                    (u64::from(c) * 100 / u64::from(c + down_to)) as u8
                 };
                 if w > weight {
                     weight = w;
                     steps.push(Step::Route { candidate_weight: w });
                 }
+            }
+            if went_down {
+                s = down_to;
+                steps.push(Step::Scale {
+                    role: Role::Stable,
+                    replicas: s,
+                });
             }
             let done = c >= n && s == 0;
             if !done {

@@ -116,9 +116,30 @@ proptest! {
     fn rolling_plans_keep_invariants(n in 1u32..60, batch in 1u32..20, surge in 0u32..10, unavail in 0u32..10, weighted in any::<bool>()) {
         prop_assume!(surge + unavail.min(n) > 0);
         let r = RollingStrategy::new().batch(Amount::Count(batch)).max_surge(Amount::Count(surge)).max_unavailable(Amount::Count(unavail));
-        let routing = if weighted { Routing::Weighted } else { Routing::None };
+        let routing = if weighted { Routing::Weighted } else { Routing::ReplicaRatio };
         let steps = r.plan(&ctx(n, routing)).unwrap();
         check_invariants(&steps, n, unavail.min(n), Some(surge)).map_err(TestCaseError::fail)?;
+        // Traffic reaches the candidate's replicas before stable shrinks:
+        // every stable scale-down with candidate replicas up follows a route
+        // that already counts it.
+        let (mut c, mut w) = (0u32, 0u32);
+        for step in &steps {
+            match step {
+                Step::Stage { replicas } | Step::Scale { role: Role::Candidate, replicas } => c = *replicas,
+                Step::Route { candidate_weight } => w = u32::from(*candidate_weight),
+                Step::Scale { role: Role::Stable, replicas } if c > 0 => {
+                    let s = *replicas;
+                    let want = if s == 0 { 100 } else { c * 100 / (c + s) };
+                    prop_assert!(w >= want, "stable down to {} with the candidate ({}) at {}%: {:?}", s, c, w, steps);
+                }
+                _ => {}
+            }
+        }
+        // Behind a switch, or without traffic control, rolling is refused.
+        for routing in [Routing::Switch, Routing::None] {
+            let refused = matches!(r.plan(&ctx(n, routing)), Err(relay_core::Error::Unsupported { .. }));
+            prop_assert!(refused, "rolling on {:?} must be refused", routing);
+        }
     }
 
     #[test]

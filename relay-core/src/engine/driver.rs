@@ -805,8 +805,25 @@ impl Driver {
         Ok(StepEnd::Done)
     }
 
-    /// Route everything back to stable, restore its capacity, make it stable
-    /// again, retire the candidate. Each action is persisted as done, so a
+    /// Scale the stable revision back to `n` replicas and wait until they are
+    /// ready.
+    async fn restore_stable(&mut self, stable: &RevisionId, n: u32) -> Result<(), Stop> {
+        let target = self.target.clone();
+        self.mutate(
+            "target.scale",
+            json!({"rollback": true, "role": Role::Stable, "revision": stable, "replicas": n}),
+            || target.scale(stable, n),
+        )
+        .await?;
+        self.emit(EventKind::Scaled {
+            role: Role::Stable,
+            replicas: n,
+        });
+        self.wait_ready(stable, n).await
+    }
+
+    /// Restore stable's capacity, route everything back to it, make it
+    /// stable again, retire the candidate. Each action is persisted as done, so a
     /// resumed rollback continues where it stopped.
     async fn rollback(&mut self, cause: String) -> Result<Outcome> {
         self.rolling_back = true;
@@ -831,9 +848,28 @@ impl Driver {
         let target = self.target.clone();
         let plan = self.record.plan.clone();
         let cand = plan.candidate.id.clone();
-        while self.record.rollback_cursor < 4 {
+        while self.record.rollback_cursor < 5 {
             let result = match (self.record.rollback_cursor, &plan.stable) {
-                (0, _) => {
+                // Stable's capacity first: traffic moved onto a stable that
+                // was scaled down (by a rolling rollout, say) would find too
+                // few replicas. A stable at full strength is not touched, so
+                // the route follows at once; one the target no longer runs
+                // (replaced in place) comes back with the route.
+                (0, Some(stable)) => {
+                    let n = plan.stable_replicas;
+                    let observed = self.call("target.observe", || target.observe()).await;
+                    let short = observed
+                        .as_ref()
+                        .ok()
+                        .and_then(|s| s.revision(stable))
+                        .is_some_and(|r| r.desired < n || r.ready < n);
+                    if short {
+                        self.restore_stable(stable, n).await
+                    } else {
+                        Ok(())
+                    }
+                }
+                (1, _) => {
                     let split = match &plan.stable {
                         Some(s) => TrafficSplit::all(s),
                         None => TrafficSplit::default(),
@@ -848,33 +884,14 @@ impl Driver {
                     }
                     r
                 }
-                (1, Some(stable)) => {
-                    let n = plan.stable_replicas;
-                    match self
-                        .mutate(
-                            "target.scale",
-                            json!({"rollback": true, "role": Role::Stable, "revision": stable, "replicas": n}),
-                            || target.scale(stable, n),
-                        )
-                        .await
-                    {
-                        Ok(()) => {
-                            self.emit(EventKind::Scaled {
-                                role: Role::Stable,
-                                replicas: n,
-                            });
-                            self.wait_ready(stable, n).await
-                        }
-                        Err(s) => Err(s),
-                    }
-                }
-                (2, Some(stable)) => {
+                (2, Some(stable)) => self.restore_stable(stable, plan.stable_replicas).await,
+                (3, Some(stable)) => {
                     self.mutate("target.promote", json!({"rollback": true, "revision": stable}), || {
                         target.promote(stable)
                     })
                     .await
                 }
-                (3, _) => {
+                (4, _) => {
                     self.mutate(
                         "target.retire",
                         json!({"rollback": true, "role": Role::Candidate, "revision": cand}),
