@@ -400,14 +400,18 @@ impl Driver {
             },
             _ => Outcome::NoChange,
         };
+        // Audited before the terminal record is written: an engine that dies
+        // between the two leaves the rollout running, and the engine that
+        // resumes it audits the end again, so no terminal record lacks its
+        // `rollout.finished` entry (as a re-run mutation is audited again).
+        if let Err(e) = self.audit("rollout.finished", json!({"outcome": outcome})).await {
+            tracing::error!(error = %e, "could not audit the outcome");
+        }
         self.record.status = status;
         self.persist().await.map_err(|s| match s {
             Stop::Fatal(e) => e,
             Stop::Rollback(c) => Error::provider("engine", false, c),
         })?;
-        if let Err(e) = self.audit("rollout.finished", json!({"outcome": outcome})).await {
-            tracing::error!(error = %e, "could not audit the outcome");
-        }
         Ok(outcome)
     }
 
@@ -858,11 +862,10 @@ impl Driver {
                 (0, Some(stable)) => {
                     let n = plan.stable_replicas;
                     let observed = self.call("target.observe", || target.observe()).await;
-                    let short = observed
-                        .as_ref()
-                        .ok()
-                        .and_then(|s| s.revision(stable))
-                        .is_some_and(|r| r.desired < n || r.ready < n);
+                    // Unobservable: scale anyway (it is idempotent).
+                    let short = observed.as_ref().map_or(true, |s| {
+                        s.revision(stable).is_some_and(|r| r.desired < n || r.ready < n)
+                    });
                     if short {
                         self.restore_stable(stable, n).await
                     } else {
