@@ -154,7 +154,7 @@ impl FreezeWindow {
 ///
 /// An emergency override is an approval of this gate by a named person
 /// ([`crate::RolloutSpec::approve`] before start,
-/// [`crate::RolloutHandle::approve`] during a rollout); the engine audits
+/// [`crate::RolloutControl::approve`] during a rollout); the engine audits
 /// it, and the gate passes saying who overrode which window.
 #[derive(Clone, Debug)]
 pub struct FreezeGate {

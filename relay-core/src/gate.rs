@@ -97,8 +97,8 @@ pub enum OnTimeout {
 }
 
 /// A gate that waits for a person: it passes once
-/// [`crate::RolloutHandle::approve`] names it and fails once
-/// [`crate::RolloutHandle::reject`] does (the latest decision wins; the
+/// [`crate::RolloutControl::approve`] names it and fails once
+/// [`crate::RolloutControl::reject`] does (the latest decision wins; the
 /// engine audits who decided, when, and their comment). With
 /// [`ManualApproval::timeout`], a gate nobody decided within the time takes
 /// the configured outcome.

@@ -35,7 +35,7 @@ pub enum Step {
         /// Percent for the candidate.
         candidate_weight: u8,
     },
-    /// Wait; `None` waits until [`crate::RolloutHandle::resume`].
+    /// Wait; `None` waits until [`crate::RolloutControl::resume`].
     Pause {
         /// How long.
         #[serde(with = "crate::serde_duration::option")]

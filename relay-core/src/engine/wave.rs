@@ -22,7 +22,7 @@ use crate::state::RolloutStatus;
 /// promotion, until every target has passed its analysis. Every engine
 /// registers it (a [`crate::ManualApproval`]); a rollout resumed after a
 /// crash that waits there is let through with
-/// [`RolloutHandle::approve`]`(WAVE_GATE, ..)`.
+/// [`RolloutControl::approve`]`(WAVE_GATE, ..)`.
 pub const WAVE_GATE: &str = "relay.wave";
 
 /// How a wave moves through its targets.
@@ -138,7 +138,7 @@ pub enum WaveStatus {
         /// Why.
         cause: String,
     },
-    /// Stopped with [`WaveHandle::abort`]; the targets were rolled back or
+    /// Stopped with [`RolloutControl::abort`]; the targets were rolled back or
     /// reverted.
     Aborted {
         /// Who.
