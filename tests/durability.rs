@@ -273,3 +273,69 @@ async fn an_engine_that_loses_its_lease_stops_without_touching_the_target() {
         "the record stays running for whoever holds the lease now"
     );
 }
+
+/// Eight stores on one directory (eight processes, as far as the store can
+/// tell), on eight OS threads released together, race for the same lease,
+/// round after round: exactly one wins each time, the others get
+/// `TargetLocked`; a write under a lease that was taken over is refused.
+#[test]
+fn file_stores_racing_for_a_lease_let_exactly_one_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let rounds = 40;
+    let racers = 8;
+    for round in 0..rounds {
+        let target = format!("race-{round}");
+        let barrier = Arc::new(std::sync::Barrier::new(racers));
+        let results: Vec<relay::Result<relay::Lease>> = (0..racers)
+            .map(|i| {
+                let (dir, target, barrier) = (dir.path().to_owned(), target.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let store = FileStateStore::open(dir).unwrap();
+                    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                    barrier.wait();
+                    rt.block_on(relay::StateStore::acquire_lease(
+                        &store,
+                        &target,
+                        &format!("engine-{i}"),
+                        Duration::from_secs(30),
+                        1_000,
+                    ))
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        let winners = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(winners, 1, "round {round}: {results:?}");
+        assert!(
+            results
+                .iter()
+                .all(|r| r.is_ok() || matches!(r, Err(Error::TargetLocked { .. }))),
+            "round {round}: {results:?}"
+        );
+    }
+    // Fencing: once another holder took an expired lease over, a record
+    // write under the old token is refused.
+    let store = FileStateStore::open(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        use relay::StateStore;
+        let old = store
+            .acquire_lease("fenced", "a", Duration::from_secs(1), 0)
+            .await
+            .unwrap();
+        let mut record = relay::testing::sample_record("fenced-1", "fenced", old.token);
+        let v = store.put(&record, None).await.unwrap();
+        let new = store
+            .acquire_lease("fenced", "b", Duration::from_secs(1), 5_000)
+            .await
+            .unwrap();
+        assert!(new.token > old.token);
+        record.cursor = 1;
+        assert!(matches!(
+            store.put(&record, Some(v)).await,
+            Err(Error::LeaseLost { .. })
+        ));
+    });
+}

@@ -4,36 +4,17 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "shared/planted.rs"]
+mod planted;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use common::*;
 use relay::{Error, RolloutSpec, SecretStore};
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn the_secret_value_never_leaks() {
-    let logs = Capture::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = planted::Capture::trace();
 
     let w = World::new(400);
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +52,7 @@ async fn the_secret_value_never_leaks() {
         seen += &std::fs::read_to_string(entry.unwrap().path()).unwrap();
     }
     seen += &std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
 
     assert!(
         logs.contains("rolling back") && logs.contains("verdict"),

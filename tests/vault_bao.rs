@@ -5,19 +5,19 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "shared/planted.rs"]
+mod planted;
+
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use relay::providers::sim::{MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
 use relay::providers::vault::sdk::vaultrs;
 use relay::providers::vault::{VaultKvStore, VersionState};
-use relay::strategies::CanaryStrategy;
-use relay::{testing, EngineConfig, Error, Outcome, Relay, Release, RolloutSpec, SecretStore};
+use relay::{testing, Error, SecretStore};
 use secrecy::{ExposeSecret, SecretString};
 
 const PLANTED: &str = "bao-planted-secret-3c91e";
@@ -232,19 +232,6 @@ async fn a_renewable_token_is_renewed_before_it_expires() {
     assert_eq!(store.fetch(&reference).await.unwrap().value.expose_secret(), "v");
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Rollouts that read a Vault secret, one promoted and one rolled back, with
 /// every log line at TRACE captured: the value is nowhere, and the rolled
 /// back candidate's pinned version still reads the value it was planned
@@ -252,71 +239,15 @@ impl Write for Capture {
 /// capture sees the engine's tasks too.)
 #[tokio::test]
 async fn a_planted_value_never_leaks_and_the_planned_version_stays_pinned() {
-    let logs = Capture::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
     let path = unique("web/db");
     let store = Arc::new(root());
     store
         .write("secret", &path, &data(&[("password", PLANTED)]), None)
         .await
         .unwrap();
-    let artifacts = MemoryArtifactStore::new();
-    artifacts.push("shop/web", "v1", b"build 1", BTreeMap::new());
-    let v2 = artifacts.push("shop/web", "v2", b"build 2", BTreeMap::new());
-    let target = Arc::new(SimTarget::new("web").default_behavior(RevisionBehavior {
-        readiness_delay: Duration::from_millis(20),
-        ..Default::default()
-    }));
-    target.behavior(&v2.digest, RevisionBehavior::crashing());
-    let audit = Arc::new(relay::MemoryAuditSink::default());
-    let relay = Relay::builder()
-        .target(target.clone())
-        .probe(Arc::new(SimProbe::new(target.clone())))
-        .artifacts(Arc::new(artifacts))
-        .secrets("vault", store.clone())
-        .audit(audit.clone())
-        .config(EngineConfig {
-            poll_interval: Duration::from_millis(10),
-            ..Default::default()
-        })
-        .build()
-        .unwrap();
     let reference = format!("vault://secret/{path}#password");
-    let release = |tag: &str| {
-        Release::new(format!("shop/web:{tag}").parse().unwrap())
-            .replicas(2)
-            .secret("DB_PASSWORD", reference.parse().unwrap())
-    };
-    let mut seen = String::new();
-    let mut pinned_refs = Vec::new();
-    for tag in ["v1", "v2"] {
-        let spec = RolloutSpec::new("web", release(tag), CanaryStrategy::new().set_weight(50));
-        let plan = relay.plan(&spec).await.unwrap();
-        seen += &format!("{plan}\n{plan:?}\n{}", serde_json::to_string(&plan).unwrap());
-        pinned_refs.push(plan.candidate.secrets["DB_PASSWORD"].clone());
-        let handle = relay.start(spec).await.unwrap();
-        let mut events = handle.events();
-        let outcome = handle.wait().await.unwrap();
-        while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(50), events.next()).await {
-            seen += &format!("{e:?}");
-        }
-        seen += &format!("{outcome:?} {outcome}");
-        if tag == "v2" {
-            assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
-        } else {
-            assert!(outcome.is_success(), "{outcome}");
-        }
-    }
-    for e in relay::AuditSink::entries(audit.as_ref()).await.unwrap() {
-        seen += &serde_json::to_string(&e).unwrap();
-    }
+    let observed = planted::two_rollouts("vault", store.clone(), &reference).await;
+    let pinned_refs = &observed.pinned;
     // The secret moves on; the planned version still reads what was planned.
     store
         .write("secret", &path, &data(&[("password", "rotated")]), None)
@@ -332,17 +263,5 @@ async fn a_planted_value_never_leaks_and_the_planned_version_stays_pinned() {
         .fetch(&reference.parse().unwrap())
         .await
         .unwrap_err();
-    seen += &format!("{denied} {denied:?} {store:?} {relay:?}");
-
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        logs.contains("rolling back"),
-        "the TRACE capture holds the rollout's logs"
-    );
-    assert!(seen.contains(&reference), "the reference itself is visible");
-    assert!(!logs.contains(PLANTED), "the secret is in the logs");
-    assert!(
-        !seen.contains(PLANTED),
-        "the secret is in events, audit, plans, Debug or errors"
-    );
+    planted::assert_nowhere(PLANTED, &observed, &format!("{denied} {denied:?} {store:?}"));
 }

@@ -8,3 +8,6 @@ mod cloudwatch;
 mod ecs;
 mod stores;
 mod support;
+
+#[path = "../shared/planted.rs"]
+mod planted;

@@ -210,3 +210,24 @@ async fn a_rollout_pins_the_secret_version_and_image_digest_it_resolved() {
     let record_json = serde_json::to_string(&record).unwrap();
     assert!(!record_json.contains(PLANTED));
 }
+
+/// A promoted and a rolled-back rollout read a value planted in Secrets
+/// Manager, with every log line at TRACE captured: the value is nowhere.
+#[tokio::test]
+async fn a_planted_secrets_manager_value_never_leaks() {
+    let cfg = config().await;
+    let sm = secretsmanager::Client::new(&cfg);
+    let (name, _) = secret_with_two_versions(&sm).await;
+    let store = Arc::new(SecretsManagerStore::new(&cfg));
+    let reference = format!("aws-sm://{name}#password");
+    let observed = crate::planted::two_rollouts("aws-sm", store.clone(), &reference).await;
+    let missing = store
+        .fetch(
+            &format!("aws-sm://{name}#password?version=00000000-0000-0000-0000-000000000000")
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    crate::planted::assert_nowhere(PLANTED, &observed, &format!("{missing} {missing:?} {store:?}"));
+}

@@ -8,3 +8,6 @@
 mod deployments;
 mod stores;
 mod support;
+
+#[path = "../shared/planted.rs"]
+mod planted;

@@ -153,3 +153,20 @@ async fn two_engines_racing_for_a_target_exactly_one_proceeds() {
     let store = KubeStateStore::new(client().await, &ns);
     assert_eq!(store.list_target("web").await.unwrap().len(), 1, "one rollout record");
 }
+
+/// A promoted and a rolled-back rollout read a value planted in a
+/// Kubernetes Secret, with every log line at TRACE captured: the value is
+/// nowhere.
+#[tokio::test]
+async fn a_planted_secret_value_never_leaks() {
+    let client = client().await;
+    let ns = namespace(&client).await;
+    put_secret(&client, &ns, "db", &[("password", PLANTED.as_bytes())]).await;
+    let store = std::sync::Arc::new(KubeSecretStore::new(client, &ns));
+    let observed = crate::planted::two_rollouts("k8s", store.clone(), "k8s://db#password").await;
+    let missing = store
+        .fetch(&"k8s://db#password?version=1".parse().unwrap())
+        .await
+        .unwrap_err();
+    crate::planted::assert_nowhere(PLANTED, &observed, &format!("{missing} {missing:?} {store:?}"));
+}
