@@ -14,7 +14,8 @@
 # `system:masters` user in DIR, starts etcd, the API server (TLS only, RBAC)
 # and the controller manager (deployment, replicaset and garbage-collector
 # controllers: real ReplicaSets, Pods and Deployment status; there is no
-# scheduler or kubelet), waits for readiness and writes DIR/kubeconfig.
+# scheduler or kubelet), waits for readiness and writes DIR/kubeconfig
+# (admin) and DIR/kubeconfig-limited (a user with no permission of its own).
 # Every PID goes to the caller's PIDS array, so the caller's exit trap stops
 # them.
 
@@ -69,8 +70,10 @@ kube_start() {
   etcd_client=$(free_port)
   etcd_peer=$(free_port)
   api=$(free_port)
-  # A CA and a server certificate for 127.0.0.1, a service-account key, and
-  # a static token whose user is in system:masters.
+  # A CA and a server certificate for 127.0.0.1, a service-account key, a
+  # static token whose user is in system:masters, and one for `relay-limited`,
+  # a user with no permission until a test binds it to relay's Role
+  # (docs/least-privilege/kubernetes-role.yaml) in its namespace.
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=relay-test-ca" \
     -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
@@ -79,9 +82,10 @@ kube_start() {
     -extfile "$dir/san.ext" -out "$dir/server.crt" 2>/dev/null
   openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
   openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
-  local token
+  local token limited
   token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-  printf '%s,relay-admin,relay-admin,"system:masters"\n' "$token" >"$dir/tokens.csv"
+  limited=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+  printf '%s,relay-admin,relay-admin,"system:masters"\n%s,relay-limited,relay-limited\n' "$token" "$limited" >"$dir/tokens.csv"
   chmod 600 "$dir"/*.key "$dir/tokens.csv"
 
   "$KUBE_CACHE/root/usr/bin/etcd" --data-dir "$dir/etcd" --name relay-test \
@@ -119,7 +123,8 @@ contexts:
     user: relay-admin
 current-context: relay-test
 EOF
-  chmod 600 "$dir/kubeconfig"
+  sed -e "s/relay-admin/relay-limited/g" -e "s/token: $token/token: $limited/" "$dir/kubeconfig" >"$dir/kubeconfig-limited"
+  chmod 600 "$dir/kubeconfig" "$dir/kubeconfig-limited"
   if ! wait_for "python3 -c \"import ssl,urllib.request as u; c=ssl.create_default_context(cafile='$dir/ca.crt'); r=u.Request('https://127.0.0.1:$api/readyz', headers={'Authorization': 'Bearer $token'}); u.urlopen(r, context=c, timeout=2)\"" 60; then
     echo "kube-apiserver did not become ready; its log:" >&2
     tail -n 40 "$dir/apiserver.log" >&2

@@ -105,6 +105,8 @@ KUBE_DIR=$(mktemp -d)
 TMPDIRS+=("$KUBE_DIR")
 kube_start "$KUBE_DIR"
 export RELAY_TEST_KUBECONFIG=$KUBE_DIR/kubeconfig
+# The provider tests act as this user, bound only to relay's Role.
+export RELAY_TEST_KUBECONFIG_LIMITED=$KUBE_DIR/kubeconfig-limited
 echo "kube-apiserver $KUBE_VERSION on $KUBE_SERVER_URL"
 
 log "format"

@@ -19,7 +19,7 @@ use relay::{
     Outcome, Relay, Release, RevisionId, RevisionSpec, RolloutSpec, Target, TrafficSplit, VerdictOutcome,
 };
 
-use crate::support::{client, counted_client, namespace, put_secret, web_app, Kubelet, PLANTED};
+use crate::support::{client, counted_client, namespace, provider_client, put_secret, web_app, Kubelet, PLANTED};
 
 const REPO: &str = "registry.test/web";
 
@@ -92,7 +92,7 @@ async fn canary_mode_passes_the_target_conformance_suite() {
     let ns = namespace(&client).await;
     let _kubelet = Kubelet::start(&client, &ns);
     web_app(&client, &ns, "web", 2).await;
-    let target = DeploymentTarget::builder(client.clone(), &ns, "web")
+    let target = DeploymentTarget::builder(provider_client().await, &ns, "web")
         .canary()
         .poll_interval(Duration::from_millis(100))
         .promote_timeout(Duration::from_secs(60))
@@ -171,7 +171,7 @@ async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_t
         log: log.clone(),
     };
     let relay = engine(metered, artifacts(&["v2", "v3"]))
-        .secrets("k8s", Arc::new(KubeSecretStore::new(client.clone(), &ns)))
+        .secrets("k8s", Arc::new(KubeSecretStore::new(provider_client().await, &ns)))
         .audit(audit.clone())
         .build()
         .unwrap();
@@ -299,7 +299,7 @@ async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
         .build()
         .await
         .unwrap();
-    let probe = PodReadinessProbe::new(client.clone(), &ns, "app=web");
+    let probe = PodReadinessProbe::new(provider_client().await, &ns, "app=web");
     let log = CallLog::default();
     let metered = Metered {
         inner: target.clone(),
@@ -504,7 +504,7 @@ async fn blue_green_switches_the_service_and_back_on_promotion() {
     let ns = namespace(&client).await;
     let _kubelet = Kubelet::start(&client, &ns);
     web_app(&client, &ns, "web", 2).await;
-    let target = DeploymentTarget::builder(client.clone(), &ns, "web")
+    let target = DeploymentTarget::builder(provider_client().await, &ns, "web")
         .name("web")
         .blue_green("web")
         .poll_interval(Duration::from_millis(100))
@@ -568,7 +568,7 @@ async fn a_secret_changed_since_the_plan_is_refused_before_anything_changes() {
     web_app(&client, &ns, "web", 1).await;
     let first = put_secret(&client, &ns, "db", &[("password", b"one")]).await;
     put_secret(&client, &ns, "db", &[("password", PLANTED.as_bytes())]).await;
-    let target = DeploymentTarget::builder(client.clone(), &ns, "web")
+    let target = DeploymentTarget::builder(provider_client().await, &ns, "web")
         .build()
         .await
         .unwrap();
@@ -586,13 +586,13 @@ async fn a_secret_changed_since_the_plan_is_refused_before_anything_changes() {
     );
     assert!(!format!("{e} {e:?}").contains(PLANTED));
     assert_eq!(get(&client, &ns, "web").await.unwrap().metadata.generation, generation);
-    let e = DeploymentTarget::builder(client.clone(), &ns, "web")
+    let e = DeploymentTarget::builder(provider_client().await, &ns, "web")
         .container("sidecar")
         .build()
         .await
         .unwrap_err();
     assert!(e.to_string().contains("kubernetes.container"), "{e}");
-    let e = DeploymentTarget::builder(client, &ns, "absent")
+    let e = DeploymentTarget::builder(provider_client().await, &ns, "absent")
         .build()
         .await
         .unwrap_err();

@@ -7,7 +7,7 @@ use relay::providers::sim::{MemoryArtifactStore, SimTarget};
 use relay::strategies::AllAtOnce;
 use relay::{testing, Error, Relay, Release, RolloutSpec, SecretStore, StateStore};
 
-use crate::support::{client, namespace, put_secret, PLANTED};
+use crate::support::{client, namespace, provider_client, put_secret, PLANTED};
 
 #[tokio::test]
 async fn secrets_pass_the_secret_store_conformance_suite() {
@@ -20,7 +20,7 @@ async fn secrets_pass_the_secret_store_conformance_suite() {
         &[("password", PLANTED.as_bytes()), ("user", b"app")],
     )
     .await;
-    let store = KubeSecretStore::new(client, &ns);
+    let store = KubeSecretStore::new(provider_client().await, &ns);
     testing::secret_store_conformance(&store, &"k8s://db#password".parse().unwrap(), PLANTED).await;
     let other_namespace = store
         .fetch(&format!("k8s://{ns}/db#user").parse().unwrap())
@@ -36,7 +36,7 @@ async fn a_pinned_version_is_never_silently_replaced_by_a_newer_value() {
     let first = put_secret(&client, &ns, "db", &[("password", b"old-value")]).await;
     let pinned = first.metadata.resource_version.unwrap();
     put_secret(&client, &ns, "db", &[("password", PLANTED.as_bytes())]).await;
-    let store = KubeSecretStore::new(client, &ns);
+    let store = KubeSecretStore::new(provider_client().await, &ns);
     let e = store
         .fetch(&format!("k8s://db#password?version={pinned}").parse().unwrap())
         .await
@@ -61,7 +61,7 @@ async fn bad_references_fail_clearly_and_never_show_the_value() {
         &[("password", PLANTED.as_bytes()), ("blob", &[0xff, 0xfe])],
     )
     .await;
-    let store = KubeSecretStore::new(client, &ns);
+    let store = KubeSecretStore::new(provider_client().await, &ns);
     let fetch = |r: &str| {
         let store = store.clone();
         let r = r.to_owned();
@@ -84,7 +84,7 @@ async fn bad_references_fail_clearly_and_never_show_the_value() {
 async fn the_state_store_passes_the_state_store_conformance_suite() {
     let client = client().await;
     let ns = namespace(&client).await;
-    testing::state_store_conformance(&KubeStateStore::new(client, &ns)).await;
+    testing::state_store_conformance(&KubeStateStore::new(provider_client().await, &ns)).await;
 }
 
 /// Two processes (two clients) write the same record from the same version
@@ -94,8 +94,8 @@ async fn the_state_store_passes_the_state_store_conformance_suite() {
 async fn racing_record_writes_conflict_instead_of_overwriting() {
     let ns = namespace(&client().await).await;
     let (a, b) = (
-        KubeStateStore::new(client().await, &ns),
-        KubeStateStore::new(client().await, &ns),
+        KubeStateStore::new(provider_client().await, &ns),
+        KubeStateStore::new(provider_client().await, &ns),
     );
     for round in 0..5 {
         let id = format!("race-{round}");
@@ -138,8 +138,8 @@ async fn two_engines_racing_for_a_target_exactly_one_proceeds() {
             .build()
             .unwrap()
     };
-    let a = engine(KubeStateStore::new(client().await, &ns));
-    let b = engine(KubeStateStore::new(client().await, &ns));
+    let a = engine(KubeStateStore::new(provider_client().await, &ns));
+    let b = engine(KubeStateStore::new(provider_client().await, &ns));
     let spec = || RolloutSpec::new("web", Release::new("shop/web:v1".parse().unwrap()), AllAtOnce);
     let (ra, rb) = tokio::join!(a.start(spec()), b.start(spec()));
     let (handle, locked) = match (ra, rb) {
@@ -150,7 +150,7 @@ async fn two_engines_racing_for_a_target_exactly_one_proceeds() {
     assert!(matches!(locked, Error::TargetLocked { .. }), "{locked:?}");
     let outcome = handle.wait().await.unwrap();
     assert!(outcome.is_success(), "{outcome}");
-    let store = KubeStateStore::new(client().await, &ns);
+    let store = KubeStateStore::new(provider_client().await, &ns);
     assert_eq!(store.list_target("web").await.unwrap().len(), 1, "one rollout record");
 }
 
@@ -162,7 +162,7 @@ async fn a_planted_secret_value_never_leaks() {
     let client = client().await;
     let ns = namespace(&client).await;
     put_secret(&client, &ns, "db", &[("password", PLANTED.as_bytes())]).await;
-    let store = std::sync::Arc::new(KubeSecretStore::new(client, &ns));
+    let store = std::sync::Arc::new(KubeSecretStore::new(provider_client().await, &ns));
     let observed = crate::planted::two_rollouts("k8s", store.clone(), "k8s://db#password").await;
     let missing = store
         .fetch(&"k8s://db#password?version=1".parse().unwrap())

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use relay::providers::kubernetes::sdk::k8s_openapi::api::apps::v1::Deployment;
 use relay::providers::kubernetes::sdk::k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use relay::providers::kubernetes::sdk::k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use relay::providers::kubernetes::sdk::k8s_openapi::ByteString;
 use relay::providers::kubernetes::sdk::kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use relay::providers::kubernetes::sdk::kube::client::ClientBuilder;
@@ -19,26 +20,41 @@ use serde_json::json;
 /// A secret value planted in stores; it must never show in any output.
 pub const PLANTED: &str = "kube-planted-secret-51d0e";
 
-async fn config() -> Config {
-    let path = std::env::var("RELAY_TEST_KUBECONFIG").expect(
-        "RELAY_TEST_KUBECONFIG is not set: run the suite with scripts/test.sh, which builds and starts a kube-apiserver",
-    );
+async fn config_from(var: &str) -> Config {
+    let path = std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the suite with scripts/test.sh, which builds and starts a kube-apiserver")
+    });
     let kubeconfig = Kubeconfig::read_from(path).unwrap();
     Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .unwrap()
 }
 
+/// The cluster admin: sets up namespaces and fixtures, plays the kubelet.
 pub async fn client() -> Client {
-    Client::try_from(config().await).unwrap()
+    Client::try_from(config_from("RELAY_TEST_KUBECONFIG").await).unwrap()
 }
 
-/// A client whose requests `calls` counts.
+/// The client the providers under test use: the `relay-limited` user, whose
+/// only permissions are relay's Role (docs/least-privilege/kubernetes-role.yaml)
+/// in each test namespace, so every provider test also proves the Role is
+/// enough.
+pub async fn provider_client() -> Client {
+    Client::try_from(config_from("RELAY_TEST_KUBECONFIG_LIMITED").await).unwrap()
+}
+
+/// A provider client whose requests `calls` counts.
 pub async fn counted_client(calls: &RequestCounter) -> Client {
-    ClientBuilder::try_from(config().await)
+    ClientBuilder::try_from(config_from("RELAY_TEST_KUBECONFIG_LIMITED").await)
         .unwrap()
         .with_layer(calls)
         .build()
+}
+
+/// relay's least-privilege Role, as documented.
+fn relay_role() -> Role {
+    let text = include_str!("../../docs/least-privilege/kubernetes-role.yaml");
+    serde_saphyr::from_str(text).unwrap()
 }
 
 /// A fresh namespace for one test.
@@ -54,6 +70,21 @@ pub async fn namespace(client: &Client) -> String {
     };
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    // The provider client may do in it what relay's Role allows, no more.
+    Api::<Role>::namespaced(client.clone(), &name)
+        .create(&PostParams::default(), &relay_role())
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "relay"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "relay"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "relay-limited"}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), &name)
+        .create(&PostParams::default(), &binding)
         .await
         .unwrap();
     name
