@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "shared/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "shared/planted.rs"]
 mod planted;
 
@@ -264,4 +266,61 @@ async fn a_planted_value_never_leaks_and_the_planned_version_stays_pinned() {
         .await
         .unwrap_err();
     planted::assert_nowhere(PLANTED, &observed, &format!("{denied} {denied:?} {store:?}"));
+}
+
+/// OpenBao throttling, hanging (as a SIGSTOPped server does) and stopped,
+/// through a fault proxy, while relay plans a rollout that reads a secret:
+/// bounded retries, bounded time, and a loud failure or a plan, never a
+/// hang. Prints the time each fault took to reach its end.
+#[tokio::test]
+async fn a_throttled_hung_or_stopped_vault_ends_planning_in_bounded_time() {
+    let path = unique("web/faults");
+    root()
+        .write("secret", &path, &data(&[("password", PLANTED)]), None)
+        .await
+        .unwrap();
+    let proxy = fault_proxy::FaultProxy::start(addr().trim_start_matches("http://")).await;
+    let store = VaultKvStore::builder(proxy.url("http"))
+        .token(root_token())
+        .build()
+        .unwrap();
+    let artifacts = relay::providers::sim::MemoryArtifactStore::new();
+    artifacts.push("shop/web", "v1", b"build 1", BTreeMap::new());
+    let relay = relay::Relay::builder()
+        .target(Arc::new(relay::providers::sim::SimTarget::new("web")))
+        .artifacts(Arc::new(artifacts))
+        .secrets("vault", Arc::new(store))
+        .retry(fault_proxy::fast_retry())
+        .build()
+        .unwrap();
+    let spec = relay::RolloutSpec::new(
+        "web",
+        relay::Release::new("shop/web:v1".parse().unwrap())
+            .secret("DB", format!("vault://secret/{path}#password").parse().unwrap()),
+        relay::strategies::AllAtOnce,
+    );
+    let bound = fault_proxy::fast_retry().deadline + Duration::from_secs(2);
+
+    proxy.throttle(3);
+    let (planned, throttled) = fault_proxy::timed(relay.plan(&spec)).await;
+    planned.expect("three 429s are retried");
+
+    proxy.hang();
+    let (hung, hang_time) = fault_proxy::timed(relay.plan(&spec)).await;
+    let hung = hung.expect_err("a hung server fails the plan");
+    assert!(hung.to_string().contains("timed out"), "{hung}");
+    assert!(hang_time < bound, "{hang_time:?}");
+    proxy.pass();
+
+    proxy.stop();
+    let (stopped, stop_time) = fault_proxy::timed(relay.plan(&spec)).await;
+    let stopped = stopped.expect_err("a stopped server fails the plan");
+    assert!(stopped.to_string().contains("gave up"), "{stopped}");
+    assert!(stop_time < bound, "{stop_time:?}");
+    assert!(!format!("{hung} {stopped}").contains(PLANTED));
+    proxy.restart().await;
+    relay.plan(&spec).await.expect("planned again once the server is back");
+    eprintln!(
+        "vault faults: 3 x 429 -> planned in {throttled:?}; hung -> failed in {hang_time:?} ({hung}); stopped -> failed in {stop_time:?} ({stopped})"
+    );
 }

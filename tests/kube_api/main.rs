@@ -6,8 +6,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod deployments;
+mod faults;
 mod stores;
 mod support;
 
+#[path = "../shared/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "../shared/planted.rs"]
 mod planted;

@@ -43,6 +43,21 @@ pub async fn provider_client() -> Client {
     Client::try_from(config_from("RELAY_TEST_KUBECONFIG_LIMITED").await).unwrap()
 }
 
+/// A provider client that reaches the API server through `proxy` (a
+/// `FaultProxy` in front of it), and the server's `host:port` to put the
+/// proxy in front of.
+pub async fn proxied_provider_client(proxy: &str) -> Client {
+    let mut cfg = config_from("RELAY_TEST_KUBECONFIG_LIMITED").await;
+    cfg.cluster_url = proxy.parse().unwrap();
+    Client::try_from(cfg).unwrap()
+}
+
+/// The API server's `host:port`.
+pub async fn api_server() -> String {
+    let cfg = config_from("RELAY_TEST_KUBECONFIG").await;
+    cfg.cluster_url.authority().unwrap().to_string()
+}
+
 /// A provider client whose requests `calls` counts.
 pub async fn counted_client(calls: &RequestCounter) -> Client {
     ClientBuilder::try_from(config_from("RELAY_TEST_KUBECONFIG_LIMITED").await)
