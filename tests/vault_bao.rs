@@ -304,6 +304,7 @@ async fn a_throttled_hung_or_stopped_vault_ends_planning_in_bounded_time() {
     proxy.throttle(3);
     let (planned, throttled) = fault_proxy::timed(relay.plan(&spec)).await;
     planned.expect("three 429s are retried");
+    assert_eq!(proxy.throttle_left(), 0, "every 429 was served");
 
     proxy.hang();
     let (hung, hang_time) = fault_proxy::timed(relay.plan(&spec)).await;

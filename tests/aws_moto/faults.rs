@@ -60,6 +60,7 @@ async fn a_throttled_or_stopped_emulator_ends_planning_in_bounded_time() {
     proxy.throttle(3);
     let (planned, throttled) = timed(relay.plan(&spec)).await;
     planned.expect("three 429s are retried");
+    assert_eq!(proxy.throttle_left(), 0, "every 429 was served");
 
     proxy.stop();
     let (stopped, stop_time) = timed(relay.plan(&spec)).await;

@@ -1,5 +1,6 @@
 //! The API server failing mid-rollout, as the engine's client sees it
-//! through a fault proxy (`tests/shared/fault_proxy.rs`): hung for good (a
+//! through a fault proxy (`tests/shared/fault_proxy.rs`, terminating TLS
+//! with the server's own certificate): throttled, hung for good (a
 //! SIGSTOPped server), and stopped then back. Bounded retries, bounded
 //! time, and the right end: a loud `RollbackFailed` when nothing answers
 //! any more, a promotion when the server comes back within the retry
@@ -14,7 +15,7 @@ use relay::providers::sim::MemoryArtifactStore;
 use relay::strategies::CanaryStrategy;
 use relay::{EngineConfig, EventKind, Outcome, Relay, Release, RolloutSpec};
 
-use crate::fault_proxy::{fast_retry, FaultProxy};
+use crate::fault_proxy::{fast_retry, FaultProxy, Tls};
 use crate::support::{api_server, client, namespace, proxied_provider_client, web_app, Kubelet};
 
 const REPO: &str = "registry.test/shop/web";
@@ -26,7 +27,11 @@ async fn setup() -> (Relay, FaultProxy, Kubelet, String) {
     let ns = namespace(&admin).await;
     let kubelet = Kubelet::start(&admin, &ns);
     web_app(&admin, &ns, "web", 2).await;
-    let proxy = FaultProxy::start(&api_server().await).await;
+    // The test server's certificate and CA sit beside its kubeconfig.
+    let kubeconfig = std::env::var("RELAY_TEST_KUBECONFIG").unwrap();
+    let dir = std::path::Path::new(&kubeconfig).parent().unwrap();
+    let tls = Tls::from_pem_files(&dir.join("server.crt"), &dir.join("server.key"), &dir.join("ca.crt"));
+    let proxy = FaultProxy::start_tls(&api_server().await, tls).await;
     let target = DeploymentTarget::builder(proxied_provider_client(&proxy.url("https")).await, &ns, "web")
         .name("web")
         .canary()
@@ -110,4 +115,20 @@ async fn a_server_stopped_briefly_mid_rollout_is_retried_to_a_promotion() {
     let took = stopped_at.elapsed();
     assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome}");
     eprintln!("kube-apiserver stopped for 1.5 s at 50%: {outcome} {took:?} after the stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_burst_mid_rollout_is_retried_to_a_promotion() {
+    let (relay, proxy, _kubelet, _ns) = setup().await;
+    let handle = at_half(&relay).await;
+    proxy.throttle(5);
+    let throttled_at = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), handle.wait())
+        .await
+        .expect("never silently stuck")
+        .unwrap();
+    let took = throttled_at.elapsed();
+    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome}");
+    assert_eq!(proxy.throttle_left(), 0, "every 429 was served");
+    eprintln!("kube-apiserver answered 429 five times at 50%: {outcome} {took:?} after the burst began");
 }

@@ -3,14 +3,17 @@
 //! answered: what a SIGSTOPped process looks like), `stop` (connection
 //! refused, open connections reset: a stopped process), `restart`, and
 //! `throttle(n)` (the next `n` HTTP requests answered `429 Too Many
-//! Requests`; plain-HTTP servers only). Included with `#[path]`.
+//! Requests`). In front of a TLS server (`start_tls`) it terminates TLS
+//! with the server's own certificate and speaks TLS to the server, so it
+//! can throttle there too. Included with `#[path]`.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -21,10 +24,52 @@ enum Mode {
     Hang,
 }
 
+/// The TLS sides of a proxy in front of a TLS server: the server's own
+/// certificate towards clients, the CA that signed it towards the server.
+pub struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl Tls {
+    /// From PEM files: the server's certificate and key, and the CA.
+    pub fn from_pem_files(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> Arc<Self> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        // HTTP/1.1 both ways, so a throttled request can be answered here.
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        })
+    }
+}
+
 /// The proxy; dropping it stops it.
 pub struct FaultProxy {
     addr: SocketAddr,
     upstream: SocketAddr,
+    tls: Option<Arc<Tls>>,
     mode: watch::Sender<Mode>,
     throttled: Arc<Mutex<u32>>,
     accept: Mutex<Option<JoinHandle<()>>>,
@@ -35,6 +80,15 @@ impl FaultProxy {
     /// A proxy on a free loopback port forwarding to `upstream`
     /// (`host:port`).
     pub async fn start(upstream: &str) -> Self {
+        Self::start_with(upstream, None).await
+    }
+
+    /// The same in front of a TLS server.
+    pub async fn start_tls(upstream: &str, tls: Arc<Tls>) -> Self {
+        Self::start_with(upstream, Some(tls)).await
+    }
+
+    async fn start_with(upstream: &str, tls: Option<Arc<Tls>>) -> Self {
         let upstream = tokio::net::lookup_host(upstream).await.unwrap().next().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -42,6 +96,7 @@ impl FaultProxy {
         let proxy = FaultProxy {
             addr,
             upstream,
+            tls,
             mode,
             throttled: Arc::new(Mutex::new(0)),
             accept: Mutex::new(None),
@@ -62,8 +117,9 @@ impl FaultProxy {
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (upstream, mode, throttled, conns) = (
+        let (upstream, tls, mode, throttled, conns) = (
             self.upstream,
+            self.tls.clone(),
             self.mode.subscribe(),
             self.throttled.clone(),
             self.conns.clone(),
@@ -73,7 +129,8 @@ impl FaultProxy {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let mode = mode.clone();
+                let mut mode = mode.clone();
+                let tls = tls.clone();
                 let throttle = {
                     let mut t = throttled.lock().unwrap();
                     let now = *t > 0;
@@ -81,10 +138,23 @@ impl FaultProxy {
                     now
                 };
                 let conn = tokio::spawn(async move {
-                    if throttle {
-                        too_many_requests(client).await;
-                    } else {
-                        forward(client, upstream, mode).await;
+                    // A hung server does not even finish a TLS handshake.
+                    if !until_passing(&mut mode).await {
+                        return;
+                    }
+                    match tls {
+                        None if throttle => too_many_requests(client).await,
+                        None => forward(client, upstream, None, mode).await,
+                        Some(tls) => {
+                            let Ok(client) = tls.acceptor.accept(client).await else {
+                                return;
+                            };
+                            if throttle {
+                                too_many_requests(client).await;
+                            } else {
+                                forward(client, upstream, Some(tls), mode).await;
+                            }
+                        }
                     }
                 });
                 conns.lock().unwrap().push(conn);
@@ -135,6 +205,11 @@ impl FaultProxy {
         self.serve(listener);
     }
 
+    /// How many of the 429s ordered with `throttle` are still to be served.
+    pub fn throttle_left(&self) -> u32 {
+        *self.throttled.lock().unwrap()
+    }
+
     /// Answer the next `n` connections' requests with 429 (and close the
     /// open connections, so clients open new ones).
     pub fn throttle(&self, n: u32) {
@@ -149,7 +224,7 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn too_many_requests(mut client: TcpStream) {
+async fn too_many_requests(mut client: impl AsyncRead + AsyncWrite + Unpin) {
     let mut buf = [0u8; 8192];
     let _ = client.read(&mut buf).await;
     let _ = client
@@ -168,20 +243,38 @@ async fn until_passing(mode: &mut watch::Receiver<Mode>) -> bool {
     true
 }
 
-async fn forward(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
-    if !until_passing(&mut mode).await {
-        return;
-    }
+async fn forward<C>(client: C, upstream: SocketAddr, tls: Option<Arc<Tls>>, mode: watch::Receiver<Mode>)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
-    let (cr, cw) = client.into_split();
-    let (sr, sw) = server.into_split();
-    tokio::join!(copy(cr, sw, mode.clone()), copy(sr, cw, mode));
+    match tls {
+        None => pipe(client, server, mode).await,
+        Some(tls) => {
+            let name = ServerName::IpAddress(upstream.ip().into());
+            let Ok(server) = tls.connector.connect(name, server).await else {
+                return;
+            };
+            pipe(client, server, mode).await;
+        }
+    }
+}
+
+/// Both directions of a connection.
+async fn pipe<A, B>(a: A, b: B, mode: watch::Receiver<Mode>)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    tokio::join!(copy(ar, bw, mode.clone()), copy(br, aw, mode));
 }
 
 /// One direction of a connection, held while the proxy hangs.
-async fn copy(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
+async fn copy(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, mut mode: watch::Receiver<Mode>) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let Ok(n) = from.read(&mut buf).await else { return };
