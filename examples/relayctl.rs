@@ -56,6 +56,19 @@ use relay::{
 };
 use serde::{Deserialize, Serialize};
 
+/// `println!` for a command line: when the reader of stdout has gone (a
+/// pipe into `head` or `grep -q`), stop quietly, as Unix tools do.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 /// A failure with its exit code.
 struct Failure(u8, String);
 
@@ -183,7 +196,7 @@ async fn run(args: &Args) -> Outcome<()> {
         }
         Some(other) => Err(usage(format!("unknown command {other:?}"))),
         None => {
-            println!("{}", HELP.trim());
+            out!("{}", HELP.trim());
             Ok(())
         }
     }
@@ -421,8 +434,8 @@ impl Ctl {
     async fn plan(&self, path: &Path) -> Outcome<()> {
         let spec = SpecFile::load(path)?;
         let relay = self.relay_for(&spec).await?;
-        println!("{}", relay.plan(&spec.rollout).await?);
-        println!(
+        out!("{}", relay.plan(&spec.rollout).await?);
+        out!(
             "dry run: nothing changed (`relayctl apply {}` rolls it out)",
             path.display()
         );
@@ -433,16 +446,16 @@ impl Ctl {
         let spec = SpecFile::load(path)?;
         let relay = self.relay_for(&spec).await?;
         let plan = relay.plan(&spec.rollout).await?;
-        println!("{plan}");
+        out!("{plan}");
         let handle = relay.start(spec.rollout).await?;
-        println!("rollout {} started", handle.id());
+        out!("rollout {} started", handle.id());
         let forward = (!self.virtual_time).then(|| self.forward_inbox(&handle));
         show_progress(&plan, handle.events()).await;
         let outcome = handle.wait().await?;
         if let Some(f) = forward {
             f.abort();
         }
-        println!("outcome: {outcome}");
+        out!("outcome: {outcome}");
         if outcome.is_success() {
             Ok(())
         } else {
@@ -517,7 +530,7 @@ impl Ctl {
         std::fs::write(&tmp, body)
             .and_then(|()| std::fs::rename(&tmp, &file))
             .map_err(|e| Failure(1, format!("{}: {e}", file.display())))?;
-        println!(
+        out!(
             "queued for rollout {rollout} (held by {}); the process applying it picks it up",
             record.holder
         );
@@ -534,11 +547,11 @@ impl Ctl {
             None => self.state.list_active().await?,
         };
         if records.is_empty() {
-            println!("no rollout is running");
+            out!("no rollout is running");
         }
         print_records(&records);
         if let [r] = records.as_slice() {
-            println!("\n{}", r.plan);
+            out!("\n{}", r.plan);
         }
         Ok(())
     }
@@ -546,7 +559,7 @@ impl Ctl {
     async fn history(&self, target: &str) -> Outcome<()> {
         let records = self.state.list_target(target).await?;
         if records.is_empty() {
-            println!("no rollout on {target:?}");
+            out!("no rollout on {target:?}");
         }
         print_records(&records);
         Ok(())
@@ -624,7 +637,7 @@ impl Drop for AbortOnDrop {
 }
 
 async fn wave_result(wave: relay::WaveHandle) -> Outcome<()> {
-    println!("wave {} started", wave.id());
+    out!("wave {} started", wave.id());
     let report = wave.wait().await?;
     for r in &report.rollouts {
         let outcome = r
@@ -632,7 +645,7 @@ async fn wave_result(wave: relay::WaveHandle) -> Outcome<()> {
             .as_ref()
             .map_or_else(|| "not started".to_owned(), ToString::to_string);
         let revert = r.revert.as_ref().map(|v| format!(" ({v:?})")).unwrap_or_default();
-        println!(
+        out!(
             "  {:<16} {:<40} {outcome}{revert}",
             r.target,
             r.rollout.as_deref().unwrap_or("-")
@@ -640,7 +653,7 @@ async fn wave_result(wave: relay::WaveHandle) -> Outcome<()> {
     }
     match report.status {
         relay::WaveStatus::Succeeded => {
-            println!("wave {}: every target runs the release", report.id);
+            out!("wave {}: every target runs the release", report.id);
             Ok(())
         }
         other => Err(Failure(1, format!("wave {}: {other:?}", report.id))),
@@ -651,9 +664,13 @@ fn print_records(records: &[RolloutRecord]) {
     if records.is_empty() {
         return;
     }
-    println!(
+    out!(
         "{:<44} {:<14} {:<18} {:>5}  {:<16} DIGEST",
-        "ROLLOUT", "TARGET", "CANDIDATE", "STEP", "STATUS"
+        "ROLLOUT",
+        "TARGET",
+        "CANDIDATE",
+        "STEP",
+        "STATUS"
     );
     for r in records {
         let status = match &r.status {
@@ -665,7 +682,7 @@ fn print_records(records: &[RolloutRecord]) {
             RolloutStatus::RollbackFailed { .. } => "ROLLBACK FAILED".to_owned(),
             RolloutStatus::NoChange => "no change".to_owned(),
         };
-        println!(
+        out!(
             "{:<44} {:<14} {:<18} {:>2}/{:<2}  {:<16} {}",
             r.id,
             r.target,
@@ -676,7 +693,7 @@ fn print_records(records: &[RolloutRecord]) {
             r.plan.candidate.artifact.digest
         );
         if let RolloutStatus::RolledBack { cause } | RolloutStatus::RollingBack { cause } = &r.status {
-            println!("{:<44} cause: {cause}", "");
+            out!("{:<44} cause: {cause}", "");
         }
     }
 }
@@ -697,7 +714,7 @@ fn verify_audit(path: &Path) -> Outcome<()> {
         })
         .collect::<Outcome<Vec<_>>>()?;
     let head = relay::verify_chain(&entries, None).map_err(|e| Failure(1, format!("{}: {e}", path.display())))?;
-    println!(
+    out!(
         "{}: {} entries, chain intact (head {} {})",
         path.display(),
         entries.len(),
@@ -718,7 +735,7 @@ async fn show_progress(plan: &Plan, mut events: RolloutEvents) {
         if tty {
             let _ = bars.println(line);
         } else {
-            println!("{line}");
+            out!("{line}");
         }
     };
     while let Some(e) = events.next().await {
@@ -732,7 +749,7 @@ async fn show_progress(plan: &Plan, mut events: RolloutEvents) {
                 }
                 let label = format!("step {:>2} {description}", index + 1);
                 if !tty {
-                    println!("{label}");
+                    out!("{label}");
                     continue;
                 }
                 let (bar, ticker) = match plan.steps.get(index) {

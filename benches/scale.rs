@@ -1,0 +1,283 @@
+//! Scale: many simulated canaries in one process, memory per rollout,
+//! scheduling lag, and memory over a long run (issue 9).
+//!
+//! ```text
+//! cargo bench --bench scale -- virtual 10000     # N concurrent canaries, virtual time
+//! cargo bench --bench scale -- realtime 10000    # N concurrent canaries, multi-thread runtime, real time
+//! cargo bench --bench scale -- sequential 1000000  # M rollouts one after another, RSS sampled
+//! cargo bench --bench scale -- --test            # all three, tiny (CI)
+//! ```
+//!
+//! Every canary is ten steps (five weights, each followed by an analysis);
+//! one in ten candidates fails 20% of requests and must be rolled back, the
+//! others promoted: a wrong outcome aborts the run. RSS comes from
+//! `/proc/self/status`, sampled every 5 ms by a thread of its own.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
+use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
+use relay::{AnalysisSpec, Check, EngineConfig, EventKind, Outcome, Relay, Release, RolloutSpec};
+
+/// Resident set size now, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Samples RSS every 5 ms until dropped; `peak()` is the highest seen.
+struct Sampler {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start() -> Self {
+        let (peak, stop) = (Arc::new(AtomicU64::new(rss_kib())), Arc::new(AtomicBool::new(false)));
+        let (p, s) = (peak.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(rss_kib(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Sampler {
+            peak,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.fetch_max(rss_kib(), Ordering::Relaxed).max(rss_kib())
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn canary(interval: Duration, count: u32) -> CanaryStrategy {
+    let check = Check::new(
+        "errors",
+        metrics::ERROR_RATE,
+        ThresholdJudge::below(0.05).min_samples(1),
+    );
+    let analysis = AnalysisSpec::new(vec![check]).every(interval, count);
+    let mut c = CanaryStrategy::new();
+    for w in [10, 25, 50, 75, 100] {
+        c = c.set_weight(w).analyze(analysis.clone());
+    }
+    c
+}
+
+/// An engine over `n` simulated targets `t0..`, each with v1 stable and its
+/// own probe; every tenth target's v2 fails 20% of requests.
+async fn fleet(n: usize, readiness: Duration, config: EngineConfig) -> Relay {
+    let artifacts = Arc::new(MemoryArtifactStore::new());
+    artifacts.push("app", "v1", b"1", Default::default());
+    let v2 = artifacts.push("app", "v2", b"2", Default::default());
+    let behavior = RevisionBehavior {
+        readiness_delay: readiness,
+        ..RevisionBehavior::healthy()
+    };
+    let mut b = Relay::builder().artifacts(artifacts).config(config);
+    for i in 0..n {
+        let t = Arc::new(
+            SimTarget::new(format!("t{i}"))
+                .seed(i as u64)
+                .default_behavior(behavior.clone()),
+        );
+        if i % 10 == 9 {
+            t.behavior(&v2.digest, RevisionBehavior::failing(0.2));
+        }
+        b = b
+            .target(t.clone())
+            .probe_for(format!("t{i}"), Arc::new(SimProbe::new(t)));
+    }
+    let relay = b.build().unwrap();
+    for i in 0..n {
+        let spec = RolloutSpec::new(
+            format!("t{i}"),
+            Release::new("app:v1".parse().unwrap()).replicas(4),
+            AllAtOnce,
+        );
+        assert!(relay.start(spec).await.unwrap().wait().await.unwrap().is_success());
+    }
+    relay
+}
+
+fn check(i: usize, outcome: &Outcome) {
+    let want_rollback = i % 10 == 9;
+    match outcome {
+        Outcome::Promoted { .. } if !want_rollback => {}
+        Outcome::RolledBack { .. } if want_rollback => {}
+        other => panic!("target t{i}: wrong outcome {other}"),
+    }
+}
+
+/// `n` canaries at once; returns (per-rollout KiB, lag p50/p99/max ms).
+async fn concurrent(n: usize, interval: Duration, count: u32, readiness: Duration) -> (f64, [u64; 3]) {
+    let config = EngineConfig {
+        poll_interval: Duration::from_millis(100),
+        event_buffer: 64,
+        ..Default::default()
+    };
+    let relay = fleet(n, readiness, config).await;
+    let baseline = rss_kib();
+    let sampler = Sampler::start();
+    let strategy = canary(interval, count);
+    let started = Instant::now();
+    let mut waits = Vec::with_capacity(n);
+    for i in 0..n {
+        let spec = RolloutSpec::new(
+            format!("t{i}"),
+            Release::new("app:v2".parse().unwrap()).replicas(4),
+            strategy.clone(),
+        );
+        let handle = relay.start(spec).await.unwrap();
+        let mut events = handle.events();
+        let lag = tokio::spawn(async move {
+            // Lag of each measurement: when its verdict came, against one
+            // interval after the previous measurement (or the step start).
+            let (mut last, mut lags) = (None, Vec::new());
+            while let Some(e) = events.next().await {
+                match e.kind {
+                    EventKind::StepStarted { .. } => last = Some(e.at_ms),
+                    EventKind::Verdict { .. } => {
+                        if let Some(l) = last {
+                            lags.push((e.at_ms - l - interval.as_millis() as i64).max(0) as u64);
+                        }
+                        last = Some(e.at_ms);
+                    }
+                    EventKind::Finished { .. } => break,
+                    _ => {}
+                }
+            }
+            lags
+        });
+        waits.push((i, handle, lag));
+    }
+    let mut lags = Vec::new();
+    for (i, handle, lag) in waits {
+        check(i, &handle.wait().await.unwrap());
+        lags.extend(lag.await.unwrap());
+    }
+    let peak = sampler.peak();
+    drop(sampler);
+    lags.sort_unstable();
+    let pct = |p: f64| {
+        lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let per = (peak.saturating_sub(baseline)) as f64 / n as f64;
+    eprintln!(
+        "{n} concurrent canaries: {:.1} s wall, RSS {baseline} KiB before, peak {peak} KiB: {per:.1} KiB per rollout; {} measurements, lag p50 {} ms, p99 {} ms, max {} ms",
+        started.elapsed().as_secs_f64(),
+        lags.len(),
+        pct(0.5),
+        pct(0.99),
+        lags.last().copied().unwrap_or(0)
+    );
+    (per, [pct(0.5), pct(0.99), lags.last().copied().unwrap_or(0)])
+}
+
+/// `m` canaries one after another on one target, RSS every `every`.
+async fn sequential(m: usize, every: usize) -> Vec<u64> {
+    let relay = fleet(1, Duration::ZERO, EngineConfig::default()).await;
+    let strategy = canary(Duration::from_secs(60), 2);
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    for k in 0..m {
+        // Alternate v2 and v1 so every rollout changes something.
+        let tag = if k % 2 == 0 { "app:v2" } else { "app:v1" };
+        let spec = RolloutSpec::new("t0", Release::new(tag.parse().unwrap()).replicas(4), strategy.clone());
+        let outcome = relay.start(spec).await.unwrap().wait().await.unwrap();
+        assert!(outcome.is_success(), "rollout {k}: {outcome}");
+        if (k + 1) % every == 0 {
+            samples.push(rss_kib());
+            eprintln!(
+                "{:>9} rollouts: RSS {} KiB ({:.0} s)",
+                k + 1,
+                rss_kib(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    samples
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let test = args.iter().any(|a| a == "--test");
+    let arg = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let multi = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let mode = if test {
+        "test"
+    } else {
+        args.first().map(String::as_str).unwrap_or("virtual")
+    };
+    match mode {
+        "virtual" => {
+            paused().block_on(concurrent(
+                arg(1, 10_000),
+                Duration::from_secs(60),
+                12,
+                Duration::from_secs(5),
+            ));
+        }
+        "realtime" => {
+            multi().block_on(concurrent(
+                arg(1, 10_000),
+                Duration::from_millis(500),
+                2,
+                Duration::from_millis(50),
+            ));
+        }
+        "sequential" => {
+            let m = arg(1, 1_000_000);
+            let samples = paused().block_on(sequential(m, (m / 10).max(1)));
+            let after_warmup = &samples[1.min(samples.len() - 1)..];
+            let (lo, hi) = (
+                *after_warmup.iter().min().unwrap() as f64,
+                *after_warmup.iter().max().unwrap() as f64,
+            );
+            eprintln!(
+                "RSS after warm-up: {lo} to {hi} KiB ({:+.1}% spread)",
+                (hi - lo) / lo * 100.0
+            );
+        }
+        "test" => {
+            paused().block_on(concurrent(50, Duration::from_secs(60), 2, Duration::from_secs(5)));
+            multi().block_on(concurrent(20, Duration::from_millis(50), 2, Duration::from_millis(5)));
+            paused().block_on(sequential(200, 100));
+        }
+        other => panic!("unknown mode {other:?}: virtual, realtime, sequential or --test"),
+    }
+}
