@@ -86,7 +86,7 @@ fn canary(interval: Duration, count: u32) -> CanaryStrategy {
 
 /// An engine over `n` simulated targets `t0..`, each with v1 stable and its
 /// own probe; every tenth target's v2 fails 20% of requests.
-async fn fleet(n: usize, readiness: Duration, config: EngineConfig) -> Relay {
+async fn fleet(n: usize, readiness: Duration, config: EngineConfig, stores: Option<&std::path::Path>) -> Relay {
     let artifacts = Arc::new(MemoryArtifactStore::new());
     artifacts.push("app", "v1", b"1", Default::default());
     let v2 = artifacts.push("app", "v2", b"2", Default::default());
@@ -95,6 +95,15 @@ async fn fleet(n: usize, readiness: Duration, config: EngineConfig) -> Relay {
         ..RevisionBehavior::healthy()
     };
     let mut b = Relay::builder().artifacts(artifacts).config(config);
+    if let Some(dir) = stores {
+        b = b
+            .state(Arc::new(relay::FileStateStore::open(dir.join("state")).unwrap()))
+            .audit(Arc::new(
+                relay::JsonlAuditSink::open(dir.join("audit.jsonl"))
+                    .unwrap()
+                    .sync_each_append(false),
+            ));
+    }
     for i in 0..n {
         let t = Arc::new(
             SimTarget::new(format!("t{i}"))
@@ -136,7 +145,7 @@ async fn concurrent(n: usize, interval: Duration, count: u32, readiness: Duratio
         event_buffer: 64,
         ..Default::default()
     };
-    let relay = fleet(n, readiness, config).await;
+    let relay = fleet(n, readiness, config, None).await;
     let baseline = rss_kib();
     let sampler = Sampler::start();
     let strategy = canary(interval, count);
@@ -196,9 +205,12 @@ async fn concurrent(n: usize, interval: Duration, count: u32, readiness: Duratio
     (per, [pct(0.5), pct(0.99), lags.last().copied().unwrap_or(0)])
 }
 
-/// `m` canaries one after another on one target, RSS every `every`.
+/// `m` canaries one after another on one target, RSS every `every`. State
+/// and audit go to files (the in-memory stores keep every record and entry
+/// by design), so what grows in memory is the engine's own.
 async fn sequential(m: usize, every: usize) -> Vec<u64> {
-    let relay = fleet(1, Duration::ZERO, EngineConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = fleet(1, Duration::ZERO, EngineConfig::default(), Some(dir.path())).await;
     let strategy = canary(Duration::from_secs(60), 2);
     let mut samples = Vec::new();
     let started = Instant::now();

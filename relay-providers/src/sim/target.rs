@@ -63,6 +63,17 @@ impl RevisionBehavior {
     }
 }
 
+/// How many traffic splits [`SimTarget::traffic_history`] keeps.
+pub const HISTORY_LIMIT: usize = 4096;
+
+fn push_history(history: &mut Vec<TrafficSplit>, split: TrafficSplit) {
+    history.push(split);
+    // Trimmed in chunks, so a full history costs one shift per 4,096 pushes.
+    if history.len() >= 2 * HISTORY_LIMIT {
+        history.drain(..history.len() - HISTORY_LIMIT);
+    }
+}
+
 #[derive(Debug)]
 struct SimRevision {
     /// What it runs, as `describe` reports it.
@@ -214,7 +225,9 @@ impl SimTarget {
         }
     }
 
-    /// Every traffic split set so far, in order.
+    /// The traffic splits set so far, in order: at least the last
+    /// [`HISTORY_LIMIT`] of them (older ones are dropped, so a long-lived
+    /// target does not grow without bound).
     pub fn traffic_history(&self) -> Vec<TrafficSplit> {
         lock(&self.state).history.clone()
     }
@@ -347,7 +360,7 @@ impl SimTarget {
         Self::set_replicas(&mut rev, old.desired, Instant::now());
         st.revisions.insert(id.clone(), rev);
         st.traffic = TrafficSplit::all(id);
-        st.history.push(st.traffic.clone());
+        push_history(&mut st.history, st.traffic.clone());
         st.mutations += 1;
         Ok(())
     }
@@ -413,7 +426,7 @@ impl Target for SimTarget {
             Self::replace_current(&mut st);
             st.replaced.remove(&revision.id);
             st.traffic = TrafficSplit::all(&revision.id);
-            st.history.push(TrafficSplit::all(&revision.id));
+            push_history(&mut st.history, TrafficSplit::all(&revision.id));
         }
         if !st.revisions.contains_key(&revision.id) && st.revisions.len() as u32 >= self.capabilities.max_revisions {
             return Err(Error::Conflict {
@@ -471,7 +484,7 @@ impl Target for SimTarget {
         }
         if &st.traffic != split {
             st.traffic = split.clone();
-            st.history.push(split.clone());
+            push_history(&mut st.history, split.clone());
             st.mutations += 1;
         }
         Ok(())
