@@ -239,6 +239,17 @@ fn regions(order: WaveOrder) -> (Relay, Pipeline, Arc<MemoryAuditSink>, Arc<SimT
     (relay, pipeline, audit, eu, us)
 }
 
+/// Deploy `artifact` to the pipeline's first environment and wait for the
+/// wave's end.
+async fn deployed(p: &Pipeline, relay: &Relay, artifact: &str) -> relay::WaveReport {
+    p.deploy(relay, artifact.parse().unwrap())
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+}
+
 async fn stable_of(t: &SimTarget) -> relay::RevisionId {
     relay::Target::observe(t).await.unwrap().stable.unwrap()
 }
@@ -256,25 +267,12 @@ async fn actions(audit: &MemoryAuditSink) -> Vec<(String, String)> {
 #[tokio::test(start_paused = true)]
 async fn a_sequential_wave_reverts_the_first_region_when_the_second_fails() {
     let (relay, p, audit, eu, us) = regions(WaveOrder::Sequential);
-    let tag = |t: &str| t.parse::<ArtifactRef>().unwrap();
-    let report = p
-        .deploy(&relay, tag("shop/web:v1"))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = deployed(&p, &relay, "shop/web:v1").await;
     assert!(report.is_success(), "{report:?}");
     let v1_eu = stable_of(&eu).await;
     let v1_us = stable_of(&us).await;
 
-    let report = p
-        .deploy(&relay, tag("shop/web:v3"))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = deployed(&p, &relay, "shop/web:v3").await;
     let WaveStatus::Failed { target, cause } = &report.status else {
         panic!("{report:?}")
     };
@@ -313,25 +311,11 @@ async fn a_sequential_wave_reverts_the_first_region_when_the_second_fails() {
 #[tokio::test(start_paused = true)]
 async fn a_parallel_wave_promotes_nowhere_until_every_region_passed_and_then_everywhere() {
     let (relay, p, audit, eu, us) = regions(WaveOrder::Parallel);
-    let tag = |t: &str| t.parse::<ArtifactRef>().unwrap();
-    assert!(p
-        .deploy(&relay, tag("shop/web:v1"))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap()
-        .is_success());
+    assert!(deployed(&p, &relay, "shop/web:v1").await.is_success());
     let v1 = stable_of(&eu).await;
 
     // v2 is good in both regions: both hold at the wave gate, then promote.
-    let report = p
-        .deploy(&relay, tag("shop/web:v2"))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = deployed(&p, &relay, "shop/web:v2").await;
     assert!(report.is_success(), "{report:?}");
     assert_ne!(stable_of(&eu).await, v1);
     assert_eq!(stable_of(&eu).await, stable_of(&us).await);
@@ -355,13 +339,7 @@ async fn a_parallel_wave_promotes_nowhere_until_every_region_passed_and_then_eve
 
     // v3 fails in us: eu, still before promotion, is aborted and rolls back.
     let v2 = stable_of(&eu).await;
-    let report = p
-        .deploy(&relay, tag("shop/web:v3"))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = deployed(&p, &relay, "shop/web:v3").await;
     assert!(
         matches!(&report.status, WaveStatus::Failed { target, .. } if target == "web-us"),
         "{report:?}"
@@ -393,14 +371,7 @@ async fn a_bad_wave_changes_nothing_and_an_aborted_one_rolls_back_and_starts_no_
     let e = relay.start_wave(twice).await.unwrap_err();
     assert!(e.to_string().contains("wave.targets[1]"), "{e}");
 
-    assert!(p
-        .deploy(&relay, tag("shop/web:v1"))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap()
-        .is_success());
+    assert!(deployed(&p, &relay, "shop/web:v1").await.is_success());
     let v1 = stable_of(&eu).await;
     // Abort v2 while the first region is in its canary.
     let wave = p.deploy(&relay, tag("shop/web:v2")).await.unwrap();
