@@ -10,7 +10,9 @@
 //!
 //! Every canary is ten steps (five weights, each followed by an analysis);
 //! one in ten candidates fails 20% of requests and must be rolled back, the
-//! others promoted: a wrong outcome aborts the run. RSS comes from
+//! others promoted: a wrong outcome aborts the run. The concurrent runs keep
+//! state in memory and append audit to a file (`RELAY_SCALE_STORES=memory`
+//! keeps audit in memory too, where every entry stays). RSS comes from
 //! `/proc/self/status`, sampled every 5 ms by a thread of its own.
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -86,7 +88,20 @@ fn canary(interval: Duration, count: u32) -> CanaryStrategy {
 
 /// An engine over `n` simulated targets `t0..`, each with v1 stable and its
 /// own probe; every tenth target's v2 fails 20% of requests.
-async fn fleet(n: usize, readiness: Duration, config: EngineConfig, stores: Option<&std::path::Path>) -> Relay {
+/// Where an engine keeps state and audit.
+#[derive(Clone, Copy)]
+enum Stores<'a> {
+    /// Both in memory (they keep every record and entry: they grow with
+    /// every rollout by design).
+    Memory,
+    /// State in memory, audit appended to a file in the directory (not
+    /// synced per entry), as a long-running service would keep it.
+    AuditFile(&'a std::path::Path),
+    /// Both in files in the directory.
+    Files(&'a std::path::Path),
+}
+
+async fn fleet(n: usize, readiness: Duration, config: EngineConfig, stores: Stores<'_>) -> Relay {
     let artifacts = Arc::new(MemoryArtifactStore::new());
     artifacts.push("app", "v1", b"1", Default::default());
     let v2 = artifacts.push("app", "v2", b"2", Default::default());
@@ -95,14 +110,21 @@ async fn fleet(n: usize, readiness: Duration, config: EngineConfig, stores: Opti
         ..RevisionBehavior::healthy()
     };
     let mut b = Relay::builder().artifacts(artifacts).config(config);
-    if let Some(dir) = stores {
-        b = b
-            .state(Arc::new(relay::FileStateStore::open(dir.join("state")).unwrap()))
-            .audit(Arc::new(
-                relay::JsonlAuditSink::open(dir.join("audit.jsonl"))
-                    .unwrap()
-                    .sync_each_append(false),
-            ));
+    let audit_file = |dir: &std::path::Path| {
+        Arc::new(
+            relay::JsonlAuditSink::open(dir.join("audit.jsonl"))
+                .unwrap()
+                .sync_each_append(false),
+        )
+    };
+    match stores {
+        Stores::Memory => {}
+        Stores::AuditFile(dir) => b = b.audit(audit_file(dir)),
+        Stores::Files(dir) => {
+            b = b
+                .state(Arc::new(relay::FileStateStore::open(dir.join("state")).unwrap()))
+                .audit(audit_file(dir));
+        }
     }
     for i in 0..n {
         let t = Arc::new(
@@ -142,10 +164,19 @@ fn check(i: usize, outcome: &Outcome) {
 async fn concurrent(n: usize, interval: Duration, count: u32, readiness: Duration) -> (f64, [u64; 3]) {
     let config = EngineConfig {
         poll_interval: Duration::from_millis(100),
-        event_buffer: 64,
+        event_buffer: std::env::var("RELAY_SCALE_EVENT_BUFFER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64),
         ..Default::default()
     };
-    let relay = fleet(n, readiness, config, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stores = if std::env::var("RELAY_SCALE_STORES").as_deref() == Ok("memory") {
+        Stores::Memory
+    } else {
+        Stores::AuditFile(dir.path())
+    };
+    let relay = fleet(n, readiness, config, stores).await;
     let baseline = rss_kib();
     let sampler = Sampler::start();
     let strategy = canary(interval, count);
@@ -210,7 +241,7 @@ async fn concurrent(n: usize, interval: Duration, count: u32, readiness: Duratio
 /// by design), so what grows in memory is the engine's own.
 async fn sequential(m: usize, every: usize) -> Vec<u64> {
     let dir = tempfile::tempdir().unwrap();
-    let relay = fleet(1, Duration::ZERO, EngineConfig::default(), Some(dir.path())).await;
+    let relay = fleet(1, Duration::ZERO, EngineConfig::default(), Stores::Files(dir.path())).await;
     let strategy = canary(Duration::from_secs(60), 2);
     let mut samples = Vec::new();
     let started = Instant::now();

@@ -59,7 +59,9 @@ async fn world(seed: u64, rps: f64, candidate: RevisionBehavior) -> (World, rela
 
 fn failing_check(events: &[relay::RolloutEvent]) -> Option<relay::Verdict> {
     events.iter().find_map(|e| match &e.kind {
-        EventKind::Verdict { verdict } if verdict.judgement.outcome == VerdictOutcome::Fail => Some(verdict.clone()),
+        EventKind::Verdict { verdict } if verdict.judgement.outcome == VerdictOutcome::Fail => {
+            Some((**verdict).clone())
+        }
         _ => None,
     })
 }

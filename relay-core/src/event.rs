@@ -103,8 +103,10 @@ pub enum EventKind {
     },
     /// An analysis measurement was judged.
     Verdict {
-        /// The verdict with its numbers.
-        verdict: Verdict,
+        /// The verdict with its numbers (boxed: it is by far the largest
+        /// event, and every slot of a rollout's event buffer is as large as
+        /// the largest event).
+        verdict: Box<Verdict>,
     },
     /// A gate is holding the rollout.
     GateWaiting {

@@ -610,7 +610,7 @@ async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate
                     .await
                     .unwrap();
             }
-            EventKind::Verdict { verdict } => verdicts.push(verdict),
+            EventKind::Verdict { verdict } => verdicts.push(*verdict),
             EventKind::Finished { .. } => break,
             _ => {}
         }

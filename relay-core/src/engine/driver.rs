@@ -739,7 +739,7 @@ impl Driver {
                 self.audit_or_stop("analysis.verdict", serde_json::to_value(&verdict).unwrap_or_default())
                     .await?;
                 self.emit(EventKind::Verdict {
-                    verdict: verdict.clone(),
+                    verdict: Box::new(verdict.clone()),
                 });
                 if check.dry_run {
                     continue;
