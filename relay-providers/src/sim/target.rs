@@ -63,8 +63,8 @@ impl RevisionBehavior {
     }
 }
 
-/// How many traffic splits [`SimTarget::traffic_history`] keeps.
-pub const HISTORY_LIMIT: usize = 4096;
+/// How many traffic splits [`SimTarget::traffic_history`] keeps at least.
+const HISTORY_LIMIT: usize = 4096;
 
 fn push_history(history: &mut Vec<TrafficSplit>, split: TrafficSplit) {
     history.push(split);
@@ -225,9 +225,9 @@ impl SimTarget {
         }
     }
 
-    /// The traffic splits set so far, in order: at least the last
-    /// [`HISTORY_LIMIT`] of them (older ones are dropped, so a long-lived
-    /// target does not grow without bound).
+    /// The traffic splits set so far, in order: at least the last 4,096 of
+    /// them (older ones are dropped, so a long-lived target does not grow
+    /// without bound).
     pub fn traffic_history(&self) -> Vec<TrafficSplit> {
         lock(&self.state).history.clone()
     }
