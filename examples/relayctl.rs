@@ -155,22 +155,26 @@ async fn run(args: &Args) -> Outcome<()> {
             .ok_or_else(|| usage(format!("missing {what}; run without arguments for help")))
     };
     let by = || args.options.get("by").cloned().unwrap_or_else(whoami);
+    let Some(command) = args.words.first() else {
+        out!("{}", HELP.trim());
+        return Ok(());
+    };
     let ctl = Ctl::open(&args.dir, args.virtual_time)?;
-    match args.words.first().map(String::as_str) {
-        Some("plan") => ctl.plan(Path::new(word(1, "spec file")?)).await,
-        Some("apply") => ctl.apply(Path::new(word(1, "spec file")?)).await,
-        Some("status") => ctl.status(args.words.get(1).map(String::as_str)).await,
-        Some("history") => ctl.history(word(1, "target")?).await,
-        Some("deploy") => {
+    match command.as_str() {
+        "plan" => ctl.plan(Path::new(word(1, "spec file")?)).await,
+        "apply" => ctl.apply(Path::new(word(1, "spec file")?)).await,
+        "status" => ctl.status(args.words.get(1).map(String::as_str)).await,
+        "history" => ctl.history(word(1, "target")?).await,
+        "deploy" => {
             let artifact = word(2, "artifact")?.parse::<ArtifactRef>()?;
             ctl.deploy(Path::new(word(1, "pipeline file")?), artifact).await
         }
-        Some("promote") => {
+        "promote" => {
             let digest = Digest::parse_at("digest", word(2, "digest")?)?;
             ctl.promote(Path::new(word(1, "pipeline file")?), &digest, word(3, "environment")?)
                 .await
         }
-        Some(c @ ("approve" | "reject")) => {
+        c @ ("approve" | "reject") => {
             let comment = args.options.get("comment").cloned().unwrap_or_default();
             let command = Inbox::Decide {
                 gate: word(2, "gate")?.to_owned(),
@@ -180,8 +184,8 @@ async fn run(args: &Args) -> Outcome<()> {
             };
             ctl.send(word(1, "rollout id")?, &command).await
         }
-        Some("resume") => ctl.send(word(1, "rollout id")?, &Inbox::Resume { by: by() }).await,
-        Some("abort") => {
+        "resume" => ctl.send(word(1, "rollout id")?, &Inbox::Resume { by: by() }).await,
+        "abort" => {
             let reason = args
                 .options
                 .get("reason")
@@ -190,15 +194,11 @@ async fn run(args: &Args) -> Outcome<()> {
             ctl.send(word(1, "rollout id")?, &Inbox::Abort { by: by(), reason })
                 .await
         }
-        Some("verify-audit") => {
+        "verify-audit" => {
             let path = args.words.get(1).map_or_else(|| ctl.audit_path(), PathBuf::from);
             verify_audit(&path)
         }
-        Some(other) => Err(usage(format!("unknown command {other:?}"))),
-        None => {
-            out!("{}", HELP.trim());
-            Ok(())
-        }
+        other => Err(usage(format!("unknown command {other:?}"))),
     }
 }
 
