@@ -159,19 +159,21 @@ async fn run(args: &Args) -> Outcome<()> {
         out!("{}", HELP.trim());
         return Ok(());
     };
-    let ctl = Ctl::open(&args.dir, args.virtual_time)?;
+    // Opened only for a known command: help and usage errors touch nothing.
+    let ctl = || Ctl::open(&args.dir, args.virtual_time);
     match command.as_str() {
-        "plan" => ctl.plan(Path::new(word(1, "spec file")?)).await,
-        "apply" => ctl.apply(Path::new(word(1, "spec file")?)).await,
-        "status" => ctl.status(args.words.get(1).map(String::as_str)).await,
-        "history" => ctl.history(word(1, "target")?).await,
+        "plan" => ctl()?.plan(Path::new(word(1, "spec file")?)).await,
+        "apply" => ctl()?.apply(Path::new(word(1, "spec file")?)).await,
+        "status" => ctl()?.status(args.words.get(1).map(String::as_str)).await,
+        "history" => ctl()?.history(word(1, "target")?).await,
         "deploy" => {
             let artifact = word(2, "artifact")?.parse::<ArtifactRef>()?;
-            ctl.deploy(Path::new(word(1, "pipeline file")?), artifact).await
+            ctl()?.deploy(Path::new(word(1, "pipeline file")?), artifact).await
         }
         "promote" => {
             let digest = Digest::parse_at("digest", word(2, "digest")?)?;
-            ctl.promote(Path::new(word(1, "pipeline file")?), &digest, word(3, "environment")?)
+            ctl()?
+                .promote(Path::new(word(1, "pipeline file")?), &digest, word(3, "environment")?)
                 .await
         }
         c @ ("approve" | "reject") => {
@@ -182,20 +184,21 @@ async fn run(args: &Args) -> Outcome<()> {
                 comment,
                 approved: c == "approve",
             };
-            ctl.send(word(1, "rollout id")?, &command).await
+            ctl()?.send(word(1, "rollout id")?, &command).await
         }
-        "resume" => ctl.send(word(1, "rollout id")?, &Inbox::Resume { by: by() }).await,
+        "resume" => ctl()?.send(word(1, "rollout id")?, &Inbox::Resume { by: by() }).await,
         "abort" => {
             let reason = args
                 .options
                 .get("reason")
                 .cloned()
                 .unwrap_or_else(|| "aborted with relayctl".into());
-            ctl.send(word(1, "rollout id")?, &Inbox::Abort { by: by(), reason })
+            ctl()?
+                .send(word(1, "rollout id")?, &Inbox::Abort { by: by(), reason })
                 .await
         }
         "verify-audit" => {
-            let path = args.words.get(1).map_or_else(|| ctl.audit_path(), PathBuf::from);
+            let path = args.words.get(1).map_or_else(|| audit_file(&args.dir), PathBuf::from);
             verify_audit(&path)
         }
         other => Err(usage(format!("unknown command {other:?}"))),
@@ -291,6 +294,11 @@ impl ArtifactStore for SimRegistry {
     }
 }
 
+/// The audit log in state directory `dir`.
+fn audit_file(dir: &Path) -> PathBuf {
+    dir.join("audit.jsonl")
+}
+
 struct Ctl {
     dir: PathBuf,
     state: Arc<FileStateStore>,
@@ -307,7 +315,7 @@ impl Ctl {
     }
 
     fn audit_path(&self) -> PathBuf {
-        self.dir.join("audit.jsonl")
+        audit_file(&self.dir)
     }
 
     fn inbox(&self, rollout: &str) -> PathBuf {
