@@ -594,32 +594,6 @@ impl SpecFile {
             provider,
         })
     }
-
-    /// Parse a YAML spec.
-    ///
-    /// # Errors
-    /// [`Error::InvalidSpec`] at the path of the problem (`spec` for YAML
-    /// that does not parse, with its line and column).
-    pub fn from_yaml(text: &str) -> Result<Self> {
-        Self::from_value(yaml(text)?)
-    }
-
-    /// Parse a TOML spec.
-    ///
-    /// # Errors
-    /// As [`SpecFile::from_yaml`].
-    pub fn from_toml(text: &str) -> Result<Self> {
-        Self::from_value(toml_value(text)?)
-    }
-
-    /// Read a spec file, YAML (`.yaml`, `.yml`) or TOML (`.toml`).
-    ///
-    /// # Errors
-    /// As [`SpecFile::from_yaml`], and for a file that cannot be read or
-    /// has another extension.
-    pub fn load(path: &std::path::Path) -> Result<Self> {
-        Self::from_value(read(path)?)
-    }
 }
 
 /// A parsed pipeline file: environments in order, each with its targets,
@@ -651,33 +625,48 @@ impl PipelineFile {
             pipeline: typed::<PipelineDoc>(value)?.pipeline()?,
         })
     }
-
-    /// Parse a YAML pipeline.
-    ///
-    /// # Errors
-    /// [`Error::InvalidSpec`] at the path of the problem
-    /// (`environments[1].strategy.canary.steps[0].set_weight`).
-    pub fn from_yaml(text: &str) -> Result<Self> {
-        Self::from_value(yaml(text)?)
-    }
-
-    /// Parse a TOML pipeline.
-    ///
-    /// # Errors
-    /// As [`PipelineFile::from_yaml`].
-    pub fn from_toml(text: &str) -> Result<Self> {
-        Self::from_value(toml_value(text)?)
-    }
-
-    /// Read a pipeline file, YAML or TOML by extension.
-    ///
-    /// # Errors
-    /// As [`PipelineFile::from_yaml`], and for a file that cannot be read
-    /// or has another extension.
-    pub fn load(path: &std::path::Path) -> Result<Self> {
-        Self::from_value(read(path)?)
-    }
 }
+
+/// The YAML, TOML and file loaders of a document type with a
+/// `from_value` (one set of loaders, documented once, for every file kind).
+macro_rules! loaders {
+    ($ty:ident, $what:literal, $example_path:literal) => {
+        impl $ty {
+            #[doc = concat!("Parse a YAML ", $what, ".")]
+            ///
+            /// # Errors
+            #[doc = concat!("[`Error::InvalidSpec`] at the path of the problem (`", $example_path, "`; `spec` for a")]
+            /// document that does not parse, with its line and column).
+            pub fn from_yaml(text: &str) -> Result<Self> {
+                Self::from_value(yaml(text)?)
+            }
+
+            #[doc = concat!("Parse a TOML ", $what, ".")]
+            ///
+            /// # Errors
+            #[doc = concat!("As [`", stringify!($ty), "::from_yaml`].")]
+            pub fn from_toml(text: &str) -> Result<Self> {
+                Self::from_value(toml_value(text)?)
+            }
+
+            #[doc = concat!("Read a ", $what, " file, YAML (`.yaml`, `.yml`) or TOML (`.toml`).")]
+            ///
+            /// # Errors
+            #[doc = concat!("As [`", stringify!($ty), "::from_yaml`], and for a file that cannot be read or")]
+            /// has another extension.
+            pub fn load(path: &std::path::Path) -> Result<Self> {
+                Self::from_value(read(path)?)
+            }
+        }
+    };
+}
+
+loaders!(SpecFile, "rollout spec", "strategy.canary.steps[0].weight");
+loaders!(
+    PipelineFile,
+    "pipeline",
+    "environments[1].strategy.canary.steps[0].weight"
+);
 
 #[cfg(test)]
 mod tests {
