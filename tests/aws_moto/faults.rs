@@ -14,7 +14,7 @@ use relay::providers::sim::{MemoryArtifactStore, RevisionBehavior, SimTarget};
 use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, EngineConfig, Outcome, Relay, Release, RolloutSpec};
 
-use crate::fault_proxy::{fast_retry, timed, FaultProxy};
+use crate::fault_proxy::{ended, fast_retry, timed, FaultProxy};
 use crate::support::{config, config_for, endpoint, unique, PLANTED};
 
 fn artifacts() -> Arc<MemoryArtifactStore> {
@@ -115,22 +115,15 @@ async fn an_emulator_that_hangs_mid_analysis_rolls_the_canary_back_in_bounded_ti
     let canary = CanaryStrategy::new().set_weight(50).analyze(analysis);
     proxy.hang();
     let started = Instant::now();
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(60),
-        relay
-            .start(RolloutSpec::new(
-                "web",
-                Release::new("shop/web:v2".parse().unwrap()),
-                canary,
-            ))
-            .await
-            .unwrap()
-            .wait(),
-    )
-    .await
-    .expect("never silently stuck")
-    .unwrap();
-    let took = started.elapsed();
+    let rollout = relay
+        .start(RolloutSpec::new(
+            "web",
+            Release::new("shop/web:v2".parse().unwrap()),
+            canary,
+        ))
+        .await
+        .unwrap();
+    let (outcome, took) = ended(rollout.wait(), started).await;
     match &outcome {
         Outcome::RolledBack { cause } => assert!(cause.contains("probe errors"), "{cause}"),
         other => panic!("{other}"),

@@ -304,3 +304,17 @@ pub async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, std::time:
     let r = f.await;
     (r, start.elapsed())
 }
+
+/// How a rollout ended, and the wall time from `since` (a fault injected on
+/// a real server) to that end. Panics after a minute: a rollout must never
+/// be silently stuck.
+pub async fn ended(
+    rollout: impl std::future::Future<Output = relay::Result<relay::Outcome>>,
+    since: std::time::Instant,
+) -> (relay::Outcome, std::time::Duration) {
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), rollout)
+        .await
+        .expect("never silently stuck")
+        .unwrap();
+    (outcome, since.elapsed())
+}
