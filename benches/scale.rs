@@ -162,13 +162,14 @@ fn check(i: usize, outcome: &Outcome) {
 
 /// `n` canaries at once; returns (per-rollout KiB, lag p50/p99/max ms).
 async fn concurrent(n: usize, interval: Duration, count: u32, readiness: Duration) -> (f64, [u64; 3]) {
+    let defaults = EngineConfig::default();
     let config = EngineConfig {
         poll_interval: Duration::from_millis(100),
         event_buffer: std::env::var("RELAY_SCALE_EVENT_BUFFER")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(64),
-        ..Default::default()
+            .unwrap_or(defaults.event_buffer),
+        ..defaults
     };
     let dir = tempfile::tempdir().unwrap();
     let stores = if std::env::var("RELAY_SCALE_STORES").as_deref() == Ok("memory") {

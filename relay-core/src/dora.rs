@@ -116,7 +116,11 @@ mod tests {
         r.updated_ms = at;
         if let Some(c) = created {
             let t = jiff::Timestamp::from_millisecond(c).unwrap().to_string();
-            r.plan.candidate.artifact.metadata.insert(CREATED_AT_METADATA.into(), t);
+            std::sync::Arc::make_mut(&mut r.plan)
+                .candidate
+                .artifact
+                .metadata
+                .insert(CREATED_AT_METADATA.into(), t);
         }
         r
     }

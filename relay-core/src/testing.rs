@@ -30,7 +30,7 @@ pub fn sample_record(id: &str, target: &str, lease_token: u64) -> RolloutRecord 
     RolloutRecord {
         id: id.into(),
         target: target.into(),
-        plan: Plan {
+        plan: std::sync::Arc::new(Plan {
             target: target.into(),
             strategy: "test".into(),
             requested: artifact.pinned_ref(),
@@ -39,7 +39,7 @@ pub fn sample_record(id: &str, target: &str, lease_token: u64) -> RolloutRecord 
             stable: None,
             stable_replicas: 0,
             steps: vec![crate::Step::Promote],
-        },
+        }),
         cursor: 0,
         rollback_cursor: 0,
         status: RolloutStatus::Running,

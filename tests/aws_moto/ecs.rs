@@ -581,7 +581,16 @@ async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate
     let canary = CanaryStrategy::new().set_weight(20).analyze(analysis);
     let v2 = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
     let handle = relay.start(RolloutSpec::new("web", v2, canary)).await.unwrap();
-    let candidate = relay.state().get(handle.id()).await.unwrap().unwrap().plan.candidate.id;
+    let candidate = relay
+        .state()
+        .get(handle.id())
+        .await
+        .unwrap()
+        .unwrap()
+        .plan
+        .candidate
+        .id
+        .clone();
     let cw = cloudwatch::Client::new(&svc.cfg);
     let mut events = handle.events();
     let mut verdicts = Vec::new();

@@ -4,15 +4,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::handle::Command;
-use super::{emit, Inner};
+use super::handle::{Command, CommandRx};
+use super::{EventSender, Inner};
 use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, Verdict, VerdictOutcome};
 use crate::error::{Error, Result};
-use crate::event::{EventKind, Outcome, RolloutEvent};
+use crate::event::{EventKind, Outcome};
 use crate::gate::{Approval, GateContext, GateDecision};
 use crate::plan::Step;
 use crate::release::RevisionId;
@@ -111,8 +110,8 @@ pub(crate) struct Driver {
     record: RolloutRecord,
     lease: Lease,
     lease_lost: Arc<Mutex<Option<String>>>,
-    commands: Option<mpsc::UnboundedReceiver<Command>>,
-    events: broadcast::Sender<RolloutEvent>,
+    commands: Option<CommandRx>,
+    events: EventSender,
     promote_now: bool,
     rolling_back: bool,
 }
@@ -122,8 +121,8 @@ impl Driver {
         inner: Arc<Inner>,
         record: RolloutRecord,
         lease: Lease,
-        commands: mpsc::UnboundedReceiver<Command>,
-        events: broadcast::Sender<RolloutEvent>,
+        commands: CommandRx,
+        events: EventSender,
     ) -> Self {
         let target = inner.targets[&record.target].clone();
         Driver {
@@ -140,7 +139,7 @@ impl Driver {
     }
 
     fn emit(&self, kind: EventKind) {
-        emit(&self.events, &self.record.id, self.inner.clock.now_ms(), kind);
+        self.events.emit(&self.record.id, self.inner.clock.now_ms(), kind);
     }
 
     async fn audit(&self, action: &str, detail: serde_json::Value) -> Result<()> {
@@ -273,7 +272,9 @@ impl Driver {
                 self.commands = None;
                 continue;
             };
-            if let Some(w) = self.handle_command(cmd).await? {
+            // Boxed: commands are rare, and inline their future would make
+            // every waiting rollout's task larger.
+            if let Some(w) = Box::pin(self.handle_command(*cmd)).await? {
                 return Ok(w);
             }
         }
@@ -360,10 +361,12 @@ impl Driver {
             );
             let result = match self.record.status.clone() {
                 RolloutStatus::NoChange => Ok(Outcome::NoChange),
-                RolloutStatus::RollingBack { cause } => self.rollback(cause).await,
+                // The rollback's future is boxed: most rollouts never need it,
+                // and inline it would make every rollout's task larger.
+                RolloutStatus::RollingBack { cause } => Box::pin(self.rollback(cause)).await,
                 RolloutStatus::Running => match self.forward().await {
                     Ok(()) => self.finish(RolloutStatus::Succeeded).await,
-                    Err(Stop::Rollback(cause)) => self.rollback(cause).await,
+                    Err(Stop::Rollback(cause)) => Box::pin(self.rollback(cause)).await,
                     Err(Stop::Fatal(e)) => Err(e),
                 },
                 _ => Err(Error::NotRunning {
@@ -446,7 +449,7 @@ impl Driver {
     /// Skip the rest of the plan: the remaining steps become "full capacity,
     /// full traffic, promote, retire stable", persisted so a resume does the same.
     async fn replace_remaining_with_promotion(&mut self) -> Result<(), Stop> {
-        let plan = &mut self.record.plan;
+        let plan = Arc::make_mut(&mut self.record.plan);
         plan.steps.truncate(self.record.cursor);
         plan.steps.push(Step::Scale {
             role: Role::Candidate,

@@ -2,13 +2,13 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::event::{Outcome, RolloutEvent, RolloutEvents};
+use crate::event::{EventHub, Outcome, RolloutEvents};
 
 /// A user's instruction to a running rollout.
 #[derive(Debug, Clone)]
@@ -34,6 +34,13 @@ pub(crate) enum Command {
     },
 }
 
+/// The sending end of a rollout's commands. Commands travel boxed: an
+/// unbounded channel allocates its first block of 32 slots up front, which
+/// is 256 bytes of pointers rather than 2.5 KiB of commands per rollout.
+pub(crate) type CommandTx = mpsc::UnboundedSender<Box<Command>>;
+/// The receiving end of a rollout's commands.
+pub(crate) type CommandRx = mpsc::UnboundedReceiver<Box<Command>>;
+
 /// The controls of a running rollout (or of every rollout of a wave):
 /// cheap to clone and to hand to another task while the
 /// [`RolloutHandle`] awaits the outcome. Commands reach the engine in the
@@ -41,11 +48,11 @@ pub(crate) enum Command {
 #[derive(Clone, Debug)]
 pub struct RolloutControl {
     id: String,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: CommandTx,
 }
 
 impl RolloutControl {
-    pub(crate) fn new(id: String, commands: mpsc::UnboundedSender<Command>) -> Self {
+    pub(crate) fn new(id: String, commands: CommandTx) -> Self {
         RolloutControl { id, commands }
     }
 
@@ -55,7 +62,7 @@ impl RolloutControl {
     }
 
     fn send(&self, c: Command) -> Result<()> {
-        self.commands.send(c).map_err(|_| Error::NotRunning {
+        self.commands.send(Box::new(c)).map_err(|_| Error::NotRunning {
             rollout: self.id.clone(),
         })
     }
@@ -114,8 +121,9 @@ impl RolloutControl {
 #[derive(Debug)]
 pub struct RolloutHandle {
     control: RolloutControl,
-    events: broadcast::Sender<RolloutEvent>,
-    first: Mutex<Option<broadcast::Receiver<RolloutEvent>>>,
+    events: Arc<EventHub>,
+    /// Subscribed when the rollout started, for the first `events()` call.
+    first: Mutex<Option<RolloutEvents>>,
     join: JoinHandle<Result<Outcome>>,
 }
 
@@ -130,9 +138,9 @@ impl std::ops::Deref for RolloutHandle {
 impl RolloutHandle {
     pub(crate) fn new(
         id: String,
-        commands: mpsc::UnboundedSender<Command>,
-        events: broadcast::Sender<RolloutEvent>,
-        first: broadcast::Receiver<RolloutEvent>,
+        commands: CommandTx,
+        events: Arc<EventHub>,
+        first: RolloutEvents,
         join: JoinHandle<Result<Outcome>>,
     ) -> Self {
         RolloutHandle {
@@ -152,12 +160,12 @@ impl RolloutHandle {
     /// later calls see events from the moment they subscribe.
     pub fn events(&self) -> RolloutEvents {
         let first = self.first.lock().unwrap_or_else(|p| p.into_inner()).take();
-        RolloutEvents::new(first.unwrap_or_else(|| self.events.subscribe()))
+        first.unwrap_or_else(|| self.events.subscribe())
     }
 
     /// The command channel and the task, borrowed apart so one caller can
     /// forward commands while it awaits the outcome (see `crate::wave`).
-    pub(crate) fn parts(&mut self) -> (&mpsc::UnboundedSender<Command>, &mut JoinHandle<Result<Outcome>>) {
+    pub(crate) fn parts(&mut self) -> (&CommandTx, &mut JoinHandle<Result<Outcome>>) {
         (&self.control.commands, &mut self.join)
     }
 
@@ -168,7 +176,9 @@ impl RolloutHandle {
     /// lost or the state store failed. The record then stays running for
     /// [`crate::Relay::resume`].
     pub async fn wait(self) -> Result<Outcome> {
-        joined(self.join.await)
+        // Events nobody asked for are not kept while the rollout runs.
+        let RolloutHandle { join, .. } = self;
+        joined(join.await)
     }
 
     /// Stop driving the rollout in this process at once, without rolling

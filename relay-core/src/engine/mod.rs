@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use crate::artifact::ArtifactPolicy;
 use crate::audit::{AuditEvent, AuditSink};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::event::{EventKind, RolloutEvent};
+use crate::event::{EventHub, EventKind, RolloutEvent};
 use crate::gate::{Approval, Gate, GateContext, GateDecision};
 use crate::plan::{Plan, PlanContext, Step, Strategy};
 use crate::release::{Release, RevisionSpec};
@@ -611,7 +611,7 @@ impl Relay {
             } else {
                 RolloutStatus::Running
             },
-            plan,
+            plan: Arc::new(plan),
             cursor: 0,
             rollback_cursor: 0,
             paused: false,
@@ -723,19 +723,33 @@ impl Relay {
 
     fn spawn(&self, record: RolloutRecord, lease: crate::state::Lease) -> RolloutHandle {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (ev_tx, ev_rx) = broadcast::channel(self.inner.config.event_buffer.max(1));
+        let hub = EventHub::new(self.inner.config.event_buffer);
+        let first = hub.subscribe();
         let id = record.id.clone();
-        let driver = driver::Driver::new(self.inner.clone(), record, lease, cmd_rx, ev_tx.clone());
+        let driver = driver::Driver::new(self.inner.clone(), record, lease, cmd_rx, EventSender(hub.clone()));
         let join = tokio::spawn(driver.run());
-        RolloutHandle::new(id, cmd_tx, ev_tx, ev_rx, join)
+        RolloutHandle::new(id, cmd_tx, hub, first, join)
     }
 }
 
-pub(crate) fn emit(tx: &broadcast::Sender<RolloutEvent>, rollout: &str, at_ms: i64, kind: EventKind) {
-    // No subscriber is fine: events are also in tracing and audit.
-    let _ = tx.send(RolloutEvent {
-        rollout: rollout.to_owned(),
-        at_ms,
-        kind,
-    });
+/// The driver's end of a rollout's [`EventHub`]: when the driver is done
+/// (or its task is dropped), subscribers end after the last event.
+pub(crate) struct EventSender(Arc<EventHub>);
+
+impl EventSender {
+    /// Send an event; no subscriber is fine: events are also in tracing and
+    /// audit.
+    pub(crate) fn emit(&self, rollout: &str, at_ms: i64, kind: EventKind) {
+        self.0.send(RolloutEvent {
+            rollout: rollout.to_owned(),
+            at_ms,
+            kind,
+        });
+    }
+}
+
+impl Drop for EventSender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::handle::{joined, Command, RolloutControl};
+use super::handle::{joined, Command, CommandRx, CommandTx, RolloutControl};
 use super::{validate_id, Relay, RolloutHandle, RolloutSpec};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
@@ -267,8 +267,8 @@ enum Note {
 
 /// Watch rollout `i`: report when it holds at the wave gate and when it
 /// ends; forward commands to it.
-fn watch(i: usize, mut handle: RolloutHandle, notes: mpsc::UnboundedSender<Note>) -> mpsc::UnboundedSender<Command> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
+fn watch(i: usize, mut handle: RolloutHandle, notes: mpsc::UnboundedSender<Note>) -> CommandTx {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Box<Command>>();
     tokio::spawn(async move {
         let mut events = handle.events();
         let mut events_open = true;
@@ -300,7 +300,7 @@ struct Driver {
     relay: Relay,
     wave: Wave,
     rows: Vec<WaveRollout>,
-    live: BTreeMap<usize, mpsc::UnboundedSender<Command>>,
+    live: BTreeMap<usize, CommandTx>,
     held: Vec<usize>,
     failure: Option<WaveStatus>,
     notes_tx: mpsc::UnboundedSender<Note>,
@@ -339,7 +339,7 @@ impl Driver {
         }
     }
 
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) -> WaveReport {
+    async fn run(mut self, mut commands: CommandRx) -> WaveReport {
         let targets: Vec<String> = self.wave.specs.iter().map(|s| s.target.clone()).collect();
         self.audit("wave.started", json!({"targets": targets, "order": self.wave.order}))
             .await;
@@ -411,7 +411,7 @@ impl Driver {
 
     fn send(&self, i: usize, c: Command) {
         if let Some(tx) = self.live.get(&i) {
-            let _ = tx.send(c);
+            let _ = tx.send(Box::new(c));
         }
     }
 
@@ -443,16 +443,16 @@ impl Driver {
             .await;
         let reason = format!("wave {}: target {target:?} failed: {cause}", self.wave.wave_id());
         for tx in self.live.values() {
-            let _ = tx.send(Command::Abort {
+            let _ = tx.send(Box::new(Command::Abort {
                 by: format!("wave {}", self.wave.wave_id()),
                 reason: reason.clone(),
-            });
+            }));
         }
         self.failure = Some(WaveStatus::Failed { target, cause });
     }
 
     /// Handle the next note from a rollout or command from the user.
-    async fn next(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) {
+    async fn next(&mut self, commands: &mut CommandRx) {
         tokio::select! {
             Some(note) = self.notes.recv() => match note {
                 Note::Held(i) => {
@@ -477,7 +477,7 @@ impl Driver {
                 }
             },
             Some(c) = commands.recv() => {
-                if let Command::Abort { by, reason } = &c {
+                if let Command::Abort { by, reason } = &*c {
                     self.audit("wave.aborted", json!({"by": by, "reason": reason})).await;
                     if self.failure.is_none() {
                         self.failure = Some(WaveStatus::Aborted { by: by.clone(), reason: reason.clone() });

@@ -6,6 +6,7 @@ pub mod logic;
 mod memory;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -62,8 +63,10 @@ pub struct RolloutRecord {
     pub id: String,
     /// The target's name.
     pub target: String,
-    /// The plan being executed.
-    pub plan: Plan,
+    /// The plan being executed. Shared: the engine's copy of a record and
+    /// the copies a store keeps hold one plan (it changes only when a user
+    /// promotes at once, through `Arc::make_mut`).
+    pub plan: Arc<Plan>,
     /// Index of the step being executed (steps before it are done).
     pub cursor: usize,
     /// Rollback progress: index into the rollback sequence.
