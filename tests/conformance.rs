@@ -8,11 +8,53 @@ use relay::providers::sim::{MemorySecretStore, SimTarget};
 use relay::testing;
 use relay::{
     Artifact, Digest, FileStateStore, JsonlAuditSink, MemoryAuditSink, MemoryStateStore, RevisionSpec, SecretRef,
+    StateStore,
 };
 
 #[tokio::test]
 async fn memory_state_store() {
     testing::state_store_conformance(&MemoryStateStore::new()).await;
+}
+
+#[tokio::test]
+async fn a_memory_store_limited_to_the_latest_finished_records_passes_and_forgets_the_oldest() {
+    testing::state_store_conformance(&MemoryStateStore::new().keep_finished(1)).await;
+
+    async fn finish(store: &MemoryStateStore, id: &str, target: &str, token: u64) {
+        let mut r = testing::sample_record(id, target, token);
+        let v = store.put(&r, None).await.unwrap();
+        r.status = relay::RolloutStatus::Succeeded;
+        let v = store.put(&r, Some(v)).await.unwrap();
+        // Writing a finished record again does not count it twice.
+        store.put(&r, Some(v)).await.unwrap();
+    }
+    let ids = |rs: Vec<relay::RolloutRecord>| {
+        let mut ids: Vec<String> = rs.into_iter().map(|r| r.id).collect();
+        ids.sort();
+        ids
+    };
+    let ttl = std::time::Duration::from_secs(60);
+    let store = MemoryStateStore::new().keep_finished(2);
+    let a = store.acquire_lease("a", "h", ttl, 0).await.unwrap();
+    let b = store.acquire_lease("b", "h", ttl, 0).await.unwrap();
+    store
+        .put(&testing::sample_record("a-running", "a", a.token), None)
+        .await
+        .unwrap();
+    for n in 0..5 {
+        finish(&store, &format!("a{n}"), "a", a.token).await;
+    }
+    finish(&store, "b0", "b", b.token).await;
+    assert_eq!(ids(store.list_target("a").await.unwrap()), ["a-running", "a3", "a4"]);
+    assert_eq!(ids(store.list_target("b").await.unwrap()), ["b0"]);
+    assert!(store.get("a0").await.unwrap().is_none());
+
+    let all = MemoryStateStore::new();
+    let a = all.acquire_lease("a", "h", ttl, 0).await.unwrap();
+    for n in 0..5 {
+        finish(&all, &format!("a{n}"), "a", a.token).await;
+    }
+    assert_eq!(all.list_target("a").await.unwrap().len(), 5, "every record by default");
 }
 
 #[tokio::test]

@@ -34,4 +34,4 @@ mod counts;
 pub mod wrappers;
 
 pub use counts::RequestCounter;
-pub use wrappers::{FaultKind, Faulty, Latency, RateLimited, RateLimiter};
+pub use wrappers::{FaultKind, Faulty, Latency, Layer, RateLimited, RateLimiter, Wrapped};

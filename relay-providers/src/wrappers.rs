@@ -23,7 +23,10 @@ pub trait Layer: Send + Sync + fmt::Debug + 'static {
     async fn before(&self, op: &'static str) -> Result<()>;
 }
 
-/// A provider `T` with a [`Layer`] in front of every call.
+/// A provider `T` with a [`Layer`] in front of every call. [`Faulty`],
+/// [`Latency`] and [`RateLimited`] are wrappers with relay's layers; an
+/// application's own layer (a metric per call, a circuit breaker) wraps any
+/// seam the same way.
 #[derive(Debug)]
 pub struct Wrapped<L, T> {
     layer: L,
@@ -31,6 +34,11 @@ pub struct Wrapped<L, T> {
 }
 
 impl<L, T> Wrapped<L, T> {
+    /// `inner` with `layer` in front of every call.
+    pub fn layered(layer: L, inner: T) -> Self {
+        Wrapped { layer, inner }
+    }
+
     /// The wrapped provider.
     pub fn inner(&self) -> &T {
         &self.inner

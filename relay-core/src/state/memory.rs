@@ -1,6 +1,6 @@
 //! An in-process state store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,21 +13,38 @@ use crate::error::Result;
 
 /// Keeps records and leases in memory. Shared by cloning an `Arc`; state is
 /// lost with the process, so it suits tests and simulations.
+///
+/// It keeps every record unless told to [`keep_finished`](Self::keep_finished)
+/// only the latest few per target, which a process running rollouts for a
+/// long time needs so its memory stays flat.
 #[derive(Debug, Default)]
 pub struct MemoryStateStore {
     inner: Mutex<Inner>,
+    keep_finished: Option<usize>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     records: HashMap<String, RolloutRecord>,
     leases: HashMap<String, LeaseSlot>,
+    /// Per target, the ids of its finished records, oldest first (kept only
+    /// when finished records are limited).
+    finished: HashMap<String, VecDeque<String>>,
 }
 
 impl MemoryStateStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keep at most `n` finished records per target: when another rollout
+    /// of the target finishes, its oldest finished record is forgotten.
+    /// Running records are always kept. History, drift and the DORA figures
+    /// then see only the records kept (drift needs the last promoted one).
+    pub fn keep_finished(mut self, n: usize) -> Self {
+        self.keep_finished = Some(n);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -52,7 +69,21 @@ impl StateStore for MemoryStateStore {
             expected_version,
         )?;
         let v = stored.version;
-        g.records.insert(record.id.clone(), stored);
+        let finishes = stored.status.is_terminal();
+        let was_finished = g
+            .records
+            .insert(record.id.clone(), stored)
+            .is_some_and(|old| old.status.is_terminal());
+        if let (Some(keep), true, false) = (self.keep_finished, finishes, was_finished) {
+            let Inner { records, finished, .. } = &mut *g;
+            let ids = finished.entry(record.target.clone()).or_default();
+            ids.push_back(record.id.clone());
+            while ids.len() > keep {
+                if let Some(old) = ids.pop_front() {
+                    records.remove(&old);
+                }
+            }
+        }
         Ok(v)
     }
 
