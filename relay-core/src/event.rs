@@ -104,8 +104,8 @@ pub enum EventKind {
     /// An analysis measurement was judged.
     Verdict {
         /// The verdict with its numbers (boxed: it is by far the largest
-        /// event, and every slot of a rollout's event buffer is as large as
-        /// the largest event).
+        /// event, and every event kept for a subscriber takes as much room
+        /// as the largest kind).
         verdict: Box<Verdict>,
     },
     /// A gate is holding the rollout.

@@ -81,6 +81,8 @@ struct SimRevision {
     desired: u32,
     /// When each replica becomes ready (or crashes); one per desired replica.
     up_at: Vec<Instant>,
+    /// The artifact it runs, which picks its behaviour.
+    digest: Digest,
     behavior: RevisionBehavior,
 }
 
@@ -205,9 +207,19 @@ impl SimTarget {
         self
     }
 
-    /// Set the behaviour of revisions built from `digest` (also for
-    /// revisions already running).
+    /// Set the behaviour of revisions built from `digest`, including
+    /// revisions already running, from now on: a test injects a failure at a
+    /// known (virtual) instant this way.
     pub fn behavior(&self, digest: &Digest, b: RevisionBehavior) -> &Self {
+        let mut st = lock(&self.state);
+        let State {
+            revisions, replaced, ..
+        } = &mut *st;
+        for r in revisions.values_mut().chain(replaced.values_mut()) {
+            if r.digest == *digest {
+                r.behavior = b.clone();
+            }
+        }
         lock(&self.behaviors).insert(digest.clone(), b);
         self
     }
@@ -257,7 +269,6 @@ impl SimTarget {
         let now = Instant::now();
         let st = lock(&self.state);
         let split = self.effective_split(&st, now);
-        let behaviors = lock(&self.behaviors);
         // Revisions in scope with their traffic share; preview traffic of
         // 1 rps reaches a ready revision without weight.
         let members: Vec<(RevisionBehavior, f64)> = st
@@ -281,7 +292,6 @@ impl SimTarget {
             })
             .filter(|(_, rps)| *rps > 0.0)
             .collect();
-        drop(behaviors);
         drop(st);
         let buckets = window.as_secs().clamp(1, 60);
         let bucket_secs = window.as_secs_f64() / buckets as f64;
@@ -355,6 +365,7 @@ impl SimTarget {
             running: old.running,
             desired: 0,
             up_at: Vec::new(),
+            digest: old.digest,
             behavior: old.behavior,
         };
         Self::set_replicas(&mut rev, old.desired, Instant::now());
@@ -449,6 +460,7 @@ impl Target for SimTarget {
             },
             desired: 0,
             up_at: Vec::new(),
+            digest: revision.artifact.digest.clone(),
             behavior,
         });
         if Self::set_replicas(rev, replicas, now) {
