@@ -5,7 +5,8 @@
 //! cargo bench --bench scale -- virtual 10000     # N concurrent canaries, virtual time
 //! cargo bench --bench scale -- realtime 10000    # N concurrent canaries, multi-thread runtime, real time
 //! cargo bench --bench scale -- sequential 1000000  # M rollouts one after another, RSS sampled
-//! cargo bench --bench scale -- --test            # all three, tiny (CI)
+//! cargo bench --bench scale -- latency 20        # R rollouts, 1 ms per provider call, real time
+//! cargo bench --bench scale -- --test            # all four, tiny (CI)
 //! ```
 //!
 //! Every canary is ten steps (five weights, each followed by an analysis);
@@ -270,6 +271,105 @@ async fn sequential(m: usize, every: usize) -> Vec<u64> {
     samples
 }
 
+/// A wait of `RELAY_SCALE_LATENCY_US` (default 1 ms, in tokio time) before
+/// every provider call; notes how long the waits took and the gaps between
+/// one call's end and the next call's start (the engine's own time).
+#[derive(Debug, Default, Clone)]
+struct Slow(Arc<std::sync::Mutex<SlowTally>>);
+
+#[derive(Debug, Default)]
+struct SlowTally {
+    calls: u64,
+    waited: Duration,
+    last_end: Option<tokio::time::Instant>,
+    gaps: Vec<Duration>,
+}
+
+#[async_trait::async_trait]
+impl relay::providers::Layer for Slow {
+    async fn before(&self, _op: &'static str) -> relay::Result<()> {
+        let t = tokio::time::Instant::now();
+        {
+            let mut tally = self.0.lock().unwrap();
+            if let Some(end) = tally.last_end.take() {
+                tally.gaps.push(t - end);
+            }
+        }
+        let us = std::env::var("RELAY_SCALE_LATENCY_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        if us > 0 {
+            tokio::time::sleep(Duration::from_micros(us)).await;
+        }
+        let mut tally = self.0.lock().unwrap();
+        tally.calls += 1;
+        tally.waited += t.elapsed();
+        tally.last_end = Some(tokio::time::Instant::now());
+        Ok(())
+    }
+}
+
+/// `r` rollouts of a 100-step canary (weights only: no pauses, analysis or
+/// readiness delays) one after another, in real time, on a target, probe
+/// and artifact store whose every call takes 1 ms (`RELAY_SCALE_LATENCY_US`
+/// overrides). Stores as in `sequential`. Returns the time beyond the
+/// providers' own, as a fraction of it.
+async fn latency(r: usize) -> f64 {
+    let slow = Slow::default();
+    let sim = Arc::new(SimTarget::new("t0").default_behavior(RevisionBehavior {
+        readiness_delay: Duration::ZERO,
+        ..RevisionBehavior::healthy()
+    }));
+    let artifacts = Arc::new(MemoryArtifactStore::new());
+    artifacts.push("app", "v1", b"1", Default::default());
+    artifacts.push("app", "v2", b"2", Default::default());
+    let layered = |p| relay::providers::Wrapped::layered(slow.clone(), p);
+    let audit = std::env::var("RELAY_SCALE_AUDIT").unwrap_or_else(|_| "/dev/null".into());
+    let relay = Relay::builder()
+        .state(Arc::new(relay::MemoryStateStore::new().keep_finished(16)))
+        .audit(Arc::new(
+            relay::JsonlAuditSink::open(audit).unwrap().sync_each_append(false),
+        ))
+        .target(Arc::new(layered(sim.clone())))
+        .probe(Arc::new(relay::providers::Wrapped::layered(
+            slow.clone(),
+            SimProbe::new(sim.clone()),
+        )))
+        .artifacts(Arc::new(relay::providers::Wrapped::layered(slow.clone(), artifacts)))
+        .build()
+        .unwrap();
+    let mut strategy = CanaryStrategy::new();
+    for w in 1..=100 {
+        strategy = strategy.set_weight(w);
+    }
+    let mut total = Duration::ZERO;
+    for k in 0..r {
+        let tag = if k % 2 == 0 { "app:v1" } else { "app:v2" };
+        let spec = RolloutSpec::new("t0", Release::new(tag.parse().unwrap()).replicas(4), strategy.clone());
+        slow.0.lock().unwrap().last_end = None;
+        let started = tokio::time::Instant::now();
+        assert!(relay.start(spec).await.unwrap().wait().await.unwrap().is_success());
+        total += started.elapsed();
+    }
+    let mut tally = slow.0.lock().unwrap();
+    let (providers, calls) = (tally.waited.as_secs_f64(), tally.calls);
+    let extra = (total.as_secs_f64() - providers) / providers;
+    tally.gaps.sort_unstable();
+    let gap =
+        |p: f64| tally.gaps[((tally.gaps.len() as f64 * p) as usize).min(tally.gaps.len() - 1)].as_secs_f64() * 1e6;
+    eprintln!(
+        "{r} rollouts, {calls} provider calls: {:.1} ms in the providers, {:.1} ms in all: {:+.2}% beyond the providers' own time ({:.1} µs per call); engine time between calls p50 {:.1} µs, p99 {:.1} µs",
+        providers * 1e3,
+        total.as_secs_f64() * 1e3,
+        extra * 100.0,
+        (total.as_secs_f64() - providers) * 1e6 / calls as f64,
+        gap(0.5),
+        gap(0.99)
+    );
+    extra
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let test = args.iter().any(|a| a == "--test");
@@ -322,11 +422,23 @@ fn main() {
                 (hi - lo) / lo * 100.0
             );
         }
+        "latency" => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            rt.block_on(latency(arg(1, 20)));
+        }
         "test" => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            rt.block_on(latency(1));
             paused().block_on(concurrent(50, Duration::from_secs(60), 2, Duration::from_secs(5)));
             multi().block_on(concurrent(20, Duration::from_millis(50), 2, Duration::from_millis(5)));
             paused().block_on(sequential(200, 100));
         }
-        other => panic!("unknown mode {other:?}: virtual, realtime, sequential or --test"),
+        other => panic!("unknown mode {other:?}: virtual, realtime, sequential, latency or --test"),
     }
 }
