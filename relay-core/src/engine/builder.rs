@@ -177,6 +177,13 @@ impl RelayBuilder {
         let retry = self.retry.unwrap_or_default();
         retry.validate()?;
         let config = self.config.unwrap_or_default();
+        let backoff = config.poll_backoff;
+        if !(1.0..=10.0).contains(&backoff) {
+            return Err(Error::invalid(
+                "relay.config.poll_backoff",
+                format!("{backoff} is not a factor from 1.0 (a fixed interval) to 10.0"),
+            ));
+        }
         if config.lease_ttl.is_zero() || config.poll_interval.is_zero() || config.gate_poll_interval.is_zero() {
             return Err(Error::invalid(
                 "relay.config",

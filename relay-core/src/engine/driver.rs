@@ -622,7 +622,13 @@ impl Driver {
     }
 
     async fn wait_ready(&mut self, rev: &RevisionId, replicas: u32) -> Result<(), Stop> {
-        let deadline = Instant::now() + self.inner.config.progress_deadline;
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.progress_deadline;
+        let (backoff, max) = (
+            config.poll_backoff.max(1.0),
+            config.poll_interval_max.max(config.poll_interval),
+        );
+        let mut interval = config.poll_interval;
         loop {
             let target = self.target.clone();
             let state = self
@@ -653,8 +659,8 @@ impl Driver {
                 return Err(Stop::Rollback(e.to_string()));
             }
             // Readiness waits are not skipped by promote-now; the flag is kept.
-            self.wait_until(Some((now + self.inner.config.poll_interval).min(deadline)))
-                .await?;
+            self.wait_until(Some((now + interval).min(deadline))).await?;
+            interval = interval.mul_f64(backoff).min(max);
         }
     }
 

@@ -39,9 +39,18 @@ pub struct EngineConfig {
     /// Lease time-to-live; the lease is renewed every third of it.
     #[serde(with = "crate::serde_duration")]
     pub lease_ttl: Duration,
-    /// How often readiness is polled after a scale.
+    /// How long after a scale readiness is first polled again.
     #[serde(with = "crate::serde_duration")]
     pub poll_interval: Duration,
+    /// Each further readiness poll of the same wait comes this many times
+    /// later than the one before (1.0 polls at a fixed interval), up to
+    /// `poll_interval_max`: a revision that takes a minute to start costs a
+    /// few observations, not thirty.
+    #[serde(default = "default_poll_backoff")]
+    pub poll_backoff: f64,
+    /// The longest time between two readiness polls.
+    #[serde(with = "crate::serde_duration", default = "default_poll_interval_max")]
+    pub poll_interval_max: Duration,
     /// How long a revision may take to become ready before the step fails.
     #[serde(with = "crate::serde_duration")]
     pub progress_deadline: Duration,
@@ -57,11 +66,21 @@ impl Default for EngineConfig {
         EngineConfig {
             lease_ttl: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
+            poll_backoff: default_poll_backoff(),
+            poll_interval_max: default_poll_interval_max(),
             progress_deadline: Duration::from_secs(600),
             gate_poll_interval: Duration::from_secs(30),
             event_buffer: 256,
         }
     }
+}
+
+fn default_poll_backoff() -> f64 {
+    1.5
+}
+
+fn default_poll_interval_max() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// What to roll out, where, and how.

@@ -1,7 +1,7 @@
-//! One API rate limit shared by every rollout of a process (issue 9): a
-//! thousand canaries at once on targets behind one [`RateLimiter`] all end
-//! right, and the API behind it never sees more calls in a second than the
-//! limiter allows.
+//! API economy (issue 9): one rate limit shared by every rollout of a
+//! process (a thousand canaries at once on targets behind one
+//! [`RateLimiter`] all end right, and the API behind it never sees more calls
+//! in a second than the limiter allows), and readiness polls that back off.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,14 +15,14 @@ use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, EngineConfig, Relay, Release, RolloutSpec};
 use tokio::time::Instant;
 
-/// Stands for the API: notes when each call reaches it.
+/// Stands for the API: notes when each call reaches it, and which.
 #[derive(Debug, Default, Clone)]
-struct Arrivals(Arc<Mutex<Vec<Instant>>>);
+struct Arrivals(Arc<Mutex<Vec<(&'static str, Instant)>>>);
 
 #[async_trait]
 impl Layer for Arrivals {
-    async fn before(&self, _op: &'static str) -> relay::Result<()> {
-        self.0.lock().unwrap().push(Instant::now());
+    async fn before(&self, op: &'static str) -> relay::Result<()> {
+        self.0.lock().unwrap().push((op, Instant::now()));
         Ok(())
     }
 }
@@ -73,7 +73,7 @@ async fn a_thousand_concurrent_rollouts_never_exceed_the_shared_rate() {
         }
     }
 
-    let mut times: Vec<Duration> = arrivals.0.lock().unwrap().iter().map(|t| *t - start).collect();
+    let mut times: Vec<Duration> = arrivals.0.lock().unwrap().iter().map(|(_, t)| *t - start).collect();
     times.sort();
     assert_eq!(
         limiter.granted(),
@@ -96,4 +96,64 @@ async fn a_thousand_concurrent_rollouts_never_exceed_the_shared_rate() {
         times.len(),
         times.len() as f64 / (2 * ROLLOUTS) as f64
     );
+}
+
+/// Observations while a revision of `start` startup time becomes ready,
+/// polled from 2 s on with `backoff`.
+async fn observes_while_starting(start: Duration, backoff: f64) -> relay::Result<usize> {
+    let arrivals = Arrivals::default();
+    let artifacts = Arc::new(MemoryArtifactStore::new());
+    artifacts.push("app", "v1", b"1", Default::default());
+    let sim = SimTarget::new("web").default_behavior(relay::providers::sim::RevisionBehavior {
+        readiness_delay: start,
+        ..Default::default()
+    });
+    let relay = Relay::builder()
+        .artifacts(artifacts)
+        .target(Arc::new(Wrapped::layered(arrivals.clone(), sim)))
+        .config(EngineConfig {
+            poll_interval: Duration::from_secs(2),
+            poll_backoff: backoff,
+            poll_interval_max: Duration::from_secs(10),
+            ..Default::default()
+        })
+        .build()?;
+    let release = Release::new("app:v1".parse().unwrap()).replicas(4);
+    let started = Instant::now();
+    let outcome = relay
+        .start(RolloutSpec::new("web", release, AllAtOnce))
+        .await?
+        .wait()
+        .await?;
+    assert!(outcome.is_success(), "{outcome}");
+    // Ready no later than one (longest) interval after it could be.
+    assert!(
+        started.elapsed() <= start + Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let observes = arrivals
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(op, _)| *op == "observe")
+        .count();
+    Ok(observes)
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_polls_back_off_up_to_their_longest_interval() {
+    let minute = Duration::from_secs(60);
+    let fixed = observes_while_starting(minute, 1.0).await.unwrap();
+    let backed_off = observes_while_starting(minute, 1.5).await.unwrap();
+    // Fixed: one poll every 2 s for a minute. Backing off: 2, 3, 4.5, 6.75,
+    // then every 10 s.
+    assert!(fixed >= 30, "{fixed}");
+    assert!(backed_off <= 12, "{backed_off}");
+    eprintln!("a minute-long start: {fixed} observations at a fixed 2 s, {backed_off} backing off 1.5x to 10 s");
+    match observes_while_starting(minute, 0.5).await {
+        Err(relay::Error::InvalidSpec { path, .. }) => assert_eq!(path, "relay.config.poll_backoff"),
+        other => panic!("a backoff below 1 must be refused: {other:?}"),
+    }
 }
