@@ -104,7 +104,8 @@ enum Stores<'a> {
     Lean(&'a std::path::Path),
 }
 
-async fn fleet(n: usize, readiness: Duration, config: EngineConfig, stores: Stores<'_>) -> Relay {
+/// Each target serves `rps` synthetic requests a second.
+async fn fleet(n: usize, readiness: Duration, rps: f64, config: EngineConfig, stores: Stores<'_>) -> Relay {
     let artifacts = Arc::new(MemoryArtifactStore::new());
     artifacts.push("app", "v1", b"1", Default::default());
     let v2 = artifacts.push("app", "v2", b"2", Default::default());
@@ -134,6 +135,7 @@ async fn fleet(n: usize, readiness: Duration, config: EngineConfig, stores: Stor
         let t = Arc::new(
             SimTarget::new(format!("t{i}"))
                 .seed(i as u64)
+                .requests_per_second(rps)
                 .default_behavior(behavior.clone()),
         );
         if i % 10 == 9 {
@@ -144,13 +146,22 @@ async fn fleet(n: usize, readiness: Duration, config: EngineConfig, stores: Stor
             .probe_for(format!("t{i}"), Arc::new(SimProbe::new(t)));
     }
     let relay = b.build().unwrap();
-    for i in 0..n {
-        let spec = RolloutSpec::new(
-            format!("t{i}"),
-            Release::new("app:v1".parse().unwrap()).replicas(4),
-            AllAtOnce,
-        );
-        assert!(relay.start(spec).await.unwrap().wait().await.unwrap().is_success());
+    // v1 on every target, in batches: in real time, one after another would
+    // take n readiness delays, and all at once would leave a heap high-water
+    // mark that the measured run then reuses, hiding its own memory.
+    for batch in (0..n).collect::<Vec<_>>().chunks(100) {
+        let mut handles = Vec::with_capacity(batch.len());
+        for i in batch {
+            let spec = RolloutSpec::new(
+                format!("t{i}"),
+                Release::new("app:v1".parse().unwrap()).replicas(4),
+                AllAtOnce,
+            );
+            handles.push(relay.start(spec).await.unwrap());
+        }
+        for h in handles {
+            assert!(h.wait().await.unwrap().is_success());
+        }
     }
     relay
 }
@@ -181,7 +192,11 @@ async fn concurrent(n: usize, interval: Duration, count: u32, readiness: Duratio
     } else {
         Stores::AuditFile(dir.path())
     };
-    let relay = fleet(n, readiness, config, stores).await;
+    // 6,000 requests per analysis interval at full weight (100 a second for
+    // a minute): short real-time intervals need as many for a steady
+    // verdict.
+    let rps = (6000.0 / interval.as_secs_f64()).max(100.0);
+    let relay = fleet(n, readiness, rps, config, stores).await;
     let baseline = rss_kib();
     let sampler = Sampler::start();
     let strategy = canary(interval, count);
@@ -248,7 +263,14 @@ async fn concurrent(n: usize, interval: Duration, count: u32, readiness: Duratio
 /// memory is the engine's own.
 async fn sequential(m: usize, every: usize) -> Vec<u64> {
     let audit = std::env::var("RELAY_SCALE_AUDIT").unwrap_or_else(|_| "/dev/null".into());
-    let relay = fleet(1, Duration::ZERO, EngineConfig::default(), Stores::Lean(audit.as_ref())).await;
+    let relay = fleet(
+        1,
+        Duration::ZERO,
+        100.0,
+        EngineConfig::default(),
+        Stores::Lean(audit.as_ref()),
+    )
+    .await;
     let strategy = canary(Duration::from_secs(60), 2);
     let mut samples = Vec::new();
     let started = Instant::now();
