@@ -200,5 +200,7 @@ PROMETHEUS_URL=$RELAY_TEST_PROMETHEUS_URL cargo run --example prometheus_analysi
 
 log "benches compile and run once"
 cargo bench --bench rollouts -- --test
+# The scale harness in miniature: every mode, every outcome checked.
+cargo bench --bench scale -- --test
 
 log "all checks passed"

@@ -397,7 +397,9 @@ async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
             EventKind::Verdict { verdict } if verdict.judgement.outcome == VerdictOutcome::Fail => {
                 verdict_at.get_or_insert((Instant::now(), e.at_ms));
             }
-            EventKind::TrafficShifted { candidate_weight: 0 } if verdict_at.is_some() => {
+            // The first change of the rollback: stable scaled back up when
+            // the canary had shrunk it, else the route back to stable.
+            EventKind::Scaled { .. } | EventKind::TrafficShifted { .. } if verdict_at.is_some() => {
                 first_rollback_at.get_or_insert((Instant::now(), e.at_ms));
             }
             EventKind::Finished { .. } => break,
