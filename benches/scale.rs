@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
+use relay::providers::Wrapped;
 use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, EngineConfig, EventKind, Outcome, Relay, Release, RolloutSpec};
 
@@ -87,8 +88,6 @@ fn canary(interval: Duration, count: u32) -> CanaryStrategy {
     c
 }
 
-/// An engine over `n` simulated targets `t0..`, each with v1 stable and its
-/// own probe; every tenth target's v2 fails 20% of requests.
 /// Where an engine keeps state and audit.
 #[derive(Clone, Copy)]
 enum Stores<'a> {
@@ -98,13 +97,32 @@ enum Stores<'a> {
     /// State in memory, audit appended to a file in the directory (not
     /// synced per entry), as a long-running service would keep it.
     AuditFile(&'a std::path::Path),
-    /// State in memory keeping the latest finished records per target,
-    /// audit appended (not synced) to the file, as a service running
-    /// rollouts for months would keep them.
-    Lean(&'a std::path::Path),
+    /// As [`lean_stores`] sets them.
+    Lean,
 }
 
-/// Each target serves `rps` synthetic requests a second.
+/// State in memory keeping the latest 16 finished records per target (the
+/// default keeps every one, by design), audit appended unsynced to
+/// `RELAY_SCALE_AUDIT` (default `/dev/null`: a million rollouts write about
+/// 12 GB of audit), as a service running rollouts for months would keep
+/// them, so what could grow in memory is the engine's own.
+fn lean_stores(b: relay::RelayBuilder) -> relay::RelayBuilder {
+    let audit = std::env::var("RELAY_SCALE_AUDIT").unwrap_or_else(|_| "/dev/null".into());
+    b.state(Arc::new(relay::MemoryStateStore::new().keep_finished(16)))
+        .audit(Arc::new(
+            relay::JsonlAuditSink::open(audit).unwrap().sync_each_append(false),
+        ))
+}
+
+/// The value at fraction `p` of `sorted` (the default when it is empty).
+fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+/// An engine over `n` simulated targets `t0..`, each with v1 stable, its own
+/// probe and `rps` synthetic requests a second; every tenth target's v2
+/// fails 20% of requests.
 async fn fleet(n: usize, readiness: Duration, rps: f64, config: EngineConfig, stores: Stores<'_>) -> Relay {
     let artifacts = Arc::new(MemoryArtifactStore::new());
     artifacts.push("app", "v1", b"1", Default::default());
@@ -123,13 +141,7 @@ async fn fleet(n: usize, readiness: Duration, rps: f64, config: EngineConfig, st
                     .sync_each_append(false),
             ));
         }
-        Stores::Lean(file) => {
-            b = b
-                .state(Arc::new(relay::MemoryStateStore::new().keep_finished(16)))
-                .audit(Arc::new(
-                    relay::JsonlAuditSink::open(file).unwrap().sync_each_append(false),
-                ));
-        }
+        Stores::Lean => b = lean_stores(b),
     }
     for i in 0..n {
         let t = Arc::new(
@@ -149,9 +161,9 @@ async fn fleet(n: usize, readiness: Duration, rps: f64, config: EngineConfig, st
     // v1 on every target, in batches: in real time, one after another would
     // take n readiness delays, and all at once would leave a heap high-water
     // mark that the measured run then reuses, hiding its own memory.
-    for batch in (0..n).collect::<Vec<_>>().chunks(100) {
-        let mut handles = Vec::with_capacity(batch.len());
-        for i in batch {
+    for batch in (0..n).step_by(100) {
+        let mut handles = Vec::with_capacity(100);
+        for i in batch..(batch + 100).min(n) {
             let spec = RolloutSpec::new(
                 format!("t{i}"),
                 Release::new("app:v1".parse().unwrap()).replicas(4),
@@ -239,11 +251,7 @@ async fn concurrent(n: usize, interval: Duration, count: u32, readiness: Duratio
     let peak = sampler.peak();
     drop(sampler);
     lags.sort_unstable();
-    let pct = |p: f64| {
-        lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
+    let pct = |p: f64| percentile(&lags, p);
     let per = (peak.saturating_sub(baseline)) as f64 / n as f64;
     eprintln!(
         "{n} concurrent canaries: {:.1} s wall, RSS {baseline} KiB before, peak {peak} KiB: {per:.1} KiB per rollout; {} measurements, lag p50 {} ms, p99 {} ms, max {} ms",
@@ -256,21 +264,10 @@ async fn concurrent(n: usize, interval: Duration, count: u32, readiness: Duratio
     (per, [pct(0.5), pct(0.99), lags.last().copied().unwrap_or(0)])
 }
 
-/// `m` canaries one after another on one target, RSS every `every`. State
-/// in memory keeps the latest 16 finished records (the default keeps every
-/// one, by design); audit goes to `RELAY_SCALE_AUDIT` (default `/dev/null`:
-/// a million rollouts write about 12 GB of audit), so what could grow in
-/// memory is the engine's own.
+/// `m` canaries one after another on one target, RSS every `every`, on
+/// [`lean_stores`].
 async fn sequential(m: usize, every: usize) -> Vec<u64> {
-    let audit = std::env::var("RELAY_SCALE_AUDIT").unwrap_or_else(|_| "/dev/null".into());
-    let relay = fleet(
-        1,
-        Duration::ZERO,
-        100.0,
-        EngineConfig::default(),
-        Stores::Lean(audit.as_ref()),
-    )
-    .await;
+    let relay = fleet(1, Duration::ZERO, 100.0, EngineConfig::default(), Stores::Lean).await;
     let strategy = canary(Duration::from_secs(60), 2);
     let mut samples = Vec::new();
     let started = Instant::now();
@@ -335,7 +332,7 @@ impl relay::providers::Layer for Slow {
 /// `r` rollouts of a 100-step canary (weights only: no pauses, analysis or
 /// readiness delays) one after another, in real time, on a target, probe
 /// and artifact store whose every call takes 1 ms (`RELAY_SCALE_LATENCY_US`
-/// overrides). Stores as in `sequential`. Returns the time beyond the
+/// overrides), on [`lean_stores`]. Returns the time beyond the
 /// providers' own, as a fraction of it.
 async fn latency(r: usize) -> f64 {
     let slow = Slow::default();
@@ -346,19 +343,10 @@ async fn latency(r: usize) -> f64 {
     let artifacts = Arc::new(MemoryArtifactStore::new());
     artifacts.push("app", "v1", b"1", Default::default());
     artifacts.push("app", "v2", b"2", Default::default());
-    let layered = |p| relay::providers::Wrapped::layered(slow.clone(), p);
-    let audit = std::env::var("RELAY_SCALE_AUDIT").unwrap_or_else(|_| "/dev/null".into());
-    let relay = Relay::builder()
-        .state(Arc::new(relay::MemoryStateStore::new().keep_finished(16)))
-        .audit(Arc::new(
-            relay::JsonlAuditSink::open(audit).unwrap().sync_each_append(false),
-        ))
-        .target(Arc::new(layered(sim.clone())))
-        .probe(Arc::new(relay::providers::Wrapped::layered(
-            slow.clone(),
-            SimProbe::new(sim.clone()),
-        )))
-        .artifacts(Arc::new(relay::providers::Wrapped::layered(slow.clone(), artifacts)))
+    let relay = lean_stores(Relay::builder())
+        .target(Arc::new(Wrapped::layered(slow.clone(), sim.clone())))
+        .probe(Arc::new(Wrapped::layered(slow.clone(), SimProbe::new(sim.clone()))))
+        .artifacts(Arc::new(Wrapped::layered(slow.clone(), artifacts)))
         .build()
         .unwrap();
     let mut strategy = CanaryStrategy::new();
@@ -378,8 +366,7 @@ async fn latency(r: usize) -> f64 {
     let (providers, calls) = (tally.waited.as_secs_f64(), tally.calls);
     let extra = (total.as_secs_f64() - providers) / providers;
     tally.gaps.sort_unstable();
-    let gap =
-        |p: f64| tally.gaps[((tally.gaps.len() as f64 * p) as usize).min(tally.gaps.len() - 1)].as_secs_f64() * 1e6;
+    let gap = |p: f64| percentile(&tally.gaps, p).as_secs_f64() * 1e6;
     eprintln!(
         "{r} rollouts, {calls} provider calls: {:.1} ms in the providers, {:.1} ms in all: {:+.2}% beyond the providers' own time ({:.1} µs per call); engine time between calls p50 {:.1} µs, p99 {:.1} µs",
         providers * 1e3,
@@ -400,6 +387,12 @@ fn main() {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let realtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap()
     };
@@ -445,18 +438,10 @@ fn main() {
             );
         }
         "latency" => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap();
-            rt.block_on(latency(arg(1, 20)));
+            realtime().block_on(latency(arg(1, 20)));
         }
         "test" => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap();
-            rt.block_on(latency(1));
+            realtime().block_on(latency(1));
             paused().block_on(concurrent(50, Duration::from_secs(60), 2, Duration::from_secs(5)));
             multi().block_on(concurrent(20, Duration::from_millis(50), 2, Duration::from_millis(5)));
             paused().block_on(sequential(200, 100));

@@ -49,7 +49,7 @@ impl MemoryStateStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave Inner half-updated:
-        // every mutation is a single insert.
+        // every mutation is inserts and removals with no panic point between.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
