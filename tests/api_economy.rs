@@ -5,27 +5,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex};
+#[path = "shared/calls.rs"]
+mod calls;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use relay::providers::sim::{metrics, MemoryArtifactStore, SimProbe, SimTarget};
-use relay::providers::{Layer, RateLimited, RateLimiter, Wrapped};
+use relay::providers::{RateLimited, RateLimiter, Wrapped};
 use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, EngineConfig, Relay, Release, RolloutSpec};
 use tokio::time::Instant;
 
-/// Stands for the API: notes when each call reaches it, and which.
-#[derive(Debug, Default, Clone)]
-struct Arrivals(Arc<Mutex<Vec<(&'static str, Instant)>>>);
-
-#[async_trait]
-impl Layer for Arrivals {
-    async fn before(&self, op: &'static str) -> relay::Result<()> {
-        self.0.lock().unwrap().push((op, Instant::now()));
-        Ok(())
-    }
-}
+use calls::Calls;
 
 const ROLLOUTS: usize = 1000;
 const PER_SECOND: f64 = 200.0;
@@ -34,7 +26,7 @@ const BURST: u32 = 20;
 #[tokio::test(start_paused = true)]
 async fn a_thousand_concurrent_rollouts_never_exceed_the_shared_rate() {
     let limiter = RateLimiter::new(PER_SECOND, BURST).unwrap();
-    let arrivals = Arrivals::default();
+    let arrivals = Calls::default();
     let artifacts = Arc::new(MemoryArtifactStore::new());
     artifacts.push("app", "v1", b"1", Default::default());
     artifacts.push("app", "v2", b"2", Default::default());
@@ -73,7 +65,7 @@ async fn a_thousand_concurrent_rollouts_never_exceed_the_shared_rate() {
         }
     }
 
-    let mut times: Vec<Duration> = arrivals.0.lock().unwrap().iter().map(|(_, t)| *t - start).collect();
+    let mut times: Vec<Duration> = arrivals.times(|_| true).into_iter().map(|t| t - start).collect();
     times.sort();
     assert_eq!(
         limiter.granted(),
@@ -101,7 +93,7 @@ async fn a_thousand_concurrent_rollouts_never_exceed_the_shared_rate() {
 /// Observations while a revision of `start` startup time becomes ready,
 /// polled from 2 s on with `backoff`.
 async fn observes_while_starting(start: Duration, backoff: f64) -> relay::Result<usize> {
-    let arrivals = Arrivals::default();
+    let arrivals = Calls::default();
     let artifacts = Arc::new(MemoryArtifactStore::new());
     artifacts.push("app", "v1", b"1", Default::default());
     let sim = SimTarget::new("web").default_behavior(relay::providers::sim::RevisionBehavior {
@@ -132,14 +124,7 @@ async fn observes_while_starting(start: Duration, backoff: f64) -> relay::Result
         "{:?}",
         started.elapsed()
     );
-    let observes = arrivals
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(op, _)| *op == "observe")
-        .count();
-    Ok(observes)
+    Ok(arrivals.times(|op| op == "observe").len())
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,31 +6,21 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex};
+#[path = "shared/calls.rs"]
+mod calls;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
-use relay::providers::{Layer, Wrapped};
+use relay::providers::Wrapped;
 use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, EventKind, Outcome, Relay, Release, RolloutSpec, VerdictOutcome};
 use tokio::time::Instant;
 
+use calls::Calls;
+
 const INTERVAL: Duration = Duration::from_secs(60);
-
-/// Notes when each change (not a read) reaches the target.
-#[derive(Debug, Default, Clone)]
-struct Changes(Arc<Mutex<Vec<(&'static str, Instant)>>>);
-
-#[async_trait]
-impl Layer for Changes {
-    async fn before(&self, op: &'static str) -> relay::Result<()> {
-        if !matches!(op, "observe" | "describe") {
-            self.0.lock().unwrap().push((op, Instant::now()));
-        }
-        Ok(())
-    }
-}
 
 struct Detection {
     /// Failing verdicts before the rollback.
@@ -48,7 +38,7 @@ async fn detect(failure_limit: u32, after: Duration) -> Detection {
     artifacts.push("app", "v1", b"1", Default::default());
     let v2 = artifacts.push("app", "v2", b"2", Default::default());
     let sim = Arc::new(SimTarget::new("web").seed(3));
-    let changes = Changes::default();
+    let changes = Calls::default();
     let relay = Relay::builder()
         .artifacts(artifacts)
         .target(Arc::new(Wrapped::layered(changes.clone(), sim.clone())))
@@ -107,11 +97,8 @@ async fn detect(failure_limit: u32, after: Duration) -> Detection {
         "the rollback starts with the verdict"
     );
     let first_change = changes
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, t)| *t)
+        .times(Calls::is_change)
+        .into_iter()
         .find(|t| *t >= verdict_at)
         .unwrap();
     Detection {
