@@ -611,6 +611,7 @@ fn gate_names(spec: &RolloutSpec) -> Vec<String> {
         capabilities: Capabilities {
             routing: Routing::Weighted,
             max_revisions: 2,
+            watches: false,
         },
         replicas: spec.release.replicas,
         stable: Some(RevisionState {

@@ -1,7 +1,8 @@
 //! API economy (issue 9): one rate limit shared by every rollout of a
 //! process (a thousand canaries at once on targets behind one
 //! [`RateLimiter`] all end right, and the API behind it never sees more calls
-//! in a second than the limiter allows), and readiness polls that back off.
+//! in a second than the limiter allows), readiness polls that back off, and
+//! targets that report their changes observed only when they change.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay::providers::sim::{metrics, MemoryArtifactStore, SimProbe, SimTarget};
-use relay::providers::{RateLimited, RateLimiter, Wrapped};
+use relay::providers::{Faulty, RateLimited, RateLimiter, Wrapped};
 use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, EngineConfig, Relay, Release, RolloutSpec};
 use tokio::time::Instant;
@@ -90,19 +91,37 @@ async fn a_thousand_concurrent_rollouts_never_exceed_the_shared_rate() {
     );
 }
 
+/// How the target tells the engine of its changes.
+#[derive(Clone, Copy, PartialEq)]
+enum Watch {
+    /// It does not: the engine polls.
+    No,
+    /// It does.
+    Yes,
+    /// It says it does, but every watch fails.
+    Failing,
+}
+
 /// Observations while a revision of `start` startup time becomes ready,
-/// polled from 2 s on with `backoff`.
-async fn observes_while_starting(start: Duration, backoff: f64) -> relay::Result<usize> {
+/// polled from 2 s on with `backoff` (or watched).
+async fn observes_while_starting(start: Duration, backoff: f64, watch: Watch) -> relay::Result<usize> {
     let arrivals = Calls::default();
     let artifacts = Arc::new(MemoryArtifactStore::new());
     artifacts.push("app", "v1", b"1", Default::default());
-    let sim = SimTarget::new("web").default_behavior(relay::providers::sim::RevisionBehavior {
+    let mut sim = SimTarget::new("web").default_behavior(relay::providers::sim::RevisionBehavior {
         readiness_delay: start,
         ..Default::default()
     });
+    if watch != Watch::No {
+        sim = sim.watching();
+    }
+    let faulty = Faulty::new(Wrapped::layered(arrivals.clone(), sim), 1).only_operations(&["changed"]);
+    if watch == Watch::Failing {
+        faulty.fail_next(u32::MAX);
+    }
     let relay = Relay::builder()
         .artifacts(artifacts)
-        .target(Arc::new(Wrapped::layered(arrivals.clone(), sim)))
+        .target(Arc::new(faulty))
         .config(EngineConfig {
             poll_interval: Duration::from_secs(2),
             poll_backoff: backoff,
@@ -130,15 +149,29 @@ async fn observes_while_starting(start: Duration, backoff: f64) -> relay::Result
 #[tokio::test(start_paused = true)]
 async fn readiness_polls_back_off_up_to_their_longest_interval() {
     let minute = Duration::from_secs(60);
-    let fixed = observes_while_starting(minute, 1.0).await.unwrap();
-    let backed_off = observes_while_starting(minute, 1.5).await.unwrap();
+    let fixed = observes_while_starting(minute, 1.0, Watch::No).await.unwrap();
+    let backed_off = observes_while_starting(minute, 1.5, Watch::No).await.unwrap();
     // Fixed: one poll every 2 s for a minute. Backing off: 2, 3, 4.5, 6.75,
     // then every 10 s.
     assert!(fixed >= 30, "{fixed}");
     assert!(backed_off <= 12, "{backed_off}");
     eprintln!("a minute-long start: {fixed} observations at a fixed 2 s, {backed_off} backing off 1.5x to 10 s");
-    match observes_while_starting(minute, 0.5).await {
+    match observes_while_starting(minute, 0.5, Watch::No).await {
         Err(relay::Error::InvalidSpec { path, .. }) => assert_eq!(path, "relay.config.poll_backoff"),
         other => panic!("a backoff below 1 must be refused: {other:?}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_that_reports_its_changes_is_observed_only_when_it_changes() {
+    // Shorter than the engine's 60 s resync: once as the rollout starts (as
+    // polled), once when the wait begins, once when the replicas came up.
+    let start = Duration::from_secs(50);
+    let watched = observes_while_starting(start, 1.5, Watch::Yes).await.unwrap();
+    assert_eq!(watched, 3, "{watched}");
+    // A watch that fails falls back to polling with backoff.
+    let failing = observes_while_starting(start, 1.5, Watch::Failing).await.unwrap();
+    let polled = observes_while_starting(start, 1.5, Watch::No).await.unwrap();
+    assert_eq!(failing, polled, "{failing} vs {polled}");
+    eprintln!("a 50 s start: {watched} observations watched, {polled} polled, {failing} with a failing watch");
 }

@@ -20,6 +20,7 @@ async fn a_mocked_target_sees_exactly_the_expected_calls() {
     target.expect_capabilities().return_const(Capabilities {
         routing: Routing::Weighted,
         max_revisions: 2,
+        watches: false,
     });
     let seen = staged.clone();
     target.expect_observe().returning(move || {

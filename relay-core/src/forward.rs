@@ -46,6 +46,9 @@ impl<T: Target + ?Sized> Target for Arc<T> {
     async fn describe(&self, revision: &RevisionId) -> Result<Option<crate::target::RunningRevision>> {
         (**self).describe(revision).await
     }
+    async fn changed(&self) -> Result<()> {
+        (**self).changed().await
+    }
 }
 
 #[async_trait]

@@ -32,6 +32,13 @@ pub struct Capabilities {
     pub routing: Routing,
     /// How many revisions may run side by side (2 for canary/blue-green).
     pub max_revisions: u32,
+    /// Whether the target reports its changes ([`Target::changed`]): the
+    /// engine then waits for readiness on the target's word and observes
+    /// otherwise only once per
+    /// [`EngineConfig::watch_resync`](crate::EngineConfig::watch_resync);
+    /// when it does not, the engine polls [`Target::observe`] with backoff.
+    #[serde(default)]
+    pub watches: bool,
 }
 
 impl Capabilities {
@@ -262,6 +269,16 @@ pub trait Target: Send + Sync + fmt::Debug + 'static {
         let _ = revision;
         Ok(None)
     }
+    /// Returns once the target's state may differ from what the last
+    /// [`Target::observe`] returned (a Kubernetes watch, for one), so that
+    /// the engine observes again at once. Only called when
+    /// [`Capabilities::watches`] is true. The engine drops the future when its own
+    /// poll timer fires first, so an implementation need not time out; an
+    /// error makes the engine poll for the rest of that wait. The default
+    /// never returns.
+    async fn changed(&self) -> Result<()> {
+        std::future::pending().await
+    }
 }
 
 #[cfg(test)]
@@ -296,11 +313,13 @@ mod tests {
         let sw = Capabilities {
             routing: Routing::Switch,
             max_revisions: 2,
+            watches: false,
         };
         assert!(sw.can_route(100) && sw.can_route(0) && !sw.can_route(10));
         let w = Capabilities {
             routing: Routing::Weighted,
             max_revisions: 2,
+            watches: false,
         };
         assert!(w.can_route(10));
     }

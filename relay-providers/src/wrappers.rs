@@ -320,6 +320,10 @@ impl<L: Layer, T: Target> Target for Wrapped<L, T> {
         self.layer.before("describe").await?;
         self.inner.describe(revision).await
     }
+    async fn changed(&self) -> Result<()> {
+        self.layer.before("changed").await?;
+        self.inner.changed().await
+    }
 }
 
 #[async_trait]

@@ -13,6 +13,7 @@ fn ctx(replicas: u32, routing: Routing) -> PlanContext {
         capabilities: Capabilities {
             routing,
             max_revisions: 2,
+            watches: false,
         },
         replicas,
         stable: Some(RevisionState {

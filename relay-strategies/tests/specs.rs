@@ -99,6 +99,7 @@ fn yaml_and_toml_describe_the_same_rollout() {
             capabilities: relay_core::Capabilities {
                 routing: relay_core::Routing::Weighted,
                 max_revisions: 2,
+                watches: false,
             },
             replicas: 4,
             stable: Some(relay_core::RevisionState {
@@ -315,6 +316,7 @@ fn pipelines_load_from_yaml_and_toml_alike() {
             capabilities: relay_core::Capabilities {
                 routing: relay_core::Routing::Weighted,
                 max_revisions: 2,
+                watches: false,
             },
             replicas: 4,
             stable: None,

@@ -337,7 +337,8 @@ async fn task_sets_pass_the_target_conformance_suite() {
         target.capabilities(),
         Capabilities {
             routing: Routing::Weighted,
-            max_revisions: 2
+            max_revisions: 2,
+            watches: false,
         }
     );
     testing::target_conformance(&target, &revision(1), &revision(2)).await;
@@ -674,7 +675,8 @@ async fn the_rolling_mode_updates_the_service_and_rolls_back_to_the_stable_task_
         target.capabilities(),
         Capabilities {
             routing: Routing::None,
-            max_revisions: 1
+            max_revisions: 1,
+            watches: false,
         }
     );
     let describe = || async {

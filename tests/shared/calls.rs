@@ -31,8 +31,9 @@ impl Calls {
         calls.iter().filter(|(op, _)| keep(op)).map(|(_, t)| *t).collect()
     }
 
-    /// Whether `op` changes the target (a read is `observe` or `describe`).
+    /// Whether `op` changes the target (a read is `observe`, `describe` or
+    /// a watch, `changed`).
     pub fn is_change(op: &str) -> bool {
-        !matches!(op, "observe" | "describe")
+        !matches!(op, "observe" | "describe" | "changed")
     }
 }

@@ -184,10 +184,14 @@ impl RelayBuilder {
                 format!("{backoff} is not a factor from 1.0 (a fixed interval) to 10.0"),
             ));
         }
-        if config.lease_ttl.is_zero() || config.poll_interval.is_zero() || config.gate_poll_interval.is_zero() {
+        if config.lease_ttl.is_zero()
+            || config.poll_interval.is_zero()
+            || config.gate_poll_interval.is_zero()
+            || config.watch_resync.is_zero()
+        {
             return Err(Error::invalid(
                 "relay.config",
-                "lease_ttl, poll_interval and gate_poll_interval must be greater than zero",
+                "lease_ttl, poll_interval, gate_poll_interval and watch_resync must be greater than zero",
             ));
         }
         let holder = self.holder.unwrap_or_else(|| {

@@ -34,7 +34,14 @@ enum Wake {
     Resumed,
     Decision,
     PromoteNow,
+    /// The target said its state may have changed.
+    Changed,
+    /// The target's watch failed; poll instead.
+    Unwatched,
 }
+
+/// What a target's [`Target::changed`](crate::Target::changed) returns.
+type Changed<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = crate::Result<()>> + Send + 'a>>;
 
 /// How a step ended.
 enum StepEnd {
@@ -248,6 +255,16 @@ impl Driver {
 
     /// Wait until `deadline` (forever when `None`), handling user commands.
     async fn wait_until(&mut self, deadline: Option<Instant>) -> Result<Wake, Stop> {
+        self.wait_or_changed(deadline, None).await
+    }
+
+    /// [`Self::wait_until`] that also ends when `changed` does: commands are
+    /// handled meanwhile, and the target's word is only taken between them.
+    async fn wait_or_changed(
+        &mut self,
+        deadline: Option<Instant>,
+        mut changed: Option<Changed<'_>>,
+    ) -> Result<Wake, Stop> {
         loop {
             let cmd = {
                 let sleep = async {
@@ -262,9 +279,22 @@ impl Driver {
                         None => std::future::pending().await,
                     }
                 };
+                let watch = async {
+                    match changed.as_mut() {
+                        Some(c) => c.await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = sleep => return Ok(Wake::Elapsed),
                     c = recv => c,
+                    r = watch => return Ok(match r {
+                        Ok(()) => Wake::Changed,
+                        Err(e) => {
+                            tracing::warn!(target = %self.record.target, error = %e, "watch failed, polling instead");
+                            Wake::Unwatched
+                        }
+                    }),
                 }
             };
             let Some(cmd) = cmd else {
@@ -629,6 +659,7 @@ impl Driver {
             config.poll_interval_max.max(config.poll_interval),
         );
         let mut interval = config.poll_interval;
+        let mut watch = self.target.capabilities().watches;
         loop {
             let target = self.target.clone();
             let state = self
@@ -659,7 +690,18 @@ impl Driver {
                 return Err(Stop::Rollback(e.to_string()));
             }
             // Readiness waits are not skipped by promote-now; the flag is kept.
-            self.wait_until(Some((now + interval).min(deadline))).await?;
+            if watch {
+                // On the target's word, with a poll now and then in case a
+                // change goes unreported.
+                let target = self.target.clone();
+                let resync = (now + self.inner.config.watch_resync).min(deadline);
+                let wake = self.wait_or_changed(Some(resync), Some(target.changed())).await?;
+                watch = wake != Wake::Unwatched;
+                if watch {
+                    continue;
+                }
+            }
+            self.wait_until(Some((Instant::now() + interval).min(deadline))).await?;
             interval = interval.mul_f64(backoff).min(max);
         }
     }

@@ -51,6 +51,11 @@ pub struct EngineConfig {
     /// The longest time between two readiness polls.
     #[serde(with = "crate::serde_duration", default = "default_poll_interval_max")]
     pub poll_interval_max: Duration,
+    /// With a target that reports its changes ([`Capabilities::watches`](crate::Capabilities::watches)), the
+    /// engine observes when it says so and otherwise only this often, in
+    /// case a change went unreported.
+    #[serde(with = "crate::serde_duration", default = "default_watch_resync")]
+    pub watch_resync: Duration,
     /// How long a revision may take to become ready before the step fails.
     #[serde(with = "crate::serde_duration")]
     pub progress_deadline: Duration,
@@ -68,6 +73,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_secs(2),
             poll_backoff: default_poll_backoff(),
             poll_interval_max: default_poll_interval_max(),
+            watch_resync: default_watch_resync(),
             progress_deadline: Duration::from_secs(600),
             gate_poll_interval: Duration::from_secs(30),
             event_buffer: 256,
@@ -81,6 +87,10 @@ fn default_poll_backoff() -> f64 {
 
 fn default_poll_interval_max() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_watch_resync() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// What to roll out, where, and how.

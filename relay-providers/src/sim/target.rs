@@ -152,6 +152,7 @@ impl SimTarget {
             capabilities: Capabilities {
                 routing: Routing::Weighted,
                 max_revisions: 2,
+                watches: false,
             },
             rng: SeededRng::new(0),
             requests_per_second: 100.0,
@@ -173,7 +174,19 @@ impl SimTarget {
         self.capabilities = Capabilities {
             routing: Routing::None,
             max_revisions: 1,
+            ..self.capabilities
         };
+        self
+    }
+
+    /// Model a target that reports its changes, as a Kubernetes one
+    /// watching its Deployments does ([`Capabilities::watches`]): the engine then
+    /// observes when a replica comes up rather than on a poll timer. Changes
+    /// made with [`SimTarget::behavior`] or
+    /// [`SimTarget::edit_behind_relays_back`] are not reported (the engine's
+    /// safety poll sees them).
+    pub fn watching(mut self) -> Self {
+        self.capabilities.watches = true;
         self
     }
 
@@ -408,6 +421,22 @@ impl Target for SimTarget {
 
     fn capabilities(&self) -> Capabilities {
         self.capabilities.clone()
+    }
+
+    /// Sleeps until the next replica comes up (or crashes).
+    async fn changed(&self) -> Result<()> {
+        let now = Instant::now();
+        let next = lock(&self.state)
+            .revisions
+            .values()
+            .flat_map(|r| r.up_at.iter().copied())
+            .filter(|t| *t > now)
+            .min();
+        match next {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+        Ok(())
     }
 
     async fn observe(&self) -> Result<TargetState> {

@@ -451,10 +451,12 @@ impl Target for EcsServiceTarget {
             Mode::Rolling(_) => Capabilities {
                 routing: Routing::None,
                 max_revisions: 1,
+                watches: false,
             },
             Mode::TaskSets(_) => Capabilities {
                 routing: Routing::Weighted,
                 max_revisions: 2,
+                watches: false,
             },
         }
     }
