@@ -115,25 +115,38 @@ async fn canary_mode_passes_the_target_conformance_suite() {
 /// The distinct (updated, available) replica pairs a Deployment went through.
 type Seen = Arc<Mutex<Vec<(i32, i32)>>>;
 
-/// Samples the Deployment's status every 25 ms while a rollout runs.
-fn watch(client: &Client, ns: &str) -> (Seen, tokio::task::JoinHandle<()>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
+/// Notes the Deployment's status in `seen` if it differs from the last.
+async fn sample(api: &Api<Deployment>, seen: &Seen) {
+    if let Ok(d) = api.get("web").await {
+        let s = d.status.unwrap_or_default();
+        let pair = (s.updated_replicas.unwrap_or(0), s.available_replicas.unwrap_or(0));
+        let mut seen = seen.lock().unwrap();
+        if seen.last() != Some(&pair) {
+            seen.push(pair);
+        }
+    }
+}
+
+/// Samples the Deployment's status every 25 ms while a rollout runs, and
+/// once more when the returned future (awaited) stops the sampling: the
+/// rollout may end, on the word of its own watch, within 25 ms of the last
+/// change.
+fn sample_status(client: &Client, ns: &str) -> (Seen, impl std::future::Future<Output = ()>) {
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let out = seen.clone();
+    let (out, sampler) = (seen.clone(), api.clone());
     let task = tokio::spawn(async move {
         loop {
-            if let Ok(d) = api.get("web").await {
-                let s = d.status.unwrap_or_default();
-                let pair = (s.updated_replicas.unwrap_or(0), s.available_replicas.unwrap_or(0));
-                let mut seen = out.lock().unwrap();
-                if seen.last() != Some(&pair) {
-                    seen.push(pair);
-                }
-            }
+            sample(&sampler, &out).await;
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     });
-    (seen, task)
+    let last = seen.clone();
+    let stop = async move {
+        task.abort();
+        sample(&api, &last).await;
+    };
+    (seen, stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +189,7 @@ async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_t
         .build()
         .unwrap();
 
-    let (seen, watcher) = watch(&client, &ns);
+    let (seen, stop_sampling) = sample_status(&client, &ns);
     let v2 = Release::new(format!("{REPO}:v2").parse().unwrap())
         .replicas(4)
         .config("MODE", "fast")
@@ -188,7 +201,7 @@ async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_t
         .wait()
         .await
         .unwrap();
-    watcher.abort();
+    stop_sampling.await;
     assert!(outcome.is_success(), "{outcome}");
     let calls_of_v2 = std::mem::take(&mut *log.lock().unwrap());
     for (call, n, fewest, most, total) in summary(&calls_of_v2) {
@@ -281,6 +294,60 @@ async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_t
             running: "registry.test/web:hotfix".into()
         }],
         "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_learned_from_a_watch_on_the_deployment() {
+    let client = client().await;
+    let ns = namespace(&client).await;
+    let _kubelet = Kubelet::start(&client, &ns);
+    web_app(&client, &ns, "web", 3).await;
+    let calls = RequestCounter::default();
+    let target = DeploymentTarget::builder(counted_client(&calls).await, &ns, "web")
+        .name("web")
+        .rolling(IntOrString::Int(1), IntOrString::Int(0))
+        .build()
+        .await
+        .unwrap();
+    let log = CallLog::default();
+    let metered = Metered {
+        inner: target,
+        calls,
+        log: log.clone(),
+    };
+    // Every poll an hour away: only the watch can end the wait in time.
+    let hour = Duration::from_secs(3600);
+    let relay = Relay::builder()
+        .target(Arc::new(metered))
+        .artifacts(artifacts(&["v2"]))
+        .config(EngineConfig {
+            poll_interval: hour,
+            poll_interval_max: hour,
+            watch_resync: hour,
+            progress_deadline: 2 * hour,
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let v2 = Release::new(format!("{REPO}:v2").parse().unwrap()).replicas(3);
+    let started = Instant::now();
+    let rollout = relay.start(RolloutSpec::new("web", v2, AllAtOnce)).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(120), rollout.wait())
+        .await
+        .expect("the rollout waited for a poll: no watch ended the readiness wait")
+        .unwrap();
+    assert!(outcome.is_success(), "{outcome}");
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    let summary = summary(&log);
+    for (call, n, fewest, most, total) in &summary {
+        println!("kubernetes rolling target calls, watched: {call:<8} x{n:<3} requests {fewest}..{most} each, {total} in all");
+    }
+    let changes = summary.iter().find(|c| c.0 == "changed").map_or(0, |c| c.1);
+    assert!(changes >= 1, "{summary:?}");
+    println!(
+        "readiness of 3 replicas learned from {changes} watch events in {:?}",
+        started.elapsed()
     );
 }
 
@@ -471,6 +538,9 @@ impl Target for Metered {
     }
     async fn describe(&self, revision: &RevisionId) -> relay::Result<Option<relay::RunningRevision>> {
         self.measure("describe", self.inner.describe(revision)).await
+    }
+    async fn changed(&self) -> relay::Result<()> {
+        self.measure("changed", self.inner.changed()).await
     }
 }
 

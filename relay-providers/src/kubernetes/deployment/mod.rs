@@ -14,10 +14,11 @@ use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use relay_core::{Capabilities, Error, Result, RevisionId, RevisionSpec, Routing, Target, TargetState, TrafficSplit};
 use serde_json::json;
+use tokio_stream::StreamExt;
 
 use super::error::classify;
 pub(crate) use template::REVISION_LABEL;
@@ -29,6 +30,9 @@ const STABLE_ANNOTATION: &str = "relay.dev/stable";
 const SELECTOR_ANNOTATION: &str = "relay.dev/selector";
 /// A replace that loses a race re-reads and tries again this often.
 const REPLACE_ATTEMPTS: u32 = 3;
+/// The longest a watch for changes runs before the server ends it (the
+/// engine usually drops it long before, at its next safety poll).
+const WATCH_SECONDS: u32 = 290;
 
 /// A Kubernetes `Deployment` that relay deploys to, in one of three modes
 /// that [`Target::capabilities`] reports:
@@ -62,6 +66,9 @@ const REPLACE_ATTEMPTS: u32 = 3;
 /// Deployments' ReplicaSets, and only once the controller has caught up with
 /// the latest spec (`observedGeneration`); a passed `progressDeadlineSeconds`
 /// reports the revision's replicas as failed, so the engine rolls back.
+/// The engine learns of progress from a watch on the Deployments, started
+/// from the `resourceVersion`s its last observe read ([`Target::changed`];
+/// [`DeploymentTargetBuilder::watch`] turns it off).
 ///
 /// A revision's image is pinned by digest; its config becomes environment
 /// variables and its secrets `secretKeyRef`s (`k8s://<secret>#<key>`), never
@@ -86,6 +93,10 @@ struct Inner {
     progress_deadline: Option<Duration>,
     poll_interval: Duration,
     promote_timeout: Duration,
+    watch: bool,
+    /// The Deployments the last observe read, with their `resourceVersion`s:
+    /// where a watch for changes starts.
+    seen: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 #[derive(Clone, Debug)]
@@ -125,6 +136,7 @@ pub struct DeploymentTargetBuilder {
     progress_deadline: Option<Duration>,
     poll_interval: Duration,
     promote_timeout: Duration,
+    watch: bool,
 }
 
 impl fmt::Debug for DeploymentTargetBuilder {
@@ -206,6 +218,16 @@ impl DeploymentTargetBuilder {
         self
     }
 
+    /// Whether the engine learns of readiness from a watch on the
+    /// Deployments (default `true`, see [`Capabilities::watches`]) or by polling
+    /// them only; turn it off where relay's role may not `watch`
+    /// Deployments (a refused watch already falls back to polling, with a
+    /// warning on every wait).
+    pub fn watch(mut self, watch: bool) -> Self {
+        self.watch = watch;
+        self
+    }
+
     /// Read the Deployment (and the Service in blue/green mode) and check the
     /// settings against them.
     ///
@@ -279,6 +301,8 @@ impl DeploymentTargetBuilder {
                 progress_deadline: self.progress_deadline,
                 poll_interval: self.poll_interval,
                 promote_timeout: self.promote_timeout,
+                watch: self.watch,
+                seen: std::sync::Mutex::default(),
             }),
         })
     }
@@ -342,6 +366,7 @@ impl DeploymentTarget {
             progress_deadline: None,
             poll_interval: Duration::from_secs(2),
             promote_timeout: Duration::from_secs(600),
+            watch: true,
         }
     }
 
@@ -380,6 +405,47 @@ impl DeploymentTarget {
             _ => self.get_opt(&self.canary_name()).await?,
         };
         Ok((stable, canary))
+    }
+
+    /// Note where a watch for changes after this observe starts: each
+    /// Deployment's `resourceVersion` (an absent canary Deployment is
+    /// watched for from the stable one's).
+    fn saw(&self, stable: &Deployment, canary: Option<&Deployment>) {
+        let version = |d: &Deployment| d.metadata.resource_version.clone().unwrap_or_default();
+        let mut seen = vec![(self.inner.deployment.clone(), version(stable))];
+        if !matches!(self.inner.mode, Mode::Rolling { .. }) {
+            seen.push((self.canary_name(), canary.map_or_else(|| version(stable), version)));
+        }
+        *self
+            .inner
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = seen;
+    }
+
+    /// Returns at the first change to Deployment `name` after `version`,
+    /// or when the server ends the watch (so the caller observes afresh).
+    async fn changed_after(&self, name: &str, version: &str) -> Result<()> {
+        let what = || self.what("watch", "Deployment", name);
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(WATCH_SECONDS);
+        let stream = self
+            .deployments()
+            .watch(&params, version)
+            .await
+            .map_err(|e| classify(&what(), e))?;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event.map_err(|e| classify(&what(), e))? {
+                WatchEvent::Bookmark(_) => {}
+                // The server no longer holds history that old: observe afresh.
+                WatchEvent::Error(status) if status.code == 410 => return Ok(()),
+                WatchEvent::Error(status) => return Err(classify(&what(), kube::Error::Api(status))),
+                WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_) => return Ok(()),
+            }
+        }
+        Ok(())
     }
 
     async fn replica_sets(&self, d: &Deployment) -> Result<Vec<ReplicaSet>> {
@@ -602,14 +668,17 @@ impl Target for DeploymentTarget {
             Mode::Rolling { .. } => Capabilities {
                 routing: Routing::None,
                 max_revisions: 1,
+                watches: self.inner.watch,
             },
             Mode::Canary => Capabilities {
                 routing: Routing::ReplicaRatio,
                 max_revisions: 2,
+                watches: self.inner.watch,
             },
             Mode::BlueGreen { .. } => Capabilities {
                 routing: Routing::Switch,
                 max_revisions: 2,
+                watches: self.inner.watch,
             },
         }
     }
@@ -617,6 +686,7 @@ impl Target for DeploymentTarget {
     #[tracing::instrument(skip_all, fields(target = %self.inner.name))]
     async fn observe(&self) -> Result<TargetState> {
         let (stable, canary) = self.both().await?;
+        self.saw(&stable, canary.as_ref());
         let mut revisions = BTreeMap::new();
         for d in std::iter::once(&stable).chain(canary.as_ref()) {
             let sets = self.replica_sets(d).await?;
@@ -649,6 +719,26 @@ impl Target for DeploymentTarget {
             revisions: revisions.into_values().collect(),
             traffic,
         })
+    }
+
+    /// A watch on the Deployments the last observe read (two in canary and
+    /// blue/green mode), from their `resourceVersion`s; without an observe
+    /// yet, returns at once.
+    async fn changed(&self) -> Result<()> {
+        let seen = self
+            .inner
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match seen.as_slice() {
+            [] => Ok(()),
+            [(name, version)] => self.changed_after(name, version).await,
+            [(a, va), (b, vb), ..] => tokio::select! {
+                r = self.changed_after(a, va) => r,
+                r = self.changed_after(b, vb) => r,
+            },
+        }
     }
 
     #[tracing::instrument(skip_all, fields(target = %self.inner.name, revision = %spec.id, replicas))]

@@ -84,7 +84,7 @@ fn deployment(name: &str, labels: Value, image: &str) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "shop", "uid": "u-1", "generation": 1},
+        "metadata": {"name": name, "namespace": "shop", "uid": "u-1", "generation": 1, "resourceVersion": "41"},
         "spec": {
             "replicas": 2,
             "selector": {"matchLabels": {"app": "web"}},
@@ -230,4 +230,50 @@ async fn a_split_that_a_rolling_deployment_cannot_serve_is_refused_before_any_ch
         "{e:?}"
     );
     assert_eq!(api.seen().len(), 1, "only the builder's read: nothing was written");
+}
+
+#[tokio::test]
+async fn a_watch_starts_from_what_the_last_observe_read() {
+    let replica_sets = json!({"apiVersion": "apps/v1", "kind": "ReplicaSetList", "metadata": {}, "items": []});
+    let modified = json!({"type": "MODIFIED", "object": web()});
+    let expired = json!({"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "reason": "Expired", "message": "too old resource version", "code": 410,
+    }});
+    let forbidden = json!({"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "reason": "Forbidden", "message": "cannot watch deployments", "code": 403,
+    }});
+    let (api, client) = Scripted::with(vec![web(), web(), replica_sets, modified, expired, forbidden]);
+    let target = DeploymentTarget::builder(client, "shop", "web").build().await.unwrap();
+    assert!(target.capabilities().watches);
+    target.observe().await.unwrap();
+    // A change, and history the server no longer holds: both mean observe.
+    target.changed().await.unwrap();
+    target.changed().await.unwrap();
+    let e = target.changed().await.unwrap_err();
+    assert!(
+        matches!(&e, Error::PermissionDenied { what } if what.contains("watch Deployment shop/web")),
+        "{e:?}"
+    );
+    let seen = api.seen();
+    let watches: Vec<&str> = seen.iter().skip(3).map(|s| s.uri.as_str()).collect();
+    assert_eq!(watches.len(), 3, "{seen:#?}");
+    for uri in watches {
+        assert!(uri.starts_with("/apis/apps/v1/namespaces/shop/deployments?"), "{uri}");
+        for part in [
+            "watch=true",
+            "timeoutSeconds=290",
+            "fieldSelector=metadata.name%3Dweb",
+            "resourceVersion=41",
+        ] {
+            assert!(uri.contains(part), "{part} in {uri}");
+        }
+    }
+    let off = DeploymentTarget::builder(Scripted::with(vec![web()]).1, "shop", "web")
+        .watch(false)
+        .build()
+        .await
+        .unwrap();
+    assert!(!off.capabilities().watches);
 }
