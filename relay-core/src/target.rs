@@ -274,8 +274,9 @@ pub trait Target: Send + Sync + fmt::Debug + 'static {
     /// the engine observes again at once. Only called when
     /// [`Capabilities::watches`] is true. The engine drops the future when its own
     /// poll timer fires first, so an implementation need not time out; an
-    /// error makes the engine poll for the rest of that wait. The default
-    /// never returns.
+    /// error makes the engine poll for the rest of that wait. It must not
+    /// return without cause: the engine observes each time it does. The
+    /// default never returns.
     async fn changed(&self) -> Result<()> {
         std::future::pending().await
     }

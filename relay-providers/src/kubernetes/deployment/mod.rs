@@ -33,6 +33,9 @@ const REPLACE_ATTEMPTS: u32 = 3;
 /// The longest a watch for changes runs before the server ends it (the
 /// engine usually drops it long before, at its next safety poll).
 const WATCH_SECONDS: u32 = 290;
+/// A watch that ends sooner without an event is refused (see
+/// `DeploymentTarget::changed_after`).
+const WATCH_SHORTEST: Duration = Duration::from_secs(1);
 
 /// A Kubernetes `Deployment` that relay deploys to, in one of three modes
 /// that [`Target::capabilities`] reports:
@@ -424,12 +427,16 @@ impl DeploymentTarget {
     }
 
     /// Returns at the first change to Deployment `name` after `version`,
-    /// or when the server ends the watch (so the caller observes afresh).
+    /// or when the server ends the watch (so the caller observes afresh). A
+    /// watch that the server (or a proxy) ends at once, with no event, is an
+    /// error: reporting it as a change would have the engine observe and
+    /// watch again in a tight loop.
     async fn changed_after(&self, name: &str, version: &str) -> Result<()> {
         let what = || self.what("watch", "Deployment", name);
         let params = WatchParams::default()
             .fields(&format!("metadata.name={name}"))
             .timeout(WATCH_SECONDS);
+        let started = tokio::time::Instant::now();
         let stream = self
             .deployments()
             .watch(&params, version)
@@ -444,6 +451,13 @@ impl DeploymentTarget {
                 WatchEvent::Error(status) => return Err(classify(&what(), kube::Error::Api(status))),
                 WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_) => return Ok(()),
             }
+        }
+        if started.elapsed() < WATCH_SHORTEST {
+            return Err(Error::provider(
+                "kubernetes",
+                true,
+                format!("{}: the server ended the watch at once", what()),
+            ));
         }
         Ok(())
     }

@@ -244,7 +244,11 @@ async fn a_watch_starts_from_what_the_last_observe_read() {
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "reason": "Forbidden", "message": "cannot watch deployments", "code": 403,
     }});
-    let (api, client) = Scripted::with(vec![web(), web(), replica_sets, modified, expired, forbidden]);
+    // Only a bookmark, and the stream ends: the server ended the watch at once.
+    let ended = json!({"type": "BOOKMARK", "object": {
+        "kind": "Deployment", "apiVersion": "apps/v1", "metadata": {"resourceVersion": "42"},
+    }});
+    let (api, client) = Scripted::with(vec![web(), web(), replica_sets, modified, expired, forbidden, ended]);
     let target = DeploymentTarget::builder(client, "shop", "web").build().await.unwrap();
     assert!(target.capabilities().watches);
     target.observe().await.unwrap();
@@ -256,9 +260,14 @@ async fn a_watch_starts_from_what_the_last_observe_read() {
         matches!(&e, Error::PermissionDenied { what } if what.contains("watch Deployment shop/web")),
         "{e:?}"
     );
+    let e = target.changed().await.unwrap_err();
+    assert!(
+        e.is_retryable() && e.to_string().contains("ended the watch at once"),
+        "{e}"
+    );
     let seen = api.seen();
     let watches: Vec<&str> = seen.iter().skip(3).map(|s| s.uri.as_str()).collect();
-    assert_eq!(watches.len(), 3, "{seen:#?}");
+    assert_eq!(watches.len(), 4, "{seen:#?}");
     for uri in watches {
         assert!(uri.starts_with("/apis/apps/v1/namespaces/shop/deployments?"), "{uri}");
         for part in [
