@@ -292,7 +292,10 @@ async fn sequential(m: usize, every: usize) -> Vec<u64> {
 
 /// A wait of `RELAY_SCALE_LATENCY_US` (default 1 ms, in tokio time) before
 /// every provider call; notes how long the waits took and the gaps between
-/// one call's end and the next call's start (the engine's own time).
+/// one call's end and the next call's start (the engine's own time). With
+/// `RELAY_SCALE_LATENCY_MODE=spin` the wait spins on the CPU instead, with
+/// `thread` it blocks the thread: how much of the engine's time between
+/// calls comes from the thread having slept.
 #[derive(Debug, Default, Clone)]
 struct Slow(Arc<std::sync::Mutex<SlowTally>>);
 
@@ -319,7 +322,16 @@ impl relay::providers::Layer for Slow {
             .and_then(|v| v.parse().ok())
             .unwrap_or(1000);
         if us > 0 {
-            tokio::time::sleep(Duration::from_micros(us)).await;
+            match std::env::var("RELAY_SCALE_LATENCY_MODE").as_deref() {
+                Ok("spin") => {
+                    let until = std::time::Instant::now() + Duration::from_micros(us);
+                    while std::time::Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                }
+                Ok("thread") => std::thread::sleep(Duration::from_micros(us)),
+                _ => tokio::time::sleep(Duration::from_micros(us)).await,
+            }
         }
         let mut tally = self.0.lock().unwrap();
         tally.calls += 1;
