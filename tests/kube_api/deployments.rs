@@ -298,57 +298,68 @@ async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_is_learned_from_a_watch_on_the_deployment() {
-    let client = client().await;
-    let ns = namespace(&client).await;
-    let _kubelet = Kubelet::start(&client, &ns);
-    web_app(&client, &ns, "web", 3).await;
-    let calls = RequestCounter::default();
-    let target = DeploymentTarget::builder(counted_client(&calls).await, &ns, "web")
-        .name("web")
-        .rolling(IntOrString::Int(1), IntOrString::Int(0))
-        .build()
-        .await
-        .unwrap();
-    let log = CallLog::default();
-    let metered = Metered {
-        inner: target,
-        calls,
-        log: log.clone(),
-    };
-    // Every poll an hour away: only the watch can end the wait in time.
-    let hour = Duration::from_secs(3600);
-    let relay = Relay::builder()
-        .target(Arc::new(metered))
-        .artifacts(artifacts(&["v2"]))
-        .config(EngineConfig {
-            poll_interval: hour,
-            poll_interval_max: hour,
-            watch_resync: hour,
-            progress_deadline: 2 * hour,
-            ..Default::default()
-        })
-        .build()
-        .unwrap();
-    let v2 = Release::new(format!("{REPO}:v2").parse().unwrap()).replicas(3);
-    let started = Instant::now();
-    let rollout = relay.start(RolloutSpec::new("web", v2, AllAtOnce)).await.unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(120), rollout.wait())
-        .await
-        .expect("the rollout waited for a poll: no watch ended the readiness wait")
-        .unwrap();
-    assert!(outcome.is_success(), "{outcome}");
-    let log = std::mem::take(&mut *log.lock().unwrap());
-    let summary = summary(&log);
-    for (call, n, fewest, most, total) in &summary {
-        println!("kubernetes rolling target calls, watched: {call:<8} x{n:<3} requests {fewest}..{most} each, {total} in all");
+async fn readiness_and_promotion_are_learned_from_watches_on_the_deployments() {
+    for canary in [false, true] {
+        let mode = if canary { "canary" } else { "rolling" };
+        let client = client().await;
+        let ns = namespace(&client).await;
+        let _kubelet = Kubelet::start(&client, &ns);
+        web_app(&client, &ns, "web", 3).await;
+        // Every poll an hour away, the engine's and the promotion's: only
+        // the watches can end the waits in time.
+        let hour = Duration::from_secs(3600);
+        let calls = RequestCounter::default();
+        let builder = DeploymentTarget::builder(counted_client(&calls).await, &ns, "web")
+            .name("web")
+            .poll_interval(hour);
+        let builder = if canary {
+            builder.canary()
+        } else {
+            builder.rolling(IntOrString::Int(1), IntOrString::Int(0))
+        };
+        let log = CallLog::default();
+        let metered = Metered {
+            inner: builder.build().await.unwrap(),
+            calls,
+            log: log.clone(),
+        };
+        let relay = Relay::builder()
+            .target(Arc::new(metered))
+            .artifacts(artifacts(&["v2"]))
+            .config(EngineConfig {
+                poll_interval: hour,
+                poll_interval_max: hour,
+                watch_resync: hour,
+                progress_deadline: 2 * hour,
+                ..Default::default()
+            })
+            .build()
+            .unwrap();
+        let v2 = Release::new(format!("{REPO}:v2").parse().unwrap()).replicas(3);
+        let spec = if canary {
+            RolloutSpec::new("web", v2, CanaryStrategy::new().set_weight(50))
+        } else {
+            RolloutSpec::new("web", v2, AllAtOnce)
+        };
+        let started = Instant::now();
+        let rollout = relay.start(spec).await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(120), rollout.wait())
+            .await
+            .expect("the rollout waited for a poll: no watch ended a wait")
+            .unwrap();
+        assert!(outcome.is_success(), "{mode}: {outcome}");
+        let log = std::mem::take(&mut *log.lock().unwrap());
+        let summary = summary(&log);
+        for (call, n, fewest, most, total) in &summary {
+            println!("kubernetes {mode} target calls, watched: {call:<8} x{n:<3} requests {fewest}..{most} each, {total} in all");
+        }
+        let changes = summary.iter().find(|c| c.0 == "changed").map_or(0, |c| c.1);
+        assert!(changes >= 1, "{mode}: {summary:?}");
+        println!(
+            "{mode}: 3 replicas rolled out on {changes} watch events in {:?}",
+            started.elapsed()
+        );
     }
-    let changes = summary.iter().find(|c| c.0 == "changed").map_or(0, |c| c.1);
-    assert!(changes >= 1, "{summary:?}");
-    println!(
-        "readiness of 3 replicas learned from {changes} watch events in {:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,9 @@ const REPLACE_ATTEMPTS: u32 = 3;
 /// The longest a watch for changes runs before the server ends it (the
 /// engine usually drops it long before, at its next safety poll).
 const WATCH_SECONDS: u32 = 290;
+/// How long a promotion waits on its watch before it reads the Deployment
+/// anyway.
+const WATCH_RESYNC: Duration = Duration::from_secs(60);
 /// A watch that ends sooner without an event is refused (see
 /// `DeploymentTarget::changed_after`).
 const WATCH_SHORTEST: Duration = Duration::from_secs(1);
@@ -208,7 +211,8 @@ impl DeploymentTargetBuilder {
     }
 
     /// How often a promotion re-reads the stable Deployment while it rolls
-    /// (default 2 s).
+    /// when it cannot watch it (default 2 s; see
+    /// [`DeploymentTargetBuilder::watch`]).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self
@@ -221,11 +225,12 @@ impl DeploymentTargetBuilder {
         self
     }
 
-    /// Whether the engine learns of readiness from a watch on the
-    /// Deployments (default `true`, see [`Capabilities::watches`]) or by polling
-    /// them only; turn it off where relay's role may not `watch`
-    /// Deployments (a refused watch already falls back to polling, with a
-    /// warning on every wait).
+    /// Whether the engine learns of readiness, and a promotion of the
+    /// stable Deployment's progress, from a watch on the Deployments
+    /// (default `true`, see [`Capabilities::watches`]) or by polling them
+    /// only; turn it off where relay's role may not `watch` Deployments (a
+    /// refused watch already falls back to polling, with a warning on every
+    /// wait).
     pub fn watch(mut self, watch: bool) -> Self {
         self.watch = watch;
         self
@@ -427,11 +432,23 @@ impl DeploymentTarget {
     }
 
     /// Returns at the first change to Deployment `name` after `version`,
-    /// or when the server ends the watch (so the caller observes afresh). A
-    /// watch that the server (or a proxy) ends at once, with no event, is an
-    /// error: reporting it as a change would have the engine observe and
-    /// watch again in a tight loop.
+    /// or when the server ends the watch (so the caller observes afresh).
     async fn changed_after(&self, name: &str, version: &str) -> Result<()> {
+        self.watch_until(name, version, |_| true).await.map(|_| ())
+    }
+
+    /// Watches Deployment `name` from `version` and returns the first state
+    /// it takes that is `done`, or `None` when the watch ends first (the
+    /// server's timeout, history it no longer holds, the Deployment
+    /// deleted): the caller reads afresh. A watch that the server (or a
+    /// proxy) ends at once, with no event, is an error: taking it for a
+    /// change would have the caller read and watch again in a tight loop.
+    async fn watch_until(
+        &self,
+        name: &str,
+        version: &str,
+        done: impl Fn(&Deployment) -> bool,
+    ) -> Result<Option<Deployment>> {
         let what = || self.what("watch", "Deployment", name);
         let params = WatchParams::default()
             .fields(&format!("metadata.name={name}"))
@@ -443,23 +460,26 @@ impl DeploymentTarget {
             .await
             .map_err(|e| classify(&what(), e))?;
         let mut stream = std::pin::pin!(stream);
+        let mut changes = 0;
         while let Some(event) = stream.next().await {
             match event.map_err(|e| classify(&what(), e))? {
                 WatchEvent::Bookmark(_) => {}
-                // The server no longer holds history that old: observe afresh.
-                WatchEvent::Error(status) if status.code == 410 => return Ok(()),
+                WatchEvent::Added(d) | WatchEvent::Modified(d) if done(&d) => return Ok(Some(d)),
+                WatchEvent::Added(_) | WatchEvent::Modified(_) => changes += 1,
+                // The server no longer holds history that old.
+                WatchEvent::Error(status) if status.code == 410 => return Ok(None),
                 WatchEvent::Error(status) => return Err(classify(&what(), kube::Error::Api(status))),
-                WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_) => return Ok(()),
+                WatchEvent::Deleted(_) => return Ok(None),
             }
         }
-        if started.elapsed() < WATCH_SHORTEST {
+        if changes == 0 && started.elapsed() < WATCH_SHORTEST {
             return Err(Error::provider(
                 "kubernetes",
                 true,
                 format!("{}: the server ended the watch at once", what()),
             ));
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn replica_sets(&self, d: &Deployment) -> Result<Vec<ReplicaSet>> {
@@ -620,20 +640,11 @@ impl DeploymentTarget {
     /// Wait for the stable Deployment to run its template on every replica.
     async fn wait_complete(&self) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.inner.promote_timeout;
+        let mut watch = self.inner.watch;
         loop {
             let d = self.get(&self.inner.deployment).await?;
-            if status::complete(&d) {
-                return Ok(());
-            }
-            if status::caught_up(&d) && status::deadline_exceeded(&d) {
-                return Err(Error::RevisionFailed {
-                    target: self.inner.name.clone(),
-                    revision: status::current(&d).map(|r| r.to_string()).unwrap_or_default(),
-                    reason: format!(
-                        "Deployment {}/{} exceeded its progress deadline",
-                        self.inner.namespace, self.inner.deployment
-                    ),
-                });
+            if let Some(end) = self.completion(&d) {
+                return end;
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Timeout {
@@ -643,8 +654,45 @@ impl DeploymentTarget {
                     ),
                 });
             }
+            if watch {
+                // Judge each state the watch reports, without reading the
+                // Deployment again; read afresh when the watch ends or after
+                // a while, in case a change went unreported.
+                let version = d.metadata.resource_version.clone().unwrap_or_default();
+                let wait = deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .min(WATCH_RESYNC);
+                let until = self.watch_until(&self.inner.deployment, &version, |d| self.completion(d).is_some());
+                match tokio::time::timeout(wait, until).await {
+                    Ok(Ok(Some(d))) => return self.completion(&d).unwrap_or(Ok(())),
+                    Ok(Ok(None)) | Err(_) => continue,
+                    Ok(Err(e)) => {
+                        tracing::warn!(target = %self.inner.name, error = %e, "watch failed, polling instead");
+                        watch = false;
+                    }
+                }
+            }
             tokio::time::sleep(self.inner.poll_interval).await;
         }
+    }
+
+    /// How a promotion ends with the stable Deployment in state `d`: done,
+    /// failed past its progress deadline, or `None` while it still rolls.
+    fn completion(&self, d: &Deployment) -> Option<Result<()>> {
+        if status::complete(d) {
+            return Some(Ok(()));
+        }
+        if status::caught_up(d) && status::deadline_exceeded(d) {
+            return Some(Err(Error::RevisionFailed {
+                target: self.inner.name.clone(),
+                revision: status::current(d).map(|r| r.to_string()).unwrap_or_default(),
+                reason: format!(
+                    "Deployment {}/{} exceeded its progress deadline",
+                    self.inner.namespace, self.inner.deployment
+                ),
+            }));
+        }
+        None
     }
 
     /// The canary Deployment for `base` (the stable template) running `spec`.
