@@ -90,7 +90,20 @@ fn entry_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
     h.update(prev_hash.as_bytes());
     // Writing into a hasher cannot fail, and these types always serialize.
     let _ = serde_json::to_writer(HashWriter(&mut h), &body);
-    hex::encode(h.finalize())
+    to_hex(&h.finalize())
+}
+
+/// Lower-case hex, as `hex::encode` writes it but without its
+/// character-by-character iterator: this runs once per audit entry, and was
+/// 4% of the engine's time per step.
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// The head of a chain: the last sequence number and hash. Sinks keep it to
