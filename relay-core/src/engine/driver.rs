@@ -171,9 +171,14 @@ impl Driver {
         let lost = self.lease_lost.clone();
         let mut lease = self.lease.clone();
         AbortOnDrop(tokio::spawn(async move {
+            // One timer, reset after each renewal.
+            let sleep = tokio::time::sleep(ttl / 3);
+            tokio::pin!(sleep);
             loop {
-                tokio::time::sleep(ttl / 3).await;
-                match state.renew_lease(&lease, ttl, clock.now_ms()).await {
+                sleep.as_mut().await;
+                let renewed = state.renew_lease(&lease, ttl, clock.now_ms()).await;
+                sleep.as_mut().reset(Instant::now() + ttl / 3);
+                match renewed {
                     Ok(l) => lease = l,
                     Err(e) if e.is_retryable() => tracing::warn!(error = %e, "lease renewal failed, retrying"),
                     Err(e) => {

@@ -83,14 +83,10 @@ pub fn acquire(slot: &mut LeaseSlot, target: &str, holder: &str, ttl: Duration, 
 
 /// Extend a lease still held; mutates `slot` on success.
 pub fn renew(slot: &mut LeaseSlot, lease: &Lease, ttl: Duration, now: UnixMillis) -> Result<Lease> {
-    match &slot.lease {
+    match &mut slot.lease {
         Some(l) if l.token == lease.token && l.holder == lease.holder => {
-            let renewed = Lease {
-                expires_at_ms: now + ttl_ms(ttl),
-                ..l.clone()
-            };
-            slot.lease = Some(renewed.clone());
-            Ok(renewed)
+            l.expires_at_ms = now + ttl_ms(ttl);
+            Ok(l.clone())
         }
         other => Err(Error::LeaseLost {
             target: lease.target.clone(),

@@ -124,7 +124,11 @@ impl StateStore for MemoryStateStore {
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
         let mut g = self.lock();
-        logic::renew(g.leases.entry(lease.target.clone()).or_default(), lease, ttl, now_ms)
+        match g.leases.get_mut(&lease.target) {
+            Some(slot) => logic::renew(slot, lease, ttl, now_ms),
+            // Never acquired here: refused as released.
+            None => logic::renew(&mut LeaseSlot::default(), lease, ttl, now_ms),
+        }
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
