@@ -37,7 +37,7 @@ const WATCH_SECONDS: u32 = 290;
 /// anyway.
 const WATCH_RESYNC: Duration = Duration::from_secs(60);
 /// A watch that ends sooner without an event is refused (see
-/// `DeploymentTarget::changed_after`).
+/// `DeploymentTarget::watch_until`).
 const WATCH_SHORTEST: Duration = Duration::from_secs(1);
 
 /// A Kubernetes `Deployment` that relay deploys to, in one of three modes
