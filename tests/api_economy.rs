@@ -175,3 +175,33 @@ async fn a_target_that_reports_its_changes_is_observed_only_when_it_changes() {
     assert_eq!(failing, polled, "{failing} vs {polled}");
     eprintln!("a 50 s start: {watched} observations watched, {polled} polled, {failing} with a failing watch");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_on_the_targets_word_still_takes_commands() {
+    let artifacts = Arc::new(MemoryArtifactStore::new());
+    artifacts.push("app", "v1", b"1", Default::default());
+    // Ten minutes to start, a watch that reports it: nothing but a command
+    // can end the wait before then (the resync is a minute away).
+    let sim = SimTarget::new("web")
+        .watching()
+        .default_behavior(relay::providers::sim::RevisionBehavior {
+            readiness_delay: Duration::from_secs(600),
+            ..Default::default()
+        });
+    let relay = Relay::builder()
+        .artifacts(artifacts)
+        .target(Arc::new(sim))
+        .build()
+        .unwrap();
+    let release = Release::new("app:v1".parse().unwrap()).replicas(4);
+    let handle = relay.start(RolloutSpec::new("web", release, AllAtOnce)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let aborted = Instant::now();
+    handle.abort("oncall", "wrong build").unwrap();
+    let outcome = handle.wait().await.unwrap();
+    assert!(
+        matches!(&outcome, relay::Outcome::RolledBack { cause } if cause.contains("aborted by oncall")),
+        "{outcome}"
+    );
+    assert!(aborted.elapsed() < Duration::from_secs(30), "{:?}", aborted.elapsed());
+}
