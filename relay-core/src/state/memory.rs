@@ -123,12 +123,12 @@ impl StateStore for MemoryStateStore {
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
+        // A lease never acquired here is refused as released, from an empty
+        // slot (no map entry, and no key cloned, for that).
+        let mut empty = LeaseSlot::default();
         let mut g = self.lock();
-        match g.leases.get_mut(&lease.target) {
-            Some(slot) => logic::renew(slot, lease, ttl, now_ms),
-            // Never acquired here: refused as released.
-            None => logic::renew(&mut LeaseSlot::default(), lease, ttl, now_ms),
-        }
+        let slot = g.leases.get_mut(&lease.target).unwrap_or(&mut empty);
+        logic::renew(slot, lease, ttl, now_ms)
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
