@@ -51,36 +51,88 @@ impl SeededRng {
     /// A binomial variate: successes in `n` trials of probability `p`.
     /// Exact by inversion of the distribution function (one uniform draw)
     /// while the mean is below 30; normal approximation above, where the
-    /// variance is at least 15.
+    /// variance is at least 15. [`Binomial`] draws many with one set-up.
     pub fn binomial(&self, n: u64, p: f64) -> u64 {
+        Binomial::new(n, p).sample(self)
+    }
+}
+
+/// A binomial distribution, set up once for many draws of the same `n` and
+/// `p` (a simulated target draws one per second of every window; the set-up
+/// is a `powf`, the draw mostly a few multiplications).
+#[derive(Clone, Copy, Debug)]
+pub struct Binomial {
+    n: u64,
+    /// Draws count failures of the complement (`p` above one half).
+    flip: bool,
+    method: Method,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Method {
+    /// Always this many successes (`p` of 0 or 1, or no trials).
+    Fixed(u64),
+    /// Normal approximation: mean and standard deviation.
+    Normal { mean: f64, sd: f64 },
+    /// Inversion (BINV): P(X = 0) and the ratio p / q.
+    Inversion { p0: f64, ratio: f64 },
+}
+
+impl Binomial {
+    /// Successes in `n` trials of probability `p` (clamped to `[0, 1]`; not
+    /// a number counts as 0).
+    pub fn new(n: u64, p: f64) -> Self {
         let p = if p.is_finite() { p.clamp(0.0, 1.0) } else { 0.0 };
+        let fixed = |k| Binomial {
+            n,
+            flip: false,
+            method: Method::Fixed(k),
+        };
         if n == 0 || p == 0.0 {
-            return 0;
+            return fixed(0);
         }
         if p == 1.0 {
-            return n;
+            return fixed(n);
         }
-        if p > 0.5 {
-            return n - self.binomial(n, 1.0 - p);
+        let (flip, p) = if p > 0.5 { (true, 1.0 - p) } else { (false, p) };
+        let (nf, q) = (n as f64, 1.0 - p);
+        let method = if nf * p >= 30.0 {
+            Method::Normal {
+                mean: nf * p,
+                sd: (nf * p * q).sqrt(),
+            }
+        } else {
+            Method::Inversion {
+                p0: q.powf(nf),
+                ratio: p / q,
+            }
+        };
+        Binomial { n, flip, method }
+    }
+
+    /// One draw from `rng`.
+    pub fn sample(&self, rng: &SeededRng) -> u64 {
+        let n = self.n;
+        let x = match self.method {
+            Method::Fixed(k) => return k,
+            Method::Normal { mean, sd } => (mean + sd * rng.next_normal()).round().clamp(0.0, n as f64) as u64,
+            Method::Inversion { p0, ratio } => {
+                // Walk the probabilities P(X = x) up from x = 0, each from
+                // the last by the ratio (n - x + 1) p / (x q).
+                let (mut prob, mut u, mut x) = (p0, rng.next_f64(), 0u64);
+                while u > prob && x < n {
+                    u -= prob;
+                    x += 1;
+                    prob *= ratio * (n - x + 1) as f64 / x as f64;
+                }
+                x
+            }
+        };
+        if self.flip {
+            n - x
+        } else {
+            x
         }
-        let nf = n as f64;
-        if nf * p >= 30.0 {
-            let sd = (nf * p * (1.0 - p)).sqrt();
-            return (nf * p + sd * self.next_normal()).round().clamp(0.0, nf) as u64;
-        }
-        // Inversion (BINV): walk the probabilities P(X = x) up from x = 0,
-        // each from the last by the ratio (n - x + 1) p / (x q).
-        let q = 1.0 - p;
-        let ratio = p / q;
-        let mut prob = q.powf(nf);
-        let mut u = self.next_f64();
-        let mut x = 0u64;
-        while u > prob && x < n {
-            u -= prob;
-            x += 1;
-            prob *= ratio * (n - x + 1) as f64 / x as f64;
-        }
-        x
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use relay_core::rng::Binomial;
 use relay_core::{
     Capabilities, Counts, Digest, Error, Result, RevisionId, RevisionSpec, RevisionState, Routing, RunningRevision,
     Sample, Scope, SeededRng, Target, TargetState, TrafficSplit,
@@ -308,19 +309,25 @@ impl SimTarget {
         drop(st);
         let buckets = window.as_secs().clamp(1, 60);
         let bucket_secs = window.as_secs_f64() / buckets as f64;
+        // Every bucket of a member serves the same number of requests: its
+        // failure distribution is set up once.
+        let members: Vec<(u64, Binomial, RevisionBehavior)> = members
+            .into_iter()
+            .map(|(b, rps)| {
+                let n = (rps * bucket_secs).round() as u64;
+                (n, Binomial::new(n, b.error_rate), b)
+            })
+            .filter(|(n, _, _)| *n > 0)
+            .collect();
         let mut values = Vec::with_capacity(buckets as usize);
         let mut counts = Counts::default();
         for _ in 0..buckets {
             let (mut requests, mut failures, mut latency) = (0u64, 0u64, 0.0);
-            for (b, rps) in &members {
-                let n = (rps * bucket_secs).round() as u64;
-                if n == 0 {
-                    continue;
-                }
+            for (n, failing, b) in &members {
                 requests += n;
-                failures += self.rng.binomial(n, b.error_rate);
+                failures += failing.sample(&self.rng);
                 if metric == metrics::LATENCY_MS {
-                    latency += n as f64 * b.latency_ms * (b.latency_spread * self.rng.next_normal()).exp();
+                    latency += *n as f64 * b.latency_ms * (b.latency_spread * self.rng.next_normal()).exp();
                 }
             }
             if requests == 0 {
