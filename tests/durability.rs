@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use relay::{
-    AuditSink, Error, EventKind, FileStateStore, JsonlAuditSink, Outcome, Relay, RolloutSpec, Target, TokioClock,
+    AuditSink, Error, EventKind, FileStateStore, JsonlAuditSink, Lease, Outcome, Relay, RolloutSpec, Target, TokioClock,
 };
 
 struct Crash {
@@ -338,4 +338,125 @@ fn file_stores_racing_for_a_lease_let_exactly_one_win() {
             Err(Error::LeaseLost { .. })
         ));
     });
+}
+
+/// A memory store that counts lease renewals, and holds leases in process
+/// only when `hold` (as the memory store does) — without, the engine must
+/// renew.
+#[derive(Debug)]
+struct CountingRenewals {
+    inner: relay::MemoryStateStore,
+    hold: bool,
+    renewals: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl relay::StateStore for CountingRenewals {
+    async fn get(&self, id: &str) -> relay::Result<Option<relay::RolloutRecord>> {
+        self.inner.get(id).await
+    }
+    async fn put(&self, record: &relay::RolloutRecord, expected: Option<u64>) -> relay::Result<u64> {
+        self.inner.put(record, expected).await
+    }
+    async fn list_active(&self) -> relay::Result<Vec<relay::RolloutRecord>> {
+        self.inner.list_active().await
+    }
+    async fn list_target(&self, target: &str) -> relay::Result<Vec<relay::RolloutRecord>> {
+        self.inner.list_target(target).await
+    }
+    async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now: i64) -> relay::Result<Lease> {
+        self.inner.acquire_lease(target, holder, ttl, now).await
+    }
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration, now: i64) -> relay::Result<Lease> {
+        self.renewals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.renew_lease(lease, ttl, now).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> relay::Result<()> {
+        self.inner.release_lease(lease).await
+    }
+    fn hold_lease(&self, lease: &Lease) -> Option<relay::LeaseHold> {
+        self.hold.then(|| self.inner.hold_lease(lease)).flatten()
+    }
+}
+
+/// Runs the canary on a store that holds leases or not, with a second
+/// engine on the same store trying the target midway; returns the
+/// renewals and the virtual time the rollout took.
+async fn lease_kept(hold: bool) -> (u32, Duration) {
+    let w = World::new(306);
+    let state = Arc::new(CountingRenewals {
+        inner: relay::MemoryStateStore::new(),
+        hold,
+        renewals: Default::default(),
+    });
+    let (a, b) = (
+        w.builder().state(state.clone()).holder("engine-a").build().unwrap(),
+        w.builder().state(state.clone()).holder("engine-b").build().unwrap(),
+    );
+    deploy_v1(&a).await;
+    let started = tokio::time::Instant::now();
+    let handle = a.start(RolloutSpec::new("web", release("v2"), canary())).await.unwrap();
+    let mut events = handle.events();
+    until(
+        &mut events,
+        |k| matches!(k, EventKind::StepStarted { kind, .. } if kind == "pause"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    match b.start(RolloutSpec::new("web", release("v3"), canary())).await {
+        Err(Error::TargetLocked {
+            holder, expires_at_ms, ..
+        }) => {
+            assert!(holder.starts_with("engine-a/"), "{holder}");
+            assert_eq!(expires_at_ms == Lease::HELD, hold, "held only by a store that holds");
+        }
+        other => panic!(
+            "the running rollout's lease must hold, got {:?}",
+            other.map(|h| h.id().to_string())
+        ),
+    }
+    assert!(handle.wait().await.unwrap().is_success());
+    let took = started.elapsed();
+    assert!(
+        b.start(RolloutSpec::new("web", release("v3"), canary())).await.is_ok(),
+        "a finished rollout frees its target"
+    );
+    (state.renewals.load(std::sync::atomic::Ordering::Relaxed), took)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_process_store_holds_a_rollouts_lease_with_no_renewals() {
+    let (renewals, took) = lease_kept(true).await;
+    assert!(took > Duration::from_secs(600), "many lease TTLs long: {took:?}");
+    assert_eq!(renewals, 0, "a held lease is not renewed");
+    // The same rollout on a store that cannot hold renews every ttl / 3.
+    let (renewals, took) = lease_kept(false).await;
+    let expected = (took.as_secs() / 10) as u32;
+    assert!(
+        (expected - 1..=expected).contains(&renewals),
+        "{renewals} renewals in {took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn halting_a_rollout_on_an_in_process_store_frees_its_target_at_once() {
+    let w = World::new(307);
+    let state = Arc::new(relay::MemoryStateStore::new());
+    let (a, b) = (
+        w.builder().state(state.clone()).holder("engine-a").build().unwrap(),
+        w.builder().state(state.clone()).holder("engine-b").build().unwrap(),
+    );
+    deploy_v1(&a).await;
+    let handle = a.start(RolloutSpec::new("web", release("v2"), canary())).await.unwrap();
+    let id = handle.id().to_string();
+    let mut events = handle.events();
+    until(&mut events, |k| {
+        matches!(k, EventKind::TrafficShifted { candidate_weight: 25 })
+    })
+    .await;
+    handle.halt();
+    // The halted task is dropped when the runtime next runs; no TTL to wait.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let outcome = b.resume(&id).await.unwrap().wait().await.unwrap();
+    assert!(outcome.is_success(), "{outcome}");
 }

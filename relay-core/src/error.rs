@@ -78,13 +78,14 @@ pub enum Error {
         what: String,
     },
     /// Another rollout holds the lease on this target.
-    #[error("target {target} is locked by {holder} until {expires_at_ms} ms")]
+    #[error("target {target} is locked by {holder} {}", locked_until(*expires_at_ms))]
     TargetLocked {
         /// The target.
         target: String,
         /// The lease holder's identity.
         holder: String,
-        /// When the lease expires (unix milliseconds) unless renewed.
+        /// When the lease expires (unix milliseconds) unless renewed;
+        /// [`crate::Lease::HELD`] while its holder holds it in process.
         expires_at_ms: i64,
     },
     /// This engine lost its lease (expired or taken over); it stopped driving
@@ -151,6 +152,15 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+}
+
+/// How long a lease locks its target, for [`Error::TargetLocked`].
+fn locked_until(expires_at_ms: i64) -> String {
+    if expires_at_ms == crate::Lease::HELD {
+        "for as long as it runs".to_owned()
+    } else {
+        format!("until {expires_at_ms} ms")
+    }
 }
 
 impl Error {

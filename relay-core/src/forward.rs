@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::gate::{Gate, GateContext, GateDecision};
 use crate::release::{RevisionId, RevisionSpec, SecretRef};
 use crate::seams::{ArtifactStore, HealthProbe, ProbeQuery, Sample, SecretStore, SecretValue};
-use crate::state::{Lease, RolloutRecord, StateStore};
+use crate::state::{Lease, LeaseHold, RolloutRecord, StateStore};
 use crate::target::{Capabilities, Target, TargetState, TrafficSplit};
 
 #[async_trait]
@@ -107,6 +107,9 @@ impl<T: StateStore + ?Sized> StateStore for Arc<T> {
     }
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
         (**self).release_lease(lease).await
+    }
+    fn hold_lease(&self, lease: &Lease) -> Option<LeaseHold> {
+        (**self).hold_lease(lease)
     }
 }
 

@@ -15,7 +15,7 @@ use crate::audit::{AuditEvent, AuditSink};
 use crate::error::Error;
 use crate::plan::Plan;
 use crate::release::RevisionSpec;
-use crate::state::{RolloutRecord, RolloutStatus, StateStore};
+use crate::state::{Lease, RolloutRecord, RolloutStatus, StateStore};
 use crate::target::{Target, TrafficSplit};
 use crate::{Artifact, Digest, SecretRef, SecretStore};
 
@@ -116,6 +116,46 @@ pub async fn state_store_conformance(store: &dyn StateStore) {
     store.release_lease(&b).await.unwrap();
     let c = store.acquire_lease("conf-t", "c", ttl, 15_003).await.unwrap();
     assert!(c.token > b.token, "tokens never repeat, even after a release");
+
+    // A store that holds leases in process: held, they do not expire, and
+    // dropping the hold releases them.
+    if let Some(hold) = store.hold_lease(&c) {
+        let long_after = 15_003 + 100 * 10_000;
+        match store.acquire_lease("conf-t", "d", ttl, long_after).await {
+            Err(Error::TargetLocked {
+                holder, expires_at_ms, ..
+            }) => {
+                assert_eq!((holder.as_str(), expires_at_ms), ("c", Lease::HELD));
+            }
+            other => panic!("a held lease must not expire, got {other:?}"),
+        }
+        let renewed = store.renew_lease(&c, ttl, long_after).await.unwrap();
+        let again = store.acquire_lease("conf-t", "c", ttl, long_after).await.unwrap();
+        assert_eq!(
+            (renewed.expires_at_ms, again.expires_at_ms, again.token),
+            (Lease::HELD, Lease::HELD, c.token),
+            "renewing or re-acquiring a held lease keeps it held"
+        );
+        drop(hold);
+        let d = store
+            .acquire_lease("conf-t", "d", ttl, long_after)
+            .await
+            .expect("dropping the hold releases the lease");
+        assert!(d.token > c.token);
+        assert!(store.hold_lease(&c).is_none(), "a lease no longer held cannot be held");
+        // A hold outliving its lease does not release the next holder's.
+        let stale = store.hold_lease(&d);
+        store.release_lease(&d).await.unwrap();
+        store.acquire_lease("conf-t", "e", ttl, long_after).await.unwrap();
+        drop(stale);
+        assert!(
+            matches!(
+                store.acquire_lease("conf-t", "f", ttl, long_after + 1).await,
+                Err(Error::TargetLocked { .. })
+            ),
+            "a hold dropped after its release must not release the next holder's lease"
+        );
+    }
 }
 
 /// Append, read back in order, verify.

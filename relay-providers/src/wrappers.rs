@@ -354,6 +354,9 @@ impl<L: Layer, T: HealthProbe> HealthProbe for Wrapped<L, T> {
     }
 }
 
+/// Leases are not [held](StateStore::hold_lease) through a layer: the
+/// engine renews them, through the layer, so its faults, latency and limits
+/// reach renewals as they reach every other call.
 #[async_trait]
 impl<L: Layer, T: StateStore> StateStore for Wrapped<L, T> {
     async fn get(&self, id: &str) -> Result<Option<RolloutRecord>> {

@@ -380,7 +380,10 @@ impl Driver {
             strategy = %self.record.plan.strategy
         );
         async move {
-            let _renewal = self.spawn_lease_renewal();
+            // A store that sees this process alive holds the lease with no
+            // renewals (and releases it however this task ends).
+            let held = self.inner.state.hold_lease(&self.lease);
+            let _renewal = held.is_none().then(|| self.spawn_lease_renewal());
             self.emit(EventKind::Started {
                 target: self.record.target.clone(),
                 strategy: self.record.plan.strategy.clone(),

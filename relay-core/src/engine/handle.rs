@@ -183,7 +183,9 @@ impl RolloutHandle {
 
     /// Stop driving the rollout in this process at once, without rolling
     /// back, as a crash or shutdown would. The record stays running and its
-    /// lease expires, so another engine can [`crate::Relay::resume`] it.
+    /// lease expires (a lease [held](crate::StateStore::hold_lease) in
+    /// process, as [`crate::MemoryStateStore`] holds them, is released at
+    /// once), so another engine can [`crate::Relay::resume`] it.
     pub fn halt(self) {
         self.join.abort();
     }

@@ -66,26 +66,49 @@ pub fn acquire(slot: &mut LeaseSlot, target: &str, holder: &str, ttl: Duration, 
             });
         }
     }
-    let token = match &slot.lease {
-        Some(l) if l.holder == holder && l.expires_at_ms > now => l.token,
-        _ => slot.last_token + 1,
+    let (token, expires_at_ms) = match &slot.lease {
+        // A held lease stays held: its hold releases it.
+        Some(l) if l.holder == holder && l.expires_at_ms > now => (l.token, extended(l.expires_at_ms, now, ttl)),
+        _ => (slot.last_token + 1, now + ttl_ms(ttl)),
     };
     let lease = Lease {
         target: target.to_owned(),
         holder: holder.to_owned(),
         token,
-        expires_at_ms: now + ttl_ms(ttl),
+        expires_at_ms,
     };
     slot.last_token = token;
     slot.lease = Some(lease.clone());
     Ok(lease)
 }
 
+/// The expiry of a lease extended by `ttl` at `now`: a held lease
+/// ([`Lease::HELD`]) stays held.
+fn extended(expires_at_ms: UnixMillis, now: UnixMillis, ttl: Duration) -> UnixMillis {
+    if expires_at_ms == Lease::HELD {
+        Lease::HELD
+    } else {
+        now + ttl_ms(ttl)
+    }
+}
+
+/// Hold a lease still held ([`Lease::HELD`]: it no longer expires); returns
+/// whether it was still held.
+pub fn hold(slot: &mut LeaseSlot, lease: &Lease) -> bool {
+    match &mut slot.lease {
+        Some(l) if l.token == lease.token && l.holder == lease.holder => {
+            l.expires_at_ms = Lease::HELD;
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Extend a lease still held; mutates `slot` on success.
 pub fn renew(slot: &mut LeaseSlot, lease: &Lease, ttl: Duration, now: UnixMillis) -> Result<Lease> {
     match &mut slot.lease {
         Some(l) if l.token == lease.token && l.holder == lease.holder => {
-            l.expires_at_ms = now + ttl_ms(ttl);
+            l.expires_at_ms = extended(l.expires_at_ms, now, ttl);
             Ok(l.clone())
         }
         other => Err(Error::LeaseLost {

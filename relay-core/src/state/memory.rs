@@ -1,13 +1,13 @@
 //! An in-process state store.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::logic::{self, LeaseSlot};
-use super::{Lease, RolloutRecord, StateStore};
+use super::{Lease, LeaseHold, RolloutRecord, StateStore};
 use crate::clock::UnixMillis;
 use crate::error::Result;
 
@@ -17,9 +17,15 @@ use crate::error::Result;
 /// It keeps every record unless told to [`keep_finished`](Self::keep_finished)
 /// only the latest few per target, which a process running rollouts for a
 /// long time needs so its memory stays flat.
+///
+/// Its holders live in its process, so it [holds](StateStore::hold_lease)
+/// their leases with no renewals: a lease lasts until it is released or the
+/// rollout driving under it stops.
 #[derive(Debug, Default)]
 pub struct MemoryStateStore {
-    inner: Mutex<Inner>,
+    /// Shared with the [`LeaseHold`]s it gives out, which release their
+    /// lease when dropped (and do nothing once the store is gone).
+    inner: Arc<Mutex<Inner>>,
     keep_finished: Option<usize>,
 }
 
@@ -47,10 +53,20 @@ impl MemoryStateStore {
         self
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave Inner half-updated:
-        // every mutation is inserts and removals with no panic point between.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+}
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // A panic while holding the lock cannot leave Inner half-updated:
+    // every mutation is inserts and removals with no panic point between.
+    inner.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn release(inner: &mut Inner, lease: &Lease) {
+    if let Some(slot) = inner.leases.get_mut(&lease.target) {
+        logic::release(slot, lease);
     }
 }
 
@@ -132,10 +148,24 @@ impl StateStore for MemoryStateStore {
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        let mut g = self.lock();
-        if let Some(slot) = g.leases.get_mut(&lease.target) {
-            logic::release(slot, lease);
-        }
+        release(&mut self.lock(), lease);
         Ok(())
+    }
+
+    fn hold_lease(&self, lease: &Lease) -> Option<LeaseHold> {
+        let held = self
+            .lock()
+            .leases
+            .get_mut(&lease.target)
+            .is_some_and(|slot| logic::hold(slot, lease));
+        if !held {
+            return None;
+        }
+        let (store, lease) = (Arc::downgrade(&self.inner), lease.clone());
+        Some(LeaseHold::new(move || {
+            if let Some(inner) = store.upgrade() {
+                release(&mut lock(&inner), &lease);
+            }
+        }))
     }
 }
