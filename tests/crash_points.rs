@@ -22,9 +22,9 @@ use async_trait::async_trait;
 use common::*;
 use relay::providers::sim::SimProbe;
 use relay::{
-    AuditEntry, AuditEvent, AuditSink, Capabilities, EventKind, HealthProbe, Lease, MemoryAuditSink, MemoryStateStore,
-    Outcome, ProbeQuery, Relay, RevisionId, RevisionSpec, RolloutRecord, RolloutSpec, RolloutStatus, RunningRevision,
-    Sample, StateStore, Target, TargetState, TokioClock, TrafficSplit, UnixMillis,
+    AuditEntry, AuditEvent, AuditSink, Capabilities, ChainHead, EventKind, HealthProbe, Lease, MemoryAuditSink,
+    MemoryStateStore, Outcome, ProbeQuery, Relay, RevisionId, RevisionSpec, RolloutRecord, RolloutSpec, RolloutStatus,
+    RunningRevision, Sample, StateStore, Target, TargetState, TokioClock, TrafficSplit, UnixMillis,
 };
 use tokio::sync::Notify;
 
@@ -175,7 +175,7 @@ struct TrapAudit {
 
 #[async_trait]
 impl AuditSink for TrapAudit {
-    async fn append(&self, event: AuditEvent) -> relay::Result<AuditEntry> {
+    async fn append(&self, event: &AuditEvent) -> relay::Result<ChainHead> {
         self.trap.around("audit.append", self.inner.append(event)).await
     }
     async fn entries(&self) -> relay::Result<Vec<AuditEntry>> {

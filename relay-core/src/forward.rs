@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::artifact::{Artifact, ArtifactPolicy, ArtifactRef};
-use crate::audit::{AuditEntry, AuditEvent, AuditSink};
+use crate::audit::{AuditEntry, AuditEvent, AuditSink, ChainHead};
 use crate::clock::UnixMillis;
 use crate::error::Result;
 use crate::gate::{Gate, GateContext, GateDecision};
@@ -115,7 +115,7 @@ impl<T: StateStore + ?Sized> StateStore for Arc<T> {
 
 #[async_trait]
 impl<T: AuditSink + ?Sized> AuditSink for Arc<T> {
-    async fn append(&self, event: AuditEvent) -> Result<AuditEntry> {
+    async fn append(&self, event: &AuditEvent) -> Result<ChainHead> {
         (**self).append(event).await
     }
     async fn entries(&self) -> Result<Vec<AuditEntry>> {

@@ -163,7 +163,7 @@ pub async fn audit_sink_conformance(sink: &dyn AuditSink) {
     let before = sink.entries().await.unwrap().len() as u64;
     for i in 0..3 {
         let e = sink
-            .append(AuditEvent {
+            .append(&AuditEvent {
                 at_ms: i,
                 actor: "conf".into(),
                 rollout: "r".into(),

@@ -39,9 +39,14 @@ struct Writer {
 
 impl Writer {
     /// Seal `event` onto the chain and write its line.
-    fn append(&mut self, path: &Path, event: AuditEvent) -> Result<AuditEntry> {
-        let mut next = self.head.clone();
-        let entry = next.seal(event);
+    fn append(&mut self, path: &Path, event: &AuditEvent) -> Result<ChainHead> {
+        let next = self.head.next(event);
+        let entry = EntryLine {
+            seq: next.seq,
+            event,
+            prev_hash: &self.head.hash,
+            hash: &next.hash,
+        };
         let mut line = serde_json::to_vec(&entry).map_err(|e| io_err(path, e))?;
         line.push(b'\n');
         self.file.write_all(&line).map_err(|e| io_err(path, e))?;
@@ -51,9 +56,20 @@ impl Writer {
         }
         // Advance only once the line is written, so a failed write does not
         // leave a gap in the chain.
-        self.head = next;
-        Ok(entry)
+        self.head = next.clone();
+        Ok(next)
     }
+}
+
+/// An [`AuditEntry`] as written, from borrowed parts (the same fields in
+/// the same order, so it reads back as one).
+#[derive(serde::Serialize)]
+struct EntryLine<'a> {
+    seq: u64,
+    #[serde(flatten)]
+    event: &'a AuditEvent,
+    prev_hash: &'a str,
+    hash: &'a str,
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -114,7 +130,7 @@ impl JsonlAuditSink {
 
 #[async_trait]
 impl AuditSink for JsonlAuditSink {
-    async fn append(&self, event: AuditEvent) -> Result<AuditEntry> {
+    async fn append(&self, event: &AuditEvent) -> Result<ChainHead> {
         {
             let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             if !w.sync {
@@ -123,8 +139,8 @@ impl AuditSink for JsonlAuditSink {
                 return w.append(&self.path, event);
             }
         }
-        let (path, inner) = (self.path.clone(), self.inner.clone());
-        tokio::task::spawn_blocking(move || inner.lock().unwrap_or_else(|p| p.into_inner()).append(&path, event))
+        let (path, inner, event) = (self.path.clone(), self.inner.clone(), event.clone());
+        tokio::task::spawn_blocking(move || inner.lock().unwrap_or_else(|p| p.into_inner()).append(&path, &event))
             .await
             .map_err(|e| io_err(&self.path, e))?
     }

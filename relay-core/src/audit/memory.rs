@@ -28,11 +28,11 @@ impl MemoryAuditSink {
 
 #[async_trait]
 impl AuditSink for MemoryAuditSink {
-    async fn append(&self, event: AuditEvent) -> Result<AuditEntry> {
+    async fn append(&self, event: &AuditEvent) -> Result<ChainHead> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = g.0.seal(event);
-        g.1.push(entry.clone());
-        Ok(entry)
+        let entry = g.0.seal(event.clone());
+        g.1.push(entry);
+        Ok(g.0.clone())
     }
 
     async fn entries(&self) -> Result<Vec<AuditEntry>> {

@@ -128,16 +128,23 @@ impl Default for ChainHead {
 impl ChainHead {
     /// Chain `event` after this head and advance the head.
     pub fn seal(&mut self, event: AuditEvent) -> AuditEntry {
-        let seq = self.seq + 1;
-        let hash = entry_hash(seq, &event, &self.hash);
-        let entry = AuditEntry {
-            seq,
+        let next = self.next(&event);
+        AuditEntry {
+            seq: next.seq,
             event,
-            prev_hash: std::mem::replace(&mut self.hash, hash.clone()),
-            hash,
-        };
-        self.seq = seq;
-        entry
+            prev_hash: std::mem::replace(self, next.clone()).hash,
+            hash: next.hash,
+        }
+    }
+
+    /// The head after `event` is chained onto this one (a sink advances to
+    /// it once the entry is stored).
+    pub fn next(&self, event: &AuditEvent) -> ChainHead {
+        let seq = self.seq + 1;
+        ChainHead {
+            seq,
+            hash: entry_hash(seq, event, &self.hash),
+        }
     }
 }
 
@@ -188,15 +195,17 @@ pub fn verify_chain(entries: &[AuditEntry], expected_head: Option<&ChainHead>) -
 ///
 /// # Contract
 /// - `append` assigns the next sequence number, chains the entry and makes it
-///   durable (as the sink defines durability) before returning it.
+///   durable (as the sink defines durability) before returning the chain's
+///   new head (the entry's sequence number and hash). It takes the event by
+///   reference so a caller can retry a failed append without a copy.
 /// - `verify` reads back everything written and fails with
 ///   [`Error::AuditTampered`] on any modified, deleted, inserted or reordered
 ///   entry.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait AuditSink: Send + Sync + fmt::Debug + 'static {
-    /// Record `event`.
-    async fn append(&self, event: AuditEvent) -> Result<AuditEntry>;
+    /// Record `event`; returns the head of the chain it now ends.
+    async fn append(&self, event: &AuditEvent) -> Result<ChainHead>;
     /// Every entry, in order.
     async fn entries(&self) -> Result<Vec<AuditEntry>>;
     /// Verify the whole chain; returns the number of entries verified.

@@ -268,7 +268,7 @@ impl Inner {
         self.call(
             "audit.append",
             |a, e, _| tracing::warn!(attempt = a, error = %e, "audit append failed, retrying"),
-            || self.audit.append(event.clone()),
+            || self.audit.append(&event),
         )
         .await
         .map(|_| ())
