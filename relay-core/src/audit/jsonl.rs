@@ -40,14 +40,7 @@ struct Writer {
 impl Writer {
     /// Seal `event` onto the chain and write its line.
     fn append(&mut self, path: &Path, event: &AuditEvent) -> Result<ChainHead> {
-        let next = self.head.next(event);
-        let entry = EntryLine {
-            seq: next.seq,
-            event,
-            prev_hash: &self.head.hash,
-            hash: &next.hash,
-        };
-        let mut line = serde_json::to_vec(&entry).map_err(|e| io_err(path, e))?;
+        let (next, mut line) = self.head.next_line(event);
         line.push(b'\n');
         self.file.write_all(&line).map_err(|e| io_err(path, e))?;
         self.file.flush().map_err(|e| io_err(path, e))?;
@@ -59,17 +52,6 @@ impl Writer {
         self.head = next.clone();
         Ok(next)
     }
-}
-
-/// An [`AuditEntry`] as written, from borrowed parts (the same fields in
-/// the same order, so it reads back as one).
-#[derive(serde::Serialize)]
-struct EntryLine<'a> {
-    seq: u64,
-    #[serde(flatten)]
-    event: &'a AuditEvent,
-    prev_hash: &'a str,
-    hash: &'a str,
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {

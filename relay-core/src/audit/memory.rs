@@ -4,13 +4,15 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{verify_chain, AuditEntry, AuditEvent, AuditSink, ChainHead};
+use super::{parse_line, verify_chain, AuditEntry, AuditEvent, AuditSink, ChainHead};
 use crate::error::Result;
 
-/// Keeps the chain in memory; for tests and simulations.
+/// Keeps the chain in memory; for tests and simulations. Entries are kept
+/// as the JSON lines a [`crate::JsonlAuditSink`] would write (a few hundred
+/// bytes each), and read back on [`AuditSink::entries`].
 #[derive(Debug, Default)]
 pub struct MemoryAuditSink {
-    inner: Mutex<(ChainHead, Vec<AuditEntry>)>,
+    inner: Mutex<(ChainHead, Vec<Box<[u8]>>)>,
 }
 
 impl MemoryAuditSink {
@@ -22,25 +24,38 @@ impl MemoryAuditSink {
     /// Replace the stored entries (to simulate tampering in tests). The head
     /// the sink remembers is kept, so `verify` notices.
     pub fn overwrite_entries(&self, entries: Vec<AuditEntry>) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1 = entries;
+        let lines = entries
+            .iter()
+            .map(|e| serde_json::to_vec(e).unwrap_or_default().into_boxed_slice())
+            .collect();
+        self.lock().1 = lines;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (ChainHead, Vec<Box<[u8]>>)> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 #[async_trait]
 impl AuditSink for MemoryAuditSink {
     async fn append(&self, event: &AuditEvent) -> Result<ChainHead> {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = g.0.seal(event.clone());
-        g.1.push(entry);
-        Ok(g.0.clone())
+        let mut g = self.lock();
+        let (head, line) = g.0.next_line(event);
+        g.1.push(line.into_boxed_slice());
+        g.0 = head.clone();
+        Ok(head)
     }
 
     async fn entries(&self) -> Result<Vec<AuditEntry>> {
-        Ok(self.inner.lock().unwrap_or_else(|p| p.into_inner()).1.clone())
+        parse(&self.lock().1)
     }
 
     async fn verify(&self) -> Result<u64> {
-        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        verify_chain(&g.1, Some(&g.0)).map(|h| h.seq)
+        let g = self.lock();
+        verify_chain(&parse(&g.1)?, Some(&g.0)).map(|h| h.seq)
     }
+}
+
+fn parse(lines: &[Box<[u8]>]) -> Result<Vec<AuditEntry>> {
+    lines.iter().zip(1..).map(|(line, seq)| parse_line(line, seq)).collect()
 }

@@ -76,8 +76,8 @@ impl std::io::Write for HashWriter<'_> {
     }
 }
 
-fn entry_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
-    let body = Canonical {
+fn canonical<'a>(seq: u64, event: &'a AuditEvent, prev_hash: &'a str) -> Canonical<'a> {
+    Canonical {
         action: &event.action,
         actor: &event.actor,
         at_ms: event.at_ms,
@@ -85,11 +85,14 @@ fn entry_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
         prev_hash,
         rollout: &event.rollout,
         seq,
-    };
+    }
+}
+
+fn entry_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     // Writing into a hasher cannot fail, and these types always serialize.
-    let _ = serde_json::to_writer(HashWriter(&mut h), &body);
+    let _ = serde_json::to_writer(HashWriter(&mut h), &canonical(seq, event, prev_hash));
     to_hex(&h.finalize())
 }
 
@@ -146,6 +149,36 @@ impl ChainHead {
             hash: entry_hash(seq, event, &self.hash),
         }
     }
+
+    /// [`Self::next`], with the entry as one line of JSON (no newline): its
+    /// canonical body, which the hash covers, with the hash added. It reads
+    /// back as an [`AuditEntry`]; the sinks store this line, so an entry is
+    /// serialized once, for its hash and its storage together.
+    pub fn next_line(&self, event: &AuditEvent) -> (ChainHead, Vec<u8>) {
+        let seq = self.seq + 1;
+        let mut line = Vec::with_capacity(512);
+        // Writing into a vector cannot fail, and these types always serialize.
+        let _ = serde_json::to_writer(&mut line, &canonical(seq, event, &self.hash));
+        let mut h = Sha256::new();
+        h.update(self.hash.as_bytes());
+        h.update(&line);
+        let hash = to_hex(&h.finalize());
+        // The body is an object: its closing brace makes room for the hash.
+        line.pop();
+        line.extend_from_slice(b",\"hash\":\"");
+        line.extend_from_slice(hash.as_bytes());
+        line.extend_from_slice(b"\"}");
+        (ChainHead { seq, hash }, line)
+    }
+}
+
+/// Read one stored line back as an entry; `seq` is the entry expected there,
+/// for the error.
+pub(crate) fn parse_line(line: &[u8], seq: u64) -> Result<AuditEntry> {
+    serde_json::from_slice(line).map_err(|e| Error::AuditTampered {
+        seq,
+        reason: format!("entry is not valid JSON of an entry: {e}"),
+    })
 }
 
 /// Check a whole chain. `expected_head`, when the sink knows it, also catches
@@ -246,6 +279,21 @@ mod tests {
         h.update(b"p");
         h.update(canonical.as_bytes());
         assert_eq!(entry_hash(1, &event, "p"), hex::encode(h.finalize()));
+    }
+
+    #[test]
+    fn a_stored_line_reads_back_as_the_sealed_entry() {
+        let mut sealed = ChainHead::default();
+        let mut lined = ChainHead::default();
+        for e in chain(3) {
+            let expect = sealed.seal(e.event.clone());
+            let (head, line) = lined.next_line(&e.event);
+            let back = parse_line(&line, head.seq).unwrap();
+            assert_eq!(back, expect);
+            assert_eq!((head.seq, head.hash.as_str()), (expect.seq, expect.hash.as_str()));
+            lined = head;
+        }
+        assert_eq!(lined, sealed);
     }
 
     #[test]
