@@ -9,6 +9,9 @@
 //!   readiness delay, no pauses); criterion reports steps per second, so
 //!   engine CPU per step = 1 / that.
 //!
+//! Each timed rollout gets an engine built before the timing (v1 stable on
+//! a fresh target) and dropped after it: what is timed is the rollout.
+//!
 //! `cargo bench --bench rollouts`
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -106,7 +109,8 @@ fn bench(c: &mut Criterion) {
                         let spec = common::spec("v2", strategy.clone());
                         let outcome = relay.start(spec).await.unwrap().wait().await.unwrap();
                         assert!(outcome.is_success());
-                    })
+                    });
+                    relay
                 },
                 BatchSize::SmallInput,
             )
@@ -120,7 +124,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function(format!("canary_10_step_1h_measured_every_60s_{AT_ONCE}_at_once"), |b| {
         b.iter_batched(
             || fleet(&rt, AT_ONCE, Duration::from_secs(5)),
-            |relay| rt.block_on(run_all(&relay, AT_ONCE, "app:v2", strategy.clone())),
+            |relay| {
+                rt.block_on(run_all(&relay, AT_ONCE, "app:v2", strategy.clone()));
+                relay
+            },
             BatchSize::PerIteration,
         )
     });
@@ -146,7 +153,8 @@ fn bench(c: &mut Criterion) {
                 rt.block_on(async {
                     let spec = common::spec("v2", weights_only.clone());
                     assert!(relay.start(spec).await.unwrap().wait().await.unwrap().is_success());
-                })
+                });
+                relay
             },
             BatchSize::SmallInput,
         )
