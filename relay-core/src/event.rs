@@ -267,14 +267,15 @@ impl EventHub {
         }
     }
 
-    /// Hand an event to the subscribers (dropped at once when there are none).
-    pub(crate) fn send(&self, event: RolloutEvent) {
+    /// Hand an event to the subscribers. With none, the event is not even
+    /// made: `make` runs only for someone to take it.
+    pub(crate) fn send(&self, make: impl FnOnce() -> RolloutEvent) {
         let mut st = self.lock();
         if st.subscribers.iter().all(Option::is_none) {
             st.first += 1;
             return;
         }
-        st.events.push_back(event);
+        st.events.push_back(make());
         if st.events.len() > self.capacity {
             st.events.pop_front();
             st.first += 1;
@@ -380,12 +381,12 @@ mod tests {
     #[tokio::test]
     async fn nothing_is_kept_without_a_subscriber_and_each_sees_what_follows_its_subscription() {
         let hub = EventHub::new(8);
-        hub.send(event(0));
+        hub.send(|| event(0));
         assert_eq!(kept(&hub), 0, "no subscriber: the event is dropped");
         let early = hub.subscribe();
-        hub.send(event(1));
+        hub.send(|| event(1));
         let late = hub.subscribe();
-        hub.send(event(2));
+        hub.send(|| event(2));
         assert_eq!(kept(&hub), 2);
         hub.close();
         assert_eq!(drain(late).await, vec![2]);
@@ -400,7 +401,7 @@ mod tests {
         let slow = hub.subscribe();
         let mut quick = hub.subscribe();
         for n in 0..5 {
-            hub.send(event(n));
+            hub.send(|| event(n));
             assert_eq!(quick.next().await.map(|e| e.at_ms), Some(n));
         }
         assert_eq!(kept(&hub), 3, "kept for the slow one, up to the capacity");
@@ -408,7 +409,7 @@ mod tests {
         assert_eq!(kept(&hub), 0);
         let slow = hub.subscribe();
         for n in 5..10 {
-            hub.send(event(n));
+            hub.send(|| event(n));
         }
         drop(quick);
         hub.close();
@@ -421,9 +422,9 @@ mod tests {
         let events = hub.subscribe();
         let reader = tokio::spawn(async move { events.map(|e| e.at_ms).collect::<Vec<_>>().await });
         tokio::task::yield_now().await;
-        hub.send(event(7));
+        hub.send(|| event(7));
         tokio::task::yield_now().await;
-        hub.send(event(8));
+        hub.send(|| event(8));
         hub.close();
         assert_eq!(reader.await.unwrap(), vec![7, 8]);
     }

@@ -146,7 +146,13 @@ impl Driver {
     }
 
     fn emit(&self, kind: EventKind) {
-        self.events.emit(&self.record.id, self.inner.clock.now_ms(), kind);
+        self.emit_with(|| kind);
+    }
+
+    /// [`Self::emit`] of an event that costs something to make (text, a
+    /// copy): made only when someone subscribes.
+    fn emit_with(&self, kind: impl FnOnce() -> EventKind) {
+        self.events.emit(&self.record.id, self.inner.clock.as_ref(), kind);
     }
 
     async fn audit(&self, action: &str, detail: serde_json::Value) -> Result<()> {
@@ -384,7 +390,7 @@ impl Driver {
             // renewals (and releases it however this task ends).
             let held = self.inner.state.hold_lease(&self.lease);
             let _renewal = held.is_none().then(|| self.spawn_lease_renewal());
-            self.emit(EventKind::Started {
+            self.emit_with(|| EventKind::Started {
                 target: self.record.target.clone(),
                 strategy: self.record.plan.strategy.clone(),
                 candidate: self.record.plan.candidate.id.to_string(),
@@ -468,7 +474,7 @@ impl Driver {
             self.persist().await?;
             let index = self.record.cursor;
             let step = self.record.plan.steps[index].clone();
-            self.emit(EventKind::StepStarted {
+            self.emit_with(|| EventKind::StepStarted {
                 index,
                 kind: step.kind().to_owned(),
                 description: step.to_string(),
@@ -797,7 +803,7 @@ impl Driver {
                 tracing::info!(%verdict, "verdict");
                 self.audit_or_stop("analysis.verdict", serde_json::to_value(&verdict).unwrap_or_default())
                     .await?;
-                self.emit(EventKind::Verdict {
+                self.emit_with(|| EventKind::Verdict {
                     verdict: Box::new(verdict.clone()),
                 });
                 if check.dry_run {

@@ -767,12 +767,13 @@ pub(crate) struct EventSender(Arc<EventHub>);
 
 impl EventSender {
     /// Send an event; no subscriber is fine: events are also in tracing and
-    /// audit.
-    pub(crate) fn emit(&self, rollout: &str, at_ms: i64, kind: EventKind) {
-        self.0.send(RolloutEvent {
+    /// audit. The event is only made (its time read, its text formatted)
+    /// when someone subscribes.
+    pub(crate) fn emit(&self, rollout: &str, clock: &dyn Clock, kind: impl FnOnce() -> EventKind) {
+        self.0.send(|| RolloutEvent {
             rollout: rollout.to_owned(),
-            at_ms,
-            kind,
+            at_ms: clock.now_ms(),
+            kind: kind(),
         });
     }
 }
