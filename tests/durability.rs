@@ -404,16 +404,19 @@ async fn lease_kept(hold: bool) -> (u32, Duration) {
     .await;
     tokio::time::sleep(Duration::from_secs(300)).await;
     match b.start(RolloutSpec::new("web", release("v3"), canary())).await {
-        Err(Error::TargetLocked {
-            holder, expires_at_ms, ..
-        }) => {
+        Err(e) => {
+            let Error::TargetLocked {
+                holder, expires_at_ms, ..
+            } = &e
+            else {
+                panic!("the running rollout's lease must hold, got {e:?}")
+            };
             assert!(holder.starts_with("engine-a/"), "{holder}");
-            assert_eq!(expires_at_ms == Lease::HELD, hold, "held only by a store that holds");
+            assert_eq!(*expires_at_ms == Lease::HELD, hold, "held only by a store that holds");
+            let until = if hold { "for as long as it runs" } else { "until " };
+            assert!(e.to_string().contains(until), "{e}");
         }
-        other => panic!(
-            "the running rollout's lease must hold, got {:?}",
-            other.map(|h| h.id().to_string())
-        ),
+        Ok(h) => panic!("the running rollout's lease must hold, but {} started", h.id()),
     }
     assert!(handle.wait().await.unwrap().is_success());
     let took = started.elapsed();
