@@ -5,6 +5,40 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// SplitMix64's increment.
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output of a state.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// What every generator here draws from its 64-bit values: a shared
+/// [`SeededRng`] (as `&SeededRng`), or a [`Batch`] of its sequence.
+pub trait Draw {
+    /// The next 64 random bits.
+    fn next_u64(&mut self) -> u64;
+
+    /// A uniform float in `[0, 1)`.
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// A standard normal variate (Marsaglia's polar method).
+    fn next_normal(&mut self) -> f64 {
+        loop {
+            let u = 2.0 * self.next_f64() - 1.0;
+            let v = 2.0 * self.next_f64() - 1.0;
+            let s = u * u + v * v;
+            if s > 0.0 && s < 1.0 {
+                return u * (-2.0 * s.ln() / s).sqrt();
+            }
+        }
+    }
+}
+
 /// A seeded, thread-safe SplitMix64 generator.
 #[derive(Debug)]
 pub struct SeededRng {
@@ -21,31 +55,17 @@ impl SeededRng {
 
     /// The next 64 random bits.
     pub fn next_u64(&self) -> u64 {
-        let s = self
-            .state
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix(self.state.fetch_add(GAMMA, Ordering::Relaxed).wrapping_add(GAMMA))
     }
 
     /// A uniform float in `[0, 1)`.
     pub fn next_f64(&self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        Draw::next_f64(&mut &*self)
     }
 
     /// A standard normal variate (Marsaglia's polar method).
     pub fn next_normal(&self) -> f64 {
-        loop {
-            let u = 2.0 * self.next_f64() - 1.0;
-            let v = 2.0 * self.next_f64() - 1.0;
-            let s = u * u + v * v;
-            if s > 0.0 && s < 1.0 {
-                return u * (-2.0 * s.ln() / s).sqrt();
-            }
-        }
+        Draw::next_normal(&mut &*self)
     }
 
     /// A binomial variate: successes in `n` trials of probability `p`.
@@ -53,7 +73,47 @@ impl SeededRng {
     /// while the mean is below 30; normal approximation above, where the
     /// variance is at least 15. [`Binomial`] draws many with one set-up.
     pub fn binomial(&self, n: u64, p: f64) -> u64 {
-        Binomial::new(n, p).sample(self)
+        Binomial::new(n, p).sample(&mut &*self)
+    }
+
+    /// Run `f` on a [`Batch`] of this generator's sequence: the values `f`
+    /// draws are the ones it would have drawn from the generator itself,
+    /// without an atomic step for each (a simulated target draws thousands
+    /// for a measurement). `f` must do nothing but compute its result: if
+    /// another thread draws meanwhile, `f` runs again on the values that
+    /// follow that thread's.
+    pub fn batch<R>(&self, mut f: impl FnMut(&mut Batch) -> R) -> R {
+        let mut start = self.state.load(Ordering::Relaxed);
+        loop {
+            let mut batch = Batch { state: start };
+            let result = f(&mut batch);
+            match self
+                .state
+                .compare_exchange(start, batch.state, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return result,
+                Err(now) => start = now,
+            }
+        }
+    }
+}
+
+impl Draw for &SeededRng {
+    fn next_u64(&mut self) -> u64 {
+        SeededRng::next_u64(self)
+    }
+}
+
+/// A run of a [`SeededRng`]'s sequence, drawn inside [`SeededRng::batch`].
+#[derive(Debug)]
+pub struct Batch {
+    state: u64,
+}
+
+impl Draw for Batch {
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(GAMMA);
+        mix(self.state)
     }
 }
 
@@ -111,7 +171,7 @@ impl Binomial {
     }
 
     /// One draw from `rng`.
-    pub fn sample(&self, rng: &SeededRng) -> u64 {
+    pub fn sample(&self, rng: &mut impl Draw) -> u64 {
         let n = self.n;
         let x = match self.method {
             Method::Fixed(k) => return k,
@@ -139,6 +199,32 @@ impl Binomial {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_draws_the_generators_own_sequence() {
+        let (shared, alone) = (SeededRng::new(3), SeededRng::new(3));
+        let drawn: Vec<u64> = shared.batch(|b| (0..5).map(|_| b.next_u64()).collect());
+        let expect: Vec<u64> = (0..5).map(|_| alone.next_u64()).collect();
+        assert_eq!(drawn, expect);
+        assert_eq!(
+            shared.next_u64(),
+            alone.next_u64(),
+            "the generator continues after the batch"
+        );
+        // A draw from elsewhere during a batch: the batch runs again on the
+        // values that follow, so no value is handed out twice.
+        let mut runs = 0;
+        let got = shared.batch(|b| {
+            runs += 1;
+            if runs == 1 {
+                shared.next_u64();
+            }
+            b.next_u64()
+        });
+        alone.next_u64();
+        assert_eq!((runs, got), (2, alone.next_u64()));
+        assert_eq!(shared.next_u64(), alone.next_u64());
+    }
 
     #[test]
     fn same_seed_same_sequence() {

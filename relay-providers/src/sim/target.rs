@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use relay_core::rng::Binomial;
+use relay_core::rng::{Binomial, Draw};
 use relay_core::{
     Capabilities, Counts, Digest, Error, Result, RevisionId, RevisionSpec, RevisionState, Routing, RunningRevision,
     Sample, Scope, SeededRng, Target, TargetState, TrafficSplit,
@@ -319,32 +319,37 @@ impl SimTarget {
             })
             .filter(|(n, _, _)| *n > 0)
             .collect();
-        let mut values = Vec::with_capacity(buckets as usize);
-        let mut counts = Counts::default();
-        for _ in 0..buckets {
-            let (mut requests, mut failures, mut latency) = (0u64, 0u64, 0.0);
-            for (n, failing, b) in &members {
-                requests += n;
-                failures += failing.sample(&self.rng);
-                if metric == metrics::LATENCY_MS {
-                    latency += *n as f64 * b.latency_ms * (b.latency_spread * self.rng.next_normal()).exp();
+        // One batch of the seeded sequence for the whole window: the same
+        // numbers as drawing each from the shared generator.
+        let (values, counts) = self.rng.batch(|rng| {
+            let mut values = Vec::with_capacity(buckets as usize);
+            let mut counts = Counts::default();
+            for _ in 0..buckets {
+                let (mut requests, mut failures, mut latency) = (0u64, 0u64, 0.0);
+                for (n, failing, b) in &members {
+                    requests += n;
+                    failures += failing.sample(rng);
+                    if metric == metrics::LATENCY_MS {
+                        latency += *n as f64 * b.latency_ms * (b.latency_spread * rng.next_normal()).exp();
+                    }
                 }
+                if requests == 0 {
+                    // No request in this interval: no data point, not a zero.
+                    continue;
+                }
+                counts = counts
+                    + Counts {
+                        failures,
+                        total: requests,
+                    };
+                values.push(match metric {
+                    metrics::ERROR_RATE => failures as f64 / requests as f64,
+                    metrics::LATENCY_MS => latency / requests as f64,
+                    _ => requests as f64,
+                });
             }
-            if requests == 0 {
-                // No request in this interval: no data point, not a zero.
-                continue;
-            }
-            counts = counts
-                + Counts {
-                    failures,
-                    total: requests,
-                };
-            values.push(match metric {
-                metrics::ERROR_RATE => failures as f64 / requests as f64,
-                metrics::LATENCY_MS => latency / requests as f64,
-                _ => requests as f64,
-            });
-        }
+            (values, counts)
+        });
         Ok(Sample {
             values,
             source: format!("sim:{}/{metric}{{{scope}}}", self.name),
