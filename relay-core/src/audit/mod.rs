@@ -131,29 +131,23 @@ impl Default for ChainHead {
 impl ChainHead {
     /// Chain `event` after this head and advance the head.
     pub fn seal(&mut self, event: AuditEvent) -> AuditEntry {
-        let next = self.next(&event);
-        AuditEntry {
-            seq: next.seq,
+        let seq = self.seq + 1;
+        let hash = entry_hash(seq, &event, &self.hash);
+        let entry = AuditEntry {
+            seq,
             event,
-            prev_hash: std::mem::replace(self, next.clone()).hash,
-            hash: next.hash,
-        }
+            prev_hash: std::mem::replace(&mut self.hash, hash.clone()),
+            hash,
+        };
+        self.seq = seq;
+        entry
     }
 
     /// The head after `event` is chained onto this one (a sink advances to
-    /// it once the entry is stored).
-    pub fn next(&self, event: &AuditEvent) -> ChainHead {
-        let seq = self.seq + 1;
-        ChainHead {
-            seq,
-            hash: entry_hash(seq, event, &self.hash),
-        }
-    }
-
-    /// [`Self::next`], with the entry as one line of JSON (no newline): its
-    /// canonical body, which the hash covers, with the hash added. It reads
-    /// back as an [`AuditEntry`]; the sinks store this line, so an entry is
-    /// serialized once, for its hash and its storage together.
+    /// it once the entry is stored), with the entry as one line of JSON (no
+    /// newline): its canonical body, which the hash covers, with the hash
+    /// added. It reads back as an [`AuditEntry`]; the sinks store this line,
+    /// so an entry is serialized once, for its hash and its storage together.
     pub fn next_line(&self, event: &AuditEvent) -> (ChainHead, Vec<u8>) {
         let seq = self.seq + 1;
         let mut line = Vec::with_capacity(512);
