@@ -280,12 +280,16 @@ impl SimTarget {
                 what: format!("metric {metric:?}; the simulated probe knows error_rate, latency_ms and requests"),
             });
         }
+        let buckets = window.as_secs().clamp(1, 60);
+        let bucket_secs = window.as_secs_f64() / buckets as f64;
         let now = Instant::now();
         let st = lock(&self.state);
         let split = self.effective_split(&st, now);
-        // Revisions in scope with their traffic share; preview traffic of
-        // 1 rps reaches a ready revision without weight.
-        let members: Vec<(RevisionBehavior, f64)> = st
+        // Revisions in scope with the requests each serves a bucket; preview
+        // traffic of 1 rps reaches a ready revision without weight. Every
+        // bucket of a member serves as many requests: its failure
+        // distribution is set up once.
+        let members: Vec<(u64, Binomial, RevisionBehavior)> = st
             .revisions
             .iter()
             .filter(|(id, r)| {
@@ -302,23 +306,12 @@ impl SimTarget {
                 } else {
                     1.0
                 };
-                (r.behavior.clone(), rps)
-            })
-            .filter(|(_, rps)| *rps > 0.0)
-            .collect();
-        drop(st);
-        let buckets = window.as_secs().clamp(1, 60);
-        let bucket_secs = window.as_secs_f64() / buckets as f64;
-        // Every bucket of a member serves the same number of requests: its
-        // failure distribution is set up once.
-        let members: Vec<(u64, Binomial, RevisionBehavior)> = members
-            .into_iter()
-            .map(|(b, rps)| {
                 let n = (rps * bucket_secs).round() as u64;
-                (n, Binomial::new(n, b.error_rate), b)
+                (n, Binomial::new(n, r.behavior.error_rate), r.behavior.clone())
             })
             .filter(|(n, _, _)| *n > 0)
             .collect();
+        drop(st);
         // One batch of the seeded sequence for the whole window: the same
         // numbers as drawing each from the shared generator.
         let (values, counts) = self.rng.batch(|rng| {
