@@ -1,6 +1,7 @@
 //! The one retry policy every provider call goes through.
 
 use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -91,23 +92,34 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let start = Instant::now();
+        // When the first attempt began: read from the clock only once it is
+        // needed (a call that is done at its first poll, as in-process
+        // stores and sinks are, needs neither a clock reading nor a timer).
+        let mut start = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = match tokio::time::timeout(self.attempt_timeout, call()).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::Timeout {
-                    what: format!("{operation} (attempt {attempt})"),
-                }),
+            let mut fut = std::pin::pin!(call());
+            let result = match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    start.get_or_insert_with(Instant::now);
+                    match tokio::time::timeout(self.attempt_timeout, fut).await {
+                        Ok(r) => r,
+                        Err(_) => Err(Error::Timeout {
+                            what: format!("{operation} (attempt {attempt})"),
+                        }),
+                    }
+                }
             };
             let err = match result {
                 Ok(v) => return Ok(v),
                 Err(e) if !e.is_retryable() => return Err(e),
                 Err(e) => e,
             };
+            let began = *start.get_or_insert_with(Instant::now);
             let backoff = self.ceiling(attempt).mul_f64(rng.next_f64());
-            if attempt >= self.max_attempts || start.elapsed() + backoff > self.deadline {
+            if attempt >= self.max_attempts || began.elapsed() + backoff > self.deadline {
                 return Err(Error::RetriesExhausted {
                     operation: operation.to_owned(),
                     attempts: attempt,
@@ -215,6 +227,61 @@ mod tests {
             .await;
         assert!(matches!(r, Err(Error::RetriesExhausted { .. })));
         assert!(start.elapsed() <= Duration::from_secs(5 + 1 + 10));
+    }
+
+    /// The deadline counts from when the first attempt began, also when
+    /// attempts take time before they fail (the clock is read lazily).
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_counts_from_the_first_attempts_start() {
+        let policy = RetryPolicy {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            attempt_timeout: Duration::from_secs(10),
+            deadline: Duration::from_secs(12),
+            max_attempts: 10,
+            ..Default::default()
+        };
+        let calls = AtomicU32::new(0);
+        let r: Result<()> = policy
+            .run(
+                "slow",
+                &SeededRng::new(5),
+                |_, _, _| {},
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Err(unavailable())
+                },
+            )
+            .await;
+        // Attempts end at 5 s, 10 s and 15 s: the third is the last to
+        // start before 12 s.
+        match r {
+            Err(Error::RetriesExhausted { attempts, .. }) => assert_eq!(attempts, 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    /// A call that is pending at first and then done succeeds as one that
+    /// is done at once does.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_waits_before_it_succeeds_is_not_retried() {
+        let calls = AtomicU32::new(0);
+        let r = RetryPolicy::default()
+            .run(
+                "wait",
+                &SeededRng::new(6),
+                |_, _, _| panic!("no retry"),
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    Ok(7)
+                },
+            )
+            .await;
+        assert_eq!(r.unwrap(), 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[test]
