@@ -669,3 +669,52 @@ async fn a_refused_start_releases_the_lease() {
         .await
         .is_success());
 }
+
+/// A clock that counts its readings: an event is stamped when it is made.
+#[derive(Debug, Default)]
+struct CountingClock {
+    clock: relay::TokioClock,
+    reads: std::sync::atomic::AtomicU64,
+}
+
+impl relay::Clock for CountingClock {
+    fn now_ms(&self) -> relay::UnixMillis {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.clock.now_ms()
+    }
+}
+
+/// Events are made only for a subscriber: a rollout whose outcome is
+/// awaited with `wait` and whose events nobody asked for makes none (the
+/// subscription a handle takes at the start, for its first `events()`,
+/// ends at `wait`). The same rollout watched makes one per event seen.
+#[tokio::test(start_paused = true)]
+async fn a_rollout_nobody_watches_makes_no_events() {
+    let mut reads = Vec::new();
+    let mut seen = Vec::new();
+    for watched in [false, true] {
+        let w = World::new(7);
+        let clock = Arc::new(CountingClock::default());
+        let relay = w.builder().clock(clock.clone()).build().unwrap();
+        deploy_v1(&relay).await;
+        let before = clock.reads.load(std::sync::atomic::Ordering::Relaxed);
+        let spec = RolloutSpec::new("web", release("v2"), canary());
+        let outcome = if watched {
+            let (outcome, events) = run_with_events(&relay, spec).await;
+            seen.push(events.len() as u64);
+            outcome
+        } else {
+            run(&relay, spec).await
+        };
+        assert!(outcome.is_success(), "{outcome}");
+        reads.push(clock.reads.load(std::sync::atomic::Ordering::Relaxed) - before);
+    }
+    assert!(seen[0] > 10, "the watched rollout's events: {}", seen[0]);
+    assert!(
+        reads[1] >= reads[0] + seen[0],
+        "clock readings unwatched {} vs watched {} with {} events: the unwatched rollout made events",
+        reads[0],
+        reads[1],
+        seen[0]
+    );
+}

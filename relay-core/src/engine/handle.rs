@@ -176,8 +176,12 @@ impl RolloutHandle {
     /// lost or the state store failed. The record then stays running for
     /// [`crate::Relay::resume`].
     pub async fn wait(self) -> Result<Outcome> {
-        // Events nobody asked for are not kept while the rollout runs.
-        let RolloutHandle { join, .. } = self;
+        // Events nobody asked for are not kept (nor made) while the rollout
+        // runs: the subscription taken at the start is dropped here, not
+        // when the rollout ends (fields a `..` pattern leaves behind live
+        // until the function returns).
+        let RolloutHandle { join, first, .. } = self;
+        drop(first);
         joined(join.await)
     }
 
