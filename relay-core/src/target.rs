@@ -73,9 +73,17 @@ impl fmt::Display for Role {
 
 /// Traffic weights per revision, in whole percent, always summing to 100.
 /// Revisions with weight 0 are not stored, so equal splits compare equal.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "BTreeMap<RevisionId, u8>", into = "BTreeMap<RevisionId, u8>")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "BTreeMap<RevisionId, u8>")]
 pub struct TrafficSplit(BTreeMap<RevisionId, u8>);
+
+/// Serialized as its map of weights (not through `serde(into)`, which
+/// would copy the map first).
+impl Serialize for TrafficSplit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
 
 impl TrafficSplit {
     /// Build a split; the weights must sum to exactly 100.
@@ -104,10 +112,18 @@ impl TrafficSplit {
                 format!("{candidate_weight} is above 100"),
             ));
         }
+        if stable == candidate {
+            // One revision cannot take two shares; `new` says why.
+            return TrafficSplit::new(BTreeMap::from([(candidate.clone(), candidate_weight)]));
+        }
+        // Two weights summing to 100 by construction; a zero is not stored.
         let mut m = BTreeMap::new();
-        m.insert(stable.clone(), 100 - candidate_weight);
-        m.insert(candidate.clone(), candidate_weight);
-        TrafficSplit::new(m)
+        for (rev, w) in [(stable, 100 - candidate_weight), (candidate, candidate_weight)] {
+            if w > 0 {
+                m.insert(rev.clone(), w);
+            }
+        }
+        Ok(TrafficSplit(m))
     }
 
     /// The split that follows ready replicas (a target whose traffic goes to
@@ -295,8 +311,15 @@ mod tests {
         assert_eq!(s.weight(&b), 25);
         assert_eq!(TrafficSplit::canary(&a, &b, 0).unwrap(), TrafficSplit::all(&a));
         assert!(TrafficSplit::canary(&a, &b, 101).is_err());
+        assert_eq!(TrafficSplit::canary(&a, &b, 100).unwrap(), TrafficSplit::all(&b));
+        assert!(TrafficSplit::canary(&a, &a, 25).is_err());
+        assert_eq!(TrafficSplit::canary(&a, &a, 100).unwrap(), TrafficSplit::all(&a));
         let bad: Result<TrafficSplit, _> = serde_json::from_str(r#"{"a":50,"b":40}"#);
         assert!(bad.is_err());
+        // Serialized as the map of weights, and read back the same.
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, r#"{"a":75,"b":25}"#);
+        assert_eq!(serde_json::from_str::<TrafficSplit>(&json).unwrap(), s);
     }
 
     #[test]
