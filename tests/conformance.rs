@@ -108,3 +108,42 @@ async fn memory_artifact_store() {
     let a = store.push("shop/web", "v1", b"image", BTreeMap::new());
     testing::artifact_store_conformance(&store, &"shop/web:v1".parse().unwrap(), &a.digest).await;
 }
+
+/// Every field of a record, none at its default.
+fn full_record() -> relay::RolloutRecord {
+    let mut r = testing::sample_record("r-full", "web", 7);
+    r.cursor = 3;
+    r.rollback_cursor = 2;
+    r.status = relay::RolloutStatus::RollingBack { cause: "errors".into() };
+    r.paused = true;
+    r.approvals = vec![relay::Approval {
+        gate: "qa".into(),
+        by: "ana".into(),
+        comment: "ok".into(),
+        approved: true,
+        at_ms: 5,
+    }];
+    r.promoted_from = Some("r-staging".into());
+    r.holder = "engine-2".into();
+    r.created_ms = 10;
+    r.updated_ms = 20;
+    r.version = 9;
+    r
+}
+
+/// A copy, made afresh or over another record (as the memory store
+/// updates its copy), equals the original in every field.
+#[test]
+fn a_record_copied_over_another_equals_the_original() {
+    let full = full_record();
+    let json = |r: &relay::RolloutRecord| serde_json::to_value(r).unwrap();
+    assert_eq!(json(&full.clone()), json(&full));
+    let mut over = testing::sample_record("other-id-longer-than-the-first", "api", 1);
+    over.clone_from(&full);
+    assert_eq!(json(&over), json(&full));
+    // And back over a record with more in it.
+    let plain = testing::sample_record("r-plain", "web", 1);
+    let mut back = full.clone();
+    back.clone_from(&plain);
+    assert_eq!(json(&back), json(&plain));
+}

@@ -29,6 +29,21 @@ pub fn cas_put(
     record: &RolloutRecord,
     expected: Option<u64>,
 ) -> Result<RolloutRecord> {
+    let version = cas_check(existing, slot, record, expected)?;
+    let mut stored = record.clone();
+    stored.version = version;
+    Ok(stored)
+}
+
+/// [`cas_put`] without the copy: validates the write and returns the
+/// version the stored record gets, for a store that updates its copy in
+/// place (with [`Clone::clone_from`], reusing its allocations).
+pub fn cas_check(
+    existing: Option<&RolloutRecord>,
+    slot: Option<&LeaseSlot>,
+    record: &RolloutRecord,
+    expected: Option<u64>,
+) -> Result<u64> {
     let current = existing.map(|r| r.version);
     if current != expected {
         return Err(Error::Conflict {
@@ -46,9 +61,7 @@ pub fn cas_put(
             });
         }
     }
-    let mut stored = record.clone();
-    stored.version = current.unwrap_or(0) + 1;
-    Ok(stored)
+    Ok(current.unwrap_or(0) + 1)
 }
 
 fn ttl_ms(ttl: Duration) -> i64 {

@@ -78,18 +78,28 @@ impl StateStore for MemoryStateStore {
 
     async fn put(&self, record: &RolloutRecord, expected_version: Option<u64>) -> Result<u64> {
         let mut g = self.lock();
-        let stored = logic::cas_put(
+        let v = logic::cas_check(
             g.records.get(&record.id),
             g.leases.get(&record.target),
             record,
             expected_version,
         )?;
-        let v = stored.version;
-        let finishes = stored.status.is_terminal();
-        let was_finished = g
-            .records
-            .insert(record.id.clone(), stored)
-            .is_some_and(|old| old.status.is_terminal());
+        let finishes = record.status.is_terminal();
+        // An update overwrites the stored copy in place, reusing its strings.
+        let was_finished = match g.records.get_mut(&record.id) {
+            Some(stored) => {
+                let was = stored.status.is_terminal();
+                stored.clone_from(record);
+                stored.version = v;
+                was
+            }
+            None => {
+                let mut stored = record.clone();
+                stored.version = v;
+                g.records.insert(record.id.clone(), stored);
+                false
+            }
+        };
         if let (Some(keep), true, false) = (self.keep_finished, finishes, was_finished) {
             let Inner { records, finished, .. } = &mut *g;
             let ids = finished.entry(record.target.clone()).or_default();

@@ -57,7 +57,7 @@ impl RolloutStatus {
 }
 
 /// Everything needed to resume a rollout in another process.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RolloutRecord {
     /// Unique id.
     pub id: String,
@@ -95,6 +95,65 @@ pub struct RolloutRecord {
     /// Store-managed version for compare-and-swap; 0 before the first write.
     #[serde(default)]
     pub version: u64,
+}
+
+impl Clone for RolloutRecord {
+    fn clone(&self) -> Self {
+        let mut copy = RolloutRecord {
+            id: String::new(),
+            target: String::new(),
+            plan: self.plan.clone(),
+            cursor: 0,
+            rollback_cursor: 0,
+            status: RolloutStatus::Running,
+            paused: false,
+            approvals: Vec::new(),
+            promoted_from: None,
+            holder: String::new(),
+            lease_token: 0,
+            created_ms: 0,
+            updated_ms: 0,
+            version: 0,
+        };
+        copy.clone_from(self);
+        copy
+    }
+
+    /// Field by field, so a store updating its copy of a record reuses the
+    /// copy's strings (a rollout's record is written at every step).
+    fn clone_from(&mut self, source: &Self) {
+        // Destructured: a field added to the record must be copied here.
+        let RolloutRecord {
+            id,
+            target,
+            plan,
+            cursor,
+            rollback_cursor,
+            status,
+            paused,
+            approvals,
+            promoted_from,
+            holder,
+            lease_token,
+            created_ms,
+            updated_ms,
+            version,
+        } = source;
+        self.id.clone_from(id);
+        self.target.clone_from(target);
+        self.plan.clone_from(plan);
+        self.cursor = *cursor;
+        self.rollback_cursor = *rollback_cursor;
+        self.status.clone_from(status);
+        self.paused = *paused;
+        self.approvals.clone_from(approvals);
+        self.promoted_from.clone_from(promoted_from);
+        self.holder.clone_from(holder);
+        self.lease_token = *lease_token;
+        self.created_ms = *created_ms;
+        self.updated_ms = *updated_ms;
+        self.version = *version;
+    }
 }
 
 /// A time-limited exclusive right to drive rollouts on one target.
