@@ -118,6 +118,11 @@ impl RolloutControl {
 /// events, await its [`Outcome`].
 ///
 /// Dropping the handle does not stop the rollout.
+///
+/// Until its first [`RolloutHandle::events`] call, a handle keeps the
+/// rollout's events for it (at most [`crate::EngineConfig::event_buffer`]); `wait`
+/// and dropping the handle end that, so a rollout whose events nobody
+/// asks for makes none.
 #[derive(Debug)]
 pub struct RolloutHandle {
     control: RolloutControl,
