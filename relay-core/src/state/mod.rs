@@ -98,6 +98,7 @@ pub struct RolloutRecord {
 }
 
 impl Clone for RolloutRecord {
+    /// A blank record filled by `clone_from`: the one list of fields.
     fn clone(&self) -> Self {
         let mut copy = RolloutRecord {
             id: String::new(),
