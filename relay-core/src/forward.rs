@@ -1,11 +1,15 @@
 //! Forwarding implementations of every seam for `Arc<T>`, so a caller can
 //! keep a handle on a provider (to inspect a simulated target, to share a
 //! store) while handing it to a wrapper or the engine.
+//!
+//! The forwards hand back the inner provider's future as it is: an
+//! `async fn` here would box a second future around it, an allocation and a
+//! poll layer on every provider call, state write and audit entry.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-
-use async_trait::async_trait;
 
 use crate::artifact::{Artifact, ArtifactPolicy, ArtifactRef};
 use crate::audit::{AuditEntry, AuditEvent, AuditSink, ChainHead};
@@ -17,7 +21,25 @@ use crate::seams::{ArtifactStore, HealthProbe, ProbeQuery, Sample, SecretStore, 
 use crate::state::{Lease, LeaseHold, RolloutRecord, StateStore};
 use crate::target::{Capabilities, Target, TargetState, TrafficSplit};
 
-#[async_trait]
+/// One forwarded `async_trait` method: the signature `#[async_trait]` gives
+/// the trait's method (a lifetime per reference argument, after `self`'s),
+/// returning the inner provider's boxed future.
+macro_rules! forward {
+    ($name:ident $(<$($lt:lifetime),+>)? ($($arg:ident: $ty:ty),*) -> $out:ty) => {
+        fn $name<'life0, $($($lt,)+)? 'async_trait>(
+            &'life0 self,
+            $($arg: $ty),*
+        ) -> Pin<Box<dyn Future<Output = $out> + Send + 'async_trait>>
+        where
+            'life0: 'async_trait,
+            $($($lt: 'async_trait,)+)?
+            Self: 'async_trait,
+        {
+            (**self).$name($($arg),*)
+        }
+    };
+}
+
 impl<T: Target + ?Sized> Target for Arc<T> {
     fn name(&self) -> &str {
         (**self).name()
@@ -25,103 +47,60 @@ impl<T: Target + ?Sized> Target for Arc<T> {
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
     }
-    async fn observe(&self) -> Result<TargetState> {
-        (**self).observe().await
-    }
-    async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> Result<()> {
-        (**self).stage(revision, replicas).await
-    }
-    async fn scale(&self, revision: &RevisionId, replicas: u32) -> Result<()> {
-        (**self).scale(revision, replicas).await
-    }
-    async fn route(&self, split: &TrafficSplit) -> Result<()> {
-        (**self).route(split).await
-    }
-    async fn promote(&self, revision: &RevisionId) -> Result<()> {
-        (**self).promote(revision).await
-    }
-    async fn retire(&self, revision: &RevisionId) -> Result<()> {
-        (**self).retire(revision).await
-    }
-    async fn describe(&self, revision: &RevisionId) -> Result<Option<crate::target::RunningRevision>> {
-        (**self).describe(revision).await
-    }
-    async fn changed(&self) -> Result<()> {
-        (**self).changed().await
-    }
+    forward!(observe() -> Result<TargetState>);
+    forward!(stage<'life1>(revision: &'life1 RevisionSpec, replicas: u32) -> Result<()>);
+    forward!(scale<'life1>(revision: &'life1 RevisionId, replicas: u32) -> Result<()>);
+    forward!(route<'life1>(split: &'life1 TrafficSplit) -> Result<()>);
+    forward!(promote<'life1>(revision: &'life1 RevisionId) -> Result<()>);
+    forward!(retire<'life1>(revision: &'life1 RevisionId) -> Result<()>);
+    forward!(describe<'life1>(revision: &'life1 RevisionId) -> Result<Option<crate::target::RunningRevision>>);
+    forward!(changed() -> Result<()>);
 }
 
-#[async_trait]
 impl<T: SecretStore + ?Sized> SecretStore for Arc<T> {
-    async fn fetch(&self, reference: &SecretRef) -> Result<SecretValue> {
-        (**self).fetch(reference).await
-    }
+    forward!(fetch<'life1>(reference: &'life1 SecretRef) -> Result<SecretValue>);
 }
 
-#[async_trait]
 impl<T: ArtifactStore + ?Sized> ArtifactStore for Arc<T> {
-    async fn resolve(&self, reference: &ArtifactRef) -> Result<Artifact> {
-        (**self).resolve(reference).await
-    }
-    async fn verify(&self, reference: &ArtifactRef, artifact: &Artifact, policy: &ArtifactPolicy) -> Result<()> {
-        (**self).verify(reference, artifact, policy).await
-    }
+    forward!(resolve<'life1>(reference: &'life1 ArtifactRef) -> Result<Artifact>);
+    forward!(verify<'life1, 'life2, 'life3>(
+        reference: &'life1 ArtifactRef,
+        artifact: &'life2 Artifact,
+        policy: &'life3 ArtifactPolicy
+    ) -> Result<()>);
 }
 
-#[async_trait]
 impl<T: HealthProbe + ?Sized> HealthProbe for Arc<T> {
-    async fn sample(&self, query: &ProbeQuery) -> Result<Sample> {
-        (**self).sample(query).await
-    }
+    forward!(sample<'life1>(query: &'life1 ProbeQuery) -> Result<Sample>);
 }
 
-#[async_trait]
 impl<T: Gate + ?Sized> Gate for Arc<T> {
     fn name(&self) -> &str {
         (**self).name()
     }
-    async fn check(&self, ctx: &GateContext) -> Result<GateDecision> {
-        (**self).check(ctx).await
-    }
+    forward!(check<'life1>(ctx: &'life1 GateContext) -> Result<GateDecision>);
 }
 
-#[async_trait]
 impl<T: StateStore + ?Sized> StateStore for Arc<T> {
-    async fn get(&self, id: &str) -> Result<Option<RolloutRecord>> {
-        (**self).get(id).await
-    }
-    async fn put(&self, record: &RolloutRecord, expected_version: Option<u64>) -> Result<u64> {
-        (**self).put(record, expected_version).await
-    }
-    async fn list_active(&self) -> Result<Vec<RolloutRecord>> {
-        (**self).list_active().await
-    }
-    async fn list_target(&self, target: &str) -> Result<Vec<RolloutRecord>> {
-        (**self).list_target(target).await
-    }
-    async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
-        (**self).acquire_lease(target, holder, ttl, now_ms).await
-    }
-    async fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
-        (**self).renew_lease(lease, ttl, now_ms).await
-    }
-    async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        (**self).release_lease(lease).await
-    }
+    forward!(get<'life1>(id: &'life1 str) -> Result<Option<RolloutRecord>>);
+    forward!(put<'life1>(record: &'life1 RolloutRecord, expected_version: Option<u64>) -> Result<u64>);
+    forward!(list_active() -> Result<Vec<RolloutRecord>>);
+    forward!(list_target<'life1>(target: &'life1 str) -> Result<Vec<RolloutRecord>>);
+    forward!(acquire_lease<'life1, 'life2>(
+        target: &'life1 str,
+        holder: &'life2 str,
+        ttl: Duration,
+        now_ms: UnixMillis
+    ) -> Result<Lease>);
+    forward!(renew_lease<'life1>(lease: &'life1 Lease, ttl: Duration, now_ms: UnixMillis) -> Result<Lease>);
+    forward!(release_lease<'life1>(lease: &'life1 Lease) -> Result<()>);
     fn hold_lease(&self, lease: &Lease) -> Option<LeaseHold> {
         (**self).hold_lease(lease)
     }
 }
 
-#[async_trait]
 impl<T: AuditSink + ?Sized> AuditSink for Arc<T> {
-    async fn append(&self, event: &AuditEvent) -> Result<ChainHead> {
-        (**self).append(event).await
-    }
-    async fn entries(&self) -> Result<Vec<AuditEntry>> {
-        (**self).entries().await
-    }
-    async fn verify(&self) -> Result<u64> {
-        (**self).verify().await
-    }
+    forward!(append<'life1>(event: &'life1 AuditEvent) -> Result<ChainHead>);
+    forward!(entries() -> Result<Vec<AuditEntry>>);
+    forward!(verify() -> Result<u64>);
 }
