@@ -125,33 +125,35 @@ impl CanaryStrategy {
         let mut last = 0u8;
         let mut seen_weight = false;
         for (i, s) in self.steps.iter().enumerate() {
-            let path = format!("strategy.steps[{i}]");
+            // A field's name is made only where it is needed: a plan has
+            // many weight steps.
+            let field = |f: &str| format!("strategy.steps[{i}].{f}");
             match s {
                 CanaryStep::SetWeight(w) => {
                     if *w == 0 || *w > 100 {
                         return Err(Error::invalid(
-                            format!("{path}.weight"),
+                            field("weight"),
                             format!("{w} must be between 1 and 100"),
                         ));
                     }
                     if *w <= last {
                         return Err(Error::invalid(
-                            format!("{path}.weight"),
+                            field("weight"),
                             format!("{w} must be greater than the previous weight {last}"),
                         ));
                     }
                     last = *w;
                     seen_weight = true;
                 }
-                CanaryStep::Pause(Some(d)) => positive(&format!("{path}.pause"), *d)?,
+                CanaryStep::Pause(Some(d)) => positive(&field("pause"), *d)?,
                 CanaryStep::Pause(None) => {}
                 CanaryStep::Analyze(a) => {
                     if !seen_weight {
-                        return Err(Error::invalid(format!("{path}.analysis"), "an analysis before the first set_weight has no candidate to measure; move it after a weight"));
+                        return Err(Error::invalid(field("analysis"), "an analysis before the first set_weight has no candidate to measure; move it after a weight"));
                     }
-                    a.validate(&format!("{path}.analysis"))?;
+                    a.validate(&field("analysis"))?;
                 }
-                CanaryStep::Gate(g) => gate_name(&format!("{path}.gate"), g)?,
+                CanaryStep::Gate(g) => gate_name(&field("gate"), g)?,
             }
         }
         if !seen_weight {
