@@ -520,10 +520,10 @@ impl Driver {
 
     async fn execute(&mut self, index: usize, step: &Step) -> Result<StepEnd, Stop> {
         let target = self.target.clone();
-        let cand = self.record.plan.candidate.id.clone();
         match step {
             Step::Stage { replicas } => {
                 let spec = self.record.plan.candidate.clone();
+                let cand = spec.id.clone();
                 let detail = json!({"revision": cand, "digest": spec.artifact.digest, "replicas": replicas});
                 self.mutate("target.stage", detail, || target.stage(&spec, *replicas))
                     .await?;
@@ -558,6 +558,7 @@ impl Driver {
             Step::Analyze { analysis } => return self.analyze(analysis).await,
             Step::Gate { name } => return self.gate(index, name).await,
             Step::Promote => {
+                let cand = self.record.plan.candidate.id.clone();
                 self.mutate("target.promote", json!({"revision": cand}), || target.promote(&cand))
                     .await?;
             }
