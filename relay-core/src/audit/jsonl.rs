@@ -49,7 +49,7 @@ impl Writer {
         }
         // Advance only once the line is written, so a failed write does not
         // leave a gap in the chain.
-        self.head = next.clone();
+        self.head.clone_from(&next);
         Ok(next)
     }
 }

@@ -42,7 +42,7 @@ impl AuditSink for MemoryAuditSink {
         let mut g = self.lock();
         let (head, line) = g.0.next_line(event);
         g.1.push(line.into_boxed_slice());
-        g.0 = head.clone();
+        g.0.clone_from(&head);
         Ok(head)
     }
 

@@ -111,12 +111,27 @@ fn to_hex(bytes: &[u8]) -> String {
 
 /// The head of a chain: the last sequence number and hash. Sinks keep it to
 /// append, and to notice entries deleted from the end.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct ChainHead {
     /// Last sequence number (0 when empty).
     pub seq: u64,
     /// Last hash ([`GENESIS_HASH`] when empty).
     pub hash: String,
+}
+
+impl Clone for ChainHead {
+    fn clone(&self) -> Self {
+        ChainHead {
+            seq: self.seq,
+            hash: self.hash.clone(),
+        }
+    }
+
+    /// Reuses the hash's buffer: a sink advances its head at every entry.
+    fn clone_from(&mut self, source: &Self) {
+        self.seq = source.seq;
+        self.hash.clone_from(&source.hash);
+    }
 }
 
 impl Default for ChainHead {
