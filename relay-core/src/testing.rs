@@ -27,31 +27,17 @@ pub fn sample_record(id: &str, target: &str, lease_token: u64) -> RolloutRecord 
         digest: Digest::of(id.as_bytes()),
         metadata: BTreeMap::new(),
     };
-    RolloutRecord {
-        id: id.into(),
+    let plan = std::sync::Arc::new(Plan {
         target: target.into(),
-        plan: std::sync::Arc::new(Plan {
-            target: target.into(),
-            strategy: "test".into(),
-            requested: artifact.pinned_ref(),
-            candidate: RevisionSpec::new(artifact, BTreeMap::new(), BTreeMap::new()),
-            replicas: 1,
-            stable: None,
-            stable_replicas: 0,
-            steps: vec![crate::Step::Promote],
-        }),
-        cursor: 0,
-        rollback_cursor: 0,
-        status: RolloutStatus::Running,
-        paused: false,
-        approvals: Vec::new(),
-        promoted_from: None,
-        holder: "h".into(),
-        lease_token,
-        created_ms: 1,
-        updated_ms: 1,
-        version: 0,
-    }
+        strategy: "test".into(),
+        requested: artifact.pinned_ref(),
+        candidate: RevisionSpec::new(artifact, BTreeMap::new(), BTreeMap::new()),
+        replicas: 1,
+        stable: None,
+        stable_replicas: 0,
+        steps: vec![crate::Step::Promote],
+    });
+    RolloutRecord::new(id, target, plan, "h", lease_token, 1)
 }
 
 /// Compare-and-swap, listing, leases with expiry and fencing.

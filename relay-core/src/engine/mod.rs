@@ -632,33 +632,26 @@ impl Relay {
             }
         };
         let now = inner.clock.now_ms();
-        let mut record = RolloutRecord {
-            id: id.clone(),
-            target: spec.target.clone(),
-            status: if plan.is_noop() {
-                RolloutStatus::NoChange
-            } else {
-                RolloutStatus::Running
-            },
-            plan: Arc::new(plan),
-            cursor: 0,
-            rollback_cursor: 0,
-            paused: false,
-            approvals: spec
-                .approvals
-                .iter()
-                .map(|a| Approval {
-                    at_ms: now,
-                    ..a.clone()
-                })
-                .collect(),
-            promoted_from: spec.promoted_from.clone(),
+        let mut record = RolloutRecord::new(
+            id.clone(),
+            spec.target.clone(),
+            Arc::new(plan),
             holder,
-            lease_token: lease.token,
-            created_ms: now,
-            updated_ms: now,
-            version: 0,
-        };
+            lease.token,
+            now,
+        );
+        if record.plan.is_noop() {
+            record.status = RolloutStatus::NoChange;
+        }
+        record.approvals = spec
+            .approvals
+            .iter()
+            .map(|a| Approval {
+                at_ms: now,
+                ..a.clone()
+            })
+            .collect();
+        record.promoted_from = spec.promoted_from.clone();
         let saved = inner
             .call("state.put", warn_retry("state.put"), || inner.state.put(&record, None))
             .await;

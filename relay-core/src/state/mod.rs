@@ -97,25 +97,41 @@ pub struct RolloutRecord {
     pub version: u64,
 }
 
-impl Clone for RolloutRecord {
-    /// A blank record filled by `clone_from`: the one list of fields.
-    fn clone(&self) -> Self {
-        let mut copy = RolloutRecord {
-            id: String::new(),
-            target: String::new(),
-            plan: self.plan.clone(),
+impl RolloutRecord {
+    /// A record about to drive `plan` from its first step: running, not
+    /// paused, no approvals, not yet written (version 0), created and
+    /// updated at `now_ms`.
+    pub fn new(
+        id: impl Into<String>,
+        target: impl Into<String>,
+        plan: Arc<Plan>,
+        holder: impl Into<String>,
+        lease_token: u64,
+        now_ms: UnixMillis,
+    ) -> Self {
+        RolloutRecord {
+            id: id.into(),
+            target: target.into(),
+            plan,
             cursor: 0,
             rollback_cursor: 0,
             status: RolloutStatus::Running,
             paused: false,
             approvals: Vec::new(),
             promoted_from: None,
-            holder: String::new(),
-            lease_token: 0,
-            created_ms: 0,
-            updated_ms: 0,
+            holder: holder.into(),
+            lease_token,
+            created_ms: now_ms,
+            updated_ms: now_ms,
             version: 0,
-        };
+        }
+    }
+}
+
+impl Clone for RolloutRecord {
+    /// A blank record filled by `clone_from`, the one list of fields.
+    fn clone(&self) -> Self {
+        let mut copy = RolloutRecord::new(String::new(), String::new(), self.plan.clone(), String::new(), 0, 0);
         copy.clone_from(self);
         copy
     }
