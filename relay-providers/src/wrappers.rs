@@ -15,12 +15,20 @@ use relay_core::{
     Target, TargetState, TrafficSplit, UnixMillis,
 };
 
-/// Something done before each wrapped call: delay it, or fail it.
+/// Something done around each wrapped call: delay it or fail it before,
+/// see how it ended after.
 #[async_trait]
 pub trait Layer: Send + Sync + fmt::Debug + 'static {
     /// Runs before operation `op` (`route`, `fetch`, `sample`, ...); an error
     /// is returned instead of calling the wrapped provider.
     async fn before(&self, op: &'static str) -> Result<()>;
+
+    /// Runs once the wrapped provider's `op` returned (not when
+    /// [`Self::before`] failed it), with how it ended: what a metric per call
+    /// or a circuit breaker counts. Nothing by default.
+    fn after(&self, op: &'static str, outcome: std::result::Result<(), &Error>) {
+        let _ = (op, outcome);
+    }
 }
 
 /// A provider `T` with a [`Layer`] in front of every call. [`Faulty`],
@@ -47,6 +55,14 @@ impl<L, T> Wrapped<L, T> {
     /// The layer.
     pub fn layer(&self) -> &L {
         &self.layer
+    }
+}
+
+impl<L: Layer, T> Wrapped<L, T> {
+    /// Tell the layer how `op` ended; returns its result.
+    fn done<R>(&self, op: &'static str, result: Result<R>) -> Result<R> {
+        self.layer.after(op, result.as_ref().map(|_| ()));
+        result
     }
 }
 
@@ -294,35 +310,35 @@ impl<L: Layer, T: Target> Target for Wrapped<L, T> {
     }
     async fn observe(&self) -> Result<TargetState> {
         self.layer.before("observe").await?;
-        self.inner.observe().await
+        self.done("observe", self.inner.observe().await)
     }
     async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> Result<()> {
         self.layer.before("stage").await?;
-        self.inner.stage(revision, replicas).await
+        self.done("stage", self.inner.stage(revision, replicas).await)
     }
     async fn scale(&self, revision: &RevisionId, replicas: u32) -> Result<()> {
         self.layer.before("scale").await?;
-        self.inner.scale(revision, replicas).await
+        self.done("scale", self.inner.scale(revision, replicas).await)
     }
     async fn route(&self, split: &TrafficSplit) -> Result<()> {
         self.layer.before("route").await?;
-        self.inner.route(split).await
+        self.done("route", self.inner.route(split).await)
     }
     async fn promote(&self, revision: &RevisionId) -> Result<()> {
         self.layer.before("promote").await?;
-        self.inner.promote(revision).await
+        self.done("promote", self.inner.promote(revision).await)
     }
     async fn retire(&self, revision: &RevisionId) -> Result<()> {
         self.layer.before("retire").await?;
-        self.inner.retire(revision).await
+        self.done("retire", self.inner.retire(revision).await)
     }
     async fn describe(&self, revision: &RevisionId) -> Result<Option<relay_core::RunningRevision>> {
         self.layer.before("describe").await?;
-        self.inner.describe(revision).await
+        self.done("describe", self.inner.describe(revision).await)
     }
     async fn changed(&self) -> Result<()> {
         self.layer.before("changed").await?;
-        self.inner.changed().await
+        self.done("changed", self.inner.changed().await)
     }
 }
 
@@ -330,7 +346,7 @@ impl<L: Layer, T: Target> Target for Wrapped<L, T> {
 impl<L: Layer, T: SecretStore> SecretStore for Wrapped<L, T> {
     async fn fetch(&self, reference: &SecretRef) -> Result<SecretValue> {
         self.layer.before("fetch").await?;
-        self.inner.fetch(reference).await
+        self.done("fetch", self.inner.fetch(reference).await)
     }
 }
 
@@ -338,11 +354,11 @@ impl<L: Layer, T: SecretStore> SecretStore for Wrapped<L, T> {
 impl<L: Layer, T: ArtifactStore> ArtifactStore for Wrapped<L, T> {
     async fn resolve(&self, reference: &ArtifactRef) -> Result<Artifact> {
         self.layer.before("resolve").await?;
-        self.inner.resolve(reference).await
+        self.done("resolve", self.inner.resolve(reference).await)
     }
     async fn verify(&self, reference: &ArtifactRef, artifact: &Artifact, policy: &ArtifactPolicy) -> Result<()> {
         self.layer.before("verify").await?;
-        self.inner.verify(reference, artifact, policy).await
+        self.done("verify", self.inner.verify(reference, artifact, policy).await)
     }
 }
 
@@ -350,7 +366,7 @@ impl<L: Layer, T: ArtifactStore> ArtifactStore for Wrapped<L, T> {
 impl<L: Layer, T: HealthProbe> HealthProbe for Wrapped<L, T> {
     async fn sample(&self, query: &ProbeQuery) -> Result<Sample> {
         self.layer.before("sample").await?;
-        self.inner.sample(query).await
+        self.done("sample", self.inner.sample(query).await)
     }
 }
 
@@ -361,31 +377,34 @@ impl<L: Layer, T: HealthProbe> HealthProbe for Wrapped<L, T> {
 impl<L: Layer, T: StateStore> StateStore for Wrapped<L, T> {
     async fn get(&self, id: &str) -> Result<Option<RolloutRecord>> {
         self.layer.before("get").await?;
-        self.inner.get(id).await
+        self.done("get", self.inner.get(id).await)
     }
     async fn put(&self, record: &RolloutRecord, expected_version: Option<u64>) -> Result<u64> {
         self.layer.before("put").await?;
-        self.inner.put(record, expected_version).await
+        self.done("put", self.inner.put(record, expected_version).await)
     }
     async fn list_active(&self) -> Result<Vec<RolloutRecord>> {
         self.layer.before("list_active").await?;
-        self.inner.list_active().await
+        self.done("list_active", self.inner.list_active().await)
     }
     async fn list_target(&self, target: &str) -> Result<Vec<RolloutRecord>> {
         self.layer.before("list_target").await?;
-        self.inner.list_target(target).await
+        self.done("list_target", self.inner.list_target(target).await)
     }
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
         self.layer.before("acquire_lease").await?;
-        self.inner.acquire_lease(target, holder, ttl, now_ms).await
+        self.done(
+            "acquire_lease",
+            self.inner.acquire_lease(target, holder, ttl, now_ms).await,
+        )
     }
     async fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
         self.layer.before("renew_lease").await?;
-        self.inner.renew_lease(lease, ttl, now_ms).await
+        self.done("renew_lease", self.inner.renew_lease(lease, ttl, now_ms).await)
     }
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
         self.layer.before("release_lease").await?;
-        self.inner.release_lease(lease).await
+        self.done("release_lease", self.inner.release_lease(lease).await)
     }
 }
 
@@ -491,5 +510,43 @@ mod tests {
         t.route(&TrafficSplit::default()).await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_millis(500));
         assert_eq!(t.name(), "t");
+    }
+
+    /// Fails the calls it is told to, and notes how each call it let through ended.
+    #[derive(Debug, Default)]
+    struct Outcomes {
+        refuse: std::sync::atomic::AtomicBool,
+        seen: std::sync::Mutex<Vec<(&'static str, Option<String>)>>,
+    }
+
+    #[async_trait]
+    impl Layer for Outcomes {
+        async fn before(&self, op: &'static str) -> Result<()> {
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(Error::PermissionDenied { what: op.to_owned() });
+            }
+            Ok(())
+        }
+        fn after(&self, op: &'static str, outcome: std::result::Result<(), &Error>) {
+            self.seen
+                .lock()
+                .unwrap()
+                .push((op, outcome.err().map(|e| e.to_string())));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_layer_sees_how_each_call_it_let_through_ended() {
+        let t = Wrapped::layered(Outcomes::default(), SimTarget::new("t"));
+        t.observe().await.unwrap();
+        let unknown = RevisionId::from("nowhere");
+        t.route(&TrafficSplit::all(&unknown)).await.unwrap_err();
+        t.layer().refuse.store(true, Ordering::SeqCst);
+        t.route(&TrafficSplit::default()).await.unwrap_err();
+        let seen = t.layer().seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "a call the layer refused has no outcome: {seen:?}");
+        assert_eq!(seen[0], ("observe", None));
+        assert_eq!(seen[1].0, "route");
+        assert!(seen[1].1.as_deref().is_some_and(|e| e.contains("nowhere")), "{seen:?}");
     }
 }
