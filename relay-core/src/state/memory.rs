@@ -78,15 +78,17 @@ impl StateStore for MemoryStateStore {
 
     async fn put(&self, record: &RolloutRecord, expected_version: Option<u64>) -> Result<u64> {
         let mut g = self.lock();
-        let v = logic::cas_check(
-            g.records.get(&record.id),
-            g.leases.get(&record.target),
-            record,
-            expected_version,
-        )?;
+        let Inner {
+            records,
+            leases,
+            finished,
+        } = &mut *g;
+        // One lookup of the id serves the check and the write.
+        let mut stored = records.get_mut(&record.id);
+        let v = logic::cas_check(stored.as_deref(), leases.get(&record.target), record, expected_version)?;
         let finishes = record.status.is_terminal();
         // An update overwrites the stored copy in place, reusing its strings.
-        let was_finished = match g.records.get_mut(&record.id) {
+        let was_finished = match stored.as_mut() {
             Some(stored) => {
                 let was = stored.status.is_terminal();
                 stored.clone_from(record);
@@ -96,12 +98,11 @@ impl StateStore for MemoryStateStore {
             None => {
                 let mut stored = record.clone();
                 stored.version = v;
-                g.records.insert(record.id.clone(), stored);
+                records.insert(record.id.clone(), stored);
                 false
             }
         };
         if let (Some(keep), true, false) = (self.keep_finished, finishes, was_finished) {
-            let Inner { records, finished, .. } = &mut *g;
             let ids = finished.entry(record.target.clone()).or_default();
             ids.push_back(record.id.clone());
             while ids.len() > keep {
