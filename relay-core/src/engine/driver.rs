@@ -548,7 +548,7 @@ impl Driver {
             }
             Step::Route { candidate_weight } => {
                 let split = self.split(*candidate_weight)?;
-                let detail = json!({"candidate_weight": candidate_weight, "weights": split});
+                let detail = route_detail(&split, "candidate_weight", (*candidate_weight).into());
                 self.mutate("target.route", detail, || target.route(&split)).await?;
                 self.emit(EventKind::TrafficShifted {
                     candidate_weight: *candidate_weight,
@@ -944,7 +944,7 @@ impl Driver {
                         None => TrafficSplit::default(),
                     };
                     let r = self
-                        .mutate("target.route", json!({"rollback": true, "weights": split}), || {
+                        .mutate("target.route", route_detail(&split, "rollback", true.into()), || {
                             target.route(&split)
                         })
                         .await;
@@ -981,5 +981,43 @@ impl Driver {
             }
         }
         self.finish(RolloutStatus::RolledBack { cause }).await
+    }
+}
+
+/// The audit detail of a traffic change: the split's `weights` beside
+/// `key: value`, as `json!` would make it but built directly (through
+/// `json!` the split went through serde's value serializer, code that every
+/// step of a canary ran, usually with a cold cache).
+fn route_detail(split: &TrafficSplit, key: &str, value: serde_json::Value) -> serde_json::Value {
+    let mut weights = serde_json::Map::new();
+    for (id, w) in split.weights() {
+        weights.insert(id.as_str().to_owned(), (*w).into());
+    }
+    let mut detail = serde_json::Map::new();
+    detail.insert(key.to_owned(), value);
+    detail.insert("weights".to_owned(), weights.into());
+    detail.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_detail_is_what_json_makes_of_the_split() {
+        let (stable, candidate) = (RevisionId::from("app@v1"), RevisionId::from("app@v2"));
+        let canary = TrafficSplit::canary(&stable, &candidate, 30).unwrap();
+        assert_eq!(
+            route_detail(&canary, "candidate_weight", 30u8.into()),
+            json!({"candidate_weight": 30, "weights": canary})
+        );
+        assert_eq!(
+            route_detail(&TrafficSplit::all(&stable), "rollback", true.into()),
+            json!({"rollback": true, "weights": {"app@v1": 100}})
+        );
+        assert_eq!(
+            route_detail(&TrafficSplit::default(), "rollback", true.into()),
+            json!({"rollback": true, "weights": {}})
+        );
     }
 }
