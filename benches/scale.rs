@@ -291,20 +291,31 @@ async fn sequential(m: usize, every: usize) -> Vec<u64> {
 }
 
 /// A wait of `RELAY_SCALE_LATENCY_US` (default 1 ms, in tokio time) before
-/// every provider call; notes how long the waits took and the gaps between
-/// one call's end and the next call's start (the engine's own time). With
-/// `RELAY_SCALE_LATENCY_MODE=spin` the wait spins on the CPU instead, with
-/// `thread` it blocks the thread: how much of the engine's time between
-/// calls comes from the thread having slept.
+/// every provider call; notes how long the calls took (the wait and the
+/// provider's own work) and the gaps between one call's end and the next
+/// call's start (the engine's own time). With `RELAY_SCALE_LATENCY_MODE=spin`
+/// the wait spins on the CPU instead, with `thread` it blocks the thread:
+/// how much of the engine's time between calls comes from the thread having
+/// slept.
 #[derive(Debug, Default, Clone)]
 struct Slow(Arc<std::sync::Mutex<SlowTally>>);
 
 #[derive(Debug, Default)]
 struct SlowTally {
     calls: u64,
+    /// The calls' time, from the layer's start to the provider's return.
+    in_calls: Duration,
+    /// The waits' time alone.
     waited: Duration,
+    /// When the call under way began.
+    call_start: Option<tokio::time::Instant>,
     last_end: Option<tokio::time::Instant>,
-    gaps: Vec<Duration>,
+    /// When the current rollout's first call began.
+    first_start: Option<tokio::time::Instant>,
+    /// The gaps, each with the index of the call it preceded in its rollout.
+    gaps: Vec<(u32, Duration)>,
+    /// The current rollout's calls so far.
+    index: u32,
 }
 
 #[async_trait::async_trait]
@@ -314,8 +325,12 @@ impl relay::providers::Layer for Slow {
         {
             let mut tally = self.0.lock().unwrap();
             if let Some(end) = tally.last_end.take() {
-                tally.gaps.push(t - end);
+                let i = tally.index;
+                tally.gaps.push((i, t - end));
             }
+            tally.first_start.get_or_insert(t);
+            tally.call_start = Some(t);
+            tally.index += 1;
         }
         let us = std::env::var("RELAY_SCALE_LATENCY_US")
             .ok()
@@ -333,19 +348,28 @@ impl relay::providers::Layer for Slow {
                 _ => tokio::time::sleep(Duration::from_micros(us)).await,
             }
         }
-        let mut tally = self.0.lock().unwrap();
-        tally.calls += 1;
-        tally.waited += t.elapsed();
-        tally.last_end = Some(tokio::time::Instant::now());
+        self.0.lock().unwrap().waited += t.elapsed();
         Ok(())
+    }
+
+    fn after(&self, _op: &'static str, _outcome: Result<(), &relay::Error>) {
+        let now = tokio::time::Instant::now();
+        let mut tally = self.0.lock().unwrap();
+        if let Some(start) = tally.call_start.take() {
+            tally.calls += 1;
+            tally.in_calls += now - start;
+            tally.last_end = Some(now);
+        }
     }
 }
 
 /// `r` rollouts of a 100-step canary (weights only: no pauses, analysis or
 /// readiness delays) one after another, in real time, on a target, probe
-/// and artifact store whose every call takes 1 ms (`RELAY_SCALE_LATENCY_US`
-/// overrides), on [`lean_stores`]. Returns the time beyond the
-/// providers' own, as a fraction of it.
+/// and artifact store whose every call first waits 1 ms
+/// (`RELAY_SCALE_LATENCY_US` overrides), on [`lean_stores`]. Returns the
+/// time beyond the providers' own (their calls, from the wait's start to
+/// the provider's return: what a remote provider's latency includes), as a
+/// fraction of it; the time beyond the waits alone is printed beside it.
 async fn latency(r: usize) -> f64 {
     let slow = Slow::default();
     let sim = Arc::new(SimTarget::new("t0").default_behavior(RevisionBehavior {
@@ -366,27 +390,57 @@ async fn latency(r: usize) -> f64 {
         strategy = strategy.set_weight(w);
     }
     let mut total = Duration::ZERO;
+    // The engine's time before a rollout's first call and after its last.
+    let (mut before, mut after) = (Duration::ZERO, Duration::ZERO);
     for k in 0..r {
         let tag = if k % 2 == 0 { "app:v1" } else { "app:v2" };
         let spec = RolloutSpec::new("t0", Release::new(tag.parse().unwrap()).replicas(4), strategy.clone());
-        slow.0.lock().unwrap().last_end = None;
+        {
+            let mut tally = slow.0.lock().unwrap();
+            (tally.last_end, tally.first_start, tally.index) = (None, None, 0);
+        }
         let started = tokio::time::Instant::now();
         assert!(relay.start(spec).await.unwrap().wait().await.unwrap().is_success());
-        total += started.elapsed();
+        let ended = tokio::time::Instant::now();
+        total += ended - started;
+        let tally = slow.0.lock().unwrap();
+        before += tally.first_start.map_or(Duration::ZERO, |t| t - started);
+        after += tally.last_end.map_or(Duration::ZERO, |t| ended - t);
     }
-    let mut tally = slow.0.lock().unwrap();
-    let (providers, calls) = (tally.waited.as_secs_f64(), tally.calls);
+    let tally = slow.0.lock().unwrap();
+    let (providers, calls) = (tally.in_calls.as_secs_f64(), tally.calls);
     let extra = (total.as_secs_f64() - providers) / providers;
-    tally.gaps.sort_unstable();
-    let gap = |p: f64| percentile(&tally.gaps, p).as_secs_f64() * 1e6;
+    let waits = tally.waited.as_secs_f64();
+    let between: Duration = tally.gaps.iter().map(|g| g.1).sum();
+    // The call whose preceding gap is longest on average.
+    let mut by_index = std::collections::BTreeMap::<u32, (Duration, u32)>::new();
+    for &(i, g) in &tally.gaps {
+        let e = by_index.entry(i).or_default();
+        (e.0, e.1) = (e.0 + g, e.1 + 1);
+    }
+    let (worst, (worst_sum, worst_n)) = by_index
+        .into_iter()
+        .max_by_key(|(_, (d, n))| *d / *n)
+        .unwrap_or_default();
+    let mut gaps: Vec<Duration> = tally.gaps.iter().map(|g| g.1).collect();
+    gaps.sort_unstable();
+    let gap = |p: f64| percentile(&gaps, p).as_secs_f64() * 1e6;
+    let per_rollout = |d: Duration| d.as_secs_f64() * 1e6 / r as f64;
     eprintln!(
-        "{r} rollouts, {calls} provider calls: {:.1} ms in the providers, {:.1} ms in all: {:+.2}% beyond the providers' own time ({:.1} µs per call); engine time between calls p50 {:.1} µs, p99 {:.1} µs",
+        "{r} rollouts, {calls} provider calls: {:.1} ms in the providers, {:.1} ms in all: {:+.2}% beyond the providers' own time ({:.1} µs per call), {:+.2}% beyond the waits alone; \
+         engine time between calls p50 {:.1} µs, p99 {:.1} µs; per rollout {:.0} µs between calls, {:.0} µs before the first, {:.0} µs after the last, \
+         longest before call {worst} ({:.0} µs on average)",
         providers * 1e3,
         total.as_secs_f64() * 1e3,
         extra * 100.0,
         (total.as_secs_f64() - providers) * 1e6 / calls as f64,
+        (total.as_secs_f64() - waits) / waits * 100.0,
         gap(0.5),
-        gap(0.99)
+        gap(0.99),
+        per_rollout(between),
+        per_rollout(before),
+        per_rollout(after),
+        worst_sum.as_secs_f64() * 1e6 / f64::from(worst_n.max(1)),
     );
     extra
 }
