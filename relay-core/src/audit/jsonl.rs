@@ -35,14 +35,16 @@ struct Writer {
     file: File,
     head: ChainHead,
     sync: bool,
+    /// The line being written, kept between appends for its allocation.
+    line: Vec<u8>,
 }
 
 impl Writer {
     /// Seal `event` onto the chain and write its line.
     fn append(&mut self, path: &Path, event: &AuditEvent) -> Result<ChainHead> {
-        let (next, mut line) = self.head.next_line(event);
-        line.push(b'\n');
-        self.file.write_all(&line).map_err(|e| io_err(path, e))?;
+        let next = self.head.write_next_line(event, &mut self.line);
+        self.line.push(b'\n');
+        self.file.write_all(&self.line).map_err(|e| io_err(path, e))?;
         self.file.flush().map_err(|e| io_err(path, e))?;
         if self.sync {
             self.file.sync_data().map_err(|e| io_err(path, e))?;
@@ -91,7 +93,12 @@ impl JsonlAuditSink {
             .map_err(|e| io_err(&path, e))?;
         Ok(JsonlAuditSink {
             path: Arc::new(path),
-            inner: Arc::new(Mutex::new(Writer { file, head, sync: true })),
+            inner: Arc::new(Mutex::new(Writer {
+                file,
+                head,
+                sync: true,
+                line: Vec::new(),
+            })),
         })
     }
 

@@ -12,7 +12,16 @@ use crate::error::Result;
 /// bytes each), and read back on [`AuditSink::entries`].
 #[derive(Debug, Default)]
 pub struct MemoryAuditSink {
-    inner: Mutex<(ChainHead, Vec<Box<[u8]>>)>,
+    inner: Mutex<Chain>,
+}
+
+#[derive(Debug, Default)]
+struct Chain {
+    head: ChainHead,
+    lines: Vec<Box<[u8]>>,
+    /// The line being written, kept between appends for its allocation: a
+    /// stored line is an exact copy of it.
+    scratch: Vec<u8>,
 }
 
 impl MemoryAuditSink {
@@ -28,10 +37,10 @@ impl MemoryAuditSink {
             .iter()
             .map(|e| serde_json::to_vec(e).unwrap_or_default().into_boxed_slice())
             .collect();
-        self.lock().1 = lines;
+        self.lock().lines = lines;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (ChainHead, Vec<Box<[u8]>>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Chain> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -40,19 +49,20 @@ impl MemoryAuditSink {
 impl AuditSink for MemoryAuditSink {
     async fn append(&self, event: &AuditEvent) -> Result<ChainHead> {
         let mut g = self.lock();
-        let (head, line) = g.0.next_line(event);
-        g.1.push(line.into_boxed_slice());
-        g.0.clone_from(&head);
-        Ok(head)
+        let Chain { head, lines, scratch } = &mut *g;
+        let next = head.write_next_line(event, scratch);
+        lines.push(scratch.as_slice().into());
+        head.clone_from(&next);
+        Ok(next)
     }
 
     async fn entries(&self) -> Result<Vec<AuditEntry>> {
-        parse(&self.lock().1)
+        parse(&self.lock().lines)
     }
 
     async fn verify(&self) -> Result<u64> {
         let g = self.lock();
-        verify_chain(&parse(&g.1)?, Some(&g.0)).map(|h| h.seq)
+        verify_chain(&parse(&g.lines)?, Some(&g.head)).map(|h| h.seq)
     }
 }
 

@@ -101,12 +101,14 @@ fn entry_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
 /// 4% of the engine's time per step.
 fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(2 * bytes.len());
+    let mut out = Vec::with_capacity(2 * bytes.len());
     for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
     }
-    out
+    // Bytes, not chars: a `char` push encodes UTF-8 each time. Only ASCII
+    // digits were written, so this cannot fail.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The head of a chain: the last sequence number and hash. Sinks keep it to
@@ -164,10 +166,19 @@ impl ChainHead {
     /// added. It reads back as an [`AuditEntry`]; the sinks store this line,
     /// so an entry is serialized once, for its hash and its storage together.
     pub fn next_line(&self, event: &AuditEvent) -> (ChainHead, Vec<u8>) {
-        let seq = self.seq + 1;
         let mut line = Vec::with_capacity(512);
+        let head = self.write_next_line(event, &mut line);
+        (head, line)
+    }
+
+    /// [`Self::next_line`] into `line` (emptied first): a sink that keeps
+    /// one buffer for its lines allocates nothing per entry once the buffer
+    /// has grown to its longest.
+    pub fn write_next_line(&self, event: &AuditEvent, line: &mut Vec<u8>) -> ChainHead {
+        let seq = self.seq + 1;
+        line.clear();
         // Writing into a vector cannot fail, and these types always serialize.
-        let _ = serde_json::to_writer(&mut line, &canonical(seq, event, &self.hash));
+        let _ = serde_json::to_writer(&mut *line, &canonical(seq, event, &self.hash));
         let mut h = Sha256::new();
         h.update(self.hash.as_bytes());
         h.update(&line);
@@ -177,7 +188,7 @@ impl ChainHead {
         line.extend_from_slice(b",\"hash\":\"");
         line.extend_from_slice(hash.as_bytes());
         line.extend_from_slice(b"\"}");
-        (ChainHead { seq, hash }, line)
+        ChainHead { seq, hash }
     }
 }
 
@@ -294,9 +305,13 @@ mod tests {
     fn a_stored_line_reads_back_as_the_sealed_entry() {
         let mut sealed = ChainHead::default();
         let mut lined = ChainHead::default();
+        // A sink's buffer, holding a longer line from before.
+        let mut buffer = b"an earlier, longer line ".repeat(40);
         for e in chain(3) {
             let expect = sealed.seal(e.event.clone());
             let (head, line) = lined.next_line(&e.event);
+            assert_eq!(lined.write_next_line(&e.event, &mut buffer), head);
+            assert_eq!(buffer, line, "a reused buffer holds the same line");
             let back = parse_line(&line, head.seq).unwrap();
             assert_eq!(back, expect);
             assert_eq!((head.seq, head.hash.as_str()), (expect.seq, expect.hash.as_str()));
