@@ -40,10 +40,14 @@ pub(crate) fn fmt_p(p: f64) -> String {
 }
 
 /// The finite values, and how many were dropped.
-pub(crate) fn usable(values: &[f64]) -> (Vec<f64>, usize) {
+pub(crate) fn usable(values: &[f64]) -> (std::borrow::Cow<'_, [f64]>, usize) {
+    // Usually every value is finite: then nothing is copied.
+    if values.iter().all(|x| x.is_finite()) {
+        return (std::borrow::Cow::Borrowed(values), 0);
+    }
     let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     let dropped = values.len() - v.len();
-    (v, dropped)
+    (std::borrow::Cow::Owned(v), dropped)
 }
 
 /// The verdict for too little data.
