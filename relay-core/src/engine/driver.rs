@@ -66,6 +66,15 @@ struct CheckTally {
     passes: u32,
 }
 
+/// What one check of an analysis asks the probe at every measurement.
+struct Asked {
+    query: ProbeQuery,
+    /// The stable revision's query, for a judge that compares with it.
+    baseline: Option<ProbeQuery>,
+    /// The query's scope, as verdicts name it.
+    scope: String,
+}
+
 fn merge(into: &mut Vec<f64>, counts: &mut Option<Counts>, values: Vec<f64>, new: Option<Counts>, cumulative: bool) {
     if cumulative {
         into.extend(values);
@@ -728,6 +737,37 @@ impl Driver {
             ));
         };
         let mut tally: Vec<CheckTally> = spec.checks.iter().map(|_| CheckTally::default()).collect();
+        // What each check asks the probe, the same at every measurement; a
+        // check of a role the plan lacks asks nothing.
+        let asked: Vec<Option<Asked>> = spec
+            .checks
+            .iter()
+            .map(|check| {
+                let scope = match check.scope {
+                    CheckScope::Target => Scope::Target,
+                    CheckScope::Role(r) => Scope::Revision(self.record.plan.revision(r)?.clone()),
+                };
+                let query = ProbeQuery {
+                    metric: check.metric.clone(),
+                    scope,
+                    window: spec.interval,
+                    target: self.record.target.clone(),
+                };
+                // The baseline is the stable revision, measured in the same window.
+                let baseline = match (&self.record.plan.stable, check.judge.needs_baseline()) {
+                    (Some(stable), true) => Some(ProbeQuery {
+                        scope: Scope::Revision(stable.clone()),
+                        ..query.clone()
+                    }),
+                    _ => None,
+                };
+                Some(Asked {
+                    scope: query.scope.to_string(),
+                    query,
+                    baseline,
+                })
+            })
+            .collect();
         for measurement in 1..=spec.count {
             let next = Instant::now() + spec.interval;
             loop {
@@ -737,20 +777,12 @@ impl Driver {
                     _ => {}
                 }
             }
-            for (check, t) in spec.checks.iter().zip(tally.iter_mut()) {
-                let scope = match check.scope {
-                    CheckScope::Target => Some(Scope::Target),
-                    CheckScope::Role(r) => self.record.plan.revision(r).cloned().map(Scope::Revision),
+            for ((check, t), asked) in spec.checks.iter().zip(tally.iter_mut()).zip(&asked) {
+                let Some(Asked { query, baseline, scope }) = asked else {
+                    continue;
                 };
-                let Some(scope) = scope else { continue };
                 t.measured += 1;
-                let query = ProbeQuery {
-                    metric: check.metric.clone(),
-                    scope: scope.clone(),
-                    window: spec.interval,
-                    target: self.record.target.clone(),
-                };
-                let sample = match self.call("probe.sample", || probe.sample(&query)).await {
+                let sample = match self.call("probe.sample", || probe.sample(query)).await {
                     Ok(s) => {
                         t.errors = 0;
                         s
@@ -768,16 +800,9 @@ impl Driver {
                         continue;
                     }
                 };
-                // The baseline is the stable revision, measured in the same window.
-                let baseline = match (&self.record.plan.stable, check.judge.needs_baseline()) {
-                    (Some(stable), true) => {
-                        let q = ProbeQuery {
-                            scope: Scope::Revision(stable.clone()),
-                            ..query.clone()
-                        };
-                        self.call("probe.sample", || probe.sample(&q)).await.ok()
-                    }
-                    _ => None,
+                let baseline = match baseline {
+                    Some(q) => self.call("probe.sample", || probe.sample(q)).await.ok(),
+                    None => None,
                 };
                 t.record(sample.values, sample.counts, check.judge.cumulative());
                 if let Some(b) = baseline {
@@ -795,7 +820,7 @@ impl Driver {
                 let verdict = Verdict {
                     check: check.name.clone(),
                     metric: check.metric.clone(),
-                    scope: scope.to_string(),
+                    scope: scope.clone(),
                     source: sample.source.clone(),
                     measurement,
                     dry_run: check.dry_run,
