@@ -23,9 +23,10 @@ pub trait Layer: Send + Sync + fmt::Debug + 'static {
     /// is returned instead of calling the wrapped provider.
     async fn before(&self, op: &'static str) -> Result<()>;
 
-    /// Runs once the wrapped provider's `op` returned (not when
-    /// [`Self::before`] failed it), with how it ended: what a metric per call
-    /// or a circuit breaker counts. Nothing by default.
+    /// Runs once the wrapped provider's `op` returned, with how it ended:
+    /// what a metric per call or a circuit breaker counts. Not for a call
+    /// [`Self::before`] failed, nor for one dropped before it returned (a
+    /// watch the engine stopped waiting on). Nothing by default.
     fn after(&self, op: &'static str, outcome: std::result::Result<(), &Error>) {
         let _ = (op, outcome);
     }
