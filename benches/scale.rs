@@ -312,10 +312,7 @@ struct SlowTally {
     last_end: Option<tokio::time::Instant>,
     /// When the current rollout's first call began.
     first_start: Option<tokio::time::Instant>,
-    /// The gaps, each with the index of the call it preceded in its rollout.
-    gaps: Vec<(u32, Duration)>,
-    /// The current rollout's calls so far.
-    index: u32,
+    gaps: Vec<Duration>,
 }
 
 #[async_trait::async_trait]
@@ -325,12 +322,10 @@ impl relay::providers::Layer for Slow {
         {
             let mut tally = self.0.lock().unwrap();
             if let Some(end) = tally.last_end.take() {
-                let i = tally.index;
-                tally.gaps.push((i, t - end));
+                tally.gaps.push(t - end);
             }
             tally.first_start.get_or_insert(t);
             tally.call_start = Some(t);
-            tally.index += 1;
         }
         let us = std::env::var("RELAY_SCALE_LATENCY_US")
             .ok()
@@ -397,7 +392,7 @@ async fn latency(r: usize) -> f64 {
         let spec = RolloutSpec::new("t0", Release::new(tag.parse().unwrap()).replicas(4), strategy.clone());
         {
             let mut tally = slow.0.lock().unwrap();
-            (tally.last_end, tally.first_start, tally.index) = (None, None, 0);
+            (tally.last_end, tally.first_start) = (None, None);
         }
         let started = tokio::time::Instant::now();
         assert!(relay.start(spec).await.unwrap().wait().await.unwrap().is_success());
@@ -407,29 +402,17 @@ async fn latency(r: usize) -> f64 {
         before += tally.first_start.map_or(Duration::ZERO, |t| t - started);
         after += tally.last_end.map_or(Duration::ZERO, |t| ended - t);
     }
-    let tally = slow.0.lock().unwrap();
+    let mut tally = slow.0.lock().unwrap();
     let (providers, calls) = (tally.in_calls.as_secs_f64(), tally.calls);
     let extra = (total.as_secs_f64() - providers) / providers;
     let waits = tally.waited.as_secs_f64();
-    let between: Duration = tally.gaps.iter().map(|g| g.1).sum();
-    // The call whose preceding gap is longest on average.
-    let mut by_index = std::collections::BTreeMap::<u32, (Duration, u32)>::new();
-    for &(i, g) in &tally.gaps {
-        let e = by_index.entry(i).or_default();
-        (e.0, e.1) = (e.0 + g, e.1 + 1);
-    }
-    let (worst, (worst_sum, worst_n)) = by_index
-        .into_iter()
-        .max_by_key(|(_, (d, n))| *d / *n)
-        .unwrap_or_default();
-    let mut gaps: Vec<Duration> = tally.gaps.iter().map(|g| g.1).collect();
-    gaps.sort_unstable();
-    let gap = |p: f64| percentile(&gaps, p).as_secs_f64() * 1e6;
+    let between: Duration = tally.gaps.iter().sum();
+    tally.gaps.sort_unstable();
+    let gap = |p: f64| percentile(&tally.gaps, p).as_secs_f64() * 1e6;
     let per_rollout = |d: Duration| d.as_secs_f64() * 1e6 / r as f64;
     eprintln!(
         "{r} rollouts, {calls} provider calls: {:.1} ms in the providers, {:.1} ms in all: {:+.2}% beyond the providers' own time ({:.1} µs per call), {:+.2}% beyond the waits alone; \
-         engine time between calls p50 {:.1} µs, p99 {:.1} µs; per rollout {:.0} µs between calls, {:.0} µs before the first, {:.0} µs after the last, \
-         longest before call {worst} ({:.0} µs on average)",
+         engine time between calls p50 {:.1} µs, p99 {:.1} µs; per rollout {:.0} µs between calls, {:.0} µs before the first, {:.0} µs after the last",
         providers * 1e3,
         total.as_secs_f64() * 1e3,
         extra * 100.0,
@@ -440,7 +423,6 @@ async fn latency(r: usize) -> f64 {
         per_rollout(between),
         per_rollout(before),
         per_rollout(after),
-        worst_sum.as_secs_f64() * 1e6 / f64::from(worst_n.max(1)),
     );
     extra
 }
