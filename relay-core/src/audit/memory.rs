@@ -9,7 +9,8 @@ use crate::error::Result;
 
 /// Keeps the chain in memory; for tests and simulations. Entries are kept
 /// as the JSON lines a [`crate::JsonlAuditSink`] would write (a few hundred
-/// bytes each), and read back on [`AuditSink::entries`].
+/// bytes each), end to end in blocks, and read back on
+/// [`AuditSink::entries`].
 #[derive(Debug, Default)]
 pub struct MemoryAuditSink {
     inner: Mutex<Chain>,
@@ -18,10 +19,46 @@ pub struct MemoryAuditSink {
 #[derive(Debug, Default)]
 struct Chain {
     head: ChainHead,
-    lines: Vec<Box<[u8]>>,
-    /// The line being written, kept between appends for its allocation: a
-    /// stored line is an exact copy of it.
+    lines: Lines,
+    /// The line being written, kept between appends for its allocation.
     scratch: Vec<u8>,
+}
+
+/// The sizes of [`Lines`]' blocks: the first, and the most a later one
+/// doubles to.
+const FIRST_BLOCK: usize = 4 * 1024;
+const MAX_BLOCK: usize = 64 * 1024;
+
+/// Lines stored end to end in blocks, each twice the last up to
+/// [`MAX_BLOCK`] (a longer line gets a block of its own): a few
+/// allocations for a rollout's entries instead of one per entry, most of
+/// which were of a size that made glibc consolidate its free chunks; a
+/// sink with few entries stays small.
+#[derive(Debug, Default)]
+struct Lines {
+    blocks: Vec<Vec<u8>>,
+    /// Each line's block and its byte range there.
+    spans: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+impl Lines {
+    fn push(&mut self, line: &[u8]) {
+        let last = self.blocks.last().map_or(0, Vec::capacity);
+        let room = self.blocks.last().map_or(0, |b| b.capacity() - b.len());
+        if room < line.len() {
+            let size = (2 * last).clamp(FIRST_BLOCK, MAX_BLOCK).max(line.len());
+            self.blocks.push(Vec::with_capacity(size));
+        }
+        let i = self.blocks.len() - 1;
+        let block = &mut self.blocks[i];
+        let start = block.len();
+        block.extend_from_slice(line);
+        self.spans.push((i, start..block.len()));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().map(|(i, range)| &self.blocks[*i][range.clone()])
+    }
 }
 
 impl MemoryAuditSink {
@@ -33,10 +70,10 @@ impl MemoryAuditSink {
     /// Replace the stored entries (to simulate tampering in tests). The head
     /// the sink remembers is kept, so `verify` notices.
     pub fn overwrite_entries(&self, entries: Vec<AuditEntry>) {
-        let lines = entries
-            .iter()
-            .map(|e| serde_json::to_vec(e).unwrap_or_default().into_boxed_slice())
-            .collect();
+        let mut lines = Lines::default();
+        for e in &entries {
+            lines.push(&serde_json::to_vec(e).unwrap_or_default());
+        }
         self.lock().lines = lines;
     }
 
@@ -51,7 +88,7 @@ impl AuditSink for MemoryAuditSink {
         let mut g = self.lock();
         let Chain { head, lines, scratch } = &mut *g;
         let next = head.write_next_line(event, scratch);
-        lines.push(scratch.as_slice().into());
+        lines.push(scratch);
         head.clone_from(&next);
         Ok(next)
     }
@@ -66,6 +103,47 @@ impl AuditSink for MemoryAuditSink {
     }
 }
 
-fn parse(lines: &[Box<[u8]>]) -> Result<Vec<AuditEntry>> {
+fn parse(lines: &Lines) -> Result<Vec<AuditEntry>> {
     lines.iter().zip(1..).map(|(line, seq)| parse_line(line, seq)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_read_back_as_pushed_across_blocks() {
+        let mut lines = Lines::default();
+        // Short lines, one longer than any block, and lines that do not fit
+        // what is left of a block.
+        let pushed: Vec<Vec<u8>> = (0..400usize)
+            .map(|i| {
+                let len = match i {
+                    7 => MAX_BLOCK + 5,
+                    _ => 1 + (i * 37) % 900,
+                };
+                vec![b'a' + (i % 26) as u8; len]
+            })
+            .collect();
+        for l in &pushed {
+            lines.push(l);
+        }
+        let back: Vec<&[u8]> = lines.iter().collect();
+        assert_eq!(back.len(), pushed.len());
+        for (i, (b, p)) in back.iter().zip(&pushed).enumerate() {
+            assert_eq!(*b, p.as_slice(), "line {i}");
+        }
+        let total: usize = pushed.iter().map(Vec::len).sum();
+        assert!(
+            lines.blocks.len() < 10,
+            "{} blocks for {total} bytes in {} lines",
+            lines.blocks.len(),
+            pushed.len()
+        );
+        assert_eq!(
+            lines.blocks[0].capacity(),
+            FIRST_BLOCK,
+            "a sink with few entries stays small"
+        );
+    }
 }
