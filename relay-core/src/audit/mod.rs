@@ -161,17 +161,11 @@ impl ChainHead {
     }
 
     /// The head after `event` is chained onto this one (a sink advances to
-    /// it once the entry is stored), with the entry as one line of JSON (no
-    /// newline): its canonical body, which the hash covers, with the hash
-    /// added. It reads back as an [`AuditEntry`]; the sinks store this line,
-    /// so an entry is serialized once, for its hash and its storage together.
-    pub fn next_line(&self, event: &AuditEvent) -> (ChainHead, Vec<u8>) {
-        let mut line = Vec::with_capacity(512);
-        let head = self.write_next_line(event, &mut line);
-        (head, line)
-    }
-
-    /// [`Self::next_line`] into `line` (emptied first): a sink that keeps
+    /// it once the entry is stored), with the entry written into `line`
+    /// (emptied first) as one line of JSON (no newline): its canonical body,
+    /// which the hash covers, with the hash added. It reads back as an
+    /// [`AuditEntry`]; the sinks store this line, so an entry is serialized
+    /// once, for its hash and its storage together, and a sink that keeps
     /// one buffer for its lines allocates nothing per entry once the buffer
     /// has grown to its longest.
     pub fn write_next_line(&self, event: &AuditEvent, line: &mut Vec<u8>) -> ChainHead {
@@ -309,7 +303,8 @@ mod tests {
         let mut buffer = b"an earlier, longer line ".repeat(40);
         for e in chain(3) {
             let expect = sealed.seal(e.event.clone());
-            let (head, line) = lined.next_line(&e.event);
+            let mut line = Vec::new();
+            let head = lined.write_next_line(&e.event, &mut line);
             assert_eq!(lined.write_next_line(&e.event, &mut buffer), head);
             assert_eq!(buffer, line, "a reused buffer holds the same line");
             let back = parse_line(&line, head.seq).unwrap();
