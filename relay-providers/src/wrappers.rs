@@ -60,8 +60,14 @@ impl<L, T> Wrapped<L, T> {
 }
 
 impl<L: Layer, T> Wrapped<L, T> {
-    /// Tell the layer how `op` ended; returns its result.
-    fn done<R>(&self, op: &'static str, result: Result<R>) -> Result<R> {
+    /// The wrapped provider's `call`, made only once the layer let it
+    /// through, with the layer around it.
+    async fn call<R, F>(&self, op: &'static str, call: impl FnOnce() -> F) -> Result<R>
+    where
+        F: std::future::Future<Output = Result<R>>,
+    {
+        self.layer.before(op).await?;
+        let result = call().await;
         self.layer.after(op, result.as_ref().map(|_| ()));
         result
     }
@@ -310,64 +316,53 @@ impl<L: Layer, T: Target> Target for Wrapped<L, T> {
         self.inner.capabilities()
     }
     async fn observe(&self) -> Result<TargetState> {
-        self.layer.before("observe").await?;
-        self.done("observe", self.inner.observe().await)
+        self.call("observe", || self.inner.observe()).await
     }
     async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> Result<()> {
-        self.layer.before("stage").await?;
-        self.done("stage", self.inner.stage(revision, replicas).await)
+        self.call("stage", || self.inner.stage(revision, replicas)).await
     }
     async fn scale(&self, revision: &RevisionId, replicas: u32) -> Result<()> {
-        self.layer.before("scale").await?;
-        self.done("scale", self.inner.scale(revision, replicas).await)
+        self.call("scale", || self.inner.scale(revision, replicas)).await
     }
     async fn route(&self, split: &TrafficSplit) -> Result<()> {
-        self.layer.before("route").await?;
-        self.done("route", self.inner.route(split).await)
+        self.call("route", || self.inner.route(split)).await
     }
     async fn promote(&self, revision: &RevisionId) -> Result<()> {
-        self.layer.before("promote").await?;
-        self.done("promote", self.inner.promote(revision).await)
+        self.call("promote", || self.inner.promote(revision)).await
     }
     async fn retire(&self, revision: &RevisionId) -> Result<()> {
-        self.layer.before("retire").await?;
-        self.done("retire", self.inner.retire(revision).await)
+        self.call("retire", || self.inner.retire(revision)).await
     }
     async fn describe(&self, revision: &RevisionId) -> Result<Option<relay_core::RunningRevision>> {
-        self.layer.before("describe").await?;
-        self.done("describe", self.inner.describe(revision).await)
+        self.call("describe", || self.inner.describe(revision)).await
     }
     async fn changed(&self) -> Result<()> {
-        self.layer.before("changed").await?;
-        self.done("changed", self.inner.changed().await)
+        self.call("changed", || self.inner.changed()).await
     }
 }
 
 #[async_trait]
 impl<L: Layer, T: SecretStore> SecretStore for Wrapped<L, T> {
     async fn fetch(&self, reference: &SecretRef) -> Result<SecretValue> {
-        self.layer.before("fetch").await?;
-        self.done("fetch", self.inner.fetch(reference).await)
+        self.call("fetch", || self.inner.fetch(reference)).await
     }
 }
 
 #[async_trait]
 impl<L: Layer, T: ArtifactStore> ArtifactStore for Wrapped<L, T> {
     async fn resolve(&self, reference: &ArtifactRef) -> Result<Artifact> {
-        self.layer.before("resolve").await?;
-        self.done("resolve", self.inner.resolve(reference).await)
+        self.call("resolve", || self.inner.resolve(reference)).await
     }
     async fn verify(&self, reference: &ArtifactRef, artifact: &Artifact, policy: &ArtifactPolicy) -> Result<()> {
-        self.layer.before("verify").await?;
-        self.done("verify", self.inner.verify(reference, artifact, policy).await)
+        self.call("verify", || self.inner.verify(reference, artifact, policy))
+            .await
     }
 }
 
 #[async_trait]
 impl<L: Layer, T: HealthProbe> HealthProbe for Wrapped<L, T> {
     async fn sample(&self, query: &ProbeQuery) -> Result<Sample> {
-        self.layer.before("sample").await?;
-        self.done("sample", self.inner.sample(query).await)
+        self.call("sample", || self.inner.sample(query)).await
     }
 }
 
@@ -377,35 +372,29 @@ impl<L: Layer, T: HealthProbe> HealthProbe for Wrapped<L, T> {
 #[async_trait]
 impl<L: Layer, T: StateStore> StateStore for Wrapped<L, T> {
     async fn get(&self, id: &str) -> Result<Option<RolloutRecord>> {
-        self.layer.before("get").await?;
-        self.done("get", self.inner.get(id).await)
+        self.call("get", || self.inner.get(id)).await
     }
     async fn put(&self, record: &RolloutRecord, expected_version: Option<u64>) -> Result<u64> {
-        self.layer.before("put").await?;
-        self.done("put", self.inner.put(record, expected_version).await)
+        self.call("put", || self.inner.put(record, expected_version)).await
     }
     async fn list_active(&self) -> Result<Vec<RolloutRecord>> {
-        self.layer.before("list_active").await?;
-        self.done("list_active", self.inner.list_active().await)
+        self.call("list_active", || self.inner.list_active()).await
     }
     async fn list_target(&self, target: &str) -> Result<Vec<RolloutRecord>> {
-        self.layer.before("list_target").await?;
-        self.done("list_target", self.inner.list_target(target).await)
+        self.call("list_target", || self.inner.list_target(target)).await
     }
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
-        self.layer.before("acquire_lease").await?;
-        self.done(
-            "acquire_lease",
-            self.inner.acquire_lease(target, holder, ttl, now_ms).await,
-        )
+        self.call("acquire_lease", || {
+            self.inner.acquire_lease(target, holder, ttl, now_ms)
+        })
+        .await
     }
     async fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
-        self.layer.before("renew_lease").await?;
-        self.done("renew_lease", self.inner.renew_lease(lease, ttl, now_ms).await)
+        self.call("renew_lease", || self.inner.renew_lease(lease, ttl, now_ms))
+            .await
     }
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        self.layer.before("release_lease").await?;
-        self.done("release_lease", self.inner.release_lease(lease).await)
+        self.call("release_lease", || self.inner.release_lease(lease)).await
     }
 }
 
