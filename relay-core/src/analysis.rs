@@ -456,8 +456,9 @@ impl AnalysisSpec {
 }
 
 /// A judgement of one check at one measurement, with its context. Goes into
-/// events and the audit log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// events and the audit log. It serializes as one object, the judgement's
+/// fields beside its own, keys in sorted order.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct Verdict {
     /// The check's name.
     pub check: String,
@@ -476,6 +477,79 @@ pub struct Verdict {
     pub judgement: Judgement,
 }
 
+/// Keys in sorted order, the judgement's fields among the verdict's (as
+/// `flatten` would put them, but sorted): what this writes is the canonical
+/// JSON of the verdict's audit entry, made at every measurement without a
+/// value tree in between.
+impl Serialize for Verdict {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // Every field by name: a new one does not compile until it is
+        // written here.
+        let Verdict {
+            check,
+            metric,
+            scope,
+            source,
+            measurement,
+            dry_run,
+            judgement,
+        } = self;
+        let Judgement {
+            outcome,
+            inconclusive,
+            reason,
+            observed,
+            threshold,
+            samples,
+            baseline_samples,
+            statistic_name,
+            statistic,
+            p_value,
+            alpha,
+            effect_size,
+            summary,
+        } = judgement;
+        let mut m = s.serialize_map(None)?;
+        if let Some(v) = alpha {
+            m.serialize_entry("alpha", v)?;
+        }
+        if let Some(v) = baseline_samples {
+            m.serialize_entry("baseline_samples", v)?;
+        }
+        m.serialize_entry("check", check)?;
+        m.serialize_entry("dry_run", dry_run)?;
+        if let Some(v) = effect_size {
+            m.serialize_entry("effect_size", v)?;
+        }
+        if let Some(v) = inconclusive {
+            m.serialize_entry("inconclusive", v)?;
+        }
+        m.serialize_entry("measurement", measurement)?;
+        m.serialize_entry("metric", metric)?;
+        m.serialize_entry("observed", observed)?;
+        m.serialize_entry("outcome", outcome)?;
+        if let Some(v) = p_value {
+            m.serialize_entry("p_value", v)?;
+        }
+        m.serialize_entry("reason", reason)?;
+        m.serialize_entry("samples", samples)?;
+        m.serialize_entry("scope", scope)?;
+        m.serialize_entry("source", source)?;
+        if let Some(v) = statistic {
+            m.serialize_entry("statistic", v)?;
+        }
+        if let Some(v) = statistic_name {
+            m.serialize_entry("statistic_name", v)?;
+        }
+        if !summary.is_empty() {
+            m.serialize_entry("summary", summary)?;
+        }
+        m.serialize_entry("threshold", threshold)?;
+        m.end()
+    }
+}
+
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let j = &self.judgement;
@@ -492,5 +566,69 @@ impl fmt::Display for Verdict {
             f.write_str(" [dry-run]")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(judgement: Judgement) -> Verdict {
+        Verdict {
+            check: "errors \"5xx\"".into(),
+            metric: "error_rate".into(),
+            scope: "rev-a".into(),
+            source: "sim:t/error_rate{rev-a}".into(),
+            measurement: 3,
+            dry_run: false,
+            judgement,
+        }
+    }
+
+    #[test]
+    fn a_verdict_serializes_as_its_sorted_value_tree_and_reads_back() {
+        let bare = Judgement {
+            outcome: VerdictOutcome::Pass,
+            inconclusive: None,
+            reason: "mean 0.01 < 0.05".into(),
+            observed: None,
+            threshold: Some(0.05),
+            samples: 60,
+            baseline_samples: None,
+            statistic_name: None,
+            statistic: None,
+            p_value: None,
+            alpha: None,
+            effect_size: None,
+            summary: Default::default(),
+        };
+        let full = Judgement {
+            outcome: VerdictOutcome::Inconclusive,
+            inconclusive: Some(InconclusiveReason::InsufficientData),
+            observed: Some(0.125),
+            baseline_samples: Some(600),
+            statistic_name: Some("z".into()),
+            statistic: Some(-1.5e-7),
+            p_value: Some(0.5),
+            alpha: Some(0.01),
+            effect_size: Some(2.0),
+            summary: [("candidate_rate".to_owned(), 0.1), ("baseline_rate".to_owned(), 0.05)].into(),
+            ..bare.clone()
+        };
+        // Not a number is written as `null`, as a value tree writes it.
+        let nan = Judgement {
+            observed: Some(f64::NAN),
+            ..bare.clone()
+        };
+        for v in [verdict(bare), verdict(full.clone()), verdict(nan)] {
+            let text = serde_json::to_string(&v).unwrap();
+            // A value tree sorts its keys: the same text means sorted keys,
+            // the same fields and the same numbers.
+            assert_eq!(text, serde_json::to_value(&v).unwrap().to_string());
+        }
+        // Every field reads back, so none was left out.
+        let v = verdict(full);
+        let back: Verdict = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
     }
 }
