@@ -24,7 +24,7 @@ fn chain() -> Vec<AuditEntry> {
                 actor: "relay-bench".into(),
                 rollout: format!("web-{}", i / 20),
                 action: "target.route".into(),
-                detail: serde_json::json!({"weights": {"rev-a": 75, "rev-b": 25}, "step": i % 20}),
+                detail: serde_json::json!({"weights": {"rev-a": 75, "rev-b": 25}, "step": i % 20}).into(),
             })
         })
         .collect()

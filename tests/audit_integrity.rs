@@ -23,7 +23,7 @@ fn modifications(e: &AuditEntry) -> Vec<(&'static str, AuditEntry)> {
         ("rollout", with(&|c| c.event.rollout.push('x'))),
         (
             "detail",
-            with(&|c| c.event.detail = serde_json::json!({"approved_by": "mallory"})),
+            with(&|c| c.event.detail = serde_json::json!({"approved_by": "mallory"}).into()),
         ),
         ("seq", with(&|c| c.seq += 1)),
         ("hash", with(&|c| c.hash = "f".repeat(64))),

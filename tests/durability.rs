@@ -214,7 +214,7 @@ async fn memory_audit_detects_tampering() {
     let relay = w.builder().audit(sink.clone()).build().unwrap();
     deploy_v1(&relay).await;
     let mut entries = sink.entries().await.unwrap();
-    entries[1].event.detail = serde_json::json!({"replicas": 400});
+    entries[1].event.detail = serde_json::json!({"replicas": 400}).into();
     sink.overwrite_entries(entries);
     assert!(matches!(sink.verify().await, Err(Error::AuditTampered { seq: 2, .. })));
 }

@@ -120,10 +120,11 @@ async fn a_freeze_window_refuses_a_start_and_an_override_is_audited() {
         .filter(|e| e.event.rollout == id)
         .collect();
     let approved = entries.iter().find(|e| e.event.action == "gate.approved").unwrap();
-    assert_eq!(approved.event.detail["by"], "alice");
-    assert_eq!(approved.event.detail["comment"], "INC-42 hotfix");
+    assert_eq!(approved.event.detail.to_value()["by"], "alice");
+    assert_eq!(approved.event.detail.to_value()["comment"], "INC-42 hotfix");
     let passed = entries.iter().find(|e| e.event.action == "gate.passed").unwrap();
-    let by = passed.event.detail["by"].as_str().unwrap();
+    let detail = passed.event.detail.to_value();
+    let by = detail["by"].as_str().unwrap();
     assert!(
         by.contains("emergency override") && by.contains("alice") && by.contains("weekend"),
         "{by}"

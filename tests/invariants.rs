@@ -422,7 +422,7 @@ async fn run_case_async(case: &Case) -> Run {
             .collect();
         let first_rollback = mutations
             .iter()
-            .position(|e| e.event.detail.get("rollback").and_then(|v| v.as_bool()) == Some(true))
+            .position(|e| e.event.detail.to_value().get("rollback").and_then(|v| v.as_bool()) == Some(true))
             .unwrap_or(mutations.len());
         let candidate = run.candidate.clone().unwrap();
         run.weights_after_rollback = run

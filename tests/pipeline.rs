@@ -118,7 +118,10 @@ async fn a_digest_goes_from_dev_to_prod_only_through_staging() {
             .unwrap()
             .into_iter()
             .find(|a| a.event.rollout == prod_id && a.event.action == "rollout.started");
-        assert_eq!(started.unwrap().event.detail["promoted_from"], staging_id.as_str());
+        assert_eq!(
+            started.unwrap().event.detail.to_value()["promoted_from"],
+            staging_id.as_str()
+        );
     }
 
     // v3 passes dev (no analysis there) but fails staging's canary.

@@ -221,8 +221,8 @@ async fn manual_approval_gates_promotion_and_records_the_approver() {
         .filter(|e| e.event.action == "gate.approved")
         .collect();
     assert_eq!(approvals.len(), 1);
-    assert_eq!(approvals[0].event.detail["by"], "alice");
-    assert_eq!(approvals[0].event.detail["comment"], "looks good");
+    assert_eq!(approvals[0].event.detail.to_value()["by"], "alice");
+    assert_eq!(approvals[0].event.detail.to_value()["comment"], "looks good");
 }
 
 #[tokio::test(start_paused = true)]
@@ -651,8 +651,8 @@ async fn dry_run_checks_are_recorded_but_never_fail_the_rollout() {
         .into_iter()
         .filter(|e| {
             e.event.action == "analysis.verdict"
-                && e.event.detail["dry_run"] == true
-                && e.event.detail["outcome"] == "fail"
+                && e.event.detail.to_value()["dry_run"] == true
+                && e.event.detail.to_value()["outcome"] == "fail"
         })
         .collect();
     assert_eq!(failed_dry.len(), 3);

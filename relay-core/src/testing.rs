@@ -154,7 +154,7 @@ pub async fn audit_sink_conformance(sink: &dyn AuditSink) {
                 actor: "conf".into(),
                 rollout: "r".into(),
                 action: "test".into(),
-                detail: serde_json::json!({"i": i}),
+                detail: serde_json::json!({"i": i}).into(),
             })
             .await
             .unwrap();

@@ -31,8 +31,112 @@ pub struct AuditEvent {
     /// What happened (`target.route`, `gate.approved`, `verdict`, ...).
     pub action: String,
     /// Structured detail. Never holds a secret value.
-    pub detail: serde_json::Value,
+    pub detail: Detail,
 }
+
+/// An entry's structured detail: a JSON value, kept as its canonical text
+/// (object keys sorted, no spaces) — the form the entry's hash covers and
+/// the sinks store. A detail is serialized once, when it is made; sinks
+/// copy its text into their lines instead of walking a value tree for
+/// every entry. Make one from a value (`Detail::from(json!({..}))`) and
+/// read it back with [`Detail::to_value`].
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Detail(String);
+
+impl Detail {
+    /// The canonical JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The detail as a JSON value.
+    pub fn to_value(&self) -> serde_json::Value {
+        // The text was written from a value, or checked to be one.
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
+
+    /// The detail of a value whose serialization is already canonical: every
+    /// object (struct or map) writes its keys in sorted order, as
+    /// [`crate::analysis::Verdict`] does. What saves the value tree a
+    /// verdict would otherwise go through at every measurement; debug builds
+    /// check it against that tree.
+    pub(crate) fn of_sorted<T: Serialize>(value: &T) -> Detail {
+        // A type of this crate that always serializes.
+        let text = serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned());
+        debug_assert_eq!(
+            text,
+            serde_json::to_value(value).unwrap_or_default().to_string(),
+            "a detail made with of_sorted must serialize with sorted keys"
+        );
+        Detail(text)
+    }
+
+    /// The detail of canonical text written by hand; the caller's tests
+    /// compare it with [`Detail::from`] a value.
+    pub(crate) fn from_canonical(text: String) -> Detail {
+        debug_assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map(|v| v.to_string())
+                .ok(),
+            Some(text.clone()),
+            "not canonical JSON"
+        );
+        Detail(text)
+    }
+}
+
+impl Default for Detail {
+    /// `null`.
+    fn default() -> Self {
+        Detail("null".to_owned())
+    }
+}
+
+impl From<serde_json::Value> for Detail {
+    fn from(value: serde_json::Value) -> Self {
+        // A value's map keeps its keys sorted, and its compact text is
+        // canonical.
+        Detail(value.to_string())
+    }
+}
+
+impl PartialEq<serde_json::Value> for Detail {
+    fn eq(&self, other: &serde_json::Value) -> bool {
+        self.to_value() == *other
+    }
+}
+
+impl fmt::Display for Detail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Detail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Detail {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_value().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Detail {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        serde_json::Value::deserialize(deserializer).map(Detail::from)
+    }
+}
+
+/// A [`Detail`] from `json!` syntax.
+macro_rules! detail {
+    ($($json:tt)+) => {
+        $crate::audit::Detail::from(serde_json::json!($($json)+))
+    };
+}
+pub(crate) use detail;
 
 /// One entry of the chain: `hash = sha256(prev_hash || canonical_json(entry
 /// without hash))`, where canonical JSON has sorted keys and no spaces.
@@ -49,50 +153,33 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
-/// The hashed form of an entry: fields in lexicographic order, so serde's
-/// field order is the sorted-key canonical JSON (and `detail`, a
-/// `serde_json::Value`, serializes its object keys sorted too).
-#[derive(Serialize)]
-struct Canonical<'a> {
-    action: &'a str,
-    actor: &'a str,
-    at_ms: UnixMillis,
-    detail: &'a serde_json::Value,
-    prev_hash: &'a str,
-    rollout: &'a str,
-    seq: u64,
-}
-
-/// Feeds serialized bytes straight into the hasher.
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
+/// Write the hashed form of an entry into `out`: its fields but the hash,
+/// keys in sorted order, no spaces — the sorted-key canonical JSON, with
+/// the detail's own canonical text in place.
+fn write_canonical(seq: u64, event: &AuditEvent, prev_hash: &str, out: &mut Vec<u8>) {
+    /// A key and its value as serde_json writes it (these always
+    /// serialize, and writing into a vector cannot fail).
+    fn field(out: &mut Vec<u8>, key: &[u8], value: &(impl Serialize + ?Sized)) {
+        out.extend_from_slice(key);
+        let _ = serde_json::to_writer(&mut *out, value);
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn canonical<'a>(seq: u64, event: &'a AuditEvent, prev_hash: &'a str) -> Canonical<'a> {
-    Canonical {
-        action: &event.action,
-        actor: &event.actor,
-        at_ms: event.at_ms,
-        detail: &event.detail,
-        prev_hash,
-        rollout: &event.rollout,
-        seq,
-    }
+    field(out, b"{\"action\":", event.action.as_str());
+    field(out, b",\"actor\":", event.actor.as_str());
+    field(out, b",\"at_ms\":", &event.at_ms);
+    out.extend_from_slice(b",\"detail\":");
+    out.extend_from_slice(event.detail.as_str().as_bytes());
+    field(out, b",\"prev_hash\":", prev_hash);
+    field(out, b",\"rollout\":", event.rollout.as_str());
+    field(out, b",\"seq\":", &seq);
+    out.push(b'}');
 }
 
 fn entry_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
+    let mut body = Vec::with_capacity(256 + event.detail.as_str().len());
+    write_canonical(seq, event, prev_hash, &mut body);
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
-    // Writing into a hasher cannot fail, and these types always serialize.
-    let _ = serde_json::to_writer(HashWriter(&mut h), &canonical(seq, event, prev_hash));
+    h.update(&body);
     to_hex(&h.finalize())
 }
 
@@ -171,8 +258,7 @@ impl ChainHead {
     pub fn write_next_line(&self, event: &AuditEvent, line: &mut Vec<u8>) -> ChainHead {
         let seq = self.seq + 1;
         line.clear();
-        // Writing into a vector cannot fail, and these types always serialize.
-        let _ = serde_json::to_writer(&mut *line, &canonical(seq, event, &self.hash));
+        write_canonical(seq, event, &self.hash, line);
         let mut h = Sha256::new();
         h.update(self.hash.as_bytes());
         h.update(&line);
@@ -272,7 +358,7 @@ mod tests {
                     actor: "engine".into(),
                     rollout: "r1".into(),
                     action: "step".into(),
-                    detail: serde_json::json!({"i": i}),
+                    detail: serde_json::json!({"i": i}).into(),
                 })
             })
             .collect()
@@ -285,7 +371,7 @@ mod tests {
             actor: "a".into(),
             rollout: "r".into(),
             action: "x".into(),
-            detail: serde_json::json!({"b": 1, "a": [1.5]}),
+            detail: serde_json::json!({"b": 1, "a": [1.5]}).into(),
         };
         let canonical =
             r#"{"action":"x","actor":"a","at_ms":5,"detail":{"a":[1.5],"b":1},"prev_hash":"p","rollout":"r","seq":1}"#;
@@ -293,6 +379,27 @@ mod tests {
         h.update(b"p");
         h.update(canonical.as_bytes());
         assert_eq!(entry_hash(1, &event, "p"), hex::encode(h.finalize()));
+    }
+
+    #[test]
+    fn a_detail_is_its_values_canonical_text_and_reads_back_as_the_value() {
+        let value = serde_json::json!({"z": [1.5, null, "é\"\n"], "a": {"y": 1, "b": -2}, "m": 0.1});
+        let detail = Detail::from(value.clone());
+        assert_eq!(
+            detail.as_str(),
+            r#"{"a":{"b":-2,"y":1},"m":0.1,"z":[1.5,null,"é\"\n"]}"#
+        );
+        assert_eq!(detail.to_string(), detail.as_str());
+        assert_eq!(format!("{detail:?}"), detail.as_str());
+        assert_eq!(detail.to_value(), value);
+        assert_eq!(detail, value);
+        assert_ne!(detail, serde_json::json!({"a": 1}));
+        assert_eq!(Detail::default(), serde_json::Value::Null);
+        // Through serde it is the value, whatever the order it is read in.
+        assert_eq!(serde_json::to_value(&detail).unwrap(), value);
+        let read: Detail =
+            serde_json::from_str(r#"{ "m": 0.1, "z": [1.5, null, "é\"\n"], "a": {"y": 1, "b": -2} }"#).unwrap();
+        assert_eq!(read, detail);
     }
 
     #[test]
@@ -328,7 +435,7 @@ mod tests {
         let c = chain(6);
         let head = verify_chain(&c, None).unwrap();
         let mut modified = c.clone();
-        modified[2].event.detail = serde_json::json!({"i": 99});
+        modified[2].event.detail = serde_json::json!({"i": 99}).into();
         let mut deleted = c.clone();
         deleted.remove(3);
         let mut reordered = c.clone();

@@ -3,13 +3,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::handle::{Command, CommandRx};
 use super::{EventSender, Inner};
 use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, Verdict, VerdictOutcome};
+use crate::audit::{detail, Detail};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
 use crate::gate::{Approval, GateContext, GateDecision};
@@ -164,14 +164,14 @@ impl Driver {
         self.events.emit(&self.record.id, self.inner.clock.as_ref(), kind);
     }
 
-    async fn audit(&self, action: &str, detail: serde_json::Value) -> Result<()> {
+    async fn audit(&self, action: &str, detail: Detail) -> Result<()> {
         self.inner
             .audit(&self.record.id, &self.inner.holder, action, detail)
             .await
     }
 
     /// Audit on the forward path: a failure to record stops the rollout.
-    async fn audit_or_stop(&self, action: &str, detail: serde_json::Value) -> Result<(), Stop> {
+    async fn audit_or_stop(&self, action: &str, detail: Detail) -> Result<(), Stop> {
         self.audit(action, detail)
             .await
             .map_err(|e| Stop::Rollback(format!("audit sink failed: {e}")))
@@ -250,7 +250,7 @@ impl Driver {
     }
 
     /// Apply one target mutation and record it: one audit entry per mutation.
-    async fn mutate<F, Fut>(&self, op: &str, detail: serde_json::Value, f: F) -> Result<(), Stop>
+    async fn mutate<F, Fut>(&self, op: &str, detail: Detail, f: F) -> Result<(), Stop>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
@@ -336,7 +336,7 @@ impl Driver {
                 if !self.record.paused && !self.rolling_back {
                     self.record.paused = true;
                     self.persist().await?;
-                    self.audit_or_stop("rollout.paused", json!({"by": by})).await?;
+                    self.audit_or_stop("rollout.paused", detail!({"by": by})).await?;
                     self.emit(EventKind::Paused { by });
                 }
                 Ok(None)
@@ -345,18 +345,18 @@ impl Driver {
                 if self.record.paused {
                     self.record.paused = false;
                     self.persist().await?;
-                    self.audit_or_stop("rollout.unpaused", json!({"by": by})).await?;
+                    self.audit_or_stop("rollout.unpaused", detail!({"by": by})).await?;
                     self.emit(EventKind::Unpaused { by });
                 }
                 Ok(Some(Wake::Resumed))
             }
             Command::Abort { by, reason } if !self.rolling_back => {
-                self.audit_or_stop("rollout.aborted", json!({"by": by, "reason": reason}))
+                self.audit_or_stop("rollout.aborted", detail!({"by": by, "reason": reason}))
                     .await?;
                 Err(Stop::Rollback(format!("aborted by {by}: {reason}")))
             }
             Command::PromoteNow { by } if !self.rolling_back => {
-                self.audit_or_stop("rollout.promote_now", json!({"by": by})).await?;
+                self.audit_or_stop("rollout.promote_now", detail!({"by": by})).await?;
                 self.emit(EventKind::PromotedNow { by });
                 self.promote_now = true;
                 Ok(Some(Wake::PromoteNow))
@@ -376,7 +376,7 @@ impl Driver {
                     at_ms: self.inner.clock.now_ms(),
                 });
                 self.persist().await?;
-                self.audit_or_stop(action, json!({"gate": gate, "by": by, "comment": comment}))
+                self.audit_or_stop(action, detail!({"gate": gate, "by": by, "comment": comment}))
                     .await?;
                 Ok(Some(Wake::Decision))
             }
@@ -460,7 +460,7 @@ impl Driver {
         // between the two leaves the rollout running, and the engine that
         // resumes it audits the end again, so no terminal record lacks its
         // `rollout.finished` entry (as a re-run mutation is audited again).
-        if let Err(e) = self.audit("rollout.finished", json!({"outcome": outcome})).await {
+        if let Err(e) = self.audit("rollout.finished", detail!({"outcome": outcome})).await {
             tracing::error!(error = %e, "could not audit the outcome");
         }
         self.record.status = status;
@@ -533,7 +533,7 @@ impl Driver {
             Step::Stage { replicas } => {
                 let spec = self.record.plan.candidate.clone();
                 let cand = spec.id.clone();
-                let detail = json!({"revision": cand, "digest": spec.artifact.digest, "replicas": replicas});
+                let detail = detail!({"revision": cand, "digest": spec.artifact.digest, "replicas": replicas});
                 self.mutate("target.stage", detail, || target.stage(&spec, *replicas))
                     .await?;
                 self.emit(EventKind::Scaled {
@@ -546,7 +546,7 @@ impl Driver {
                 let Some(rev) = self.record.plan.revision(*role).cloned() else {
                     return Ok(StepEnd::Done);
                 };
-                let detail = json!({"role": role, "revision": rev, "replicas": replicas});
+                let detail = detail!({"role": role, "revision": rev, "replicas": replicas});
                 self.mutate("target.scale", detail, || target.scale(&rev, *replicas))
                     .await?;
                 self.emit(EventKind::Scaled {
@@ -557,7 +557,7 @@ impl Driver {
             }
             Step::Route { candidate_weight } => {
                 let split = self.split(*candidate_weight)?;
-                let detail = route_detail(&split, "candidate_weight", (*candidate_weight).into());
+                let detail = route_detail(&split, ("candidate_weight", *candidate_weight));
                 self.mutate("target.route", detail, || target.route(&split)).await?;
                 self.emit(EventKind::TrafficShifted {
                     candidate_weight: *candidate_weight,
@@ -568,14 +568,14 @@ impl Driver {
             Step::Gate { name } => return self.gate(index, name).await,
             Step::Promote => {
                 let cand = self.record.plan.candidate.id.clone();
-                self.mutate("target.promote", json!({"revision": cand}), || target.promote(&cand))
+                self.mutate("target.promote", detail!({"revision": cand}), || target.promote(&cand))
                     .await?;
             }
             Step::Retire { role } => {
                 let Some(rev) = self.record.plan.revision(*role).cloned() else {
                     return Ok(StepEnd::Done);
                 };
-                self.mutate("target.retire", json!({"role": role, "revision": rev}), || {
+                self.mutate("target.retire", detail!({"role": role, "revision": rev}), || {
                     target.retire(&rev)
                 })
                 .await?;
@@ -637,7 +637,7 @@ impl Driver {
                 .map_err(|e| Stop::Rollback(format!("gate {name:?} failed: {e}")))?;
             match decision {
                 GateDecision::Pass { by } => {
-                    self.audit_or_stop("gate.passed", json!({"gate": name, "by": by}))
+                    self.audit_or_stop("gate.passed", detail!({"gate": name, "by": by}))
                         .await?;
                     self.emit(EventKind::GatePassed {
                         gate: name.to_owned(),
@@ -646,7 +646,7 @@ impl Driver {
                     return Ok(StepEnd::Done);
                 }
                 GateDecision::Fail { reason } => {
-                    self.audit_or_stop("gate.failed", json!({"gate": name, "reason": reason}))
+                    self.audit_or_stop("gate.failed", detail!({"gate": name, "reason": reason}))
                         .await?;
                     return Err(Stop::Rollback(
                         Error::GateRejected {
@@ -658,7 +658,7 @@ impl Driver {
                 }
                 GateDecision::Wait { reason } => {
                     if last_wait.as_deref() != Some(reason.as_str()) {
-                        self.audit_or_stop("gate.waiting", json!({"gate": name, "reason": reason}))
+                        self.audit_or_stop("gate.waiting", detail!({"gate": name, "reason": reason}))
                             .await?;
                         self.emit(EventKind::GateWaiting {
                             gate: name.to_owned(),
@@ -789,7 +789,7 @@ impl Driver {
                     }
                     Err(e) => {
                         t.errors += 1;
-                        let detail = json!({"check": check.name, "error": e.to_string(), "consecutive": t.errors});
+                        let detail = detail!({"check": check.name, "error": e.to_string(), "consecutive": t.errors});
                         self.audit_or_stop("analysis.probe_error", detail).await?;
                         if !check.dry_run && t.errors > spec.consecutive_error_limit {
                             return Err(Stop::Rollback(format!(
@@ -827,7 +827,7 @@ impl Driver {
                     judgement,
                 };
                 tracing::info!(%verdict, "verdict");
-                self.audit_or_stop("analysis.verdict", serde_json::to_value(&verdict).unwrap_or_default())
+                self.audit_or_stop("analysis.verdict", Detail::of_sorted(&verdict))
                     .await?;
                 self.emit_with(|| EventKind::Verdict {
                     verdict: Box::new(verdict.clone()),
@@ -887,7 +887,7 @@ impl Driver {
         tracing::warn!(reason = %why, "analysis inconclusive: paused for a human");
         self.record.paused = true;
         self.persist().await?;
-        self.audit_or_stop("analysis.inconclusive_paused", json!({"reason": why}))
+        self.audit_or_stop("analysis.inconclusive_paused", detail!({"reason": why}))
             .await?;
         self.emit(EventKind::Paused {
             by: format!("analysis: {why}"),
@@ -906,7 +906,7 @@ impl Driver {
         let target = self.target.clone();
         self.mutate(
             "target.scale",
-            json!({"rollback": true, "role": Role::Stable, "revision": stable, "replicas": n}),
+            detail!({"rollback": true, "role": Role::Stable, "revision": stable, "replicas": n}),
             || target.scale(stable, n),
         )
         .await?;
@@ -935,7 +935,7 @@ impl Driver {
             if let Err(s) = self.persist().await {
                 to_err(s)?;
             }
-            if let Err(e) = self.audit("rollback.started", json!({"cause": cause})).await {
+            if let Err(e) = self.audit("rollback.started", detail!({"cause": cause})).await {
                 tracing::error!(error = %e, "could not audit the rollback start");
             }
         }
@@ -969,7 +969,7 @@ impl Driver {
                         None => TrafficSplit::default(),
                     };
                     let r = self
-                        .mutate("target.route", route_detail(&split, "rollback", true.into()), || {
+                        .mutate("target.route", route_detail(&split, ("rollback", true)), || {
                             target.route(&split)
                         })
                         .await;
@@ -980,15 +980,17 @@ impl Driver {
                 }
                 (2, Some(stable)) => self.restore_stable(stable, plan.stable_replicas).await,
                 (3, Some(stable)) => {
-                    self.mutate("target.promote", json!({"rollback": true, "revision": stable}), || {
-                        target.promote(stable)
-                    })
+                    self.mutate(
+                        "target.promote",
+                        detail!({"rollback": true, "revision": stable}),
+                        || target.promote(stable),
+                    )
                     .await
                 }
                 (4, _) => {
                     self.mutate(
                         "target.retire",
-                        json!({"rollback": true, "role": Role::Candidate, "revision": cand}),
+                        detail!({"rollback": true, "role": Role::Candidate, "revision": cand}),
                         || target.retire(&cand),
                     )
                     .await
@@ -1009,40 +1011,59 @@ impl Driver {
     }
 }
 
-/// The audit detail of a traffic change: the split's `weights` beside
-/// `key: value`, as `json!` would make it but built directly (through
-/// `json!` the split went through serde's value serializer, code that every
-/// step of a canary ran, usually with a cold cache).
-fn route_detail(split: &TrafficSplit, key: &str, value: serde_json::Value) -> serde_json::Value {
-    let mut weights = serde_json::Map::new();
-    for (id, w) in split.weights() {
-        weights.insert(id.as_str().to_owned(), (*w).into());
-    }
-    let mut detail = serde_json::Map::new();
-    detail.insert(key.to_owned(), value);
-    detail.insert("weights".to_owned(), weights.into());
-    detail.into()
+/// The audit detail of a traffic change: `first` (a key that sorts before
+/// `weights`) beside the split's `weights`, as `json!` would make it but
+/// written as canonical text directly (through a value tree the split went
+/// through serde's value serializer and the allocator at every step of a
+/// canary, usually with a cold cache).
+fn route_detail(split: &TrafficSplit, first: (&str, impl serde::Serialize)) -> Detail {
+    let mut text = Vec::with_capacity(32 + 24 * split.weights().len());
+    // Writing into a vector cannot fail, and these always serialize.
+    text.push(b'{');
+    let _ = serde_json::to_writer(&mut text, first.0);
+    text.push(b':');
+    let _ = serde_json::to_writer(&mut text, &first.1);
+    text.extend_from_slice(b",\"weights\":");
+    let _ = serde_json::to_writer(&mut text, split);
+    text.push(b'}');
+    Detail::from_canonical(String::from_utf8(text).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
     fn a_route_detail_is_what_json_makes_of_the_split() {
         let (stable, candidate) = (RevisionId::from("app@v1"), RevisionId::from("app@v2"));
         let canary = TrafficSplit::canary(&stable, &candidate, 30).unwrap();
-        assert_eq!(
-            route_detail(&canary, "candidate_weight", 30u8.into()),
-            json!({"candidate_weight": 30, "weights": canary})
-        );
-        assert_eq!(
-            route_detail(&TrafficSplit::all(&stable), "rollback", true.into()),
-            json!({"rollback": true, "weights": {"app@v1": 100}})
-        );
-        assert_eq!(
-            route_detail(&TrafficSplit::default(), "rollback", true.into()),
-            json!({"rollback": true, "weights": {}})
-        );
+        let three: TrafficSplit = [("b\"c", 20u8), ("a", 30), ("é", 50)]
+            .into_iter()
+            .map(|(id, w)| (RevisionId::from(id), w))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .try_into()
+            .unwrap();
+        for (made, expected) in [
+            (
+                route_detail(&canary, ("candidate_weight", 30u8)),
+                json!({"candidate_weight": 30, "weights": canary}),
+            ),
+            (
+                route_detail(&three, ("candidate_weight", 50u8)),
+                json!({"candidate_weight": 50, "weights": {"a": 30, "b\"c": 20, "é": 50}}),
+            ),
+            (
+                route_detail(&TrafficSplit::all(&stable), ("rollback", true)),
+                json!({"rollback": true, "weights": {"app@v1": 100}}),
+            ),
+            (
+                route_detail(&TrafficSplit::default(), ("rollback", true)),
+                json!({"rollback": true, "weights": {}}),
+            ),
+        ] {
+            assert_eq!(made, Detail::from(expected.clone()), "{expected}");
+        }
     }
 }

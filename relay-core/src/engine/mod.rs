@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::artifact::ArtifactPolicy;
-use crate::audit::{AuditEvent, AuditSink};
+use crate::audit::{detail, AuditEvent, AuditSink, Detail};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::event::{EventHub, EventKind, RolloutEvent};
@@ -251,13 +251,7 @@ impl Inner {
         format!("{}/{rollout}", self.holder)
     }
 
-    pub(crate) async fn audit(
-        &self,
-        rollout: &str,
-        actor: &str,
-        action: &str,
-        detail: serde_json::Value,
-    ) -> Result<()> {
+    pub(crate) async fn audit(&self, rollout: &str, actor: &str, action: &str, detail: Detail) -> Result<()> {
         let event = AuditEvent {
             at_ms: self.clock.now_ms(),
             actor: actor.to_owned(),
@@ -662,7 +656,7 @@ impl Relay {
                 return Err(e);
             }
         }
-        let detail = serde_json::json!({
+        let detail = detail!({
             "target": record.target,
             "strategy": record.plan.strategy,
             "candidate": record.plan.candidate.id,
@@ -673,7 +667,7 @@ impl Relay {
         });
         inner.audit(&id, &inner.holder, "rollout.started", detail).await?;
         for a in &record.approvals {
-            let detail = serde_json::json!({"gate": a.gate, "by": a.by, "comment": a.comment, "before_start": true});
+            let detail = detail!({"gate": a.gate, "by": a.by, "comment": a.comment, "before_start": true});
             inner.audit(&id, &inner.holder, "gate.approved", detail).await?;
         }
         Ok(self.spawn(record, lease))
@@ -720,7 +714,7 @@ impl Relay {
                 return Err(e);
             }
         };
-        let detail = serde_json::json!({"cursor": record.cursor, "status": record.status});
+        let detail = detail!({"cursor": record.cursor, "status": record.status});
         inner.audit(id, &inner.holder, "rollout.resumed", detail).await?;
         Ok(self.spawn(record, lease))
     }

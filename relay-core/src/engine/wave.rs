@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::handle::{joined, Command, CommandRx, CommandTx, RolloutControl};
 use super::{validate_id, Relay, RolloutHandle, RolloutSpec};
+use crate::audit::{detail, Detail};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
 use crate::plan::Strategy;
@@ -332,7 +332,7 @@ impl Driver {
         }
     }
 
-    async fn audit(&self, action: &str, detail: serde_json::Value) {
+    async fn audit(&self, action: &str, detail: Detail) {
         let inner = &self.relay.inner;
         if let Err(e) = inner.audit(self.wave.wave_id(), &inner.holder, action, detail).await {
             tracing::error!(wave = %self.wave.wave_id(), action, error = %e, "could not audit a wave decision");
@@ -341,7 +341,7 @@ impl Driver {
 
     async fn run(mut self, mut commands: CommandRx) -> WaveReport {
         let targets: Vec<String> = self.wave.specs.iter().map(|s| s.target.clone()).collect();
-        self.audit("wave.started", json!({"targets": targets, "order": self.wave.order}))
+        self.audit("wave.started", detail!({"targets": targets, "order": self.wave.order}))
             .await;
         let n = self.wave.specs.len();
         match self.wave.order {
@@ -368,7 +368,7 @@ impl Driver {
                     let all_started = self.rows.iter().all(|r| r.rollout.is_some());
                     let all_there = self.live.keys().all(|i| self.held.contains(i));
                     if self.failure.is_none() && all_started && all_there && !self.held.is_empty() {
-                        self.audit("wave.released", json!({"targets": targets})).await;
+                        self.audit("wave.released", detail!({"targets": targets})).await;
                         for i in std::mem::take(&mut self.held) {
                             self.send(
                                 i,
@@ -392,7 +392,7 @@ impl Driver {
                         let revert = self.revert(i).await;
                         self.audit(
                             "wave.reverted",
-                            json!({"target": self.rows[i].target, "revert": revert}),
+                            detail!({"target": self.rows[i].target, "revert": revert}),
                         )
                         .await;
                         self.rows[i].revert = Some(revert);
@@ -401,7 +401,7 @@ impl Driver {
                 failed
             }
         };
-        self.audit("wave.finished", json!({"status": status})).await;
+        self.audit("wave.finished", detail!({"status": status})).await;
         WaveReport {
             id: self.wave.wave_id().to_owned(),
             status,
@@ -439,7 +439,7 @@ impl Driver {
             return;
         }
         let target = self.rows[i].target.clone();
-        self.audit("wave.failed", json!({"target": target, "cause": cause}))
+        self.audit("wave.failed", detail!({"target": target, "cause": cause}))
             .await;
         let reason = format!("wave {}: target {target:?} failed: {cause}", self.wave.wave_id());
         for tx in self.live.values() {
@@ -478,7 +478,7 @@ impl Driver {
             },
             Some(c) = commands.recv() => {
                 if let Command::Abort { by, reason } = &*c {
-                    self.audit("wave.aborted", json!({"by": by, "reason": reason})).await;
+                    self.audit("wave.aborted", detail!({"by": by, "reason": reason})).await;
                     if self.failure.is_none() {
                         self.failure = Some(WaveStatus::Aborted { by: by.clone(), reason: reason.clone() });
                     }
