@@ -95,8 +95,9 @@ impl Default for Detail {
 impl From<serde_json::Value> for Detail {
     fn from(value: serde_json::Value) -> Self {
         // A value's map keeps its keys sorted, and its compact text is
-        // canonical.
-        Detail(value.to_string())
+        // canonical. (Written directly: `to_string` goes through `Display`
+        // and a formatter adapter.)
+        Detail(serde_json::to_string(&value).unwrap_or_else(|_| "null".to_owned()))
     }
 }
 

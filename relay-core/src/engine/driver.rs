@@ -821,7 +821,7 @@ impl Driver {
                     check: check.name.clone(),
                     metric: check.metric.clone(),
                     scope: scope.clone(),
-                    source: sample.source.clone(),
+                    source: sample.source,
                     measurement,
                     dry_run: check.dry_run,
                     judgement,
