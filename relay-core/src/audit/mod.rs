@@ -198,13 +198,19 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-fn entry_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
-    let mut body = Vec::with_capacity(256 + event.detail.as_str().len());
-    write_canonical(seq, event, prev_hash, &mut body);
+/// Write the hashed form of an entry into `body` (emptied first) and return
+/// its hash, in hex: `sha256(prev_hash || body)`.
+fn write_hashed(seq: u64, event: &AuditEvent, prev_hash: &str, body: &mut Vec<u8>) -> String {
+    body.clear();
+    write_canonical(seq, event, prev_hash, body);
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
-    h.update(&body);
+    h.update(&*body);
     to_hex(&h.finalize())
+}
+
+fn entry_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
+    write_hashed(seq, event, prev_hash, &mut Vec::new())
 }
 
 /// Lower-case hex, as `hex::encode` writes it but without its
@@ -281,12 +287,7 @@ impl ChainHead {
     /// has grown to its longest.
     pub fn write_next_line(&self, event: &AuditEvent, line: &mut Vec<u8>) -> ChainHead {
         let seq = self.seq + 1;
-        line.clear();
-        write_canonical(seq, event, &self.hash, line);
-        let mut h = Sha256::new();
-        h.update(self.hash.as_bytes());
-        h.update(&line);
-        let hash = to_hex(&h.finalize());
+        let hash = write_hashed(seq, event, &self.hash, line);
         // The body is an object: its closing brace makes room for the hash.
         line.pop();
         line.extend_from_slice(b",\"hash\":\"");
