@@ -184,10 +184,12 @@ fn write_canonical(seq: u64, event: &AuditEvent, prev_hash: &str, out: &mut Vec<
 /// character JSON escapes, and are then copied whole: serde_json looks up
 /// every byte in a table, which was a tenth of an audit entry's work.
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    // No early exit: the compiler checks many bytes at once.
-    let plain = s
-        .bytes()
-        .fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    // Sixteen bytes at a time with no early exit, which the compiler checks
+    // in one vector step.
+    let escaped = |b: &u8| u8::from(*b < 0x20) | u8::from(*b == b'"') | u8::from(*b == b'\\');
+    let chunks = s.as_bytes().chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(0, |any, b| any | escaped(b));
+    let plain = chunks.fold(tail, |any, c| any | c.iter().fold(0, |any, b| any | escaped(b))) == 0;
     if plain {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -206,26 +208,26 @@ fn write_hashed(seq: u64, event: &AuditEvent, prev_hash: &str, body: &mut Vec<u8
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(&*body);
-    to_hex(&h.finalize())
+    to_hex(&h.finalize().into())
 }
 
 fn entry_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
     write_hashed(seq, event, prev_hash, &mut Vec::new())
 }
 
-/// Lower-case hex, as `hex::encode` writes it but without its
-/// character-by-character iterator: this runs once per audit entry, and was
-/// 4% of the engine's time per step.
-fn to_hex(bytes: &[u8]) -> String {
+/// Lower-case hex of a hash, as `hex::encode` writes it but into a buffer
+/// of the final size, with no bounds or capacity check per digit: this runs
+/// once per audit entry (a growing vector took ~800 instructions for the
+/// 64 digits).
+fn to_hex(bytes: &[u8; 32]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(2 * bytes.len());
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0xf)]);
+    let mut out = [0u8; 64];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
-    // Bytes, not chars: a `char` push encodes UTF-8 each time. Only ASCII
-    // digits were written, so this cannot fail.
-    String::from_utf8(out).unwrap_or_default()
+    // Only ASCII digits were written, so this cannot fail.
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 /// The head of a chain: the last sequence number and hash. Sinks keep it to
@@ -412,6 +414,9 @@ mod tests {
         for c in 0u8..128 {
             every_ascii.push(char::from(c));
         }
+        // Escapes in a whole sixteen-byte chunk and in the tail after them.
+        let in_chunk = format!("{}\n{}", "x".repeat(20), "y".repeat(20));
+        let in_tail = format!("{}\"", "x".repeat(40));
         for s in [
             "",
             "analysis.verdict",
@@ -421,6 +426,8 @@ mod tests {
             "tab\there",
             "\u{7f}",
             &every_ascii,
+            &in_chunk,
+            &in_tail,
         ] {
             let mut out = b"kept".to_vec();
             push_json_str(&mut out, s);
