@@ -296,9 +296,39 @@ async fn sequential(m: usize, every: usize) -> Vec<u64> {
 /// call's start (the engine's own time). With `RELAY_SCALE_LATENCY_MODE=spin`
 /// the wait spins on the CPU instead, with `thread` it blocks the thread:
 /// how much of the engine's time between calls comes from the thread having
-/// slept.
-#[derive(Debug, Default, Clone)]
-struct Slow(Arc<std::sync::Mutex<SlowTally>>);
+/// slept. Both settings are read once, not at every call.
+#[derive(Debug, Clone)]
+struct Slow {
+    tally: Arc<std::sync::Mutex<SlowTally>>,
+    wait: Duration,
+    mode: WaitMode,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum WaitMode {
+    Tokio,
+    Spin,
+    Thread,
+}
+
+impl Slow {
+    fn from_env() -> Self {
+        let us = std::env::var("RELAY_SCALE_LATENCY_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        let mode = match std::env::var("RELAY_SCALE_LATENCY_MODE").as_deref() {
+            Ok("spin") => WaitMode::Spin,
+            Ok("thread") => WaitMode::Thread,
+            _ => WaitMode::Tokio,
+        };
+        Slow {
+            tally: Default::default(),
+            wait: Duration::from_micros(us),
+            mode,
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct SlowTally {
@@ -320,36 +350,32 @@ impl relay::providers::Layer for Slow {
     async fn before(&self, _op: &'static str) -> relay::Result<()> {
         let t = tokio::time::Instant::now();
         {
-            let mut tally = self.0.lock().unwrap();
+            let mut tally = self.tally.lock().unwrap();
             if let Some(end) = tally.last_end.take() {
                 tally.gaps.push(t - end);
             }
             tally.first_start.get_or_insert(t);
             tally.call_start = Some(t);
         }
-        let us = std::env::var("RELAY_SCALE_LATENCY_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1000);
-        if us > 0 {
-            match std::env::var("RELAY_SCALE_LATENCY_MODE").as_deref() {
-                Ok("spin") => {
-                    let until = std::time::Instant::now() + Duration::from_micros(us);
+        if !self.wait.is_zero() {
+            match self.mode {
+                WaitMode::Spin => {
+                    let until = std::time::Instant::now() + self.wait;
                     while std::time::Instant::now() < until {
                         std::hint::spin_loop();
                     }
                 }
-                Ok("thread") => std::thread::sleep(Duration::from_micros(us)),
-                _ => tokio::time::sleep(Duration::from_micros(us)).await,
+                WaitMode::Thread => std::thread::sleep(self.wait),
+                WaitMode::Tokio => tokio::time::sleep(self.wait).await,
             }
         }
-        self.0.lock().unwrap().waited += t.elapsed();
+        self.tally.lock().unwrap().waited += t.elapsed();
         Ok(())
     }
 
     fn after(&self, _op: &'static str, _outcome: Result<(), &relay::Error>) {
         let now = tokio::time::Instant::now();
-        let mut tally = self.0.lock().unwrap();
+        let mut tally = self.tally.lock().unwrap();
         if let Some(start) = tally.call_start.take() {
             tally.calls += 1;
             tally.in_calls += now - start;
@@ -366,7 +392,7 @@ impl relay::providers::Layer for Slow {
 /// the provider's return: what a remote provider's latency includes), as a
 /// fraction of it; the time beyond the waits alone is printed beside it.
 async fn latency(r: usize) -> f64 {
-    let slow = Slow::default();
+    let slow = Slow::from_env();
     let sim = Arc::new(SimTarget::new("t0").default_behavior(RevisionBehavior {
         readiness_delay: Duration::ZERO,
         ..RevisionBehavior::healthy()
@@ -391,18 +417,18 @@ async fn latency(r: usize) -> f64 {
         let tag = if k % 2 == 0 { "app:v1" } else { "app:v2" };
         let spec = RolloutSpec::new("t0", Release::new(tag.parse().unwrap()).replicas(4), strategy.clone());
         {
-            let mut tally = slow.0.lock().unwrap();
+            let mut tally = slow.tally.lock().unwrap();
             (tally.last_end, tally.first_start) = (None, None);
         }
         let started = tokio::time::Instant::now();
         assert!(relay.start(spec).await.unwrap().wait().await.unwrap().is_success());
         let ended = tokio::time::Instant::now();
         total += ended - started;
-        let tally = slow.0.lock().unwrap();
+        let tally = slow.tally.lock().unwrap();
         before += tally.first_start.map_or(Duration::ZERO, |t| t - started);
         after += tally.last_end.map_or(Duration::ZERO, |t| ended - t);
     }
-    let mut tally = slow.0.lock().unwrap();
+    let mut tally = slow.tally.lock().unwrap();
     let (providers, calls) = (tally.in_calls.as_secs_f64(), tally.calls);
     let extra = (total.as_secs_f64() - providers) / providers;
     let waits = tally.waited.as_secs_f64();
