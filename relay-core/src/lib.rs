@@ -39,7 +39,9 @@ pub use analysis::{
     Verdict, VerdictOutcome,
 };
 pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest, PinnedArtifactStore};
-pub use audit::{verify_chain, AuditEntry, AuditEvent, AuditSink, ChainHead, Detail, JsonlAuditSink, MemoryAuditSink};
+pub use audit::{
+    verify_chain, AuditDetail, AuditEntry, AuditEvent, AuditSink, ChainHead, JsonlAuditSink, MemoryAuditSink,
+};
 pub use clock::{parse_rfc3339, Clock, TokioClock, UnixMillis};
 pub use dora::{dora, DoraReport, CREATED_AT_METADATA};
 pub use drift::{Drift, DriftReport};

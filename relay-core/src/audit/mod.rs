@@ -31,19 +31,19 @@ pub struct AuditEvent {
     /// What happened (`target.route`, `gate.approved`, `verdict`, ...).
     pub action: String,
     /// Structured detail. Never holds a secret value.
-    pub detail: Detail,
+    pub detail: AuditDetail,
 }
 
 /// An entry's structured detail: a JSON value, kept as its canonical text
 /// (object keys sorted, no spaces) — the form the entry's hash covers and
 /// the sinks store. A detail is serialized once, when it is made; sinks
 /// copy its text into their lines instead of walking a value tree for
-/// every entry. Make one from a value (`Detail::from(json!({..}))`) and
-/// read it back with [`Detail::to_value`].
+/// every entry. Make one from a value (`AuditDetail::from(json!({..}))`) and
+/// read it back with [`AuditDetail::to_value`].
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Detail(String);
+pub struct AuditDetail(String);
 
-impl Detail {
+impl AuditDetail {
     /// The canonical JSON text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -60,7 +60,7 @@ impl Detail {
     /// [`crate::analysis::Verdict`] does. What saves the value tree a
     /// verdict would otherwise go through at every measurement; debug builds
     /// check it against that tree.
-    pub(crate) fn of_sorted<T: Serialize>(value: &T) -> Detail {
+    pub(crate) fn of_sorted<T: Serialize>(value: &T) -> AuditDetail {
         // A type of this crate that always serializes.
         let text = serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned());
         debug_assert_eq!(
@@ -68,12 +68,12 @@ impl Detail {
             serde_json::to_value(value).unwrap_or_default().to_string(),
             "a detail made with of_sorted must serialize with sorted keys"
         );
-        Detail(text)
+        AuditDetail(text)
     }
 
     /// The detail of canonical text written by hand; the caller's tests
-    /// compare it with [`Detail::from`] a value.
-    pub(crate) fn from_canonical(text: String) -> Detail {
+    /// compare it with [`AuditDetail::from`] a value.
+    pub(crate) fn from_canonical(text: String) -> AuditDetail {
         debug_assert_eq!(
             serde_json::from_str::<serde_json::Value>(&text)
                 .map(|v| v.to_string())
@@ -81,60 +81,60 @@ impl Detail {
             Some(text.clone()),
             "not canonical JSON"
         );
-        Detail(text)
+        AuditDetail(text)
     }
 }
 
-impl Default for Detail {
+impl Default for AuditDetail {
     /// `null`.
     fn default() -> Self {
-        Detail("null".to_owned())
+        AuditDetail("null".to_owned())
     }
 }
 
-impl From<serde_json::Value> for Detail {
+impl From<serde_json::Value> for AuditDetail {
     fn from(value: serde_json::Value) -> Self {
         // A value's map keeps its keys sorted, and its compact text is
         // canonical. (Written directly: `to_string` goes through `Display`
         // and a formatter adapter.)
-        Detail(serde_json::to_string(&value).unwrap_or_else(|_| "null".to_owned()))
+        AuditDetail(serde_json::to_string(&value).unwrap_or_else(|_| "null".to_owned()))
     }
 }
 
-impl PartialEq<serde_json::Value> for Detail {
+impl PartialEq<serde_json::Value> for AuditDetail {
     fn eq(&self, other: &serde_json::Value) -> bool {
         self.to_value() == *other
     }
 }
 
-impl fmt::Display for Detail {
+impl fmt::Display for AuditDetail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl fmt::Debug for Detail {
+impl fmt::Debug for AuditDetail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl Serialize for Detail {
+impl Serialize for AuditDetail {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         self.to_value().serialize(serializer)
     }
 }
 
-impl<'de> Deserialize<'de> for Detail {
+impl<'de> Deserialize<'de> for AuditDetail {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        serde_json::Value::deserialize(deserializer).map(Detail::from)
+        serde_json::Value::deserialize(deserializer).map(AuditDetail::from)
     }
 }
 
-/// A [`Detail`] from `json!` syntax.
+/// An [`AuditDetail`] from `json!` syntax.
 macro_rules! detail {
     ($($json:tt)+) => {
-        $crate::audit::Detail::from(serde_json::json!($($json)+))
+        $crate::audit::AuditDetail::from(serde_json::json!($($json)+))
     };
 }
 pub(crate) use detail;
@@ -447,7 +447,7 @@ mod tests {
     #[test]
     fn a_detail_is_its_values_canonical_text_and_reads_back_as_the_value() {
         let value = serde_json::json!({"z": [1.5, null, "é\"\n"], "a": {"y": 1, "b": -2}, "m": 0.1});
-        let detail = Detail::from(value.clone());
+        let detail = AuditDetail::from(value.clone());
         assert_eq!(
             detail.as_str(),
             r#"{"a":{"b":-2,"y":1},"m":0.1,"z":[1.5,null,"é\"\n"]}"#
@@ -457,10 +457,10 @@ mod tests {
         assert_eq!(detail.to_value(), value);
         assert_eq!(detail, value);
         assert_ne!(detail, serde_json::json!({"a": 1}));
-        assert_eq!(Detail::default(), serde_json::Value::Null);
+        assert_eq!(AuditDetail::default(), serde_json::Value::Null);
         // Through serde it is the value, whatever the order it is read in.
         assert_eq!(serde_json::to_value(&detail).unwrap(), value);
-        let read: Detail =
+        let read: AuditDetail =
             serde_json::from_str(r#"{ "m": 0.1, "z": [1.5, null, "é\"\n"], "a": {"y": 1, "b": -2} }"#).unwrap();
         assert_eq!(read, detail);
     }

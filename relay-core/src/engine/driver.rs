@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::handle::{Command, CommandRx};
 use super::{EventSender, Inner};
 use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, Verdict, VerdictOutcome};
-use crate::audit::{detail, Detail};
+use crate::audit::{detail, AuditDetail};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
 use crate::gate::{Approval, GateContext, GateDecision};
@@ -164,14 +164,14 @@ impl Driver {
         self.events.emit(&self.record.id, self.inner.clock.as_ref(), kind);
     }
 
-    async fn audit(&self, action: &str, detail: Detail) -> Result<()> {
+    async fn audit(&self, action: &str, detail: AuditDetail) -> Result<()> {
         self.inner
             .audit(&self.record.id, &self.inner.holder, action, detail)
             .await
     }
 
     /// Audit on the forward path: a failure to record stops the rollout.
-    async fn audit_or_stop(&self, action: &str, detail: Detail) -> Result<(), Stop> {
+    async fn audit_or_stop(&self, action: &str, detail: AuditDetail) -> Result<(), Stop> {
         self.audit(action, detail)
             .await
             .map_err(|e| Stop::Rollback(format!("audit sink failed: {e}")))
@@ -250,7 +250,7 @@ impl Driver {
     }
 
     /// Apply one target mutation and record it: one audit entry per mutation.
-    async fn mutate<F, Fut>(&self, op: &str, detail: Detail, f: F) -> Result<(), Stop>
+    async fn mutate<F, Fut>(&self, op: &str, detail: AuditDetail, f: F) -> Result<(), Stop>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
@@ -827,7 +827,7 @@ impl Driver {
                     judgement,
                 };
                 tracing::info!(%verdict, "verdict");
-                self.audit_or_stop("analysis.verdict", Detail::of_sorted(&verdict))
+                self.audit_or_stop("analysis.verdict", AuditDetail::of_sorted(&verdict))
                     .await?;
                 self.emit_with(|| EventKind::Verdict {
                     verdict: Box::new(verdict.clone()),
@@ -1016,7 +1016,7 @@ impl Driver {
 /// written as canonical text directly (through a value tree the split went
 /// through serde's value serializer and the allocator at every step of a
 /// canary, usually with a cold cache).
-fn route_detail(split: &TrafficSplit, first: (&str, impl serde::Serialize)) -> Detail {
+fn route_detail(split: &TrafficSplit, first: (&str, impl serde::Serialize)) -> AuditDetail {
     let mut text = Vec::with_capacity(32 + 24 * split.weights().len());
     // Writing into a vector cannot fail, and these always serialize.
     text.push(b'{');
@@ -1026,7 +1026,7 @@ fn route_detail(split: &TrafficSplit, first: (&str, impl serde::Serialize)) -> D
     text.extend_from_slice(b",\"weights\":");
     let _ = serde_json::to_writer(&mut text, split);
     text.push(b'}');
-    Detail::from_canonical(String::from_utf8(text).unwrap_or_default())
+    AuditDetail::from_canonical(String::from_utf8(text).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -1063,7 +1063,7 @@ mod tests {
                 json!({"rollback": true, "weights": {}}),
             ),
         ] {
-            assert_eq!(made, Detail::from(expected.clone()), "{expected}");
+            assert_eq!(made, AuditDetail::from(expected.clone()), "{expected}");
         }
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::artifact::ArtifactPolicy;
-use crate::audit::{detail, AuditEvent, AuditSink, Detail};
+use crate::audit::{detail, AuditDetail, AuditEvent, AuditSink};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::event::{EventHub, EventKind, RolloutEvent};
@@ -251,7 +251,7 @@ impl Inner {
         format!("{}/{rollout}", self.holder)
     }
 
-    pub(crate) async fn audit(&self, rollout: &str, actor: &str, action: &str, detail: Detail) -> Result<()> {
+    pub(crate) async fn audit(&self, rollout: &str, actor: &str, action: &str, detail: AuditDetail) -> Result<()> {
         let event = AuditEvent {
             at_ms: self.clock.now_ms(),
             actor: actor.to_owned(),

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::handle::{joined, Command, CommandRx, CommandTx, RolloutControl};
 use super::{validate_id, Relay, RolloutHandle, RolloutSpec};
-use crate::audit::{detail, Detail};
+use crate::audit::{detail, AuditDetail};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
 use crate::plan::Strategy;
@@ -332,7 +332,7 @@ impl Driver {
         }
     }
 
-    async fn audit(&self, action: &str, detail: Detail) {
+    async fn audit(&self, action: &str, detail: AuditDetail) {
         let inner = &self.relay.inner;
         if let Err(e) = inner.audit(self.wave.wave_id(), &inner.holder, action, detail).await {
             tracing::error!(wave = %self.wave.wave_id(), action, error = %e, "could not audit a wave decision");
