@@ -510,38 +510,28 @@ impl Serialize for Verdict {
             effect_size,
             summary,
         } = judgement;
+        /// An optional field, left out when absent (as `skip_serializing_if`).
+        fn present<M: SerializeMap>(m: &mut M, key: &'static str, v: &Option<impl Serialize>) -> Result<(), M::Error> {
+            v.as_ref().map_or(Ok(()), |v| m.serialize_entry(key, v))
+        }
         let mut m = s.serialize_map(None)?;
-        if let Some(v) = alpha {
-            m.serialize_entry("alpha", v)?;
-        }
-        if let Some(v) = baseline_samples {
-            m.serialize_entry("baseline_samples", v)?;
-        }
+        present(&mut m, "alpha", alpha)?;
+        present(&mut m, "baseline_samples", baseline_samples)?;
         m.serialize_entry("check", check)?;
         m.serialize_entry("dry_run", dry_run)?;
-        if let Some(v) = effect_size {
-            m.serialize_entry("effect_size", v)?;
-        }
-        if let Some(v) = inconclusive {
-            m.serialize_entry("inconclusive", v)?;
-        }
+        present(&mut m, "effect_size", effect_size)?;
+        present(&mut m, "inconclusive", inconclusive)?;
         m.serialize_entry("measurement", measurement)?;
         m.serialize_entry("metric", metric)?;
         m.serialize_entry("observed", observed)?;
         m.serialize_entry("outcome", outcome)?;
-        if let Some(v) = p_value {
-            m.serialize_entry("p_value", v)?;
-        }
+        present(&mut m, "p_value", p_value)?;
         m.serialize_entry("reason", reason)?;
         m.serialize_entry("samples", samples)?;
         m.serialize_entry("scope", scope)?;
         m.serialize_entry("source", source)?;
-        if let Some(v) = statistic {
-            m.serialize_entry("statistic", v)?;
-        }
-        if let Some(v) = statistic_name {
-            m.serialize_entry("statistic_name", v)?;
-        }
+        present(&mut m, "statistic", statistic)?;
+        present(&mut m, "statistic_name", statistic_name)?;
         if !summary.is_empty() {
             m.serialize_entry("summary", summary)?;
         }
