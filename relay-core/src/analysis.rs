@@ -578,19 +578,8 @@ mod tests {
     #[test]
     fn a_verdict_serializes_as_its_sorted_value_tree_and_reads_back() {
         let bare = Judgement {
-            outcome: VerdictOutcome::Pass,
-            inconclusive: None,
-            reason: "mean 0.01 < 0.05".into(),
-            observed: None,
             threshold: Some(0.05),
-            samples: 60,
-            baseline_samples: None,
-            statistic_name: None,
-            statistic: None,
-            p_value: None,
-            alpha: None,
-            effect_size: None,
-            summary: Default::default(),
+            ..Judgement::pass("mean 0.01 < 0.05", 60)
         };
         let full = Judgement {
             outcome: VerdictOutcome::Inconclusive,
