@@ -280,7 +280,7 @@ impl SimTarget {
                 what: format!("metric {metric:?}; the simulated probe knows error_rate, latency_ms and requests"),
             });
         }
-        let buckets = window.as_secs().clamp(1, 60);
+        let buckets = window.as_secs().clamp(1, MAX_BUCKETS as u64);
         let bucket_secs = window.as_secs_f64() / buckets as f64;
         let now = Instant::now();
         let st = lock(&self.state);
@@ -312,37 +312,36 @@ impl SimTarget {
             .filter(|(n, _, _)| *n > 0)
             .collect();
         drop(st);
+        // Every bucket serves the same requests: no member, no data point
+        // (not a zero).
+        let requests: u64 = members.iter().map(|(n, _, _)| n).sum();
+        let buckets = if requests == 0 { 0 } else { buckets as usize };
         // One batch of the seeded sequence for the whole window: the same
         // numbers as drawing each from the shared generator.
-        let (values, counts) = self.rng.batch(|rng| {
-            let mut values = Vec::with_capacity(buckets as usize);
-            let mut counts = Counts::default();
-            for _ in 0..buckets {
-                let (mut requests, mut failures, mut latency) = (0u64, 0u64, 0.0);
-                for (n, failing, b) in &members {
-                    requests += n;
-                    failures += failing.sample(rng);
-                    if metric == metrics::LATENCY_MS {
-                        latency += *n as f64 * b.latency_ms * (b.latency_spread * rng.next_normal()).exp();
-                    }
+        let (values, failures) = self.rng.batch(|rng| {
+            let (mut failures, mut latency) = ([0u64; MAX_BUCKETS], [0.0; MAX_BUCKETS]);
+            let (failures, latency) = (
+                &mut failures[..buckets],
+                &mut latency[..if metric == metrics::LATENCY_MS { buckets } else { 0 }],
+            );
+            for (n, failing, b) in &members {
+                failing.add_each(rng, failures);
+                for l in latency.iter_mut() {
+                    *l += *n as f64 * b.latency_ms * (b.latency_spread * rng.next_normal()).exp();
                 }
-                if requests == 0 {
-                    // No request in this interval: no data point, not a zero.
-                    continue;
-                }
-                counts = counts
-                    + Counts {
-                        failures,
-                        total: requests,
-                    };
-                values.push(match metric {
-                    metrics::ERROR_RATE => failures as f64 / requests as f64,
-                    metrics::LATENCY_MS => latency / requests as f64,
-                    _ => requests as f64,
-                });
             }
-            (values, counts)
+            let requests_f = requests as f64;
+            let values: Vec<f64> = match metric {
+                metrics::ERROR_RATE => failures.iter().map(|f| *f as f64 / requests_f).collect(),
+                metrics::LATENCY_MS => latency.iter().map(|l| l / requests_f).collect(),
+                _ => vec![requests as f64; buckets],
+            };
+            (values, failures.iter().sum::<u64>())
         });
+        let counts = Counts {
+            failures,
+            total: requests * buckets as u64,
+        };
         Ok(Sample {
             values,
             source: format!("sim:{}/{metric}{{{scope}}}", self.name),
@@ -407,6 +406,10 @@ impl SimTarget {
         true
     }
 }
+
+/// Sample intervals a measurement reports at most (one a second of a
+/// window of up to a minute).
+const MAX_BUCKETS: usize = 60;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -689,6 +692,19 @@ mod tests {
         assert!((mean(&lat.values) - 200.0).abs() < 20.0);
         let all = t.measure(metrics::ERROR_RATE, &Scope::Target, w).unwrap();
         assert!((mean(&all.values) - 0.15).abs() < 0.03, "a 50/50 mix");
+        assert_eq!(all.source, "sim:t/error_rate{target}");
+        assert_eq!(lat.source, format!("sim:t/latency_ms{{{}}}", b.id));
+        // The counts are the values' requests and failures: 50 requests a
+        // second each at 50%, 100 over the target.
+        for (sample, per_second) in [(&good, 50.0), (&bad, 50.0), (&all, 100.0)] {
+            let counts = sample.counts.unwrap();
+            let failures: f64 = sample.values.iter().map(|v| (v * per_second).round()).sum();
+            assert_eq!(
+                (counts.failures as f64, counts.total as f64),
+                (failures, 60.0 * per_second)
+            );
+        }
+        assert_eq!(lat.counts, None, "counts come with error rates");
         assert!(t.measure("nope", &Scope::Target, w).is_err());
         // Same seed, same numbers.
         let (t2, a2, b2) = make(1);
