@@ -78,12 +78,19 @@ pub enum Scope {
     Target,
 }
 
+impl Scope {
+    /// As displayed: the revision's id, or `target`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Scope::Revision(r) => r.as_str(),
+            Scope::Target => "target",
+        }
+    }
+}
+
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Scope::Revision(r) => write!(f, "{r}"),
-            Scope::Target => f.write_str("target"),
-        }
+        f.write_str(self.as_str())
     }
 }
 
