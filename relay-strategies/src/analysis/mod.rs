@@ -18,6 +18,7 @@
 //! dropped, and nothing usable is never a pass.
 
 pub mod accuracy;
+mod decimal;
 mod mann_whitney;
 mod proportion;
 pub mod stats;

@@ -2,6 +2,7 @@
 
 use relay_core::{Error, InconclusiveReason, Judge, JudgeInput, Judgement, Result};
 
+use super::decimal::{push_fixed4, push_shortest};
 use super::{insufficient, usable};
 use serde::{Deserialize, Serialize};
 
@@ -149,7 +150,16 @@ impl Judge for ThresholdJudge {
             (Comparison::Above, true) => ">",
             (Comparison::Above, false) => "<=",
         };
-        let reason = format!("{} {value:.4} {op} {}", self.statistic.name(), self.limit);
+        // As `format!("{} {value:.4} {op} {}", name, limit)`, at a tenth of
+        // its cost (one reason every measurement).
+        let mut reason = String::with_capacity(40);
+        reason.push_str(self.statistic.name());
+        reason.push(' ');
+        push_fixed4(&mut reason, value);
+        reason.push(' ');
+        reason.push_str(op);
+        reason.push(' ');
+        push_shortest(&mut reason, self.limit);
         Judgement::decide(healthy, reason, usable.len()).compared(value, self.limit)
     }
 
