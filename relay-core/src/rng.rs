@@ -281,11 +281,13 @@ mod tests {
     fn add_each_adds_independent_draws_of_the_distribution() {
         let rng = SeededRng::new(11);
         // Rare events (drawn by gaps), rare events of the complement
-        // (gaps, flipped), neither (one draw a count), one trial a count.
+        // (gaps, flipped), neither (one draw a count, by inversion and by
+        // the normal approximation), one trial a count.
         for (n, p) in [
             (10u64, 0.001),
             (90, 0.002),
             (10, 0.9995),
+            (20, 0.1),
             (100, 0.3),
             (1, 0.2),
             (3, 0.05),
