@@ -60,42 +60,39 @@ fn ten_thousandths(v: f64) -> Option<u64> {
 /// `units` ten-thousandths as a decimal with four places, or with its
 /// trailing zeros (and then its point) dropped.
 fn push_units(out: &mut String, negative: bool, units: u64, trim: bool) {
-    if negative {
-        out.push('-');
-    }
-    let (whole, mut fraction) = (units / 10_000, units % 10_000);
-    push_digits(out, whole);
+    let (mut whole, mut fraction) = (units / 10_000, units % 10_000);
     let mut places = 4;
-    if trim {
-        while places > 0 && fraction % 10 == 0 {
-            fraction /= 10;
-            places -= 1;
-        }
-        if places == 0 {
-            return;
-        }
+    while trim && places > 0 && fraction % 10 == 0 {
+        fraction /= 10;
+        places -= 1;
     }
-    out.push('.');
-    let mut digits = [b'0'; 4];
-    for d in digits[..places].iter_mut().rev() {
-        *d = b'0' + (fraction % 10) as u8;
+    // Written from the right: the places, the point, the whole part, the
+    // sign (at most 4 + 1 + 20 + 1 bytes).
+    let mut text = [0u8; 26];
+    let mut at = text.len();
+    let mut put = |byte: u8| {
+        at -= 1;
+        text[at] = byte;
+    };
+    for _ in 0..places {
+        put(b'0' + (fraction % 10) as u8);
         fraction /= 10;
     }
-    out.extend(digits[..places].iter().map(|&d| char::from(d)));
-}
-
-fn push_digits(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
+    if places > 0 {
+        put(b'.');
+    }
     loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
+        put(b'0' + (whole % 10) as u8);
+        whole /= 10;
+        if whole == 0 {
             break;
         }
     }
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+    if negative {
+        put(b'-');
+    }
+    // ASCII digits, a point and a sign: always text.
+    out.push_str(std::str::from_utf8(&text[at..]).unwrap_or_default());
 }
 
 #[cfg(test)]
