@@ -106,6 +106,16 @@ impl TrafficSplit {
     /// `candidate_weight` percent to `candidate`, the rest to `stable`.
     /// Weights above 100 are an error.
     pub fn canary(stable: &RevisionId, candidate: &RevisionId, candidate_weight: u8) -> Result<Self> {
+        let mut split = TrafficSplit::default();
+        split.set_canary(stable, candidate, candidate_weight)?;
+        Ok(split)
+    }
+
+    /// Make this split [`TrafficSplit::canary`]`(stable, candidate,
+    /// candidate_weight)` in place, keeping the revision ids it already
+    /// holds: a canary's steps re-weigh the same two revisions, and copy no
+    /// id after the first. On error the split is unchanged.
+    pub fn set_canary(&mut self, stable: &RevisionId, candidate: &RevisionId, candidate_weight: u8) -> Result<()> {
         if candidate_weight > 100 {
             return Err(Error::invalid(
                 "traffic.weight",
@@ -114,16 +124,23 @@ impl TrafficSplit {
         }
         if stable == candidate {
             // One revision cannot take two shares; `new` says why.
-            return TrafficSplit::new(BTreeMap::from([(candidate.clone(), candidate_weight)]));
+            *self = TrafficSplit::new(BTreeMap::from([(candidate.clone(), candidate_weight)]))?;
+            return Ok(());
         }
         // Two weights summing to 100 by construction; a zero is not stored.
-        let mut m = BTreeMap::new();
+        self.0.retain(|rev, _| rev == stable || rev == candidate);
         for (rev, w) in [(stable, 100 - candidate_weight), (candidate, candidate_weight)] {
-            if w > 0 {
-                m.insert(rev.clone(), w);
+            match (w, self.0.get_mut(rev)) {
+                (0, _) => {
+                    self.0.remove(rev);
+                }
+                (w, Some(stored)) => *stored = w,
+                (w, None) => {
+                    self.0.insert(rev.clone(), w);
+                }
             }
         }
-        Ok(TrafficSplit(m))
+        Ok(())
     }
 
     /// The split that follows ready replicas (a target whose traffic goes to
@@ -320,6 +337,35 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(json, r#"{"a":75,"b":25}"#);
         assert_eq!(serde_json::from_str::<TrafficSplit>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn a_split_set_in_place_is_the_canary_split() {
+        let (a, b, c) = (RevisionId::from("a"), RevisionId::from("b"), RevisionId::from("c"));
+        // From nothing, from another split, from one holding a third
+        // revision, and through every weight in turn.
+        let mut walked = TrafficSplit::default();
+        for start in [
+            TrafficSplit::default(),
+            TrafficSplit::all(&c),
+            TrafficSplit::canary(&a, &c, 40).unwrap(),
+        ] {
+            for w in (0..=100).chain([50, 0, 100, 7]) {
+                let mut s = start.clone();
+                s.set_canary(&a, &b, w).unwrap();
+                walked.set_canary(&a, &b, w).unwrap();
+                let want = TrafficSplit::canary(&a, &b, w).unwrap();
+                assert_eq!((&s, &walked), (&want, &want), "weight {w} from {start:?}");
+                assert_eq!((want.weight(&a), want.weight(&b), want.weight(&c)), (100 - w, w, 0));
+            }
+        }
+        // An error leaves the split as it was.
+        let before = walked.clone();
+        assert!(walked.set_canary(&a, &b, 101).is_err());
+        assert!(walked.set_canary(&a, &a, 25).is_err());
+        assert_eq!(walked, before);
+        walked.set_canary(&a, &a, 100).unwrap();
+        assert_eq!(walked, TrafficSplit::all(&a));
     }
 
     #[test]
