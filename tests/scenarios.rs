@@ -16,6 +16,7 @@ use relay::{Error, EventKind, Outcome, RetryPolicy, Role, RolloutSpec, RolloutSt
 #[tokio::test(start_paused = true)]
 async fn healthy_canary_is_promoted_with_one_audit_entry_per_mutation() {
     let (w, relay) = World::with_v1(1).await;
+    let v1 = w.target.observe().await.unwrap().stable.unwrap();
     let mutations_before = w.target.mutations();
     let audit_before = relay.audit().entries().await.unwrap().len();
 
@@ -68,6 +69,22 @@ async fn healthy_canary_is_promoted_with_one_audit_entry_per_mutation() {
     assert!(entries
         .iter()
         .any(|e| e.event.rollout == id && e.event.action == "rollout.finished"));
+    // Each traffic step sent the target, and audited, its own split (the
+    // engine re-weighs one split in place from step to step).
+    let v2 = relay::RevisionId::from(revision.as_str());
+    let splits: Vec<TrafficSplit> = [25, 50, 100].map(|w| TrafficSplit::canary(&v1, &v2, w).unwrap()).into();
+    let routed: Vec<serde_json::Value> = entries
+        .iter()
+        .filter(|e| e.event.rollout == id && e.event.action == "target.route")
+        .map(|e| e.event.detail.to_value()["weights"].clone())
+        .collect();
+    let expected: Vec<serde_json::Value> = splits.iter().map(|s| serde_json::to_value(s).unwrap()).collect();
+    assert_eq!(routed, expected);
+    let history = w.target.traffic_history();
+    assert!(
+        history.windows(3).any(|h| h == splits.as_slice()),
+        "the target got 25, 50 and 100 in turn: {history:?}"
+    );
     relay.audit().verify().await.unwrap();
     let record = relay.state().get(&id).await.unwrap().unwrap();
     assert_eq!(record.status, RolloutStatus::Succeeded);

@@ -183,7 +183,7 @@ fn write_canonical(seq: u64, event: &AuditEvent, prev_hash: &str, out: &mut Vec<
 /// (its action, actor, rollout and the previous hash) rarely hold a
 /// character JSON escapes, and are then copied whole: serde_json looks up
 /// every byte in a table, which was a tenth of an audit entry's work.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
     // Sixteen bytes at a time with no early exit, which the compiler checks
     // in a few vector steps; the tail padded with a byte needing none.
     fn escaped(chunk: [u8; 16]) -> bool {

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::handle::{Command, CommandRx};
 use super::{EventSender, Inner};
 use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, Verdict, VerdictOutcome};
-use crate::audit::{detail, AuditDetail};
+use crate::audit::{detail, push_json_str, AuditDetail};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
 use crate::gate::{Approval, GateContext, GateDecision};
@@ -130,6 +130,9 @@ pub(crate) struct Driver {
     events: EventSender,
     promote_now: bool,
     rolling_back: bool,
+    /// The split of the last traffic step: the next one re-weighs it in
+    /// place (`TrafficSplit::set_canary`) instead of copying both ids.
+    split: TrafficSplit,
 }
 
 impl Driver {
@@ -151,6 +154,7 @@ impl Driver {
             events,
             promote_now: false,
             rolling_back: false,
+            split: TrafficSplit::default(),
         }
     }
 
@@ -516,14 +520,24 @@ impl Driver {
         self.persist().await
     }
 
-    fn split(&self, candidate_weight: u8) -> Result<TrafficSplit, Stop> {
+    /// `candidate_weight` percent to the candidate, the rest to the stable
+    /// revision (all or nothing to the candidate when there is none), set
+    /// in `self.split`.
+    fn set_split(&mut self, candidate_weight: u8) -> Result<(), Stop> {
         let cand = &self.record.plan.candidate.id;
         match &self.record.plan.stable {
-            Some(stable) => {
-                TrafficSplit::canary(stable, cand, candidate_weight).map_err(|e| Stop::Rollback(e.to_string()))
+            Some(stable) => self
+                .split
+                .set_canary(stable, cand, candidate_weight)
+                .map_err(|e| Stop::Rollback(e.to_string())),
+            None if candidate_weight == 0 => {
+                self.split = TrafficSplit::default();
+                Ok(())
             }
-            None if candidate_weight == 0 => Ok(TrafficSplit::default()),
-            None => Ok(TrafficSplit::all(cand)),
+            None => {
+                self.split = TrafficSplit::all(cand);
+                Ok(())
+            }
         }
     }
 
@@ -556,9 +570,10 @@ impl Driver {
                 self.wait_ready(&rev, *replicas).await?;
             }
             Step::Route { candidate_weight } => {
-                let split = self.split(*candidate_weight)?;
-                let detail = route_detail(&split, ("candidate_weight", *candidate_weight));
-                self.mutate("target.route", detail, || target.route(&split)).await?;
+                self.set_split(*candidate_weight)?;
+                let split = &self.split;
+                let detail = route_detail(split, ("candidate_weight", *candidate_weight));
+                self.mutate("target.route", detail, || target.route(split)).await?;
                 self.emit(EventKind::TrafficShifted {
                     candidate_weight: *candidate_weight,
                 });
@@ -1013,19 +1028,29 @@ impl Driver {
 
 /// The audit detail of a traffic change: `first` (a key that sorts before
 /// `weights`) beside the split's `weights`, as `json!` would make it but
-/// written as canonical text directly (through a value tree the split went
-/// through serde's value serializer and the allocator at every step of a
-/// canary, usually with a cold cache).
+/// written as canonical text directly, the revision ids copied whole when
+/// they need no escape (through a value tree the split went through
+/// serde's value serializer and the allocator at every step of a canary,
+/// usually with a cold cache; through `serde_json` every byte of the ids
+/// was looked up in its escape table).
 fn route_detail(split: &TrafficSplit, first: (&str, impl serde::Serialize)) -> AuditDetail {
     let mut text = Vec::with_capacity(32 + 24 * split.weights().len());
     // Writing into a vector cannot fail, and these always serialize.
     text.push(b'{');
-    let _ = serde_json::to_writer(&mut text, first.0);
+    push_json_str(&mut text, first.0);
     text.push(b':');
     let _ = serde_json::to_writer(&mut text, &first.1);
-    text.extend_from_slice(b",\"weights\":");
-    let _ = serde_json::to_writer(&mut text, split);
-    text.push(b'}');
+    // The split's map of weights, in its (sorted) order.
+    text.extend_from_slice(b",\"weights\":{");
+    for (i, (rev, weight)) in split.weights().iter().enumerate() {
+        if i > 0 {
+            text.push(b',');
+        }
+        push_json_str(&mut text, rev.as_str());
+        text.push(b':');
+        let _ = serde_json::to_writer(&mut text, weight);
+    }
+    text.extend_from_slice(b"}}");
     AuditDetail::from_canonical(String::from_utf8(text).unwrap_or_default())
 }
 
