@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{push_json_str, AuditDetail};
 use crate::error::{Error, Result};
 use crate::target::Role;
 
@@ -477,15 +478,30 @@ pub struct Verdict {
     pub judgement: Judgement,
 }
 
-/// Keys in sorted order, the judgement's fields among the verdict's (as
-/// `flatten` would put them, but sorted): what this writes is the canonical
-/// JSON of the verdict's audit entry, made at every measurement without a
-/// value tree in between.
-impl Serialize for Verdict {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
+/// A verdict's field as its two writers take it: its `Serialize`, and the
+/// canonical text of its audit entry ([`Verdict::audit_detail`]).
+enum Field<'a> {
+    Str(&'a str),
+    Bool(bool),
+    Count(u64),
+    /// `null` when absent or not a number, as serde_json writes an `f64`.
+    Number(Option<f64>),
+    Numbers(&'a std::collections::BTreeMap<String, f64>),
+    Outcome(VerdictOutcome),
+    Inconclusive(InconclusiveReason),
+}
+
+impl Verdict {
+    /// Visit every field in sorted key order, the judgement's among the
+    /// verdict's (as `flatten` would put them, but sorted), optional ones
+    /// left out when absent (as `skip_serializing_if`): the one list both
+    /// writers follow.
+    fn fields<E>(
+        &self,
+        mut visit: impl FnMut(&'static str, Field<'_>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         // Every field by name: a new one does not compile until it is
-        // written here.
+        // visited here.
         let Verdict {
             check,
             metric,
@@ -510,32 +526,105 @@ impl Serialize for Verdict {
             effect_size,
             summary,
         } = judgement;
-        /// An optional field, left out when absent (as `skip_serializing_if`).
-        fn present<M: SerializeMap>(m: &mut M, key: &'static str, v: &Option<impl Serialize>) -> Result<(), M::Error> {
-            v.as_ref().map_or(Ok(()), |v| m.serialize_entry(key, v))
+        let count = |n: usize| Field::Count(n as u64);
+        let number = |x: &Option<f64>| x.map(|x| Field::Number(Some(x)));
+        let present = [
+            ("alpha", number(alpha)),
+            ("baseline_samples", baseline_samples.map(count)),
+            ("check", Some(Field::Str(check))),
+            ("dry_run", Some(Field::Bool(*dry_run))),
+            ("effect_size", number(effect_size)),
+            ("inconclusive", inconclusive.map(Field::Inconclusive)),
+            ("measurement", Some(Field::Count(u64::from(*measurement)))),
+            ("metric", Some(Field::Str(metric))),
+            ("observed", Some(Field::Number(*observed))),
+            ("outcome", Some(Field::Outcome(*outcome))),
+            ("p_value", number(p_value)),
+            ("reason", Some(Field::Str(reason))),
+            ("samples", Some(count(*samples))),
+            ("scope", Some(Field::Str(scope))),
+            ("source", Some(Field::Str(source))),
+            ("statistic", number(statistic)),
+            ("statistic_name", statistic_name.as_deref().map(Field::Str)),
+            ("summary", (!summary.is_empty()).then_some(Field::Numbers(summary))),
+            ("threshold", Some(Field::Number(*threshold))),
+        ];
+        for (key, field) in present {
+            if let Some(field) = field {
+                visit(key, field)?;
+            }
         }
+        Ok(())
+    }
+
+    /// The canonical text of this verdict as an audit detail, written
+    /// directly: the keys as they are, strings copied whole when they need
+    /// no escape, numbers as serde_json writes them. Through serde_json's
+    /// serializer every key and string went through its escape table (a
+    /// verdict is written at every measurement).
+    pub(crate) fn audit_detail(&self) -> AuditDetail {
+        fn json(out: &mut Vec<u8>, value: &impl Serialize) {
+            // Writing into a vector cannot fail, and these always serialize.
+            let _ = serde_json::to_writer(out, value);
+        }
+        let mut out = Vec::with_capacity(512);
+        let mut sep = b'{';
+        let written: std::result::Result<(), std::convert::Infallible> = self.fields(|key, field| {
+            out.push(sep);
+            sep = b',';
+            // The keys are plain ASCII names: nothing to escape.
+            out.push(b'"');
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            match field {
+                Field::Str(s) => push_json_str(&mut out, s),
+                Field::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+                Field::Count(n) => json(&mut out, &n),
+                Field::Number(x) => json(&mut out, &x),
+                Field::Numbers(map) => {
+                    out.push(b'{');
+                    for (i, (name, x)) in map.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        push_json_str(&mut out, name);
+                        out.push(b':');
+                        json(&mut out, x);
+                    }
+                    out.push(b'}');
+                }
+                Field::Outcome(o) => json(&mut out, &o),
+                Field::Inconclusive(r) => json(&mut out, &r),
+            }
+            Ok(())
+        });
+        let () = written.unwrap_or_else(|never| match never {});
+        out.push(b'}');
+        let text = String::from_utf8(out).unwrap_or_default();
+        debug_assert_eq!(
+            text,
+            serde_json::to_value(self).unwrap_or_default().to_string(),
+            "the audit detail and the serialization of a verdict differ"
+        );
+        AuditDetail::from_canonical(text)
+    }
+}
+
+/// Keys in sorted order (see [`Verdict::fields`]): the same text as
+/// [`Verdict::audit_detail`] writes.
+impl Serialize for Verdict {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
         let mut m = s.serialize_map(None)?;
-        present(&mut m, "alpha", alpha)?;
-        present(&mut m, "baseline_samples", baseline_samples)?;
-        m.serialize_entry("check", check)?;
-        m.serialize_entry("dry_run", dry_run)?;
-        present(&mut m, "effect_size", effect_size)?;
-        present(&mut m, "inconclusive", inconclusive)?;
-        m.serialize_entry("measurement", measurement)?;
-        m.serialize_entry("metric", metric)?;
-        m.serialize_entry("observed", observed)?;
-        m.serialize_entry("outcome", outcome)?;
-        present(&mut m, "p_value", p_value)?;
-        m.serialize_entry("reason", reason)?;
-        m.serialize_entry("samples", samples)?;
-        m.serialize_entry("scope", scope)?;
-        m.serialize_entry("source", source)?;
-        present(&mut m, "statistic", statistic)?;
-        present(&mut m, "statistic_name", statistic_name)?;
-        if !summary.is_empty() {
-            m.serialize_entry("summary", summary)?;
-        }
-        m.serialize_entry("threshold", threshold)?;
+        self.fields(|key, field| match field {
+            Field::Str(v) => m.serialize_entry(key, v),
+            Field::Bool(v) => m.serialize_entry(key, &v),
+            Field::Count(v) => m.serialize_entry(key, &v),
+            Field::Number(v) => m.serialize_entry(key, &v),
+            Field::Numbers(v) => m.serialize_entry(key, v),
+            Field::Outcome(v) => m.serialize_entry(key, &v),
+            Field::Inconclusive(v) => m.serialize_entry(key, &v),
+        })?;
         m.end()
     }
 }
@@ -591,7 +680,12 @@ mod tests {
             p_value: Some(0.5),
             alpha: Some(0.01),
             effect_size: Some(2.0),
-            summary: [("candidate_rate".to_owned(), 0.1), ("baseline_rate".to_owned(), 0.05)].into(),
+            summary: [
+                ("candidate_rate".to_owned(), 0.1),
+                ("baseline_rate".to_owned(), 0.05),
+                ("p95 \"µs\"".to_owned(), 250.0),
+            ]
+            .into(),
             ..bare.clone()
         };
         // Not a number is written as `null`, as a value tree writes it.
@@ -602,8 +696,11 @@ mod tests {
         for v in [verdict(bare), verdict(full.clone()), verdict(nan)] {
             let text = serde_json::to_string(&v).unwrap();
             // A value tree sorts its keys: the same text means sorted keys,
-            // the same fields and the same numbers.
-            assert_eq!(text, serde_json::to_value(&v).unwrap().to_string());
+            // the same fields and the same numbers; the audit detail,
+            // written without serde_json's serializer, is that text too.
+            let tree = serde_json::to_value(&v).unwrap().to_string();
+            assert_eq!(text, tree);
+            assert_eq!(v.audit_detail().as_str(), tree);
         }
         // Every field reads back, so none was left out.
         let v = verdict(full);

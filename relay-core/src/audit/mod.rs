@@ -55,22 +55,6 @@ impl AuditDetail {
         serde_json::from_str(&self.0).unwrap_or_default()
     }
 
-    /// The detail of a value whose serialization is already canonical: every
-    /// object (struct or map) writes its keys in sorted order, as
-    /// [`crate::analysis::Verdict`] does. What saves the value tree a
-    /// verdict would otherwise go through at every measurement; debug builds
-    /// check it against that tree.
-    pub(crate) fn of_sorted<T: Serialize>(value: &T) -> AuditDetail {
-        // A type of this crate that always serializes.
-        let text = serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned());
-        debug_assert_eq!(
-            text,
-            serde_json::to_value(value).unwrap_or_default().to_string(),
-            "a detail made with of_sorted must serialize with sorted keys"
-        );
-        AuditDetail(text)
-    }
-
     /// The detail of canonical text written by hand; the caller's tests
     /// compare it with [`AuditDetail::from`] a value.
     pub(crate) fn from_canonical(text: String) -> AuditDetail {

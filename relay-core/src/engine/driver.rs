@@ -842,8 +842,7 @@ impl Driver {
                     judgement,
                 };
                 tracing::info!(%verdict, "verdict");
-                self.audit_or_stop("analysis.verdict", AuditDetail::of_sorted(&verdict))
-                    .await?;
+                self.audit_or_stop("analysis.verdict", verdict.audit_detail()).await?;
                 self.emit_with(|| EventKind::Verdict {
                     verdict: Box::new(verdict.clone()),
                 });
