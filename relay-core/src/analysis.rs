@@ -479,7 +479,7 @@ pub struct Verdict {
 }
 
 /// A verdict's field as its two writers take it: its `Serialize`, and the
-/// canonical text of its audit entry ([`Verdict::audit_detail`]).
+/// canonical text of its audit entry (`Verdict::audit_detail`).
 enum Field<'a> {
     Str(&'a str),
     Bool(bool),
@@ -610,8 +610,8 @@ impl Verdict {
     }
 }
 
-/// Keys in sorted order (see [`Verdict::fields`]): the same text as
-/// [`Verdict::audit_detail`] writes.
+/// One object, keys in sorted order, the judgement's fields among the
+/// verdict's: the same text as the verdict's audit detail.
 impl Serialize for Verdict {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
