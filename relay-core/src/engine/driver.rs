@@ -130,8 +130,9 @@ pub(crate) struct Driver {
     events: EventSender,
     promote_now: bool,
     rolling_back: bool,
-    /// The split of the last traffic step: the next one re-weighs it in
-    /// place (`TrafficSplit::set_canary`) instead of copying both ids.
+    /// The split of the last traffic step, when the step just before this
+    /// one was one: the next re-weighs it in place
+    /// (`TrafficSplit::set_canary`) instead of copying both ids.
     split: TrafficSplit,
 }
 
@@ -543,6 +544,12 @@ impl Driver {
 
     async fn execute(&mut self, index: usize, step: &Step) -> Result<StepEnd, Stop> {
         let target = self.target.clone();
+        if !matches!(step, Step::Route { .. }) {
+            // The split is kept from one traffic step to the next only:
+            // nothing is held while a rollout waits (10,000 rollouts in an
+            // analysis would hold half a KiB each).
+            self.split = TrafficSplit::default();
+        }
         match step {
             Step::Stage { replicas } => {
                 let spec = self.record.plan.candidate.clone();
