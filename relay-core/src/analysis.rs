@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{push_json_str, AuditDetail};
+use crate::audit::{push_json, push_json_str, AuditDetail};
 use crate::error::{Error, Result};
 use crate::target::Role;
 
@@ -563,10 +563,6 @@ impl Verdict {
     /// serializer every key and string went through its escape table (a
     /// verdict is written at every measurement).
     pub(crate) fn audit_detail(&self) -> AuditDetail {
-        fn json(out: &mut Vec<u8>, value: &impl Serialize) {
-            // Writing into a vector cannot fail, and these always serialize.
-            let _ = serde_json::to_writer(out, value);
-        }
         let mut out = Vec::with_capacity(512);
         let mut sep = b'{';
         let written: std::result::Result<(), std::convert::Infallible> = self.fields(|key, field| {
@@ -579,8 +575,8 @@ impl Verdict {
             match field {
                 Field::Str(s) => push_json_str(&mut out, s),
                 Field::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-                Field::Count(n) => json(&mut out, &n),
-                Field::Number(x) => json(&mut out, &x),
+                Field::Count(n) => push_json(&mut out, &n),
+                Field::Number(x) => push_json(&mut out, &x),
                 Field::Numbers(map) => {
                     out.push(b'{');
                     for (i, (name, x)) in map.iter().enumerate() {
@@ -589,12 +585,12 @@ impl Verdict {
                         }
                         push_json_str(&mut out, name);
                         out.push(b':');
-                        json(&mut out, x);
+                        push_json(&mut out, x);
                     }
                     out.push(b'}');
                 }
-                Field::Outcome(o) => json(&mut out, &o),
-                Field::Inconclusive(r) => json(&mut out, &r),
+                Field::Outcome(o) => push_json(&mut out, &o),
+                Field::Inconclusive(r) => push_json(&mut out, &r),
             }
             Ok(())
         });

@@ -142,11 +142,9 @@ pub struct AuditEntry {
 /// keys in sorted order, no spaces — the sorted-key canonical JSON, with
 /// the detail's own canonical text in place.
 fn write_canonical(seq: u64, event: &AuditEvent, prev_hash: &str, out: &mut Vec<u8>) {
-    /// A key and its value as serde_json writes it (these always
-    /// serialize, and writing into a vector cannot fail).
     fn field(out: &mut Vec<u8>, key: &[u8], value: &(impl Serialize + ?Sized)) {
         out.extend_from_slice(key);
-        let _ = serde_json::to_writer(&mut *out, value);
+        push_json(out, value);
     }
     out.extend_from_slice(b"{\"action\":");
     push_json_str(out, &event.action);
@@ -184,9 +182,16 @@ pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     } else {
-        // Writing into a vector cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
+        push_json(out, s);
     }
+}
+
+/// `value` as serde_json writes it, appended to `out`: what the hand-written
+/// canonical texts (entries, verdicts, traffic changes) write their numbers,
+/// enums and escaped strings with. Writing into a vector cannot fail, and
+/// the crate's values always serialize.
+pub(crate) fn push_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 /// Write the hashed form of an entry into `body` (emptied first) and return

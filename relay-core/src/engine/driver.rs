@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::handle::{Command, CommandRx};
 use super::{EventSender, Inner};
 use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, Verdict, VerdictOutcome};
-use crate::audit::{detail, push_json_str, AuditDetail};
+use crate::audit::{detail, push_json, push_json_str, AuditDetail};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
 use crate::gate::{Approval, GateContext, GateDecision};
@@ -1041,11 +1041,10 @@ impl Driver {
 /// was looked up in its escape table).
 fn route_detail(split: &TrafficSplit, first: (&str, impl serde::Serialize)) -> AuditDetail {
     let mut text = Vec::with_capacity(32 + 24 * split.weights().len());
-    // Writing into a vector cannot fail, and these always serialize.
     text.push(b'{');
     push_json_str(&mut text, first.0);
     text.push(b':');
-    let _ = serde_json::to_writer(&mut text, &first.1);
+    push_json(&mut text, &first.1);
     // The split's map of weights, in its (sorted) order.
     text.extend_from_slice(b",\"weights\":{");
     for (i, (rev, weight)) in split.weights().iter().enumerate() {
@@ -1054,7 +1053,7 @@ fn route_detail(split: &TrafficSplit, first: (&str, impl serde::Serialize)) -> A
         }
         push_json_str(&mut text, rev.as_str());
         text.push(b':');
-        let _ = serde_json::to_writer(&mut text, weight);
+        push_json(&mut text, weight);
     }
     text.extend_from_slice(b"}}");
     AuditDetail::from_canonical(String::from_utf8(text).unwrap_or_default())
