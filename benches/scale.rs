@@ -360,8 +360,10 @@ impl relay::providers::Layer for Slow {
         if !self.wait.is_zero() {
             match self.mode {
                 WaitMode::Spin => {
-                    let until = std::time::Instant::now() + self.wait;
-                    while std::time::Instant::now() < until {
+                    // The harness runs in real time: tokio's clock is the
+                    // system's, read as everywhere else here.
+                    let until = tokio::time::Instant::now() + self.wait;
+                    while tokio::time::Instant::now() < until {
                         std::hint::spin_loop();
                     }
                 }
