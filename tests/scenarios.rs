@@ -16,7 +16,6 @@ use relay::{Error, EventKind, Outcome, RetryPolicy, Role, RolloutSpec, RolloutSt
 #[tokio::test(start_paused = true)]
 async fn healthy_canary_is_promoted_with_one_audit_entry_per_mutation() {
     let (w, relay) = World::with_v1(1).await;
-    let v1 = w.target.observe().await.unwrap().stable.unwrap();
     let mutations_before = w.target.mutations();
     let audit_before = relay.audit().entries().await.unwrap().len();
 
@@ -69,25 +68,51 @@ async fn healthy_canary_is_promoted_with_one_audit_entry_per_mutation() {
     assert!(entries
         .iter()
         .any(|e| e.event.rollout == id && e.event.action == "rollout.finished"));
-    // Each traffic step sent the target, and audited, its own split (the
-    // engine re-weighs one split in place from step to step).
+    relay.audit().verify().await.unwrap();
+    let record = relay.state().get(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, RolloutStatus::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_traffic_step_routes_and_audits_its_own_split() {
+    let (w, relay) = World::with_v1(1).await;
+    let v1 = w.target.observe().await.unwrap().stable.unwrap();
+    // Traffic steps one after another (10 and 20 need the same one of four
+    // replicas: the engine re-weighs one split in place), and steps after a
+    // pause and after scaling (where it lets the split go).
+    let strategy = CanaryStrategy::new()
+        .set_weight(10)
+        .set_weight(20)
+        .pause(Duration::from_secs(60))
+        .set_weight(60);
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), strategy))
+        .await
+        .unwrap();
+    let id = handle.id().to_string();
+    let Outcome::Promoted { revision } = handle.wait().await.unwrap() else {
+        panic!("not promoted")
+    };
     let v2 = relay::RevisionId::from(revision.as_str());
-    let splits: Vec<TrafficSplit> = [25, 50, 100].map(|w| TrafficSplit::canary(&v1, &v2, w).unwrap()).into();
-    let routed: Vec<serde_json::Value> = entries
+    let splits: Vec<TrafficSplit> = [10, 20, 60, 100]
+        .map(|w| TrafficSplit::canary(&v1, &v2, w).unwrap())
+        .into();
+    let routed: Vec<serde_json::Value> = relay
+        .audit()
+        .entries()
+        .await
+        .unwrap()
         .iter()
         .filter(|e| e.event.rollout == id && e.event.action == "target.route")
         .map(|e| e.event.detail.to_value()["weights"].clone())
         .collect();
     let expected: Vec<serde_json::Value> = splits.iter().map(|s| serde_json::to_value(s).unwrap()).collect();
-    assert_eq!(routed, expected);
+    assert_eq!(routed, expected, "audited");
     let history = w.target.traffic_history();
     assert!(
-        history.windows(3).any(|h| h == splits.as_slice()),
-        "the target got 25, 50 and 100 in turn: {history:?}"
+        history.windows(4).any(|h| h == splits.as_slice()),
+        "the target got 10, 20, 60 and 100 in turn: {history:?}"
     );
-    relay.audit().verify().await.unwrap();
-    let record = relay.state().get(&id).await.unwrap().unwrap();
-    assert_eq!(record.status, RolloutStatus::Succeeded);
 }
 
 #[tokio::test(start_paused = true)]
