@@ -122,11 +122,9 @@ async fn a_tripled_error_rate_is_rolled_back() {
         .into_iter()
         .find(|e| e.event.action == "analysis.verdict" && e.event.detail.to_value()["outcome"] == "fail")
         .unwrap();
-    assert!(
-        audited.event.detail.to_value()["p_value"].as_f64().unwrap()
-            < audited.event.detail.to_value()["alpha"].as_f64().unwrap()
-    );
-    assert_eq!(audited.event.detail.to_value()["statistic_name"], "z");
+    let detail = audited.event.detail.to_value();
+    assert!(detail["p_value"].as_f64().unwrap() < detail["alpha"].as_f64().unwrap());
+    assert_eq!(detail["statistic_name"], "z");
 }
 
 #[tokio::test(start_paused = true)]
