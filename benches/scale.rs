@@ -6,7 +6,9 @@
 //! cargo bench --bench scale -- realtime 10000    # N concurrent canaries, multi-thread runtime, real time
 //! cargo bench --bench scale -- sequential 1000000  # M rollouts one after another, RSS sampled
 //! cargo bench --bench scale -- latency 20        # R rollouts, 1 ms per provider call, real time
-//! cargo bench --bench scale -- --test            # all four, tiny (CI)
+//! cargo bench --bench scale -- wakes 60000 200000 # N sleeps of MS on the paused clock, nothing else
+//! cargo bench --bench scale -- cold 8            # fixed work after a 1 ms thread sleep, and warm
+//! cargo bench --bench scale -- --test            # all six, tiny (CI)
 //! ```
 //!
 //! Every canary is ten steps (five weights, each followed by an analysis);
@@ -455,6 +457,63 @@ async fn latency(r: usize) -> f64 {
     extra
 }
 
+/// `n` sleeps of `ms` each by one task on the paused clock, and nothing
+/// else: what tokio alone spends on each wake-up of a simulated rollout,
+/// the floor under the simulation throughput.
+async fn wakes(ms: u64, n: usize) {
+    let started = Instant::now();
+    tokio::spawn(async move {
+        for _ in 0..n {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let per = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+    eprintln!("{n} sleeps of {ms} ms on the paused clock: {per:.2} µs of wall time a wake");
+}
+
+/// The control of the 1 ms run: a fixed piece of work that is not the
+/// engine's (`lines` short lines formatted into a buffer and hashed, a few
+/// small strings made and dropped), timed back to back, after a 1 ms
+/// spinning wait and after the thread slept 1 ms. What the work takes
+/// beyond its warm time after a sleep is what any code pays there.
+fn cold(lines: u64, n: usize) {
+    fn work(buf: &mut Vec<u8>, k: u64, lines: u64) -> u64 {
+        use std::io::Write;
+        buf.clear();
+        for i in 0..lines {
+            let _ = write!(buf, "{{\"k\":{k},\"i\":{i}}}");
+        }
+        let names: Vec<String> = (0..8).map(|i| format!("s{i}-{k}")).collect();
+        let fnv = buf.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+        fnv ^ names.iter().map(|s| s.len() as u64).sum::<u64>()
+    }
+    let mut buf = Vec::new();
+    for wait in ["none", "spin", "sleep"] {
+        let mut took = Vec::with_capacity(n);
+        let mut acc = 0;
+        for k in 0..n as u64 {
+            match wait {
+                "spin" => {
+                    let s = Instant::now();
+                    while s.elapsed() < Duration::from_millis(1) {}
+                }
+                "sleep" => std::thread::sleep(Duration::from_millis(1)),
+                _ => {}
+            }
+            let s = Instant::now();
+            acc ^= work(&mut buf, k, lines);
+            took.push(s.elapsed().as_secs_f64() * 1e6);
+        }
+        took.sort_by(f64::total_cmp);
+        let (p50, p90) = (took[n / 2], took[n * 9 / 10]);
+        eprintln!("{lines} lines, after {wait:>5}: p50 {p50:.2} µs, p90 {p90:.2} µs (checksum {acc:x})");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let test = args.iter().any(|a| a == "--test");
@@ -516,12 +575,20 @@ fn main() {
         "latency" => {
             realtime().block_on(latency(arg(1, 20)));
         }
+        "wakes" => {
+            paused().block_on(wakes(arg(1, 60_000) as u64, arg(2, 200_000)));
+        }
+        "cold" => {
+            cold(arg(1, 8) as u64, arg(2, 3_000));
+        }
         "test" => {
             realtime().block_on(latency(1));
+            paused().block_on(wakes(60_000, 100));
+            cold(2, 20);
             paused().block_on(concurrent(50, Duration::from_secs(60), 2, Duration::from_secs(5)));
             multi().block_on(concurrent(20, Duration::from_millis(50), 2, Duration::from_millis(5)));
             paused().block_on(sequential(200, 100));
         }
-        other => panic!("unknown mode {other:?}: virtual, realtime, sequential, latency or --test"),
+        other => panic!("unknown mode {other:?}: virtual, realtime, sequential, latency, wakes, cold or --test"),
     }
 }
