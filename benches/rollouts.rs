@@ -20,22 +20,16 @@ mod common;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
-use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
-use relay::{AnalysisSpec, Check, Relay, Release, RolloutSpec};
+use relay::providers::sim::{MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
+use relay::strategies::{AllAtOnce, CanaryStrategy};
+use relay::{Relay, Release, RolloutSpec};
 
 /// Rollouts run together by the `_at_once` bench.
 const AT_ONCE: usize = 100;
 
 /// An engine on a fresh simulated target with v1 already stable.
 fn world(rt: &tokio::runtime::Runtime, readiness: Duration) -> Relay {
-    let behavior = RevisionBehavior {
-        readiness_delay: readiness,
-        ..RevisionBehavior::healthy()
-    };
-    rt.block_on(common::relay_with_v1(
-        SimTarget::new(common::TARGET).seed(1).default_behavior(behavior),
-    ))
+    rt.block_on(common::relay_with_v1(common::healthy_target(readiness)))
 }
 
 /// An engine over `n` fresh simulated targets `t0..`, each with its own
@@ -82,25 +76,12 @@ async fn run_all(relay: &Relay, n: usize, tag: &str, strategy: impl relay::Strat
     }
 }
 
-/// Five weights, each followed by an analysis: 12 minutes of analysis each,
-/// measured every `interval`.
-fn ten_step_canary(interval: Duration) -> CanaryStrategy {
-    let count = (720 / interval.as_secs()) as u32;
-    let check = Check::new("errors", metrics::ERROR_RATE, ThresholdJudge::below(0.05));
-    let analysis = AnalysisSpec::new(vec![check]).every(interval, count);
-    let mut c = CanaryStrategy::new();
-    for w in [10, 25, 50, 75, 100] {
-        c = c.set_weight(w).analyze(analysis.clone());
-    }
-    c
-}
-
 fn bench(c: &mut Criterion) {
     let rt = common::virtual_time();
     let mut g = c.benchmark_group("rollouts");
     g.throughput(Throughput::Elements(1));
     for interval in [60, 300] {
-        let strategy = ten_step_canary(Duration::from_secs(interval));
+        let strategy = common::ten_step_canary(Duration::from_secs(interval));
         g.bench_function(format!("canary_10_step_1h_measured_every_{interval}s"), |b| {
             b.iter_batched(
                 || world(&rt, Duration::from_secs(5)),
@@ -119,7 +100,7 @@ fn bench(c: &mut Criterion) {
 
     // The same canary on 100 targets at once: their timers fall due at the
     // same virtual instants, so one advance of the clock serves them all.
-    let strategy = ten_step_canary(Duration::from_secs(60));
+    let strategy = common::ten_step_canary(Duration::from_secs(60));
     g.throughput(Throughput::Elements(AT_ONCE as u64));
     g.bench_function(format!("canary_10_step_1h_measured_every_60s_{AT_ONCE}_at_once"), |b| {
         b.iter_batched(

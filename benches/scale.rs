@@ -6,9 +6,10 @@
 //! cargo bench --bench scale -- realtime 10000    # N concurrent canaries, multi-thread runtime, real time
 //! cargo bench --bench scale -- sequential 1000000  # M rollouts one after another, RSS sampled
 //! cargo bench --bench scale -- latency 20        # R rollouts, 1 ms per provider call, real time
+//! cargo bench --bench scale -- canaries 60       # N of the rollouts bench's 60 s canaries in a row
 //! cargo bench --bench scale -- wakes 60000 200000 # N sleeps of MS on the paused clock, nothing else
 //! cargo bench --bench scale -- cold 8            # fixed work after a 1 ms thread sleep, and warm
-//! cargo bench --bench scale -- --test            # all six, tiny (CI)
+//! cargo bench --bench scale -- --test            # all seven, tiny (CI)
 //! ```
 //!
 //! Every canary is ten steps (five weights, each followed by an analysis);
@@ -18,6 +19,8 @@
 //! keeps audit in memory too, where every entry stays). RSS comes from
 //! `/proc/self/status`, sampled every 5 ms by a thread of its own.
 #![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -457,6 +460,28 @@ async fn latency(r: usize) -> f64 {
     extra
 }
 
+/// `n` of the `rollouts` bench's ten-step canaries measured every 60 s, one
+/// after another on one target (v2, v1, v2, ...), and nothing else: under
+/// `valgrind --tool=callgrind` the difference between two `n` is what one
+/// rollout costs (instructions, tokio's parks, task polls) without
+/// criterion around it.
+async fn canaries(n: usize) {
+    let relay = common::relay_with_v1(common::healthy_target(Duration::from_secs(5))).await;
+    let strategy = common::ten_step_canary(Duration::from_secs(60));
+    for k in 0..n {
+        let tag = if k % 2 == 0 { "v2" } else { "v1" };
+        let outcome = relay
+            .start(common::spec(tag, strategy.clone()))
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        assert!(outcome.is_success(), "canary {k}: {outcome}");
+    }
+    eprintln!("{n} ten-step canaries measured every 60 s, one after another");
+}
+
 /// `n` sleeps of `ms` each by one task on the paused clock, and nothing
 /// else: what tokio alone spends on each wake-up of a simulated rollout,
 /// the floor under the simulation throughput.
@@ -575,6 +600,9 @@ fn main() {
         "latency" => {
             realtime().block_on(latency(arg(1, 20)));
         }
+        "canaries" => {
+            paused().block_on(canaries(arg(1, 60)));
+        }
         "wakes" => {
             paused().block_on(wakes(arg(1, 60_000) as u64, arg(2, 200_000)));
         }
@@ -583,12 +611,15 @@ fn main() {
         }
         "test" => {
             realtime().block_on(latency(1));
+            paused().block_on(canaries(2));
             paused().block_on(wakes(60_000, 100));
             cold(2, 20);
             paused().block_on(concurrent(50, Duration::from_secs(60), 2, Duration::from_secs(5)));
             multi().block_on(concurrent(20, Duration::from_millis(50), 2, Duration::from_millis(5)));
             paused().block_on(sequential(200, 100));
         }
-        other => panic!("unknown mode {other:?}: virtual, realtime, sequential, latency, wakes, cold or --test"),
+        other => {
+            panic!("unknown mode {other:?}: virtual, realtime, sequential, latency, canaries, wakes, cold or --test")
+        }
     }
 }

@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
-use relay::providers::sim::{MemoryArtifactStore, SimProbe, SimTarget};
-use relay::strategies::AllAtOnce;
-use relay::{Relay, Release, RolloutSpec};
+use std::time::Duration;
+
+use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
+use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
+use relay::{AnalysisSpec, Check, Relay, Release, RolloutSpec};
 
 /// A current-thread runtime on a paused clock: rollouts run in virtual time.
 pub fn virtual_time() -> tokio::runtime::Runtime {
@@ -43,4 +45,27 @@ pub async fn relay_with_v1(target: SimTarget) -> Relay {
         .unwrap();
     relay.start(spec("v1", AllAtOnce)).await.unwrap().wait().await.unwrap();
     relay
+}
+
+/// A fresh target named [`TARGET`] (seed 1) whose revisions are healthy and
+/// take `readiness` to become ready.
+pub fn healthy_target(readiness: Duration) -> SimTarget {
+    let behavior = RevisionBehavior {
+        readiness_delay: readiness,
+        ..RevisionBehavior::healthy()
+    };
+    SimTarget::new(TARGET).seed(1).default_behavior(behavior)
+}
+
+/// Five weights, each followed by an analysis: 12 minutes of analysis each,
+/// measured every `interval`.
+pub fn ten_step_canary(interval: Duration) -> CanaryStrategy {
+    let count = (720 / interval.as_secs()) as u32;
+    let check = Check::new("errors", metrics::ERROR_RATE, ThresholdJudge::below(0.05));
+    let analysis = AnalysisSpec::new(vec![check]).every(interval, count);
+    let mut c = CanaryStrategy::new();
+    for w in [10, 25, 50, 75, 100] {
+        c = c.set_weight(w).analyze(analysis.clone());
+    }
+    c
 }
