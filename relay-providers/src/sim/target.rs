@@ -1,5 +1,6 @@
 //! The simulated deployment target.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -264,11 +265,16 @@ impl SimTarget {
         lock(&self.state).mutations
     }
 
-    fn effective_split(&self, st: &State, now: Instant) -> TrafficSplit {
+    /// The split requests follow now: the routed one, borrowed (a
+    /// measurement reads it and copies nothing), or the ready replicas'
+    /// ratio where the target cannot route.
+    fn effective_split<'a>(&self, st: &'a State, now: Instant) -> Cow<'a, TrafficSplit> {
         if self.capabilities.routing != Routing::ReplicaRatio {
-            return st.traffic.clone();
+            return Cow::Borrowed(&st.traffic);
         }
-        TrafficSplit::by_replicas(st.revisions.iter().map(|(id, r)| (id, r.ready(now))))
+        Cow::Owned(TrafficSplit::by_replicas(
+            st.revisions.iter().map(|(id, r)| (id, r.ready(now))),
+        ))
     }
 
     /// Serve the synthetic requests of `window` for `scope` and report
@@ -463,7 +469,7 @@ impl Target for SimTarget {
                     failed: r.failed(now),
                 })
                 .collect(),
-            traffic: self.effective_split(&st, now),
+            traffic: self.effective_split(&st, now).into_owned(),
         })
     }
 
