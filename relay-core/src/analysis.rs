@@ -479,7 +479,7 @@ pub struct Verdict {
 }
 
 /// A verdict's field as its two writers take it: its `Serialize`, and the
-/// canonical text of its audit entry (`Verdict::audit_detail`).
+/// canonical text of its audit entry (`VerdictView::audit_detail`).
 enum Field<'a> {
     Str(&'a str),
     Bool(bool),
@@ -491,7 +491,61 @@ enum Field<'a> {
     Inconclusive(InconclusiveReason),
 }
 
+/// A verdict with its fields borrowed: what the engine audits, logs and
+/// explains at every measurement, without copying the check's name, metric
+/// and scope into a [`Verdict`] of their own; one is made only for whoever
+/// watches the rollout's events.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VerdictView<'a> {
+    pub(crate) check: &'a str,
+    pub(crate) metric: &'a str,
+    pub(crate) scope: &'a str,
+    pub(crate) source: &'a str,
+    pub(crate) measurement: u32,
+    pub(crate) dry_run: bool,
+    pub(crate) judgement: &'a Judgement,
+}
+
 impl Verdict {
+    /// This verdict, borrowed.
+    pub(crate) fn view(&self) -> VerdictView<'_> {
+        // Every field by name: a new one does not compile until it is
+        // borrowed here.
+        let Verdict {
+            check,
+            metric,
+            scope,
+            source,
+            measurement,
+            dry_run,
+            judgement,
+        } = self;
+        VerdictView {
+            check,
+            metric,
+            scope,
+            source,
+            measurement: *measurement,
+            dry_run: *dry_run,
+            judgement,
+        }
+    }
+}
+
+impl VerdictView<'_> {
+    /// The verdict, owned.
+    pub(crate) fn to_verdict(self) -> Verdict {
+        Verdict {
+            check: self.check.to_owned(),
+            metric: self.metric.to_owned(),
+            scope: self.scope.to_owned(),
+            source: self.source.to_owned(),
+            measurement: self.measurement,
+            dry_run: self.dry_run,
+            judgement: self.judgement.clone(),
+        }
+    }
+
     /// Visit every field in sorted key order, the judgement's among the
     /// verdict's (as `flatten` would put them, but sorted), optional ones
     /// left out when absent (as `skip_serializing_if`): the one list both
@@ -502,7 +556,7 @@ impl Verdict {
     ) -> std::result::Result<(), E> {
         // Every field by name: a new one does not compile until it is
         // visited here.
-        let Verdict {
+        let VerdictView {
             check,
             metric,
             scope,
@@ -510,7 +564,7 @@ impl Verdict {
             measurement,
             dry_run,
             judgement,
-        } = self;
+        } = *self;
         let Judgement {
             outcome,
             inconclusive,
@@ -532,10 +586,10 @@ impl Verdict {
             ("alpha", number(alpha)),
             ("baseline_samples", baseline_samples.map(count)),
             ("check", Some(Field::Str(check))),
-            ("dry_run", Some(Field::Bool(*dry_run))),
+            ("dry_run", Some(Field::Bool(dry_run))),
             ("effect_size", number(effect_size)),
             ("inconclusive", inconclusive.map(Field::Inconclusive)),
-            ("measurement", Some(Field::Count(u64::from(*measurement)))),
+            ("measurement", Some(Field::Count(u64::from(measurement)))),
             ("metric", Some(Field::Str(metric))),
             ("observed", Some(Field::Number(*observed))),
             ("outcome", Some(Field::Outcome(*outcome))),
@@ -599,7 +653,7 @@ impl Verdict {
         let text = String::from_utf8(out).unwrap_or_default();
         debug_assert_eq!(
             text,
-            serde_json::to_value(self).unwrap_or_default().to_string(),
+            serde_json::to_value(self.to_verdict()).unwrap_or_default().to_string(),
             "the audit detail and the serialization of a verdict differ"
         );
         AuditDetail::from_canonical(text)
@@ -612,7 +666,7 @@ impl Serialize for Verdict {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(None)?;
-        self.fields(|key, field| match field {
+        self.view().fields(|key, field| match field {
             Field::Str(v) => m.serialize_entry(key, v),
             Field::Bool(v) => m.serialize_entry(key, &v),
             Field::Count(v) => m.serialize_entry(key, &v),
@@ -627,7 +681,13 @@ impl Serialize for Verdict {
 
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let j = &self.judgement;
+        self.view().fmt(f)
+    }
+}
+
+impl fmt::Display for VerdictView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let j = self.judgement;
         write!(
             f,
             "{} [{} on {}] #{}: {} ({}",
@@ -696,7 +756,7 @@ mod tests {
             // written without serde_json's serializer, is that text too.
             let tree = serde_json::to_value(&v).unwrap().to_string();
             assert_eq!(text, tree);
-            assert_eq!(v.audit_detail().as_str(), tree);
+            assert_eq!(v.view().audit_detail().as_str(), tree);
         }
         // Every field reads back, so none was left out.
         let v = verdict(full);

@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use super::handle::{Command, CommandRx};
 use super::{EventSender, Inner};
-use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, Verdict, VerdictOutcome};
+use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, VerdictOutcome, VerdictView};
 use crate::audit::{detail, push_json, push_json_str, AuditDetail};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
@@ -839,19 +839,19 @@ impl Driver {
                     looks: spec.count,
                 };
                 let judgement = check.judge.evaluate(&input);
-                let verdict = Verdict {
-                    check: check.name.clone(),
-                    metric: check.metric.clone(),
-                    scope: scope.clone(),
-                    source: sample.source,
+                let verdict = VerdictView {
+                    check: &check.name,
+                    metric: &check.metric,
+                    scope,
+                    source: &sample.source,
                     measurement,
                     dry_run: check.dry_run,
-                    judgement,
+                    judgement: &judgement,
                 };
                 tracing::info!(%verdict, "verdict");
                 self.audit_or_stop("analysis.verdict", verdict.audit_detail()).await?;
                 self.emit_with(|| EventKind::Verdict {
-                    verdict: Box::new(verdict.clone()),
+                    verdict: Box::new(verdict.to_verdict()),
                 });
                 if check.dry_run {
                     continue;
