@@ -507,27 +507,17 @@ pub(crate) struct VerdictView<'a> {
 }
 
 impl Verdict {
-    /// This verdict, borrowed.
+    /// This verdict, borrowed. (A field added to `Verdict` does not
+    /// compile until `VerdictView::to_verdict` fills it, from the view.)
     pub(crate) fn view(&self) -> VerdictView<'_> {
-        // Every field by name: a new one does not compile until it is
-        // borrowed here.
-        let Verdict {
-            check,
-            metric,
-            scope,
-            source,
-            measurement,
-            dry_run,
-            judgement,
-        } = self;
         VerdictView {
-            check,
-            metric,
-            scope,
-            source,
-            measurement: *measurement,
-            dry_run: *dry_run,
-            judgement,
+            check: &self.check,
+            metric: &self.metric,
+            scope: &self.scope,
+            source: &self.source,
+            measurement: self.measurement,
+            dry_run: self.dry_run,
+            judgement: &self.judgement,
         }
     }
 }
