@@ -726,37 +726,57 @@ impl relay::Clock for CountingClock {
     }
 }
 
+/// How a rollout's outcome is awaited in `a_rollout_nobody_watches_makes_no_events`.
+#[derive(Clone, Copy, PartialEq)]
+enum Awaited {
+    /// `wait().await` at once.
+    Waited,
+    /// Its events taken, then `wait().await`.
+    Watched,
+    /// `wait()` called at once, its future awaited after the rollout ended.
+    WaitedLater,
+}
+
 /// Events are made only for a subscriber: a rollout whose outcome is
 /// awaited with `wait` and whose events nobody asked for makes none (the
 /// subscription a handle takes at the start, for its first `events()`,
-/// ends at `wait`). The same rollout watched makes one per event seen.
+/// ends at `wait`, even when its future is awaited only after the rollout
+/// ended). The same rollout watched makes one per event seen.
 #[tokio::test(start_paused = true)]
 async fn a_rollout_nobody_watches_makes_no_events() {
     let mut reads = Vec::new();
-    let mut seen = Vec::new();
-    for watched in [false, true] {
+    let mut seen = 0;
+    for awaited in [Awaited::Waited, Awaited::Watched, Awaited::WaitedLater] {
         let w = World::new(7);
         let clock = Arc::new(CountingClock::default());
         let relay = w.builder().clock(clock.clone()).build().unwrap();
         deploy_v1(&relay).await;
         let before = clock.reads.load(std::sync::atomic::Ordering::Relaxed);
         let spec = RolloutSpec::new("web", release("v2"), canary());
-        let outcome = if watched {
-            let (outcome, events) = run_with_events(&relay, spec).await;
-            seen.push(events.len() as u64);
-            outcome
-        } else {
-            run(&relay, spec).await
+        let outcome = match awaited {
+            Awaited::Waited => run(&relay, spec).await,
+            Awaited::Watched => {
+                let (outcome, events) = run_with_events(&relay, spec).await;
+                seen = events.len() as u64;
+                outcome
+            }
+            Awaited::WaitedLater => {
+                let waiting = relay.start(spec).await.unwrap().wait();
+                // A day of virtual time: the canary ends long before.
+                tokio::time::sleep(Duration::from_secs(86_400)).await;
+                waiting.await.unwrap()
+            }
         };
         assert!(outcome.is_success(), "{outcome}");
         reads.push(clock.reads.load(std::sync::atomic::Ordering::Relaxed) - before);
     }
-    assert!(seen[0] > 10, "the watched rollout's events: {}", seen[0]);
-    assert!(
-        reads[1] >= reads[0] + seen[0],
-        "clock readings unwatched {} vs watched {} with {} events: the unwatched rollout made events",
-        reads[0],
-        reads[1],
-        seen[0]
-    );
+    assert!(seen > 10, "the watched rollout's events: {seen}");
+    for (i, awaited) in ["at once", "later"].into_iter().enumerate() {
+        let unwatched = reads[i * 2];
+        assert!(
+            reads[1] >= unwatched + seen,
+            "clock readings unwatched (awaited {awaited}) {unwatched} vs watched {} with {seen} events: the unwatched rollout made events",
+            reads[1],
+        );
+    }
 }

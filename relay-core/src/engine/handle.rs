@@ -176,18 +176,23 @@ impl RolloutHandle {
 
     /// Wait for the outcome.
     ///
+    /// The rollout stops keeping events for this handle when `wait` is
+    /// called, not when its future is first polled: handles of many
+    /// rollouts turned into futures as they start, and awaited one after
+    /// another, keep no events while they wait their turn.
+    ///
     /// # Errors
     /// When the engine could not drive the rollout to an end: the lease was
     /// lost or the state store failed. The record then stays running for
     /// [`crate::Relay::resume`].
-    pub async fn wait(self) -> Result<Outcome> {
+    pub fn wait(self) -> impl Future<Output = Result<Outcome>> + Send + 'static {
         // Events nobody asked for are not kept (nor made) while the rollout
         // runs: the subscription taken at the start is dropped here, not
         // when the rollout ends (fields a `..` pattern leaves behind live
         // until the function returns).
         let RolloutHandle { join, first, .. } = self;
         drop(first);
-        joined(join.await)
+        async move { joined(join.await) }
     }
 
     /// Stop driving the rollout in this process at once, without rolling
