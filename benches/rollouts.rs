@@ -20,9 +20,8 @@ mod common;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use relay::providers::sim::{MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
-use relay::strategies::{AllAtOnce, CanaryStrategy};
-use relay::{Relay, Release, RolloutSpec};
+use relay::strategies::CanaryStrategy;
+use relay::Relay;
 
 /// Rollouts run together by the `_at_once` bench.
 const AT_ONCE: usize = 100;
@@ -30,50 +29,6 @@ const AT_ONCE: usize = 100;
 /// An engine on a fresh simulated target with v1 already stable.
 fn world(rt: &tokio::runtime::Runtime, readiness: Duration) -> Relay {
     rt.block_on(common::relay_with_v1(common::healthy_target(readiness)))
-}
-
-/// An engine over `n` fresh simulated targets `t0..`, each with its own
-/// probe and v1 already stable.
-fn fleet(rt: &tokio::runtime::Runtime, n: usize, readiness: Duration) -> Relay {
-    let behavior = RevisionBehavior {
-        readiness_delay: readiness,
-        ..RevisionBehavior::healthy()
-    };
-    let artifacts = std::sync::Arc::new(MemoryArtifactStore::new());
-    artifacts.push("app", "v1", b"1", Default::default());
-    artifacts.push("app", "v2", b"2", Default::default());
-    let mut b = Relay::builder().artifacts(artifacts);
-    for i in 0..n {
-        let t = std::sync::Arc::new(
-            SimTarget::new(format!("t{i}"))
-                .seed(i as u64)
-                .default_behavior(behavior.clone()),
-        );
-        b = b
-            .target(t.clone())
-            .probe_for(format!("t{i}"), std::sync::Arc::new(SimProbe::new(t)));
-    }
-    let relay = b.build().unwrap();
-    rt.block_on(run_all(&relay, n, "app:v1", AllAtOnce));
-    relay
-}
-
-/// `strategy` from `tag` on targets `t0..t{n}`, all at once; every one
-/// must succeed.
-async fn run_all(relay: &Relay, n: usize, tag: &str, strategy: impl relay::Strategy + Clone + 'static) {
-    let mut handles = Vec::with_capacity(n);
-    for i in 0..n {
-        let release = Release::new(tag.parse().unwrap()).replicas(10);
-        handles.push(
-            relay
-                .start(RolloutSpec::new(format!("t{i}"), release, strategy.clone()))
-                .await
-                .unwrap(),
-        );
-    }
-    for h in handles {
-        assert!(h.wait().await.unwrap().is_success());
-    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -104,9 +59,9 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(AT_ONCE as u64));
     g.bench_function(format!("canary_10_step_1h_measured_every_60s_{AT_ONCE}_at_once"), |b| {
         b.iter_batched(
-            || fleet(&rt, AT_ONCE, Duration::from_secs(5)),
+            || rt.block_on(common::fleet_with_v1(AT_ONCE, Duration::from_secs(5))),
             |relay| {
-                rt.block_on(run_all(&relay, AT_ONCE, "app:v2", strategy.clone()));
+                rt.block_on(common::run_all(&relay, AT_ONCE, "app:v2", strategy.clone()));
                 relay
             },
             BatchSize::PerIteration,

@@ -6,7 +6,7 @@
 //! cargo bench --bench scale -- realtime 10000    # N concurrent canaries, multi-thread runtime, real time
 //! cargo bench --bench scale -- sequential 1000000  # M rollouts one after another, RSS sampled
 //! cargo bench --bench scale -- latency 20        # R rollouts, 1 ms per provider call, real time
-//! cargo bench --bench scale -- canaries 60       # N of the rollouts bench's 60 s canaries in a row
+//! cargo bench --bench scale -- canaries 60 [K]   # N of the rollouts bench's 60 s canaries in a row (K at once)
 //! cargo bench --bench scale -- wakes 60000 200000 # N sleeps of MS on the paused clock, nothing else
 //! cargo bench --bench scale -- cold 8            # fixed work after a 1 ms thread sleep, and warm
 //! cargo bench --bench scale -- --test            # all seven, tiny (CI)
@@ -464,10 +464,29 @@ async fn latency(r: usize) -> f64 {
 /// after another on one target (v2, v1, v2, ...), and nothing else: under
 /// `valgrind --tool=callgrind` the difference between two `n` is what one
 /// rollout costs (instructions, tokio's parks, task polls) without
-/// criterion around it.
-async fn canaries(n: usize) {
+/// criterion around it. With `at_once` above 1, the same canaries run in
+/// rounds of `at_once` on as many targets (the `_at_once` bench's), all
+/// started together, so their timers fall due at the same instants.
+async fn canaries(n: usize, at_once: usize) {
+    if at_once > 1 {
+        let relay = common::fleet_with_v1(at_once, Duration::from_secs(5)).await;
+        let strategy = common::ten_step_canary(Duration::from_secs(60));
+        let rounds = n.div_ceil(at_once);
+        let started = Instant::now();
+        for k in 0..rounds {
+            let tag = if k % 2 == 0 { "app:v2" } else { "app:v1" };
+            common::run_all(&relay, at_once, tag, strategy.clone()).await;
+        }
+        let per = started.elapsed().as_secs_f64() * 1e6 / (rounds * at_once) as f64;
+        eprintln!(
+            "{} ten-step canaries measured every 60 s, {at_once} at a time: {per:.0} µs of wall time a rollout",
+            rounds * at_once
+        );
+        return;
+    }
     let relay = common::relay_with_v1(common::healthy_target(Duration::from_secs(5))).await;
     let strategy = common::ten_step_canary(Duration::from_secs(60));
+    let started = Instant::now();
     for k in 0..n {
         let tag = if k % 2 == 0 { "v2" } else { "v1" };
         let outcome = relay
@@ -479,7 +498,8 @@ async fn canaries(n: usize) {
             .unwrap();
         assert!(outcome.is_success(), "canary {k}: {outcome}");
     }
-    eprintln!("{n} ten-step canaries measured every 60 s, one after another");
+    let per = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+    eprintln!("{n} ten-step canaries measured every 60 s, one after another: {per:.0} µs of wall time a rollout");
 }
 
 /// `n` sleeps of `ms` each by one task on the paused clock, and nothing
@@ -601,7 +621,7 @@ fn main() {
             realtime().block_on(latency(arg(1, 20)));
         }
         "canaries" => {
-            paused().block_on(canaries(arg(1, 60)));
+            paused().block_on(canaries(arg(1, 60), arg(2, 1)));
         }
         "wakes" => {
             paused().block_on(wakes(arg(1, 60_000) as u64, arg(2, 200_000)));
@@ -611,7 +631,8 @@ fn main() {
         }
         "test" => {
             realtime().block_on(latency(1));
-            paused().block_on(canaries(2));
+            paused().block_on(canaries(2, 1));
+            paused().block_on(canaries(4, 2));
             paused().block_on(wakes(60_000, 100));
             cold(2, 20);
             paused().block_on(concurrent(50, Duration::from_secs(60), 2, Duration::from_secs(5)));

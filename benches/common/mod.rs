@@ -68,3 +68,52 @@ pub fn ten_step_canary(interval: Duration) -> CanaryStrategy {
     }
     c
 }
+
+/// An engine over `n` fresh simulated targets `t0..`, each with its own
+/// probe (target `i` seeded `i`), revisions healthy and ready after
+/// `readiness`, and v1 already stable.
+pub async fn fleet_with_v1(n: usize, readiness: Duration) -> Relay {
+    let behavior = RevisionBehavior {
+        readiness_delay: readiness,
+        ..RevisionBehavior::healthy()
+    };
+    let artifacts = Arc::new(MemoryArtifactStore::new());
+    artifacts.push("app", "v1", b"1", Default::default());
+    artifacts.push("app", "v2", b"2", Default::default());
+    let mut b = Relay::builder().artifacts(artifacts);
+    for i in 0..n {
+        let t = Arc::new(
+            SimTarget::new(format!("t{i}"))
+                .seed(i as u64)
+                .default_behavior(behavior.clone()),
+        );
+        b = b
+            .target(t.clone())
+            .probe_for(format!("t{i}"), Arc::new(SimProbe::new(t)));
+    }
+    let relay = b.build().unwrap();
+    run_all(&relay, n, "app:v1", AllAtOnce).await;
+    relay
+}
+
+/// `strategy` from `tag` on targets `t0..t{n}` of [`fleet_with_v1`], all at
+/// once, 10 replicas each; every one must succeed. Each handle is turned
+/// into its outcome's future as it starts, so no rollout keeps events
+/// while the ones before it are awaited.
+pub async fn run_all(relay: &Relay, n: usize, tag: &str, strategy: impl relay::Strategy + Clone + 'static) {
+    let mut outcomes = Vec::with_capacity(n);
+    for i in 0..n {
+        let release = Release::new(tag.parse().unwrap()).replicas(10);
+        outcomes.push(
+            relay
+                .start(RolloutSpec::new(format!("t{i}"), release, strategy.clone()))
+                .await
+                .unwrap()
+                .wait(),
+        );
+    }
+    for outcome in outcomes {
+        let outcome = outcome.await.unwrap();
+        assert!(outcome.is_success(), "{outcome}");
+    }
+}
