@@ -122,7 +122,9 @@ impl RolloutControl {
 /// Until its first [`RolloutHandle::events`] call, a handle keeps the
 /// rollout's events for it (at most [`crate::EngineConfig::event_buffer`]); `wait`
 /// and dropping the handle end that, so a rollout whose events nobody
-/// asks for makes none.
+/// asks for makes none. To start many rollouts and await them in turn,
+/// keep `handle.wait()` (a future) rather than the handle: a handle
+/// waiting its turn keeps its rollout's events.
 #[derive(Debug)]
 pub struct RolloutHandle {
     control: RolloutControl,
