@@ -5,6 +5,9 @@
 //!   analysis, measured every minute or every five minutes) from plan to
 //!   promotion, with readiness delays of 5 s. Rollouts per wall-second =
 //!   1 / time per iteration.
+//! - `canary_10_step_1h_measured_every_60s_100_at_once`: the 60 s canary on
+//!   100 targets, all started together and awaited in turn; criterion
+//!   reports rollouts per second.
 //! - `engine_per_step`: a 100-step plan on zero-latency providers (no
 //!   readiness delay, no pauses); criterion reports steps per second, so
 //!   engine CPU per step = 1 / that.
