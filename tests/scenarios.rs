@@ -727,7 +727,6 @@ impl relay::Clock for CountingClock {
 }
 
 /// How a rollout's outcome is awaited in `a_rollout_nobody_watches_makes_no_events`.
-#[derive(Clone, Copy, PartialEq)]
 enum Awaited {
     /// `wait().await` at once.
     Waited,
@@ -771,8 +770,7 @@ async fn a_rollout_nobody_watches_makes_no_events() {
         reads.push(clock.reads.load(std::sync::atomic::Ordering::Relaxed) - before);
     }
     assert!(seen > 10, "the watched rollout's events: {seen}");
-    for (i, awaited) in ["at once", "later"].into_iter().enumerate() {
-        let unwatched = reads[i * 2];
+    for (awaited, unwatched) in [("at once", reads[0]), ("later", reads[2])] {
         assert!(
             reads[1] >= unwatched + seen,
             "clock readings unwatched (awaited {awaited}) {unwatched} vs watched {} with {seen} events: the unwatched rollout made events",
