@@ -601,13 +601,16 @@ impl VerdictView<'_> {
         Ok(())
     }
 
-    /// The canonical text of this verdict as an audit detail, written
-    /// directly: the keys as they are, strings copied whole when they need
-    /// no escape, numbers as serde_json writes them. Through serde_json's
-    /// serializer every key and string went through its escape table (a
-    /// verdict is written at every measurement).
-    pub(crate) fn audit_detail(&self) -> AuditDetail {
-        let mut out = Vec::with_capacity(512);
+    /// The canonical text of this verdict as an audit detail, written over
+    /// `detail` in its buffer (the engine writes each verdict of a rollout
+    /// over the last entry's detail) and directly: the keys as they are,
+    /// strings copied whole when they need no escape, numbers as serde_json
+    /// writes them. Through serde_json's serializer every key and string
+    /// went through its escape table (a verdict is written at every
+    /// measurement).
+    pub(crate) fn write_audit_detail(&self, detail: &mut AuditDetail) {
+        let mut out = detail.take_buffer();
+        out.reserve(512);
         let mut sep = b'{';
         let written: std::result::Result<(), std::convert::Infallible> = self.fields(|key, field| {
             out.push(sep);
@@ -646,7 +649,7 @@ impl VerdictView<'_> {
             serde_json::to_value(self.to_verdict()).unwrap_or_default().to_string(),
             "the audit detail and the serialization of a verdict differ"
         );
-        AuditDetail::from_canonical(text)
+        *detail = AuditDetail::from_canonical(text);
     }
 }
 
@@ -734,19 +737,25 @@ mod tests {
             .into(),
             ..bare.clone()
         };
-        // Not a number is written as `null`, as a value tree writes it.
+        // Not a number is written as `null`, as a value tree writes it; with
+        // `bare` and `full`, every outcome is written.
         let nan = Judgement {
+            outcome: VerdictOutcome::Fail,
             observed: Some(f64::NAN),
             ..bare.clone()
         };
-        for v in [verdict(bare), verdict(full.clone()), verdict(nan)] {
+        // One detail written over and over, as the engine writes a
+        // rollout's verdicts: a shorter one leaves nothing of the last.
+        let mut detail = AuditDetail::from(serde_json::json!({"earlier": "a longer detail ".repeat(40)}));
+        for v in [verdict(full.clone()), verdict(bare), verdict(nan)] {
             let text = serde_json::to_string(&v).unwrap();
             // A value tree sorts its keys: the same text means sorted keys,
             // the same fields and the same numbers; the audit detail,
             // written without serde_json's serializer, is that text too.
             let tree = serde_json::to_value(&v).unwrap().to_string();
             assert_eq!(text, tree);
-            assert_eq!(v.view().audit_detail().as_str(), tree);
+            v.view().write_audit_detail(&mut detail);
+            assert_eq!(detail.as_str(), tree);
         }
         // Every field reads back, so none was left out.
         let v = verdict(full);

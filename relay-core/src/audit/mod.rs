@@ -55,6 +55,14 @@ impl AuditDetail {
         serde_json::from_str(&self.0).unwrap_or_default()
     }
 
+    /// The detail's buffer, emptied, to write the next detail in (and make
+    /// it with [`AuditDetail::from_canonical`]).
+    pub(crate) fn take_buffer(&mut self) -> Vec<u8> {
+        let mut buffer = std::mem::take(&mut self.0).into_bytes();
+        buffer.clear();
+        buffer
+    }
+
     /// The detail of canonical text written by hand; the caller's tests
     /// compare it with [`AuditDetail::from`] a value.
     pub(crate) fn from_canonical(text: String) -> AuditDetail {

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::handle::{Command, CommandRx};
 use super::{EventSender, Inner};
 use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, VerdictOutcome, VerdictView};
-use crate::audit::{detail, push_json, push_json_str, AuditDetail};
+use crate::audit::{detail, push_json, push_json_str, AuditDetail, AuditEvent};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
 use crate::gate::{Approval, GateContext, GateDecision};
@@ -134,6 +134,10 @@ pub(crate) struct Driver {
     /// one was one: the next re-weighs it in place
     /// (`TrafficSplit::set_canary`) instead of copying both ids.
     split: TrafficSplit,
+    /// The rollout's last audit entry, kept for the next: its actor and
+    /// rollout are every entry's, and its action and detail are rewritten
+    /// in their buffers (a verdict's detail is written into the last one's).
+    entry: AuditEvent,
 }
 
 impl Driver {
@@ -145,6 +149,13 @@ impl Driver {
         events: EventSender,
     ) -> Self {
         let target = inner.targets[&record.target].clone();
+        let entry = AuditEvent {
+            at_ms: 0,
+            actor: inner.holder.clone(),
+            rollout: record.id.clone(),
+            action: String::new(),
+            detail: AuditDetail::default(),
+        };
         Driver {
             inner,
             target,
@@ -156,6 +167,7 @@ impl Driver {
             promote_now: false,
             rolling_back: false,
             split: TrafficSplit::default(),
+            entry,
         }
     }
 
@@ -169,15 +181,30 @@ impl Driver {
         self.events.emit(&self.record.id, self.inner.clock.as_ref(), kind);
     }
 
-    async fn audit(&self, action: &str, detail: AuditDetail) -> Result<()> {
-        self.inner
-            .audit(&self.record.id, &self.inner.holder, action, detail)
-            .await
+    async fn audit(&mut self, action: &str, detail: AuditDetail) -> Result<()> {
+        self.entry.detail = detail;
+        self.append(action).await
+    }
+
+    /// Record the rollout's entry, its detail already in place, as `action`
+    /// now.
+    async fn append(&mut self, action: &str) -> Result<()> {
+        let entry = &mut self.entry;
+        entry.at_ms = self.inner.clock.now_ms();
+        entry.action.clear();
+        entry.action.push_str(action);
+        self.inner.append(entry).await
     }
 
     /// Audit on the forward path: a failure to record stops the rollout.
-    async fn audit_or_stop(&self, action: &str, detail: AuditDetail) -> Result<(), Stop> {
-        self.audit(action, detail)
+    async fn audit_or_stop(&mut self, action: &str, detail: AuditDetail) -> Result<(), Stop> {
+        self.entry.detail = detail;
+        self.append_or_stop(action).await
+    }
+
+    /// [`Driver::append`] on the forward path.
+    async fn append_or_stop(&mut self, action: &str) -> Result<(), Stop> {
+        self.append(action)
             .await
             .map_err(|e| Stop::Rollback(format!("audit sink failed: {e}")))
     }
@@ -255,7 +282,7 @@ impl Driver {
     }
 
     /// Apply one target mutation and record it: one audit entry per mutation.
-    async fn mutate<F, Fut>(&self, op: &str, detail: AuditDetail, f: F) -> Result<(), Stop>
+    async fn mutate<F, Fut>(&mut self, op: &str, detail: AuditDetail, f: F) -> Result<(), Stop>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
@@ -578,9 +605,12 @@ impl Driver {
             }
             Step::Route { candidate_weight } => {
                 self.set_split(*candidate_weight)?;
-                let split = &self.split;
-                let detail = route_detail(split, ("candidate_weight", *candidate_weight));
-                self.mutate("target.route", detail, || target.route(split)).await?;
+                // Out of the driver while the route is recorded.
+                let split = std::mem::take(&mut self.split);
+                let detail = route_detail(&split, ("candidate_weight", *candidate_weight));
+                let routed = self.mutate("target.route", detail, || target.route(&split)).await;
+                self.split = split;
+                routed?;
                 self.emit(EventKind::TrafficShifted {
                     candidate_weight: *candidate_weight,
                 });
@@ -849,7 +879,8 @@ impl Driver {
                     judgement: &judgement,
                 };
                 tracing::info!(%verdict, "verdict");
-                self.audit_or_stop("analysis.verdict", verdict.audit_detail()).await?;
+                verdict.write_audit_detail(&mut self.entry.detail);
+                self.append_or_stop("analysis.verdict").await?;
                 self.emit_with(|| EventKind::Verdict {
                     verdict: Box::new(verdict.to_verdict()),
                 });

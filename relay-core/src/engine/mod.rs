@@ -259,10 +259,15 @@ impl Inner {
             action: action.to_owned(),
             detail,
         };
+        self.append(&event).await
+    }
+
+    /// Append `event` to the audit sink under the retry policy.
+    pub(crate) async fn append(&self, event: &AuditEvent) -> Result<()> {
         self.call(
             "audit.append",
             |a, e, _| tracing::warn!(attempt = a, error = %e, "audit append failed, retrying"),
-            || self.audit.append(&event),
+            || self.audit.append(event),
         )
         .await
         .map(|_| ())
