@@ -610,7 +610,6 @@ impl VerdictView<'_> {
     /// measurement).
     pub(crate) fn write_audit_detail(&self, detail: &mut AuditDetail) {
         let mut out = detail.take_buffer();
-        out.reserve(512);
         let mut sep = b'{';
         let written: std::result::Result<(), std::convert::Infallible> = self.fields(|key, field| {
             out.push(sep);
