@@ -293,34 +293,31 @@ impl SimTarget {
         let split = self.effective_split(&st, now);
         // Revisions in scope with the requests each serves a bucket; preview
         // traffic of 1 rps reaches a ready revision without weight. Every
-        // bucket of a member serves as many requests: its failure
-        // distribution is set up once.
-        let members: Vec<(u64, Binomial, RevisionBehavior)> = st
-            .revisions
-            .iter()
-            .filter(|(id, r)| {
-                r.ready(now) > 0
-                    && match scope {
-                        Scope::Revision(want) => *id == want,
-                        Scope::Target => split.weight(id) > 0,
-                    }
-            })
-            .map(|(id, r)| {
-                let share = f64::from(split.weight(id)) / 100.0;
-                let rps = if share > 0.0 {
-                    self.requests_per_second * share
+        // bucket of a member serves as many requests. Read where they are,
+        // twice (the total first), rather than copied out: a scope is one
+        // revision, or the few a target runs.
+        let in_scope = match scope {
+            Scope::Revision(want) => st.revisions.range(want..=want),
+            Scope::Target => st.revisions.range::<RevisionId, _>(..),
+        };
+        let members = || {
+            in_scope.clone().filter_map(|(id, r)| {
+                let weight = split.weight(id);
+                if (matches!(scope, Scope::Target) && weight == 0) || r.ready(now) == 0 {
+                    return None;
+                }
+                let rps = if weight > 0 {
+                    self.requests_per_second * f64::from(weight) / 100.0
                 } else {
                     1.0
                 };
                 let n = (rps * bucket_secs).round() as u64;
-                (n, Binomial::new(n, r.behavior.error_rate), r.behavior.clone())
+                (n > 0).then_some((n, &r.behavior))
             })
-            .filter(|(n, _, _)| *n > 0)
-            .collect();
-        drop(st);
+        };
         // Every bucket serves the same requests: no member, no data point
         // (not a zero).
-        let requests: u64 = members.iter().map(|(n, _, _)| n).sum();
+        let requests: u64 = members().map(|(n, _)| n).sum();
         let buckets = if requests == 0 { 0 } else { buckets as usize };
         // One batch of the seeded sequence for the whole window: the same
         // numbers as drawing each from the shared generator.
@@ -330,10 +327,11 @@ impl SimTarget {
                 &mut failures[..buckets],
                 &mut latency[..if metric == metrics::LATENCY_MS { buckets } else { 0 }],
             );
-            for (n, failing, b) in &members {
-                failing.add_each(rng, failures);
+            for (n, b) in members() {
+                // A member's failure distribution, set up once for its buckets.
+                Binomial::new(n, b.error_rate).add_each(rng, failures);
                 for l in latency.iter_mut() {
-                    *l += *n as f64 * b.latency_ms * (b.latency_spread * rng.next_normal()).exp();
+                    *l += n as f64 * b.latency_ms * (b.latency_spread * rng.next_normal()).exp();
                 }
             }
             let requests_f = requests as f64;
@@ -344,6 +342,7 @@ impl SimTarget {
             };
             (values, failures.iter().sum::<u64>())
         });
+        drop(st);
         let counts = Counts {
             failures,
             total: requests * buckets as u64,
