@@ -3,8 +3,19 @@
 use relay_core::{Error, InconclusiveReason, Judge, JudgeInput, Judgement, Result};
 
 use super::decimal::{push_fixed4, push_shortest};
-use super::{insufficient, usable};
+use super::insufficient;
 use serde::{Deserialize, Serialize};
+
+/// The values but NaN (missing), and how many were dropped. Infinities
+/// stay: they are measurements beyond every bucket, not missing ones.
+fn not_nan(values: &[f64]) -> (std::borrow::Cow<'_, [f64]>, usize) {
+    if !values.iter().any(|x| x.is_nan()) {
+        return (std::borrow::Cow::Borrowed(values), 0);
+    }
+    let v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    let dropped = values.len() - v.len();
+    (std::borrow::Cow::Owned(v), dropped)
+}
 
 /// Which number summarizes the values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +47,9 @@ impl Statistic {
         }
     }
 
-    /// Compute the statistic over finite, non-empty `values`.
+    /// Compute the statistic over non-empty `values` without NaN (infinite
+    /// values take part: the mean or a percentile that reaches one is
+    /// infinite).
     pub fn compute(self, values: &[f64]) -> f64 {
         match self {
             Statistic::Mean => values.iter().sum::<f64>() / values.len() as f64,
@@ -70,8 +83,12 @@ pub enum Comparison {
 
 /// Passes when a statistic of the values is on the healthy side of a limit.
 ///
-/// NaN and infinite values count as missing; with fewer than `min_samples`
-/// usable values the verdict is inconclusive, never a pass.
+/// NaN values count as missing; with fewer than `min_samples` usable values
+/// the verdict is inconclusive, never a pass. Infinite values count as the
+/// values they are: Prometheus' `histogram_quantile` answers `+Inf` when the
+/// quantile lies in the top bucket (a latency beyond every bucket), so a
+/// `p99 < 0.5` check over `[0.1, +Inf, +Inf, +Inf]` fails. A statistic that
+/// comes out NaN (the mean of `+Inf` and `-Inf`) is inconclusive.
 ///
 /// ```
 /// use relay_core::{Judge, JudgeInput, VerdictOutcome};
@@ -134,12 +151,22 @@ impl Judge for ThresholdJudge {
                 0,
             );
         }
-        let (usable, dropped) = usable(input.values);
+        let (usable, dropped) = not_nan(input.values);
         let need = Judge::min_samples(self);
         if usable.len() < need {
             return insufficient("values", usable.len(), dropped, need);
         }
         let value = self.statistic.compute(&usable);
+        if value.is_nan() {
+            return Judgement::inconclusive(
+                InconclusiveReason::InsufficientData,
+                format!(
+                    "the {} of the values is not a number (they hold both +Inf and -Inf)",
+                    self.statistic.name()
+                ),
+                usable.len(),
+            );
+        }
         let healthy = match self.comparison {
             Comparison::Below => value < self.limit,
             Comparison::Above => value > self.limit,
@@ -226,17 +253,46 @@ mod tests {
             judge(&j, &[f64::NAN, f64::NAN, f64::NAN]).outcome,
             VerdictOutcome::Inconclusive
         );
+        assert_eq!(judge(&j, &[0.1, f64::NAN, 0.2, 0.3]).outcome, VerdictOutcome::Pass);
+        // Both infinities: the mean is no number, so nothing is decided.
         assert_eq!(
-            judge(&j, &[0.1, f64::INFINITY, 0.2]).outcome,
+            judge(&j, &[f64::NEG_INFINITY, 0.1, f64::INFINITY]).outcome,
             VerdictOutcome::Inconclusive
         );
-        assert_eq!(judge(&j, &[0.1, f64::NAN, 0.2, 0.3]).outcome, VerdictOutcome::Pass);
         assert_eq!(
             judge(&ThresholdJudge::below(f64::NAN), &[0.1]).outcome,
             VerdictOutcome::Inconclusive
         );
         assert!(ThresholdJudge::below(f64::NAN).validate("j").is_err());
         assert!(ThresholdJudge::below(1.0).min_samples(0).validate("j").is_err());
+    }
+
+    #[test]
+    fn infinity_is_a_value_beyond_every_bucket_not_a_missing_one() {
+        // histogram_quantile's answer when the quantile is in the top bucket.
+        let p99 = ThresholdJudge::below(0.5).statistic(Statistic::P99);
+        let v = [0.1, f64::INFINITY, f64::INFINITY, f64::INFINITY];
+        let verdict = judge(&p99, &v);
+        assert_eq!(verdict.outcome, VerdictOutcome::Fail, "{}", verdict.reason);
+        assert_eq!(verdict.reason, "p99 inf >= 0.5");
+        assert_eq!(verdict.samples, 4);
+        let mean = ThresholdJudge::below(0.5).min_samples(3);
+        assert_eq!(judge(&mean, &[0.1, f64::INFINITY, 0.2]).outcome, VerdictOutcome::Fail);
+        // A robust statistic is not moved by one.
+        let median = ThresholdJudge::below(0.5).statistic(Statistic::Median);
+        assert_eq!(
+            judge(&median, &[0.1, 0.1, 0.1, f64::INFINITY]).outcome,
+            VerdictOutcome::Pass
+        );
+        // Where higher is healthy, -Inf fails and +Inf passes.
+        let up = ThresholdJudge::above(0.9).statistic(Statistic::Min);
+        assert_eq!(judge(&up, &[0.95, f64::NEG_INFINITY]).outcome, VerdictOutcome::Fail);
+        assert_eq!(judge(&up, &[0.95, f64::INFINITY]).outcome, VerdictOutcome::Pass);
+        // NaN is still missing.
+        assert_eq!(
+            judge(&p99.min_samples(2), &[0.1, f64::NAN]).outcome,
+            VerdictOutcome::Inconclusive
+        );
     }
 
     #[test]

@@ -1,0 +1,74 @@
+//! Regression tests for the engine defects a line-by-line review found
+//! (issue 26), one per defect, each named after it, through the public API
+//! on the simulated providers in virtual time.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::*;
+use relay::providers::sim::SimTarget;
+use relay::strategies::{CanaryStrategy, Statistic, ThresholdJudge};
+use relay::{AnalysisSpec, Check, HealthProbe, Outcome, ProbeQuery, RolloutSpec, Sample, Scope, Target};
+
+/// A probe that answers every query of a revision other than the target's
+/// stable one (the candidate) with `candidate`, and every other with `other`.
+#[derive(Debug)]
+struct FixedProbe {
+    target: Arc<SimTarget>,
+    candidate: Vec<f64>,
+    other: Vec<f64>,
+}
+
+#[async_trait]
+impl HealthProbe for FixedProbe {
+    async fn sample(&self, query: &ProbeQuery) -> relay::Result<Sample> {
+        let stable = self.target.observe().await?.stable;
+        let values = match &query.scope {
+            Scope::Revision(r) if Some(r) != stable.as_ref() => self.candidate.clone(),
+            _ => self.other.clone(),
+        };
+        Ok(Sample {
+            values,
+            source: "fixed".into(),
+            ..Sample::default()
+        })
+    }
+}
+
+/// Defect 8: +Inf (Prometheus' `histogram_quantile` in the top bucket) was
+/// treated as missing, so a `p99 < 0.5` check over `[0.1, +Inf, +Inf, +Inf]`
+/// passed and a release slower than every bucket was promoted.
+#[tokio::test(start_paused = true)]
+async fn an_infinite_p99_fails_a_below_check_instead_of_counting_as_missing() {
+    let w = World::new(8);
+    let relay = w
+        .builder()
+        .probe(Arc::new(FixedProbe {
+            target: w.target.clone(),
+            candidate: vec![0.1, f64::INFINITY, f64::INFINITY, f64::INFINITY],
+            other: vec![0.1, 0.1, 0.1, 0.1],
+        }))
+        .build()
+        .unwrap();
+    deploy_v1(&relay).await;
+    let p99 = ThresholdJudge::below(0.5).statistic(Statistic::P99);
+    let analysis = AnalysisSpec::new(vec![Check::new("p99", "latency_p99", p99)]).every(Duration::from_secs(60), 2);
+    let spec = RolloutSpec::new(
+        "web",
+        release("v2"),
+        CanaryStrategy::new().set_weight(25).analyze(analysis),
+    );
+    let plan = relay.plan(&spec).await.unwrap();
+    let outcome = run(&relay, spec).await;
+    match &outcome {
+        Outcome::RolledBack { cause } => assert!(cause.contains("p99 inf >= 0.5"), "{cause}"),
+        other => panic!("a candidate slower than every bucket must roll back, got {other}"),
+    }
+    let traffic = w.target.observe().await.unwrap().traffic;
+    assert_eq!(traffic.weight(plan.stable.as_ref().unwrap()), 100);
+}
