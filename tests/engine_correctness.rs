@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use common::*;
 use relay::providers::sim::SimTarget;
 use relay::strategies::{CanaryStrategy, Statistic, ThresholdJudge};
-use relay::{AnalysisSpec, Check, HealthProbe, Outcome, ProbeQuery, RolloutSpec, Sample, Scope, Target};
+use relay::{AnalysisSpec, Check, EventKind, HealthProbe, Outcome, ProbeQuery, RolloutSpec, Sample, Scope, Target};
 
 /// A probe that answers every query of a revision other than the target's
 /// stable one (the candidate) with `candidate`, and every other with `other`.
@@ -71,4 +71,32 @@ async fn an_infinite_p99_fails_a_below_check_instead_of_counting_as_missing() {
     }
     let traffic = w.target.observe().await.unwrap().traffic;
     assert_eq!(traffic.weight(plan.stable.as_ref().unwrap()), 100);
+}
+
+/// Defect 9: a timed pause kept counting while an operator had paused the
+/// rollout: paused at the start of a 600 s pause step and resumed at
+/// 1,200 s, the next step ran at once. It must wait out the remaining 600 s.
+#[tokio::test(start_paused = true)]
+async fn a_timed_pause_stops_counting_while_an_operator_pauses_the_rollout() {
+    let (_w, relay) = World::with_v1(9).await;
+    let canary = CanaryStrategy::new()
+        .set_weight(25)
+        .pause(Duration::from_secs(600))
+        .set_weight(50);
+    let handle = relay.start(RolloutSpec::new("web", release("v2"), canary)).await.unwrap();
+    let mut events = handle.events();
+    let pause = until(&mut events, |k| matches!(k, EventKind::StepStarted { kind, .. } if kind == "pause")).await;
+    let EventKind::StepStarted { index, .. } = pause.kind else {
+        unreachable!()
+    };
+    handle.pause("operator").unwrap();
+    tokio::time::sleep(Duration::from_secs(1200)).await;
+    handle.resume("operator").unwrap();
+    let next = until(&mut events, |k| matches!(k, EventKind::StepStarted { index: i, .. } if *i == index + 1)).await;
+    let waited = next.at_ms - pause.at_ms;
+    assert!(
+        (1_800_000..1_801_000).contains(&waited),
+        "the step after the pause ran {waited} ms after it began; 600 s of pause must remain after 1,200 s paused"
+    );
+    assert!(handle.wait().await.unwrap().is_success());
 }

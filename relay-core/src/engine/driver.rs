@@ -31,6 +31,8 @@ enum Stop {
 #[derive(PartialEq)]
 enum Wake {
     Elapsed,
+    /// A user paused the rollout: a timed wait stops counting.
+    Paused,
     Resumed,
     Decision,
     PromoteNow,
@@ -370,6 +372,7 @@ impl Driver {
                     self.persist().await?;
                     self.audit_or_stop("rollout.paused", detail!({"by": by})).await?;
                     self.emit(EventKind::Paused { by });
+                    return Ok(Some(Wake::Paused));
                 }
                 Ok(None)
             }
