@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
-use relay::providers::sim::SimTarget;
+use relay::providers::sim::{SimProbe, SimTarget};
+use relay::providers::{FaultKind, Faulty, Latency};
 use relay::strategies::{CanaryStrategy, Statistic, ThresholdJudge};
 use relay::{AnalysisSpec, Check, EventKind, HealthProbe, Outcome, ProbeQuery, RolloutSpec, Sample, Scope, Target};
 
@@ -83,20 +84,148 @@ async fn a_timed_pause_stops_counting_while_an_operator_pauses_the_rollout() {
         .set_weight(25)
         .pause(Duration::from_secs(600))
         .set_weight(50);
-    let handle = relay.start(RolloutSpec::new("web", release("v2"), canary)).await.unwrap();
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), canary))
+        .await
+        .unwrap();
     let mut events = handle.events();
-    let pause = until(&mut events, |k| matches!(k, EventKind::StepStarted { kind, .. } if kind == "pause")).await;
+    let pause = until(
+        &mut events,
+        |k| matches!(k, EventKind::StepStarted { kind, .. } if kind == "pause"),
+    )
+    .await;
     let EventKind::StepStarted { index, .. } = pause.kind else {
         unreachable!()
     };
     handle.pause("operator").unwrap();
     tokio::time::sleep(Duration::from_secs(1200)).await;
     handle.resume("operator").unwrap();
-    let next = until(&mut events, |k| matches!(k, EventKind::StepStarted { index: i, .. } if *i == index + 1)).await;
+    let next = until(
+        &mut events,
+        |k| matches!(k, EventKind::StepStarted { index: i, .. } if *i == index + 1),
+    )
+    .await;
     let waited = next.at_ms - pause.at_ms;
     assert!(
         (1_800_000..1_801_000).contains(&waited),
         "the step after the pause ran {waited} ms after it began; 600 s of pause must remain after 1,200 s paused"
     );
     assert!(handle.wait().await.unwrap().is_success());
+}
+
+/// The index of the plan's `promote` step.
+fn promote_index(plan: &relay::Plan) -> usize {
+    plan.steps
+        .iter()
+        .position(|s| matches!(s, relay::Step::Promote))
+        .unwrap()
+}
+
+/// The actions of a rollout's audit entries, in order.
+async fn actions(relay: &relay::Relay, rollout: &str) -> Vec<String> {
+    relay
+        .audit()
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.rollout == rollout)
+        .map(|e| e.event.action)
+        .collect()
+}
+
+/// Defect 1: an abort issued while the last step before promotion ran
+/// (its provider calls read no commands) was dropped: the rollout ended
+/// promoted, with no `rollout.aborted` entry.
+#[tokio::test(start_paused = true)]
+async fn an_abort_issued_while_the_last_step_runs_is_not_lost_before_promotion() {
+    let w = World::new(1);
+    // Every target call takes a second, so the abort lands inside one.
+    let slow = Arc::new(Latency::new(w.target.clone(), Duration::from_secs(1)));
+    let relay = w
+        .stores()
+        .target(slow)
+        .probe(Arc::new(SimProbe::new(w.target.clone())))
+        .build()
+        .unwrap();
+    deploy_v1(&relay).await;
+    let spec = RolloutSpec::new("web", release("v2"), CanaryStrategy::new().set_weight(50));
+    let plan = relay.plan(&spec).await.unwrap();
+    let last = promote_index(&plan) - 1;
+    assert!(!plan.steps[last].to_string().is_empty());
+    let handle = relay.start(spec).await.unwrap();
+    let id = handle.id().to_owned();
+    let mut events = handle.events();
+    until(
+        &mut events,
+        |k| matches!(k, EventKind::StepStarted { index, .. } if *index == last),
+    )
+    .await;
+    handle.abort("operator", "stop it").unwrap();
+    let outcome = handle.wait().await.unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("aborted by operator")),
+        "{outcome}"
+    );
+    let actions = actions(&relay, &id).await;
+    assert!(actions.iter().any(|a| a == "rollout.aborted"), "{actions:?}");
+    let promoted = relay.audit().entries().await.unwrap().into_iter().any(|e| {
+        e.event.rollout == id
+            && e.event.action == "target.promote"
+            && e.event.detail.to_value().get("rollback").is_none()
+    });
+    assert!(!promoted, "an aborted rollout must never promote: {actions:?}");
+    assert_eq!(w.target.observe().await.unwrap().stable, plan.stable);
+}
+
+/// Defect 5: when retiring the old stable failed after the candidate was
+/// promoted, the engine rolled the promoted, healthy release back.
+#[tokio::test(start_paused = true)]
+async fn a_retire_failure_after_promotion_keeps_the_promoted_release() {
+    let w = World::new(5);
+    let denied = Arc::new(
+        Faulty::new(w.target.clone(), 5)
+            .with_rate(FaultKind::PermissionDenied, 1.0)
+            .only_operations(&["retire"]),
+    );
+    let relay = w
+        .stores()
+        .target(denied)
+        .probe(Arc::new(SimProbe::new(w.target.clone())))
+        .build()
+        .unwrap();
+    deploy_v1(&relay).await;
+    let handle = relay
+        .start(RolloutSpec::new(
+            "web",
+            release("v2"),
+            CanaryStrategy::new().set_weight(50),
+        ))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    let mut events = handle.events();
+    let outcome = handle.wait().await.unwrap();
+    let candidate = relay.state().get(&id).await.unwrap().unwrap().plan.candidate.id.clone();
+    assert_eq!(
+        outcome,
+        Outcome::Promoted {
+            revision: candidate.to_string()
+        }
+    );
+    let state = w.target.observe().await.unwrap();
+    assert_eq!(
+        state.stable.as_ref(),
+        Some(&candidate),
+        "the promoted release stays stable"
+    );
+    assert_eq!(state.traffic.weight(&candidate), 100);
+    let actions = actions(&relay, &id).await;
+    assert!(actions.iter().any(|a| a == "rollout.cleanup_failed"), "{actions:?}");
+    assert!(!actions.iter().any(|a| a == "rollback.started"), "{actions:?}");
+    let failed = until(&mut events, |k| matches!(k, EventKind::CleanupFailed { .. })).await;
+    let EventKind::CleanupFailed { error, .. } = failed.kind else {
+        unreachable!()
+    };
+    assert!(error.contains("retire"), "{error}");
 }

@@ -148,6 +148,15 @@ pub enum EventKind {
         /// Backoff before the next attempt, in milliseconds.
         backoff_ms: u64,
     },
+    /// A step after promotion failed (retiring the old stable, say): the
+    /// release stays promoted, and what the step left behind is for a
+    /// human to remove.
+    CleanupFailed {
+        /// The step's index.
+        index: usize,
+        /// Why it failed.
+        error: String,
+    },
     /// Rollback began.
     RollbackStarted {
         /// Why.

@@ -385,11 +385,25 @@ impl Driver {
                 }
                 Ok(Some(Wake::Resumed))
             }
+            Command::Abort { by, reason } if self.promoted() => {
+                // The candidate is the stable revision: rolling back now
+                // would revert a release that passed every check. Going
+                // back is a new rollout of the previous release.
+                tracing::warn!(%by, %reason, "abort refused: the candidate is already promoted");
+                let why = "the candidate is already promoted; roll the previous release out again to go back";
+                self.audit_or_stop(
+                    "rollout.abort_refused",
+                    detail!({"by": by, "reason": reason, "why": why}),
+                )
+                .await?;
+                Ok(None)
+            }
             Command::Abort { by, reason } if !self.rolling_back => {
                 self.audit_or_stop("rollout.aborted", detail!({"by": by, "reason": reason}))
                     .await?;
                 Err(Stop::Rollback(format!("aborted by {by}: {reason}")))
             }
+            Command::PromoteNow { .. } if self.promoted() => Ok(None),
             Command::PromoteNow { by } if !self.rolling_back => {
                 self.audit_or_stop("rollout.promote_now", detail!({"by": by})).await?;
                 self.emit(EventKind::PromotedNow { by });
@@ -506,8 +520,62 @@ impl Driver {
         Ok(outcome)
     }
 
+    /// Whether the candidate was promoted: a `promote` step is behind the
+    /// cursor. From then on nothing rolls the rollout back.
+    fn promoted(&self) -> bool {
+        self.record.plan.steps[..self.record.cursor.min(self.record.plan.steps.len())]
+            .iter()
+            .any(|s| matches!(s, Step::Promote))
+    }
+
+    /// Handle the commands that arrived while the engine was not waiting
+    /// (a step's provider calls run without reading them): at every step
+    /// boundary, so an abort sent while the last step before promotion
+    /// runs stops the rollout before it promotes.
+    async fn take_commands(&mut self) -> Result<(), Stop> {
+        use tokio::sync::mpsc::error::TryRecvError;
+        while let Some(rx) = self.commands.as_mut() {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    Box::pin(self.handle_command(*cmd)).await?;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.commands = None,
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::take_commands`] between two steps: after promotion, a
+    /// command that would stop the rollout only fails to be recorded.
+    async fn take_commands_between_steps(&mut self) -> Result<(), Stop> {
+        match self.take_commands().await {
+            Err(Stop::Rollback(error)) if self.promoted() => {
+                tracing::error!(%error, "a command after promotion could not be recorded");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// After promotion a failing step (retiring the old stable, say) does
+    /// not roll back the promoted release: it is audited as
+    /// `rollout.cleanup_failed`, logged as an error and reported as an
+    /// event, and the rollout goes on to its end. What it left behind (an
+    /// old revision still running) is for a human to remove.
+    async fn cleanup_failed(&mut self, index: usize, error: String) {
+        let step = self.record.plan.steps[index].kind();
+        tracing::error!(step, %error, "cleanup after promotion failed: the release stays promoted; remove what is left by hand");
+        let detail = detail!({"index": index, "step": step, "error": error});
+        if let Err(e) = self.audit("rollout.cleanup_failed", detail).await {
+            tracing::error!(error = %e, "could not audit the failed cleanup");
+        }
+        self.emit(EventKind::CleanupFailed { index, error });
+    }
+
     async fn forward(&mut self) -> Result<(), Stop> {
         while self.record.cursor < self.record.plan.steps.len() {
+            self.take_commands_between_steps().await?;
             while self.record.paused && !self.promote_now {
                 self.wait_until(None).await?;
             }
@@ -524,13 +592,23 @@ impl Driver {
                 description: step.to_string(),
             });
             let span = tracing::info_span!("step", index, kind = step.kind());
-            let end = self.execute(index, &step).instrument(span).await?;
+            let end = match self.execute(index, &step).instrument(span).await {
+                Ok(end) => end,
+                Err(Stop::Rollback(error)) if self.promoted() => {
+                    self.cleanup_failed(index, error).await;
+                    StepEnd::Done
+                }
+                Err(stop) => return Err(stop),
+            };
             self.emit(EventKind::StepCompleted { index });
             self.record.cursor += 1;
             if matches!(end, StepEnd::PromoteNow) {
                 self.promote_now = true;
             }
         }
+        // Commands sent while the last step ran are answered (an abort
+        // after promotion is refused, on the record).
+        self.take_commands_between_steps().await?;
         self.persist().await
     }
 
