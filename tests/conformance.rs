@@ -122,6 +122,7 @@ fn full_record() -> relay::RolloutRecord {
         comment: "ok".into(),
         approved: true,
         at_ms: 5,
+        step: Some(4),
     }];
     r.promoted_from = Some("r-staging".into());
     r.holder = "engine-2".into();

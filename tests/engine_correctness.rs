@@ -229,3 +229,94 @@ async fn a_retire_failure_after_promotion_keeps_the_promoted_release() {
     };
     assert!(error.contains("retire"), "{error}");
 }
+
+/// An engine with a manual approval gate `release-manager`, v1 deployed.
+async fn with_approval(seed: u64) -> (World, relay::Relay) {
+    let w = World::new(seed);
+    let relay = w.relay_with_approval("release-manager").await;
+    (w, relay)
+}
+
+/// Defect 6: promote-now skipped the gates that must pass before
+/// promotion: the release went to 100% and was promoted with nobody's
+/// approval. Now it skips the analysis and pauses, but still waits at the
+/// gate, even when promote-now is sent again while it waits there.
+#[tokio::test(start_paused = true)]
+async fn promote_now_still_waits_at_the_gates_before_promotion() {
+    let (w, relay) = with_approval(6).await;
+    let spec = RolloutSpec::new("web", release("v2"), canary()).gate_before_promotion("release-manager");
+    let handle = relay.start(spec).await.unwrap();
+    let mut events = handle.events();
+    until(&mut events, |k| {
+        matches!(k, EventKind::TrafficShifted { candidate_weight: 25 })
+    })
+    .await;
+    handle.promote_now("impatient").unwrap();
+    until(
+        &mut events,
+        |k| matches!(k, EventKind::GateWaiting { gate, .. } if gate == "release-manager"),
+    )
+    .await;
+    handle.promote_now("impatient").unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let state = w.target.observe().await.unwrap();
+    assert_ne!(
+        state.stable.as_ref(),
+        Some(&relay.state().get(handle.id()).await.unwrap().unwrap().plan.candidate.id),
+        "promoted without the release manager's approval"
+    );
+    handle.approve("release-manager", "ana", "go").unwrap();
+    let passed = until(&mut events, |k| matches!(k, EventKind::GatePassed { .. })).await;
+    assert!(matches!(passed.kind, EventKind::GatePassed { ref by, .. } if by == "ana"));
+    assert!(handle.wait().await.unwrap().is_success());
+}
+
+/// Defect 7: one approval opened every gate with the same name. A plan
+/// that asks the release manager twice (at 25% and before promotion) must
+/// wait for two decisions; the first binds to the first gate only.
+#[tokio::test(start_paused = true)]
+async fn one_approval_opens_one_gate_instance_not_every_gate_of_that_name() {
+    let (_w, relay) = with_approval(7).await;
+    let twice = CanaryStrategy::new()
+        .set_weight(25)
+        .gate("release-manager")
+        .set_weight(50)
+        .gate("release-manager");
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), twice))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    let mut events = handle.events();
+    let gate_at = |e: &relay::RolloutEvent| e.at_ms;
+    let first = until(&mut events, |k| matches!(k, EventKind::GateWaiting { .. })).await;
+    handle.approve("release-manager", "ana", "25% looks fine").unwrap();
+    until(&mut events, |k| matches!(k, EventKind::GatePassed { .. })).await;
+    until(&mut events, |k| {
+        matches!(k, EventKind::TrafficShifted { candidate_weight: 50 })
+    })
+    .await;
+    let second = until(&mut events, |k| matches!(k, EventKind::GateWaiting { .. })).await;
+    assert!(gate_at(&second) >= gate_at(&first));
+    // Held: an hour later it still waits at the second gate.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let record = relay.state().get(&id).await.unwrap().unwrap();
+    assert!(
+        matches!(record.plan.steps[record.cursor], relay::Step::Gate { .. }),
+        "the second gate passed on the first gate's approval (cursor {})",
+        record.cursor
+    );
+    handle.approve("release-manager", "bo", "50% looks fine").unwrap();
+    assert!(handle.wait().await.unwrap().is_success());
+    let record = relay.state().get(&id).await.unwrap().unwrap();
+    let steps: Vec<_> = record.approvals.iter().map(|a| (a.by.as_str(), a.step)).collect();
+    let gates: Vec<_> = record
+        .plan
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, relay::Step::Gate { .. }))
+        .map(|(i, _)| Some(i))
+        .collect();
+    assert_eq!(steps, vec![("ana", gates[0]), ("bo", gates[1])]);
+}

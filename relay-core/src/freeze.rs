@@ -281,6 +281,7 @@ mod tests {
             comment: "hotfix for INC-42".into(),
             approved: true,
             at_ms: 0,
+            step: None,
         };
         let d = gate
             .check(&ctx("2026-12-25T10:00:00Z", vec![approval(" ")]))

@@ -23,6 +23,21 @@ pub struct Approval {
     pub approved: bool,
     /// When (unix milliseconds).
     pub at_ms: UnixMillis,
+    /// The plan step of the gate instance it answers. A decision sent to a
+    /// running rollout binds to one instance: the gate step it is waiting
+    /// at, or else the next step of that gate ahead of it, so approving a
+    /// gate the plan holds twice opens it once. `None` (a decision given in
+    /// the [`crate::RolloutSpec`] before the rollout starts, such as an
+    /// emergency override of a freeze window) answers every instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+}
+
+impl Approval {
+    /// Whether this decision answers the gate instance at plan step `step`.
+    pub fn applies_to(&self, step: usize) -> bool {
+        self.step.is_none_or(|s| s == step)
+    }
 }
 
 /// What a gate sees.
@@ -38,7 +53,8 @@ pub struct GateContext {
     pub digest: String,
     /// The step index the gate guards (0-based).
     pub step: usize,
-    /// Human decisions received so far in this rollout.
+    /// Human decisions that answer this gate instance: those bound to its
+    /// step, and those given for the whole rollout (see [`Approval::step`]).
     pub approvals: Vec<Approval>,
     /// Now (unix milliseconds, from the engine's clock).
     pub now_ms: UnixMillis,

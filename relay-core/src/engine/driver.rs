@@ -416,6 +416,21 @@ impl Driver {
                 comment,
                 approved,
             } if !self.rolling_back => {
+                // Bound to one instance of the gate: the one the rollout
+                // waits at, or the next one ahead.
+                let steps = &self.record.plan.steps;
+                let at = (self.record.cursor..steps.len())
+                    .find(|&i| matches!(&steps[i], Step::Gate { name } if *name == gate));
+                let Some(step) = at else {
+                    let why = "no step of this gate is ahead of the rollout";
+                    tracing::warn!(%gate, %by, why, "gate decision ignored");
+                    self.audit_or_stop(
+                        "gate.decision_ignored",
+                        detail!({"gate": gate, "by": by, "approved": approved, "why": why}),
+                    )
+                    .await?;
+                    return Ok(None);
+                };
                 let action = if approved { "gate.approved" } else { "gate.rejected" };
                 self.record.approvals.push(Approval {
                     gate: gate.clone(),
@@ -423,10 +438,14 @@ impl Driver {
                     comment: comment.clone(),
                     approved,
                     at_ms: self.inner.clock.now_ms(),
+                    step: Some(step),
                 });
                 self.persist().await?;
-                self.audit_or_stop(action, detail!({"gate": gate, "by": by, "comment": comment}))
-                    .await?;
+                self.audit_or_stop(
+                    action,
+                    detail!({"gate": gate, "by": by, "comment": comment, "step": step}),
+                )
+                .await?;
                 Ok(Some(Wake::Decision))
             }
             Command::Abort { .. } | Command::PromoteNow { .. } | Command::Decide { .. } => {
@@ -612,11 +631,25 @@ impl Driver {
         self.persist().await
     }
 
-    /// Skip the rest of the plan: the remaining steps become "full capacity,
-    /// full traffic, promote, retire stable", persisted so a resume does the same.
+    /// Skip the rest of the plan: the remaining steps become "the remaining
+    /// gates, full capacity, full traffic, promote, retire stable",
+    /// persisted so a resume does the same. Gates are kept (an approval, a
+    /// freeze window, a wave's barrier must still pass before promotion),
+    /// ahead of the traffic they guard; decisions already bound to them
+    /// follow them to their new steps.
     async fn replace_remaining_with_promotion(&mut self) -> Result<(), Stop> {
+        let cursor = self.record.cursor;
         let plan = Arc::make_mut(&mut self.record.plan);
-        plan.steps.truncate(self.record.cursor);
+        let rest = plan.steps.split_off(cursor);
+        for (old, step) in rest.into_iter().enumerate() {
+            if matches!(step, Step::Gate { .. }) {
+                let (old, new) = (cursor + old, plan.steps.len());
+                for a in self.record.approvals.iter_mut().filter(|a| a.step == Some(old)) {
+                    a.step = Some(new);
+                }
+                plan.steps.push(step);
+            }
+        }
         plan.steps.push(Step::Scale {
             role: Role::Candidate,
             replicas: plan.replicas,
@@ -761,7 +794,13 @@ impl Driver {
                 candidate: plan.candidate.id.clone(),
                 digest: plan.candidate.artifact.digest.to_string(),
                 step: index,
-                approvals: self.record.approvals.clone(),
+                approvals: self
+                    .record
+                    .approvals
+                    .iter()
+                    .filter(|a| a.applies_to(index))
+                    .cloned()
+                    .collect(),
                 now_ms: self.inner.clock.now_ms(),
             };
             let decision = self
@@ -799,10 +838,10 @@ impl Driver {
                         });
                         last_wait = Some(reason);
                     }
+                    // Promote-now does not skip a gate: the flag is kept,
+                    // and the rest of the plan is replaced once it passes.
                     let next = Instant::now() + self.inner.config.gate_poll_interval;
-                    if self.wait_until(Some(next)).await? == Wake::PromoteNow {
-                        return Ok(StepEnd::PromoteNow);
-                    }
+                    self.wait_until(Some(next)).await?;
                 }
             }
         }

@@ -164,6 +164,7 @@ impl RolloutSpec {
             comment: comment.into(),
             approved: true,
             at_ms: 0,
+            step: None,
         });
         self
     }
