@@ -320,3 +320,86 @@ async fn one_approval_opens_one_gate_instance_not_every_gate_of_that_name() {
         .collect();
     assert_eq!(steps, vec![("ana", gates[0]), ("bo", gates[1])]);
 }
+
+/// A probe that measures the simulated target, but whose calls for the
+/// stable revision (the baseline) fail after the first `good` of them.
+#[derive(Debug)]
+struct BaselineFailsAfter {
+    inner: SimProbe,
+    target: Arc<SimTarget>,
+    good: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl HealthProbe for BaselineFailsAfter {
+    async fn sample(&self, query: &ProbeQuery) -> relay::Result<Sample> {
+        let stable = self.target.observe().await?.stable;
+        if matches!(&query.scope, Scope::Revision(r) if Some(r) == stable.as_ref()) {
+            let left = self.good.load(std::sync::atomic::Ordering::SeqCst);
+            if left == 0 {
+                return Err(relay::Error::Unavailable {
+                    provider: "metrics".into(),
+                    reason: "the baseline's series is gone".into(),
+                });
+            }
+            self.good.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.sample(query).await
+    }
+}
+
+/// Defect 11: a failed probe call for the baseline vanished: the check went
+/// on comparing the candidate's newer windows with an older baseline and
+/// passed, with nothing in the audit log. It must count as a failed
+/// measurement (audited, towards the consecutive error limit).
+#[tokio::test(start_paused = true)]
+async fn a_failed_baseline_probe_call_counts_as_a_failed_measurement() {
+    let w = World::new(11);
+    let probe = BaselineFailsAfter {
+        inner: SimProbe::new(w.target.clone()),
+        target: w.target.clone(),
+        good: 1.into(),
+    };
+    let relay = w
+        .stores()
+        .target(w.target.clone())
+        .probe(Arc::new(probe))
+        .build()
+        .unwrap();
+    deploy_v1(&relay).await;
+    let compare = relay::strategies::MannWhitneyJudge::new(relay::strategies::Direction::LowerIsBetter).min_samples(5);
+    let analysis = AnalysisSpec::new(vec![Check::new(
+        "latency",
+        relay::providers::sim::metrics::LATENCY_MS,
+        compare,
+    )])
+    .every(Duration::from_secs(60), 4)
+    .consecutive_error_limit(2);
+    let canary = CanaryStrategy::new().set_weight(25).analyze(analysis);
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), canary))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    let outcome = handle.wait().await.unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("3 consecutive probe errors (limit 2)") && cause.contains("baseline")),
+        "{outcome}"
+    );
+    let errors: Vec<_> = relay
+        .audit()
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.rollout == id && e.event.action == "analysis.probe_error")
+        .map(|e| e.event.detail.to_value())
+        .collect();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|d| d["scope"].as_str().unwrap().starts_with("baseline")),
+        "{errors:?}"
+    );
+}

@@ -955,27 +955,29 @@ impl Driver {
                 };
                 t.measured += 1;
                 let sample = match self.call("probe.sample", || probe.sample(query)).await {
-                    Ok(s) => {
-                        t.errors = 0;
-                        s
-                    }
+                    Ok(s) => s,
                     Err(e) => {
-                        t.errors += 1;
-                        let detail = detail!({"check": check.name, "error": e.to_string(), "consecutive": t.errors});
-                        self.audit_or_stop("analysis.probe_error", detail).await?;
-                        if !check.dry_run && t.errors > spec.consecutive_error_limit {
-                            return Err(Stop::Rollback(format!(
-                                "analysis check {:?}: {} consecutive probe errors (limit {}), last: {e}",
-                                check.name, t.errors, spec.consecutive_error_limit
-                            )));
-                        }
+                        self.probe_error(spec, check, t, scope, e).await?;
                         continue;
                     }
                 };
+                // A measurement is the candidate's and the baseline's
+                // window together: without the baseline's, the candidate's
+                // is not recorded either (a comparison must not pair this
+                // window with an older one), and the failure counts as the
+                // candidate's would.
                 let baseline = match baseline {
-                    Some(q) => self.call("probe.sample", || probe.sample(q)).await.ok(),
+                    Some(q) => match self.call("probe.sample", || probe.sample(q)).await {
+                        Ok(b) => Some(b),
+                        Err(e) => {
+                            let scope = format!("baseline {}", q.scope);
+                            self.probe_error(spec, check, t, &scope, e).await?;
+                            continue;
+                        }
+                    },
                     None => None,
                 };
+                t.errors = 0;
                 t.record(sample.values, sample.counts, check.judge.cumulative());
                 if let Some(b) = baseline {
                     t.record_baseline(b.values, b.counts, check.judge.cumulative());
@@ -1048,6 +1050,29 @@ impl Driver {
             return self.inconclusive(spec.on_inconclusive, why).await;
         }
         Ok(StepEnd::Done)
+    }
+
+    /// A probe call of `check` (of `scope`) failed: audited as
+    /// `analysis.probe_error`, and counted towards the analysis's
+    /// consecutive error limit, past which the rollout rolls back.
+    async fn probe_error(
+        &mut self,
+        spec: &AnalysisSpec,
+        check: &crate::analysis::Check,
+        t: &mut CheckTally,
+        scope: &str,
+        e: Error,
+    ) -> Result<(), Stop> {
+        t.errors += 1;
+        let detail = detail!({"check": check.name, "scope": scope, "error": e.to_string(), "consecutive": t.errors});
+        self.audit_or_stop("analysis.probe_error", detail).await?;
+        if !check.dry_run && t.errors > spec.consecutive_error_limit {
+            return Err(Stop::Rollback(format!(
+                "analysis check {:?}: {} consecutive probe errors (limit {}), the last of {scope}: {e}",
+                check.name, t.errors, spec.consecutive_error_limit
+            )));
+        }
+        Ok(())
     }
 
     /// Past the inconclusive limit: roll back, or hold for a human whose
