@@ -403,3 +403,100 @@ async fn a_failed_baseline_probe_call_counts_as_a_failed_measurement() {
         "{errors:?}"
     );
 }
+
+/// An in-memory audit sink whose appends fail (terminally) while `failing`.
+#[derive(Debug, Default)]
+struct FlakyAudit {
+    inner: relay::MemoryAuditSink,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl relay::AuditSink for FlakyAudit {
+    async fn append(&self, event: &relay::AuditEvent) -> relay::Result<relay::ChainHead> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(relay::Error::PermissionDenied {
+                what: "audit log".into(),
+            });
+        }
+        self.inner.append(event).await
+    }
+    async fn entries(&self) -> relay::Result<Vec<relay::AuditEntry>> {
+        self.inner.entries().await
+    }
+    async fn verify(&self) -> relay::Result<u64> {
+        self.inner.verify().await
+    }
+}
+
+/// The outcome each `rollout.finished` entry of `rollout` records.
+async fn finished(relay: &relay::Relay, rollout: &str) -> Vec<serde_json::Value> {
+    relay
+        .audit()
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.rollout == rollout && e.event.action == "rollout.finished")
+        .map(|e| e.event.detail.to_value()["outcome"]["outcome"].clone())
+        .collect()
+}
+
+/// Defect 12: a rollout with nothing to do left no `rollout.finished`
+/// entry; every rollout's trail must end with exactly one.
+#[tokio::test(start_paused = true)]
+async fn a_no_change_rollout_ends_with_one_rollout_finished_entry() {
+    let (_w, relay) = World::with_v1(12).await;
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    assert_eq!(handle.wait().await.unwrap(), Outcome::NoChange);
+    assert_eq!(finished(&relay, &id).await, vec![serde_json::json!("no_change")]);
+}
+
+/// Defect 4: a start that failed after the record was written (its
+/// `rollout.started` entry could not be appended) left the record running
+/// and the target's lease held: an orphan another engine would drive
+/// without an audit trail. A failed start now leaves nothing behind.
+#[tokio::test(start_paused = true)]
+async fn a_start_that_fails_to_audit_leaves_no_record_and_no_lease() {
+    let w = World::new(4);
+    let audit = Arc::new(FlakyAudit::default());
+    let relay = w.builder().audit(audit.clone()).build().unwrap();
+    deploy_v1(&relay).await;
+    audit.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let spec = || RolloutSpec::new("web", release("v2"), CanaryStrategy::new().set_weight(50)).id("r-4");
+    let refused = relay.start(spec()).await.unwrap_err();
+    assert!(matches!(refused, relay::Error::PermissionDenied { .. }), "{refused}");
+    assert!(
+        relay.state().get("r-4").await.unwrap().is_none(),
+        "a failed start left a record"
+    );
+    assert!(relay.state().list_active().await.unwrap().is_empty());
+    // The lease is free at once: the next start proceeds.
+    audit.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(relay.start(spec()).await.unwrap().wait().await.unwrap().is_success());
+}
+
+/// Defect 4, the other half: when the record cannot be written after the
+/// start was audited, the trail says the rollout did not start, and the
+/// lease is released.
+#[tokio::test(start_paused = true)]
+async fn a_start_whose_record_cannot_be_written_audits_that_it_did_not_start() {
+    let w = World::new(41);
+    let state = Arc::new(
+        Faulty::new(relay::MemoryStateStore::new(), 41)
+            .with_rate(FaultKind::PermissionDenied, 0.0)
+            .only_operations(&["put"]),
+    );
+    let relay = w.builder().state(state.clone()).build().unwrap();
+    deploy_v1(&relay).await;
+    state.fail_next(1);
+    let spec = || RolloutSpec::new("web", release("v2"), CanaryStrategy::new().set_weight(50)).id("r-41");
+    assert!(relay.start(spec()).await.is_err());
+    assert!(relay.state().get("r-41").await.unwrap().is_none());
+    assert_eq!(finished(&relay, "r-41").await, vec![serde_json::json!("not_started")]);
+    assert!(relay.start(spec()).await.unwrap().wait().await.unwrap().is_success());
+}

@@ -652,16 +652,37 @@ impl Relay {
             })
             .collect();
         record.promoted_from = spec.promoted_from.clone();
+        // Audited before the record is written, so a start that fails
+        // leaves nothing behind: no record another engine would pick up
+        // and drive, no lease (a failure to audit is a failure to start).
+        if let Err(e) = self.audit_start(&record).await {
+            let _ = inner.state.release_lease(&lease).await;
+            return Err(e);
+        }
         let saved = inner
             .call("state.put", warn_retry("state.put"), || inner.state.put(&record, None))
             .await;
         match saved {
             Ok(v) => record.version = v,
             Err(e) => {
+                let detail = detail!({"outcome": {"outcome": "not_started"}, "error": e.to_string()});
+                if let Err(a) = inner.audit(&id, &inner.holder, "rollout.finished", detail).await {
+                    tracing::error!(rollout = %id, error = %a, "could not audit a start that failed");
+                }
                 let _ = inner.state.release_lease(&lease).await;
                 return Err(e);
             }
         }
+        Ok(self.spawn(record, lease))
+    }
+
+    /// The entries that open a rollout's trail: `rollout.started`, the
+    /// decisions given in its spec, and, for a plan with nothing to do,
+    /// its end (`rollout.finished`: no change), so every rollout's trail
+    /// ends with one terminal entry.
+    async fn audit_start(&self, record: &RolloutRecord) -> Result<()> {
+        let inner = &self.inner;
+        let id = &record.id;
         let detail = detail!({
             "target": record.target,
             "strategy": record.plan.strategy,
@@ -671,12 +692,16 @@ impl Relay {
             "steps": record.plan.steps.len(),
             "promoted_from": record.promoted_from,
         });
-        inner.audit(&id, &inner.holder, "rollout.started", detail).await?;
+        inner.audit(id, &inner.holder, "rollout.started", detail).await?;
         for a in &record.approvals {
             let detail = detail!({"gate": a.gate, "by": a.by, "comment": a.comment, "before_start": true});
-            inner.audit(&id, &inner.holder, "gate.approved", detail).await?;
+            inner.audit(id, &inner.holder, "gate.approved", detail).await?;
         }
-        Ok(self.spawn(record, lease))
+        if record.status == RolloutStatus::NoChange {
+            let detail = detail!({"outcome": crate::event::Outcome::NoChange});
+            inner.audit(id, &inner.holder, "rollout.finished", detail).await?;
+        }
+        Ok(())
     }
 
     /// Pick up a rollout left running by a crashed or stopped engine. The
@@ -721,7 +746,10 @@ impl Relay {
             }
         };
         let detail = detail!({"cursor": record.cursor, "status": record.status});
-        inner.audit(id, &inner.holder, "rollout.resumed", detail).await?;
+        if let Err(e) = inner.audit(id, &inner.holder, "rollout.resumed", detail).await {
+            let _ = inner.state.release_lease(&lease).await;
+            return Err(e);
+        }
         Ok(self.spawn(record, lease))
     }
 
