@@ -500,3 +500,51 @@ async fn a_start_whose_record_cannot_be_written_audits_that_it_did_not_start() {
     assert_eq!(finished(&relay, "r-41").await, vec![serde_json::json!("not_started")]);
     assert!(relay.start(spec()).await.unwrap().wait().await.unwrap().is_success());
 }
+
+/// Defect 10: a stable revision deleted behind relay's back was treated as
+/// "not short", so the rollback skipped restoring it and routed all traffic
+/// to a revision that was not there. It is now started again from what it
+/// ran, and traffic goes to it only once its replicas are ready.
+#[tokio::test(start_paused = true)]
+async fn a_rollback_starts_a_deleted_stable_again_before_routing_traffic_to_it() {
+    let (w, relay) = World::with_v1(10).await;
+    let stable = w.target.observe().await.unwrap().stable.unwrap();
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v3"), canary()))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    let mut events = handle.events();
+    until(&mut events, |k| {
+        matches!(k, EventKind::TrafficShifted { candidate_weight: 25 })
+    })
+    .await;
+    // Someone moves everything to the candidate and deletes the stable.
+    let candidate = relay.state().get(&id).await.unwrap().unwrap().plan.candidate.id.clone();
+    w.target.route(&relay::TrafficSplit::all(&candidate)).await.unwrap();
+    w.target.retire(&stable).await.unwrap();
+    assert!(w.target.observe().await.unwrap().revision(&stable).is_none());
+    let outcome = handle.wait().await.unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+    let state = w.target.observe().await.unwrap();
+    assert_eq!(state.stable.as_ref(), Some(&stable));
+    assert_eq!(state.traffic.weight(&stable), 100);
+    assert_eq!(state.revision(&stable).map(|r| (r.desired, r.ready)), Some((4, 4)));
+    // Its replicas were ready before any traffic was routed to it.
+    let rollback: Vec<_> = relay
+        .audit()
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.rollout == id && e.event.detail.to_value()["rollback"] == true)
+        .map(|e| e.event.action)
+        .collect();
+    assert_eq!(
+        rollback.first().map(String::as_str),
+        Some("target.stage"),
+        "{rollback:?}"
+    );
+    let history = w.target.traffic_history();
+    assert_eq!(history.last(), Some(&relay::TrafficSplit::all(&stable)));
+}

@@ -1114,6 +1114,33 @@ impl Driver {
         self.wait_ready(stable, n).await
     }
 
+    /// Start the stable revision again, from the spec of the rollout that
+    /// promoted it, with `n` replicas, and wait until they are ready. With
+    /// no record of what it ran the rollback fails: traffic stays where it
+    /// is rather than going to a revision that is not there.
+    async fn recreate_stable(&mut self, stable: &RevisionId, n: u32) -> Result<(), Stop> {
+        let found = self
+            .inner
+            .last_promoted(&self.record.target, stable, &self.record.id)
+            .await
+            .map_err(|e| Stop::Rollback(format!("could not read what stable revision {stable} ran: {e}")))?;
+        let Some(before) = found else {
+            return Err(Stop::Rollback(format!(
+                "stable revision {stable} is gone from target {} and relay has no record of what it ran; restore it by hand",
+                self.record.target
+            )));
+        };
+        let spec = before.plan.candidate.clone();
+        let target = self.target.clone();
+        let detail = detail!({"rollback": true, "role": Role::Stable, "revision": stable, "digest": spec.artifact.digest, "replicas": n, "recreated": true});
+        self.mutate("target.stage", detail, || target.stage(&spec, n)).await?;
+        self.emit(EventKind::Scaled {
+            role: Role::Stable,
+            replicas: n,
+        });
+        self.wait_ready(stable, n).await
+    }
+
     /// Restore stable's capacity, route everything back to it, make it
     /// stable again, retire the candidate. Each action is persisted as done, so a
     /// resumed rollback continues where it stopped.
@@ -1140,6 +1167,14 @@ impl Driver {
         let target = self.target.clone();
         let plan = self.record.plan.clone();
         let cand = plan.candidate.id.clone();
+        // Stable goes back to the size it ran at; one that ran with none
+        // (scaled to zero behind relay's back) is not handed all the
+        // traffic empty-handed: it gets the release's size.
+        let n = if plan.stable_replicas > 0 {
+            plan.stable_replicas
+        } else {
+            plan.replicas
+        };
         while self.record.rollback_cursor < 5 {
             let result = match (self.record.rollback_cursor, &plan.stable) {
                 // Stable's capacity first: traffic moved onto a stable that
@@ -1148,16 +1183,18 @@ impl Driver {
                 // the route follows at once; one the target no longer runs
                 // (replaced in place) comes back with the route.
                 (0, Some(stable)) => {
-                    let n = plan.stable_replicas;
                     let observed = self.call("target.observe", || target.observe()).await;
-                    // Unobservable: scale anyway (it is idempotent).
-                    let short = observed.as_ref().map_or(true, |s| {
-                        s.revision(stable).is_some_and(|r| r.desired < n || r.ready < n)
-                    });
-                    if short {
-                        self.restore_stable(stable, n).await
-                    } else {
-                        Ok(())
+                    match observed.as_ref().map(|s| s.revision(stable)) {
+                        // At full strength: the route follows at once.
+                        Ok(Some(r)) if r.desired >= n && r.ready >= n => Ok(()),
+                        // A target that runs one revision at a time brings
+                        // the one it replaced back with the route.
+                        Ok(None) if target.capabilities().max_revisions <= 1 => Ok(()),
+                        // Deleted behind relay's back: started again from
+                        // what it ran, before any traffic goes to it.
+                        Ok(None) => self.recreate_stable(stable, n).await,
+                        // Short, or unobservable: scale (it is idempotent).
+                        _ => self.restore_stable(stable, n).await,
                     }
                 }
                 (1, _) => {
@@ -1175,7 +1212,7 @@ impl Driver {
                     }
                     r
                 }
-                (2, Some(stable)) => self.restore_stable(stable, plan.stable_replicas).await,
+                (2, Some(stable)) => self.restore_stable(stable, n).await,
                 (3, Some(stable)) => {
                     self.mutate(
                         "target.promote",

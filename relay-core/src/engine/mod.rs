@@ -248,6 +248,25 @@ impl Inner {
         })
     }
 
+    /// The last rollout on `target`, other than `except`, that promoted
+    /// `revision`: what the revision runs (its spec, pinned) and at what
+    /// size, for putting it back.
+    pub(crate) async fn last_promoted(
+        &self,
+        target: &str,
+        revision: &crate::release::RevisionId,
+        except: &str,
+    ) -> Result<Option<RolloutRecord>> {
+        let history = self
+            .call("state.list_target", warn_retry("state.list_target"), || {
+                self.state.list_target(target)
+            })
+            .await?;
+        Ok(history.into_iter().rev().find(|r| {
+            r.id != except && matches!(r.status, RolloutStatus::Succeeded) && r.plan.candidate.id == *revision
+        }))
+    }
+
     fn holder_for(&self, rollout: &str) -> String {
         format!("{}/{rollout}", self.holder)
     }

@@ -16,7 +16,6 @@ use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
 use crate::plan::Strategy;
 use crate::release::{Release, RevisionId};
-use crate::state::RolloutStatus;
 
 /// The gate a parallel wave holds each of its rollouts at, right before
 /// promotion, until every target has passed its analysis. Every engine
@@ -506,13 +505,8 @@ impl Driver {
             let Some(stable) = record.plan.stable.clone() else {
                 return Ok(None);
             };
-            let history = inner.state.list_target(target).await?;
-            Ok::<_, Error>(Some((
-                stable.clone(),
-                history.into_iter().rev().find(|r| {
-                    r.id != *rollout && matches!(r.status, RolloutStatus::Succeeded) && r.plan.candidate.id == stable
-                }),
-            )))
+            let before = inner.last_promoted(target, &stable, rollout).await?;
+            Ok::<_, Error>(Some((stable, before)))
         }
         .await;
         let (stable, before) = match previous {
