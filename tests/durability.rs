@@ -57,7 +57,7 @@ async fn crash_and_resume(seed: u64, tag: &str, crash_on: impl Fn(&EventKind) ->
 
     let b = c.engine("engine-b");
     match b.resume(&id).await {
-        Err(Error::TargetLocked { holder, .. }) => assert!(holder.starts_with("engine-a/"), "{holder}"),
+        Err(Error::TargetLocked { holder, .. }) => assert!(holder.starts_with("engine-a#"), "{holder}"),
         other => panic!("the crashed engine's lease must still hold, got {other:?}"),
     }
     tokio::time::sleep(Duration::from_secs(31)).await;
@@ -411,7 +411,7 @@ async fn lease_kept(hold: bool) -> (u32, Duration) {
             else {
                 panic!("the running rollout's lease must hold, got {e:?}")
             };
-            assert!(holder.starts_with("engine-a/"), "{holder}");
+            assert!(holder.starts_with("engine-a#"), "{holder}");
             assert_eq!(*expires_at_ms == Lease::HELD, hold, "held only by a store that holds");
             let until = if hold { "for as long as it runs" } else { "until " };
             assert!(e.to_string().contains(until), "{e}");

@@ -14,7 +14,9 @@ use common::*;
 use relay::providers::sim::{SimProbe, SimTarget};
 use relay::providers::{FaultKind, Faulty, Latency};
 use relay::strategies::{CanaryStrategy, Statistic, ThresholdJudge};
-use relay::{AnalysisSpec, Check, EventKind, HealthProbe, Outcome, ProbeQuery, RolloutSpec, Sample, Scope, Target};
+use relay::{
+    AnalysisSpec, Check, EventKind, HealthProbe, Outcome, ProbeQuery, RolloutSpec, Sample, Scope, StateStore, Target,
+};
 
 /// A probe that answers every query of a revision other than the target's
 /// stable one (the candidate) with `candidate`, and every other with `other`.
@@ -547,4 +549,267 @@ async fn a_rollback_starts_a_deleted_stable_again_before_routing_traffic_to_it()
     );
     let history = w.target.traffic_history();
     assert_eq!(history.last(), Some(&relay::TrafficSplit::all(&stable)));
+}
+
+/// The simulated target, but routing everything to `stable` (what a
+/// rollback does) fails: with `Unavailable` for `outage` after the first
+/// such call, and with `PermissionDenied` while `denied` is set.
+#[derive(Debug)]
+struct RollbackRouteFails {
+    inner: Arc<SimTarget>,
+    stable: relay::RevisionId,
+    outage: Duration,
+    began: std::sync::Mutex<Option<tokio::time::Instant>>,
+    denied: std::sync::atomic::AtomicBool,
+}
+
+impl RollbackRouteFails {
+    fn new(inner: Arc<SimTarget>, stable: relay::RevisionId, outage: Duration, denied: bool) -> Self {
+        RollbackRouteFails {
+            inner,
+            stable,
+            outage,
+            began: std::sync::Mutex::new(None),
+            denied: denied.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Target for RollbackRouteFails {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> relay::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn observe(&self) -> relay::Result<relay::TargetState> {
+        self.inner.observe().await
+    }
+    async fn stage(&self, revision: &relay::RevisionSpec, replicas: u32) -> relay::Result<()> {
+        self.inner.stage(revision, replicas).await
+    }
+    async fn scale(&self, revision: &relay::RevisionId, replicas: u32) -> relay::Result<()> {
+        self.inner.scale(revision, replicas).await
+    }
+    async fn route(&self, split: &relay::TrafficSplit) -> relay::Result<()> {
+        if *split == relay::TrafficSplit::all(&self.stable) {
+            if self.denied.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(relay::Error::PermissionDenied {
+                    what: "elasticloadbalancing:ModifyListener".into(),
+                });
+            }
+            let now = tokio::time::Instant::now();
+            let began = *self.began.lock().unwrap().get_or_insert(now);
+            if now < began + self.outage {
+                return Err(relay::Error::Unavailable {
+                    provider: "load balancer".into(),
+                    reason: "503".into(),
+                });
+            }
+        }
+        self.inner.route(split).await
+    }
+    async fn promote(&self, revision: &relay::RevisionId) -> relay::Result<()> {
+        self.inner.promote(revision).await
+    }
+    async fn retire(&self, revision: &relay::RevisionId) -> relay::Result<()> {
+        self.inner.retire(revision).await
+    }
+}
+
+/// A world running v1, and an engine over `wrap(the simulated target)`.
+async fn v1_behind(
+    seed: u64,
+    wrap: impl FnOnce(Arc<SimTarget>, relay::RevisionId) -> Arc<dyn Target>,
+) -> (World, relay::Relay, relay::RevisionId) {
+    let (w, plain) = World::with_v1(seed).await;
+    let stable = w.target.observe().await.unwrap().stable.unwrap();
+    let relay = w
+        .stores()
+        .target(wrap(w.target.clone(), stable.clone()))
+        .probe(Arc::new(SimProbe::new(w.target.clone())))
+        .state(plain.state().clone())
+        .audit(plain.audit().clone())
+        .build()
+        .unwrap();
+    (w, relay, stable)
+}
+
+/// Defect 2, first half: a passing outage of the load balancer during the
+/// rollback (90 s of 503s on the route back to stable) ended the rollout
+/// `RollbackFailed`, which nothing could resume, with a quarter of the
+/// traffic left on the bad candidate. The rollback now tries the action
+/// again within its retry budget and completes.
+#[tokio::test(start_paused = true)]
+async fn a_passing_outage_during_rollback_is_retried_until_the_rollback_completes() {
+    let (w, relay, stable) = v1_behind(2, |sim, stable| {
+        Arc::new(RollbackRouteFails::new(sim, stable, Duration::from_secs(90), false))
+    })
+    .await;
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v3"), canary()))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    let outcome = handle.wait().await.unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+    let state = w.target.observe().await.unwrap();
+    assert_eq!(state.traffic.weight(&stable), 100);
+    assert_eq!(state.stable.as_ref(), Some(&stable));
+    let actions = actions(&relay, &id).await;
+    assert!(actions.iter().any(|a| a == "rollback.retrying"), "{actions:?}");
+}
+
+/// Defect 2, second half: a rollback that failed on something a human must
+/// fix (a denied permission) ends `RollbackFailed` at once; once fixed,
+/// `resume` finishes it from the action that failed.
+#[tokio::test(start_paused = true)]
+async fn a_failed_rollback_is_finished_by_resume_once_the_cause_is_fixed() {
+    let target = std::sync::OnceLock::<Arc<RollbackRouteFails>>::new();
+    let (w, relay, stable) = v1_behind(21, |sim, stable| {
+        let t = Arc::new(RollbackRouteFails::new(sim, stable, Duration::ZERO, true));
+        target.set(t.clone()).unwrap();
+        t
+    })
+    .await;
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v3"), canary()))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    let outcome = handle.wait().await.unwrap();
+    assert!(matches!(outcome, Outcome::RollbackFailed { .. }), "{outcome}");
+    assert_ne!(w.target.observe().await.unwrap().traffic.weight(&stable), 100);
+    target
+        .get()
+        .unwrap()
+        .denied
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let outcome = relay.resume(&id).await.unwrap().wait().await.unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+    let state = w.target.observe().await.unwrap();
+    assert_eq!(state.traffic.weight(&stable), 100);
+    assert_eq!(state.revisions.len(), 1, "the candidate is retired: {state:?}");
+}
+
+/// Defect 2, the already-stable check: after a rollback failed with traffic
+/// left on the candidate, deploying the stable release again answered "no
+/// change", because only the revision was compared. It now settles the
+/// target on it: full size, all traffic, the leftover retired.
+#[tokio::test(start_paused = true)]
+async fn deploying_the_stable_release_over_a_failed_rollback_settles_the_target() {
+    let (w, relay, stable) = v1_behind(22, |sim, stable| {
+        Arc::new(RollbackRouteFails::new(sim, stable, Duration::ZERO, true))
+    })
+    .await;
+    let outcome = run(&relay, RolloutSpec::new("web", release("v3"), canary())).await;
+    assert!(matches!(outcome, Outcome::RollbackFailed { .. }), "{outcome}");
+    // The permission is still denied for the rollback's exact route, so
+    // the repair goes through an engine on the plain target.
+    let plain = w.relay();
+    let spec = RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce);
+    let plan = plain.plan(&spec).await.unwrap();
+    assert!(!plan.is_noop(), "not settled, yet planned as no change:\n{plan}");
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| matches!(s, relay::Step::RetireLeftover { .. })),
+        "{plan}"
+    );
+    let outcome = run(&plain, spec).await;
+    assert_eq!(
+        outcome,
+        Outcome::Promoted {
+            revision: stable.to_string()
+        }
+    );
+    let state = w.target.observe().await.unwrap();
+    assert_eq!(state.traffic.weight(&stable), 100);
+    assert_eq!(state.revisions.len(), 1, "{state:?}");
+    // Settled now: the same release again is no change.
+    let again = plain
+        .plan(&RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce))
+        .await
+        .unwrap();
+    assert!(again.is_noop(), "{again}");
+}
+
+/// A rollout that waits at an indefinite pause until resumed.
+fn held() -> CanaryStrategy {
+    CanaryStrategy::new().set_weight(25).pause_until_resumed()
+}
+
+/// Defect 3, first half: `recover()` on an engine returned a second driver
+/// for a rollout that engine was already driving (its own acquire counted
+/// as a renewal).
+#[tokio::test(start_paused = true)]
+async fn recover_never_starts_a_second_driver_for_a_rollout_this_engine_drives() {
+    let (_w, relay) = World::with_v1(3).await;
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), held()))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    until(
+        &mut events,
+        |k| matches!(k, EventKind::StepStarted { kind, .. } if kind == "pause"),
+    )
+    .await;
+    let (handles, skipped) = relay.recover().await.unwrap();
+    assert!(handles.is_empty(), "a second driver of {}", handle.id());
+    assert_eq!(skipped.len(), 1);
+    assert!(
+        matches!(skipped[0].1, relay::Error::Conflict { .. }),
+        "{}",
+        skipped[0].1
+    );
+    assert!(matches!(
+        relay.resume(handle.id()).await,
+        Err(relay::Error::Conflict { .. })
+    ));
+    handle.resume("operator").unwrap();
+    assert!(handle.wait().await.unwrap().is_success());
+}
+
+/// Defect 3, second half: the holder id was the engine's name and the
+/// rollout's, and the default name `relay-<pid>-<n>` is the same in every
+/// container (PID 1): two hosts were one holder, and the second took over
+/// a live rollout as a "renewal". Two engines given the same name, sharing
+/// a state directory, now hold leases as two holders; their rollout ids
+/// differ too.
+#[tokio::test(start_paused = true)]
+async fn two_engines_with_the_same_name_never_share_a_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(relay::FileStateStore::open(dir.path()).unwrap());
+    let w = World::new(31);
+    let engine = || w.builder().holder("relay-1-0").state(state.clone()).build().unwrap();
+    let (a, b) = (engine(), engine());
+    deploy_v1(&a).await;
+    let handle = a.start(RolloutSpec::new("web", release("v2"), held())).await.unwrap();
+    let mut events = handle.events();
+    until(
+        &mut events,
+        |k| matches!(k, EventKind::StepStarted { kind, .. } if kind == "pause"),
+    )
+    .await;
+    let taken = b.resume(handle.id()).await;
+    assert!(
+        matches!(taken, Err(relay::Error::TargetLocked { .. })),
+        "another engine took a live lease: {:?}",
+        taken.map(|h| h.id().to_owned())
+    );
+    let record = state.get(handle.id()).await.unwrap().unwrap();
+    assert!(record.holder.starts_with("relay-1-0#"), "{}", record.holder);
+    handle.resume("operator").unwrap();
+    assert!(handle.wait().await.unwrap().is_success());
+    // Rollouts started at the same instant by both get different ids (the
+    // same id made the second start fail on the first's record).
+    let again = || RolloutSpec::new("web", release("v2"), relay::strategies::AllAtOnce);
+    let first = a.start(again()).await.unwrap();
+    let first_id = first.id().to_owned();
+    assert_eq!(first.wait().await.unwrap(), Outcome::NoChange);
+    let second = b.start(again()).await.unwrap();
+    assert_ne!(second.id(), first_id);
+    assert_eq!(second.wait().await.unwrap(), Outcome::NoChange);
 }

@@ -58,6 +58,14 @@ pub enum Step {
         /// Which revision.
         role: Role,
     },
+    /// Remove a revision an earlier rollout left running (a rollback that
+    /// did not finish): planned, after promotion, when the candidate is
+    /// already the target's stable revision but the target has not settled
+    /// on it.
+    RetireLeftover {
+        /// The revision left running.
+        revision: RevisionId,
+    },
 }
 
 impl Step {
@@ -71,7 +79,7 @@ impl Step {
             Step::Analyze { .. } => "analyze",
             Step::Gate { .. } => "gate",
             Step::Promote => "promote",
-            Step::Retire { .. } => "retire",
+            Step::Retire { .. } | Step::RetireLeftover { .. } => "retire",
         }
     }
 
@@ -79,7 +87,12 @@ impl Step {
     pub fn is_mutation(&self) -> bool {
         matches!(
             self,
-            Step::Stage { .. } | Step::Scale { .. } | Step::Route { .. } | Step::Promote | Step::Retire { .. }
+            Step::Stage { .. }
+                | Step::Scale { .. }
+                | Step::Route { .. }
+                | Step::Promote
+                | Step::Retire { .. }
+                | Step::RetireLeftover { .. }
         )
     }
 }
@@ -135,6 +148,7 @@ impl fmt::Display for Step {
             Step::Gate { name } => write!(f, "gate {name:?}"),
             Step::Promote => write!(f, "make candidate stable"),
             Step::Retire { role } => write!(f, "retire {role}"),
+            Step::RetireLeftover { revision } => write!(f, "retire leftover revision {revision}"),
         }
     }
 }
@@ -182,7 +196,10 @@ pub struct Plan {
     pub candidate: RevisionSpec,
     /// Desired replicas of the candidate.
     pub replicas: u32,
-    /// The stable revision the candidate replaces, if any.
+    /// The stable revision the candidate replaces, if any. The candidate
+    /// itself in a plan that settles a target on the stable revision it
+    /// already runs (see [`Step::RetireLeftover`]): its rollback puts the
+    /// same revision back at full strength and retires nothing.
     pub stable: Option<RevisionId>,
     /// Replicas of the stable revision before the rollout (restored on
     /// rollback).
@@ -200,10 +217,16 @@ impl Plan {
         }
     }
 
-    /// Whether the candidate is already the target's stable revision (the
-    /// plan has nothing to do).
+    /// Whether the candidate is already the target's stable revision,
+    /// settled (the plan has nothing to do).
     pub fn is_noop(&self) -> bool {
         self.steps.is_empty()
+    }
+
+    /// Whether the plan settles the target on the stable revision it already
+    /// runs (the candidate is the stable revision).
+    pub fn is_repair(&self) -> bool {
+        self.stable.as_ref() == Some(&self.candidate.id)
     }
 }
 
@@ -216,6 +239,10 @@ impl fmt::Display for Plan {
             self.candidate.id, self.candidate.artifact.repository, self.candidate.artifact.digest, self.replicas
         )?;
         match &self.stable {
+            Some(_) if self.is_repair() => writeln!(
+                f,
+                "  stable:    the candidate itself: the target runs it, but not settled on it (full size, all traffic, nothing else)"
+            )?,
             Some(s) => writeln!(f, "  stable:    {s} ({} replicas)", self.stable_replicas)?,
             None if self.steps.is_empty() => {}
             None => writeln!(f, "  stable:    none (first deployment)")?,
@@ -250,6 +277,9 @@ mod tests {
             Step::Gate { name: "approve".into() },
             Step::Promote,
             Step::Retire { role: Role::Stable },
+            Step::RetireLeftover {
+                revision: RevisionId::from("app@v0"),
+            },
         ];
         let json = serde_json::to_string(&steps).unwrap();
         let back: Vec<Step> = serde_json::from_str(&json).unwrap();

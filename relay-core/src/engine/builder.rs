@@ -16,6 +16,17 @@ use crate::state::{MemoryStateStore, StateStore};
 use crate::target::Target;
 use crate::verify::ArtifactVerifier;
 
+/// Eight hex digits drawn for one engine instance: from the standard
+/// library's random hash keys (seeded from the operating system once per
+/// thread), mixed with a process-wide counter so instances built on one
+/// thread differ too.
+fn nonce() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(INSTANCE.fetch_add(1, Ordering::Relaxed));
+    format!("{:08x}", h.finish() as u32)
+}
+
 /// Builds a [`Relay`] from its providers. A target and an artifact store are
 /// required; state and audit default to in-memory stores (use
 /// [`crate::FileStateStore`] and [`crate::JsonlAuditSink`] to survive a
@@ -114,8 +125,10 @@ impl RelayBuilder {
         self
     }
 
-    /// This engine's identity (default: `relay-<pid>-<n>`). Engines sharing a
-    /// state store must have distinct identities.
+    /// This engine's identity, the actor of its audit entries (default:
+    /// `relay-<pid>-<random>`). The leases it takes carry it and a random
+    /// part drawn for this engine instance, so engines given the same name
+    /// (two containers, both PID 1) never hold a lease as one.
     pub fn holder(mut self, holder: impl Into<String>) -> Self {
         self.holder = Some(holder.into());
         self
@@ -194,13 +207,14 @@ impl RelayBuilder {
                 "lease_ttl, poll_interval, gate_poll_interval and watch_resync must be greater than zero",
             ));
         }
-        let holder = self.holder.unwrap_or_else(|| {
-            format!(
-                "relay-{}-{}",
-                std::process::id(),
-                INSTANCE.fetch_add(1, Ordering::Relaxed)
-            )
-        });
+        let instance = nonce();
+        let (holder, lease_holder) = match self.holder {
+            Some(h) => (h.clone(), format!("{h}#{instance}")),
+            None => {
+                let h = format!("relay-{}-{instance}", std::process::id());
+                (h.clone(), h)
+            }
+        };
         let seed = self.seed.unwrap_or_else(|| {
             holder.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
                 (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -221,6 +235,9 @@ impl RelayBuilder {
                 retry,
                 config,
                 holder,
+                lease_holder,
+                instance,
+                driving: Default::default(),
                 rng: SeededRng::new(seed),
                 ids: AtomicU64::new(0),
             }),

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::handle::{Command, CommandRx};
-use super::{EventSender, Inner};
+use super::{Driving, EventSender, Inner};
 use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, VerdictOutcome, VerdictView};
 use crate::audit::{detail, push_json, push_json_str, AuditDetail, AuditEvent};
 use crate::error::{Error, Result};
@@ -23,9 +23,32 @@ use crate::target::{Role, Target, TrafficSplit};
 enum Stop {
     /// Roll back for this cause.
     Rollback(String),
+    /// Roll back for this cause, which may pass by itself: a provider call
+    /// that failed retryably until the retry policy gave up (an outage), a
+    /// revision not ready in time. During a rollback the action that met it
+    /// is tried again, within [`EngineConfig::rollback_retry_budget`](super::EngineConfig::rollback_retry_budget).
+    Transient(String),
     /// Stop driving without touching the target (lease lost, state store down).
     Fatal(Error),
 }
+
+impl Stop {
+    /// The stop for `what` failing with `e`: fatal when the lease is gone
+    /// (someone else drives the rollout now), transient when the error may
+    /// pass.
+    fn failed(what: impl std::fmt::Display, e: Error) -> Stop {
+        match e {
+            Error::LeaseLost { .. } => Stop::Fatal(e),
+            e if e.is_retryable() || matches!(e, Error::RetriesExhausted { .. }) => {
+                Stop::Transient(format!("{what} failed: {e}"))
+            }
+            e => Stop::Rollback(format!("{what} failed: {e}")),
+        }
+    }
+}
+
+/// The longest wait between two tries of a failed rollback action.
+const ROLLBACK_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Why a wait ended early.
 #[derive(PartialEq)]
@@ -140,6 +163,8 @@ pub(crate) struct Driver {
     /// rollout are every entry's, and its action and detail are rewritten
     /// in their buffers (a verdict's detail is written into the last one's).
     entry: AuditEvent,
+    /// This engine's claim on the rollout, released when the driver ends.
+    _claim: Driving,
 }
 
 impl Driver {
@@ -147,6 +172,7 @@ impl Driver {
         inner: Arc<Inner>,
         record: RolloutRecord,
         lease: Lease,
+        claim: Driving,
         commands: CommandRx,
         events: EventSender,
     ) -> Self {
@@ -170,6 +196,7 @@ impl Driver {
             rolling_back: false,
             split: TrafficSplit::default(),
             entry,
+            _claim: claim,
         }
     }
 
@@ -303,7 +330,7 @@ impl Driver {
                     r.map_err(|e| Stop::Rollback(format!("audit sink failed: {e}")))
                 }
             }
-            Err(e) => Err(Stop::Rollback(format!("{op} failed: {e}"))),
+            Err(e) => Err(Stop::failed(op, e)),
         }
     }
 
@@ -487,7 +514,7 @@ impl Driver {
                 RolloutStatus::RollingBack { cause } => Box::pin(self.rollback(cause)).await,
                 RolloutStatus::Running => match self.forward().await {
                     Ok(()) => self.finish(RolloutStatus::Succeeded).await,
-                    Err(Stop::Rollback(cause)) => Box::pin(self.rollback(cause)).await,
+                    Err(Stop::Rollback(cause) | Stop::Transient(cause)) => Box::pin(self.rollback(cause)).await,
                     Err(Stop::Fatal(e)) => Err(e),
                 },
                 _ => Err(Error::NotRunning {
@@ -534,7 +561,7 @@ impl Driver {
         self.record.status = status;
         self.persist().await.map_err(|s| match s {
             Stop::Fatal(e) => e,
-            Stop::Rollback(c) => Error::provider("engine", false, c),
+            Stop::Rollback(c) | Stop::Transient(c) => Error::provider("engine", false, c),
         })?;
         Ok(outcome)
     }
@@ -569,7 +596,7 @@ impl Driver {
     /// command that would stop the rollout only fails to be recorded.
     async fn take_commands_between_steps(&mut self) -> Result<(), Stop> {
         match self.take_commands().await {
-            Err(Stop::Rollback(error)) if self.promoted() => {
+            Err(Stop::Rollback(error) | Stop::Transient(error)) if self.promoted() => {
                 tracing::error!(%error, "a command after promotion could not be recorded");
                 Ok(())
             }
@@ -613,7 +640,7 @@ impl Driver {
             let span = tracing::info_span!("step", index, kind = step.kind());
             let end = match self.execute(index, &step).instrument(span).await {
                 Ok(end) => end,
-                Err(Stop::Rollback(error)) if self.promoted() => {
+                Err(Stop::Rollback(error) | Stop::Transient(error)) if self.promoted() => {
                     self.cleanup_failed(index, error).await;
                     StepEnd::Done
                 }
@@ -746,6 +773,14 @@ impl Driver {
                 })
                 .await?;
             }
+            Step::RetireLeftover { revision } => {
+                self.mutate(
+                    "target.retire",
+                    detail!({"leftover": true, "revision": revision}),
+                    || target.retire(revision),
+                )
+                .await?;
+            }
         }
         Ok(StepEnd::Done)
     }
@@ -861,7 +896,7 @@ impl Driver {
             let state = self
                 .call("target.observe", || target.observe())
                 .await
-                .map_err(|e| Stop::Rollback(format!("target.observe failed: {e}")))?;
+                .map_err(|e| Stop::failed("target.observe", e))?;
             match state.revision(rev) {
                 Some(r) if r.failed > 0 => {
                     let e = Error::RevisionFailed {
@@ -883,7 +918,7 @@ impl Driver {
                         self.inner.config.progress_deadline
                     ),
                 };
-                return Err(Stop::Rollback(e.to_string()));
+                return Err(Stop::Transient(e.to_string()));
             }
             // Readiness waits are not skipped by promote-now; the flag is kept.
             if watch {
@@ -1123,7 +1158,7 @@ impl Driver {
             .inner
             .last_promoted(&self.record.target, stable, &self.record.id)
             .await
-            .map_err(|e| Stop::Rollback(format!("could not read what stable revision {stable} ran: {e}")))?;
+            .map_err(|e| Stop::failed(format_args!("reading what stable revision {stable} ran"), e))?;
         let Some(before) = found else {
             return Err(Stop::Rollback(format!(
                 "stable revision {stable} is gone from target {} and relay has no record of what it ran; restore it by hand",
@@ -1149,7 +1184,7 @@ impl Driver {
         self.promote_now = false;
         let to_err = |s: Stop| match s {
             Stop::Fatal(e) => Err(e),
-            Stop::Rollback(c) => Ok(c),
+            Stop::Rollback(c) | Stop::Transient(c) => Ok(c),
         };
         if !matches!(self.record.status, RolloutStatus::RollingBack { .. }) {
             tracing::warn!(%cause, "rolling back");
@@ -1175,6 +1210,11 @@ impl Driver {
         } else {
             plan.replicas
         };
+        // A failed action is tried again while the budget lasts (a fresh
+        // one when a resumed rollback starts again).
+        let budget = Instant::now() + self.inner.config.rollback_retry_budget;
+        let mut pause = self.inner.config.poll_interval;
+        let mut tries = 0u32;
         while self.record.rollback_cursor < 5 {
             let result = match (self.record.rollback_cursor, &plan.stable) {
                 // Stable's capacity first: traffic moved onto a stable that
@@ -1221,6 +1261,8 @@ impl Driver {
                     )
                     .await
                 }
+                // Settling on the stable revision: the candidate is it.
+                (4, _) if plan.is_repair() => Ok(()),
                 (4, _) => {
                     self.mutate(
                         "target.retire",
@@ -1231,11 +1273,43 @@ impl Driver {
                 }
                 _ => Ok(()),
             };
-            if let Err(s) = result {
-                let error = to_err(s)?;
-                tracing::error!(%cause, %error, "ROLLBACK FAILED: the target needs a human");
-                return self.finish(RolloutStatus::RollbackFailed { cause, error }).await;
+            match result {
+                Ok(()) => {}
+                // An outage: the same action again, later, within the budget.
+                Err(Stop::Transient(error)) if Instant::now() + pause < budget => {
+                    tries += 1;
+                    tracing::warn!(%error, step = self.record.rollback_cursor, tries, "rollback action failed; trying again");
+                    let detail = detail!({"step": self.record.rollback_cursor, "error": error, "tries": tries, "next_in_ms": pause.as_millis() as u64});
+                    if let Err(e) = self.audit("rollback.retrying", detail).await {
+                        tracing::error!(error = %e, "could not audit a rollback retry");
+                    }
+                    self.emit(EventKind::Retrying {
+                        operation: "rollback".to_owned(),
+                        attempt: tries,
+                        error,
+                        backoff_ms: pause.as_millis() as u64,
+                    });
+                    let until = Instant::now() + pause;
+                    loop {
+                        match self.wait_until(Some(until)).await {
+                            Ok(Wake::Elapsed) => break,
+                            Ok(_) => {}
+                            Err(s) => {
+                                to_err(s)?;
+                            }
+                        }
+                    }
+                    pause = (pause * 2).min(ROLLBACK_RETRY_MAX);
+                    continue;
+                }
+                Err(s) => {
+                    let error = to_err(s)?;
+                    tracing::error!(%cause, %error, "ROLLBACK FAILED: the target needs a human");
+                    return self.finish(RolloutStatus::RollbackFailed { cause, error }).await;
+                }
             }
+            pause = self.inner.config.poll_interval;
+            tries = 0;
             self.record.rollback_cursor += 1;
             if let Err(s) = self.persist().await {
                 to_err(s)?;

@@ -64,6 +64,15 @@ pub struct EngineConfig {
     pub gate_poll_interval: Duration,
     /// Events buffered per rollout for slow subscribers.
     pub event_buffer: usize,
+    /// How long a rollback keeps trying an action that fails with errors
+    /// that may pass (an API unavailable or throttling, a stable revision
+    /// slow to become ready) before it ends `RollbackFailed`: each try goes
+    /// through the retry policy, and the tries are spaced from
+    /// `poll_interval` doubling up to a minute. Errors that will not pass
+    /// (a denied permission) end it at once. A rollback that failed can be
+    /// finished later with [`Relay::resume`].
+    #[serde(with = "crate::serde_duration", default = "default_rollback_retry_budget")]
+    pub rollback_retry_budget: Duration,
 }
 
 impl Default for EngineConfig {
@@ -77,8 +86,13 @@ impl Default for EngineConfig {
             progress_deadline: Duration::from_secs(600),
             gate_poll_interval: Duration::from_secs(30),
             event_buffer: 256,
+            rollback_retry_budget: default_rollback_retry_budget(),
         }
     }
+}
+
+fn default_rollback_retry_budget() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 fn default_poll_backoff() -> f64 {
@@ -216,6 +230,13 @@ pub(crate) struct Inner {
     pub retry: RetryPolicy,
     pub config: EngineConfig,
     pub holder: String,
+    /// The prefix of the lease holder ids of this instance: the holder and
+    /// the instance's random part.
+    pub lease_holder: String,
+    /// This instance's random part.
+    pub instance: String,
+    /// The rollouts this instance drives now: one driver per rollout.
+    pub driving: std::sync::Mutex<std::collections::HashSet<String>>,
     pub rng: SeededRng,
     pub ids: AtomicU64,
 }
@@ -267,8 +288,21 @@ impl Inner {
         }))
     }
 
+    /// The lease holder id for driving `rollout` from this instance: unique
+    /// to it, so no other engine's acquire counts as this one's renewal.
     fn holder_for(&self, rollout: &str) -> String {
-        format!("{}/{rollout}", self.holder)
+        format!("{}/{rollout}", self.lease_holder)
+    }
+
+    /// Claim `rollout` for a driver of this instance; `None` when one
+    /// already drives it. The claim ends when the guard is dropped (the
+    /// driver's task ends, however it ends).
+    fn claim(self: &Arc<Self>, rollout: &str) -> Option<Driving> {
+        let mut driving = self.driving.lock().unwrap_or_else(|p| p.into_inner());
+        driving.insert(rollout.to_owned()).then(|| Driving {
+            inner: Arc::downgrade(self),
+            rollout: rollout.to_owned(),
+        })
     }
 
     pub(crate) async fn audit(&self, rollout: &str, actor: &str, action: &str, detail: AuditDetail) -> Result<()> {
@@ -292,6 +326,39 @@ impl Inner {
         .await
         .map(|_| ())
     }
+}
+
+/// The steps that settle `target` on `stable`, the revision it already runs
+/// as stable, at `replicas`: none when it is settled (that size, all
+/// traffic, nothing else running or routed to); else full size, all
+/// traffic, promote, and retire what else runs.
+fn settle(target: &crate::target::TargetState, stable: &crate::release::RevisionId, replicas: u32) -> Vec<Step> {
+    let mut leftovers: Vec<crate::release::RevisionId> = target
+        .revisions
+        .iter()
+        .filter(|r| &r.id != stable && (r.desired > 0 || r.ready > 0))
+        .map(|r| r.id.clone())
+        .collect();
+    for (id, weight) in target.traffic.weights() {
+        if id != stable && *weight > 0 && !leftovers.contains(id) {
+            leftovers.push(id.clone());
+        }
+    }
+    let size = target.revision(stable).map_or(0, |r| r.desired);
+    let routed = target.traffic.is_empty() || target.traffic.weight(stable) == 100;
+    if size == replicas && routed && leftovers.is_empty() {
+        return Vec::new();
+    }
+    let mut steps = vec![
+        Step::Scale {
+            role: crate::target::Role::Candidate,
+            replicas,
+        },
+        Step::Route { candidate_weight: 100 },
+        Step::Promote,
+    ];
+    steps.extend(leftovers.into_iter().map(|revision| Step::RetireLeftover { revision }));
+    steps
 }
 
 fn warn_retry(op: &str) -> impl FnMut(u32, &Error, Duration) + '_ {
@@ -329,12 +396,15 @@ impl Relay {
         &self.inner.state
     }
 
-    /// A fresh id `<prefix>-<now ms>-<counter>` for a rollout or wave.
+    /// A fresh id `<prefix>-<now ms>-<instance>-<counter>` for a rollout or
+    /// wave: unique among the engines that share a state store, since each
+    /// has its own random instance part.
     pub(crate) fn fresh_id(&self, prefix: &str) -> String {
         format!(
-            "{}-{}-{}",
+            "{}-{}-{}-{}",
             crate::state_key(prefix),
             self.inner.clock.now_ms(),
+            self.inner.instance,
             self.inner.ids.fetch_add(1, Ordering::Relaxed)
         )
     }
@@ -412,9 +482,13 @@ impl Relay {
             .call("target.observe", warn_retry("target.observe"), || target.observe())
             .await?;
         let stable = observed.stable.as_ref().and_then(|s| observed.revision(s)).cloned();
-        let already_stable = stable
-            .as_ref()
-            .is_some_and(|s| s.id == candidate.id && s.desired == spec.release.replicas);
+        let runs_candidate = stable.as_ref().is_some_and(|s| s.id == candidate.id);
+        // The candidate is the stable revision: nothing to do only when the
+        // target is settled on it (its size, all traffic, nothing else
+        // running), else the plan settles it (a rollback that did not
+        // finish leaves traffic and replicas on the revision it removed).
+        let repair = runs_candidate.then(|| settle(&observed, &candidate.id, spec.release.replicas));
+        let stable_replicas = stable.as_ref().map_or(0, |s| s.desired);
         let stable = stable.filter(|s| s.id != candidate.id);
         let ctx = PlanContext {
             target: spec.target.clone(),
@@ -422,10 +496,9 @@ impl Relay {
             replicas: spec.release.replicas,
             stable: stable.clone(),
         };
-        let mut steps = if already_stable {
-            Vec::new()
-        } else {
-            spec.strategy.plan(&ctx)?
+        let mut steps = match &repair {
+            Some(steps) => steps.clone(),
+            None => spec.strategy.plan(&ctx)?,
         };
         if !steps.is_empty() {
             self.preflight(spec, &candidate).await?;
@@ -435,6 +508,7 @@ impl Relay {
             }
             steps.splice(0..0, spec.gates_before_start.iter().map(gate));
         }
+        let candidate_id = candidate.id.clone();
         for (i, step) in steps.iter().enumerate() {
             match step {
                 Step::Gate { name } if !inner.gates.contains_key(name) => {
@@ -458,8 +532,11 @@ impl Relay {
             requested: reference.clone(),
             candidate,
             replicas: spec.release.replicas,
-            stable_replicas: stable.as_ref().map_or(0, |s| s.desired),
-            stable: stable.map(|s| s.id),
+            stable_replicas,
+            stable: match repair {
+                Some(ref steps) if !steps.is_empty() => Some(candidate_id),
+                _ => stable.map(|s| s.id),
+            },
             steps,
         })
     }
@@ -633,6 +710,7 @@ impl Relay {
         inner.target(&spec.target)?;
         let now = inner.clock.now_ms();
         let id = spec.id.clone().unwrap_or_else(|| self.fresh_id(&spec.target));
+        let claim = self.claim(&id)?;
         // Lease first, then plan: the plan is made from what the target looks
         // like while no other rollout can change it.
         let holder = inner.holder_for(&id);
@@ -692,7 +770,15 @@ impl Relay {
                 return Err(e);
             }
         }
-        Ok(self.spawn(record, lease))
+        Ok(self.spawn(record, lease, claim))
+    }
+
+    /// Claim `id` for a new driver of this engine, or refuse: one engine
+    /// never drives a rollout twice.
+    fn claim(&self, id: &str) -> Result<Driving> {
+        self.inner.claim(id).ok_or_else(|| Error::Conflict {
+            what: format!("rollout {id} is already driven by this engine"),
+        })
     }
 
     /// The entries that open a rollout's trail: `rollout.started`, the
@@ -726,9 +812,16 @@ impl Relay {
     /// Pick up a rollout left running by a crashed or stopped engine. The
     /// step under the cursor is re-run; every step is idempotent.
     ///
+    /// A rollout whose rollback failed (`RollbackFailed`, after a denied
+    /// permission say) is resumed too, once a human has fixed the cause:
+    /// its rollback goes on from the action that failed — unless another
+    /// rollout has started on the target since, which then owns it.
+    ///
     /// # Errors
-    /// [`Error::NotFound`], [`Error::NotRunning`] for a finished rollout, and
-    /// [`Error::TargetLocked`] while the previous holder's lease is valid.
+    /// [`Error::NotFound`], [`Error::NotRunning`] for a finished rollout,
+    /// [`Error::Conflict`] for a failed rollback a later rollout
+    /// superseded, and [`Error::TargetLocked`] while the previous holder's
+    /// lease is valid.
     pub async fn resume(&self, id: &str) -> Result<RolloutHandle> {
         let inner = &self.inner;
         let mut record = inner
@@ -737,10 +830,30 @@ impl Relay {
             .ok_or_else(|| Error::NotFound {
                 what: format!("rollout {id}"),
             })?;
-        if record.status.is_terminal() {
+        inner.target(&record.target)?;
+        let claim = self.claim(id)?;
+        if let RolloutStatus::RollbackFailed { cause, .. } = &record.status {
+            let history = inner
+                .call("state.list_target", warn_retry("state.list_target"), || {
+                    inner.state.list_target(&record.target)
+                })
+                .await?;
+            let later = history
+                .iter()
+                .skip_while(|r| r.id != record.id)
+                .find(|r| r.id != record.id);
+            if let Some(later) = later {
+                return Err(Error::Conflict {
+                    what: format!(
+                        "the rollback of {id} failed, and rollout {} has run on target {:?} since: it owns the target now",
+                        later.id, record.target
+                    ),
+                });
+            }
+            record.status = RolloutStatus::RollingBack { cause: cause.clone() };
+        } else if record.status.is_terminal() {
             return Err(Error::NotRunning { rollout: id.to_owned() });
         }
-        inner.target(&record.target)?;
         let holder = inner.holder_for(id);
         let (ttl, now) = (inner.config.lease_ttl, inner.clock.now_ms());
         let lease = inner
@@ -769,12 +882,13 @@ impl Relay {
             let _ = inner.state.release_lease(&lease).await;
             return Err(e);
         }
-        Ok(self.spawn(record, lease))
+        Ok(self.spawn(record, lease, claim))
     }
 
     /// Resume every rollout the state store holds as running. Rollouts whose
-    /// target is still locked by a live holder are skipped (and returned as
-    /// errors by id).
+    /// target is still locked by a live holder, and rollouts this engine
+    /// drives already, are skipped (and returned as errors by id:
+    /// [`Error::TargetLocked`], [`Error::Conflict`]).
     pub async fn recover(&self) -> Result<(Vec<RolloutHandle>, Vec<(String, Error)>)> {
         let mut handles = Vec::new();
         let mut skipped = Vec::new();
@@ -790,14 +904,41 @@ impl Relay {
         Ok((handles, skipped))
     }
 
-    fn spawn(&self, record: RolloutRecord, lease: crate::state::Lease) -> RolloutHandle {
+    fn spawn(&self, record: RolloutRecord, lease: crate::state::Lease, claim: Driving) -> RolloutHandle {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let hub = EventHub::new(self.inner.config.event_buffer);
         let first = hub.subscribe();
         let id = record.id.clone();
-        let driver = driver::Driver::new(self.inner.clone(), record, lease, cmd_rx, EventSender(hub.clone()));
+        let driver = driver::Driver::new(
+            self.inner.clone(),
+            record,
+            lease,
+            claim,
+            cmd_rx,
+            EventSender(hub.clone()),
+        );
         let join = tokio::spawn(driver.run());
         RolloutHandle::new(id, cmd_tx, hub, first, join)
+    }
+}
+
+/// A rollout claimed by a driver of this engine instance (see
+/// [`Inner::claim`]); dropping it ends the claim.
+#[derive(Debug)]
+pub(crate) struct Driving {
+    inner: std::sync::Weak<Inner>,
+    rollout: String,
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner
+                .driving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.rollout);
+        }
     }
 }
 

@@ -232,7 +232,10 @@ impl fmt::Debug for LeaseHold {
 /// - `acquire_lease` grants the lease when it is free, expired or already
 ///   held by `holder` (a renewal keeps the token); otherwise
 ///   [`crate::Error::TargetLocked`]. Every change of holder increments the
-///   token.
+///   token. Holder ids are unique to one engine instance and rollout (the
+///   engine's name and a random part drawn when it was built), so a lease
+///   held by `holder` is only ever its own: another engine, or another
+///   process given the same name, is another holder and waits for expiry.
 /// - `renew_lease` extends a lease still held with the same token, else
 ///   [`crate::Error::LeaseLost`].
 /// - `hold_lease`, where a store offers it, keeps a lease still held from
