@@ -813,3 +813,98 @@ async fn two_engines_with_the_same_name_never_share_a_lease() {
     assert_ne!(second.id(), first_id);
     assert_eq!(second.wait().await.unwrap(), Outcome::NoChange);
 }
+
+/// The simulated target, recording when each mutating call was made.
+#[derive(Debug)]
+struct Timed {
+    inner: Arc<SimTarget>,
+    calls: std::sync::Mutex<Vec<(&'static str, tokio::time::Instant)>>,
+}
+
+impl Timed {
+    fn note(&self, op: &'static str) {
+        self.calls.lock().unwrap().push((op, tokio::time::Instant::now()));
+    }
+}
+
+#[async_trait]
+impl Target for Timed {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> relay::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn observe(&self) -> relay::Result<relay::TargetState> {
+        self.inner.observe().await
+    }
+    async fn stage(&self, revision: &relay::RevisionSpec, replicas: u32) -> relay::Result<()> {
+        self.note("stage");
+        self.inner.stage(revision, replicas).await
+    }
+    async fn scale(&self, revision: &relay::RevisionId, replicas: u32) -> relay::Result<()> {
+        self.note("scale");
+        self.inner.scale(revision, replicas).await
+    }
+    async fn route(&self, split: &relay::TrafficSplit) -> relay::Result<()> {
+        self.note("route");
+        self.inner.route(split).await
+    }
+    async fn promote(&self, revision: &relay::RevisionId) -> relay::Result<()> {
+        self.note("promote");
+        self.inner.promote(revision).await
+    }
+    async fn retire(&self, revision: &relay::RevisionId) -> relay::Result<()> {
+        self.note("retire");
+        self.inner.retire(revision).await
+    }
+}
+
+/// Defect 13: target calls were not fenced. When the state store stopped
+/// answering renewals, the engine kept changing the target long after its
+/// lease expired (and another engine could have taken the target over).
+/// Renewal now gives up before the lease expires, and no target call is
+/// made after that.
+#[tokio::test(start_paused = true)]
+async fn no_target_call_is_made_once_the_lease_could_not_be_renewed() {
+    let w = World::new(13);
+    let timed = Arc::new(Timed {
+        inner: w.target.clone(),
+        calls: Default::default(),
+    });
+    // A store shared between processes (no in-process hold), whose
+    // renewals fail from the start.
+    let state = Arc::new(
+        Faulty::new(relay::MemoryStateStore::new(), 13)
+            .with_rate(FaultKind::Unavailable, 1.0)
+            .only_operations(&["renew_lease"]),
+    );
+    let relay = w
+        .stores()
+        .target(timed.clone())
+        .probe(Arc::new(SimProbe::new(w.target.clone())))
+        .state(state.clone())
+        .build()
+        .unwrap();
+    // v1 goes out in seconds, well within one lease.
+    deploy_v1(&relay).await;
+    let ttl = relay::EngineConfig::default().lease_ttl;
+    let started = tokio::time::Instant::now();
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    let ended = handle.wait().await;
+    assert!(
+        matches!(ended, Err(relay::Error::LeaseLost { .. })),
+        "the engine must stop on a lease it cannot renew: {ended:?}"
+    );
+    let calls = timed.calls.lock().unwrap().clone();
+    assert!(!calls.is_empty());
+    let late: Vec<_> = calls.iter().filter(|(_, at)| *at >= started + ttl).collect();
+    assert!(late.is_empty(), "target calls after the lease expired: {late:?}");
+    // Left running for another engine to pick up.
+    let record = relay.state().get(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, relay::RolloutStatus::Running);
+}

@@ -136,6 +136,56 @@ impl CheckTally {
     }
 }
 
+/// What a driver knows of its lease: whether it was lost, and until when it
+/// holds for certain (`None`: held in process, with no expiry).
+#[derive(Default)]
+struct LeaseWatch {
+    state: Mutex<(Option<String>, Option<Instant>)>,
+    /// Wakes a waiting driver when the lease is lost.
+    lost: tokio::sync::Notify,
+}
+
+impl LeaseWatch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<String>, Option<Instant>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn good_until(&self) -> Option<Instant> {
+        self.lock().1
+    }
+
+    fn set_good_until(&self, until: Instant) {
+        self.lock().1 = Some(until);
+    }
+
+    fn lose(&self, reason: String) {
+        tracing::error!(%reason, "lease lost: stopped changing the target");
+        self.lock().0 = Some(reason);
+        self.lost.notify_one();
+    }
+
+    /// `Err(why)` once the lease was lost or its margin has passed.
+    fn check(&self) -> Result<(), String> {
+        let (lost, until) = &*self.lock();
+        if let Some(reason) = lost {
+            return Err(reason.clone());
+        }
+        match until {
+            Some(until) if Instant::now() >= *until => Err("the lease was not renewed in time".to_owned()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Until when `lease`, granted by a call made at `at` (`at_ms` on the
+/// engine's clock, from which the store set its expiry), holds for certain:
+/// its expiry less a sixth of its time to live, so an engine stops before
+/// another may take the lease over, not after.
+fn good_until(lease: &Lease, at_ms: crate::clock::UnixMillis, at: Instant, ttl: Duration) -> Instant {
+    let left = u64::try_from(lease.expires_at_ms.saturating_sub(at_ms)).unwrap_or(0);
+    at + Duration::from_millis(left).saturating_sub(ttl / 6)
+}
+
 /// Aborts the lease renewal task when the driver ends, however it ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -150,7 +200,8 @@ pub(crate) struct Driver {
     target: Arc<dyn Target>,
     record: RolloutRecord,
     lease: Lease,
-    lease_lost: Arc<Mutex<Option<String>>>,
+    /// What the driver knows of its lease, shared with the renewal task.
+    lease_watch: Arc<LeaseWatch>,
     commands: Option<CommandRx>,
     events: EventSender,
     promote_now: bool,
@@ -189,7 +240,7 @@ impl Driver {
             target,
             record,
             lease,
-            lease_lost: Arc::new(Mutex::new(None)),
+            lease_watch: Arc::new(LeaseWatch::default()),
             commands: Some(commands),
             events,
             promote_now: false,
@@ -238,42 +289,64 @@ impl Driver {
             .map_err(|e| Stop::Rollback(format!("audit sink failed: {e}")))
     }
 
+    /// Renew the lease every `ttl / 3`; after a renewal that failed
+    /// retryably, try again every `ttl / 10`. The lease counts as lost —
+    /// and the driver stops mutating — once it could not be renewed before
+    /// [`LeaseWatch::good_until`], a margin ahead of its expiry in the
+    /// store, not after it.
     fn spawn_lease_renewal(&self) -> AbortOnDrop {
         let (state, clock, ttl) = (
             self.inner.state.clone(),
             self.inner.clock.clone(),
             self.inner.config.lease_ttl,
         );
-        let lost = self.lease_lost.clone();
+        let watch = self.lease_watch.clone();
+        watch.set_good_until(good_until(&self.lease, clock.now_ms(), Instant::now(), ttl));
         let mut lease = self.lease.clone();
         AbortOnDrop(tokio::spawn(async move {
-            // One timer, reset after each renewal.
-            let sleep = tokio::time::sleep(ttl / 3);
-            tokio::pin!(sleep);
+            let (period, again) = (ttl / 3, (ttl / 10).max(Duration::from_millis(1)));
+            let mut next = Instant::now() + period;
             loop {
-                sleep.as_mut().await;
-                let renewed = state.renew_lease(&lease, ttl, clock.now_ms()).await;
-                sleep.as_mut().reset(Instant::now() + ttl / 3);
+                tokio::time::sleep_until(next).await;
+                let Some(until) = watch.good_until() else {
+                    return;
+                };
+                let (at, at_ms) = (Instant::now(), clock.now_ms());
+                // A renewal that hangs past the margin is as good as none.
+                let renewed = tokio::time::timeout_at(until, state.renew_lease(&lease, ttl, at_ms)).await;
                 match renewed {
-                    Ok(l) => lease = l,
-                    Err(e) if e.is_retryable() => tracing::warn!(error = %e, "lease renewal failed, retrying"),
-                    Err(e) => {
-                        *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                        return;
+                    Ok(Ok(l)) => {
+                        watch.set_good_until(good_until(&l, at_ms, at, ttl));
+                        lease = l;
+                        next = Instant::now() + period;
+                    }
+                    Ok(Err(e)) if e.is_retryable() && Instant::now() + again < until => {
+                        tracing::warn!(error = %e, "lease renewal failed, retrying");
+                        next = Instant::now() + again;
+                    }
+                    Ok(Err(e)) => {
+                        return watch.lose(format!("could not renew the lease before it expires: {e}"));
+                    }
+                    Err(_) => {
+                        return watch
+                            .lose("could not renew the lease before it expires: the renewal did not answer".into());
                     }
                 }
             }
         }))
     }
 
+    /// Whether the lease still holds; an engine that cannot say so must
+    /// not change the target.
+    fn lease_check(&self) -> Result<()> {
+        self.lease_watch.check().map_err(|reason| Error::LeaseLost {
+            target: self.record.target.clone(),
+            reason,
+        })
+    }
+
     fn check_lease(&self) -> Result<(), Stop> {
-        match self.lease_lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            Some(reason) => Err(Stop::Fatal(Error::LeaseLost {
-                target: self.record.target.clone(),
-                reason,
-            })),
-            None => Ok(()),
-        }
+        self.lease_check().map_err(Stop::Fatal)
     }
 
     async fn persist(&mut self) -> Result<(), Stop> {
@@ -317,7 +390,18 @@ impl Driver {
         Fut: std::future::Future<Output = Result<()>>,
     {
         self.check_lease()?;
-        match self.call(op, f).await {
+        // Fenced: every attempt, retries included, is made only while the
+        // lease holds.
+        let mut f = f;
+        let fenced = || {
+            let holds = self.lease_check();
+            let call = f();
+            async move {
+                holds?;
+                call.await
+            }
+        };
+        match self.call(op, fenced).await {
             Ok(()) => {
                 tracing::info!(operation = op, %detail, "target changed");
                 let r = self.audit(op, detail).await;
@@ -368,6 +452,10 @@ impl Driver {
                 };
                 tokio::select! {
                     () = sleep => return Ok(Wake::Elapsed),
+                    () = self.lease_watch.lost.notified() => {
+                        self.check_lease()?;
+                        continue;
+                    }
                     c = recv => c,
                     r = watch => return Ok(match r {
                         Ok(()) => Wake::Changed,
