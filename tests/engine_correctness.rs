@@ -908,3 +908,141 @@ async fn no_target_call_is_made_once_the_lease_could_not_be_renewed() {
     let record = relay.state().get(&id).await.unwrap().unwrap();
     assert_eq!(record.status, relay::RolloutStatus::Running);
 }
+
+/// What the next append's write does to the disk under the audit log.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DiskFault {
+    /// Writes half the line, then fails (a full disk).
+    Torn,
+    /// Writes the line, then the sync fails.
+    Unsynced,
+    /// Writes half the line and fails, and cutting it off fails too.
+    TornForGood,
+}
+
+/// The log's file, failing as told.
+#[derive(Debug)]
+struct FailingDisk {
+    file: std::fs::File,
+    next: Arc<std::sync::Mutex<Option<DiskFault>>>,
+    failed_write: Option<DiskFault>,
+}
+
+impl relay::AuditFile for FailingDisk {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.failed_write = self.next.lock().unwrap().take();
+        match self.failed_write {
+            Some(DiskFault::Torn | DiskFault::TornForGood) => {
+                self.file.write_all(&bytes[..bytes.len() / 2])?;
+                Err(std::io::Error::other("no space left on device"))
+            }
+            _ => self.file.write_all(bytes),
+        }
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        match self.failed_write {
+            Some(DiskFault::Unsynced) => Err(std::io::Error::other("input/output error")),
+            _ => self.file.sync_data(),
+        }
+    }
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        match self.failed_write {
+            Some(DiskFault::TornForGood) => Err(std::io::Error::other("read-only file system")),
+            _ => self.file.set_len(len),
+        }
+    }
+}
+
+fn event(action: &str) -> relay::AuditEvent {
+    relay::AuditEvent {
+        at_ms: 1,
+        actor: "test".into(),
+        rollout: "r-14".into(),
+        action: action.into(),
+        detail: serde_json::json!({"n": action}).into(),
+    }
+}
+
+/// Defect 14: when a write or sync of the audit log failed, the bytes
+/// already written stayed and the head did not advance: the next append
+/// wrote a whole line after a partial one (or repeated a sequence number),
+/// and the log no longer opened. An append is now all or nothing.
+#[tokio::test]
+async fn a_failed_audit_append_leaves_no_torn_or_duplicate_line() {
+    use relay::AuditSink;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let next = Arc::new(std::sync::Mutex::new(None));
+    let disk = next.clone();
+    let sink = relay::JsonlAuditSink::open_with(&path, move |file| {
+        Box::new(FailingDisk {
+            file,
+            next: disk,
+            failed_write: None,
+        })
+    })
+    .unwrap();
+    sink.append(&event("one")).await.unwrap();
+    for fault in [DiskFault::Torn, DiskFault::Unsynced] {
+        *next.lock().unwrap() = Some(fault);
+        assert!(sink.append(&event("lost")).await.is_err(), "{fault:?}");
+        sink.append(&event("kept")).await.unwrap();
+    }
+    let entries = sink.entries().await.unwrap();
+    let seqs: Vec<_> = entries.iter().map(|e| (e.seq, e.event.action.as_str())).collect();
+    assert_eq!(seqs, vec![(1, "one"), (2, "kept"), (3, "kept")]);
+    assert_eq!(sink.verify().await.unwrap(), 3);
+    drop(sink);
+    assert_eq!(relay::JsonlAuditSink::open(&path).unwrap().verify().await.unwrap(), 3);
+}
+
+/// Defect 14, the other half: an interrupted line (a crash mid-write, or a
+/// cut that failed too) made the log fail to open for good. Opening it now
+/// cuts the partial line back to the last whole entry and records the
+/// repair; a whole line that does not verify is still tampering.
+#[tokio::test]
+async fn an_interrupted_audit_line_is_cut_off_and_the_repair_recorded_on_open() {
+    use relay::AuditSink;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let next = Arc::new(std::sync::Mutex::new(None));
+    let disk = next.clone();
+    let sink = relay::JsonlAuditSink::open_with(&path, move |file| {
+        Box::new(FailingDisk {
+            file,
+            next: disk,
+            failed_write: None,
+        })
+    })
+    .unwrap();
+    sink.append(&event("one")).await.unwrap();
+    sink.append(&event("two")).await.unwrap();
+    *next.lock().unwrap() = Some(DiskFault::TornForGood);
+    assert!(sink.append(&event("torn")).await.is_err());
+    // The cut failed: the sink refuses to write after a partial line.
+    let refused = sink.append(&event("after")).await.unwrap_err();
+    assert!(refused.to_string().contains("opened again"), "{refused}");
+    drop(sink);
+    let torn = std::fs::read(&path).unwrap();
+    assert_ne!(torn.last(), Some(&b'\n'), "the test left a partial line");
+
+    let reopened = relay::JsonlAuditSink::open(&path).unwrap();
+    let entries = reopened.entries().await.unwrap();
+    let actions: Vec<_> = entries.iter().map(|e| e.event.action.as_str()).collect();
+    assert_eq!(actions, vec!["one", "two", "audit.repaired"]);
+    let cut = entries[2].event.detail.to_value()["cut_bytes"].as_u64().unwrap();
+    assert!(cut > 0);
+    assert_eq!(reopened.verify().await.unwrap(), 3);
+    reopened.append(&event("three")).await.unwrap();
+    assert_eq!(reopened.verify().await.unwrap(), 4);
+    drop(reopened);
+
+    // A whole line that was edited is not an interrupted write.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("\"one\"", "\"uno\"", 1)).unwrap();
+    assert!(matches!(
+        relay::JsonlAuditSink::open(&path),
+        Err(relay::Error::AuditTampered { .. })
+    ));
+}

@@ -1,13 +1,15 @@
 //! The default audit sink: one JSON entry per line in an append-only file.
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use super::{verify_chain, AuditEntry, AuditEvent, AuditSink, ChainHead};
+use crate::clock::{Clock, TokioClock};
 use crate::error::{Error, Result};
 
 const PROVIDER: &str = "jsonl-audit";
@@ -15,6 +17,18 @@ const PROVIDER: &str = "jsonl-audit";
 /// Appends entries to a JSONL file. Opening an existing file verifies it and
 /// continues its chain. Each append is flushed and, unless
 /// [`JsonlAuditSink::sync_each_append`] is turned off, fsynced.
+///
+/// # Guarantees
+/// - An append is all or nothing: when its write or sync fails, the bytes
+///   it wrote are cut off again before it returns the error, so the file
+///   ends with the last whole entry and the next append continues the
+///   chain (no torn line, no repeated sequence number). Should the cut
+///   fail too, the sink refuses further appends until the file is opened
+///   again.
+/// - Opening a file whose last line was interrupted (a crash or a full
+///   disk mid-write leaves a line without its newline) cuts it off and
+///   appends an `audit.repaired` entry saying how many bytes were cut.
+///   A whole line that does not verify is tampering, never repaired.
 ///
 /// # Caveats
 /// - One writer per file: the sink keeps the chain head in memory, so two
@@ -30,27 +44,75 @@ pub struct JsonlAuditSink {
     inner: Arc<Mutex<Writer>>,
 }
 
+/// The file a [`JsonlAuditSink`] appends to, as the sink uses it: a seam
+/// for tests that fail writes, syncs and truncations as a disk would
+/// ([`JsonlAuditSink::open_with`]). `std::fs::File` implements it.
+pub trait AuditFile: Send + fmt::Debug {
+    /// Write all of `bytes` at the end of the file (it may write part of
+    /// them and fail).
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Make what was written durable.
+    fn sync(&mut self) -> io::Result<()>;
+    /// Cut the file back to `len` bytes, durably.
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+}
+
+impl AuditFile for File {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes)?;
+        self.flush()
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)?;
+        self.sync_data()
+    }
+}
+
 #[derive(Debug)]
 struct Writer {
-    file: File,
+    file: Box<dyn AuditFile>,
+    /// The file's length: where the last whole entry ends.
+    len: u64,
     head: ChainHead,
     sync: bool,
+    /// Set when a failed append could not be cut off again: the file may
+    /// end in a partial line, so nothing more is appended until it is
+    /// opened again (which repairs it).
+    broken: Option<String>,
     /// The line being written, kept between appends for its allocation.
     line: Vec<u8>,
 }
 
 impl Writer {
-    /// Seal `event` onto the chain and write its line.
+    /// Seal `event` onto the chain and write its line, all or nothing.
     fn append(&mut self, path: &Path, event: &AuditEvent) -> Result<ChainHead> {
+        if let Some(why) = &self.broken {
+            return Err(io_err(
+                path,
+                format!("appends are refused until the log is opened again: {why}"),
+            ));
+        }
         let next = self.head.write_next_line(event, &mut self.line);
         self.line.push(b'\n');
-        self.file.write_all(&self.line).map_err(|e| io_err(path, e))?;
-        self.file.flush().map_err(|e| io_err(path, e))?;
-        if self.sync {
-            self.file.sync_data().map_err(|e| io_err(path, e))?;
+        let written = self
+            .file
+            .append(&self.line)
+            .and_then(|()| if self.sync { self.file.sync() } else { Ok(()) });
+        if let Err(e) = written {
+            // Whatever part of the line reached the file is cut off, so the
+            // file still ends with the last whole entry and the next append
+            // continues the chain from the head, which did not move.
+            if let Err(t) = self.file.truncate(self.len) {
+                self.broken = Some(format!("a failed append ({e}) could not be cut off ({t})"));
+            }
+            return Err(io_err(path, e));
         }
-        // Advance only once the line is written, so a failed write does not
-        // leave a gap in the chain.
+        self.len += self.line.len() as u64;
         self.head.clone_from(&next);
         Ok(next)
     }
@@ -60,45 +122,87 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::provider(PROVIDER, false, format!("{}: {e}", path.display()))
 }
 
-fn read_entries(path: &Path) -> Result<Vec<AuditEntry>> {
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(path, e)),
-    };
+/// The entries of a log's bytes, and where its last whole line ends: bytes
+/// after the last newline are an interrupted write.
+fn parse_entries(bytes: &[u8]) -> Result<(Vec<AuditEntry>, usize)> {
+    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| io_err(path, e))?;
-        if line.trim().is_empty() {
+    for (i, line) in bytes[..whole].split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let entry: AuditEntry = serde_json::from_str(&line).map_err(|e| Error::AuditTampered {
+        let entry: AuditEntry = serde_json::from_slice(line).map_err(|e| Error::AuditTampered {
             seq: out.last().map_or(1, |l: &AuditEntry| l.seq + 1),
             reason: format!("line {} is not a valid entry: {e}", i + 1),
         })?;
         out.push(entry);
     }
-    Ok(out)
+    Ok((out, whole))
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(path, e)),
+    }
+}
+
+/// Every entry of the log at `path`. A partial last line (an append in
+/// progress, or interrupted) is not an entry yet.
+fn read_entries(path: &Path) -> Result<Vec<AuditEntry>> {
+    parse_entries(&read_bytes(path)?).map(|(entries, _)| entries)
 }
 
 impl JsonlAuditSink {
-    /// Open (or create) the log at `path`. An existing log must verify.
+    /// Open (or create) the log at `path`. An existing log must verify; an
+    /// interrupted last line is cut off and the repair recorded (see the
+    /// type's guarantees).
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        Self::open_with(path, |file| Box::new(file))
+    }
+
+    /// [`JsonlAuditSink::open`], writing through `wrap(file)`: for tests
+    /// that fail the disk under the sink.
+    pub fn open_with(path: impl Into<PathBuf>, wrap: impl FnOnce(File) -> Box<dyn AuditFile>) -> Result<Self> {
         let path = path.into();
-        let head = verify_chain(&read_entries(&path)?, None)?;
+        let bytes = read_bytes(&path)?;
+        let (entries, whole) = parse_entries(&bytes)?;
+        let head = verify_chain(&entries, None)?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
+        let mut writer = Writer {
+            file: wrap(file),
+            len: bytes.len() as u64,
+            head,
+            sync: true,
+            broken: None,
+            line: Vec::new(),
+        };
+        let torn = bytes.len() - whole;
+        if torn > 0 {
+            writer.file.truncate(whole as u64).map_err(|e| io_err(&path, e))?;
+            writer.len = whole as u64;
+            tracing::warn!(path = %path.display(), bytes = torn, "cut off an interrupted last line of the audit log");
+            let repair = AuditEvent {
+                at_ms: TokioClock::new().now_ms(),
+                actor: PROVIDER.to_owned(),
+                rollout: String::new(),
+                action: "audit.repaired".to_owned(),
+                detail: crate::audit::detail!({
+                    "cut_bytes": torn,
+                    "after_seq": writer.head.seq,
+                    "reason": "the last line was interrupted (no newline): an append that never completed",
+                }),
+            };
+            writer.append(&path, &repair)?;
+        }
         Ok(JsonlAuditSink {
             path: Arc::new(path),
-            inner: Arc::new(Mutex::new(Writer {
-                file,
-                head,
-                sync: true,
-                line: Vec::new(),
-            })),
+            inner: Arc::new(Mutex::new(writer)),
         })
     }
 

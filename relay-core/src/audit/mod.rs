@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 
-pub use jsonl::JsonlAuditSink;
+pub use jsonl::{AuditFile, JsonlAuditSink};
 pub use memory::MemoryAuditSink;
 
 /// The hash that precedes the first entry.
