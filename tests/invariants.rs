@@ -15,7 +15,20 @@
 //! 5. keep at least `replicas - max_unavailable` ready replicas serving
 //!    traffic after every mutation (0 unavailable for canary and
 //!    blue/green);
-//! 6. change nothing when it is refused at planning.
+//! 6. change nothing when it is refused at planning;
+//! 7. never be promoted once an abort was accepted (`rollout.aborted`);
+//! 8. never raise the candidate's weight after an accepted abort or a
+//!    failed analysis (from the `rollout.aborted` or `rollback.started`
+//!    entry on);
+//! 9. never be reverted once promoted (a failed cleanup after promotion,
+//!    such as a denied retire, leaves it promoted);
+//! 10. end with exactly one `rollout.finished` entry, naming the outcome.
+//!
+//! Operators act at random instants: pause, resume, abort, promote-now and
+//! approve a manual gate held before promotion (which otherwise decides on
+//! its timeout). A rollback may meet an outage of the route back to stable
+//! (every such call failing for up to ten minutes), on top of the random
+//! faults.
 //!
 //! The number of rollouts is `RELAY_INVARIANT_CASES` (300 by default, so the
 //! suite stays quick); RELIABILITY.md records a release-mode run of 100,000.
@@ -36,9 +49,9 @@ use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimP
 use relay::providers::{FaultKind, Faulty};
 use relay::strategies::{Amount, BlueGreenStrategy, CanaryStrategy, RollingStrategy, ThresholdJudge};
 use relay::{
-    AnalysisSpec, Capabilities, Check, EventKind, Outcome, Relay, Release, RetryPolicy, RevisionId, RevisionSpec,
-    RolloutSpec, RolloutStatus, Routing, RunningRevision, Strategy as RolloutStrategy, Target, TargetState,
-    TrafficSplit,
+    AnalysisSpec, Capabilities, Check, Clock, EngineConfig, EventKind, ManualApproval, OnTimeout, Outcome, Relay,
+    Release, RetryPolicy, RevisionId, RevisionSpec, RolloutSpec, RolloutStatus, Routing, RunningRevision,
+    Strategy as RolloutStrategy, Target, TargetState, TokioClock, TrafficSplit,
 };
 
 /// One generated rollout.
@@ -57,8 +70,24 @@ struct Case {
     hung: f64,
     /// Probe errors.
     probe_errors: f64,
-    /// Abort this long after the start.
-    abort_after: Option<Duration>,
+    /// Operator commands, each this long after the start.
+    commands: Vec<(Duration, Command)>,
+    /// A manual gate before promotion, decided on its timeout with this
+    /// outcome unless approved.
+    gate: Option<OnTimeout>,
+    /// How long the route back to stable fails once a rollback first
+    /// tries it.
+    rollback_outage: Duration,
+}
+
+/// An operator's command.
+#[derive(Clone, Copy, Debug)]
+enum Command {
+    Pause,
+    Resume,
+    Abort,
+    PromoteNow,
+    Approve,
 }
 
 #[derive(Clone, Debug)]
@@ -133,10 +162,12 @@ fn case() -> impl Strategy<Value = Case> {
         prop_oneof![3 => Just(0.0), 1 => 0.0..0.03],
         prop_oneof![3 => Just(0.0), 1 => 0.0..0.02],
         prop_oneof![Just(0.0), 0.0..0.2],
-        proptest::option::weighted(0.25, (1u64..1_800).prop_map(Duration::from_secs)),
+        proptest::collection::vec((instant(), command()), 0..4),
+        proptest::option::weighted(0.3, prop_oneof![Just(OnTimeout::Approve), Just(OnTimeout::Reject)]),
+        prop_oneof![3 => Just(Duration::ZERO), 1 => (1u64..600).prop_map(Duration::from_secs)],
     )
         .prop_map(
-            |(seed, routing, replicas, strategy, behavior, retryable, denied, hung, probe_errors, abort_after)| Case {
+            |(
                 seed,
                 routing,
                 replicas,
@@ -146,9 +177,44 @@ fn case() -> impl Strategy<Value = Case> {
                 denied,
                 hung,
                 probe_errors,
-                abort_after,
+                commands,
+                gate,
+                rollback_outage,
+            )| Case {
+                seed,
+                routing,
+                replicas,
+                strategy,
+                behavior,
+                retryable,
+                denied,
+                hung,
+                probe_errors,
+                commands,
+                gate,
+                rollback_outage,
             },
         )
+}
+
+/// When an operator acts: mostly early, while most rollouts still run
+/// (one without analysis lasts seconds, one with it minutes).
+fn instant() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        2 => (0u64..20_000).prop_map(Duration::from_millis),
+        2 => (0u64..300).prop_map(Duration::from_secs),
+        1 => (0u64..1_800).prop_map(Duration::from_secs),
+    ]
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        Just(Command::Pause),
+        Just(Command::Resume),
+        Just(Command::Abort),
+        Just(Command::PromoteNow),
+        Just(Command::Approve),
+    ]
 }
 
 fn analysis() -> AnalysisSpec {
@@ -207,6 +273,10 @@ struct Snapshot {
     serving: u32,
     traffic: TrafficSplit,
     stable: Option<RevisionId>,
+    /// What the call asked of the candidate (any revision but the stable
+    /// one before the rollout): the weight a route gave it, the replicas a
+    /// stage or scale gave it.
+    asked: Option<u32>,
 }
 
 /// Records the simulated target's state after every mutation that returned
@@ -216,10 +286,15 @@ struct Recorder {
     outer: Arc<dyn Target>,
     sim: Arc<SimTarget>,
     log: Mutex<Vec<Snapshot>>,
+    /// Routing everything to this revision (a rollback's route) fails for
+    /// `outage` from the first such call.
+    stable: RevisionId,
+    outage: Duration,
+    outage_began: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Recorder {
-    async fn record(&self, op: &'static str) {
+    async fn record(&self, op: &'static str, asked: Option<u32>) {
         let s = self.sim.observe().await.unwrap();
         let serving = s
             .revisions
@@ -232,6 +307,7 @@ impl Recorder {
             serving,
             traffic: s.traffic.clone(),
             stable: s.stable.clone(),
+            asked,
         });
     }
 }
@@ -249,27 +325,45 @@ impl Target for Recorder {
     }
     async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> relay::Result<()> {
         self.outer.stage(revision, replicas).await?;
-        self.record("stage").await;
+        self.record("stage", (revision.id != self.stable).then_some(replicas))
+            .await;
         Ok(())
     }
     async fn scale(&self, revision: &RevisionId, replicas: u32) -> relay::Result<()> {
         self.outer.scale(revision, replicas).await?;
-        self.record("scale").await;
+        self.record("scale", (*revision != self.stable).then_some(replicas))
+            .await;
         Ok(())
     }
     async fn route(&self, split: &TrafficSplit) -> relay::Result<()> {
+        if !self.outage.is_zero() && *split == TrafficSplit::all(&self.stable) {
+            let now = tokio::time::Instant::now();
+            let began = *self.outage_began.lock().unwrap().get_or_insert(now);
+            if now < began + self.outage {
+                return Err(relay::Error::Unavailable {
+                    provider: "invariants".into(),
+                    reason: "the route back to stable is out".into(),
+                });
+            }
+        }
         self.outer.route(split).await?;
-        self.record("route").await;
+        let candidate = split
+            .weights()
+            .iter()
+            .filter(|(id, _)| **id != self.stable)
+            .map(|(_, w)| u32::from(*w))
+            .sum();
+        self.record("route", Some(candidate)).await;
         Ok(())
     }
     async fn promote(&self, revision: &RevisionId) -> relay::Result<()> {
         self.outer.promote(revision).await?;
-        self.record("promote").await;
+        self.record("promote", None).await;
         Ok(())
     }
     async fn retire(&self, revision: &RevisionId) -> relay::Result<()> {
         self.outer.retire(revision).await?;
-        self.record("retire").await;
+        self.record("retire", None).await;
         Ok(())
     }
     async fn describe(&self, revision: &RevisionId) -> relay::Result<Option<RunningRevision>> {
@@ -285,6 +379,18 @@ struct Run {
     rollback_started: bool,
     /// Candidate weights from the traffic snapshots after the rollback began.
     weights_after_rollback: Vec<u8>,
+    /// From an accepted abort or the rollback's start on, what the engine
+    /// asked of the candidate: the weight of the last route before, then
+    /// of every later route; the replicas of the last stage or scale
+    /// before, then of every later one.
+    asked_after_stop: [Vec<u32>; 2],
+    /// The rollout's audit entries: action, and the rollback flag of a
+    /// target change.
+    entries: Vec<(String, bool)>,
+    /// When the first abort reached the rollout's controls, and when its
+    /// promote step started (engine clock).
+    first_abort_sent: Option<i64>,
+    promote_started: Option<i64>,
     snapshots: Vec<Snapshot>,
     mutations: u64,
     audited_mutations: usize,
@@ -352,22 +458,39 @@ async fn run_case_async(case: &Case) -> Run {
         outer: faulty,
         sim: sim.clone(),
         log: Mutex::new(Vec::new()),
+        stable: stable_before.clone(),
+        outage: case.rollback_outage,
+        outage_began: Mutex::new(None),
     });
     let probe =
         Faulty::new(SimProbe::new(sim.clone()), case.seed ^ 4).with_rate(FaultKind::Unavailable, case.probe_errors);
-    let relay = Relay::builder()
-        .target(recorder.clone())
-        .probe(Arc::new(probe))
+    let clock = Arc::new(TokioClock::new());
+    let mut builder = Relay::builder().target(recorder.clone()).probe(Arc::new(probe));
+    if let Some(outcome) = case.gate {
+        builder = builder.gate(Arc::new(
+            ManualApproval::new("qa").timeout(Duration::from_secs(1_200), outcome),
+        ));
+    }
+    let relay = builder
         .artifacts(artifacts)
         .retry(RetryPolicy {
             attempt_timeout: Duration::from_secs(20),
             ..RetryPolicy::default()
         })
+        // Every event is kept for the checks, read once the rollout ends.
+        .config(EngineConfig {
+            event_buffer: 1 << 16,
+            ..EngineConfig::default()
+        })
+        .clock(clock.clone())
         .seed(case.seed)
         .build()
         .unwrap();
     let (strategy, max_unavailable) = case.strategy();
-    let spec = RolloutSpec::with_strategy("web", release("v2"), strategy);
+    let mut spec = RolloutSpec::with_strategy("web", release("v2"), strategy);
+    if case.gate.is_some() {
+        spec = spec.gate_before_promotion("qa");
+    }
     let mutations_before = sim.mutations();
     let mut run = Run {
         planned: Ok(()),
@@ -375,6 +498,10 @@ async fn run_case_async(case: &Case) -> Run {
         status: None,
         rollback_started: false,
         weights_after_rollback: Vec::new(),
+        asked_after_stop: [Vec::new(), Vec::new()],
+        first_abort_sent: None,
+        promote_started: None,
+        entries: Vec::new(),
         snapshots: Vec::new(),
         mutations: 0,
         audited_mutations: 0,
@@ -392,21 +519,46 @@ async fn run_case_async(case: &Case) -> Run {
     };
     let id = handle.id().to_owned();
     let mut events = handle.events();
-    if let Some(after) = case.abort_after {
-        let control = handle.control();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = control.abort("invariants", "random abort");
-        });
-    }
+    let control = handle.control();
+    let mut commands = case.commands.clone();
+    commands.sort_by_key(|(at, _)| *at);
+    let aborts_sent = Arc::new(Mutex::new(Vec::new()));
+    let sent = aborts_sent.clone();
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        for (at, command) in commands {
+            tokio::time::sleep_until(start + at).await;
+            let _ = match command {
+                Command::Pause => control.pause("operator"),
+                Command::Resume => control.resume("operator"),
+                Command::Abort => control
+                    .abort("operator", "random abort")
+                    .map(|()| sent.lock().unwrap().push(clock.now_ms())),
+                Command::PromoteNow => control.promote_now("operator"),
+                Command::Approve => control.approve("qa", "operator", "looks fine"),
+            };
+        }
+        // Whatever was paused goes on in the end.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(3_600)).await;
+            if control.resume("operator").is_err() {
+                return;
+            }
+        }
+    });
     let outcome = handle.wait().await;
     let mut rollback_at = None;
     while let Some(e) = events.next().await {
-        if let EventKind::RollbackStarted { .. } = e.kind {
-            run.rollback_started = true;
-            rollback_at = Some(e.at_ms);
+        match e.kind {
+            EventKind::RollbackStarted { .. } => {
+                run.rollback_started = true;
+                rollback_at = Some(e.at_ms);
+            }
+            EventKind::StepStarted { ref kind, .. } if kind == "promote" => run.promote_started = Some(e.at_ms),
+            _ => {}
         }
     }
+    run.first_abort_sent = aborts_sent.lock().unwrap().first().copied();
     let record = relay.state().get(&id).await.unwrap().unwrap();
     run.candidate = Some(record.plan.candidate.id.clone());
     run.status = Some(record.status);
@@ -434,14 +586,42 @@ async fn run_case_async(case: &Case) -> Run {
             .collect();
     }
     run.mutations = sim.mutations() - mutations_before;
-    run.audited_mutations = relay
+    run.entries = relay
         .audit()
         .entries()
         .await
         .unwrap()
+        .into_iter()
+        .filter(|e| e.event.rollout == id)
+        .map(|e| {
+            let rollback = e.event.detail.to_value().get("rollback").and_then(|v| v.as_bool()) == Some(true);
+            (e.event.action, rollback)
+        })
+        .collect();
+    run.audited_mutations = run.entries.iter().filter(|(a, _)| a.starts_with("target.")).count();
+    // From an accepted abort or the rollback's start: what was asked of
+    // the candidate then (the last ask before), and at every later call.
+    let stop = run
+        .entries
         .iter()
-        .filter(|e| e.event.rollout == id && e.event.action.starts_with("target."))
-        .count();
+        .position(|(a, _)| a == "rollout.aborted" || a == "rollback.started");
+    if let Some(stop) = stop {
+        let before = run.entries[..stop]
+            .iter()
+            .filter(|(a, _)| a.starts_with("target."))
+            .count();
+        for (i, ops) in [["route", "route"], ["stage", "scale"]].iter().enumerate() {
+            let asks = |snapshots: &[Snapshot]| -> Vec<u32> {
+                snapshots
+                    .iter()
+                    .filter(|s| ops.contains(&s.op))
+                    .filter_map(|s| s.asked)
+                    .collect()
+            };
+            let then = asks(&run.snapshots[..before]).last().copied().unwrap_or(0);
+            run.asked_after_stop[i] = std::iter::once(then).chain(asks(&run.snapshots[before..])).collect();
+        }
+    }
     run
 }
 
@@ -506,6 +686,58 @@ fn check(case: &Case, run: &Run) -> Result<(), String> {
             run.snapshots.len()
         ));
     }
+    // 7. An abort sent before promotion began is not lost: no promote
+    // step starts after it. And never promoted once an abort was accepted.
+    if let (Some(sent), Some(promote)) = (run.first_abort_sent, run.promote_started) {
+        if promote > sent {
+            return Err(format!(
+                "an abort sent at {sent} ms was lost: the promote step started at {promote} ms"
+            ));
+        }
+    }
+    let aborted = run.entries.iter().position(|(a, _)| a == "rollout.aborted");
+    if let Some(at) = aborted {
+        if outcome.is_success() {
+            return Err(format!("aborted, yet {outcome}"));
+        }
+        if run.entries[at..]
+            .iter()
+            .any(|(a, rollback)| a == "target.promote" && !rollback)
+        {
+            return Err("the candidate was promoted after an accepted abort".into());
+        }
+    }
+    // 8. The candidate's weight never rises after an abort or a failed
+    // analysis.
+    let [weights, replicas] = &run.asked_after_stop;
+    if weights.windows(2).any(|w| w[1] > w[0]) {
+        return Err(format!(
+            "candidate weight rose after the rollout was stopped: {weights:?}"
+        ));
+    }
+    if replicas.iter().skip(1).any(|r| *r > replicas[0]) {
+        return Err(format!(
+            "candidate replicas rose after the rollout was stopped: {replicas:?}"
+        ));
+    }
+    // 9. Once promoted, never reverted.
+    let promoted = run
+        .entries
+        .iter()
+        .position(|(a, rollback)| a == "target.promote" && !rollback);
+    if let Some(at) = promoted {
+        if run.entries[at..].iter().any(|(a, _)| a == "rollback.started") {
+            return Err(format!("rolled back after promotion: {:?}", run.entries));
+        }
+        if !matches!(outcome, Outcome::Promoted { .. }) {
+            return Err(format!("promoted, then ended {outcome}"));
+        }
+    }
+    // 10. Exactly one terminal entry.
+    let finished = run.entries.iter().filter(|(a, _)| a == "rollout.finished").count();
+    if finished != 1 {
+        return Err(format!("{finished} rollout.finished entries: {:?}", run.entries));
+    }
     // 5. Capacity after every mutation.
     let floor = case.replicas.saturating_sub(run.max_unavailable);
     if let Some(s) = run.snapshots.iter().find(|s| s.serving < floor) {
@@ -525,7 +757,23 @@ struct Tally {
     rolled_back: u64,
     rollback_failed: u64,
     no_change: u64,
+    /// Rollouts in which these entries were written, by action: what the
+    /// operators' commands and the faults during rollback exercised.
+    actions: BTreeMap<&'static str, u64>,
 }
+
+/// The entries whose rollouts the tally counts.
+const TALLIED: [&str; 9] = [
+    "rollout.paused",
+    "rollout.aborted",
+    "rollout.abort_refused",
+    "rollout.promote_now",
+    "gate.approved",
+    "gate.failed",
+    "gate.decision_ignored",
+    "rollout.cleanup_failed",
+    "rollback.retrying",
+];
 
 #[test]
 fn invariants_hold_under_random_fault_schedules() {
@@ -557,6 +805,11 @@ fn invariants_hold_under_random_fault_schedules() {
             (_, Some(Outcome::NoChange)) => t.no_change += 1,
             (_, None) => {}
         }
+        for action in TALLIED {
+            if run.entries.iter().any(|(a, _)| a == action) {
+                *t.actions.entry(action).or_default() += 1;
+            }
+        }
         verdict.map_err(TestCaseError::fail)
     });
     let t = tally.into_inner().unwrap();
@@ -571,6 +824,7 @@ fn invariants_hold_under_random_fault_schedules() {
         t.rollback_failed,
         t.no_change
     );
+    eprintln!("invariants: rollouts with {:?}", t.actions);
     if let Err(e) = result {
         panic!("{e}");
     }
