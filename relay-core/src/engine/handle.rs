@@ -78,7 +78,11 @@ impl RolloutControl {
         self.send(Command::Resume { by: by.into() })
     }
 
-    /// Stop now and roll back.
+    /// Stop now and roll back. Read at the rollout's next wait or step
+    /// boundary, so an abort sent while a step's provider calls run takes
+    /// effect before the next step. Once the candidate is promoted the
+    /// abort is refused (audited as `rollout.abort_refused`): going back
+    /// is a new rollout of the previous release.
     pub fn abort(&self, by: impl Into<String>, reason: impl Into<String>) -> Result<()> {
         self.send(Command::Abort {
             by: by.into(),
@@ -86,13 +90,18 @@ impl RolloutControl {
         })
     }
 
-    /// Skip the remaining steps: full traffic to the candidate, promote,
-    /// retire stable.
+    /// Skip the remaining pauses and analyses: full traffic to the
+    /// candidate, promote, retire stable. The gates still ahead (an
+    /// approval, a freeze window, a wave's barrier) are kept and still
+    /// wait, before the traffic moves.
     pub fn promote_now(&self, by: impl Into<String>) -> Result<()> {
         self.send(Command::PromoteNow { by: by.into() })
     }
 
-    /// Approve the manual gate `gate`.
+    /// Approve the manual gate `gate`: the step of it the rollout waits
+    /// at, or else the next step of it ahead. A plan that holds the gate
+    /// twice needs two approvals. With no step of that gate ahead, the
+    /// decision is ignored (audited as `gate.decision_ignored`).
     pub fn approve(&self, gate: impl Into<String>, by: impl Into<String>, comment: impl Into<String>) -> Result<()> {
         self.send(Command::Decide {
             gate: gate.into(),
@@ -102,7 +111,9 @@ impl RolloutControl {
         })
     }
 
-    /// Reject the manual gate `gate`: the rollout rolls back.
+    /// Reject the manual gate `gate` (bound to one step of it, as
+    /// [`RolloutControl::approve`]): the rollout rolls back when it gets
+    /// there.
     pub fn reject(&self, gate: impl Into<String>, by: impl Into<String>, reason: impl Into<String>) -> Result<()> {
         self.send(Command::Decide {
             gate: gate.into(),
