@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::*;
 use relay::providers::sim::{SimProbe, SimTarget};
-use relay::providers::{FaultKind, Faulty, Latency};
+use relay::providers::{FaultKind, Faulty, Latency, Layer, Wrapped};
 use relay::strategies::{CanaryStrategy, Statistic, ThresholdJudge};
 use relay::{
     AnalysisSpec, Check, EventKind, HealthProbe, Outcome, ProbeQuery, RolloutSpec, Sample, Scope, StateStore, Target,
@@ -696,20 +696,32 @@ async fn a_failed_rollback_is_finished_by_resume_once_the_cause_is_fixed() {
 /// Defect 2, the already-stable check: after a rollback failed with traffic
 /// left on the candidate, deploying the stable release again answered "no
 /// change", because only the revision was compared. It now settles the
-/// target on it: full size, all traffic, the leftover retired.
+/// target on it: full size, all traffic, the leftover retired. The failed
+/// rollback can then no longer be resumed: the later rollout owns the
+/// target.
 #[tokio::test(start_paused = true)]
 async fn deploying_the_stable_release_over_a_failed_rollback_settles_the_target() {
+    let target = std::sync::OnceLock::<Arc<RollbackRouteFails>>::new();
     let (w, relay, stable) = v1_behind(22, |sim, stable| {
-        Arc::new(RollbackRouteFails::new(sim, stable, Duration::ZERO, true))
+        let t = Arc::new(RollbackRouteFails::new(sim, stable, Duration::ZERO, true));
+        target.set(t.clone()).unwrap();
+        t
     })
     .await;
-    let outcome = run(&relay, RolloutSpec::new("web", release("v3"), canary())).await;
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v3"), canary()))
+        .await
+        .unwrap();
+    let failed = handle.id().to_owned();
+    let outcome = handle.wait().await.unwrap();
     assert!(matches!(outcome, Outcome::RollbackFailed { .. }), "{outcome}");
-    // The permission is still denied for the rollback's exact route, so
-    // the repair goes through an engine on the plain target.
-    let plain = w.relay();
-    let spec = RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce);
-    let plan = plain.plan(&spec).await.unwrap();
+    target
+        .get()
+        .unwrap()
+        .denied
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let spec = || RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce);
+    let plan = relay.plan(&spec()).await.unwrap();
     assert!(!plan.is_noop(), "not settled, yet planned as no change:\n{plan}");
     assert!(
         plan.steps
@@ -717,7 +729,7 @@ async fn deploying_the_stable_release_over_a_failed_rollback_settles_the_target(
             .any(|s| matches!(s, relay::Step::RetireLeftover { .. })),
         "{plan}"
     );
-    let outcome = run(&plain, spec).await;
+    let outcome = run(&relay, spec()).await;
     assert_eq!(
         outcome,
         Outcome::Promoted {
@@ -728,11 +740,14 @@ async fn deploying_the_stable_release_over_a_failed_rollback_settles_the_target(
     assert_eq!(state.traffic.weight(&stable), 100);
     assert_eq!(state.revisions.len(), 1, "{state:?}");
     // Settled now: the same release again is no change.
-    let again = plain
-        .plan(&RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce))
-        .await
-        .unwrap();
-    assert!(again.is_noop(), "{again}");
+    assert!(relay.plan(&spec()).await.unwrap().is_noop());
+    // The failed rollback is superseded.
+    let resumed = relay.resume(&failed).await;
+    assert!(
+        matches!(&resumed, Err(relay::Error::Conflict { what }) if what.contains("owns the target")),
+        "{:?}",
+        resumed.map(|h| h.id().to_owned())
+    );
 }
 
 /// A rollout that waits at an indefinite pause until resumed.
@@ -814,49 +829,20 @@ async fn two_engines_with_the_same_name_never_share_a_lease() {
     assert_eq!(second.wait().await.unwrap(), Outcome::NoChange);
 }
 
-/// The simulated target, recording when each mutating call was made.
-#[derive(Debug)]
+/// A layer that records when each mutating call of the target it wraps
+/// was made.
+#[derive(Debug, Default)]
 struct Timed {
-    inner: Arc<SimTarget>,
     calls: std::sync::Mutex<Vec<(&'static str, tokio::time::Instant)>>,
 }
 
-impl Timed {
-    fn note(&self, op: &'static str) {
-        self.calls.lock().unwrap().push((op, tokio::time::Instant::now()));
-    }
-}
-
 #[async_trait]
-impl Target for Timed {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn capabilities(&self) -> relay::Capabilities {
-        self.inner.capabilities()
-    }
-    async fn observe(&self) -> relay::Result<relay::TargetState> {
-        self.inner.observe().await
-    }
-    async fn stage(&self, revision: &relay::RevisionSpec, replicas: u32) -> relay::Result<()> {
-        self.note("stage");
-        self.inner.stage(revision, replicas).await
-    }
-    async fn scale(&self, revision: &relay::RevisionId, replicas: u32) -> relay::Result<()> {
-        self.note("scale");
-        self.inner.scale(revision, replicas).await
-    }
-    async fn route(&self, split: &relay::TrafficSplit) -> relay::Result<()> {
-        self.note("route");
-        self.inner.route(split).await
-    }
-    async fn promote(&self, revision: &relay::RevisionId) -> relay::Result<()> {
-        self.note("promote");
-        self.inner.promote(revision).await
-    }
-    async fn retire(&self, revision: &relay::RevisionId) -> relay::Result<()> {
-        self.note("retire");
-        self.inner.retire(revision).await
+impl Layer for Timed {
+    async fn before(&self, op: &'static str) -> relay::Result<()> {
+        if op != "observe" && op != "describe" {
+            self.calls.lock().unwrap().push((op, tokio::time::Instant::now()));
+        }
+        Ok(())
     }
 }
 
@@ -868,10 +854,7 @@ impl Target for Timed {
 #[tokio::test(start_paused = true)]
 async fn no_target_call_is_made_once_the_lease_could_not_be_renewed() {
     let w = World::new(13);
-    let timed = Arc::new(Timed {
-        inner: w.target.clone(),
-        calls: Default::default(),
-    });
+    let timed = Arc::new(Wrapped::layered(Timed::default(), w.target.clone()));
     // A store shared between processes (no in-process hold), whose
     // renewals fail from the start.
     let state = Arc::new(
@@ -900,7 +883,7 @@ async fn no_target_call_is_made_once_the_lease_could_not_be_renewed() {
         matches!(ended, Err(relay::Error::LeaseLost { .. })),
         "the engine must stop on a lease it cannot renew: {ended:?}"
     );
-    let calls = timed.calls.lock().unwrap().clone();
+    let calls = timed.layer().calls.lock().unwrap().clone();
     assert!(!calls.is_empty());
     let late: Vec<_> = calls.iter().filter(|(_, at)| *at >= started + ttl).collect();
     assert!(late.is_empty(), "target calls after the lease expired: {late:?}");
@@ -954,6 +937,22 @@ impl relay::AuditFile for FailingDisk {
     }
 }
 
+/// A JSONL sink at `path` over a disk that fails as the returned cell says,
+/// at the next append.
+fn sink_on_failing_disk(path: &std::path::Path) -> (relay::JsonlAuditSink, Arc<std::sync::Mutex<Option<DiskFault>>>) {
+    let next = Arc::new(std::sync::Mutex::new(None));
+    let disk = next.clone();
+    let sink = relay::JsonlAuditSink::open_with(path, move |file| {
+        Box::new(FailingDisk {
+            file,
+            next: disk,
+            failed_write: None,
+        })
+    })
+    .unwrap();
+    (sink, next)
+}
+
 fn event(action: &str) -> relay::AuditEvent {
     relay::AuditEvent {
         at_ms: 1,
@@ -973,16 +972,7 @@ async fn a_failed_audit_append_leaves_no_torn_or_duplicate_line() {
     use relay::AuditSink;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let next = Arc::new(std::sync::Mutex::new(None));
-    let disk = next.clone();
-    let sink = relay::JsonlAuditSink::open_with(&path, move |file| {
-        Box::new(FailingDisk {
-            file,
-            next: disk,
-            failed_write: None,
-        })
-    })
-    .unwrap();
+    let (sink, next) = sink_on_failing_disk(&path);
     sink.append(&event("one")).await.unwrap();
     for fault in [DiskFault::Torn, DiskFault::Unsynced] {
         *next.lock().unwrap() = Some(fault);
@@ -1006,16 +996,7 @@ async fn an_interrupted_audit_line_is_cut_off_and_the_repair_recorded_on_open() 
     use relay::AuditSink;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let next = Arc::new(std::sync::Mutex::new(None));
-    let disk = next.clone();
-    let sink = relay::JsonlAuditSink::open_with(&path, move |file| {
-        Box::new(FailingDisk {
-            file,
-            next: disk,
-            failed_write: None,
-        })
-    })
-    .unwrap();
+    let (sink, next) = sink_on_failing_disk(&path);
     sink.append(&event("one")).await.unwrap();
     sink.append(&event("two")).await.unwrap();
     *next.lock().unwrap() = Some(DiskFault::TornForGood);

@@ -838,10 +838,12 @@ impl Relay {
                     inner.state.list_target(&record.target)
                 })
                 .await?;
+            // Whoever took the target's lease after this rollout held it
+            // got a greater fencing token (clocks of engines on other
+            // hosts cannot say what came first; tokens can).
             let later = history
                 .iter()
-                .skip_while(|r| r.id != record.id)
-                .find(|r| r.id != record.id);
+                .find(|r| r.id != record.id && r.lease_token > record.lease_token);
             if let Some(later) = later {
                 return Err(Error::Conflict {
                     what: format!(
