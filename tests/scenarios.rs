@@ -778,3 +778,96 @@ async fn a_rollout_nobody_watches_makes_no_events() {
         );
     }
 }
+
+/// A canary on a target with nothing stable yet (the README's own
+/// embedding example, first run): the candidate takes all traffic, and
+/// every check that needs no stable revision still judges it; the checks
+/// that compare with one are shown in the plan and audited as skipped.
+/// A bad first release is rolled back and reported so.
+#[tokio::test(start_paused = true)]
+async fn a_first_release_is_judged_by_its_absolute_checks_and_a_bad_one_rolled_back() {
+    use relay::providers::sim::metrics;
+    use relay::strategies::{Direction, MannWhitneyJudge};
+    let checks = || {
+        relay::AnalysisSpec::new(vec![
+            relay::Check::new(
+                "errors",
+                metrics::ERROR_RATE,
+                relay::strategies::ThresholdJudge::below(0.05).min_samples(10),
+            ),
+            relay::Check::new(
+                "latency",
+                metrics::LATENCY_MS,
+                MannWhitneyJudge::new(Direction::LowerIsBetter),
+            ),
+        ])
+        .every(Duration::from_secs(60), 2)
+    };
+    let canary = || {
+        CanaryStrategy::new()
+            .set_weight(25)
+            .analyze(checks())
+            .set_weight(50)
+            .analyze(checks())
+    };
+
+    // A healthy first release: judged, then promoted.
+    let w = World::new(40);
+    let relay = w.relay();
+    let plan = relay
+        .plan(&RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap();
+    let table = plan.to_string();
+    assert!(table.contains("error_rate mean < 0.05"), "{table}");
+    assert!(
+        table.contains("skipped: latency (compares with the stable revision"),
+        "{table}"
+    );
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    let (outcome, events) = {
+        let events = handle.events();
+        (handle.wait().await.unwrap(), drain(events).await)
+    };
+    assert!(outcome.is_success(), "{outcome}");
+    let verdicts = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Verdict { .. }))
+        .count();
+    assert_eq!(verdicts, 4, "two analyses of two measurements of the errors check");
+    let skipped = relay
+        .audit()
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.rollout == id && e.event.action == "analysis.skipped")
+        .count();
+    assert_eq!(skipped, 2);
+
+    // A bad first release (20% errors): rolled back, candidate removed.
+    let w = World::new(41);
+    let relay = w.relay();
+    let outcome = run(&relay, RolloutSpec::new("web", release("v3"), canary())).await;
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("analysis failed")),
+        "{outcome}"
+    );
+    let state = w.target.observe().await.unwrap();
+    assert!(
+        state.revisions.is_empty(),
+        "the bad first release is removed: {state:?}"
+    );
+
+    // Rolling judges its first release the same way.
+    let w = World::new(42);
+    let relay = w.relay();
+    let mut rolling = RollingStrategy::new();
+    rolling.analysis = Some(checks());
+    let outcome = run(&relay, RolloutSpec::new("web", release("v3"), rolling)).await;
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+}

@@ -361,6 +361,21 @@ pub struct AnalysisSpec {
     /// What happens past the inconclusive limit.
     #[serde(default)]
     pub on_inconclusive: InconclusivePolicy,
+    /// Checks of the spec as written that this step does not run, with
+    /// why: a first deployment has no stable revision, so a check that
+    /// compares with it (or measures it) cannot run. Shown in the plan and
+    /// audited when the step runs (`analysis.skipped`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedCheck>,
+}
+
+/// A check an analysis step does not run, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedCheck {
+    /// The check's name.
+    pub name: String,
+    /// Why it does not run.
+    pub reason: String,
 }
 
 /// What an analysis does when its checks stay inconclusive past the limit.
@@ -387,7 +402,29 @@ impl AnalysisSpec {
             inconclusive_limit: 2,
             consecutive_error_limit: 4,
             on_inconclusive: InconclusivePolicy::RollBack,
+            skipped: Vec::new(),
         }
+    }
+
+    /// This analysis for a first deployment, where no stable revision runs:
+    /// the checks that compare with the stable revision, or measure it,
+    /// move to [`AnalysisSpec::skipped`] with the reason; the absolute
+    /// ones (a threshold on the candidate, say) still judge the release.
+    pub fn without_a_stable_revision(&self) -> AnalysisSpec {
+        let mut a = self.clone();
+        let (run, skip): (Vec<Check>, Vec<Check>) = std::mem::take(&mut a.checks)
+            .into_iter()
+            .partition(|c| !c.judge.needs_baseline() && c.scope != CheckScope::Role(Role::Stable));
+        a.checks = run;
+        a.skipped.extend(skip.into_iter().map(|c| SkippedCheck {
+            reason: if c.judge.needs_baseline() {
+                "compares with the stable revision, and this first deployment has none".to_owned()
+            } else {
+                "measures the stable revision, and this first deployment has none".to_owned()
+            },
+            name: c.name,
+        }));
+        a
     }
 
     /// Set interval and count.

@@ -36,7 +36,7 @@ pub mod verify;
 
 pub use analysis::{
     AnalysisSpec, Check, CheckScope, Counts, InconclusivePolicy, InconclusiveReason, Judge, JudgeInput, Judgement,
-    Verdict, VerdictOutcome,
+    SkippedCheck, Verdict, VerdictOutcome,
 };
 pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest, PinnedArtifactStore};
 pub use audit::{

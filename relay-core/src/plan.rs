@@ -137,13 +137,21 @@ impl fmt::Display for Step {
                         )
                     })
                     .collect();
-                write!(
-                    f,
-                    "{} x {}: {}",
-                    analysis.count,
-                    fmt_duration(analysis.interval),
-                    checks.join("; ")
-                )
+                if checks.is_empty() {
+                    write!(f, "no check runs")?;
+                } else {
+                    write!(
+                        f,
+                        "{} x {}: {}",
+                        analysis.count,
+                        fmt_duration(analysis.interval),
+                        checks.join("; ")
+                    )?;
+                }
+                for skipped in &analysis.skipped {
+                    write!(f, "; skipped: {} ({})", skipped.name, skipped.reason)?;
+                }
+                Ok(())
             }
             Step::Gate { name } => write!(f, "gate {name:?}"),
             Step::Promote => write!(f, "make candidate stable"),

@@ -108,12 +108,12 @@ impl Strategy for BlueGreenStrategy {
             }
         }
         let mut steps = vec![Step::Stage { replicas: ctx.replicas }];
-        steps.extend(self.pre_promotion.as_ref().and_then(|a| analysis_step(a, ctx)));
+        steps.extend(self.pre_promotion.as_ref().map(|a| analysis_step(a, ctx)));
         if let Some(g) = &self.approval_gate {
             steps.push(Step::Gate { name: g.clone() });
         }
         steps.push(Step::Route { candidate_weight: 100 });
-        steps.extend(self.post_promotion.as_ref().and_then(|a| analysis_step(a, ctx)));
+        steps.extend(self.post_promotion.as_ref().map(|a| analysis_step(a, ctx)));
         steps.push(Step::Promote);
         if ctx.stable.is_some() {
             if !self.scale_down_delay.is_zero() {

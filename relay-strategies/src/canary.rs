@@ -7,7 +7,7 @@ use relay_core::{AnalysisSpec, Error, PlanContext, Result, Role, Routing, Step, 
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    first_deployment, gate_name, need_replicas, need_two_revisions, positive, promotion, routing_name,
+    analysis_step, first_deployment, gate_name, need_replicas, need_two_revisions, positive, promotion, routing_name,
 };
 
 /// One step of a canary as the user writes it.
@@ -25,6 +25,12 @@ pub enum CanaryStep {
 }
 
 /// Shifts traffic to the candidate in increasing weights.
+///
+/// On a first deployment (no stable revision) there is nothing to split
+/// traffic with: the candidate starts at full size with all traffic, and
+/// the analyses (each with the checks that need no stable revision; the
+/// others shown as skipped), the gates and the pauses until resumed follow
+/// in order before promotion; timed pauses are left out.
 ///
 /// The candidate is scaled to its share of the desired replicas (at least
 /// one) before each weight; on targets with exact weights stable keeps full
@@ -180,7 +186,15 @@ impl Strategy for CanaryStrategy {
         self.validate()?;
         need_replicas(ctx)?;
         let Some(stable) = &ctx.stable else {
-            return Ok(first_deployment(ctx));
+            // Nothing to step through: the weights and the timed pauses
+            // between them go; what judges or decides stays.
+            let checks = self.steps.iter().filter_map(|s| match s {
+                CanaryStep::SetWeight(_) | CanaryStep::Pause(Some(_)) => None,
+                CanaryStep::Pause(None) => Some(Step::Pause { duration: None }),
+                CanaryStep::Analyze(a) => Some(analysis_step(a, ctx)),
+                CanaryStep::Gate(g) => Some(Step::Gate { name: g.clone() }),
+            });
+            return Ok(first_deployment(ctx, checks));
         };
         need_two_revisions("canary", ctx)?;
         let ratio = match ctx.capabilities.routing {

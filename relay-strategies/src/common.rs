@@ -20,20 +20,29 @@ pub(crate) fn promotion(ctx: &PlanContext, steps: &mut Vec<Step>) {
 }
 
 /// The step for `analysis`. Without a stable revision there is no baseline,
-/// so checks that compare with one are left out (and the step too if nothing
-/// is left): a first deployment is judged by its absolute checks only.
-pub(crate) fn analysis_step(analysis: &AnalysisSpec, ctx: &PlanContext) -> Option<Step> {
-    let mut a = analysis.clone();
-    if ctx.stable.is_none() {
-        a.checks.retain(|c| !c.judge.needs_baseline());
+/// so checks that compare with one (or measure it) are skipped, and shown
+/// in the plan as skipped with the reason: a first deployment is judged by
+/// its absolute checks.
+pub(crate) fn analysis_step(analysis: &AnalysisSpec, ctx: &PlanContext) -> Step {
+    Step::Analyze {
+        analysis: match ctx.stable {
+            Some(_) => analysis.clone(),
+            None => analysis.without_a_stable_revision(),
+        },
     }
-    (!a.checks.is_empty()).then_some(Step::Analyze { analysis: a })
 }
 
-/// A target with nothing stable gets the candidate at full size, then
-/// promotion.
-pub(crate) fn first_deployment(ctx: &PlanContext) -> Vec<Step> {
-    let mut steps = vec![Step::Stage { replicas: ctx.replicas }];
+/// A target with nothing stable gets the candidate at full size with all
+/// traffic (there is nothing to split it with), then `checks` — the
+/// strategy's analyses, pauses and gates, in order, each analysis with the
+/// checks that need no stable revision — then promotion. A first release
+/// that fails an absolute check is rolled back like any other.
+pub(crate) fn first_deployment(ctx: &PlanContext, checks: impl IntoIterator<Item = Step>) -> Vec<Step> {
+    let mut steps = vec![
+        Step::Stage { replicas: ctx.replicas },
+        Step::Route { candidate_weight: 100 },
+    ];
+    steps.extend(checks);
     promotion(ctx, &mut steps);
     steps
 }

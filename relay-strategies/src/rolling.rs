@@ -7,7 +7,9 @@ use relay_core::{AnalysisSpec, Error, PlanContext, Result, Role, Routing, Step, 
 use serde::{Deserialize, Serialize};
 
 pub use crate::common::Amount;
-use crate::common::{first_deployment, need_replicas, need_two_revisions, positive, promotion, routing_name};
+use crate::common::{
+    analysis_step, first_deployment, need_replicas, need_two_revisions, positive, promotion, routing_name,
+};
 
 /// Replaces replicas in batches: the candidate grows by at most `batch` per
 /// round, total replicas stay within `desired + max_surge`, ready replicas
@@ -124,7 +126,8 @@ impl Strategy for RollingStrategy {
         let n = ctx.replicas;
         let (batch, surge, unavailable) = self.limits(n)?;
         let Some(stable) = &ctx.stable else {
-            return Ok(first_deployment(ctx));
+            let checks = self.analysis.iter().map(|a| analysis_step(a, ctx));
+            return Ok(first_deployment(ctx, checks));
         };
         need_two_revisions("rolling", ctx)?;
         // Replacing replicas batch by batch keeps capacity only if traffic

@@ -284,17 +284,10 @@ fn a_first_blue_green_deployment_keeps_only_absolute_checks() {
         .pre_promotion(comparative.clone())
         .post_promotion(mixed.clone());
     let steps = bg.plan(&first).unwrap();
-    let analyses: Vec<Vec<String>> = steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Analyze { analysis } => Some(analysis.checks.iter().map(|c| c.name.clone()).collect()),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        analyses,
-        vec![vec!["err".to_string()]],
-        "nothing to compare with on a first deployment"
+        run_and_skipped(&steps),
+        vec![(vec![], vec!["lat"]), (vec!["err"], vec!["lat"])],
+        "nothing to compare with on a first deployment: shown as skipped"
     );
     // With a stable revision both analyses stay whole.
     let with_stable = bg.plan(&ctx(3, Routing::Switch)).unwrap();
@@ -302,4 +295,52 @@ fn a_first_blue_green_deployment_keeps_only_absolute_checks() {
         with_stable.iter().filter(|s| matches!(s, Step::Analyze { .. })).count(),
         2
     );
+}
+
+/// Each analysis step's checks that run and checks skipped, by name.
+fn run_and_skipped(steps: &[Step]) -> Vec<(Vec<&str>, Vec<&str>)> {
+    steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Analyze { analysis } => Some((
+                analysis.checks.iter().map(|c| c.name.as_str()).collect(),
+                analysis.skipped.iter().map(|c| c.name.as_str()).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_first_canary_or_rolling_deployment_keeps_its_absolute_checks_and_gates() {
+    use relay_core::{AnalysisSpec, Check};
+    use relay_strategies::{Direction, MannWhitneyJudge, ThresholdJudge};
+    let mut first = ctx(4, Routing::Weighted);
+    first.stable = None;
+    let mixed = AnalysisSpec::new(vec![
+        Check::new("lat", "latency_ms", MannWhitneyJudge::new(Direction::LowerIsBetter)),
+        Check::new("err", "error_rate", ThresholdJudge::below(0.05)),
+    ]);
+    let canary = CanaryStrategy::new()
+        .set_weight(10)
+        .analyze(mixed.clone())
+        .pause(Duration::from_secs(60))
+        .set_weight(50)
+        .gate("qa");
+    let steps = canary.plan(&first).unwrap();
+    let kinds: Vec<_> = steps.iter().map(Step::kind).collect();
+    assert_eq!(
+        kinds,
+        ["stage", "route", "analyze", "gate", "promote"],
+        "timed pauses go"
+    );
+    assert!(matches!(steps[0], Step::Stage { replicas: 4 }));
+    assert!(matches!(steps[1], Step::Route { candidate_weight: 100 }));
+    assert_eq!(run_and_skipped(&steps), vec![(vec!["err"], vec!["lat"])]);
+    let mut rolling = RollingStrategy::new();
+    rolling.analysis = Some(mixed);
+    let steps = rolling.plan(&first).unwrap();
+    let kinds: Vec<_> = steps.iter().map(Step::kind).collect();
+    assert_eq!(kinds, ["stage", "route", "analyze", "promote"]);
+    assert_eq!(run_and_skipped(&steps), vec![(vec!["err"], vec!["lat"])]);
 }

@@ -1026,6 +1026,13 @@ impl Driver {
     }
 
     async fn analyze(&mut self, spec: &AnalysisSpec) -> Result<StepEnd, Stop> {
+        if !spec.skipped.is_empty() {
+            self.audit_or_stop("analysis.skipped", detail!({"skipped": spec.skipped}))
+                .await?;
+        }
+        if spec.checks.is_empty() {
+            return Ok(StepEnd::Done);
+        }
         let Some(probe) = self.inner.probe_for(&self.record.target) else {
             return Err(Stop::Rollback(
                 "the plan analyzes health but this engine has no probe".into(),
