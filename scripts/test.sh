@@ -143,6 +143,8 @@ log "example: k8s_canary plans a canary on a Deployment in the test cluster"
 log "example: relayctl on spec and pipeline files"
 RELAYCTL_DIR=$(mktemp -d)
 TMPDIRS+=("$RELAYCTL_DIR")
+PAIR_DIR=$(mktemp -d)
+TMPDIRS+=("$PAIR_DIR")
 cargo build --example relayctl --all-features
 (
   ctl() { timeout 120 target/debug/examples/relayctl --state "$RELAYCTL_DIR" "$@"; }
@@ -178,6 +180,15 @@ cargo build --example relayctl --all-features
   ctl --virtual promote examples/specs/pipeline.yaml "$digest" staging
   ctl --virtual promote examples/specs/pipeline.yaml "$digest" prod
   ctl verify-audit
+  # Two applies on two targets at once, in one state directory: one chain.
+  pair() { timeout 120 target/debug/examples/relayctl --state "$PAIR_DIR/state" "$@"; }
+  sed 's/^target: web$/target: web-b/' examples/specs/canary.yaml >"$PAIR_DIR/canary-b.yaml"
+  pair --virtual apply examples/specs/canary.yaml >"$PAIR_DIR/a.log" 2>&1 &
+  first=$!
+  pair --virtual apply "$PAIR_DIR/canary-b.yaml" >"$PAIR_DIR/b.log" 2>&1 ||
+    { cat "$PAIR_DIR/b.log" >&2; exit 1; }
+  wait "$first" || { cat "$PAIR_DIR/a.log" >&2; exit 1; }
+  pair verify-audit
   # The Kubernetes provider, named by the spec, on the test cluster.
   KUBECONFIG=$RELAY_TEST_KUBECONFIG ctl plan examples/specs/k8s-canary.yaml
 )

@@ -463,3 +463,44 @@ async fn halting_a_rollout_on_an_in_process_store_frees_its_target_at_once() {
     let outcome = b.resume(&id).await.unwrap().wait().await.unwrap();
     assert!(outcome.is_success(), "{outcome}");
 }
+
+/// Two engines in one process, each with its own sink on one JSONL log (as
+/// two `relayctl` runs on one state directory have), roll out to two
+/// targets at once: the log is one chain with both rollouts' entries, and
+/// each sink still verifies it.
+#[tokio::test(start_paused = true)]
+async fn two_sinks_on_one_log_write_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let (web, api) = (
+        World::new(310),
+        World::with_target(relay::providers::sim::SimTarget::new("api").seed(311)),
+    );
+    let (sink_a, sink_b) = (
+        Arc::new(JsonlAuditSink::open(&path).unwrap()),
+        Arc::new(JsonlAuditSink::open(&path).unwrap()),
+    );
+    let a = web.builder().audit(sink_a.clone()).build().unwrap();
+    let b = api.builder().audit(sink_b.clone()).build().unwrap();
+    let first = |target: &str| RolloutSpec::new(target, release("v1"), relay::strategies::AllAtOnce);
+    let (x, y) = tokio::join!(run(&a, first("web")), run(&b, first("api")));
+    assert!(x.is_success() && y.is_success());
+    let (x, y) = tokio::join!(
+        run(&a, RolloutSpec::new("web", release("v2"), canary())),
+        run(&b, RolloutSpec::new("api", release("v3"), canary()))
+    );
+    assert!(x.is_success(), "{x}");
+    assert!(matches!(y, Outcome::RolledBack { .. }), "{y}");
+    let n = JsonlAuditSink::open(&path).unwrap().verify().await.unwrap();
+    assert_eq!(sink_a.verify().await.unwrap(), n);
+    assert_eq!(sink_b.verify().await.unwrap(), n);
+    let entries = sink_a.entries().await.unwrap();
+    for target in ["web", "api"] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.event.rollout.starts_with(target) && e.event.action == "rollout.finished"),
+            "{target}'s rollouts are in the chain"
+        );
+    }
+}

@@ -2,13 +2,13 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{verify_chain, AuditEntry, AuditEvent, AuditSink, ChainHead};
+use super::{verify_chain, verify_chain_from, AuditEntry, AuditEvent, AuditSink, ChainHead};
 use crate::clock::{Clock, TokioClock};
 use crate::error::{Error, Result};
 
@@ -19,25 +19,30 @@ const PROVIDER: &str = "jsonl-audit";
 /// [`JsonlAuditSink::sync_each_append`] is turned off, fsynced.
 ///
 /// # Guarantees
+/// - Any number of writers — sinks in one process, or processes (one
+///   `relayctl` per CI job) — append to one log as one chain: each append
+///   holds an exclusive lock on the file, reads what the others appended
+///   since (checking that it continues the chain), and chains its entry
+///   after the last one.
 /// - An append is all or nothing: when its write or sync fails, the bytes
 ///   it wrote are cut off again before it returns the error, so the file
 ///   ends with the last whole entry and the next append continues the
 ///   chain (no torn line, no repeated sequence number). Should the cut
 ///   fail too, the sink refuses further appends until the file is opened
 ///   again.
-/// - Opening a file whose last line was interrupted (a crash or a full
-///   disk mid-write leaves a line without its newline) cuts it off and
-///   appends an `audit.repaired` entry saying how many bytes were cut.
-///   A whole line that does not verify is tampering, never repaired.
+/// - A last line left interrupted (a crash or a full disk mid-write leaves
+///   a line without its newline) is cut off, on open or by the next append
+///   (which holds the lock, so no append is in progress), and an
+///   `audit.repaired` entry says how many bytes were cut. A whole line that
+///   does not verify is tampering, never repaired.
 ///
 /// # Caveats
-/// - One writer per file: the sink keeps the chain head in memory, so two
-///   sinks (or processes) appending to the same file would fork the chain.
-///   Clone the sink to share it within a process.
-/// - `verify` also catches entries cut from the end of the file, because the
-///   sink remembers the head it wrote; a freshly opened sink cannot know
-///   about entries removed before it opened the file. Anchor the head
-///   elsewhere (for example in the state store) when that matters.
+/// - `verify` catches entries cut from the end of the file up to the last
+///   entry this sink wrote or saw; a freshly opened sink cannot know about
+///   entries removed before it opened the file. Anchor the head elsewhere
+///   (for example in the state store) when that matters.
+/// - The lock is advisory (`flock`): every writer must be a
+///   `JsonlAuditSink`.
 #[derive(Debug, Clone)]
 pub struct JsonlAuditSink {
     path: Arc<PathBuf>,
@@ -76,7 +81,10 @@ impl AuditFile for File {
 #[derive(Debug)]
 struct Writer {
     file: Box<dyn AuditFile>,
-    /// The file's length: where the last whole entry ends.
+    /// A read handle on the log: locked around each append, and read for
+    /// what other writers appended.
+    reader: File,
+    /// Where the last whole entry this sink wrote or saw ends.
     len: u64,
     head: ChainHead,
     sync: bool,
@@ -89,7 +97,8 @@ struct Writer {
 }
 
 impl Writer {
-    /// Seal `event` onto the chain and write its line, all or nothing.
+    /// Seal `event` onto the chain after every entry in the file (whoever
+    /// wrote them) and write its line, all or nothing.
     fn append(&mut self, path: &Path, event: &AuditEvent) -> Result<ChainHead> {
         if let Some(why) = &self.broken {
             return Err(io_err(
@@ -97,6 +106,70 @@ impl Writer {
                 format!("appends are refused until the log is opened again: {why}"),
             ));
         }
+        self.locked(path, |w| {
+            w.catch_up(path)?;
+            w.write(path, event)
+        })
+    }
+
+    /// Run `f` holding the log's exclusive lock.
+    fn locked<T>(&mut self, path: &Path, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.reader.lock().map_err(|e| io_err(path, e))?;
+        let r = f(self);
+        // Closing the handle would release it too; the handle is kept.
+        let _ = self.reader.unlock();
+        r
+    }
+
+    /// Read what other writers appended since this sink last wrote or read,
+    /// check that it continues the chain, and take its head. A partial
+    /// last line (its writer died mid-append: the lock is held, so nobody
+    /// writes now) is cut off and the repair recorded.
+    fn catch_up(&mut self, path: &Path) -> Result<()> {
+        let end = self.reader.metadata().map_err(|e| io_err(path, e))?.len();
+        if end < self.len {
+            return Err(Error::AuditTampered {
+                seq: self.head.seq,
+                reason: format!(
+                    "the log is {end} bytes long, shorter than the {} bytes of entries this sink wrote or read: entries were cut from its end",
+                    self.len
+                ),
+            });
+        }
+        if end == self.len {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        let mut reader = &self.reader;
+        reader
+            .seek(SeekFrom::Start(self.len))
+            .and_then(|_| reader.take(end - self.len).read_to_end(&mut bytes))
+            .map_err(|e| io_err(path, e))?;
+        let (entries, whole) = parse_entries(&bytes, self.head.seq)?;
+        self.head = verify_chain_from(&self.head, &entries)?;
+        self.len += whole as u64;
+        let torn = bytes.len() - whole;
+        if torn == 0 {
+            return Ok(());
+        }
+        self.file.truncate(self.len).map_err(|e| io_err(path, e))?;
+        tracing::warn!(path = %path.display(), bytes = torn, "cut off an interrupted last line of the audit log");
+        let repair = AuditEvent {
+            at_ms: TokioClock::new().now_ms(),
+            actor: PROVIDER.to_owned(),
+            rollout: String::new(),
+            action: "audit.repaired".to_owned(),
+            detail: crate::audit::detail!({
+                "cut_bytes": torn,
+                "after_seq": self.head.seq,
+                "reason": "the last line was interrupted (no newline): an append that never completed",
+            }),
+        };
+        self.write(path, &repair).map(|_| ())
+    }
+
+    /// Write `event`'s line after the head, all or nothing.
+    fn write(&mut self, path: &Path, event: &AuditEvent) -> Result<ChainHead> {
         let next = self.head.write_next_line(event, &mut self.line);
         self.line.push(b'\n');
         let written = self
@@ -122,18 +195,20 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::provider(PROVIDER, false, format!("{}: {e}", path.display()))
 }
 
-/// The entries of a log's bytes, and where its last whole line ends: bytes
-/// after the last newline are an interrupted write.
-fn parse_entries(bytes: &[u8]) -> Result<(Vec<AuditEntry>, usize)> {
+/// The entries of a log's bytes (those after entry `after`), and where its
+/// last whole line ends: bytes after the last newline are an interrupted
+/// write.
+fn parse_entries(bytes: &[u8], after: u64) -> Result<(Vec<AuditEntry>, usize)> {
     let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let mut out = Vec::new();
-    for (i, line) in bytes[..whole].split(|b| *b == b'\n').enumerate() {
+    for line in bytes[..whole].split(|b| *b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        let seq = after + out.len() as u64 + 1;
         let entry: AuditEntry = serde_json::from_slice(line).map_err(|e| Error::AuditTampered {
-            seq: out.last().map_or(1, |l: &AuditEntry| l.seq + 1),
-            reason: format!("line {} is not a valid entry: {e}", i + 1),
+            seq,
+            reason: format!("the line of entry {seq} is not a valid entry: {e}"),
         })?;
         out.push(entry);
     }
@@ -151,7 +226,7 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 /// Every entry of the log at `path`. A partial last line (an append in
 /// progress, or interrupted) is not an entry yet.
 fn read_entries(path: &Path) -> Result<Vec<AuditEntry>> {
-    parse_entries(&read_bytes(path)?).map(|(entries, _)| entries)
+    parse_entries(&read_bytes(path)?, 0).map(|(entries, _)| entries)
 }
 
 impl JsonlAuditSink {
@@ -166,40 +241,23 @@ impl JsonlAuditSink {
     /// that fail the disk under the sink.
     pub fn open_with(path: impl Into<PathBuf>, wrap: impl FnOnce(File) -> Box<dyn AuditFile>) -> Result<Self> {
         let path = path.into();
-        let bytes = read_bytes(&path)?;
-        let (entries, whole) = parse_entries(&bytes)?;
-        let head = verify_chain(&entries, None)?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
+        let reader = File::open(&path).map_err(|e| io_err(&path, e))?;
         let mut writer = Writer {
             file: wrap(file),
-            len: bytes.len() as u64,
-            head,
+            reader,
+            len: 0,
+            head: ChainHead::default(),
             sync: true,
             broken: None,
             line: Vec::new(),
         };
-        let torn = bytes.len() - whole;
-        if torn > 0 {
-            writer.file.truncate(whole as u64).map_err(|e| io_err(&path, e))?;
-            writer.len = whole as u64;
-            tracing::warn!(path = %path.display(), bytes = torn, "cut off an interrupted last line of the audit log");
-            let repair = AuditEvent {
-                at_ms: TokioClock::new().now_ms(),
-                actor: PROVIDER.to_owned(),
-                rollout: String::new(),
-                action: "audit.repaired".to_owned(),
-                detail: crate::audit::detail!({
-                    "cut_bytes": torn,
-                    "after_seq": writer.head.seq,
-                    "reason": "the last line was interrupted (no newline): an append that never completed",
-                }),
-            };
-            writer.append(&path, &repair)?;
-        }
+        // The whole log is what this new sink has to catch up with.
+        writer.locked(&path, |w| w.catch_up(&path))?;
         Ok(JsonlAuditSink {
             path: Arc::new(path),
             inner: Arc::new(Mutex::new(writer)),
@@ -248,8 +306,28 @@ impl AuditSink for JsonlAuditSink {
     async fn verify(&self) -> Result<u64> {
         let (path, inner) = (self.path.clone(), self.inner.clone());
         tokio::task::spawn_blocking(move || {
-            let head = inner.lock().unwrap_or_else(|p| p.into_inner()).head.clone();
-            verify_chain(&read_entries(&path)?, Some(&head)).map(|h| h.seq)
+            let ours = inner.lock().unwrap_or_else(|p| p.into_inner()).head.clone();
+            let entries = read_entries(&path)?;
+            let head = verify_chain(&entries, None)?;
+            // Other writers may have appended after this sink's last entry;
+            // none may have been cut from before it.
+            let Some(last) = usize::try_from(ours.seq).ok().and_then(|n| n.checked_sub(1)) else {
+                return Ok(head.seq);
+            };
+            match entries.get(last) {
+                None => Err(Error::AuditTampered {
+                    seq: head.seq + 1,
+                    reason: format!(
+                        "log ends at entry {} but {} were written: entries were deleted from the end",
+                        head.seq, ours.seq
+                    ),
+                }),
+                Some(e) if e.hash != ours.hash => Err(Error::AuditTampered {
+                    seq: ours.seq,
+                    reason: "the entry is not the one this sink wrote or read: the chain was rewritten".to_owned(),
+                }),
+                Some(_) => Ok(head.seq),
+            }
         })
         .await
         .map_err(|e| io_err(&self.path, e))?

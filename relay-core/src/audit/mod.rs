@@ -313,7 +313,25 @@ pub(crate) fn parse_line(line: &[u8], seq: u64) -> Result<AuditEntry> {
 /// Check a whole chain. `expected_head`, when the sink knows it, also catches
 /// entries removed from the end. Returns the head of the verified chain.
 pub fn verify_chain(entries: &[AuditEntry], expected_head: Option<&ChainHead>) -> Result<ChainHead> {
-    let mut head = ChainHead::default();
+    let head = verify_chain_from(&ChainHead::default(), entries)?;
+    if let Some(exp) = expected_head {
+        if exp != &head {
+            return Err(Error::AuditTampered {
+                seq: head.seq + 1,
+                reason: format!(
+                    "log ends at entry {} but {} were written: entries were deleted from the end",
+                    head.seq, exp.seq
+                ),
+            });
+        }
+    }
+    Ok(head)
+}
+
+/// Check that `entries` continue the chain ending at `start` (the head of
+/// the entries before them); returns the head they end at.
+pub fn verify_chain_from(start: &ChainHead, entries: &[AuditEntry]) -> Result<ChainHead> {
+    let mut head = start.clone();
     for e in entries {
         let expect = head.seq + 1;
         if e.seq != expect {
@@ -338,17 +356,6 @@ pub fn verify_chain(entries: &[AuditEntry], expected_head: Option<&ChainHead>) -
             seq: e.seq,
             hash: e.hash.clone(),
         };
-    }
-    if let Some(exp) = expected_head {
-        if exp != &head {
-            return Err(Error::AuditTampered {
-                seq: head.seq + 1,
-                reason: format!(
-                    "log ends at entry {} but {} were written: entries were deleted from the end",
-                    head.seq, exp.seq
-                ),
-            });
-        }
     }
     Ok(head)
 }
