@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::handle::{Command, CommandRx};
+use super::handle::{Command, CommandRx, CommandTx};
 use super::{Driving, EventSender, Inner};
 use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, VerdictOutcome, VerdictView};
 use crate::audit::{detail, push_json, push_json_str, AuditDetail, AuditEvent};
@@ -141,8 +141,6 @@ impl CheckTally {
 #[derive(Default)]
 struct LeaseWatch {
     state: Mutex<(Option<String>, Option<Instant>)>,
-    /// Wakes a waiting driver when the lease is lost.
-    lost: tokio::sync::Notify,
 }
 
 impl LeaseWatch {
@@ -161,7 +159,6 @@ impl LeaseWatch {
     fn lose(&self, reason: String) {
         tracing::error!(%reason, "lease lost: stopped changing the target");
         self.lock().0 = Some(reason);
-        self.lost.notify_one();
     }
 
     /// `Err(why)` once the lease was lost or its margin has passed.
@@ -203,6 +200,8 @@ pub(crate) struct Driver {
     /// What the driver knows of its lease, shared with the renewal task.
     lease_watch: Arc<LeaseWatch>,
     commands: Option<CommandRx>,
+    /// A sender on the driver's own command channel, for its lease renewal.
+    wake: CommandTx,
     events: EventSender,
     promote_now: bool,
     rolling_back: bool,
@@ -224,7 +223,7 @@ impl Driver {
         record: RolloutRecord,
         lease: Lease,
         claim: Driving,
-        commands: CommandRx,
+        (wake, commands): (CommandTx, CommandRx),
         events: EventSender,
     ) -> Self {
         let target = inner.targets[&record.target].clone();
@@ -242,6 +241,7 @@ impl Driver {
             lease,
             lease_watch: Arc::new(LeaseWatch::default()),
             commands: Some(commands),
+            wake,
             events,
             promote_now: false,
             rolling_back: false,
@@ -303,6 +303,13 @@ impl Driver {
         let watch = self.lease_watch.clone();
         watch.set_good_until(good_until(&self.lease, clock.now_ms(), Instant::now(), ttl));
         let mut lease = self.lease.clone();
+        // A lost lease wakes the driver where it waits: on its commands.
+        let wake = self.wake.clone();
+        let lose = move |reason: String| {
+            watch.lose(reason);
+            let _ = wake.send(Box::new(Command::LeaseLost));
+        };
+        let watch = self.lease_watch.clone();
         AbortOnDrop(tokio::spawn(async move {
             let (period, again) = (ttl / 3, (ttl / 10).max(Duration::from_millis(1)));
             let mut next = Instant::now() + period;
@@ -325,11 +332,10 @@ impl Driver {
                         next = Instant::now() + again;
                     }
                     Ok(Err(e)) => {
-                        return watch.lose(format!("could not renew the lease before it expires: {e}"));
+                        return lose(format!("could not renew the lease before it expires: {e}"));
                     }
                     Err(_) => {
-                        return watch
-                            .lose("could not renew the lease before it expires: the renewal did not answer".into());
+                        return lose("could not renew the lease before it expires: the renewal did not answer".into());
                     }
                 }
             }
@@ -392,12 +398,11 @@ impl Driver {
         self.check_lease()?;
         // Fenced: every attempt, retries included, is made only while the
         // lease holds.
-        let mut f = f;
+        let (mut f, this) = (f, &*self);
         let fenced = || {
-            let holds = self.lease_check();
             let call = f();
             async move {
-                holds?;
+                this.lease_check()?;
                 call.await
             }
         };
@@ -452,10 +457,6 @@ impl Driver {
                 };
                 tokio::select! {
                     () = sleep => return Ok(Wake::Elapsed),
-                    () = self.lease_watch.lost.notified() => {
-                        self.check_lease()?;
-                        continue;
-                    }
                     c = recv => c,
                     r = watch => return Ok(match r {
                         Ok(()) => Wake::Changed,
@@ -481,6 +482,7 @@ impl Driver {
 
     async fn handle_command(&mut self, cmd: Command) -> Result<Option<Wake>, Stop> {
         match cmd {
+            Command::LeaseLost => self.check_lease().map(|()| None),
             Command::Pause { by } => {
                 if !self.record.paused && !self.rolling_back {
                     self.record.paused = true;
@@ -729,7 +731,9 @@ impl Driver {
             let end = match self.execute(index, &step).instrument(span).await {
                 Ok(end) => end,
                 Err(Stop::Rollback(error) | Stop::Transient(error)) if self.promoted() => {
-                    self.cleanup_failed(index, error).await;
+                    // Boxed, as every rare path: inline it would make
+                    // every rollout's task larger.
+                    Box::pin(self.cleanup_failed(index, error)).await;
                     StepEnd::Done
                 }
                 Err(stop) => return Err(stop),
@@ -1027,8 +1031,7 @@ impl Driver {
 
     async fn analyze(&mut self, spec: &AnalysisSpec) -> Result<StepEnd, Stop> {
         if !spec.skipped.is_empty() {
-            self.audit_or_stop("analysis.skipped", detail!({"skipped": spec.skipped}))
-                .await?;
+            Box::pin(self.audit_or_stop("analysis.skipped", detail!({"skipped": spec.skipped}))).await?;
         }
         if spec.checks.is_empty() {
             return Ok(StepEnd::Done);
@@ -1087,7 +1090,7 @@ impl Driver {
                 let sample = match self.call("probe.sample", || probe.sample(query)).await {
                     Ok(s) => s,
                     Err(e) => {
-                        self.probe_error(spec, check, t, scope, e).await?;
+                        Box::pin(self.probe_error(spec, check, t, scope, e)).await?;
                         continue;
                     }
                 };
@@ -1101,7 +1104,7 @@ impl Driver {
                         Ok(b) => Some(b),
                         Err(e) => {
                             let scope = format!("baseline {}", q.scope);
-                            self.probe_error(spec, check, t, &scope, e).await?;
+                            Box::pin(self.probe_error(spec, check, t, &scope, e)).await?;
                             continue;
                         }
                     },

@@ -32,6 +32,10 @@ pub(crate) enum Command {
         comment: String,
         approved: bool,
     },
+    /// From the driver's own lease renewal: the lease could not be renewed
+    /// in time (sent on the command channel, which every wait already
+    /// reads, so a waiting driver stops at once).
+    LeaseLost,
 }
 
 /// The sending end of a rollout's commands. Commands travel boxed: an

@@ -916,7 +916,7 @@ impl Relay {
             record,
             lease,
             claim,
-            cmd_rx,
+            (cmd_tx.clone(), cmd_rx),
             EventSender(hub.clone()),
         );
         let join = tokio::spawn(driver.run());
