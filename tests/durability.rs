@@ -504,3 +504,63 @@ async fn two_sinks_on_one_log_write_one_chain() {
         );
     }
 }
+
+/// Only the lines relay writes verify: a field the hash does not cover
+/// (`"approved_by":"mallory"`), a repeated key, keys out of order or added
+/// spaces were ignored by the verifier before; each is refused now, on
+/// `verify`, on `open` and by the read-only `verify_file`, naming the entry.
+#[tokio::test(start_paused = true)]
+async fn jsonl_audit_refuses_lines_relay_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let w = World::new(312);
+    let sink = Arc::new(JsonlAuditSink::open(&path).unwrap());
+    let relay = w.builder().audit(sink.clone()).build().unwrap();
+    deploy_v1(&relay).await;
+    let original = std::fs::read_to_string(&path).unwrap();
+    let third = original.lines().nth(2).unwrap().to_owned();
+    let edits: [(&str, String); 5] = [
+        (
+            "an unknown field",
+            third.replacen("{", r#"{"approved_by":"mallory","#, 1),
+        ),
+        (
+            "a repeated key",
+            third.replacen(r#""action":"#, r#""action":"gate.approved","action":"#, 1),
+        ),
+        ("keys out of order", {
+            let v: serde_json::Value = serde_json::from_str(&third).unwrap();
+            let mut fields: Vec<(String, serde_json::Value)> = v.as_object().unwrap().clone().into_iter().collect();
+            fields.reverse();
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("{:?}:{v}", k)).collect();
+            format!("{{{}}}", body.join(","))
+        }),
+        ("a space", third.replacen(",", ", ", 1)),
+        ("an escaped letter", {
+            let at = third.find(r#""action":""#).unwrap() + r#""action":""#.len();
+            let letter = third[at..].chars().next().unwrap();
+            format!(
+                "{}\\u{:04x}{}",
+                &third[..at],
+                u32::from(letter),
+                &third[at + letter.len_utf8()..]
+            )
+        }),
+    ];
+    for (what, line) in edits {
+        assert_ne!(line, third, "{what}: the edit changed nothing");
+        std::fs::write(&path, original.replacen(&third, &line, 1)).unwrap();
+        for (how, result) in [
+            ("verify", sink.verify().await.map(|_| ())),
+            ("open", JsonlAuditSink::open(&path).map(|_| ())),
+            ("verify_file", JsonlAuditSink::verify_file(&path).map(|_| ())),
+        ] {
+            assert!(
+                matches!(result, Err(Error::AuditTampered { seq: 3, .. })),
+                "{what} passed {how}: {result:?}"
+            );
+        }
+    }
+    std::fs::write(&path, &original).unwrap();
+    sink.verify().await.unwrap();
+}

@@ -1007,6 +1007,10 @@ async fn an_interrupted_audit_line_is_cut_off_and_the_repair_recorded_on_open() 
     drop(sink);
     let torn = std::fs::read(&path).unwrap();
     assert_ne!(torn.last(), Some(&b'\n'), "the test left a partial line");
+    // A read-only check reports it, and leaves it.
+    let reported = relay::JsonlAuditSink::verify_file(&path).unwrap_err();
+    assert!(reported.to_string().contains("interrupted line"), "{reported}");
+    assert_eq!(std::fs::read(&path).unwrap(), torn);
 
     let reopened = relay::JsonlAuditSink::open(&path).unwrap();
     let entries = reopened.entries().await.unwrap();

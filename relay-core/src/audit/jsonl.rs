@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{verify_chain, verify_chain_from, AuditEntry, AuditEvent, AuditSink, ChainHead};
+use super::{parse_line, verify_chain, verify_chain_from, AuditEntry, AuditEvent, AuditSink, ChainHead};
 use crate::clock::{Clock, TokioClock};
 use crate::error::{Error, Result};
 
@@ -212,12 +212,7 @@ fn parse_entries(bytes: &[u8], after: u64) -> Result<(Vec<AuditEntry>, usize)> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let seq = after + out.len() as u64 + 1;
-        let entry: AuditEntry = serde_json::from_slice(line).map_err(|e| Error::AuditTampered {
-            seq,
-            reason: format!("the line of entry {seq} is not a valid entry: {e}"),
-        })?;
-        out.push(entry);
+        out.push(parse_line(line, after + out.len() as u64 + 1)?);
     }
     Ok((out, whole))
 }
@@ -271,6 +266,37 @@ impl JsonlAuditSink {
             path: Arc::new(path),
             inner: Arc::new(Mutex::new(writer)),
         })
+    }
+
+    /// Verify the log at `path` without writing to it (as an auditor, or
+    /// `relayctl verify-audit`, does): every line must be one relay wrote,
+    /// chained to the one before. Returns the head. Reads under a shared
+    /// lock, so an append in progress is not mistaken for an interrupted
+    /// one; an interrupted last line (its writer died mid-append) is
+    /// reported, not repaired — the next append or open repairs it.
+    ///
+    /// # Errors
+    /// [`Error::AuditTampered`] naming the first entry that does not verify
+    /// or the interrupted line; I/O errors.
+    pub fn verify_file(path: impl AsRef<Path>) -> Result<ChainHead> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| io_err(path, e))?;
+        file.lock_shared().map_err(|e| io_err(path, e))?;
+        let mut bytes = Vec::new();
+        (&file).read_to_end(&mut bytes).map_err(|e| io_err(path, e))?;
+        drop(file);
+        let (entries, whole) = parse_entries(&bytes, 0)?;
+        let head = verify_chain(&entries, None)?;
+        if whole < bytes.len() {
+            return Err(Error::AuditTampered {
+                seq: head.seq + 1,
+                reason: format!(
+                    "the last {} bytes are an interrupted line (no newline): an append that never completed; the next append or open cuts it off and records the repair",
+                    bytes.len() - whole
+                ),
+            });
+        }
+        Ok(head)
     }
 
     /// Whether every append is fsynced (default `true`). Turning it off

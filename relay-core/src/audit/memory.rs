@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{parse_line, verify_chain, AuditEntry, AuditEvent, AuditSink, ChainHead};
+use super::{parse_line, verify_chain, write_line, AuditEntry, AuditEvent, AuditSink, ChainHead};
 use crate::error::Result;
 
 /// Keeps the chain in memory; for tests and simulations. Entries are kept
@@ -70,9 +70,11 @@ impl MemoryAuditSink {
     /// Replace the stored entries (to simulate tampering in tests). The head
     /// the sink remembers is kept, so `verify` notices.
     pub fn overwrite_entries(&self, entries: Vec<AuditEntry>) {
-        let mut lines = Lines::default();
+        let (mut lines, mut line) = (Lines::default(), Vec::new());
         for e in &entries {
-            lines.push(&serde_json::to_vec(e).unwrap_or_default());
+            line.clear();
+            write_line(e, &mut line);
+            lines.push(&line);
         }
         self.lock().lines = lines;
     }

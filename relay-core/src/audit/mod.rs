@@ -292,22 +292,47 @@ impl ChainHead {
     pub fn write_next_line(&self, event: &AuditEvent, line: &mut Vec<u8>) -> ChainHead {
         let seq = self.seq + 1;
         let hash = write_hashed(seq, event, &self.hash, line);
-        // The body is an object: its closing brace makes room for the hash.
-        line.pop();
-        line.extend_from_slice(b",\"hash\":\"");
-        line.extend_from_slice(hash.as_bytes());
-        line.extend_from_slice(b"\"}");
+        push_hash(line, &hash);
         ChainHead { seq, hash }
     }
 }
 
+/// Add `hash` to an entry's canonical body in `line`, as the last field:
+/// the body is an object, and its closing brace makes room for it.
+fn push_hash(line: &mut Vec<u8>, hash: &str) {
+    line.pop();
+    line.extend_from_slice(b",\"hash\":");
+    push_json_str(line, hash);
+    line.push(b'}');
+}
+
+/// `entry` as the line a sink stores (appended to `out`): its canonical
+/// body with its hash added, whatever the hash (so a tampered entry is
+/// stored as it is, for a test to find).
+pub(crate) fn write_line(entry: &AuditEntry, out: &mut Vec<u8>) {
+    write_canonical(entry.seq, &entry.event, &entry.prev_hash, out);
+    push_hash(out, &entry.hash);
+}
+
 /// Read one stored line back as an entry; `seq` is the entry expected there,
-/// for the error.
+/// for the error. Only the line relay writes is accepted, byte for byte:
+/// an unknown or repeated field, keys out of order, spaces or escapes that
+/// relay does not write are refused (a verifier that ignored an added
+/// `"approved_by"` would pass what the hash does not cover).
 pub(crate) fn parse_line(line: &[u8], seq: u64) -> Result<AuditEntry> {
-    serde_json::from_slice(line).map_err(|e| Error::AuditTampered {
+    let entry: AuditEntry = serde_json::from_slice(line).map_err(|e| Error::AuditTampered {
         seq,
         reason: format!("entry is not valid JSON of an entry: {e}"),
-    })
+    })?;
+    let mut canonical = Vec::with_capacity(line.len());
+    write_line(&entry, &mut canonical);
+    if canonical != line {
+        return Err(Error::AuditTampered {
+            seq,
+            reason: "the line is not the one relay writes for its entry (an unknown or repeated field, keys out of order, or spaces or escapes relay does not write)".into(),
+        });
+    }
+    Ok(entry)
 }
 
 /// Check a whole chain. `expected_head`, when the sink knows it, also catches
