@@ -35,6 +35,11 @@
 //! simulated hour-long canary ends at once; it leaves no time for a person
 //! to answer a gate.
 //!
+//! The audit log is chained with HMAC-SHA256 under the key in
+//! `RELAY_AUDIT_KEY` when it is set (every `relayctl` on the state
+//! directory, and `verify-audit`, must have the same key), else with plain
+//! SHA-256.
+//!
 //! Exit codes: 0 the release is live (or the command did what it said),
 //! 1 it was rolled back or refused, 2 bad usage or input.
 
@@ -50,7 +55,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use relay::providers::sim::{RevisionBehavior, SimProbe, SimTarget};
 use relay::strategies::spec::{parse_duration, PipelineFile, SpecFile};
 use relay::{
-    Artifact, ArtifactRef, ArtifactStore, Capabilities, Digest, EventKind, FileStateStore, JsonlAuditSink,
+    Artifact, ArtifactRef, ArtifactStore, Capabilities, ChainKey, Digest, EventKind, FileStateStore, JsonlAuditSink,
     ManualApproval, Plan, PlanContext, Relay, RelayBuilder, RevisionState, RolloutEvents, RolloutRecord, RolloutSpec,
     RolloutStatus, Routing, StateStore, Step, Target, TrafficSplit,
 };
@@ -325,7 +330,7 @@ impl Ctl {
     fn builder(&self) -> Outcome<RelayBuilder> {
         Ok(Relay::builder()
             .state(self.state.clone())
-            .audit(Arc::new(JsonlAuditSink::open(self.audit_path())?))
+            .audit(Arc::new(JsonlAuditSink::open_keyed(self.audit_path(), &audit_key()?)?))
             .holder(format!("relayctl-{}", std::process::id())))
     }
 
@@ -707,12 +712,24 @@ fn print_records(records: &[RolloutRecord]) {
     }
 }
 
+/// How the audit log is chained: under the key in `RELAY_AUDIT_KEY` (at
+/// least 16 bytes; every `relayctl` on the state directory must have it),
+/// or unkeyed when it is not set.
+fn audit_key() -> Outcome<ChainKey> {
+    match std::env::var("RELAY_AUDIT_KEY") {
+        Ok(key) => Ok(ChainKey::hmac(&key.into())?),
+        Err(_) => Ok(ChainKey::none()),
+    }
+}
+
 fn verify_audit(path: &Path) -> Outcome<()> {
-    let head = JsonlAuditSink::verify_file(path).map_err(|e| Failure(1, format!("{}: {e}", path.display())))?;
+    let key = audit_key()?;
+    let head = JsonlAuditSink::verify_file(path, &key).map_err(|e| Failure(1, format!("{}: {e}", path.display())))?;
     out!(
-        "{}: {} entries, chain intact (head {} {})",
+        "{}: {} entries, chain intact{} (head {} {})",
         path.display(),
         head.seq,
+        if key.is_keyed() { ", keyed" } else { "" },
         head.seq,
         head.hash
     );

@@ -189,6 +189,15 @@ cargo build --example relayctl --all-features
     { cat "$PAIR_DIR/b.log" >&2; exit 1; }
   wait "$first" || { cat "$PAIR_DIR/a.log" >&2; exit 1; }
   pair verify-audit
+  # A log chained under a key (HMAC) verifies only with it.
+  audit_key=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+  keyed() { RELAY_AUDIT_KEY=$audit_key timeout 120 target/debug/examples/relayctl --state "$PAIR_DIR/keyed" "$@"; }
+  keyed --virtual apply examples/specs/canary.yaml >/dev/null
+  keyed verify-audit | grep -q 'chain intact, keyed'
+  if timeout 120 target/debug/examples/relayctl --state "$PAIR_DIR/keyed" verify-audit; then
+    echo "relayctl: a keyed audit log must not verify without its key" >&2
+    exit 1
+  fi
   # The Kubernetes provider, named by the spec, on the test cluster.
   KUBECONFIG=$RELAY_TEST_KUBECONFIG ctl plan examples/specs/k8s-canary.yaml
 )

@@ -553,7 +553,10 @@ async fn jsonl_audit_refuses_lines_relay_did_not_write() {
         for (how, result) in [
             ("verify", sink.verify().await.map(|_| ())),
             ("open", JsonlAuditSink::open(&path).map(|_| ())),
-            ("verify_file", JsonlAuditSink::verify_file(&path).map(|_| ())),
+            (
+                "verify_file",
+                JsonlAuditSink::verify_file(&path, &relay::ChainKey::none()).map(|_| ()),
+            ),
         ] {
             assert!(
                 matches!(result, Err(Error::AuditTampered { seq: 3, .. })),
@@ -563,4 +566,48 @@ async fn jsonl_audit_refuses_lines_relay_did_not_write() {
     }
     std::fs::write(&path, &original).unwrap();
     sink.verify().await.unwrap();
+}
+
+/// A JSONL log kept under an HMAC key: written and reopened with the key,
+/// it verifies only with it — not without a key, not with another — and a
+/// log begun without the key cannot be continued with it.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_jsonl_log_verifies_only_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = relay::ChainKey::hmac(&"0123456789abcdef0123456789abcdef".to_owned().into()).unwrap();
+    let other = relay::ChainKey::hmac(&"fedcba9876543210fedcba9876543210".to_owned().into()).unwrap();
+    let w = World::new(313);
+    let sink = Arc::new(JsonlAuditSink::open_keyed(&path, &key).unwrap());
+    let relay = w.builder().audit(sink.clone()).build().unwrap();
+    deploy_v1(&relay).await;
+    let n = sink.verify().await.unwrap();
+    assert_eq!(JsonlAuditSink::verify_file(&path, &key).unwrap().seq, n);
+    for (what, wrong) in [("without a key", relay::ChainKey::none()), ("with another key", other)] {
+        assert!(
+            matches!(
+                JsonlAuditSink::verify_file(&path, &wrong),
+                Err(Error::AuditTampered { seq: 1, .. })
+            ),
+            "verified {what}"
+        );
+        assert!(JsonlAuditSink::open_keyed(&path, &wrong).is_err(), "opened {what}");
+    }
+    // Reopened with the key, it goes on.
+    let again = JsonlAuditSink::open_keyed(&path, &key).unwrap();
+    let more = w.builder().audit(Arc::new(again)).build().unwrap();
+    run(
+        &more,
+        RolloutSpec::new("web", release("v2"), relay::strategies::AllAtOnce),
+    )
+    .await;
+    assert!(JsonlAuditSink::verify_file(&path, &key).unwrap().seq > n);
+    // An unkeyed log is not continued under a key.
+    let plain = dir.path().join("plain.jsonl");
+    let unkeyed = Arc::new(JsonlAuditSink::open(&plain).unwrap());
+    deploy_v1(&w.builder().audit(unkeyed).build().unwrap()).await;
+    assert!(JsonlAuditSink::open_keyed(&plain, &key).is_err());
+    // Too short a key is refused, naming the setting.
+    let short = relay::ChainKey::hmac(&"short".to_owned().into()).unwrap_err();
+    assert!(short.to_string().contains("audit.key"), "{short}");
 }

@@ -942,7 +942,7 @@ impl relay::AuditFile for FailingDisk {
 fn sink_on_failing_disk(path: &std::path::Path) -> (relay::JsonlAuditSink, Arc<std::sync::Mutex<Option<DiskFault>>>) {
     let next = Arc::new(std::sync::Mutex::new(None));
     let disk = next.clone();
-    let sink = relay::JsonlAuditSink::open_with(path, move |file| {
+    let sink = relay::JsonlAuditSink::open_with(path, &relay::ChainKey::none(), move |file| {
         Box::new(FailingDisk {
             file,
             next: disk,
@@ -1008,7 +1008,7 @@ async fn an_interrupted_audit_line_is_cut_off_and_the_repair_recorded_on_open() 
     let torn = std::fs::read(&path).unwrap();
     assert_ne!(torn.last(), Some(&b'\n'), "the test left a partial line");
     // A read-only check reports it, and leaves it.
-    let reported = relay::JsonlAuditSink::verify_file(&path).unwrap_err();
+    let reported = relay::JsonlAuditSink::verify_file(&path, &relay::ChainKey::none()).unwrap_err();
     assert!(reported.to_string().contains("interrupted line"), "{reported}");
     assert_eq!(std::fs::read(&path).unwrap(), torn);
 

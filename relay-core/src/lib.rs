@@ -21,6 +21,7 @@ pub mod event;
 mod forward;
 pub mod freeze;
 pub mod gate;
+mod hmac;
 pub mod pipeline;
 pub mod plan;
 pub mod release;
@@ -40,8 +41,8 @@ pub use analysis::{
 };
 pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest, PinnedArtifactStore};
 pub use audit::{
-    verify_chain, verify_chain_from, AuditDetail, AuditEntry, AuditEvent, AuditFile, AuditSink, ChainHead,
-    JsonlAuditSink, MemoryAuditSink,
+    verify_chain, AuditDetail, AuditEntry, AuditEvent, AuditFile, AuditSink, ChainHead, ChainKey, JsonlAuditSink,
+    MemoryAuditSink,
 };
 pub use clock::{parse_rfc3339, Clock, TokioClock, UnixMillis};
 pub use dora::{dora, DoraReport, CREATED_AT_METADATA};

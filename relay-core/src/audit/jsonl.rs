@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{parse_line, verify_chain, verify_chain_from, AuditEntry, AuditEvent, AuditSink, ChainHead};
+use super::{parse_line, AuditEntry, AuditEvent, AuditSink, ChainHead, ChainKey};
 use crate::clock::{Clock, TokioClock};
 use crate::error::{Error, Result};
 
@@ -91,6 +91,8 @@ struct Writer {
     /// read back).
     regular: bool,
     head: ChainHead,
+    /// How entries are hashed.
+    key: ChainKey,
     sync: bool,
     /// Set when a failed append could not be cut off again: the file may
     /// end in a partial line, so nothing more is appended until it is
@@ -153,7 +155,7 @@ impl Writer {
             .and_then(|_| reader.take(end - self.len).read_to_end(&mut bytes))
             .map_err(|e| io_err(path, e))?;
         let (entries, whole) = parse_entries(&bytes, self.head.seq)?;
-        self.head = verify_chain_from(&self.head, &entries)?;
+        self.head = self.key.verify_chain_from(&self.head, &entries)?;
         self.len += whole as u64;
         let torn = bytes.len() - whole;
         if torn == 0 {
@@ -177,7 +179,7 @@ impl Writer {
 
     /// Write `event`'s line after the head, all or nothing.
     fn write(&mut self, path: &Path, event: &AuditEvent) -> Result<ChainHead> {
-        let next = self.head.write_next_line(event, &mut self.line);
+        let next = self.head.write_next_line_with(&self.key, event, &mut self.line);
         self.line.push(b'\n');
         let written = self
             .file
@@ -236,12 +238,22 @@ impl JsonlAuditSink {
     /// interrupted last line is cut off and the repair recorded (see the
     /// type's guarantees).
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
-        Self::open_with(path, |file| Box::new(file))
+        Self::open_with(path, &ChainKey::none(), |file| Box::new(file))
     }
 
-    /// [`JsonlAuditSink::open`], writing through `wrap(file)`: for tests
-    /// that fail the disk under the sink.
-    pub fn open_with(path: impl Into<PathBuf>, wrap: impl FnOnce(File) -> Box<dyn AuditFile>) -> Result<Self> {
+    /// Open (or create) a log whose entries are hashed under `key` (see
+    /// [`ChainKey`]): an existing log must verify under it.
+    pub fn open_keyed(path: impl Into<PathBuf>, key: &ChainKey) -> Result<Self> {
+        Self::open_with(path, key, |file| Box::new(file))
+    }
+
+    /// [`JsonlAuditSink::open_keyed`], writing through `wrap(file)`: for
+    /// tests that fail the disk under the sink.
+    pub fn open_with(
+        path: impl Into<PathBuf>,
+        key: &ChainKey,
+        wrap: impl FnOnce(File) -> Box<dyn AuditFile>,
+    ) -> Result<Self> {
         let path = path.into();
         let file = OpenOptions::new()
             .create(true)
@@ -256,6 +268,7 @@ impl JsonlAuditSink {
             len: 0,
             regular,
             head: ChainHead::default(),
+            key: key.clone(),
             sync: true,
             broken: None,
             line: Vec::new(),
@@ -270,7 +283,7 @@ impl JsonlAuditSink {
 
     /// Verify the log at `path` without writing to it (as an auditor, or
     /// `relayctl verify-audit`, does): every line must be one relay wrote,
-    /// chained to the one before. Returns the head. Reads under a shared
+    /// chained to the one before, hashed with `key`. Returns the head. Reads under a shared
     /// lock, so an append in progress is not mistaken for an interrupted
     /// one; an interrupted last line (its writer died mid-append) is
     /// reported, not repaired — the next append or open repairs it.
@@ -278,7 +291,7 @@ impl JsonlAuditSink {
     /// # Errors
     /// [`Error::AuditTampered`] naming the first entry that does not verify
     /// or the interrupted line; I/O errors.
-    pub fn verify_file(path: impl AsRef<Path>) -> Result<ChainHead> {
+    pub fn verify_file(path: impl AsRef<Path>, key: &ChainKey) -> Result<ChainHead> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| io_err(path, e))?;
         file.lock_shared().map_err(|e| io_err(path, e))?;
@@ -286,7 +299,7 @@ impl JsonlAuditSink {
         (&file).read_to_end(&mut bytes).map_err(|e| io_err(path, e))?;
         drop(file);
         let (entries, whole) = parse_entries(&bytes, 0)?;
-        let head = verify_chain(&entries, None)?;
+        let head = key.verify_chain(&entries, None)?;
         if whole < bytes.len() {
             return Err(Error::AuditTampered {
                 seq: head.seq + 1,
@@ -341,9 +354,12 @@ impl AuditSink for JsonlAuditSink {
     async fn verify(&self) -> Result<u64> {
         let (path, inner) = (self.path.clone(), self.inner.clone());
         tokio::task::spawn_blocking(move || {
-            let ours = inner.lock().unwrap_or_else(|p| p.into_inner()).head.clone();
+            let (ours, key) = {
+                let w = inner.lock().unwrap_or_else(|p| p.into_inner());
+                (w.head.clone(), w.key.clone())
+            };
             let entries = read_entries(&path)?;
-            let head = verify_chain(&entries, None)?;
+            let head = key.verify_chain(&entries, None)?;
             // Other writers may have appended after this sink's last entry;
             // none may have been cut from before it.
             let Some(last) = usize::try_from(ours.seq).ok().and_then(|n| n.checked_sub(1)) else {

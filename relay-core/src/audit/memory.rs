@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{parse_line, verify_chain, write_line, AuditEntry, AuditEvent, AuditSink, ChainHead};
+use super::{parse_line, write_line, AuditEntry, AuditEvent, AuditSink, ChainHead, ChainKey};
 use crate::error::Result;
 
 /// Keeps the chain in memory; for tests and simulations. Entries are kept
@@ -14,6 +14,7 @@ use crate::error::Result;
 #[derive(Debug, Default)]
 pub struct MemoryAuditSink {
     inner: Mutex<Chain>,
+    key: ChainKey,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +68,11 @@ impl MemoryAuditSink {
         Self::default()
     }
 
+    /// An empty sink whose entries are hashed under `key` (see [`ChainKey`]).
+    pub fn keyed(key: ChainKey) -> Self {
+        MemoryAuditSink { key, ..Self::default() }
+    }
+
     /// Replace the stored entries (to simulate tampering in tests). The head
     /// the sink remembers is kept, so `verify` notices.
     pub fn overwrite_entries(&self, entries: Vec<AuditEntry>) {
@@ -89,7 +95,7 @@ impl AuditSink for MemoryAuditSink {
     async fn append(&self, event: &AuditEvent) -> Result<ChainHead> {
         let mut g = self.lock();
         let Chain { head, lines, scratch } = &mut *g;
-        let next = head.write_next_line(event, scratch);
+        let next = head.write_next_line_with(&self.key, event, scratch);
         lines.push(scratch);
         head.clone_from(&next);
         Ok(next)
@@ -101,7 +107,7 @@ impl AuditSink for MemoryAuditSink {
 
     async fn verify(&self) -> Result<u64> {
         let g = self.lock();
-        verify_chain(&parse(&g.lines)?, Some(&g.head)).map(|h| h.seq)
+        self.key.verify_chain(&parse(&g.lines)?, Some(&g.head)).map(|h| h.seq)
     }
 }
 

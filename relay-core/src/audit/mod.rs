@@ -203,18 +203,162 @@ pub(crate) fn push_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
 }
 
 /// Write the hashed form of an entry into `body` (emptied first) and return
-/// its hash, in hex: `sha256(prev_hash || body)`.
-fn write_hashed(seq: u64, event: &AuditEvent, prev_hash: &str, body: &mut Vec<u8>) -> String {
+/// its hash, in hex: `sha256(prev_hash || body)`, or under a key
+/// `hmac_sha256(key, prev_hash || body)`.
+fn write_hashed(key: &ChainKey, seq: u64, event: &AuditEvent, prev_hash: &str, body: &mut Vec<u8>) -> String {
     body.clear();
     write_canonical(seq, event, prev_hash, body);
-    let mut h = Sha256::new();
-    h.update(prev_hash.as_bytes());
-    h.update(&*body);
-    to_hex(&h.finalize().into())
+    key.digest(prev_hash, body)
 }
 
-fn entry_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
-    write_hashed(seq, event, prev_hash, &mut Vec::new())
+fn entry_hash(key: &ChainKey, seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
+    write_hashed(key, seq, event, prev_hash, &mut Vec::new())
+}
+
+/// How a chain's entries are hashed. Unkeyed (the default), each hash is
+/// SHA-256 of the previous hash and the entry: any change shows, but
+/// whoever can write the log can also recompute every later hash. Keyed,
+/// each hash is HMAC-SHA256 under a secret key: a forger without the key
+/// cannot make a hash that verifies, so an edited, re-chained or appended
+/// entry shows. Writing and verifying a keyed chain both need the key.
+///
+/// The key never shows: `Debug` prints `[REDACTED]`, and no error names it.
+#[derive(Clone, Default)]
+pub struct ChainKey(Option<std::sync::Arc<secrecy::SecretSlice<u8>>>);
+
+impl ChainKey {
+    /// The shortest key accepted, in bytes.
+    pub const MIN_LEN: usize = 16;
+
+    /// Unkeyed: SHA-256.
+    pub fn none() -> Self {
+        ChainKey(None)
+    }
+
+    /// Keyed: HMAC-SHA256 under the bytes of `key` (at least
+    /// [`ChainKey::MIN_LEN`] of them; 32 random bytes, hex or base64
+    /// encoded, is a good key).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] at `audit.key` for a key that is too short.
+    pub fn hmac(key: &secrecy::SecretString) -> Result<Self> {
+        use secrecy::ExposeSecret as _;
+        // The one read of the key: into the secret it is kept as.
+        let bytes = key.expose_secret().as_bytes();
+        if bytes.len() < Self::MIN_LEN {
+            return Err(Error::invalid(
+                "audit.key",
+                format!(
+                    "the key has {} bytes; use at least {} (32 random bytes, hex or base64 encoded)",
+                    bytes.len(),
+                    Self::MIN_LEN
+                ),
+            ));
+        }
+        Ok(ChainKey(Some(std::sync::Arc::new(bytes.to_vec().into()))))
+    }
+
+    /// Keyed, with the key read from `store` at `reference` (a Vault KV
+    /// entry, a Secrets Manager secret, ...).
+    ///
+    /// # Errors
+    /// The store's errors, and [`ChainKey::hmac`]'s.
+    pub async fn fetch(store: &dyn crate::seams::SecretStore, reference: &crate::release::SecretRef) -> Result<Self> {
+        Self::hmac(&store.fetch(reference).await?.value)
+    }
+
+    /// Whether entries are hashed under a key.
+    pub fn is_keyed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The hash of an entry whose hashed form is `body`, after `prev_hash`.
+    fn digest(&self, prev_hash: &str, body: &[u8]) -> String {
+        match &self.0 {
+            None => {
+                let mut h = Sha256::new();
+                h.update(prev_hash.as_bytes());
+                h.update(body);
+                to_hex(&h.finalize().into())
+            }
+            Some(key) => {
+                use secrecy::ExposeSecret as _;
+                to_hex(&crate::hmac::hmac_sha256(
+                    key.expose_secret(),
+                    &[prev_hash.as_bytes(), body],
+                ))
+            }
+        }
+    }
+
+    /// Check a whole chain, hashed this way. `expected_head`, when the
+    /// caller knows it, also catches entries removed from the end. Returns
+    /// the head of the verified chain.
+    ///
+    /// # Errors
+    /// [`Error::AuditTampered`] naming the first entry that does not verify.
+    pub fn verify_chain(&self, entries: &[AuditEntry], expected_head: Option<&ChainHead>) -> Result<ChainHead> {
+        let head = self.verify_chain_from(&ChainHead::default(), entries)?;
+        if let Some(exp) = expected_head {
+            if exp != &head {
+                return Err(Error::AuditTampered {
+                    seq: head.seq + 1,
+                    reason: format!(
+                        "log ends at entry {} but {} were written: entries were deleted from the end",
+                        head.seq, exp.seq
+                    ),
+                });
+            }
+        }
+        Ok(head)
+    }
+
+    /// Check that `entries` continue the chain ending at `start` (the head
+    /// of the entries before them); returns the head they end at.
+    ///
+    /// # Errors
+    /// [`Error::AuditTampered`] naming the first entry that does not verify.
+    pub fn verify_chain_from(&self, start: &ChainHead, entries: &[AuditEntry]) -> Result<ChainHead> {
+        let mut head = start.clone();
+        for e in entries {
+            let expect = head.seq + 1;
+            if e.seq != expect {
+                return Err(Error::AuditTampered {
+                    seq: e.seq,
+                    reason: format!("expected entry {expect}: an entry was deleted, inserted or reordered"),
+                });
+            }
+            if e.prev_hash != head.hash {
+                return Err(Error::AuditTampered {
+                    seq: e.seq,
+                    reason: "prev_hash does not match the previous entry".into(),
+                });
+            }
+            if entry_hash(self, e.seq, &e.event, &e.prev_hash) != e.hash {
+                return Err(Error::AuditTampered {
+                    seq: e.seq,
+                    reason: match self.0 {
+                        None => "content does not match its hash: the entry was modified (or the log is keyed: verify it with its key)".into(),
+                        Some(_) => "content does not match its hash under the key: the entry was modified, forged, or hashed without this key".into(),
+                    },
+                });
+            }
+            head = ChainHead {
+                seq: e.seq,
+                hash: e.hash.clone(),
+            };
+        }
+        Ok(head)
+    }
+}
+
+impl fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("ChainKey(sha256)"),
+            Some(_) => f.write_str("ChainKey(hmac-sha256, [REDACTED])"),
+        }
+    }
 }
 
 /// Lower-case hex of a hash, as `hex::encode` writes it but into a buffer
@@ -267,10 +411,10 @@ impl Default for ChainHead {
 }
 
 impl ChainHead {
-    /// Chain `event` after this head and advance the head.
+    /// Chain `event` after this head (unkeyed) and advance the head.
     pub fn seal(&mut self, event: AuditEvent) -> AuditEntry {
         let seq = self.seq + 1;
-        let hash = entry_hash(seq, &event, &self.hash);
+        let hash = entry_hash(&ChainKey::none(), seq, &event, &self.hash);
         let entry = AuditEntry {
             seq,
             event,
@@ -290,8 +434,13 @@ impl ChainHead {
     /// one buffer for its lines allocates nothing per entry once the buffer
     /// has grown to its longest.
     pub fn write_next_line(&self, event: &AuditEvent, line: &mut Vec<u8>) -> ChainHead {
+        self.write_next_line_with(&ChainKey::none(), event, line)
+    }
+
+    /// [`ChainHead::write_next_line`] of a chain hashed with `key`.
+    pub fn write_next_line_with(&self, key: &ChainKey, event: &AuditEvent, line: &mut Vec<u8>) -> ChainHead {
         let seq = self.seq + 1;
-        let hash = write_hashed(seq, event, &self.hash, line);
+        let hash = write_hashed(key, seq, event, &self.hash, line);
         push_hash(line, &hash);
         ChainHead { seq, hash }
     }
@@ -335,54 +484,12 @@ pub(crate) fn parse_line(line: &[u8], seq: u64) -> Result<AuditEntry> {
     Ok(entry)
 }
 
-/// Check a whole chain. `expected_head`, when the sink knows it, also catches
-/// entries removed from the end. Returns the head of the verified chain.
+/// Check a whole unkeyed chain (see [`ChainKey::verify_chain`]).
+///
+/// # Errors
+/// [`Error::AuditTampered`] naming the first entry that does not verify.
 pub fn verify_chain(entries: &[AuditEntry], expected_head: Option<&ChainHead>) -> Result<ChainHead> {
-    let head = verify_chain_from(&ChainHead::default(), entries)?;
-    if let Some(exp) = expected_head {
-        if exp != &head {
-            return Err(Error::AuditTampered {
-                seq: head.seq + 1,
-                reason: format!(
-                    "log ends at entry {} but {} were written: entries were deleted from the end",
-                    head.seq, exp.seq
-                ),
-            });
-        }
-    }
-    Ok(head)
-}
-
-/// Check that `entries` continue the chain ending at `start` (the head of
-/// the entries before them); returns the head they end at.
-pub fn verify_chain_from(start: &ChainHead, entries: &[AuditEntry]) -> Result<ChainHead> {
-    let mut head = start.clone();
-    for e in entries {
-        let expect = head.seq + 1;
-        if e.seq != expect {
-            return Err(Error::AuditTampered {
-                seq: e.seq,
-                reason: format!("expected entry {expect}: an entry was deleted, inserted or reordered"),
-            });
-        }
-        if e.prev_hash != head.hash {
-            return Err(Error::AuditTampered {
-                seq: e.seq,
-                reason: "prev_hash does not match the previous entry".into(),
-            });
-        }
-        if entry_hash(e.seq, &e.event, &e.prev_hash) != e.hash {
-            return Err(Error::AuditTampered {
-                seq: e.seq,
-                reason: "content does not match its hash: the entry was modified".into(),
-            });
-        }
-        head = ChainHead {
-            seq: e.seq,
-            hash: e.hash.clone(),
-        };
-    }
-    Ok(head)
+    ChainKey::none().verify_chain(entries, expected_head)
 }
 
 /// Appends audit entries and verifies the chain.
@@ -439,7 +546,7 @@ mod tests {
         let mut h = Sha256::new();
         h.update(b"p");
         h.update(canonical.as_bytes());
-        assert_eq!(entry_hash(1, &event, "p"), hex::encode(h.finalize()));
+        assert_eq!(entry_hash(&ChainKey::none(), 1, &event, "p"), hex::encode(h.finalize()));
     }
 
     #[test]
@@ -538,7 +645,7 @@ mod tests {
         truncated.pop();
         let mut rehashed = c.clone();
         rehashed[4].event.actor = "mallory".into();
-        rehashed[4].hash = entry_hash(5, &rehashed[4].event, &rehashed[4].prev_hash);
+        rehashed[4].hash = entry_hash(&ChainKey::none(), 5, &rehashed[4].event, &rehashed[4].prev_hash);
         for (name, bad) in [
             ("modified", modified),
             ("deleted", deleted),
