@@ -162,3 +162,30 @@ async fn forged_rechaining_is_detected_under_a_key() {
          the {n} forgeries re-chained with SHA-256 all verify on an unkeyed chain"
     );
 }
+
+/// The worked example of docs/audit-format.md: its lines verify as the
+/// document says (unkeyed, and keyed under the example key), so the
+/// document cannot drift from what relay writes.
+#[test]
+fn the_audit_format_documents_example_verifies() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/audit-format.md")).unwrap();
+    let block = |name: &str| -> String {
+        let start = doc.find(&format!("```jsonl {name}\n")).unwrap_or_else(|| panic!("no {name} example"));
+        let body = &doc[start..];
+        let body = &body[body.find('\n').unwrap() + 1..];
+        body[..body.find("```").unwrap()].to_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, key) in [
+        ("unkeyed", relay::ChainKey::none()),
+        (
+            "keyed",
+            relay::ChainKey::hmac(&"example-key-do-not-use-0001".to_owned().into()).unwrap(),
+        ),
+    ] {
+        let path = dir.path().join(format!("{name}.jsonl"));
+        std::fs::write(&path, block(name)).unwrap();
+        let head = relay::JsonlAuditSink::verify_file(&path, &key).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(head.seq, 2, "{name}");
+    }
+}
