@@ -204,7 +204,7 @@ async fn run(args: &Args) -> Outcome<()> {
         }
         "verify-audit" => {
             let path = args.words.get(1).map_or_else(|| audit_file(&args.dir), PathBuf::from);
-            verify_audit(&path)
+            verify_audit(&path, &args.dir).await
         }
         other => Err(usage(format!("unknown command {other:?}"))),
     }
@@ -722,11 +722,22 @@ fn audit_key() -> Outcome<ChainKey> {
     }
 }
 
-fn verify_audit(path: &Path) -> Outcome<()> {
+/// Verify the log at `path`: the chain, and the anchors the records in the
+/// state directory `dir` hold, so a log cut from its end shows.
+async fn verify_audit(path: &Path, dir: &Path) -> Outcome<()> {
     let key = audit_key()?;
-    let head = JsonlAuditSink::verify_file(path, &key).map_err(|e| Failure(1, format!("{}: {e}", path.display())))?;
+    let failed = |e: relay::Error| Failure(1, format!("{}: {e}", path.display()));
+    let entries = JsonlAuditSink::read_verified(path, &key).map_err(failed)?;
+    let records = FileStateStore::open(dir)?.list_all().await?;
+    let anchors = relay::check_anchors(&entries, &records).map_err(failed)?;
+    let head = entries
+        .last()
+        .map_or_else(relay::ChainHead::default, |e| relay::ChainHead {
+            seq: e.seq,
+            hash: e.hash.clone(),
+        });
     out!(
-        "{}: {} entries, chain intact{} (head {} {})",
+        "{}: {} entries, chain intact{}, {anchors} record anchors hold (head {} {})",
         path.display(),
         head.seq,
         if key.is_keyed() { ", keyed" } else { "" },

@@ -189,6 +189,12 @@ cargo build --example relayctl --all-features
     { cat "$PAIR_DIR/b.log" >&2; exit 1; }
   wait "$first" || { cat "$PAIR_DIR/a.log" >&2; exit 1; }
   pair verify-audit
+  # A copy of that log cut below the records' anchors fails.
+  head -n 3 "$PAIR_DIR/state/audit.jsonl" >"$PAIR_DIR/cut.jsonl"
+  if pair verify-audit "$PAIR_DIR/cut.jsonl"; then
+    echo "relayctl: a log cut below its records' anchors must not verify" >&2
+    exit 1
+  fi
   # A log chained under a key (HMAC) verifies only with it.
   audit_key=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
   keyed() { RELAY_AUDIT_KEY=$audit_key timeout 120 target/debug/examples/relayctl --state "$PAIR_DIR/keyed" "$@"; }

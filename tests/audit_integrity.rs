@@ -170,7 +170,9 @@ async fn forged_rechaining_is_detected_under_a_key() {
 fn the_audit_format_documents_example_verifies() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/audit-format.md")).unwrap();
     let block = |name: &str| -> String {
-        let start = doc.find(&format!("```jsonl {name}\n")).unwrap_or_else(|| panic!("no {name} example"));
+        let start = doc
+            .find(&format!("```jsonl {name}\n"))
+            .unwrap_or_else(|| panic!("no {name} example"));
         let body = &doc[start..];
         let body = &body[body.find('\n').unwrap() + 1..];
         body[..body.find("```").unwrap()].to_owned()

@@ -125,6 +125,10 @@ fn full_record() -> relay::RolloutRecord {
         step: Some(4),
     }];
     r.promoted_from = Some("r-staging".into());
+    r.audit_head = Some(relay::ChainHead {
+        seq: 12,
+        hash: "cd".repeat(32),
+    });
     r.holder = "engine-2".into();
     r.created_ms = 10;
     r.updated_ms = 20;

@@ -611,3 +611,52 @@ async fn a_keyed_jsonl_log_verifies_only_with_its_key() {
     let short = relay::ChainKey::hmac(&"short".to_owned().into()).unwrap_err();
     assert!(short.to_string().contains("audit.key"), "{short}");
 }
+
+/// Cutting the log's tail — its last entries, all but the first, all of
+/// it — leaves a chain that verifies on its own, so a sink opened after
+/// the cut carried on from it. The records in the state store hold the
+/// head at their last write, outside the log: `verify_audit` compares, and
+/// names the missing range and the rollout that anchors it.
+#[tokio::test(start_paused = true)]
+async fn a_log_cut_below_a_records_anchor_fails_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let state = Arc::new(FileStateStore::open(dir.path().join("state")).unwrap());
+    let w = World::new(314);
+    let engine = || {
+        w.builder()
+            .state(state.clone())
+            .audit(Arc::new(JsonlAuditSink::open(&path).unwrap()))
+            .build()
+            .unwrap()
+    };
+    let relay = engine();
+    deploy_v1(&relay).await;
+    let outcome = run(&relay, RolloutSpec::new("web", release("v3"), canary())).await;
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+    let check = relay.verify_audit().await.unwrap();
+    assert_eq!(check.anchors, Some(2), "two rollouts, two anchors");
+    let full = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = full.lines().collect();
+    let n = lines.len();
+    for keep in [n - 3, 1, 0] {
+        let cut: String = lines[..keep].iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, cut).unwrap();
+        // The chain alone verifies: a sink opened now would carry on.
+        assert_eq!(
+            JsonlAuditSink::verify_file(&path, &relay::ChainKey::none())
+                .unwrap()
+                .seq,
+            keep as u64
+        );
+        let err = engine().verify_audit().await.unwrap_err();
+        let expected = format!("entries {}..={n} were cut", keep + 1);
+        assert!(
+            matches!(&err, Error::AuditTampered { reason, .. } if reason.contains(&expected)),
+            "kept {keep} of {n}: {err}"
+        );
+    }
+    // A rewritten anchored entry is named too.
+    std::fs::write(&path, &full).unwrap();
+    engine().verify_audit().await.unwrap();
+}

@@ -86,6 +86,7 @@ impl<T: StateStore + ?Sized> StateStore for Arc<T> {
     forward!(put<'life1>(record: &'life1 RolloutRecord, expected_version: Option<u64>) -> Result<u64>);
     forward!(list_active() -> Result<Vec<RolloutRecord>>);
     forward!(list_target<'life1>(target: &'life1 str) -> Result<Vec<RolloutRecord>>);
+    forward!(list_all() -> Result<Vec<RolloutRecord>>);
     forward!(acquire_lease<'life1, 'life2>(
         target: &'life1 str,
         holder: &'life2 str,

@@ -41,15 +41,15 @@ pub use analysis::{
 };
 pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest, PinnedArtifactStore};
 pub use audit::{
-    verify_chain, AuditDetail, AuditEntry, AuditEvent, AuditFile, AuditSink, ChainHead, ChainKey, JsonlAuditSink,
-    MemoryAuditSink,
+    check_anchors, verify_chain, AuditDetail, AuditEntry, AuditEvent, AuditFile, AuditSink, ChainHead, ChainKey,
+    JsonlAuditSink, MemoryAuditSink,
 };
 pub use clock::{parse_rfc3339, Clock, TokioClock, UnixMillis};
 pub use dora::{dora, DoraReport, CREATED_AT_METADATA};
 pub use drift::{Drift, DriftReport};
 pub use engine::{
-    EngineConfig, Relay, RelayBuilder, Revert, RolloutControl, RolloutHandle, RolloutSpec, Wave, WaveHandle, WaveOrder,
-    WaveReport, WaveRollout, WaveStatus, WAVE_GATE,
+    AuditCheck, EngineConfig, Relay, RelayBuilder, Revert, RolloutControl, RolloutHandle, RolloutSpec, Wave,
+    WaveHandle, WaveOrder, WaveReport, WaveRollout, WaveStatus, WAVE_GATE,
 };
 pub use error::{Error, Result};
 pub use event::{EventKind, Outcome, RolloutEvent, RolloutEvents};

@@ -97,6 +97,26 @@ pub async fn state_store_conformance(store: &dyn StateStore) {
     let active: Vec<String> = store.list_active().await.unwrap().into_iter().map(|r| r.id).collect();
     assert!(active.contains(&"conf-r1".to_string()) && !active.contains(&"conf-r2".to_string()));
     assert_eq!(store.list_target("conf-t").await.unwrap().len(), 2);
+    // Every record (where the store can list them), with its audit anchor.
+    match store.list_all().await {
+        Ok(all) => {
+            let ids: Vec<&str> = all.iter().map(|r| r.id.as_str()).collect();
+            assert!(ids.contains(&"conf-r1") && ids.contains(&"conf-r2"), "{ids:?}");
+        }
+        Err(Error::Unsupported { .. }) => {}
+        Err(e) => panic!("list_all: {e}"),
+    }
+    let mut anchored = sample_record("conf-r3", "conf-t", b.token);
+    anchored.audit_head = Some(crate::audit::ChainHead {
+        seq: 7,
+        hash: "ab".repeat(32),
+    });
+    store.put(&anchored, None).await.unwrap();
+    assert_eq!(
+        store.get("conf-r3").await.unwrap().and_then(|r| r.audit_head),
+        anchored.audit_head,
+        "the audit anchor is kept with the record"
+    );
 
     // Release, then a new holder gets a still larger token.
     store.release_lease(&b).await.unwrap();

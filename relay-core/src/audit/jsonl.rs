@@ -292,6 +292,19 @@ impl JsonlAuditSink {
     /// [`Error::AuditTampered`] naming the first entry that does not verify
     /// or the interrupted line; I/O errors.
     pub fn verify_file(path: impl AsRef<Path>, key: &ChainKey) -> Result<ChainHead> {
+        let entries = Self::read_verified(path, key)?;
+        Ok(entries.last().map_or_else(ChainHead::default, |e| ChainHead {
+            seq: e.seq,
+            hash: e.hash.clone(),
+        }))
+    }
+
+    /// The entries of the log at `path`, verified as
+    /// [`JsonlAuditSink::verify_file`] verifies them, without writing to it.
+    ///
+    /// # Errors
+    /// As [`JsonlAuditSink::verify_file`].
+    pub fn read_verified(path: impl AsRef<Path>, key: &ChainKey) -> Result<Vec<AuditEntry>> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| io_err(path, e))?;
         file.lock_shared().map_err(|e| io_err(path, e))?;
@@ -309,7 +322,7 @@ impl JsonlAuditSink {
                 ),
             });
         }
-        Ok(head)
+        Ok(entries)
     }
 
     /// Whether every append is fsynced (default `true`). Turning it off

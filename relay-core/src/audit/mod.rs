@@ -377,8 +377,10 @@ fn to_hex(bytes: &[u8; 32]) -> String {
 }
 
 /// The head of a chain: the last sequence number and hash. Sinks keep it to
-/// append, and to notice entries deleted from the end.
-#[derive(Debug, PartialEq, Eq)]
+/// append, and to notice entries deleted from the end; rollout records keep
+/// the head at their last write, as an anchor the log cannot be cut below
+/// unnoticed (see [`check_anchors`]).
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainHead {
     /// Last sequence number (0 when empty).
     pub seq: u64,
@@ -490,6 +492,57 @@ pub(crate) fn parse_line(line: &[u8], seq: u64) -> Result<AuditEntry> {
 /// [`Error::AuditTampered`] naming the first entry that does not verify.
 pub fn verify_chain(entries: &[AuditEntry], expected_head: Option<&ChainHead>) -> Result<ChainHead> {
     ChainKey::none().verify_chain(entries, expected_head)
+}
+
+/// Check the anchors `records` hold (the audit head at each record's last
+/// write, [`crate::RolloutRecord::audit_head`]) against `entries`, a
+/// verified chain: every anchored entry must be there, with the hash its
+/// record knew. A log cut below the newest anchor — its last entries
+/// deleted, all but the first, or emptied — fails, naming the missing
+/// range and the rollout whose record anchors it; a rewritten one fails
+/// naming the entry. Returns how many anchors were checked.
+///
+/// # Errors
+/// [`Error::AuditTampered`].
+pub fn check_anchors(entries: &[AuditEntry], records: &[crate::state::RolloutRecord]) -> Result<usize> {
+    let last = entries.last().map_or(0, |e| e.seq);
+    let anchored = records.iter().filter_map(|r| r.audit_head.as_ref().map(|h| (r, h)));
+    let (mut checked, mut beyond) = (0, None::<(&crate::state::RolloutRecord, &ChainHead)>);
+    for (record, head) in anchored {
+        checked += 1;
+        if head.seq == 0 {
+            continue;
+        }
+        if head.seq > last {
+            if beyond.is_none_or(|(_, b)| head.seq > b.seq) {
+                beyond = Some((record, head));
+            }
+            continue;
+        }
+        let entry = usize::try_from(head.seq - 1).ok().and_then(|i| entries.get(i));
+        if entry.is_none_or(|e| e.seq != head.seq || e.hash != head.hash) {
+            return Err(Error::AuditTampered {
+                seq: head.seq,
+                reason: format!(
+                    "entry {} is not the one rollout {}'s record anchors: the log was rewritten",
+                    head.seq, record.id
+                ),
+            });
+        }
+    }
+    if let Some((record, head)) = beyond {
+        return Err(Error::AuditTampered {
+            seq: last + 1,
+            reason: format!(
+                "the log ends at entry {last}, but rollout {}'s record anchors entry {}: entries {}..={} were cut from its end",
+                record.id,
+                head.seq,
+                last + 1,
+                head.seq
+            ),
+        });
+    }
+    Ok(checked)
 }
 
 /// Appends audit entries and verifies the chain.

@@ -273,7 +273,10 @@ impl Driver {
         entry.at_ms = self.inner.clock.now_ms();
         entry.action.clear();
         entry.action.push_str(action);
-        self.inner.append(entry).await
+        let head = self.inner.append(entry).await?;
+        // The anchor the record's next write carries.
+        self.record.audit_head = Some(head);
+        Ok(())
     }
 
     /// Audit on the forward path: a failure to record stops the rollout.

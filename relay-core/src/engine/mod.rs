@@ -107,6 +107,17 @@ fn default_watch_resync() -> Duration {
     Duration::from_secs(60)
 }
 
+/// What [`Relay::verify_audit`] checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditCheck {
+    /// Entries in the verified chain.
+    pub entries: u64,
+    /// Records whose anchor was checked; `None` when the state store cannot
+    /// list its records ([`StateStore::list_all`]).
+    pub anchors: Option<usize>,
+}
+
 /// What to roll out, where, and how.
 #[derive(Clone, Debug)]
 pub struct RolloutSpec {
@@ -305,7 +316,13 @@ impl Inner {
         })
     }
 
-    pub(crate) async fn audit(&self, rollout: &str, actor: &str, action: &str, detail: AuditDetail) -> Result<()> {
+    pub(crate) async fn audit(
+        &self,
+        rollout: &str,
+        actor: &str,
+        action: &str,
+        detail: AuditDetail,
+    ) -> Result<crate::audit::ChainHead> {
         let event = AuditEvent {
             at_ms: self.clock.now_ms(),
             actor: actor.to_owned(),
@@ -316,15 +333,15 @@ impl Inner {
         self.append(&event).await
     }
 
-    /// Append `event` to the audit sink under the retry policy.
-    pub(crate) async fn append(&self, event: &AuditEvent) -> Result<()> {
+    /// Append `event` to the audit sink under the retry policy; returns the
+    /// chain's head after it.
+    pub(crate) async fn append(&self, event: &AuditEvent) -> Result<crate::audit::ChainHead> {
         self.call(
             "audit.append",
             |a, e, _| tracing::warn!(attempt = a, error = %e, "audit append failed, retrying"),
             || self.audit.append(event),
         )
         .await
-        .map(|_| ())
     }
 }
 
@@ -394,6 +411,25 @@ impl Relay {
     /// The state store.
     pub fn state(&self) -> &Arc<dyn StateStore> {
         &self.inner.state
+    }
+
+    /// Verify the audit log: the whole chain (under the sink's key, if it
+    /// has one), and the anchors the state store's records hold (the head
+    /// at each record's last write), so that a log cut from its end — the
+    /// last entries, all but the first, all of it — shows, naming the
+    /// missing range, even to a sink opened after the cut.
+    ///
+    /// # Errors
+    /// [`Error::AuditTampered`], and the sink's and store's errors.
+    pub async fn verify_audit(&self) -> Result<AuditCheck> {
+        let inner = &self.inner;
+        let entries = inner.audit.verify().await?;
+        let anchors = match inner.state.list_all().await {
+            Ok(records) => Some(crate::audit::check_anchors(&inner.audit.entries().await?, &records)?),
+            Err(Error::Unsupported { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(AuditCheck { entries, anchors })
     }
 
     /// A fresh id `<prefix>-<now ms>-<instance>-<counter>` for a rollout or
@@ -752,7 +788,7 @@ impl Relay {
         // Audited before the record is written, so a start that fails
         // leaves nothing behind: no record another engine would pick up
         // and drive, no lease (a failure to audit is a failure to start).
-        if let Err(e) = self.audit_start(&record).await {
+        if let Err(e) = self.audit_start(&mut record).await {
             let _ = inner.state.release_lease(&lease).await;
             return Err(e);
         }
@@ -785,7 +821,7 @@ impl Relay {
     /// decisions given in its spec, and, for a plan with nothing to do,
     /// its end (`rollout.finished`: no change), so every rollout's trail
     /// ends with one terminal entry.
-    async fn audit_start(&self, record: &RolloutRecord) -> Result<()> {
+    async fn audit_start(&self, record: &mut RolloutRecord) -> Result<()> {
         let inner = &self.inner;
         let id = &record.id;
         let detail = detail!({
@@ -797,15 +833,16 @@ impl Relay {
             "steps": record.plan.steps.len(),
             "promoted_from": record.promoted_from,
         });
-        inner.audit(id, &inner.holder, "rollout.started", detail).await?;
+        let mut head = inner.audit(id, &inner.holder, "rollout.started", detail).await?;
         for a in &record.approvals {
             let detail = detail!({"gate": a.gate, "by": a.by, "comment": a.comment, "before_start": true});
-            inner.audit(id, &inner.holder, "gate.approved", detail).await?;
+            head = inner.audit(id, &inner.holder, "gate.approved", detail).await?;
         }
         if record.status == RolloutStatus::NoChange {
             let detail = detail!({"outcome": crate::event::Outcome::NoChange});
-            inner.audit(id, &inner.holder, "rollout.finished", detail).await?;
+            head = inner.audit(id, &inner.holder, "rollout.finished", detail).await?;
         }
+        record.audit_head = Some(head);
         Ok(())
     }
 

@@ -181,6 +181,10 @@ impl StateStore for FileStateStore {
             .await
     }
 
+    async fn list_all(&self) -> Result<Vec<RolloutRecord>> {
+        self.locked(|dir| Self::list_where(dir, |_| true)).await
+    }
+
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
         let (t, h) = (target.to_owned(), holder.to_owned());
         self.with_slot(target.to_owned(), move |slot| {

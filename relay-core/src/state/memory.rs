@@ -56,6 +56,13 @@ impl MemoryStateStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         lock(&self.inner)
     }
+
+    /// The records `keep` keeps, oldest first.
+    fn list_where(&self, keep: impl Fn(&RolloutRecord) -> bool) -> Vec<RolloutRecord> {
+        let mut v: Vec<_> = self.lock().records.values().filter(|r| keep(r)).cloned().collect();
+        v.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        v
+    }
 }
 
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -115,27 +122,15 @@ impl StateStore for MemoryStateStore {
     }
 
     async fn list_active(&self) -> Result<Vec<RolloutRecord>> {
-        let mut v: Vec<_> = self
-            .lock()
-            .records
-            .values()
-            .filter(|r| !r.status.is_terminal())
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-        Ok(v)
+        Ok(self.list_where(|r| !r.status.is_terminal()))
     }
 
     async fn list_target(&self, target: &str) -> Result<Vec<RolloutRecord>> {
-        let mut v: Vec<_> = self
-            .lock()
-            .records
-            .values()
-            .filter(|r| r.target == target)
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-        Ok(v)
+        Ok(self.list_where(|r| r.target == target))
+    }
+
+    async fn list_all(&self) -> Result<Vec<RolloutRecord>> {
+        Ok(self.list_where(|_| true))
     }
 
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {

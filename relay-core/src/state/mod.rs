@@ -95,6 +95,11 @@ pub struct RolloutRecord {
     /// Store-managed version for compare-and-swap; 0 before the first write.
     #[serde(default)]
     pub version: u64,
+    /// The audit log's head when the record was last written: an anchor
+    /// outside the log, so a log cut below it shows
+    /// ([`crate::audit::check_anchors`], [`crate::Relay::verify_audit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<crate::audit::ChainHead>,
 }
 
 impl RolloutRecord {
@@ -124,6 +129,7 @@ impl RolloutRecord {
             created_ms: now_ms,
             updated_ms: now_ms,
             version: 0,
+            audit_head: None,
         }
     }
 }
@@ -155,6 +161,7 @@ impl Clone for RolloutRecord {
             created_ms,
             updated_ms,
             version,
+            audit_head,
         } = source;
         self.id.clone_from(id);
         self.target.clone_from(target);
@@ -170,6 +177,7 @@ impl Clone for RolloutRecord {
         self.created_ms = *created_ms;
         self.updated_ms = *updated_ms;
         self.version = *version;
+        self.audit_head.clone_from(audit_head);
     }
 }
 
@@ -253,6 +261,11 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
     async fn list_active(&self) -> Result<Vec<RolloutRecord>>;
     /// All records of `target`, oldest first (history).
     async fn list_target(&self, target: &str) -> Result<Vec<RolloutRecord>>;
+    /// Every record, of every target, oldest first (to check the audit
+    /// anchors they hold). The default: [`crate::Error::Unsupported`].
+    async fn list_all(&self) -> Result<Vec<RolloutRecord>> {
+        Err(crate::Error::unsupported("this state store cannot list every record"))
+    }
     /// Take the lease on `target` for `ttl`.
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease>;
     /// Extend `lease` by `ttl` from now.

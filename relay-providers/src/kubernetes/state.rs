@@ -255,6 +255,10 @@ impl StateStore for KubeStateStore {
         self.list(&format!("{ROLLOUT_LABEL}=true,{ACTIVE_LABEL}=true")).await
     }
 
+    async fn list_all(&self) -> Result<Vec<RolloutRecord>> {
+        self.list(&format!("{ROLLOUT_LABEL}=true")).await
+    }
+
     async fn list_target(&self, target: &str) -> Result<Vec<RolloutRecord>> {
         // The label is a hash; keep only exact matches.
         let mut records = self
