@@ -299,6 +299,11 @@ impl ArtifactStore for SimRegistry {
     }
 }
 
+/// The rollout records and leases in state directory `dir`.
+fn state_dir(dir: &Path) -> PathBuf {
+    dir.join("state")
+}
+
 /// The audit log in state directory `dir`.
 fn audit_file(dir: &Path) -> PathBuf {
     dir.join("audit.jsonl")
@@ -314,7 +319,7 @@ impl Ctl {
     fn open(dir: &Path, virtual_time: bool) -> Outcome<Self> {
         Ok(Ctl {
             dir: dir.to_owned(),
-            state: Arc::new(FileStateStore::open(dir.join("state"))?),
+            state: Arc::new(FileStateStore::open(state_dir(dir))?),
             virtual_time,
         })
     }
@@ -728,7 +733,7 @@ async fn verify_audit(path: &Path, dir: &Path) -> Outcome<()> {
     let key = audit_key()?;
     let failed = |e: relay::Error| Failure(1, format!("{}: {e}", path.display()));
     let entries = JsonlAuditSink::read_verified(path, &key).map_err(failed)?;
-    let records = FileStateStore::open(dir)?.list_all().await?;
+    let records = FileStateStore::open(state_dir(dir))?.list_all().await?;
     let anchors = relay::check_anchors(&entries, &records).map_err(failed)?;
     let head = entries
         .last()
