@@ -187,6 +187,13 @@ async fn run() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // The engine's own log on stderr, as RUST_LOG says (RUST_LOG=info shows
+    // every target change, retry and verdict; unset, errors only).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     // Virtual time: the rollouts below wait and analyze for many minutes of
     // tokio time, which a paused clock skips through.
     let rt = match tokio::runtime::Builder::new_current_thread()

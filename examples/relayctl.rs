@@ -40,6 +40,9 @@
 //! directory, and `verify-audit`, must have the same key), else with plain
 //! SHA-256.
 //!
+//! `RUST_LOG` sets what the engine logs on stderr (`RUST_LOG=info`: every
+//! target change, retry and verdict; unset: errors only).
+//!
 //! Exit codes: 0 the release is live (or the command did what it said),
 //! 1 it was rolled back or refused, 2 bad usage or input.
 
@@ -129,6 +132,12 @@ fn parse_args() -> Outcome<Args> {
 }
 
 fn main() -> ExitCode {
+    // The engine's own log on stderr, as RUST_LOG says (unset: errors only).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let result = parse_args().and_then(|args| {
         let mut rt = if args.virtual_time {
             let mut b = tokio::runtime::Builder::new_current_thread();

@@ -123,6 +123,11 @@ cargo test --workspace --all-features
 
 log "main job: cargo run --example quickstart"
 cargo run --example quickstart
+# RUST_LOG sets what the engine logs on stderr.
+QUICKSTART_LOG=$(mktemp)
+TMPDIRS+=("$QUICKSTART_LOG")
+RUST_LOG=info cargo run --quiet --example quickstart 2>"$QUICKSTART_LOG" >/dev/null
+grep -q "target changed" "$QUICKSTART_LOG"
 
 log "example: ecs_canary plans a canary on an ECS service in the emulator"
 (
@@ -195,6 +200,10 @@ cargo build --example relayctl --all-features
     echo "relayctl: a log cut below its records' anchors must not verify" >&2
     exit 1
   fi
+  # RUST_LOG sets what the engine logs on stderr.
+  RUST_LOG=relay_core=info timeout 120 target/debug/examples/relayctl --state "$PAIR_DIR/logged" \
+    --virtual apply examples/specs/canary.yaml 2>"$PAIR_DIR/logged.err" >/dev/null
+  grep -q "target changed" "$PAIR_DIR/logged.err"
   # A log chained under a key (HMAC) verifies only with it.
   audit_key=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
   keyed() { RELAY_AUDIT_KEY=$audit_key timeout 120 target/debug/examples/relayctl --state "$PAIR_DIR/keyed" "$@"; }
