@@ -577,6 +577,7 @@ impl Ctl {
             out!("no rollout is running");
         }
         print_records(&records);
+        self.report_damaged().await?;
         if let [r] = records.as_slice() {
             out!("\n{}", r.plan);
         }
@@ -589,6 +590,15 @@ impl Ctl {
             out!("no rollout on {target:?}");
         }
         print_records(&records);
+        self.report_damaged().await
+    }
+
+    /// Name, on stderr, every record file that cannot be read: the lists
+    /// above leave them out, and the rest of the directory works.
+    async fn report_damaged(&self) -> Outcome<()> {
+        for d in self.state.damaged().await? {
+            eprintln!("relayctl: damaged record, left out: {}", d.error);
+        }
         Ok(())
     }
 

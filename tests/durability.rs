@@ -660,3 +660,49 @@ async fn a_log_cut_below_a_records_anchor_fails_verification() {
     std::fs::write(&path, &full).unwrap();
     engine().verify_audit().await.unwrap();
 }
+
+/// One corrupt record file made every listing of the state directory fail:
+/// every target's history, recovery and status. It now affects only its
+/// own rollout: the others list, start and recover; the damaged file is
+/// reported with its path and what to do, and reading it says the same.
+#[tokio::test(start_paused = true)]
+async fn a_corrupt_record_affects_only_its_own_rollout() {
+    use relay::StateStore as _;
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(FileStateStore::open(dir.path()).unwrap());
+    let (web, api) = (
+        World::new(315),
+        World::with_target(relay::providers::sim::SimTarget::new("api").seed(316)),
+    );
+    let a = web.builder().state(state.clone()).build().unwrap();
+    let b = api.builder().state(state.clone()).build().unwrap();
+    let first = |target: &str| RolloutSpec::new(target, release("v1"), relay::strategies::AllAtOnce);
+    let broken = a.start(first("web")).await.unwrap();
+    let broken_id = broken.id().to_owned();
+    assert!(broken.wait().await.unwrap().is_success());
+    assert!(run(&b, first("api")).await.is_success());
+    let file = dir.path().join("records").join(format!("{broken_id}.json"));
+    assert!(file.exists(), "{}", file.display());
+    std::fs::write(&file, b"{\"id\": \"web-").unwrap();
+
+    assert_eq!(state.list_target("api").await.unwrap().len(), 1);
+    assert!(state.list_target("web").await.unwrap().is_empty());
+    assert_eq!(state.list_all().await.unwrap().len(), 1);
+    b.recover().await.unwrap();
+    assert!(run(&b, RolloutSpec::new("api", release("v2"), canary()))
+        .await
+        .is_success());
+    assert!(run(&a, RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .is_success());
+    let damaged = state.damaged().await.unwrap();
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(damaged[0].path, file);
+    assert!(
+        damaged[0].error.contains("restore it from a backup"),
+        "{}",
+        damaged[0].error
+    );
+    let err = state.get(&broken_id).await.unwrap_err();
+    assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+}

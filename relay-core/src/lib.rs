@@ -63,7 +63,9 @@ pub use release::{Release, RevisionId, RevisionSpec, SecretRef};
 pub use retry::RetryPolicy;
 pub use rng::SeededRng;
 pub use seams::{ArtifactStore, HealthProbe, ProbeQuery, Sample, Scope, SecretStore, SecretValue};
-pub use state::{FileStateStore, Lease, LeaseHold, MemoryStateStore, RolloutRecord, RolloutStatus, StateStore};
+pub use state::{
+    DamagedRecord, FileStateStore, Lease, LeaseHold, MemoryStateStore, RolloutRecord, RolloutStatus, StateStore,
+};
 pub use target::{Capabilities, RevisionState, Role, Routing, RunningRevision, Target, TargetState, TrafficSplit};
 #[cfg(feature = "signing")]
 pub use verify::SignatureVerifier;

@@ -50,12 +50,32 @@ fn file_name(key: &str) -> String {
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::provider(PROVIDER, false, format!("{} is corrupt: {e}", path.display()))),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| corrupt(path, e)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(path, e)),
     }
+}
+
+/// The error for a file that does not parse: it names the file and what to
+/// do about it.
+fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::provider(
+        PROVIDER,
+        false,
+        format!(
+            "{} is corrupt ({e}); restore it from a backup, or move it aside (other records are not affected)",
+            path.display()
+        ),
+    )
+}
+
+/// A record file of a [`FileStateStore`] that cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamagedRecord {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it cannot be read, and what to do.
+    pub error: String,
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -115,21 +135,46 @@ impl FileStateStore {
         .map_err(|e| Error::provider(PROVIDER, false, format!("state task failed: {e}")))?
     }
 
-    fn list_where(dir: &Path, keep: impl Fn(&RolloutRecord) -> bool) -> Result<Vec<RolloutRecord>> {
+    /// The records `keep` keeps, oldest first, and the record files that
+    /// cannot be read. One damaged file affects only its own rollout: the
+    /// listings leave it out (and log it as an error, with what to do).
+    fn scan(dir: &Path, keep: impl Fn(&RolloutRecord) -> bool) -> Result<(Vec<RolloutRecord>, Vec<DamagedRecord>)> {
         let rdir = dir.join("records");
-        let mut out = Vec::new();
+        let (mut out, mut damaged) = (Vec::new(), Vec::new());
         for entry in fs::read_dir(&rdir).map_err(|e| io_err(&rdir, e))? {
             let path = entry.map_err(|e| io_err(&rdir, e))?.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                if let Some(r) = read_json::<RolloutRecord>(&path)? {
-                    if keep(&r) {
-                        out.push(r);
-                    }
-                }
+            if !path.extension().is_some_and(|e| e == "json") {
+                continue;
+            }
+            match read_json::<RolloutRecord>(&path) {
+                Ok(Some(r)) if keep(&r) => out.push(r),
+                Ok(_) => {}
+                Err(e) => damaged.push(DamagedRecord {
+                    path,
+                    error: e.to_string(),
+                }),
             }
         }
         out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-        Ok(out)
+        Ok((out, damaged))
+    }
+
+    fn list_where(dir: &Path, keep: impl Fn(&RolloutRecord) -> bool) -> Result<Vec<RolloutRecord>> {
+        let (records, damaged) = Self::scan(dir, keep)?;
+        for d in damaged {
+            tracing::error!(path = %d.path.display(), error = %d.error, "a rollout record cannot be read; listings leave it out");
+        }
+        Ok(records)
+    }
+
+    /// The record files that cannot be read (corrupt, or unreadable), with
+    /// why and what to do: what listings leave out.
+    ///
+    /// # Errors
+    /// When the records directory itself cannot be read.
+    pub async fn damaged(&self) -> Result<Vec<DamagedRecord>> {
+        self.locked(|dir| Self::scan(dir, |_| false).map(|(_, damaged)| damaged))
+            .await
     }
 
     async fn with_slot<T: Send + 'static>(

@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::gate::Approval;
 use crate::plan::Plan;
 
-pub use file::FileStateStore;
+pub use file::{DamagedRecord, FileStateStore};
 pub use memory::MemoryStateStore;
 
 /// Where a rollout stands.
