@@ -143,7 +143,7 @@ impl FileStateStore {
         let (mut out, mut damaged) = (Vec::new(), Vec::new());
         for entry in fs::read_dir(&rdir).map_err(|e| io_err(&rdir, e))? {
             let path = entry.map_err(|e| io_err(&rdir, e))?.path();
-            if !path.extension().is_some_and(|e| e == "json") {
+            if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
             match read_json::<RolloutRecord>(&path) {
