@@ -863,6 +863,26 @@ async fn a_first_release_is_judged_by_its_absolute_checks_and_a_bad_one_rolled_b
         "the bad first release is removed: {state:?}"
     );
 
+    // A blue/green first release whose only check compares with the
+    // stable revision: the check is skipped (shown and audited), and the
+    // release goes out.
+    let w = World::new(43);
+    let relay = w.relay();
+    let compare = relay::AnalysisSpec::new(vec![relay::Check::new(
+        "latency",
+        metrics::LATENCY_MS,
+        MannWhitneyJudge::new(Direction::LowerIsBetter),
+    )]);
+    let bg = BlueGreenStrategy::new().pre_promotion(compare);
+    let plan = relay
+        .plan(&RolloutSpec::new("web", release("v2"), bg.clone()))
+        .await
+        .unwrap();
+    assert!(plan.to_string().contains("no check runs; skipped: latency"), "{plan}");
+    assert!(run(&relay, RolloutSpec::new("web", release("v2"), bg))
+        .await
+        .is_success());
+
     // Rolling judges its first release the same way.
     let w = World::new(42);
     let relay = w.relay();

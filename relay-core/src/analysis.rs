@@ -465,7 +465,9 @@ impl AnalysisSpec {
 
     /// Check the spec; `path` prefixes field names in errors.
     pub fn validate(&self, path: &str) -> Result<()> {
-        if self.checks.is_empty() {
+        // A first deployment may skip every check (each needs the stable
+        // revision); the step stays, to show them skipped.
+        if self.checks.is_empty() && self.skipped.is_empty() {
             return Err(Error::invalid(
                 format!("{path}.checks"),
                 "an analysis needs at least one check",
