@@ -891,3 +891,82 @@ async fn a_first_release_is_judged_by_its_absolute_checks_and_a_bad_one_rolled_b
     let outcome = run(&relay, RolloutSpec::new("web", release("v3"), rolling)).await;
     assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
 }
+
+/// Unbounded input is refused, before anything changes, with the step, the
+/// value and the limit named: a pause of a hundred million days, an
+/// analysis of 4,294,967,295 measurements (which wrote 8 MB of audit in
+/// 20 s of virtual time), a plan that would run for months; names with
+/// control characters (they would reach terminals as escape sequences);
+/// and a huge value is never echoed whole in an error.
+#[tokio::test(start_paused = true)]
+async fn unbounded_input_is_refused_with_a_clear_error() {
+    let (w, relay) = World::with_v1(44).await;
+    let before = w.target.mutations();
+    let day = Duration::from_secs(86_400);
+    let refused = |spec: RolloutSpec| {
+        let relay = relay.clone();
+        async move { relay.start(spec).await.map(|h| h.id().to_owned()).unwrap_err() }
+    };
+    let long_pause = CanaryStrategy::new().set_weight(10).pause(day * 100_000_000);
+    let err = refused(RolloutSpec::new("web", release("v2"), long_pause)).await;
+    assert!(
+        matches!(&err, Error::InvalidSpec { path, reason } if path == "plan.steps[2].pause" && reason.contains("max_pause")),
+        "{err}"
+    );
+    let endless = common::error_analysis().every(Duration::from_secs(60), u32::MAX);
+    let err = refused(RolloutSpec::new(
+        "web",
+        release("v2"),
+        CanaryStrategy::new().set_weight(10).analyze(endless),
+    ))
+    .await;
+    assert!(
+        matches!(&err, Error::InvalidSpec { path, .. } if path == "plan.steps[2].analysis.count"),
+        "{err}"
+    );
+    let mut months = CanaryStrategy::new().set_weight(10);
+    for _ in 0..31 {
+        months = months.pause(day);
+    }
+    let err = refused(RolloutSpec::new("web", release("v2"), months)).await;
+    assert!(
+        matches!(&err, Error::InvalidSpec { path, reason } if path == "plan" && reason.contains("max_duration")),
+        "{err}"
+    );
+    assert_eq!(w.target.mutations(), before, "a refused plan changed nothing");
+
+    // Names and text a person gives.
+    let escape = SimTarget::new("web\u{1b}[31m");
+    let err = relay::Relay::builder()
+        .target(Arc::new(escape))
+        .artifacts(w.artifacts.clone())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidSpec { path, .. } if path == "relay.targets[0]"),
+        "{err}"
+    );
+    let relay = w.relay_with_approval("qa").await;
+    let handle = relay
+        .start(RolloutSpec::new(
+            "web",
+            release("v2"),
+            CanaryStrategy::new().set_weight(10).gate("qa"),
+        ))
+        .await
+        .unwrap();
+    let err = handle.approve("qa", "mallory\u{1b}[2J", "ok").unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidSpec { path, .. } if path == "command.by"),
+        "{err}"
+    );
+    let huge = "x".repeat(10 << 20);
+    let err = handle.approve("qa", "ana", huge.as_str()).unwrap_err();
+    assert!(
+        err.to_string().len() < 2048,
+        "an error echoed {} bytes",
+        err.to_string().len()
+    );
+    handle.approve("qa", "ana", "ok").unwrap();
+    assert!(handle.wait().await.unwrap().is_success());
+}

@@ -483,6 +483,7 @@ impl AnalysisSpec {
             if c.name.is_empty() {
                 return Err(Error::invalid(format!("{path}.checks[{i}].name"), "must not be empty"));
             }
+            crate::error::check_name(&format!("{path}.checks[{i}].name"), &c.name)?;
             if c.metric.is_empty() {
                 return Err(Error::invalid(
                     format!("{path}.checks[{i}].metric"),

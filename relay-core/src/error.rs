@@ -154,6 +154,79 @@ pub enum Error {
     },
 }
 
+/// The longest reason an [`Error::InvalidSpec`] made by [`Error::invalid`]
+/// keeps, in bytes.
+pub const MAX_REASON: usize = 1024;
+
+/// The largest index at most `at` that starts a character of `s`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    (0..=at.min(s.len()))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+/// A value a user gave, quoted for an error message: whole when short, else
+/// its first 48 characters and its length — an error never echoes a
+/// 10 MB value back.
+pub fn excerpt(value: &str) -> String {
+    const SHORT: usize = 64;
+    if value.chars().count() <= SHORT {
+        return format!("{value:?}");
+    }
+    let head: String = value.chars().take(48).collect();
+    format!("{head:?}… ({} bytes)", value.len())
+}
+
+/// Check a name a person gave (a target, a gate, a check, who sent a
+/// command): 1 to 253 bytes, no control characters (they would reach
+/// terminals and logs as escape sequences), no space at either end.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] at `path`.
+pub fn check_name(path: &str, name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(Error::invalid(
+            path,
+            format!("{} must be 1 to 253 bytes", excerpt(name)),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            path,
+            format!("{} holds a control character; use printable characters", excerpt(name)),
+        ));
+    }
+    if name.trim() != name {
+        return Err(Error::invalid(
+            path,
+            format!("{} starts or ends with a space", excerpt(name)),
+        ));
+    }
+    Ok(())
+}
+
+/// Check free text a person gave (a comment, a reason): at most 4,096
+/// bytes, and no control characters but newlines and tabs.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] at `path`.
+pub fn check_text(path: &str, text: &str) -> Result<(), Error> {
+    if text.len() > 4096 {
+        return Err(Error::invalid(
+            path,
+            format!("{} is longer than 4096 bytes", excerpt(text)),
+        ));
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(Error::invalid(
+            path,
+            format!("{} holds a control character; use printable characters", excerpt(text)),
+        ));
+    }
+    Ok(())
+}
+
 /// How long a lease locks its target, for [`Error::TargetLocked`].
 fn locked_until(expires_at_ms: i64) -> String {
     if expires_at_ms == crate::Lease::HELD {
@@ -174,11 +247,18 @@ impl Error {
         }
     }
 
-    /// Shorthand for [`Error::InvalidSpec`].
+    /// Shorthand for [`Error::InvalidSpec`]. A reason longer than
+    /// [`MAX_REASON`] bytes (one echoing a huge value) is cut there.
     pub fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON {
+            let total = reason.len();
+            reason.truncate(floor_char_boundary(&reason, MAX_REASON));
+            reason.push_str(&format!("… ({total} bytes in all)"));
+        }
         Error::InvalidSpec {
             path: path.into(),
-            reason: reason.into(),
+            reason,
         }
     }
 

@@ -48,8 +48,8 @@ pub use clock::{parse_rfc3339, Clock, TokioClock, UnixMillis};
 pub use dora::{dora, DoraReport, CREATED_AT_METADATA};
 pub use drift::{Drift, DriftReport};
 pub use engine::{
-    AuditCheck, EngineConfig, Relay, RelayBuilder, Revert, RolloutControl, RolloutHandle, RolloutSpec, Wave,
-    WaveHandle, WaveOrder, WaveReport, WaveRollout, WaveStatus, WAVE_GATE,
+    AuditCheck, EngineConfig, PlanLimits, Relay, RelayBuilder, Revert, RolloutControl, RolloutHandle, RolloutSpec,
+    Wave, WaveHandle, WaveOrder, WaveReport, WaveRollout, WaveStatus, WAVE_GATE,
 };
 pub use error::{Error, Result};
 pub use event::{EventKind, Outcome, RolloutEvent, RolloutEvents};

@@ -55,7 +55,12 @@ pub struct SpecFile {
 /// # Errors
 /// A message saying what a duration looks like.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration; write it like 250ms, 30s, 5m, 1h30m or 2d");
+    let bad = || {
+        format!(
+            "{} is not a duration; write it like 250ms, 30s, 5m, 1h30m or 2d",
+            relay_core::error::excerpt(s)
+        )
+    };
     let mut rest = s.trim();
     if rest.is_empty() {
         return Err(bad());
@@ -78,10 +83,9 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit..];
-        let part = n.checked_mul(millis).ok_or_else(|| format!("{s:?} is too long"))?;
-        total = total
-            .checked_add(Duration::from_millis(part))
-            .ok_or_else(|| format!("{s:?} is too long"))?;
+        let too_long = || format!("{} is too long", relay_core::error::excerpt(s));
+        let part = n.checked_mul(millis).ok_or_else(too_long)?;
+        total = total.checked_add(Duration::from_millis(part)).ok_or_else(too_long)?;
     }
     Ok(total)
 }
@@ -154,6 +158,7 @@ impl PipelineDoc {
                 .next()
                 .filter(|t| !t.trim().is_empty())
                 .ok_or_else(|| at(&format!("{path}.targets"), "name at least one target (not empty)"))?;
+            relay_core::error::check_name(&format!("{path}.targets[0]"), &first)?;
             let strategy = e.strategy.build().map_err(|err| inside(&path, err))?;
             let mut env = Environment::with_strategy(e.name, first, strategy)
                 .order(e.order)
@@ -367,7 +372,15 @@ impl AmountDoc {
                 .strip_suffix('%')
                 .and_then(|p| p.trim().parse::<u8>().ok())
                 .map(Amount::Percent)
-                .ok_or_else(|| at(path, format!("{s:?} must be a count like 2 or a percent like \"25%\""))),
+                .ok_or_else(|| {
+                    at(
+                        path,
+                        format!(
+                            "{} must be a count like 2 or a percent like \"25%\"",
+                            relay_core::error::excerpt(s)
+                        ),
+                    )
+                }),
         }
     }
 }
@@ -536,6 +549,7 @@ impl Doc {
         if self.target.trim().is_empty() {
             return Err(at("target", "name the target to roll out to"));
         }
+        relay_core::error::check_name("target", &self.target)?;
         let artifact = self.release.artifact.parse().map_err(|e: Error| match e {
             Error::InvalidSpec { reason, .. } => at("release.artifact", reason),
             other => other,

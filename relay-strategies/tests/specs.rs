@@ -398,3 +398,21 @@ fn each_invalid_pipeline_fails_at_its_path() {
         }
     }
 }
+
+/// A huge value is never echoed whole in an error (a 10 MB duration was),
+/// and a target name with a control character is refused.
+#[test]
+fn huge_values_are_excerpted_and_names_are_printable() {
+    let huge = "9".repeat(10 << 20) + "x";
+    let yaml = YAML.replace("pause: 10m", &format!("pause: \"{huge}\""));
+    assert_ne!(yaml, YAML);
+    let e = SpecFile::from_yaml(&yaml).unwrap_err();
+    let text = e.to_string();
+    assert!(text.len() < 2048, "the error echoes {} bytes", text.len());
+    assert!(text.contains("bytes") && text.contains(".pause"), "{text}");
+    let e = SpecFile::from_yaml(&YAML.replace("target: web", "target: \"web\\e[31m\"")).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidSpec { path, reason } if path == "target" && reason.contains("control character")),
+        "{e}"
+    );
+}

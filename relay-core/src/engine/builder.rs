@@ -157,6 +157,7 @@ impl RelayBuilder {
             if name.is_empty() {
                 return Err(Error::invalid("relay.targets", "a target has an empty name"));
             }
+            crate::error::check_name(&format!("relay.targets[{}]", targets.len()), &name)?;
             if targets.insert(name.clone(), t).is_some() {
                 return Err(Error::invalid(
                     "relay.targets",
@@ -176,6 +177,7 @@ impl RelayBuilder {
         let mut gates = BTreeMap::new();
         for g in self.gates {
             let name = g.name().to_owned();
+            crate::error::check_name(&format!("relay.gates[{}]", gates.len()), &name)?;
             if gates.insert(name.clone(), g).is_some() {
                 return Err(Error::invalid("relay.gates", format!("two gates are named {name:?}")));
             }

@@ -49,6 +49,12 @@ pub(crate) type CommandRx = mpsc::UnboundedReceiver<Box<Command>>;
 /// cheap to clone and to hand to another task while the
 /// [`RolloutHandle`] awaits the outcome. Commands reach the engine in the
 /// order they are sent; the engine audits who gave each.
+///
+/// Every command fails with [`Error::InvalidSpec`] (`command.by`,
+/// `command.gate`, `command.comment`, `command.reason`) when who sent it or
+/// the gate it names is not a printable name, or its text holds control
+/// characters or more than 4,096 bytes, and with [`Error::NotRunning`]
+/// once the rollout has ended.
 #[derive(Clone, Debug)]
 pub struct RolloutControl {
     id: String,
@@ -65,7 +71,26 @@ impl RolloutControl {
         &self.id
     }
 
+    /// Send `c`, its names and text checked first: who sent it and the
+    /// gate it names must be printable names, its comment or reason
+    /// printable text (they reach logs, terminals and the audit log).
     fn send(&self, c: Command) -> Result<()> {
+        use crate::error::{check_name, check_text};
+        match &c {
+            Command::Pause { by } | Command::Resume { by } | Command::PromoteNow { by } => {
+                check_name("command.by", by)?;
+            }
+            Command::Abort { by, reason } => {
+                check_name("command.by", by)?;
+                check_text("command.reason", reason)?;
+            }
+            Command::Decide { gate, by, comment, .. } => {
+                check_name("command.gate", gate)?;
+                check_name("command.by", by)?;
+                check_text("command.comment", comment)?;
+            }
+            Command::LeaseLost => {}
+        }
         self.commands.send(Box::new(c)).map_err(|_| Error::NotRunning {
             rollout: self.id.clone(),
         })

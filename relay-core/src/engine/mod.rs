@@ -73,6 +73,108 @@ pub struct EngineConfig {
     /// finished later with [`Relay::resume`].
     #[serde(with = "crate::serde_duration", default = "default_rollback_retry_budget")]
     pub rollback_retry_budget: Duration,
+    /// Bounds on what a plan may ask, checked when planning.
+    #[serde(default)]
+    pub limits: PlanLimits,
+}
+
+/// Bounds on what a plan may ask, checked when it is made: a slip of the
+/// keyboard (`pause: 100000000d`, `count: 4294967295`) is refused with the
+/// step and the limit named, rather than holding a target for centuries or
+/// writing gigabytes of audit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanLimits {
+    /// The longest timed pause (default 7 days).
+    #[serde(with = "crate::serde_duration")]
+    pub max_pause: Duration,
+    /// The longest interval between two measurements of an analysis
+    /// (default 1 day).
+    #[serde(with = "crate::serde_duration")]
+    pub max_analysis_interval: Duration,
+    /// The most measurements one analysis takes (default 1,000).
+    pub max_analysis_count: u32,
+    /// The longest all of a plan's timed pauses and analyses may take
+    /// together (default 30 days).
+    #[serde(with = "crate::serde_duration")]
+    pub max_duration: Duration,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        PlanLimits {
+            max_pause: 7 * DAY,
+            max_analysis_interval: DAY,
+            max_analysis_count: 1_000,
+            max_duration: 30 * DAY,
+        }
+    }
+}
+
+impl PlanLimits {
+    /// Check `steps` against the limits.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] naming the step (`plan.steps[i]...`) or the
+    /// plan, the value and the limit.
+    pub fn check(&self, steps: &[Step]) -> Result<()> {
+        let over = |path: String, what: &str, value: String, limit: String, field: &str| {
+            Error::invalid(
+                path,
+                format!("{what} {value} is more than the engine allows ({limit}, EngineConfig::limits.{field}); shorten it, or raise the limit"),
+            )
+        };
+        let mut total = Duration::ZERO;
+        for (i, step) in steps.iter().enumerate() {
+            match step {
+                Step::Pause { duration: Some(d) } => {
+                    if *d > self.max_pause {
+                        return Err(over(
+                            format!("plan.steps[{i}].pause"),
+                            "the pause",
+                            format!("{d:?}"),
+                            format!("{:?}", self.max_pause),
+                            "max_pause",
+                        ));
+                    }
+                    total = total.saturating_add(*d);
+                }
+                Step::Analyze { analysis } => {
+                    let path = format!("plan.steps[{i}].analysis");
+                    if analysis.interval > self.max_analysis_interval {
+                        return Err(over(
+                            format!("{path}.interval"),
+                            "the interval",
+                            format!("{:?}", analysis.interval),
+                            format!("{:?}", self.max_analysis_interval),
+                            "max_analysis_interval",
+                        ));
+                    }
+                    if analysis.count > self.max_analysis_count {
+                        return Err(over(
+                            format!("{path}.count"),
+                            "the count",
+                            analysis.count.to_string(),
+                            self.max_analysis_count.to_string(),
+                            "max_analysis_count",
+                        ));
+                    }
+                    total = total.saturating_add(analysis.interval.saturating_mul(analysis.count));
+                }
+                _ => {}
+            }
+        }
+        if total > self.max_duration {
+            return Err(over(
+                "plan".into(),
+                "the pauses and analyses take",
+                format!("{total:?} in all, which"),
+                format!("{:?}", self.max_duration),
+                "max_duration",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for EngineConfig {
@@ -87,6 +189,7 @@ impl Default for EngineConfig {
             gate_poll_interval: Duration::from_secs(30),
             event_buffer: 256,
             rollback_retry_budget: default_rollback_retry_budget(),
+            limits: PlanLimits::default(),
         }
     }
 }
@@ -545,6 +648,7 @@ impl Relay {
             steps.splice(0..0, spec.gates_before_start.iter().map(gate));
         }
         let candidate_id = candidate.id.clone();
+        inner.config.limits.check(&steps)?;
         for (i, step) in steps.iter().enumerate() {
             match step {
                 Step::Gate { name } if !inner.gates.contains_key(name) => {
