@@ -261,3 +261,121 @@ async fn only_checksummed_artifacts_pass_and_a_rolled_back_digest_is_refused_aga
     let without = RolloutSpec::new("web", release("v3"), canary());
     assert!(relay.plan(&without).await.is_ok(), "only the policy refuses it");
 }
+
+/// The actions of `rollout`'s audit entries, with their details.
+async fn trail(relay: &Relay, rollout: &str) -> Vec<(String, serde_json::Value)> {
+    relay
+        .audit()
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.rollout == rollout)
+        .map(|e| (e.event.action, e.event.detail.to_value()))
+        .collect()
+}
+
+/// Anyone could abort, approve or promote as anyone. With a policy, a
+/// command from an identity it does not allow has no effect, and is
+/// audited with the identity and the reason; an allowed one works.
+#[tokio::test(start_paused = true)]
+async fn a_policy_refuses_commands_from_identities_it_does_not_allow() {
+    let w = World::new(501);
+    let policy = relay::PolicyAuthorizer::new()
+        .allow("web", &[relay::CommandKind::Abort], &["lead"])
+        .allow(
+            "*",
+            &[relay::CommandKind::Pause, relay::CommandKind::Resume],
+            &["oncall"],
+        );
+    let relay = w.builder().authorizer(Arc::new(policy)).build().unwrap();
+    deploy_v1(&relay).await;
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v2"), canary()))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    let mut events = handle.events();
+    until(&mut events, |k| matches!(k, EventKind::TrafficShifted { .. })).await;
+    handle.abort("dev", "I want it gone").unwrap();
+    let refused = until(&mut events, |k| matches!(k, EventKind::CommandRefused { .. })).await;
+    assert!(
+        matches!(&refused.kind, EventKind::CommandRefused { command, by, reason } if command == "abort" && by == "dev" && reason.contains("may not abort")),
+        "{refused:?}"
+    );
+    assert!(
+        handle.wait().await.unwrap().is_success(),
+        "a refused abort has no effect"
+    );
+    let trail = trail(&relay, &id).await;
+    let entry = trail.iter().find(|(a, _)| a == "command.refused").unwrap();
+    assert_eq!(entry.1["by"], "dev");
+    assert!(!trail.iter().any(|(a, _)| a == "rollout.aborted"));
+
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v3"), canary()))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    until(&mut events, |k| matches!(k, EventKind::TrafficShifted { .. })).await;
+    handle.abort("lead", "bad build").unwrap();
+    assert!(matches!(handle.wait().await.unwrap(), Outcome::RolledBack { .. }));
+}
+
+/// One approval from anyone opened a manual gate. A gate can require N
+/// distinct approvers from a list, and refuse the approval of whoever
+/// started the rollout; decisions that do not count are named while it
+/// waits, and a rejection by an approver fails it.
+#[tokio::test(start_paused = true)]
+async fn an_approval_gate_counts_only_its_approvers_n_of_m_and_never_the_starter() {
+    let w = World::new(502);
+    let cab = ManualApproval::new("cab")
+        .approvers(["ana", "bo", "cy"])
+        .requires(2)
+        .separate_duties();
+    let relay = w.builder().gate(Arc::new(cab)).build().unwrap();
+    deploy_v1(&relay).await;
+    let spec = |tag: &str| {
+        RolloutSpec::new("web", release(tag), CanaryStrategy::new().set_weight(25))
+            .gate_before_promotion("cab")
+            .started_by("ana")
+    };
+    let handle = relay.start(spec("v2")).await.unwrap();
+    let mut events = handle.events();
+    until(&mut events, |k| matches!(k, EventKind::GateWaiting { .. })).await;
+    handle.approve("cab", "ana", "my own release").unwrap();
+    handle.approve("cab", "mallory", "lgtm").unwrap();
+    handle.approve("cab", "bo", "lgtm").unwrap();
+    let waiting = until(
+        &mut events,
+        |k| matches!(k, EventKind::GateWaiting { reason, .. } if reason.contains("1 of 2")),
+    )
+    .await;
+    let EventKind::GateWaiting { reason, .. } = &waiting.kind else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("ana (started the rollout)") && reason.contains("mallory (not an approver)"),
+        "{reason}"
+    );
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    handle.approve("cab", "cy", "lgtm").unwrap();
+    let passed = until(&mut events, |k| matches!(k, EventKind::GatePassed { .. })).await;
+    assert!(
+        matches!(&passed.kind, EventKind::GatePassed { by, .. } if by == "bo, cy"),
+        "{passed:?}"
+    );
+    assert!(handle.wait().await.unwrap().is_success());
+
+    // An approver's rejection fails the gate.
+    let handle = relay.start(spec("v1")).await.unwrap();
+    let mut events = handle.events();
+    until(&mut events, |k| matches!(k, EventKind::GateWaiting { .. })).await;
+    handle.approve("cab", "bo", "lgtm").unwrap();
+    handle.reject("cab", "cy", "not tonight").unwrap();
+    let outcome = handle.wait().await.unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("rejected by cy")),
+        "{outcome}"
+    );
+}

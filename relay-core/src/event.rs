@@ -148,6 +148,16 @@ pub enum EventKind {
         /// Backoff before the next attempt, in milliseconds.
         backoff_ms: u64,
     },
+    /// The engine's authorizer refused an operator command: it had no
+    /// effect.
+    CommandRefused {
+        /// The command (`abort`, `approve`, ...).
+        command: String,
+        /// Who gave it.
+        by: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// A step after promotion failed (retiring the old stable, say): the
     /// release stays promoted, and what the step left behind is for a
     /// human to remove.

@@ -233,6 +233,7 @@ mod tests {
             approvals,
             now_ms: at(now),
             waiting_since_ms: at(now),
+            started_by: None,
         }
     }
 

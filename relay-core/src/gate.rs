@@ -62,6 +62,10 @@ pub struct GateContext {
     /// resume, when it began asking again.
     #[serde(default)]
     pub waiting_since_ms: UnixMillis,
+    /// Who started the rollout, when its spec said
+    /// ([`crate::RolloutSpec::started_by`]).
+    #[serde(default)]
+    pub started_by: Option<String>,
 }
 
 /// A gate's answer.
@@ -118,10 +122,21 @@ pub enum OnTimeout {
 /// engine audits who decided, when, and their comment). With
 /// [`ManualApproval::timeout`], a gate nobody decided within the time takes
 /// the configured outcome.
+///
+/// Who may decide can be restricted: [`ManualApproval::approvers`] (only
+/// their decisions count), [`ManualApproval::requires`] (N distinct
+/// approvers), [`ManualApproval::separate_duties`] (the identity that
+/// started the rollout cannot decide). Under any of these, each person's
+/// latest decision counts, and a rejection by anyone who may decide fails
+/// the gate; decisions that do not count are named in the gate's wait
+/// reason (and every decision is in the audit log).
 #[derive(Clone, Debug)]
 pub struct ManualApproval {
     name: String,
     timeout: Option<(Duration, OnTimeout)>,
+    approvers: Option<std::collections::BTreeSet<String>>,
+    required: usize,
+    separate_duties: bool,
 }
 
 impl ManualApproval {
@@ -130,6 +145,9 @@ impl ManualApproval {
         ManualApproval {
             name: name.into(),
             timeout: None,
+            approvers: None,
+            required: 1,
+            separate_duties: false,
         }
     }
 
@@ -137,6 +155,85 @@ impl ManualApproval {
     pub fn timeout(mut self, after: Duration, outcome: OnTimeout) -> Self {
         self.timeout = Some((after, outcome));
         self
+    }
+
+    /// Count only decisions of `identities`.
+    pub fn approvers<I: Into<String>>(mut self, identities: impl IntoIterator<Item = I>) -> Self {
+        self.approvers = Some(identities.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Pass only once `n` distinct people who may decide approved (N of M).
+    pub fn requires(mut self, n: usize) -> Self {
+        self.required = n.max(1);
+        self
+    }
+
+    /// Do not count the decision of the identity that started the rollout
+    /// ([`crate::RolloutSpec::started_by`]): nobody approves their own
+    /// release.
+    pub fn separate_duties(mut self) -> Self {
+        self.separate_duties = true;
+        self
+    }
+
+    /// Why `by` may not decide, if they may not.
+    fn not_counted(&self, by: &str, ctx: &GateContext) -> Option<&'static str> {
+        if self.approvers.as_ref().is_some_and(|a| !a.contains(by)) {
+            return Some("not an approver");
+        }
+        if self.separate_duties && ctx.started_by.as_deref() == Some(by) {
+            return Some("started the rollout");
+        }
+        None
+    }
+
+    /// The decision under restrictions: each person's latest decision, of
+    /// those who may decide; a rejection fails, `required` approvals pass.
+    fn decide_restricted(&self, decisions: &[&Approval], ctx: &GateContext) -> Option<GateDecision> {
+        let mut latest: std::collections::BTreeMap<&str, &Approval> = std::collections::BTreeMap::new();
+        for a in decisions {
+            latest.insert(a.by.as_str(), a);
+        }
+        let mut approved = Vec::new();
+        for (by, a) in &latest {
+            if self.not_counted(by, ctx).is_some() {
+                continue;
+            }
+            if !a.approved {
+                return Some(GateDecision::Fail {
+                    reason: format!("rejected by {by}: {}", a.comment),
+                });
+            }
+            approved.push(*by);
+        }
+        (approved.len() >= self.required).then(|| GateDecision::Pass {
+            by: approved.join(", "),
+        })
+    }
+
+    /// What the gate waits for, and which decisions did not count.
+    fn waiting(&self, decisions: &[&Approval], ctx: &GateContext) -> String {
+        let mut reason = format!("waiting for approval of {:?}", self.name);
+        if self.required > 1 {
+            let counted = decisions
+                .iter()
+                .filter(|a| a.approved && self.not_counted(&a.by, ctx).is_none())
+                .map(|a| a.by.as_str())
+                .collect::<std::collections::BTreeSet<_>>();
+            reason.push_str(&format!(" ({} of {} so far)", counted.len(), self.required));
+        }
+        let ignored: std::collections::BTreeSet<String> = decisions
+            .iter()
+            .filter_map(|a| self.not_counted(&a.by, ctx).map(|why| format!("{} ({why})", a.by)))
+            .collect();
+        if !ignored.is_empty() {
+            reason.push_str(&format!(
+                "; not counted: {}",
+                ignored.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        reason
     }
 }
 
@@ -147,8 +244,14 @@ impl Gate for ManualApproval {
     }
 
     async fn check(&self, ctx: &GateContext) -> Result<GateDecision> {
-        // The latest decision on this gate wins.
-        if let Some(a) = ctx.approvals.iter().rev().find(|a| a.gate == self.name) {
+        let decisions: Vec<&Approval> = ctx.approvals.iter().filter(|a| a.gate == self.name).collect();
+        let restricted = self.approvers.is_some() || self.required > 1 || self.separate_duties;
+        if restricted {
+            if let Some(decision) = self.decide_restricted(&decisions, ctx) {
+                return Ok(decision);
+            }
+        } else if let Some(a) = decisions.last() {
+            // The latest decision on this gate wins.
             return Ok(if a.approved {
                 GateDecision::Pass { by: a.by.clone() }
             } else {
@@ -171,7 +274,7 @@ impl Gate for ManualApproval {
             }
         }
         Ok(GateDecision::Wait {
-            reason: format!("waiting for approval of {:?}", self.name),
+            reason: self.waiting(&decisions, ctx),
         })
     }
 }

@@ -12,6 +12,7 @@
 pub mod analysis;
 pub mod artifact;
 pub mod audit;
+pub mod authorize;
 pub mod clock;
 pub mod dora;
 pub mod drift;
@@ -44,6 +45,7 @@ pub use audit::{
     check_anchors, verify_chain, AuditDetail, AuditEntry, AuditEvent, AuditFile, AuditSink, ChainHead, ChainKey,
     JsonlAuditSink, MemoryAuditSink,
 };
+pub use authorize::{AllowAll, Authorizer, CommandKind, CommandRequest, PolicyAuthorizer};
 pub use clock::{parse_rfc3339, Clock, TokioClock, UnixMillis};
 pub use dora::{dora, DoraReport, CREATED_AT_METADATA};
 pub use drift::{Drift, DriftReport};

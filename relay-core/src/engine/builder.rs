@@ -47,6 +47,7 @@ pub struct RelayBuilder {
     config: Option<EngineConfig>,
     holder: Option<String>,
     seed: Option<u64>,
+    authorizer: Option<Arc<dyn crate::authorize::Authorizer>>,
 }
 
 impl RelayBuilder {
@@ -131,6 +132,14 @@ impl RelayBuilder {
     /// (two containers, both PID 1) never hold a lease as one.
     pub fn holder(mut self, holder: impl Into<String>) -> Self {
         self.holder = Some(holder.into());
+        self
+    }
+
+    /// Who may give which operator commands (default:
+    /// [`crate::AllowAll`], everyone anything). A refused command is
+    /// audited and has no effect.
+    pub fn authorizer(mut self, authorizer: Arc<dyn crate::authorize::Authorizer>) -> Self {
+        self.authorizer = Some(authorizer);
         self
     }
 
@@ -240,6 +249,7 @@ impl RelayBuilder {
                 lease_holder,
                 instance,
                 driving: Default::default(),
+                authorizer: self.authorizer.unwrap_or_else(|| Arc::new(crate::authorize::AllowAll)),
                 rng: SeededRng::new(seed),
                 ids: AtomicU64::new(0),
             }),

@@ -483,7 +483,52 @@ impl Driver {
         }
     }
 
+    /// Ask the engine's authorizer whether `cmd` may take effect; a refusal
+    /// is audited (`command.refused`, with who asked and why) and reported.
+    async fn authorized(&mut self, cmd: &Command) -> Result<bool, Stop> {
+        use crate::authorize::{CommandKind, CommandRequest};
+        let (kind, by, gate) = match cmd {
+            Command::Pause { by } => (CommandKind::Pause, by, None),
+            Command::Resume { by } => (CommandKind::Resume, by, None),
+            Command::Abort { by, .. } => (CommandKind::Abort, by, None),
+            Command::PromoteNow { by } => (CommandKind::PromoteNow, by, None),
+            Command::Decide { gate, by, approved, .. } => (
+                if *approved {
+                    CommandKind::Approve
+                } else {
+                    CommandKind::Reject
+                },
+                by,
+                Some(gate.clone()),
+            ),
+            Command::LeaseLost => return Ok(true),
+        };
+        let request = CommandRequest {
+            kind,
+            by: by.clone(),
+            rollout: self.record.id.clone(),
+            target: self.record.target.clone(),
+            gate,
+            started_by: self.record.started_by.clone(),
+        };
+        let Err(reason) = self.inner.authorizer.authorize(&request).await else {
+            return Ok(true);
+        };
+        tracing::warn!(%kind, by = %request.by, %reason, "command refused");
+        let detail = detail!({"command": kind, "by": request.by, "gate": request.gate, "reason": reason});
+        self.audit_or_stop("command.refused", detail).await?;
+        self.emit(EventKind::CommandRefused {
+            command: kind.to_string(),
+            by: request.by,
+            reason,
+        });
+        Ok(false)
+    }
+
     async fn handle_command(&mut self, cmd: Command) -> Result<Option<Wake>, Stop> {
+        if !self.authorized(&cmd).await? {
+            return Ok(None);
+        }
         match cmd {
             Command::LeaseLost => self.check_lease().map(|()| None),
             Command::Pause { by } => {
@@ -932,6 +977,7 @@ impl Driver {
                     .cloned()
                     .collect(),
                 now_ms: self.inner.clock.now_ms(),
+                started_by: self.record.started_by.clone(),
             };
             let decision = self
                 .call("gate.check", || gate.check(&ctx))

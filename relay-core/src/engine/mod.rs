@@ -246,6 +246,11 @@ pub struct RolloutSpec {
     /// The rollout this one promotes from another environment (set by
     /// [`crate::Pipeline::promote`]); recorded and audited.
     pub promoted_from: Option<String>,
+    /// Who started the rollout (the identity the embedding application
+    /// supplies); recorded, audited, and seen by gates, so one that
+    /// separates duties ([`crate::ManualApproval::separate_duties`]) can
+    /// refuse its starter's approval.
+    pub started_by: Option<String>,
 }
 
 impl RolloutSpec {
@@ -267,7 +272,14 @@ impl RolloutSpec {
             gates_before_promotion: Vec::new(),
             approvals: Vec::new(),
             promoted_from: None,
+            started_by: None,
         }
+    }
+
+    /// Record `identity` as who started the rollout.
+    pub fn started_by(mut self, identity: impl Into<String>) -> Self {
+        self.started_by = Some(identity.into());
+        self
     }
 
     /// Check gate `name` before anything changes.
@@ -351,6 +363,8 @@ pub(crate) struct Inner {
     pub instance: String,
     /// The rollouts this instance drives now: one driver per rollout.
     pub driving: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Who may give which operator commands.
+    pub authorizer: Arc<dyn crate::authorize::Authorizer>,
     pub rng: SeededRng,
     pub ids: AtomicU64,
 }
@@ -561,6 +575,9 @@ impl Relay {
         if let Some(id) = &spec.id {
             validate_id(id)?;
         }
+        if let Some(by) = &spec.started_by {
+            crate::error::check_name("spec.started_by", by)?;
+        }
         spec.release.validate()?;
         let target = inner.target(&spec.target)?;
         let reference = &spec.release.artifact;
@@ -716,6 +733,7 @@ impl Relay {
                 approvals: spec.approvals.clone(),
                 now_ms,
                 waiting_since_ms: now_ms,
+                started_by: spec.started_by.clone(),
             };
             let decision = inner
                 .call("gate.check", warn_retry("gate.check"), || gate.check(&ctx))
@@ -889,6 +907,7 @@ impl Relay {
             })
             .collect();
         record.promoted_from = spec.promoted_from.clone();
+        record.started_by = spec.started_by.clone();
         // Audited before the record is written, so a start that fails
         // leaves nothing behind: no record another engine would pick up
         // and drive, no lease (a failure to audit is a failure to start).
@@ -936,6 +955,7 @@ impl Relay {
             "stable": record.plan.stable,
             "steps": record.plan.steps.len(),
             "promoted_from": record.promoted_from,
+            "by": record.started_by,
         });
         let mut head = inner.audit(id, &inner.holder, "rollout.started", detail).await?;
         for a in &record.approvals {

@@ -84,6 +84,9 @@ pub struct RolloutRecord {
     /// promotes (the same digest, in the environment before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<String>,
+    /// Who started the rollout, when its spec said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
     /// The engine instance driving it.
     pub holder: String,
     /// The fencing token of the lease the holder drives it under.
@@ -124,6 +127,7 @@ impl RolloutRecord {
             paused: false,
             approvals: Vec::new(),
             promoted_from: None,
+            started_by: None,
             holder: holder.into(),
             lease_token,
             created_ms: now_ms,
@@ -156,6 +160,7 @@ impl Clone for RolloutRecord {
             paused,
             approvals,
             promoted_from,
+            started_by,
             holder,
             lease_token,
             created_ms,
@@ -172,6 +177,7 @@ impl Clone for RolloutRecord {
         self.paused = *paused;
         self.approvals.clone_from(approvals);
         self.promoted_from.clone_from(promoted_from);
+        self.started_by.clone_from(started_by);
         self.holder.clone_from(holder);
         self.lease_token = *lease_token;
         self.created_ms = *created_ms;
