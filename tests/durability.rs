@@ -706,3 +706,41 @@ async fn a_corrupt_record_affects_only_its_own_rollout() {
     let err = state.get(&broken_id).await.unwrap_err();
     assert!(err.to_string().contains(&file.display().to_string()), "{err}");
 }
+
+/// A rollout whose engine died (here: halted) stays running, orphaned. Once
+/// its lease expired, another engine started a second rollout on the same
+/// target beside it, and the orphan stayed "running" for good. Now that
+/// start is refused, naming the orphan and how to recover it; recovery
+/// drives it to its end, and then the target takes new rollouts.
+#[tokio::test(start_paused = true)]
+async fn a_start_beside_an_orphan_is_refused_until_it_is_recovered() {
+    let c = Crash::new(317);
+    let a = c.engine("engine-a");
+    deploy_v1(&a).await;
+    let handle = a.start(RolloutSpec::new("web", release("v2"), canary())).await.unwrap();
+    let orphan = handle.id().to_owned();
+    let mut events = handle.events();
+    until(&mut events, |k| matches!(k, EventKind::TrafficShifted { .. })).await;
+    handle.halt();
+    drop(a);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+
+    let b = c.engine("engine-b");
+    let err = b
+        .start(RolloutSpec::new("web", release("v3"), canary()))
+        .await
+        .map(|h| h.id().to_owned())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Conflict { what } if what.contains(&orphan) && what.contains("orphaned") && what.contains("recover")),
+        "{err}"
+    );
+    let (handles, skipped) = b.recover().await.unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    for h in handles {
+        assert!(h.wait().await.unwrap().is_success());
+    }
+    assert!(b.state().list_active().await.unwrap().is_empty());
+    let outcome = run(&b, RolloutSpec::new("web", release("v3"), canary())).await;
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+}

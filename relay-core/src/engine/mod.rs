@@ -858,8 +858,10 @@ impl Relay {
     /// and drive it in a task.
     ///
     /// # Errors
-    /// Everything [`Relay::plan`] returns, and [`Error::TargetLocked`] when
-    /// another rollout holds the target.
+    /// Everything [`Relay::plan`] returns, [`Error::TargetLocked`] when
+    /// another rollout holds the target, and [`Error::Conflict`] when a
+    /// rollout an engine left running there (orphaned) must be driven to
+    /// its end first.
     pub async fn start(&self, spec: RolloutSpec) -> Result<RolloutHandle> {
         let inner = &self.inner;
         if let Some(id) = &spec.id {
@@ -878,6 +880,10 @@ impl Relay {
                 inner.state.acquire_lease(&spec.target, &holder, ttl, now)
             })
             .await?;
+        if let Err(e) = self.no_orphan(&spec.target, &id).await {
+            let _ = inner.state.release_lease(&lease).await;
+            return Err(e);
+        }
         let planned = self.plan(&spec).await;
         let plan = match planned {
             Ok(p) => p,
@@ -930,6 +936,35 @@ impl Relay {
             }
         }
         Ok(self.spawn(record, lease, claim))
+    }
+
+    /// Refuse to start a rollout on `target` beside one left running there
+    /// by an engine that stopped (crashed, killed, halted): with the lease
+    /// taken, any rollout of the target still running is such an orphan.
+    /// It must be driven to its end first, or two rollouts would change
+    /// one target.
+    async fn no_orphan(&self, target: &str, id: &str) -> Result<()> {
+        let inner = &self.inner;
+        let records = inner
+            .call("state.list_target", warn_retry("state.list_target"), || {
+                inner.state.list_target(target)
+            })
+            .await?;
+        match records.iter().find(|r| r.id != id && !r.status.is_terminal()) {
+            None => Ok(()),
+            Some(orphan) => Err(Error::Conflict {
+                what: format!(
+                    "target {target:?} has rollout {} left {} by {}, an engine that no longer drives it (orphaned); drive it to its end first with Relay::resume({:?}) or Relay::recover() (relayctl recover)",
+                    orphan.id,
+                    match orphan.status {
+                        RolloutStatus::RollingBack { .. } => "rolling back",
+                        _ => "running",
+                    },
+                    orphan.holder,
+                    orphan.id
+                ),
+            }),
+        }
     }
 
     /// Claim `id` for a new driver of this engine, or refuse: one engine
