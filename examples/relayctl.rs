@@ -17,6 +17,8 @@
 //!   resume <rollout> [--by NAME]   end an indefinite pause
 //!   abort <rollout> [--by NAME] [--reason TEXT]
 //!   verify-audit [<file>]          check the audit log's hash chain
+//!   recover [<spec>...]            drive every orphaned rollout (its
+//!                                  process died) to its end
 //! ```
 //!
 //! State (rollout records, leases), the audit log and the command inbox live
@@ -178,6 +180,7 @@ async fn run(args: &Args) -> Outcome<()> {
     match command.as_str() {
         "plan" => ctl()?.plan(Path::new(word(1, "spec file")?)).await,
         "apply" => ctl()?.apply(Path::new(word(1, "spec file")?)).await,
+        "recover" => ctl()?.recover(&args.words[1..]).await,
         "status" => ctl()?.status(args.words.get(1).map(String::as_str)).await,
         "history" => ctl()?.history(word(1, "target")?).await,
         "deploy" => {
@@ -225,7 +228,7 @@ relayctl [--state DIR] [--virtual] <command>
   deploy <pipeline> <artifact> | promote <pipeline> <digest> <environment>
   approve|reject <rollout> <gate> [--by NAME] [--comment TEXT]
   resume <rollout> [--by NAME] | abort <rollout> [--by NAME] [--reason TEXT]
-  verify-audit [<file>]
+  verify-audit [<file>] | recover [<spec>...]
 ";
 
 fn whoami() -> String {
@@ -342,10 +345,84 @@ impl Ctl {
     }
 
     fn builder(&self) -> Outcome<RelayBuilder> {
+        let mut config = relay::EngineConfig::default();
+        if let Ok(ttl) = std::env::var("RELAY_LEASE_TTL") {
+            config.lease_ttl =
+                relay::strategies::spec::parse_duration(&ttl).map_err(|e| usage(format!("RELAY_LEASE_TTL: {e}")))?;
+        }
         Ok(Relay::builder()
             .state(self.state.clone())
             .audit(Arc::new(JsonlAuditSink::open_keyed(self.audit_path(), &audit_key()?)?))
+            .config(config)
             .holder(format!("relayctl-{}", std::process::id())))
+    }
+
+    /// Drive every orphaned rollout (no process drives it any more: its
+    /// `relayctl apply` was killed) to its end. Targets are simulated, as
+    /// `apply` simulates them, unless spec files given name their
+    /// providers. Exit 0 once every orphan has ended, however it ended.
+    async fn recover(&self, specs: &[String]) -> Outcome<()> {
+        let active = self.state.list_active().await?;
+        let orphans: Vec<RolloutRecord> = {
+            let known = self.orphans(&active).await?;
+            active.into_iter().filter(|r| known.contains_key(&r.id)).collect()
+        };
+        if orphans.is_empty() {
+            out!("no orphaned rollout");
+            return Ok(());
+        }
+        let mut engines: BTreeMap<String, Relay> = BTreeMap::new();
+        for path in specs {
+            let spec = SpecFile::load(Path::new(path))?;
+            engines.insert(spec.rollout.target.clone(), self.relay_for(&spec).await?);
+        }
+        let mut failed = 0;
+        for r in &orphans {
+            let relay = match engines.get(&r.target) {
+                Some(relay) => relay.clone(),
+                None => self.simulated_relay(r).await?,
+            };
+            let ended = match relay.resume(&r.id).await {
+                Ok(handle) => handle.wait().await,
+                Err(e) => Err(e),
+            };
+            match ended {
+                Ok(outcome) => out!("rollout {} on {}: {outcome}", r.id, r.target),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("relayctl: rollout {} on {} not recovered: {e}", r.id, r.target);
+                }
+            }
+        }
+        if failed > 0 {
+            return Err(Failure(1, format!("{failed} orphaned rollout(s) not recovered")));
+        }
+        Ok(())
+    }
+
+    /// An engine over a simulated target for the orphaned rollout `r`,
+    /// with a manual approval for each gate its plan names.
+    async fn simulated_relay(&self, r: &RolloutRecord) -> Outcome<Relay> {
+        let candidate = &r.plan.candidate.artifact.digest;
+        let target = self.sim_target(&r.target, &SimDoc::default(), Some(candidate)).await?;
+        let mut b = self
+            .builder()?
+            .target(target.clone())
+            .probe(Arc::new(SimProbe::new(target)))
+            .artifacts(Arc::new(SimRegistry));
+        let gates: std::collections::BTreeSet<&str> = r
+            .plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                relay::Step::Gate { name } if name != relay::WAVE_GATE => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        for gate in gates {
+            b = b.gate(Arc::new(ManualApproval::new(gate)));
+        }
+        Ok(b.build()?)
     }
 
     /// A simulated target `name`, running what relay last promoted there
@@ -576,7 +653,8 @@ impl Ctl {
         if records.is_empty() {
             out!("no rollout is running");
         }
-        print_records(&records);
+        let orphans = self.orphans(&records).await?;
+        print_records(&records, &orphans);
         self.report_damaged().await?;
         if let [r] = records.as_slice() {
             out!("\n{}", r.plan);
@@ -589,8 +667,24 @@ impl Ctl {
         if records.is_empty() {
             out!("no rollout on {target:?}");
         }
-        print_records(&records);
+        let orphans = self.orphans(&records).await?;
+        print_records(&records, &orphans);
         self.report_damaged().await
+    }
+
+    /// The rollouts among `records` that no process drives any more, each
+    /// with when its lease expired (`None`: released).
+    async fn orphans(&self, records: &[RolloutRecord]) -> Outcome<BTreeMap<String, Option<i64>>> {
+        let now = relay::Clock::now_ms(&relay::TokioClock::new());
+        let mut orphans = BTreeMap::new();
+        for r in records.iter().filter(|r| !r.status.is_terminal()) {
+            let lease = self.state.lease(&r.target).await?;
+            if r.is_orphaned(lease.as_ref(), now) {
+                let expired = lease.filter(|l| l.holder == r.holder).map(|l| l.expires_at_ms);
+                orphans.insert(r.id.clone(), expired);
+            }
+        }
+        Ok(orphans)
     }
 
     /// Name, on stderr, every record file that cannot be read: the lists
@@ -698,7 +792,7 @@ async fn wave_result(wave: relay::WaveHandle) -> Outcome<()> {
     }
 }
 
-fn print_records(records: &[RolloutRecord]) {
+fn print_records(records: &[RolloutRecord], orphans: &BTreeMap<String, Option<i64>>) {
     if records.is_empty() {
         return;
     }
@@ -712,6 +806,7 @@ fn print_records(records: &[RolloutRecord]) {
     );
     for r in records {
         let status = match &r.status {
+            _ if orphans.contains_key(&r.id) => "orphaned".to_owned(),
             RolloutStatus::Running if r.paused => "paused".to_owned(),
             RolloutStatus::Running => "running".to_owned(),
             RolloutStatus::RollingBack { .. } => "rolling back".to_owned(),
@@ -732,6 +827,17 @@ fn print_records(records: &[RolloutRecord]) {
         );
         if let RolloutStatus::RolledBack { cause } | RolloutStatus::RollingBack { cause } = &r.status {
             out!("{:<44} cause: {cause}", "");
+        }
+        if let Some(expired) = orphans.get(&r.id) {
+            let since = match expired {
+                Some(ms) => format!("its lease expired at {}", relay::format_rfc3339(*ms)),
+                None => "its lease was released".to_owned(),
+            };
+            out!(
+                "{:<44} no process drives it ({since}, held by {}); `relayctl recover` drives it to its end",
+                "",
+                r.holder
+            );
         }
     }
 }

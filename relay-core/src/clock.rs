@@ -52,6 +52,15 @@ impl Clock for TokioClock {
     }
 }
 
+/// An instant in milliseconds since the Unix epoch, as RFC 3339 in UTC
+/// (`2026-12-24T00:00:00Z`); out of range, the number itself.
+pub fn format_rfc3339(ms: UnixMillis) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => t.to_string(),
+        Err(_) => format!("{ms} ms"),
+    }
+}
+
 /// Milliseconds since the Unix epoch of an RFC 3339 instant
 /// (`2026-12-24T00:00:00Z`, `2026-12-24T01:00:00+01:00`); errors name `field`.
 ///

@@ -87,6 +87,7 @@ impl<T: StateStore + ?Sized> StateStore for Arc<T> {
     forward!(list_active() -> Result<Vec<RolloutRecord>>);
     forward!(list_target<'life1>(target: &'life1 str) -> Result<Vec<RolloutRecord>>);
     forward!(list_all() -> Result<Vec<RolloutRecord>>);
+    forward!(lease<'life1>(target: &'life1 str) -> Result<Option<Lease>>);
     forward!(acquire_lease<'life1, 'life2>(
         target: &'life1 str,
         holder: &'life2 str,

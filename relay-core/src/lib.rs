@@ -46,7 +46,7 @@ pub use audit::{
     JsonlAuditSink, MemoryAuditSink,
 };
 pub use authorize::{AllowAll, Authorizer, CommandKind, CommandRequest, PolicyAuthorizer};
-pub use clock::{parse_rfc3339, Clock, TokioClock, UnixMillis};
+pub use clock::{format_rfc3339, parse_rfc3339, Clock, TokioClock, UnixMillis};
 pub use dora::{dora, DoraReport, CREATED_AT_METADATA};
 pub use drift::{Drift, DriftReport};
 pub use engine::{

@@ -118,6 +118,13 @@ pub async fn state_store_conformance(store: &dyn StateStore) {
         "the audit anchor is kept with the record"
     );
 
+    // The lease as it stands, where the store can show it.
+    match store.lease("conf-t").await {
+        Ok(Some(l)) => assert_eq!((l.holder.as_str(), l.token), ("b", b.token)),
+        Ok(None) => panic!("a held lease must show"),
+        Err(Error::Unsupported { .. }) => {}
+        Err(e) => panic!("lease: {e}"),
+    }
     // Release, then a new holder gets a still larger token.
     store.release_lease(&b).await.unwrap();
     let c = store.acquire_lease("conf-t", "c", ttl, 15_003).await.unwrap();

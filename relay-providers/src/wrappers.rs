@@ -386,6 +386,9 @@ impl<L: Layer, T: StateStore> StateStore for Wrapped<L, T> {
     async fn list_all(&self) -> Result<Vec<RolloutRecord>> {
         self.call("list_all", || self.inner.list_all()).await
     }
+    async fn lease(&self, target: &str) -> Result<Option<Lease>> {
+        self.call("lease", || self.inner.lease(target)).await
+    }
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
         self.call("acquire_lease", || {
             self.inner.acquire_lease(target, holder, ttl, now_ms)

@@ -230,6 +230,15 @@ impl StateStore for FileStateStore {
         self.locked(|dir| Self::list_where(dir, |_| true)).await
     }
 
+    async fn lease(&self, target: &str) -> Result<Option<Lease>> {
+        let target = target.to_owned();
+        self.locked(move |dir| {
+            let slot: Option<LeaseSlot> = read_json(&Self::lease_path(dir, &target))?;
+            Ok(slot.and_then(|s| s.lease))
+        })
+        .await
+    }
+
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
         let (t, h) = (target.to_owned(), holder.to_owned());
         self.with_slot(target.to_owned(), move |slot| {

@@ -133,6 +133,10 @@ impl StateStore for MemoryStateStore {
         Ok(self.list_where(|_| true))
     }
 
+    async fn lease(&self, target: &str) -> Result<Option<Lease>> {
+        Ok(self.lock().leases.get(target).and_then(|s| s.lease.clone()))
+    }
+
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
         let mut g = self.lock();
         logic::acquire(

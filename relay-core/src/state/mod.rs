@@ -138,6 +138,17 @@ impl RolloutRecord {
     }
 }
 
+impl RolloutRecord {
+    /// Whether this rollout is orphaned: not finished, but no engine drives
+    /// it — its target's lease (`lease`, as the store holds it at
+    /// `now_ms`) is free, expired, or held for another rollout. A rollout
+    /// left so by a crashed or killed engine stays running until an engine
+    /// resumes it ([`crate::Relay::recover`]).
+    pub fn is_orphaned(&self, lease: Option<&Lease>, now_ms: UnixMillis) -> bool {
+        !self.status.is_terminal() && lease.is_none_or(|l| l.holder != self.holder || l.expires_at_ms <= now_ms)
+    }
+}
+
 impl Clone for RolloutRecord {
     /// A blank record filled by `clone_from`, the one list of fields.
     fn clone(&self) -> Self {
@@ -271,6 +282,13 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
     /// anchors they hold). The default: [`crate::Error::Unsupported`].
     async fn list_all(&self) -> Result<Vec<RolloutRecord>> {
         Err(crate::Error::unsupported("this state store cannot list every record"))
+    }
+    /// The lease on `target` as it stands (held, expired, or none: `None`),
+    /// to tell a running rollout from one its engine left (orphaned). The
+    /// default: [`crate::Error::Unsupported`].
+    async fn lease(&self, target: &str) -> Result<Option<Lease>> {
+        let _ = target;
+        Err(crate::Error::unsupported("this state store cannot show its leases"))
     }
     /// Take the lease on `target` for `ttl`.
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease>;

@@ -255,6 +255,13 @@ impl StateStore for KubeStateStore {
         self.list(&format!("{ROLLOUT_LABEL}=true,{ACTIVE_LABEL}=true")).await
     }
 
+    async fn lease(&self, target: &str) -> Result<Option<Lease>> {
+        match self.lease_object(target).await? {
+            Some(l) => Ok(slot_of(&l)?.lease),
+            None => Ok(None),
+        }
+    }
+
     async fn list_all(&self) -> Result<Vec<RolloutRecord>> {
         self.list(&format!("{ROLLOUT_LABEL}=true")).await
     }
