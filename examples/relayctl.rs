@@ -21,12 +21,14 @@
 //!                                  process died) to its end
 //! ```
 //!
-//! State (rollout records, leases), the audit log and the command inbox live
+//! State (rollout records, leases, queued commands) and the audit log live
 //! in `--state DIR` (default `.relay`, or `RELAY_STATE_DIR`), so every
 //! command sees what the others did. `approve`, `reject`, `resume` and
 //! `abort` are for a rollout another `relayctl apply` drives: they queue the
-//! command in the inbox, which that process reads every 200 ms and hands to
-//! its rollout (the engine audits who decided, as for an in-process call).
+//! command in the state directory, where that process looks every second;
+//! its engine checks who may give it, applies it and audits it (who
+//! decided, or why it was refused). A command queued while no process
+//! drives the rollout (orphaned) waits for `relayctl recover`.
 //!
 //! Providers come from the spec's `provider:` section: `sim` (the default:
 //! a simulated target named after the spec's target, whose candidate fails
@@ -61,10 +63,10 @@ use relay::providers::sim::{RevisionBehavior, SimProbe, SimTarget};
 use relay::strategies::spec::{parse_duration, PipelineFile, SpecFile};
 use relay::{
     Artifact, ArtifactRef, ArtifactStore, Capabilities, ChainKey, Digest, EventKind, FileStateStore, JsonlAuditSink,
-    ManualApproval, Plan, PlanContext, Relay, RelayBuilder, RevisionState, RolloutEvents, RolloutRecord, RolloutSpec,
-    RolloutStatus, Routing, StateStore, Step, Target, TrafficSplit,
+    ManualApproval, Plan, PlanContext, Relay, RelayBuilder, RevisionState, RolloutCommand, RolloutEvents,
+    RolloutRecord, RolloutSpec, RolloutStatus, Routing, StateStore, Step, Target, TrafficSplit,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// `println!` for a command line: when the reader of stdout has gone (a
 /// pipe into `head` or `grep -q`), stop quietly, as Unix tools do.
@@ -176,7 +178,7 @@ async fn run(args: &Args) -> Outcome<()> {
         return Ok(());
     };
     // Opened only for a known command: help and usage errors touch nothing.
-    let ctl = || Ctl::open(&args.dir, args.virtual_time);
+    let ctl = || Ctl::open(&args.dir);
     match command.as_str() {
         "plan" => ctl()?.plan(Path::new(word(1, "spec file")?)).await,
         "apply" => ctl()?.apply(Path::new(word(1, "spec file")?)).await,
@@ -195,7 +197,7 @@ async fn run(args: &Args) -> Outcome<()> {
         }
         c @ ("approve" | "reject") => {
             let comment = args.options.get("comment").cloned().unwrap_or_default();
-            let command = Inbox::Decide {
+            let command = RolloutCommand::Decide {
                 gate: word(2, "gate")?.to_owned(),
                 by: by(),
                 comment,
@@ -203,7 +205,11 @@ async fn run(args: &Args) -> Outcome<()> {
             };
             ctl()?.send(word(1, "rollout id")?, &command).await
         }
-        "resume" => ctl()?.send(word(1, "rollout id")?, &Inbox::Resume { by: by() }).await,
+        "resume" => {
+            ctl()?
+                .send(word(1, "rollout id")?, &RolloutCommand::Resume { by: by() })
+                .await
+        }
         "abort" => {
             let reason = args
                 .options
@@ -211,7 +217,7 @@ async fn run(args: &Args) -> Outcome<()> {
                 .cloned()
                 .unwrap_or_else(|| "aborted with relayctl".into());
             ctl()?
-                .send(word(1, "rollout id")?, &Inbox::Abort { by: by(), reason })
+                .send(word(1, "rollout id")?, &RolloutCommand::Abort { by: by(), reason })
                 .await
         }
         "verify-audit" => {
@@ -233,25 +239,6 @@ relayctl [--state DIR] [--virtual] <command>
 
 fn whoami() -> String {
     std::env::var("USER").unwrap_or_else(|_| "relayctl".into())
-}
-
-/// A command queued for the process driving a rollout.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case")]
-enum Inbox {
-    Decide {
-        gate: String,
-        by: String,
-        comment: String,
-        approved: bool,
-    },
-    Resume {
-        by: String,
-    },
-    Abort {
-        by: String,
-        reason: String,
-    },
 }
 
 /// The `provider:` section of a spec.
@@ -324,24 +311,18 @@ fn audit_file(dir: &Path) -> PathBuf {
 struct Ctl {
     dir: PathBuf,
     state: Arc<FileStateStore>,
-    virtual_time: bool,
 }
 
 impl Ctl {
-    fn open(dir: &Path, virtual_time: bool) -> Outcome<Self> {
+    fn open(dir: &Path) -> Outcome<Self> {
         Ok(Ctl {
             dir: dir.to_owned(),
             state: Arc::new(FileStateStore::open(state_dir(dir))?),
-            virtual_time,
         })
     }
 
     fn audit_path(&self) -> PathBuf {
         audit_file(&self.dir)
-    }
-
-    fn inbox(&self, rollout: &str) -> PathBuf {
-        self.dir.join("inbox").join(rollout)
     }
 
     fn builder(&self) -> Outcome<RelayBuilder> {
@@ -553,12 +534,8 @@ impl Ctl {
         out!("{plan}");
         let handle = relay.start(spec.rollout).await?;
         out!("rollout {} started", handle.id());
-        let forward = (!self.virtual_time).then(|| self.forward_inbox(&handle));
         show_progress(&plan, handle.events()).await;
         let outcome = handle.wait().await?;
-        if let Some(f) = forward {
-            f.abort();
-        }
         out!("outcome: {outcome}");
         if outcome.is_success() {
             Ok(())
@@ -567,54 +544,11 @@ impl Ctl {
         }
     }
 
-    /// Hand commands queued in the rollout's inbox to it, oldest first.
-    fn forward_inbox(&self, handle: &relay::RolloutHandle) -> tokio::task::JoinHandle<()> {
-        let dir = self.inbox(handle.id());
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Inbox>();
-        let reader = tokio::spawn(async move {
-            loop {
-                let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-                    .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                    .unwrap_or_default();
-                files.sort();
-                for f in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "json")) {
-                    let command = std::fs::read(&f)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<Inbox>(&b).ok());
-                    let _ = std::fs::remove_file(&f);
-                    match command {
-                        Some(c) => {
-                            let _ = tx.send(c);
-                        }
-                        None => eprintln!("relayctl: ignored unreadable command {}", f.display()),
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-        let control = handle.control();
-        tokio::spawn(async move {
-            let _reader = AbortOnDrop(reader);
-            while let Some(c) = rx.recv().await {
-                let sent = match c {
-                    Inbox::Decide {
-                        gate,
-                        by,
-                        comment,
-                        approved: true,
-                    } => control.approve(gate, by, comment),
-                    Inbox::Decide { gate, by, comment, .. } => control.reject(gate, by, comment),
-                    Inbox::Resume { by } => control.resume(by),
-                    Inbox::Abort { by, reason } => control.abort(by, reason),
-                };
-                if let Err(e) = sent {
-                    eprintln!("relayctl: {e}");
-                }
-            }
-        })
-    }
-
-    async fn send(&self, rollout: &str, command: &Inbox) -> Outcome<()> {
+    /// Queue `command` in the state directory for the process that drives
+    /// `rollout` (it looks every second), which checks who may give it,
+    /// applies it and audits it.
+    async fn send(&self, rollout: &str, command: &RolloutCommand) -> Outcome<()> {
+        command.validate()?;
         let record = self
             .state
             .get(rollout)
@@ -623,19 +557,9 @@ impl Ctl {
         if record.status.is_terminal() {
             return Err(Failure(1, format!("rollout {rollout} has ended: {:?}", record.status)));
         }
-        let dir = self.inbox(rollout);
-        std::fs::create_dir_all(&dir).map_err(|e| Failure(1, format!("{}: {e}", dir.display())))?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let file = dir.join(format!("{stamp:020}-{}.json", std::process::id()));
-        let tmp = file.with_extension("tmp");
-        let body = serde_json::to_vec(command).map_err(|e| Failure(1, e.to_string()))?;
-        std::fs::write(&tmp, body)
-            .and_then(|()| std::fs::rename(&tmp, &file))
-            .map_err(|e| Failure(1, format!("{}: {e}", file.display())))?;
+        let seq = self.state.send_command(rollout, command).await?;
         out!(
-            "queued for rollout {rollout} (held by {}); the process applying it picks it up",
+            "queued as command {seq} of rollout {rollout} (held by {}); the process driving it applies it",
             record.holder
         );
         Ok(())
@@ -758,14 +682,6 @@ fn gate_names(spec: &RolloutSpec) -> Vec<String> {
     names.sort();
     names.dedup();
     names
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 async fn wave_result(wave: relay::WaveHandle) -> Outcome<()> {

@@ -14,11 +14,12 @@ use std::time::Duration;
 use crate::artifact::{Artifact, ArtifactPolicy, ArtifactRef};
 use crate::audit::{AuditEntry, AuditEvent, AuditSink, ChainHead};
 use crate::clock::UnixMillis;
+use crate::engine::RolloutCommand;
 use crate::error::Result;
 use crate::gate::{Gate, GateContext, GateDecision};
 use crate::release::{RevisionId, RevisionSpec, SecretRef};
 use crate::seams::{ArtifactStore, HealthProbe, ProbeQuery, Sample, SecretStore, SecretValue};
-use crate::state::{Lease, LeaseHold, RolloutRecord, StateStore};
+use crate::state::{CommandWaker, CommandWatch, Lease, LeaseHold, RolloutRecord, StateStore};
 use crate::target::{Capabilities, Target, TargetState, TrafficSplit};
 
 /// One forwarded `async_trait` method: the signature `#[async_trait]` gives
@@ -88,6 +89,14 @@ impl<T: StateStore + ?Sized> StateStore for Arc<T> {
     forward!(list_target<'life1>(target: &'life1 str) -> Result<Vec<RolloutRecord>>);
     forward!(list_all() -> Result<Vec<RolloutRecord>>);
     forward!(lease<'life1>(target: &'life1 str) -> Result<Option<Lease>>);
+    forward!(send_command<'life1, 'life2>(id: &'life1 str, command: &'life2 RolloutCommand) -> Result<u64>);
+    forward!(commands<'life1>(id: &'life1 str, after: u64) -> Result<Vec<(u64, RolloutCommand)>>);
+    fn watch_commands(&self, id: &str, wake: CommandWaker) -> Option<CommandWatch> {
+        (**self).watch_commands(id, wake)
+    }
+    fn command_poll(&self) -> Option<Duration> {
+        (**self).command_poll()
+    }
     forward!(acquire_lease<'life1, 'life2>(
         target: &'life1 str,
         holder: &'life2 str,

@@ -50,8 +50,8 @@ pub use clock::{format_rfc3339, parse_rfc3339, Clock, TokioClock, UnixMillis};
 pub use dora::{dora, DoraReport, CREATED_AT_METADATA};
 pub use drift::{Drift, DriftReport};
 pub use engine::{
-    AuditCheck, EngineConfig, PlanLimits, Relay, RelayBuilder, Revert, RolloutControl, RolloutHandle, RolloutSpec,
-    Wave, WaveHandle, WaveOrder, WaveReport, WaveRollout, WaveStatus, WAVE_GATE,
+    AuditCheck, EngineConfig, PlanLimits, Relay, RelayBuilder, Revert, RolloutCommand, RolloutControl, RolloutHandle,
+    RolloutSpec, Wave, WaveHandle, WaveOrder, WaveReport, WaveRollout, WaveStatus, WAVE_GATE,
 };
 pub use error::{Error, Result};
 pub use event::{EventKind, Outcome, RolloutEvent, RolloutEvents};
@@ -66,7 +66,8 @@ pub use retry::RetryPolicy;
 pub use rng::SeededRng;
 pub use seams::{ArtifactStore, HealthProbe, ProbeQuery, Sample, Scope, SecretStore, SecretValue};
 pub use state::{
-    DamagedRecord, FileStateStore, Lease, LeaseHold, MemoryStateStore, RolloutRecord, RolloutStatus, StateStore,
+    CommandWaker, CommandWatch, DamagedRecord, FileStateStore, Lease, LeaseHold, MemoryStateStore, RolloutRecord,
+    RolloutStatus, StateStore,
 };
 pub use target::{Capabilities, RevisionState, Role, Routing, RunningRevision, Target, TargetState, TrafficSplit};
 #[cfg(feature = "signing")]

@@ -118,6 +118,31 @@ pub async fn state_store_conformance(store: &dyn StateStore) {
         "the audit anchor is kept with the record"
     );
 
+    // Commands, where the store carries them: numbered in order per
+    // rollout, read back from after a number.
+    let pause = crate::engine::RolloutCommand::Pause { by: "ana".into() };
+    let abort = crate::engine::RolloutCommand::Abort {
+        by: "bo".into(),
+        reason: "stop".into(),
+    };
+    match store.send_command("conf-r1", &pause).await {
+        Ok(first) => {
+            assert_eq!(first, 1);
+            assert_eq!(store.send_command("conf-r1", &abort).await.unwrap(), 2);
+            assert_eq!(
+                store.send_command("conf-r2", &pause).await.unwrap(),
+                1,
+                "numbered per rollout"
+            );
+            let all = store.commands("conf-r1", 0).await.unwrap();
+            assert_eq!(all, vec![(1, pause.clone()), (2, abort.clone())]);
+            assert_eq!(store.commands("conf-r1", 1).await.unwrap(), vec![(2, abort)]);
+            assert!(store.commands("conf-r1", 2).await.unwrap().is_empty());
+            assert!(store.commands("conf-none", 0).await.unwrap().is_empty());
+        }
+        Err(Error::Unsupported { .. }) => {}
+        Err(e) => panic!("send_command: {e}"),
+    }
     // The lease as it stands, where the store can show it.
     match store.lease("conf-t").await {
         Ok(Some(l)) => assert_eq!((l.holder.as_str(), l.token), ("b", b.token)),

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use relay_core::{
-    Artifact, ArtifactPolicy, ArtifactRef, ArtifactStore, Capabilities, Error, HealthProbe, Lease, ProbeQuery, Result,
-    RevisionId, RevisionSpec, RolloutRecord, Sample, SecretRef, SecretStore, SecretValue, SeededRng, StateStore,
-    Target, TargetState, TrafficSplit, UnixMillis,
+    Artifact, ArtifactPolicy, ArtifactRef, ArtifactStore, Capabilities, CommandWaker, CommandWatch, Error, HealthProbe,
+    Lease, ProbeQuery, Result, RevisionId, RevisionSpec, RolloutCommand, RolloutRecord, Sample, SecretRef, SecretStore,
+    SecretValue, SeededRng, StateStore, Target, TargetState, TrafficSplit, UnixMillis,
 };
 
 /// Something done around each wrapped call: delay it or fail it before,
@@ -388,6 +388,18 @@ impl<L: Layer, T: StateStore> StateStore for Wrapped<L, T> {
     }
     async fn lease(&self, target: &str) -> Result<Option<Lease>> {
         self.call("lease", || self.inner.lease(target)).await
+    }
+    async fn send_command(&self, id: &str, command: &RolloutCommand) -> Result<u64> {
+        self.call("send_command", || self.inner.send_command(id, command)).await
+    }
+    async fn commands(&self, id: &str, after: u64) -> Result<Vec<(u64, RolloutCommand)>> {
+        self.call("commands", || self.inner.commands(id, after)).await
+    }
+    fn watch_commands(&self, id: &str, wake: CommandWaker) -> Option<CommandWatch> {
+        self.inner.watch_commands(id, wake)
+    }
+    fn command_poll(&self) -> Option<Duration> {
+        self.inner.command_poll()
     }
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
         self.call("acquire_lease", || {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::handle::{Command, CommandRx, CommandTx};
+use super::handle::{Command, CommandRx, CommandTx, RolloutCommand};
 use super::{Driving, EventSender, Inner};
 use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, VerdictOutcome, VerdictView};
 use crate::audit::{detail, push_json, push_json_str, AuditDetail, AuditEvent};
@@ -345,6 +345,38 @@ impl Driver {
         }))
     }
 
+    /// Have the commands queued for this rollout in the state store (by
+    /// any process, [`crate::Relay::command`]) reach the driver: the store
+    /// wakes it where it can watch its senders, else a task looks every
+    /// [`StateStore::command_poll`](crate::StateStore::command_poll). Those
+    /// queued before the driver started are applied at its first step.
+    /// The returned guard (the watch, or the task) lasts as long as the
+    /// driver keeps it.
+    fn feed_store_commands(&self) -> Option<Box<dyn Send>> {
+        let (state, id) = (self.inner.state.clone(), self.record.id.clone());
+        let wake = self.wake.clone();
+        let stored = crate::state::CommandWaker::new(move || {
+            let _ = wake.send(Box::new(Command::Stored));
+        });
+        stored.wake();
+        if let Some(watch) = state.watch_commands(&id, stored.clone()) {
+            return Some(Box::new(watch));
+        }
+        let every = state.command_poll()?;
+        let mut seen = self.record.commands_applied;
+        Some(Box::new(AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Ok(new) = state.commands(&id, seen).await {
+                    if let Some((last, _)) = new.last() {
+                        seen = *last;
+                        stored.wake();
+                    }
+                }
+            }
+        }))))
+    }
+
     /// Whether the lease still holds; an engine that cannot say so must
     /// not change the target.
     fn lease_check(&self) -> Result<()> {
@@ -477,7 +509,7 @@ impl Driver {
             };
             // Boxed: commands are rare, and inline their future would make
             // every waiting rollout's task larger.
-            if let Some(w) = Box::pin(self.handle_command(*cmd)).await? {
+            if let Some(w) = Box::pin(self.dispatch(*cmd)).await? {
                 return Ok(w);
             }
         }
@@ -485,14 +517,14 @@ impl Driver {
 
     /// Ask the engine's authorizer whether `cmd` may take effect; a refusal
     /// is audited (`command.refused`, with who asked and why) and reported.
-    async fn authorized(&mut self, cmd: &Command) -> Result<bool, Stop> {
+    async fn authorized(&mut self, cmd: &RolloutCommand) -> Result<bool, Stop> {
         use crate::authorize::{CommandKind, CommandRequest};
         let (kind, by, gate) = match cmd {
-            Command::Pause { by } => (CommandKind::Pause, by, None),
-            Command::Resume { by } => (CommandKind::Resume, by, None),
-            Command::Abort { by, .. } => (CommandKind::Abort, by, None),
-            Command::PromoteNow { by } => (CommandKind::PromoteNow, by, None),
-            Command::Decide { gate, by, approved, .. } => (
+            RolloutCommand::Pause { by } => (CommandKind::Pause, by, None),
+            RolloutCommand::Resume { by } => (CommandKind::Resume, by, None),
+            RolloutCommand::Abort { by, .. } => (CommandKind::Abort, by, None),
+            RolloutCommand::PromoteNow { by } => (CommandKind::PromoteNow, by, None),
+            RolloutCommand::Decide { gate, by, approved, .. } => (
                 if *approved {
                     CommandKind::Approve
                 } else {
@@ -501,7 +533,6 @@ impl Driver {
                 by,
                 Some(gate.clone()),
             ),
-            Command::LeaseLost => return Ok(true),
         };
         let request = CommandRequest {
             kind,
@@ -525,13 +556,48 @@ impl Driver {
         Ok(false)
     }
 
-    async fn handle_command(&mut self, cmd: Command) -> Result<Option<Wake>, Stop> {
+    /// Act on what arrived on the driver's channel.
+    async fn dispatch(&mut self, cmd: Command) -> Result<Option<Wake>, Stop> {
+        match cmd {
+            Command::User(c) => self.handle_command(c).await,
+            Command::LeaseLost => self.check_lease().map(|()| None),
+            Command::Stored => self.apply_stored_commands().await,
+        }
+    }
+
+    /// Apply the commands queued for this rollout in the state store (by
+    /// any process) that it has not applied yet, in order; returns the
+    /// last one's wake. Each is counted as applied before it acts, so a
+    /// command is applied once, or — when the engine dies before the count
+    /// is written — once more after a resume (commands are idempotent).
+    async fn apply_stored_commands(&mut self) -> Result<Option<Wake>, Stop> {
+        let (inner, id, after) = (&self.inner, &self.record.id, self.record.commands_applied);
+        let queued = inner
+            .call(
+                "state.commands",
+                |a, e, _| tracing::warn!(attempt = a, error = %e, "reading commands failed, retrying"),
+                || inner.state.commands(id, after),
+            )
+            .await
+            .map_err(Stop::Fatal)?;
+        let mut wake = None;
+        for (seq, command) in queued {
+            self.record.commands_applied = seq;
+            if let Err(e) = command.validate() {
+                tracing::warn!(seq, error = %e, "a stored command is invalid; ignored");
+                continue;
+            }
+            wake = Box::pin(self.handle_command(command)).await?.or(wake);
+        }
+        Ok(wake)
+    }
+
+    async fn handle_command(&mut self, cmd: RolloutCommand) -> Result<Option<Wake>, Stop> {
         if !self.authorized(&cmd).await? {
             return Ok(None);
         }
         match cmd {
-            Command::LeaseLost => self.check_lease().map(|()| None),
-            Command::Pause { by } => {
+            RolloutCommand::Pause { by } => {
                 if !self.record.paused && !self.rolling_back {
                     self.record.paused = true;
                     self.persist().await?;
@@ -541,7 +607,7 @@ impl Driver {
                 }
                 Ok(None)
             }
-            Command::Resume { by } => {
+            RolloutCommand::Resume { by } => {
                 if self.record.paused {
                     self.record.paused = false;
                     self.persist().await?;
@@ -550,7 +616,7 @@ impl Driver {
                 }
                 Ok(Some(Wake::Resumed))
             }
-            Command::Abort { by, reason } if self.promoted() => {
+            RolloutCommand::Abort { by, reason } if self.promoted() => {
                 // The candidate is the stable revision: rolling back now
                 // would revert a release that passed every check. Going
                 // back is a new rollout of the previous release.
@@ -563,19 +629,19 @@ impl Driver {
                 .await?;
                 Ok(None)
             }
-            Command::Abort { by, reason } if !self.rolling_back => {
+            RolloutCommand::Abort { by, reason } if !self.rolling_back => {
                 self.audit_or_stop("rollout.aborted", detail!({"by": by, "reason": reason}))
                     .await?;
                 Err(Stop::Rollback(format!("aborted by {by}: {reason}")))
             }
-            Command::PromoteNow { .. } if self.promoted() => Ok(None),
-            Command::PromoteNow { by } if !self.rolling_back => {
+            RolloutCommand::PromoteNow { .. } if self.promoted() => Ok(None),
+            RolloutCommand::PromoteNow { by } if !self.rolling_back => {
                 self.audit_or_stop("rollout.promote_now", detail!({"by": by})).await?;
                 self.emit(EventKind::PromotedNow { by });
                 self.promote_now = true;
                 Ok(Some(Wake::PromoteNow))
             }
-            Command::Decide {
+            RolloutCommand::Decide {
                 gate,
                 by,
                 comment,
@@ -613,7 +679,7 @@ impl Driver {
                 .await?;
                 Ok(Some(Wake::Decision))
             }
-            Command::Abort { .. } | Command::PromoteNow { .. } | Command::Decide { .. } => {
+            RolloutCommand::Abort { .. } | RolloutCommand::PromoteNow { .. } | RolloutCommand::Decide { .. } => {
                 tracing::info!("command ignored: the rollout is rolling back");
                 Ok(None)
             }
@@ -632,6 +698,7 @@ impl Driver {
             // renewals (and releases it however this task ends).
             let held = self.inner.state.hold_lease(&self.lease);
             let _renewal = held.is_none().then(|| self.spawn_lease_renewal());
+            let _store_commands = self.feed_store_commands();
             self.emit_with(|| EventKind::Started {
                 target: self.record.target.clone(),
                 strategy: self.record.plan.strategy.clone(),
@@ -721,7 +788,7 @@ impl Driver {
         while let Some(rx) = self.commands.as_mut() {
             match rx.try_recv() {
                 Ok(cmd) => {
-                    Box::pin(self.handle_command(*cmd)).await?;
+                    Box::pin(self.dispatch(*cmd)).await?;
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => self.commands = None,

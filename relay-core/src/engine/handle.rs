@@ -7,35 +7,93 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 use crate::event::{EventHub, Outcome, RolloutEvents};
 
-/// A user's instruction to a running rollout.
-#[derive(Debug, Clone)]
-pub(crate) enum Command {
+/// An operator's instruction to a running rollout: given through a
+/// [`RolloutControl`] in the process that drives it, or from any process
+/// through the state store ([`crate::Relay::command`]). The engine asks
+/// its [`crate::Authorizer`] before one takes effect, and audits who gave
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum RolloutCommand {
+    /// Hold at the next step boundary.
     Pause {
+        /// Who.
         by: String,
     },
+    /// Continue; end an indefinite pause.
     Resume {
+        /// Who.
         by: String,
     },
+    /// Stop and roll back.
     Abort {
+        /// Who.
         by: String,
+        /// Why.
         reason: String,
     },
+    /// Skip the remaining pauses and analyses.
     PromoteNow {
+        /// Who.
         by: String,
     },
+    /// Approve or reject a gate.
     Decide {
+        /// The gate.
         gate: String,
+        /// Who.
         by: String,
+        /// Their comment (a rejection's reason).
         comment: String,
+        /// Whether they approved.
         approved: bool,
     },
+}
+
+impl RolloutCommand {
+    /// Check its names and text: who gave it and the gate it names must be
+    /// printable names, its comment or reason printable text (they reach
+    /// logs, terminals and the audit log).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] at `command.by`, `command.gate`,
+    /// `command.comment` or `command.reason`.
+    pub fn validate(&self) -> Result<()> {
+        use crate::error::{check_name, check_text};
+        match self {
+            RolloutCommand::Pause { by } | RolloutCommand::Resume { by } | RolloutCommand::PromoteNow { by } => {
+                check_name("command.by", by)
+            }
+            RolloutCommand::Abort { by, reason } => {
+                check_name("command.by", by)?;
+                check_text("command.reason", reason)
+            }
+            RolloutCommand::Decide { gate, by, comment, .. } => {
+                check_name("command.gate", gate)?;
+                check_name("command.by", by)?;
+                check_text("command.comment", comment)
+            }
+        }
+    }
+}
+
+/// What reaches a rollout's driver on its channel.
+#[derive(Debug, Clone)]
+pub(crate) enum Command {
+    /// An operator's command, from this process.
+    User(RolloutCommand),
     /// From the driver's own lease renewal: the lease could not be renewed
     /// in time (sent on the command channel, which every wait already
     /// reads, so a waiting driver stops at once).
     LeaseLost,
+    /// Commands for the rollout may have been queued in the state store
+    /// (from another process): read and apply them.
+    Stored,
 }
 
 /// The sending end of a rollout's commands. Commands travel boxed: an
@@ -71,40 +129,25 @@ impl RolloutControl {
         &self.id
     }
 
-    /// Send `c`, its names and text checked first: who sent it and the
-    /// gate it names must be printable names, its comment or reason
-    /// printable text (they reach logs, terminals and the audit log).
-    fn send(&self, c: Command) -> Result<()> {
-        use crate::error::{check_name, check_text};
-        match &c {
-            Command::Pause { by } | Command::Resume { by } | Command::PromoteNow { by } => {
-                check_name("command.by", by)?;
-            }
-            Command::Abort { by, reason } => {
-                check_name("command.by", by)?;
-                check_text("command.reason", reason)?;
-            }
-            Command::Decide { gate, by, comment, .. } => {
-                check_name("command.gate", gate)?;
-                check_name("command.by", by)?;
-                check_text("command.comment", comment)?;
-            }
-            Command::LeaseLost => {}
-        }
-        self.commands.send(Box::new(c)).map_err(|_| Error::NotRunning {
-            rollout: self.id.clone(),
-        })
+    /// Send `c`, checked first ([`RolloutCommand::validate`]).
+    fn send(&self, c: RolloutCommand) -> Result<()> {
+        c.validate()?;
+        self.commands
+            .send(Box::new(Command::User(c)))
+            .map_err(|_| Error::NotRunning {
+                rollout: self.id.clone(),
+            })
     }
 
     /// Hold the rollout at the next step boundary (a running analysis
     /// finishes first; a timed pause stops counting).
     pub fn pause(&self, by: impl Into<String>) -> Result<()> {
-        self.send(Command::Pause { by: by.into() })
+        self.send(RolloutCommand::Pause { by: by.into() })
     }
 
     /// Continue after [`RolloutControl::pause`], or end an indefinite pause step.
     pub fn resume(&self, by: impl Into<String>) -> Result<()> {
-        self.send(Command::Resume { by: by.into() })
+        self.send(RolloutCommand::Resume { by: by.into() })
     }
 
     /// Stop now and roll back. Read at the rollout's next wait or step
@@ -113,7 +156,7 @@ impl RolloutControl {
     /// abort is refused (audited as `rollout.abort_refused`): going back
     /// is a new rollout of the previous release.
     pub fn abort(&self, by: impl Into<String>, reason: impl Into<String>) -> Result<()> {
-        self.send(Command::Abort {
+        self.send(RolloutCommand::Abort {
             by: by.into(),
             reason: reason.into(),
         })
@@ -124,7 +167,7 @@ impl RolloutControl {
     /// approval, a freeze window, a wave's barrier) are kept and still
     /// wait, before the traffic moves.
     pub fn promote_now(&self, by: impl Into<String>) -> Result<()> {
-        self.send(Command::PromoteNow { by: by.into() })
+        self.send(RolloutCommand::PromoteNow { by: by.into() })
     }
 
     /// Approve the manual gate `gate`: the step of it the rollout waits
@@ -132,7 +175,7 @@ impl RolloutControl {
     /// twice needs two approvals. With no step of that gate ahead, the
     /// decision is ignored (audited as `gate.decision_ignored`).
     pub fn approve(&self, gate: impl Into<String>, by: impl Into<String>, comment: impl Into<String>) -> Result<()> {
-        self.send(Command::Decide {
+        self.send(RolloutCommand::Decide {
             gate: gate.into(),
             by: by.into(),
             comment: comment.into(),
@@ -144,7 +187,7 @@ impl RolloutControl {
     /// [`RolloutControl::approve`]): the rollout rolls back when it gets
     /// there.
     pub fn reject(&self, gate: impl Into<String>, by: impl Into<String>, reason: impl Into<String>) -> Result<()> {
-        self.send(Command::Decide {
+        self.send(RolloutCommand::Decide {
             gate: gate.into(),
             by: by.into(),
             comment: reason.into(),

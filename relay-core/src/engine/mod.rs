@@ -30,7 +30,7 @@ use crate::target::Target;
 use crate::verify::ArtifactVerifier;
 
 pub use builder::RelayBuilder;
-pub use handle::{RolloutControl, RolloutHandle};
+pub use handle::{RolloutCommand, RolloutControl, RolloutHandle};
 pub use wave::{Revert, Wave, WaveHandle, WaveOrder, WaveReport, WaveRollout, WaveStatus, WAVE_GATE};
 
 /// Timing of the engine itself.
@@ -361,8 +361,9 @@ pub(crate) struct Inner {
     pub lease_holder: String,
     /// This instance's random part.
     pub instance: String,
-    /// The rollouts this instance drives now: one driver per rollout.
-    pub driving: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The rollouts this instance drives now, one driver per rollout, with
+    /// their command channels (once spawned).
+    pub driving: std::sync::Mutex<std::collections::HashMap<String, Option<handle::CommandTx>>>,
     /// Who may give which operator commands.
     pub authorizer: Arc<dyn crate::authorize::Authorizer>,
     pub rng: SeededRng,
@@ -427,10 +428,24 @@ impl Inner {
     /// driver's task ends, however it ends).
     fn claim(self: &Arc<Self>, rollout: &str) -> Option<Driving> {
         let mut driving = self.driving.lock().unwrap_or_else(|p| p.into_inner());
-        driving.insert(rollout.to_owned()).then(|| Driving {
+        if driving.contains_key(rollout) {
+            return None;
+        }
+        driving.insert(rollout.to_owned(), None);
+        Some(Driving {
             inner: Arc::downgrade(self),
             rollout: rollout.to_owned(),
         })
+    }
+
+    /// The command channel of the driver of `rollout` in this instance, if
+    /// one drives it.
+    fn channel(&self, rollout: &str) -> Option<handle::CommandTx> {
+        self.driving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(rollout)?
+            .clone()
     }
 
     pub(crate) async fn audit(
@@ -528,6 +543,59 @@ impl Relay {
     /// The state store.
     pub fn state(&self) -> &Arc<dyn StateStore> {
         &self.inner.state
+    }
+
+    /// The controls of rollout `id`, which this engine drives: what a
+    /// lost [`RolloutHandle`] gave. For a rollout another engine (or
+    /// process) drives, send commands with [`Relay::command`].
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when this engine does not drive `id`.
+    pub fn control(&self, id: &str) -> Result<RolloutControl> {
+        self.inner
+            .channel(id)
+            .map(|tx| RolloutControl::new(id.to_owned(), tx))
+            .ok_or_else(|| Error::NotFound {
+                what: format!("rollout {id} driven by this engine (send commands to any rollout with Relay::command)"),
+            })
+    }
+
+    /// Send `command` to rollout `id`, wherever it is driven: straight to
+    /// its driver when this engine drives it, else queued in the state
+    /// store for the engine that holds its lease (in any process) to
+    /// apply, in order, within its [`StateStore::command_poll`]. The
+    /// engine that applies it asks its [`crate::Authorizer`] first, and
+    /// audits it or its refusal.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] for a command whose names or text are not
+    /// printable ([`RolloutCommand::validate`]), [`Error::NotFound`] for an
+    /// unknown rollout, [`Error::NotRunning`] for a finished one, and the
+    /// store's errors ([`Error::Unsupported`] for a store that carries no
+    /// commands).
+    pub async fn command(&self, id: &str, command: RolloutCommand) -> Result<()> {
+        command.validate()?;
+        let inner = &self.inner;
+        if let Some(tx) = inner.channel(id) {
+            if tx.send(Box::new(handle::Command::User(command.clone()))).is_ok() {
+                return Ok(());
+            }
+        }
+        let record = inner
+            .call("state.get", warn_retry("state.get"), || inner.state.get(id))
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("rollout {id}"),
+            })?;
+        if record.status.is_terminal() {
+            return Err(Error::NotRunning { rollout: id.to_owned() });
+        }
+        inner
+            .call("state.send_command", warn_retry("state.send_command"), || {
+                inner.state.send_command(id, &command)
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Verify the audit log: the whole chain (under the sink's key, if it
@@ -1107,6 +1175,15 @@ impl Relay {
         let hub = EventHub::new(self.inner.config.event_buffer);
         let first = hub.subscribe();
         let id = record.id.clone();
+        if let Some(slot) = self
+            .inner
+            .driving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&record.id)
+        {
+            *slot = Some(cmd_tx.clone());
+        }
         let driver = driver::Driver::new(
             self.inner.clone(),
             record,

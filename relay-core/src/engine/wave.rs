@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::handle::{joined, Command, CommandRx, CommandTx, RolloutControl};
+use super::handle::{joined, Command, CommandRx, CommandTx, RolloutCommand, RolloutControl};
 use super::{validate_id, Relay, RolloutHandle, RolloutSpec};
 use crate::audit::{detail, AuditDetail};
 use crate::error::{Error, Result};
@@ -371,12 +371,12 @@ impl Driver {
                         for i in std::mem::take(&mut self.held) {
                             self.send(
                                 i,
-                                Command::Decide {
+                                Command::User(RolloutCommand::Decide {
                                     gate: WAVE_GATE.to_owned(),
                                     by: format!("wave {}", self.wave.wave_id()),
                                     comment: "every target of the wave passed its analysis".to_owned(),
                                     approved: true,
-                                },
+                                }),
                             );
                         }
                     }
@@ -442,10 +442,10 @@ impl Driver {
             .await;
         let reason = format!("wave {}: target {target:?} failed: {cause}", self.wave.wave_id());
         for tx in self.live.values() {
-            let _ = tx.send(Box::new(Command::Abort {
+            let _ = tx.send(Box::new(Command::User(RolloutCommand::Abort {
                 by: format!("wave {}", self.wave.wave_id()),
                 reason: reason.clone(),
-            }));
+            })));
         }
         self.failure = Some(WaveStatus::Failed { target, cause });
     }
@@ -476,7 +476,7 @@ impl Driver {
                 }
             },
             Some(c) = commands.recv() => {
-                if let Command::Abort { by, reason } = &*c {
+                if let Command::User(RolloutCommand::Abort { by, reason }) = &*c {
                     self.audit("wave.aborted", detail!({"by": by, "reason": reason})).await;
                     if self.failure.is_none() {
                         self.failure = Some(WaveStatus::Aborted { by: by.clone(), reason: reason.clone() });

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::logic::{self, LeaseSlot};
-use super::{Lease, RolloutRecord, StateStore};
+use super::{Lease, RolloutCommand, RolloutRecord, StateStore};
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 
@@ -24,6 +24,8 @@ const PROVIDER: &str = "file-state";
 #[derive(Debug, Clone)]
 pub struct FileStateStore {
     dir: Arc<PathBuf>,
+    /// How often a driver looks for commands other processes queued.
+    command_poll: Duration,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
@@ -94,11 +96,21 @@ impl FileStateStore {
     /// A store in `dir`, created if missing.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        for sub in ["records", "leases"] {
+        for sub in ["records", "leases", "commands"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| io_err(&p, e))?;
         }
-        Ok(FileStateStore { dir: Arc::new(dir) })
+        Ok(FileStateStore {
+            dir: Arc::new(dir),
+            command_poll: Duration::from_secs(1),
+        })
+    }
+
+    /// Look for commands other processes queued this often (default: every
+    /// second).
+    pub fn command_poll(mut self, every: Duration) -> Self {
+        self.command_poll = every;
+        self
     }
 
     /// The directory this store writes to.
@@ -112,6 +124,10 @@ impl FileStateStore {
 
     fn lease_path(dir: &Path, target: &str) -> PathBuf {
         dir.join("leases").join(file_name(target))
+    }
+
+    fn commands_path(dir: &Path, id: &str) -> PathBuf {
+        dir.join("commands").join(file_name(id))
     }
 
     /// Run `f` on a blocking thread while holding the directory lock.
@@ -228,6 +244,31 @@ impl StateStore for FileStateStore {
 
     async fn list_all(&self) -> Result<Vec<RolloutRecord>> {
         self.locked(|dir| Self::list_where(dir, |_| true)).await
+    }
+
+    async fn send_command(&self, id: &str, command: &RolloutCommand) -> Result<u64> {
+        let (id, command) = (id.to_owned(), command.clone());
+        self.locked(move |dir| {
+            let path = Self::commands_path(dir, &id);
+            let mut queue: Vec<RolloutCommand> = read_json(&path)?.unwrap_or_default();
+            queue.push(command);
+            write_json(&path, &queue)?;
+            Ok(queue.len() as u64)
+        })
+        .await
+    }
+
+    async fn commands(&self, id: &str, after: u64) -> Result<Vec<(u64, RolloutCommand)>> {
+        let id = id.to_owned();
+        self.locked(move |dir| {
+            let queue: Vec<RolloutCommand> = read_json(&Self::commands_path(dir, &id))?.unwrap_or_default();
+            Ok((1..).zip(queue).filter(|(seq, _)| *seq > after).collect())
+        })
+        .await
+    }
+
+    fn command_poll(&self) -> Option<Duration> {
+        Some(self.command_poll)
     }
 
     async fn lease(&self, target: &str) -> Result<Option<Lease>> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::logic::{self, LeaseSlot};
-use super::{Lease, LeaseHold, RolloutRecord, StateStore};
+use super::{CommandWaker, CommandWatch, Lease, LeaseHold, RolloutCommand, RolloutRecord, StateStore};
 use crate::clock::UnixMillis;
 use crate::error::Result;
 
@@ -29,10 +29,14 @@ pub struct MemoryStateStore {
     keep_finished: Option<usize>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Inner {
     records: HashMap<String, RolloutRecord>,
     leases: HashMap<String, LeaseSlot>,
+    /// Per rollout, the commands queued for it, numbered from 1.
+    commands: HashMap<String, Vec<RolloutCommand>>,
+    /// Per rollout, who to wake when a command is queued.
+    watchers: HashMap<String, CommandWaker>,
     /// Per target, the ids of its finished records, oldest first (kept only
     /// when finished records are limited).
     finished: HashMap<String, VecDeque<String>>,
@@ -65,6 +69,16 @@ impl MemoryStateStore {
     }
 }
 
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("records", &self.records.len())
+            .field("leases", &self.leases.len())
+            .field("commands", &self.commands.len())
+            .finish_non_exhaustive()
+    }
+}
+
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     // A panic while holding the lock cannot leave Inner half-updated:
     // every mutation is inserts and removals with no panic point between.
@@ -89,6 +103,8 @@ impl StateStore for MemoryStateStore {
             records,
             leases,
             finished,
+            commands,
+            ..
         } = &mut *g;
         // One lookup of the id serves the check and the write.
         let mut stored = records.get_mut(&record.id);
@@ -115,6 +131,7 @@ impl StateStore for MemoryStateStore {
             while ids.len() > keep {
                 if let Some(old) = ids.pop_front() {
                     records.remove(&old);
+                    commands.remove(&old);
                 }
             }
         }
@@ -131,6 +148,46 @@ impl StateStore for MemoryStateStore {
 
     async fn list_all(&self) -> Result<Vec<RolloutRecord>> {
         Ok(self.list_where(|_| true))
+    }
+
+    async fn send_command(&self, id: &str, command: &RolloutCommand) -> Result<u64> {
+        let (seq, wake) = {
+            let mut g = self.lock();
+            let queue = g.commands.entry(id.to_owned()).or_default();
+            queue.push(command.clone());
+            let seq = queue.len() as u64;
+            (seq, g.watchers.get(id).cloned())
+        };
+        // Woken outside the lock: the driver reads the queue at once.
+        if let Some(wake) = wake {
+            wake.wake();
+        }
+        Ok(seq)
+    }
+
+    async fn commands(&self, id: &str, after: u64) -> Result<Vec<(u64, RolloutCommand)>> {
+        let g = self.lock();
+        let queue = g.commands.get(id).map(Vec::as_slice).unwrap_or_default();
+        Ok((1..)
+            .zip(queue)
+            .filter(|(seq, _)| *seq > after)
+            .map(|(seq, c)| (seq, c.clone()))
+            .collect())
+    }
+
+    fn watch_commands(&self, id: &str, wake: CommandWaker) -> Option<CommandWatch> {
+        self.lock().watchers.insert(id.to_owned(), wake);
+        let (store, id) = (Arc::downgrade(&self.inner), id.to_owned());
+        Some(CommandWatch::new(move || {
+            if let Some(inner) = store.upgrade() {
+                lock(&inner).watchers.remove(&id);
+            }
+        }))
+    }
+
+    fn command_poll(&self) -> Option<Duration> {
+        // Watched: no polling.
+        None
     }
 
     async fn lease(&self, target: &str) -> Result<Option<Lease>> {

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMillis;
+use crate::engine::RolloutCommand;
 use crate::error::Result;
 use crate::gate::Approval;
 use crate::plan::Plan;
@@ -103,6 +104,10 @@ pub struct RolloutRecord {
     /// ([`crate::audit::check_anchors`], [`crate::Relay::verify_audit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_head: Option<crate::audit::ChainHead>,
+    /// The number of the last command from the state store
+    /// ([`StateStore::send_command`]) the rollout's driver applied.
+    #[serde(default)]
+    pub commands_applied: u64,
 }
 
 impl RolloutRecord {
@@ -134,6 +139,7 @@ impl RolloutRecord {
             updated_ms: now_ms,
             version: 0,
             audit_head: None,
+            commands_applied: 0,
         }
     }
 }
@@ -178,6 +184,7 @@ impl Clone for RolloutRecord {
             updated_ms,
             version,
             audit_head,
+            commands_applied,
         } = source;
         self.id.clone_from(id);
         self.target.clone_from(target);
@@ -195,6 +202,7 @@ impl Clone for RolloutRecord {
         self.updated_ms = *updated_ms;
         self.version = *version;
         self.audit_head.clone_from(audit_head);
+        self.commands_applied = *commands_applied;
     }
 }
 
@@ -239,6 +247,34 @@ impl Drop for LeaseHold {
     }
 }
 
+/// Wakes a rollout's driver when a command for the rollout was queued
+/// ([`StateStore::watch_commands`]). Cheap to clone.
+#[derive(Clone)]
+pub struct CommandWaker(Arc<dyn Fn() + Send + Sync>);
+
+impl CommandWaker {
+    /// A waker that calls `wake`.
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Self {
+        CommandWaker(Arc::new(wake))
+    }
+
+    /// Wake the driver.
+    pub fn wake(&self) {
+        (self.0)();
+    }
+}
+
+impl fmt::Debug for CommandWaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CommandWaker")
+    }
+}
+
+/// Keeps a store calling back a driver when a command for its rollout is
+/// queued, for as long as it lives ([`StateStore::watch_commands`]):
+/// dropping it stops the calls. The same guard as a [`LeaseHold`].
+pub type CommandWatch = LeaseHold;
+
 impl fmt::Debug for LeaseHold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("LeaseHold")
@@ -282,6 +318,33 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
     /// anchors they hold). The default: [`crate::Error::Unsupported`].
     async fn list_all(&self) -> Result<Vec<RolloutRecord>> {
         Err(crate::Error::unsupported("this state store cannot list every record"))
+    }
+    /// Queue `command` for rollout `id`, for whichever engine drives it
+    /// (in any process) to apply; returns its number, 1, 2, ... per
+    /// rollout. The default: [`crate::Error::Unsupported`].
+    async fn send_command(&self, id: &str, command: &RolloutCommand) -> Result<u64> {
+        let _ = (id, command);
+        Err(crate::Error::unsupported("this state store cannot carry commands"))
+    }
+    /// The commands queued for `id` numbered above `after`, oldest first.
+    /// The default: none.
+    async fn commands(&self, id: &str, after: u64) -> Result<Vec<(u64, RolloutCommand)>> {
+        let _ = (id, after);
+        Ok(Vec::new())
+    }
+    /// Call `wake` whenever a command for `id` is queued, for as long as
+    /// the returned guard lives, where the store sees every sender (it
+    /// lives in their process). `None` (the default, and the answer of any
+    /// store shared between processes): the engine looks for commands
+    /// every [`StateStore::command_poll`].
+    fn watch_commands(&self, id: &str, wake: CommandWaker) -> Option<CommandWatch> {
+        let _ = (id, wake);
+        None
+    }
+    /// How often a driver looks for commands in this store, when it cannot
+    /// watch them; `None` (the default): the store carries no commands.
+    fn command_poll(&self) -> Option<Duration> {
+        None
     }
     /// The lease on `target` as it stands (held, expired, or none: `None`),
     /// to tell a running rollout from one its engine left (orphaned). The

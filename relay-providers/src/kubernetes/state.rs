@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use relay_core::state::logic::{self, LeaseSlot};
-use relay_core::{Error, Lease, Result, RolloutRecord, StateStore, UnixMillis};
+use relay_core::{Error, Lease, Result, RolloutCommand, RolloutRecord, StateStore, UnixMillis};
 use sha2::Digest as _;
 
 use super::error::classify;
@@ -20,6 +20,8 @@ const SLOT_ANNOTATION: &str = "relay.dev/lease-slot";
 const ROLLOUT_LABEL: &str = "relay.dev/rollout";
 const TARGET_LABEL: &str = "relay.dev/target";
 const ACTIVE_LABEL: &str = "relay.dev/active";
+const COMMANDS_KEY: &str = "commands";
+const COMMANDS_LABEL: &str = "relay.dev/commands";
 /// Writes that lose a race for a Lease re-read and retry this often.
 const LEASE_ATTEMPTS: u32 = 5;
 
@@ -65,6 +67,10 @@ fn hashed(s: &str) -> String {
 
 fn record_name(id: &str) -> String {
     format!("relay-rollout-{}", hashed(id))
+}
+
+fn commands_name(id: &str) -> String {
+    format!("relay-commands-{}", hashed(id))
 }
 
 fn lease_name(target: &str) -> String {
@@ -126,6 +132,28 @@ impl KubeStateStore {
             .get_opt(&name)
             .await
             .map_err(|e| classify(&format!("get ConfigMap {}/{name} (rollout {id})", self.namespace), e))
+    }
+
+    /// The commands queued for rollout `id`, and their ConfigMap.
+    async fn command_map(&self, id: &str) -> Result<(Vec<RolloutCommand>, Option<ConfigMap>)> {
+        let name = commands_name(id);
+        let map = self.config_maps().get_opt(&name).await.map_err(|e| {
+            classify(
+                &format!("get ConfigMap {}/{name} (commands of {id})", self.namespace),
+                e,
+            )
+        })?;
+        let queue = match map.as_ref().and_then(|m| m.data.as_ref()?.get(COMMANDS_KEY)) {
+            Some(json) => serde_json::from_str(json).map_err(|e| {
+                Error::provider(
+                    "kubernetes",
+                    false,
+                    format!("ConfigMap {name} holds unreadable commands: {e}"),
+                )
+            })?,
+            None => Vec::new(),
+        };
+        Ok((queue, map))
     }
 
     async fn lease_object(&self, target: &str) -> Result<Option<KubeLease>> {
@@ -253,6 +281,50 @@ impl StateStore for KubeStateStore {
 
     async fn list_active(&self) -> Result<Vec<RolloutRecord>> {
         self.list(&format!("{ROLLOUT_LABEL}=true,{ACTIVE_LABEL}=true")).await
+    }
+
+    async fn send_command(&self, id: &str, command: &RolloutCommand) -> Result<u64> {
+        let name = commands_name(id);
+        let what = format!("write ConfigMap {}/{name} (commands of {id})", self.namespace);
+        // Appended with a compare-and-swap on the ConfigMap: a lost race
+        // re-reads the queue and appends again.
+        for _ in 0..LEASE_ATTEMPTS {
+            let (mut queue, existing) = self.command_map(id).await?;
+            queue.push(command.clone());
+            let json = serde_json::to_string(&queue)
+                .map_err(|e| Error::provider("kubernetes", false, format!("commands of {id}: {e}")))?;
+            let object = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    resource_version: existing.as_ref().and_then(|m| m.metadata.resource_version.clone()),
+                    labels: Some(BTreeMap::from([(COMMANDS_LABEL.to_owned(), "true".to_owned())])),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([(COMMANDS_KEY.to_owned(), json)])),
+                ..Default::default()
+            };
+            let written = match existing {
+                Some(_) => self.config_maps().replace(&name, &PostParams::default(), &object).await,
+                None => self.config_maps().create(&PostParams::default(), &object).await,
+            };
+            match written {
+                Ok(_) => return Ok(queue.len() as u64),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(classify(&what, e)),
+            }
+        }
+        Err(Error::Conflict {
+            what: format!("{what}: lost the race {LEASE_ATTEMPTS} times"),
+        })
+    }
+
+    async fn commands(&self, id: &str, after: u64) -> Result<Vec<(u64, RolloutCommand)>> {
+        let (queue, _) = self.command_map(id).await?;
+        Ok((1..).zip(queue).filter(|(seq, _)| *seq > after).collect())
+    }
+
+    fn command_poll(&self) -> Option<Duration> {
+        Some(Duration::from_secs(2))
     }
 
     async fn lease(&self, target: &str) -> Result<Option<Lease>> {
