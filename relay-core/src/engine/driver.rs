@@ -349,7 +349,8 @@ impl Driver {
     /// any process, [`crate::Relay::command`]) reach the driver: the store
     /// wakes it where it can watch its senders, else a task looks every
     /// [`StateStore::command_poll`](crate::StateStore::command_poll). Those
-    /// queued before the driver started are applied at its first step.
+    /// queued before the driver started are applied at its first wait or
+    /// step boundary.
     /// The returned guard (the watch, or the task) lasts as long as the
     /// driver keeps it.
     fn feed_store_commands(&self) -> Option<Box<dyn Send>> {
@@ -358,7 +359,6 @@ impl Driver {
         let stored = crate::state::CommandWaker::new(move || {
             let _ = wake.send(Box::new(Command::Stored));
         });
-        stored.wake();
         if let Some(watch) = state.watch_commands(&id, stored.clone()) {
             return Some(Box::new(watch));
         }
@@ -366,13 +366,13 @@ impl Driver {
         let mut seen = self.record.commands_applied;
         Some(Box::new(AbortOnDrop(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
                 if let Ok(new) = state.commands(&id, seen).await {
                     if let Some((last, _)) = new.last() {
                         seen = *last;
                         stored.wake();
                     }
                 }
+                tokio::time::sleep(every).await;
             }
         }))))
     }

@@ -32,6 +32,9 @@ pub struct MemoryStateStore {
 #[derive(Default)]
 struct Inner {
     records: HashMap<String, RolloutRecord>,
+    /// Per target, the ids of its records: history and the check for an
+    /// orphan at every start read one target's records, not every one.
+    by_target: HashMap<String, Vec<String>>,
     leases: HashMap<String, LeaseSlot>,
     /// Per rollout, the commands queued for it, numbered from 1.
     commands: HashMap<String, Vec<RolloutCommand>>,
@@ -73,6 +76,7 @@ impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inner")
             .field("records", &self.records.len())
+            .field("targets", &self.by_target.len())
             .field("leases", &self.leases.len())
             .field("commands", &self.commands.len())
             .finish_non_exhaustive()
@@ -101,6 +105,7 @@ impl StateStore for MemoryStateStore {
         let mut g = self.lock();
         let Inner {
             records,
+            by_target,
             leases,
             finished,
             commands,
@@ -122,6 +127,10 @@ impl StateStore for MemoryStateStore {
                 let mut stored = record.clone();
                 stored.version = v;
                 records.insert(record.id.clone(), stored);
+                by_target
+                    .entry(record.target.clone())
+                    .or_default()
+                    .push(record.id.clone());
                 false
             }
         };
@@ -132,6 +141,9 @@ impl StateStore for MemoryStateStore {
                 if let Some(old) = ids.pop_front() {
                     records.remove(&old);
                     commands.remove(&old);
+                    if let Some(of_target) = by_target.get_mut(&record.target) {
+                        of_target.retain(|id| *id != old);
+                    }
                 }
             }
         }
@@ -143,7 +155,11 @@ impl StateStore for MemoryStateStore {
     }
 
     async fn list_target(&self, target: &str) -> Result<Vec<RolloutRecord>> {
-        Ok(self.list_where(|r| r.target == target))
+        let g = self.lock();
+        let ids = g.by_target.get(target).map(Vec::as_slice).unwrap_or_default();
+        let mut v: Vec<_> = ids.iter().filter_map(|id| g.records.get(id)).cloned().collect();
+        v.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(v)
     }
 
     async fn list_all(&self) -> Result<Vec<RolloutRecord>> {
@@ -176,7 +192,14 @@ impl StateStore for MemoryStateStore {
     }
 
     fn watch_commands(&self, id: &str, wake: CommandWaker) -> Option<CommandWatch> {
-        self.lock().watchers.insert(id.to_owned(), wake);
+        let queued = {
+            let mut g = self.lock();
+            g.watchers.insert(id.to_owned(), wake.clone());
+            g.commands.contains_key(id)
+        };
+        if queued {
+            wake.wake();
+        }
         let (store, id) = (Arc::downgrade(&self.inner), id.to_owned());
         Some(CommandWatch::new(move || {
             if let Some(inner) = store.upgrade() {

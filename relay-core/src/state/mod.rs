@@ -332,9 +332,9 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
         let _ = (id, after);
         Ok(Vec::new())
     }
-    /// Call `wake` whenever a command for `id` is queued, for as long as
-    /// the returned guard lives, where the store sees every sender (it
-    /// lives in their process). `None` (the default, and the answer of any
+    /// Call `wake` whenever a command for `id` is queued (and at once, when
+    /// some are queued already), for as long as the returned guard lives,
+    /// where the store sees every sender (it lives in their process). `None` (the default, and the answer of any
     /// store shared between processes): the engine looks for commands
     /// every [`StateStore::command_poll`].
     fn watch_commands(&self, id: &str, wake: CommandWaker) -> Option<CommandWatch> {
