@@ -166,3 +166,38 @@ async fn a_command_sent_to_an_orphan_is_applied_when_it_is_recovered() {
         "{outcome}"
     );
 }
+
+/// `Relay::shutdown` stops driving every rollout of the engine at once,
+/// leaves each running (their handles report `ShutDown`), lets the leases
+/// go — another engine on the same directory resumes them at once, with no
+/// wait for expiry — and the engine starts nothing more.
+#[tokio::test(start_paused = true)]
+async fn shutdown_leaves_every_rollout_resumable_and_releases_the_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(dir.path()).unwrap());
+    let w = World::new(604);
+    let (a, b) = two_engines(&w, state).await;
+    let handle = a.start(held("v2")).await.unwrap();
+    let id = handle.id().to_owned();
+    let mut events = handle.events();
+    until(&mut events, |k| matches!(k, EventKind::GateWaiting { .. })).await;
+    let stopped = a.shutdown().await;
+    assert_eq!(stopped, vec![id.clone()]);
+    assert!(
+        matches!(handle.wait().await, Err(Error::ShutDown { rollout: Some(r) }) if r == id),
+        "the handle reports the shutdown"
+    );
+    assert_eq!(
+        b.state().get(&id).await.unwrap().unwrap().status,
+        relay::RolloutStatus::Running,
+        "left as it was"
+    );
+    assert!(matches!(
+        a.start(held("v3")).await.map(|h| h.id().to_owned()),
+        Err(Error::ShutDown { .. })
+    ));
+    // No wait for the lease to expire.
+    let resumed = b.resume(&id).await.unwrap();
+    b.command(&id, approve("ana")).await.unwrap();
+    assert!(resumed.wait().await.unwrap().is_success());
+}

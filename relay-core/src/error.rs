@@ -141,6 +141,14 @@ pub enum Error {
         /// The rollout id.
         rollout: String,
     },
+    /// The engine was shut down ([`crate::Relay::shutdown`]): it stopped
+    /// driving, and the rollout (if any) stays as it was, for an engine to
+    /// resume.
+    #[error("the engine shut down{}", shut_down_rollout(rollout.as_deref()))]
+    ShutDown {
+        /// The rollout it stopped driving, if any.
+        rollout: Option<String>,
+    },
     /// An error from a provider that does not fit a kind above.
     #[error("{provider}: {source}")]
     Provider {
@@ -227,6 +235,14 @@ pub fn check_text(path: &str, text: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The rollout a shutdown left, for [`Error::ShutDown`].
+fn shut_down_rollout(rollout: Option<&str>) -> String {
+    match rollout {
+        Some(r) => format!("; rollout {r} stays as it was, to be resumed"),
+        None => String::new(),
+    }
+}
+
 /// How long a lease locks its target, for [`Error::TargetLocked`].
 fn locked_until(expires_at_ms: i64) -> String {
     if expires_at_ms == crate::Lease::HELD {
@@ -295,6 +311,7 @@ impl Error {
             Error::RetriesExhausted { .. } => "retries_exhausted",
             Error::AuditTampered { .. } => "audit_tampered",
             Error::NotRunning { .. } => "not_running",
+            Error::ShutDown { .. } => "shut_down",
             Error::Provider { .. } => "provider",
         }
     }

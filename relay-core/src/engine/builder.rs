@@ -250,6 +250,8 @@ impl RelayBuilder {
                 instance,
                 driving: Default::default(),
                 authorizer: self.authorizer.unwrap_or_else(|| Arc::new(crate::authorize::AllowAll)),
+                shut_down: Default::default(),
+                ended: Default::default(),
                 rng: SeededRng::new(seed),
                 ids: AtomicU64::new(0),
             }),

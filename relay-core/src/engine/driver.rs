@@ -562,6 +562,9 @@ impl Driver {
             Command::User(c) => self.handle_command(c).await,
             Command::LeaseLost => self.check_lease().map(|()| None),
             Command::Stored => self.apply_stored_commands().await,
+            Command::Shutdown => Err(Stop::Fatal(Error::ShutDown {
+                rollout: Some(self.record.id.clone()),
+            })),
         }
     }
 
@@ -735,6 +738,14 @@ impl Driver {
                         outcome: outcome.clone(),
                     });
                     tracing::info!(%outcome, "rollout finished");
+                }
+                // Shut down on purpose: the lease is let go at once, so
+                // another engine resumes the rollout without waiting.
+                Err(e @ Error::ShutDown { .. }) => {
+                    tracing::info!(error = %e, "stopped driving the rollout; it can be resumed");
+                    if let Err(e) = self.inner.state.release_lease(&self.lease).await {
+                        tracing::warn!(error = %e, "could not release the lease; it will expire");
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "stopped driving the rollout; it can be resumed"),
             }

@@ -94,6 +94,8 @@ pub(crate) enum Command {
     /// Commands for the rollout may have been queued in the state store
     /// (from another process): read and apply them.
     Stored,
+    /// The engine shuts down: stop driving, leave the rollout resumable.
+    Shutdown,
 }
 
 /// The sending end of a rollout's commands. Commands travel boxed: an

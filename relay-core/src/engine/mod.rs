@@ -366,6 +366,10 @@ pub(crate) struct Inner {
     pub driving: std::sync::Mutex<std::collections::HashMap<String, Option<handle::CommandTx>>>,
     /// Who may give which operator commands.
     pub authorizer: Arc<dyn crate::authorize::Authorizer>,
+    /// Set once [`Relay::shutdown`] began: nothing new starts.
+    pub shut_down: std::sync::atomic::AtomicBool,
+    /// Told whenever a driver of this instance ends.
+    pub ended: tokio::sync::Notify,
     pub rng: SeededRng,
     pub ids: AtomicU64,
 }
@@ -428,6 +432,9 @@ impl Inner {
     /// driver's task ends, however it ends).
     fn claim(self: &Arc<Self>, rollout: &str) -> Option<Driving> {
         let mut driving = self.driving.lock().unwrap_or_else(|p| p.into_inner());
+        if self.shut_down.load(Ordering::SeqCst) {
+            return None;
+        }
         if driving.contains_key(rollout) {
             return None;
         }
@@ -1038,9 +1045,39 @@ impl Relay {
     /// Claim `id` for a new driver of this engine, or refuse: one engine
     /// never drives a rollout twice.
     fn claim(&self, id: &str) -> Result<Driving> {
+        if self.inner.shut_down.load(Ordering::SeqCst) {
+            return Err(Error::ShutDown { rollout: None });
+        }
         self.inner.claim(id).ok_or_else(|| Error::Conflict {
             what: format!("rollout {id} is already driven by this engine"),
         })
+    }
+
+    /// Stop driving every rollout this engine drives, and start none: each
+    /// driver finishes the provider call it is making, stops at its next
+    /// wait or step boundary, and lets its lease go; its record stays as it
+    /// was, for any engine to resume ([`Relay::resume`], [`Relay::recover`])
+    /// at once. Their handles' `wait` returns [`Error::ShutDown`]. Returns
+    /// the ids of the rollouts stopped, once every driver has stopped.
+    pub async fn shutdown(&self) -> Vec<String> {
+        let inner = &self.inner;
+        inner.shut_down.store(true, Ordering::SeqCst);
+        let stopped: Vec<String> = {
+            let driving = inner.driving.lock().unwrap_or_else(|p| p.into_inner());
+            for tx in driving.values().flatten() {
+                let _ = tx.send(Box::new(handle::Command::Shutdown));
+            }
+            driving.keys().cloned().collect()
+        };
+        loop {
+            let ended = inner.ended.notified();
+            if inner.driving.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                break;
+            }
+            ended.await;
+        }
+        tracing::info!(rollouts = stopped.len(), "engine shut down");
+        stopped
     }
 
     /// The entries that open a rollout's trail: `rollout.started`, the
@@ -1184,6 +1221,10 @@ impl Relay {
         {
             *slot = Some(cmd_tx.clone());
         }
+        // A shutdown that began while this rollout was starting.
+        if self.inner.shut_down.load(Ordering::SeqCst) {
+            let _ = cmd_tx.send(Box::new(handle::Command::Shutdown));
+        }
         let driver = driver::Driver::new(
             self.inner.clone(),
             record,
@@ -1213,6 +1254,7 @@ impl Drop for Driving {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&self.rollout);
+            inner.ended.notify_waiters();
         }
     }
 }
