@@ -202,30 +202,36 @@ cargo build --example relayctl --all-features
   fi
   # A killed apply (kill -9) leaves its rollout orphaned: status names it,
   # another apply on its target is refused, recover drives it to its end.
-  orphan() { timeout 120 target/debug/examples/relayctl --state "$PAIR_DIR/orphan" "$@"; }
-  # Started directly (no wrapper), so the PID killed is relayctl's own.
-  RELAY_LEASE_TTL=2s target/debug/examples/relayctl --state "$PAIR_DIR/orphan" \
-    apply examples/specs/canary.yaml >"$PAIR_DIR/orphan.log" 2>&1 &
-  killed=$!
-  for _ in $(seq 1 100); do
+  # Killed at three points: while the candidate starts, at its first
+  # traffic, in its analysis.
+  for at in 0.3 2 7; do
+    dir="$PAIR_DIR/orphan-$at"
+    orphan() { timeout 120 target/debug/examples/relayctl --state "$dir" "$@"; }
+    # Started directly (no wrapper), so the PID killed is relayctl's own.
+    RELAY_LEASE_TTL=2s target/debug/examples/relayctl --state "$dir" \
+      apply examples/specs/canary.yaml >"$dir.log" 2>&1 &
+    killed=$!
+    for _ in $(seq 1 100); do
+      listed=$(orphan status)
+      grep -q '^web-' <<<"$listed" && break
+      sleep 0.1
+    done
+    sleep "$at"
+    kill -9 "$killed"
+    wait "$killed" 2>/dev/null || true
+    sleep 3
     listed=$(orphan status)
-    grep -q '^web-' <<<"$listed" && break
-    sleep 0.1
+    grep -q orphaned <<<"$listed" || { echo "relayctl: status must show the orphan: $listed" >&2; exit 1; }
+    if orphan --virtual apply examples/specs/canary.yaml >"$dir.beside.log" 2>&1; then
+      echo "relayctl: an apply beside an orphaned rollout must be refused" >&2
+      exit 1
+    fi
+    grep -q 'orphaned' "$dir.beside.log"
+    orphan --virtual recover
+    listed=$(orphan status)
+    grep -q 'no rollout is running' <<<"$listed"
+    orphan verify-audit
   done
-  kill -9 "$killed"
-  wait "$killed" 2>/dev/null || true
-  sleep 3
-  listed=$(orphan status)
-  grep -q orphaned <<<"$listed" || { echo "relayctl: status must show the orphan: $listed" >&2; exit 1; }
-  if orphan --virtual apply examples/specs/canary.yaml >"$PAIR_DIR/beside.log" 2>&1; then
-    echo "relayctl: an apply beside an orphaned rollout must be refused" >&2
-    exit 1
-  fi
-  grep -q 'orphaned' "$PAIR_DIR/beside.log"
-  orphan --virtual recover
-  listed=$(orphan status)
-  grep -q 'no rollout is running' <<<"$listed"
-  orphan verify-audit
   # RUST_LOG sets what the engine logs on stderr.
   RUST_LOG=relay_core=info timeout 120 target/debug/examples/relayctl --state "$PAIR_DIR/logged" \
     --virtual apply examples/specs/canary.yaml 2>"$PAIR_DIR/logged.err" >/dev/null
