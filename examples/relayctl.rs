@@ -325,7 +325,14 @@ impl Ctl {
         audit_file(&self.dir)
     }
 
-    fn builder(&self) -> Outcome<RelayBuilder> {
+    /// An engine on the state directory. The audit log is opened only if
+    /// it holds every entry the records anchor: a log cut from its end is
+    /// refused, naming the missing range, before anything is appended.
+    async fn builder(&self) -> Outcome<RelayBuilder> {
+        let key = audit_key()?;
+        let sink = JsonlAuditSink::open_keyed(self.audit_path(), &key)?;
+        relay::check_anchors(&relay::AuditSink::entries(&sink).await?, &self.state.list_all().await?)
+            .map_err(|e| Failure(1, format!("{}: {e}", self.audit_path().display())))?;
         let mut config = relay::EngineConfig::default();
         if let Ok(ttl) = std::env::var("RELAY_LEASE_TTL") {
             config.lease_ttl =
@@ -333,7 +340,7 @@ impl Ctl {
         }
         Ok(Relay::builder()
             .state(self.state.clone())
-            .audit(Arc::new(JsonlAuditSink::open_keyed(self.audit_path(), &audit_key()?)?))
+            .audit(Arc::new(sink))
             .config(config)
             .holder(format!("relayctl-{}", std::process::id())))
     }
@@ -387,7 +394,8 @@ impl Ctl {
         let candidate = &r.plan.candidate.artifact.digest;
         let target = self.sim_target(&r.target, &SimDoc::default(), Some(candidate)).await?;
         let mut b = self
-            .builder()?
+            .builder()
+            .await?
             .target(target.clone())
             .probe(Arc::new(SimProbe::new(target)))
             .artifacts(Arc::new(SimRegistry));
@@ -470,7 +478,8 @@ impl Ctl {
                 let candidate = SimRegistry.resolve(&spec.rollout.release.artifact).await?.digest;
                 let target = self.sim_target(target_name, &doc, Some(&candidate)).await?;
                 Ok(self
-                    .builder()?
+                    .builder()
+                    .await?
                     .target(target.clone())
                     .probe(Arc::new(SimProbe::new(target)))
                     .artifacts(Arc::new(SimRegistry)))
@@ -505,7 +514,8 @@ impl Ctl {
         let target = Arc::new(b.build().await?);
         let selector = doc.selector.unwrap_or_else(|| format!("app={}", doc.deployment));
         Ok(self
-            .builder()?
+            .builder()
+            .await?
             .target(target)
             .probe(Arc::new(PodReadinessProbe::new(
                 client.clone(),
@@ -622,7 +632,7 @@ impl Ctl {
 
     /// An engine over simulated targets for every environment of `pipeline`.
     async fn pipeline_relay(&self, pipeline: &relay::Pipeline) -> Outcome<Relay> {
-        let mut b = self.builder()?.artifacts(Arc::new(SimRegistry));
+        let mut b = self.builder().await?.artifacts(Arc::new(SimRegistry));
         for env in pipeline.environments() {
             for name in env.targets() {
                 let target = self.sim_target(name, &SimDoc::default(), None).await?;

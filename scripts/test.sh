@@ -236,6 +236,16 @@ cargo build --example relayctl --all-features
   RUST_LOG=relay_core=info timeout 120 target/debug/examples/relayctl --state "$PAIR_DIR/logged" \
     --virtual apply examples/specs/canary.yaml 2>"$PAIR_DIR/logged.err" >/dev/null
   grep -q "target changed" "$PAIR_DIR/logged.err"
+  # An apply on a directory whose log was cut is refused before it appends.
+  cp "$PAIR_DIR/state/audit.jsonl" "$PAIR_DIR/full.jsonl"
+  head -n 3 "$PAIR_DIR/full.jsonl" >"$PAIR_DIR/state/audit.jsonl"
+  if pair --virtual apply examples/specs/canary.yaml >"$PAIR_DIR/cut.log" 2>&1; then
+    echo "relayctl: an apply on a cut audit log must be refused" >&2
+    exit 1
+  fi
+  grep -q 'were cut from its end' "$PAIR_DIR/cut.log"
+  cp "$PAIR_DIR/full.jsonl" "$PAIR_DIR/state/audit.jsonl"
+  pair verify-audit
   # A log chained under a key (HMAC) verifies only with it.
   audit_key=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
   keyed() { RELAY_AUDIT_KEY=$audit_key timeout 120 target/debug/examples/relayctl --state "$PAIR_DIR/keyed" "$@"; }
