@@ -31,19 +31,6 @@ fn approve(by: &str) -> RolloutCommand {
     }
 }
 
-/// The actions of `rollout`'s audit entries.
-async fn actions(relay: &Relay, rollout: &str) -> Vec<String> {
-    relay
-        .audit()
-        .entries()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.event.rollout == rollout)
-        .map(|e| e.event.action)
-        .collect()
-}
-
 /// Engines `a` and `b` of world `w` on one state store and one audit log,
 /// `a` with v1 deployed.
 async fn two_engines(w: &World, state: Arc<dyn StateStore>) -> (Relay, Relay) {

@@ -123,19 +123,6 @@ fn promote_index(plan: &relay::Plan) -> usize {
         .unwrap()
 }
 
-/// The actions of a rollout's audit entries, in order.
-async fn actions(relay: &relay::Relay, rollout: &str) -> Vec<String> {
-    relay
-        .audit()
-        .entries()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.event.rollout == rollout)
-        .map(|e| e.event.action)
-        .collect()
-}
-
 /// Defect 1: an abort issued while the last step before promotion ran
 /// (its provider calls read no commands) was dropped: the rollout ended
 /// promoted, with no `rollout.aborted` entry.
@@ -661,13 +648,13 @@ async fn a_passing_outage_during_rollback_is_retried_until_the_rollback_complete
     assert!(actions.iter().any(|a| a == "rollback.retrying"), "{actions:?}");
 }
 
-/// Defect 2, second half: a rollback that failed on something a human must
-/// fix (a denied permission) ends `RollbackFailed` at once; once fixed,
-/// `resume` finishes it from the action that failed.
-#[tokio::test(start_paused = true)]
-async fn a_failed_rollback_is_finished_by_resume_once_the_cause_is_fixed() {
+/// A world running v1 whose route back to stable was denied while a
+/// canary of the bad v3 rolled back, so its rollback failed; then the
+/// denial is lifted (a human fixed the permission). The world, the engine,
+/// the stable revision and the failed rollout's id.
+async fn failed_rollback(seed: u64) -> (World, relay::Relay, relay::RevisionId, String) {
     let target = std::sync::OnceLock::<Arc<RollbackRouteFails>>::new();
-    let (w, relay, stable) = v1_behind(21, |sim, stable| {
+    let (w, relay, stable) = v1_behind(seed, |sim, stable| {
         let t = Arc::new(RollbackRouteFails::new(sim, stable, Duration::ZERO, true));
         target.set(t.clone()).unwrap();
         t
@@ -686,6 +673,15 @@ async fn a_failed_rollback_is_finished_by_resume_once_the_cause_is_fixed() {
         .unwrap()
         .denied
         .store(false, std::sync::atomic::Ordering::SeqCst);
+    (w, relay, stable, id)
+}
+
+/// Defect 2, second half: a rollback that failed on something a human must
+/// fix (a denied permission) ends `RollbackFailed` at once; once fixed,
+/// `resume` finishes it from the action that failed.
+#[tokio::test(start_paused = true)]
+async fn a_failed_rollback_is_finished_by_resume_once_the_cause_is_fixed() {
+    let (w, relay, stable, id) = failed_rollback(21).await;
     let outcome = relay.resume(&id).await.unwrap().wait().await.unwrap();
     assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
     let state = w.target.observe().await.unwrap();
@@ -701,25 +697,7 @@ async fn a_failed_rollback_is_finished_by_resume_once_the_cause_is_fixed() {
 /// target.
 #[tokio::test(start_paused = true)]
 async fn deploying_the_stable_release_over_a_failed_rollback_settles_the_target() {
-    let target = std::sync::OnceLock::<Arc<RollbackRouteFails>>::new();
-    let (w, relay, stable) = v1_behind(22, |sim, stable| {
-        let t = Arc::new(RollbackRouteFails::new(sim, stable, Duration::ZERO, true));
-        target.set(t.clone()).unwrap();
-        t
-    })
-    .await;
-    let handle = relay
-        .start(RolloutSpec::new("web", release("v3"), canary()))
-        .await
-        .unwrap();
-    let failed = handle.id().to_owned();
-    let outcome = handle.wait().await.unwrap();
-    assert!(matches!(outcome, Outcome::RollbackFailed { .. }), "{outcome}");
-    target
-        .get()
-        .unwrap()
-        .denied
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (w, relay, stable, failed) = failed_rollback(22).await;
     let spec = || RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce);
     let plan = relay.plan(&spec()).await.unwrap();
     assert!(!plan.is_noop(), "not settled, yet planned as no change:\n{plan}");

@@ -262,19 +262,6 @@ async fn only_checksummed_artifacts_pass_and_a_rolled_back_digest_is_refused_aga
     assert!(relay.plan(&without).await.is_ok(), "only the policy refuses it");
 }
 
-/// The actions of `rollout`'s audit entries, with their details.
-async fn trail(relay: &Relay, rollout: &str) -> Vec<(String, serde_json::Value)> {
-    relay
-        .audit()
-        .entries()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.event.rollout == rollout)
-        .map(|e| (e.event.action, e.event.detail.to_value()))
-        .collect()
-}
-
 /// Anyone could abort, approve or promote as anyone. With a policy, a
 /// command from an identity it does not allow has no effect, and is
 /// audited with the identity and the reason; an allowed one works.

@@ -150,3 +150,25 @@ pub async fn drain(mut events: RolloutEvents) -> Vec<RolloutEvent> {
     }
     all
 }
+
+/// The actions of `rollout`'s audit entries, in order.
+pub async fn actions(relay: &Relay, rollout: &str) -> Vec<String> {
+    trail(relay, rollout)
+        .await
+        .into_iter()
+        .map(|(action, _)| action)
+        .collect()
+}
+
+/// The actions of `rollout`'s audit entries, in order, with their details.
+pub async fn trail(relay: &Relay, rollout: &str) -> Vec<(String, serde_json::Value)> {
+    relay
+        .audit()
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.rollout == rollout)
+        .map(|e| (e.event.action, e.event.detail.to_value()))
+        .collect()
+}
