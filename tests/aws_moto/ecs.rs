@@ -774,3 +774,157 @@ async fn builder_errors_name_the_missing_setting() {
         "no credential in Debug: {target:?}"
     );
 }
+
+/// The IAM action of an SDK operation as the request counter names it
+/// (`ECS.DescribeServices` → `ecs:DescribeServices`).
+fn iam_action(operation: &str) -> String {
+    let (service, name) = operation.split_once('.').unwrap();
+    let prefix = match service {
+        "ECS" => "ecs",
+        "ElasticLoadBalancingv2" | "Elastic Load Balancing v2" => "elasticloadbalancing",
+        "CloudWatch" => "cloudwatch",
+        "SecretsManager" | "Secrets Manager" => "secretsmanager",
+        "ECR" => "ecr",
+        other => panic!("no IAM prefix known for {other}"),
+    };
+    format!("{prefix}:{name}")
+}
+
+/// The actions docs/least-privilege/aws-iam-policy.json allows.
+fn policy_actions() -> std::collections::BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/least-privilege/aws-iam-policy.json");
+    let policy: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut allowed = std::collections::BTreeSet::new();
+    for statement in policy["Statement"].as_array().unwrap() {
+        match &statement["Action"] {
+            serde_json::Value::String(a) => {
+                allowed.insert(a.clone());
+            }
+            serde_json::Value::Array(a) => allowed.extend(a.iter().map(|a| a.as_str().unwrap().to_owned())),
+            other => panic!("an Action of {other}"),
+        }
+    }
+    allowed
+}
+
+/// The least-privilege IAM policy in docs/ allows every request the AWS
+/// providers send, counted on the wire through a whole rollout and its
+/// rollback (ECR resolution, a pinned Secrets Manager secret, the task-set
+/// target and its listener, a CloudWatch analysis) and the rolling mode's
+/// stage and rollback, so it cannot drift from the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_iam_policy_allows_every_request_the_providers_send() {
+    use relay::providers::aws::sdk::{ecr, secretsmanager};
+    use relay::providers::aws::SecretsManagerStore;
+    let svc = task_set_service().await;
+    let repo = two_images(&svc.cfg).await;
+    let calls = svc.calls.clone();
+    let sm_config = secretsmanager::config::Builder::from(&svc.cfg).interceptor(calls.clone());
+    let sm = secretsmanager::Client::from_conf(sm_config.build());
+    let secret = unique("relay/iam");
+    sm.create_secret()
+        .name(&secret)
+        .secret_string("s3cret")
+        .send()
+        .await
+        .unwrap();
+    let target = svc.target(None).await;
+    let cw_config = cloudwatch::config::Builder::from(&svc.cfg).interceptor(calls.clone());
+    let probe = CloudWatchProbe::from_client(cloudwatch::Client::from_conf(cw_config.build())).metric(
+        "errors",
+        CloudWatchMetric::new(unique("Relay/Iam"), "Errors")
+            .dimension("TargetGroup", DimensionValue::TargetGroupOf(target.clone())),
+    );
+    let ecr_config = ecr::config::Builder::from(&svc.cfg).interceptor(calls.clone());
+    let wrapped = Arc::new(TasksStartAtOnce {
+        target,
+        calls: calls.clone(),
+        log: Mutex::new(Vec::new()),
+    });
+    let relay = Relay::builder()
+        .target(wrapped)
+        .artifacts(Arc::new(EcrArtifactStore::from_client(ecr::Client::from_conf(
+            ecr_config.build(),
+        ))))
+        .secrets("aws-sm", Arc::new(SecretsManagerStore::from_client(sm)))
+        .probe(Arc::new(probe))
+        .config(relay::EngineConfig {
+            poll_interval: Duration::from_millis(20),
+            progress_deadline: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    calls.reset();
+    let release = |tag: &str| {
+        Release::new(format!("{repo}:{tag}").parse().unwrap())
+            .replicas(2)
+            .secret("DB_PASSWORD", format!("aws-sm://{secret}").parse().unwrap())
+    };
+    let first = relay
+        .start(RolloutSpec::new("web", release("v1"), AllAtOnce))
+        .await
+        .unwrap();
+    assert!(first.wait().await.unwrap().is_success());
+    // No metric data: the analysis is inconclusive, and the canary rolls back.
+    let analysis = AnalysisSpec::new(vec![Check::new("no-errors", "errors", ThresholdJudge::below(1.0))])
+        .every(Duration::from_secs(1), 1);
+    let canary = CanaryStrategy::new().set_weight(20).analyze(analysis);
+    let second = relay
+        .start(RolloutSpec::new("web", release("v2"), canary))
+        .await
+        .unwrap();
+    let outcome = second.wait().await.unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+
+    // The rolling mode (the ECS deployment controller): stage a revision,
+    // which pins the original as stable with a tag, and roll back to it.
+    let cluster = unique("cluster");
+    svc.ecs.create_cluster().cluster_name(&cluster).send().await.unwrap();
+    let family = unique("api");
+    let original = register_template(&svc.ecs, &family).await;
+    let service = unique("api");
+    svc.ecs
+        .create_service()
+        .cluster(&cluster)
+        .service_name(&service)
+        .task_definition(&original)
+        .desired_count(2)
+        .send()
+        .await
+        .unwrap();
+    let ecs_config = ecs::config::Builder::from(&svc.cfg).interceptor(calls.clone());
+    let rolling = EcsServiceTarget::builder(&svc.cfg, &cluster, &service)
+        .ecs_client(ecs::Client::from_conf(ecs_config.build()))
+        .build()
+        .await
+        .unwrap();
+    let stable = rolling.observe().await.unwrap().stable.unwrap();
+    rolling.stage(&revision(3), 2).await.unwrap();
+    rolling.route(&TrafficSplit::all(&stable)).await.unwrap();
+    rolling.promote(&stable).await.unwrap();
+
+    let used: std::collections::BTreeSet<String> = calls.counts().keys().map(|op| iam_action(op)).collect();
+    for prefix in [
+        "ecs:",
+        "elasticloadbalancing:",
+        "cloudwatch:",
+        "secretsmanager:",
+        "ecr:",
+    ] {
+        assert!(
+            used.iter().any(|a| a.starts_with(prefix)),
+            "no {prefix} request counted: {used:?}"
+        );
+    }
+    let allowed = policy_actions();
+    let missing: Vec<&String> = used.iter().filter(|a| !allowed.contains(*a)).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/least-privilege/aws-iam-policy.json lacks {missing:?} (the providers sent {used:?})"
+    );
+    eprintln!(
+        "IAM policy: the {} actions the providers used are allowed: {used:?}",
+        used.len()
+    );
+}

@@ -231,3 +231,37 @@ async fn a_planted_secrets_manager_value_never_leaks() {
         .unwrap_err();
     crate::planted::assert_nowhere(PLANTED, &observed, &format!("{missing} {missing:?} {store:?}"));
 }
+
+/// `repo:tag` used to be pinned as `repo@sha256:…`, without the registry
+/// host, which a container runtime pulls from Docker Hub. However written —
+/// name and tag, the full URI, a digest — an ECR image is now pinned as
+/// `<registry host>/<name>@sha256:…`.
+#[tokio::test]
+async fn ecr_references_are_pinned_with_their_registry_host() {
+    let cfg = config().await;
+    let repo = unique("shop/pinned");
+    let digest = push_image(&cfg, &repo, "v1", MANIFEST).await;
+    let store = EcrArtifactStore::new(&cfg);
+    let resolve = |r: String| {
+        let store = store.clone();
+        async move {
+            relay::ArtifactStore::resolve(&store, &r.parse().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let by_tag = resolve(format!("{repo}:v1")).await;
+    let (host, name) = by_tag.repository.split_once('/').unwrap();
+    assert!(host.contains(".dkr.ecr."), "{}", by_tag.repository);
+    assert_eq!(name, repo);
+    let pinned = by_tag.pinned_ref().to_string();
+    assert_eq!(pinned, format!("{}@{digest}", by_tag.repository));
+    for written in [format!("{}:v1", by_tag.repository), format!("{repo}@{digest}"), pinned] {
+        let a = resolve(written.clone()).await;
+        assert_eq!(
+            (a.repository.as_str(), &a.digest),
+            (by_tag.repository.as_str(), &digest),
+            "{written}"
+        );
+    }
+}

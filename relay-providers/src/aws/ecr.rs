@@ -20,6 +20,11 @@ const PROVIDER: &str = "ecr";
 /// account). A tag resolves to the digest it points at now; a reference with
 /// a digest must exist as written; a reference that cannot be pinned is
 /// refused.
+///
+/// The artifact's repository is always the repository's URI as ECR gives
+/// it (`<registry host>/<name>`), however it was written, so what a target
+/// runs (`<registry host>/<name>@sha256:…`) is pulled from ECR — a
+/// `shop/web@sha256:…` would be pulled from Docker Hub.
 #[derive(Clone)]
 pub struct EcrArtifactStore {
     client: Client,
@@ -44,6 +49,31 @@ impl EcrArtifactStore {
     /// A store around a client configured by the caller.
     pub fn from_client(client: Client) -> Self {
         EcrArtifactStore { client }
+    }
+
+    /// The URI of `repository` (in account `registry`, or the caller's), as
+    /// ECR gives it: `<registry host>/<name>`, no scheme.
+    async fn repository_uri(&self, registry: Option<String>, repository: &str) -> Result<String> {
+        let what = format!("DescribeRepositories {repository}");
+        let out = self
+            .client
+            .describe_repositories()
+            .set_registry_id(registry)
+            .repository_names(repository)
+            .send()
+            .await
+            .map_err(|e| classify(PROVIDER, &what, e))?;
+        let uri = out
+            .repositories()
+            .first()
+            .and_then(|r| r.repository_uri())
+            .ok_or_else(|| Error::NotFound {
+                what: format!("repository {repository} in ECR"),
+            })?;
+        Ok(uri
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_owned())
     }
 }
 
@@ -80,7 +110,7 @@ impl ArtifactStore for EcrArtifactStore {
         let out = self
             .client
             .describe_images()
-            .set_registry_id(registry)
+            .set_registry_id(registry.clone())
             .repository_name(&repository)
             .image_ids(id)
             .send()
@@ -104,6 +134,7 @@ impl ArtifactStore for EcrArtifactStore {
                 ));
             }
         }
+        let uri = self.repository_uri(registry, &repository).await?;
         let mut metadata = BTreeMap::new();
         if let Some(at) = detail.image_pushed_at() {
             metadata.insert("pushed_at".to_owned(), at.secs().to_string());
@@ -115,7 +146,7 @@ impl ArtifactStore for EcrArtifactStore {
             metadata.insert("tag".to_owned(), tags.clone());
         }
         Ok(Artifact {
-            repository: reference.repository.clone(),
+            repository: uri,
             tag: reference.tag.clone(),
             digest,
             metadata,
