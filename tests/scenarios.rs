@@ -859,8 +859,8 @@ async fn a_first_release_is_judged_by_its_absolute_checks_and_a_bad_one_rolled_b
     );
     let state = w.target.observe().await.unwrap();
     assert!(
-        state.revisions.is_empty(),
-        "the bad first release is removed: {state:?}"
+        state.revisions.is_empty() && state.traffic.is_empty(),
+        "the bad first release is removed with its traffic: {state:?}"
     );
 
     // A blue/green first release whose only check compares with the

@@ -270,8 +270,14 @@ pub struct RunningRevision {
 ///   a no-op, so the engine may re-run a step after a crash.
 /// - Mutations return once the target has *accepted* the change; readiness is
 ///   observed with [`Target::observe`].
+/// - `route` of a split that sends traffic nowhere (an empty split) is
+///   [`Error::InvalidSpec`] and changes nothing, as a load balancer refuses
+///   a forward to no target group.
 /// - `retire` of a revision that is absent succeeds; `retire` of a revision
-///   that still receives traffic is [`Error::Conflict`].
+///   that still receives traffic is [`Error::Conflict`] while another
+///   revision runs that could take it. The one revision a target runs may
+///   be retired with its traffic: that is how a failed first release is
+///   rolled back to nothing deployed (there is nothing to route to).
 ///
 /// # Errors
 /// Transient failures (throttling, 5xx, timeouts) must be classified
@@ -289,11 +295,12 @@ pub trait Target: Send + Sync + fmt::Debug + 'static {
     async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> Result<()>;
     /// Set the replica count of an existing revision.
     async fn scale(&self, revision: &RevisionId, replicas: u32) -> Result<()>;
-    /// Set the traffic split.
+    /// Set the traffic split (never an empty one: see the contract above).
     async fn route(&self, split: &TrafficSplit) -> Result<()>;
     /// Mark `revision` as the stable one.
     async fn promote(&self, revision: &RevisionId) -> Result<()>;
-    /// Remove `revision` from the target.
+    /// Remove `revision` from the target (the last one, traffic and all,
+    /// only when no other revision runs).
     async fn retire(&self, revision: &RevisionId) -> Result<()>;
     /// What `revision` runs now, read from the target (not from relay's
     /// records), or `None` when the target cannot say. Used to detect

@@ -219,8 +219,36 @@ pub async fn audit_sink_conformance(sink: &dyn AuditSink) {
 
 /// The idempotent primitives of a target with at least two revisions and
 /// weighted or replica-ratio routing. `first` and `second` must differ.
+///
+/// A split that sends traffic nowhere must be refused as
+/// [`Error::InvalidSpec`]. On a target that runs nothing yet, a first
+/// release is rolled back first: staged, given all traffic, then retired
+/// with its traffic, which must leave nothing deployed.
 pub async fn target_conformance(target: &dyn Target, first: &RevisionSpec, second: &RevisionSpec) {
     assert_ne!(first.id, second.id);
+    let before = target.observe().await.unwrap();
+    match target.route(&TrafficSplit::default()).await {
+        Err(Error::InvalidSpec { .. }) => {}
+        other => panic!("a split that sends traffic nowhere must be InvalidSpec, got {other:?}"),
+    }
+    assert_eq!(
+        target.observe().await.unwrap().traffic,
+        before.traffic,
+        "a refused split changes nothing"
+    );
+    if before.stable.is_none() && before.revisions.is_empty() {
+        target.stage(first, 1).await.unwrap();
+        target.route(&TrafficSplit::all(&first.id)).await.unwrap();
+        target
+            .retire(&first.id)
+            .await
+            .expect("the only revision is retired with its traffic (a first release rolled back)");
+        let s = target.observe().await.unwrap();
+        assert!(
+            s.revision(&first.id).is_none() && s.traffic.weight(&first.id) == 0,
+            "a retired first release leaves nothing deployed: {s:?}"
+        );
+    }
     target.stage(first, 2).await.unwrap();
     target.stage(first, 2).await.expect("stage is idempotent");
     target.route(&TrafficSplit::all(&first.id)).await.unwrap();

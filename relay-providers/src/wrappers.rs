@@ -421,6 +421,21 @@ mod tests {
     use super::*;
     use crate::sim::{MemorySecretStore, SimTarget};
 
+    /// A simulated target running one revision, and the split that sends
+    /// all traffic to it.
+    async fn serving(name: &str) -> (SimTarget, TrafficSplit) {
+        let artifact = Artifact {
+            repository: "app".into(),
+            tag: None,
+            digest: relay_core::Digest::of(b"1"),
+            metadata: std::collections::BTreeMap::new(),
+        };
+        let spec = RevisionSpec::new(artifact, Default::default(), Default::default());
+        let target = SimTarget::new(name);
+        target.stage(&spec, 1).await.unwrap();
+        (target, TrafficSplit::all(&spec.id))
+    }
+
     async fn pattern(seed: u64) -> Vec<bool> {
         let store = Faulty::new(MemorySecretStore::new(), seed).with_rate(FaultKind::Unavailable, 0.3);
         store.inner().put("a", "x".to_string().into());
@@ -443,17 +458,15 @@ mod tests {
 
     #[tokio::test]
     async fn faults_have_the_configured_kind_and_scope() {
-        let t = Faulty::new(SimTarget::new("t"), 1)
+        let (sim, split) = serving("t").await;
+        let t = Faulty::new(sim, 1)
             .with_rate(FaultKind::PermissionDenied, 0.0)
             .only_operations(&["route"]);
         t.fail_next(1);
         assert!(t.observe().await.is_ok(), "observe is not in scope");
-        let e = t.route(&TrafficSplit::default()).await.unwrap_err();
+        let e = t.route(&split).await.unwrap_err();
         assert!(matches!(e, Error::PermissionDenied { .. }) && !e.is_retryable());
-        assert!(
-            t.route(&TrafficSplit::default()).await.is_ok(),
-            "only the next call was forced"
-        );
+        assert!(t.route(&split).await.is_ok(), "only the next call was forced");
         assert_eq!(t.injected(), 1);
     }
 
@@ -512,10 +525,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn latency_delays_every_call_in_tokio_time() {
-        let t = Latency::new(SimTarget::new("t"), Duration::from_millis(250));
+        let (sim, split) = serving("t").await;
+        let t = Latency::new(sim, Duration::from_millis(250));
         let start = tokio::time::Instant::now();
         t.observe().await.unwrap();
-        t.route(&TrafficSplit::default()).await.unwrap();
+        t.route(&split).await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_millis(500));
         assert_eq!(t.name(), "t");
     }

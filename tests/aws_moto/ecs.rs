@@ -559,6 +559,93 @@ async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate
     let svc = task_set_service().await;
     let repo = two_images(&svc.cfg).await;
     let target = svc.target(None).await;
+    let (namespace, probe) = errors_probe(&svc, &target);
+    let (relay, _) = svc.relay(target.clone(), Some(probe)).await;
+    let outcome = deploy(&relay, &repo, "v1", AllAtOnce).await;
+    assert!(outcome.is_success(), "{outcome}");
+    let stable_sets = svc.task_sets().await;
+
+    let v2 = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
+    let handle = relay
+        .start(RolloutSpec::new("web", v2, one_look_canary()))
+        .await
+        .unwrap();
+    let (group, verdicts) = fail_the_analysis(&svc, &relay, &target, &namespace, &handle).await;
+    assert_eq!(group, svc.groups[1], "the candidate is behind the free target group");
+    let outcome = handle.wait().await.unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    assert_eq!(verdicts[0].judgement.outcome, relay::VerdictOutcome::Fail);
+    assert!(
+        verdicts[0].source.contains("TargetGroup=targetgroup/"),
+        "the verdict names the query: {}",
+        verdicts[0].source
+    );
+    assert_eq!(svc.weights().await, [100, 0], "all traffic back on stable");
+    assert_eq!(
+        svc.task_sets().await,
+        stable_sets,
+        "the candidate's task set is deleted"
+    );
+}
+
+/// A first release (the service runs no task set yet) that fails its
+/// analysis is rolled back to nothing deployed: its task set deleted, no
+/// split to nowhere sent to the listener (ELBv2 refuses one, which used to
+/// end such a rollout `rollback_failed` with the candidate keeping all
+/// traffic), reported as rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_release_is_rolled_back_to_nothing_deployed() {
+    let svc = task_set_service().await;
+    let repo = two_images(&svc.cfg).await;
+    let target = svc.target(None).await;
+    let (namespace, probe) = errors_probe(&svc, &target);
+    let (relay, wrapped) = svc.relay(target.clone(), Some(probe)).await;
+    let v1 = Release::new(format!("{repo}:v1").parse().unwrap()).replicas(2);
+    let handle = relay
+        .start(RolloutSpec::new("web", v1, one_look_canary()))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    let (group, verdicts) = fail_the_analysis(&svc, &relay, &target, &namespace, &handle).await;
+    assert_eq!(
+        group, svc.groups[0],
+        "the first release is behind the first target group"
+    );
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    let outcome = handle.wait().await.unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("analysis failed")),
+        "{outcome}"
+    );
+    assert_eq!(svc.task_sets().await, vec![], "the first release's task set is deleted");
+    let state = target.observe().await.unwrap();
+    assert!(
+        state.stable.is_none() && state.revisions.is_empty() && state.traffic.is_empty(),
+        "nothing deployed: {state:?}"
+    );
+    let routes = wrapped
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(op, _)| *op == "route")
+        .count();
+    assert_eq!(
+        routes, 1,
+        "one route (all traffic to the release), none back to nowhere"
+    );
+    let record = relay.state().get(&id).await.unwrap().unwrap();
+    assert!(
+        matches!(record.status, relay::RolloutStatus::RolledBack { .. }),
+        "{:?}",
+        record.status
+    );
+}
+
+/// A CloudWatch probe of the maximum `Errors` a target group reports, in a
+/// namespace of the test's own.
+fn errors_probe(svc: &TaskSetService, target: &EcsServiceTarget) -> (String, CloudWatchProbe) {
     let namespace = unique("Relay/Test");
     let probe = CloudWatchProbe::new(&svc.cfg).metric(
         "errors",
@@ -566,22 +653,32 @@ async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate
             .statistic("Maximum")
             .dimension("TargetGroup", DimensionValue::TargetGroupOf(target.clone())),
     );
-    let (relay, _) = svc.relay(target.clone(), Some(probe)).await;
-    let outcome = deploy(&relay, &repo, "v1", AllAtOnce).await;
-    assert!(outcome.is_success(), "{outcome}");
-    let stable_sets = svc.task_sets().await;
+    (namespace, probe)
+}
 
-    // One 3-second look: the window starts when the analysis step starts,
-    // which is when the test publishes the candidate's errors.
+/// A canary with one 3-second look at the errors: the window starts when
+/// the analysis step starts, which is when [`fail_the_analysis`] publishes
+/// the candidate's errors.
+fn one_look_canary() -> CanaryStrategy {
     let analysis = AnalysisSpec::new(vec![Check::new(
         "no-errors",
         "errors",
         ThresholdJudge::below(1.0).statistic(Statistic::Max),
     )])
     .every(Duration::from_secs(3), 1);
-    let canary = CanaryStrategy::new().set_weight(20).analyze(analysis);
-    let v2 = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
-    let handle = relay.start(RolloutSpec::new("web", v2, canary)).await.unwrap();
+    CanaryStrategy::new().set_weight(20).analyze(analysis)
+}
+
+/// Publish 12 errors for the candidate's target group when the analysis
+/// step starts, until the rollout finishes; returns the group and the
+/// verdicts.
+async fn fail_the_analysis(
+    svc: &TaskSetService,
+    relay: &Relay,
+    target: &EcsServiceTarget,
+    namespace: &str,
+    handle: &relay::RolloutHandle,
+) -> (String, Vec<relay::Verdict>) {
     let candidate = relay
         .state()
         .get(handle.id())
@@ -594,15 +691,14 @@ async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate
         .clone();
     let cw = cloudwatch::Client::new(&svc.cfg);
     let mut events = handle.events();
-    let mut verdicts = Vec::new();
+    let (mut group, mut verdicts) = (None, Vec::new());
     while let Some(e) = events.next().await {
         match e.kind {
             EventKind::StepStarted { kind, .. } if kind == "analyze" => {
-                let group = target.target_group_of(&candidate).await.unwrap().unwrap();
-                assert_eq!(group, svc.groups[1], "the candidate is behind the free target group");
-                let dimension = group.rsplit_once(':').unwrap().1.to_owned();
+                let tg = target.target_group_of(&candidate).await.unwrap().unwrap();
+                let dimension = tg.rsplit_once(':').unwrap().1.to_owned();
                 cw.put_metric_data()
-                    .namespace(&namespace)
+                    .namespace(namespace)
                     .metric_data(
                         cloudwatch::types::MetricDatum::builder()
                             .metric_name("Errors")
@@ -619,27 +715,14 @@ async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate
                     .send()
                     .await
                     .unwrap();
+                group = Some(tg);
             }
             EventKind::Verdict { verdict } => verdicts.push(*verdict),
             EventKind::Finished { .. } => break,
             _ => {}
         }
     }
-    let outcome = handle.wait().await.unwrap();
-    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
-    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
-    assert_eq!(verdicts[0].judgement.outcome, relay::VerdictOutcome::Fail);
-    assert!(
-        verdicts[0].source.contains("TargetGroup=targetgroup/"),
-        "the verdict names the query: {}",
-        verdicts[0].source
-    );
-    assert_eq!(svc.weights().await, [100, 0], "all traffic back on stable");
-    assert_eq!(
-        svc.task_sets().await,
-        stable_sets,
-        "the candidate's task set is deleted"
-    );
+    (group.expect("the analysis step started"), verdicts)
 }
 
 /// A service on the ECS (rolling) controller: one task definition at a time,

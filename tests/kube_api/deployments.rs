@@ -65,8 +65,12 @@ fn replicas(d: &Deployment) -> i32 {
 }
 
 async fn selector(client: &Client, ns: &str) -> BTreeMap<String, String> {
+    service_selector(client, ns, "web").await
+}
+
+async fn service_selector(client: &Client, ns: &str, name: &str) -> BTreeMap<String, String> {
     Api::<Service>::namespaced(client.clone(), ns)
-        .get("web")
+        .get(name)
         .await
         .unwrap()
         .spec
@@ -110,6 +114,81 @@ async fn canary_mode_passes_the_target_conformance_suite() {
         get(&client, &ns, "web-canary").await.is_none(),
         "retiring the candidate deleted its Deployment"
     );
+
+    // A Deployment created empty for a first release: no stable revision,
+    // and a first release is retired with its traffic.
+    web_app(&client, &ns, "api", 0).await;
+    let target = DeploymentTarget::builder(provider_client().await, &ns, "api")
+        .canary()
+        .poll_interval(Duration::from_millis(100))
+        .promote_timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let empty = target.observe().await.unwrap();
+    assert!(
+        empty.stable.is_none() && empty.revisions.is_empty(),
+        "an empty Deployment runs nothing: {empty:?}"
+    );
+    testing::target_conformance(&target, &spec("v1"), &spec("v2")).await;
+    assert!(get(&client, &ns, "api-canary").await.is_none());
+}
+
+/// A first release on a Deployment created at zero replicas whose pods
+/// crash-loop is rolled back to nothing deployed: the candidate's
+/// Deployment deleted, the Deployment left at zero with the template it
+/// had, the Service back on its own selector, reported as rolled back; in
+/// both modes that run a candidate beside the stable Deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_release_is_rolled_back_to_nothing_deployed() {
+    let client = client().await;
+    let ns = namespace(&client).await;
+    let kubelet = Kubelet::start(&client, &ns);
+    kubelet.fail(&Digest::of(b"v1").to_string());
+    for blue_green in [false, true] {
+        let name = if blue_green { "preview" } else { "web" };
+        let before = web_app(&client, &ns, name, 0).await;
+        let original = service_selector(&client, &ns, name).await;
+        let builder = DeploymentTarget::builder(provider_client().await, &ns, name)
+            .name(name)
+            .progress_deadline(Duration::from_secs(3))
+            .poll_interval(Duration::from_millis(100));
+        let target = if blue_green {
+            builder.blue_green(name)
+        } else {
+            builder.canary()
+        }
+        .build()
+        .await
+        .unwrap();
+        let relay = engine(target.clone(), artifacts(&["v1"])).build().unwrap();
+        let v1 = Release::new(format!("{REPO}:v1").parse().unwrap()).replicas(2);
+        let strategy: Box<dyn Fn() -> RolloutSpec> = if blue_green {
+            Box::new(move || RolloutSpec::new(name, v1.clone(), BlueGreenStrategy::new()))
+        } else {
+            Box::new(move || RolloutSpec::new(name, v1.clone(), CanaryStrategy::new().set_weight(50)))
+        };
+        let plan = relay.plan(&strategy()).await.unwrap();
+        assert!(plan.stable.is_none(), "{plan}");
+        let outcome = relay.start(strategy()).await.unwrap().wait().await.unwrap();
+        assert!(matches!(&outcome, Outcome::RolledBack { .. }), "{name}: {outcome}");
+        assert!(
+            get(&client, &ns, &format!("{name}-canary")).await.is_none(),
+            "{name}: the candidate's Deployment is deleted"
+        );
+        let after = get(&client, &ns, name).await.unwrap();
+        assert_eq!(
+            (image(&after), replicas(&after)),
+            (image(&before), 0),
+            "{name}: the Deployment is as it was"
+        );
+        assert_eq!(service_selector(&client, &ns, name).await, original, "{name}");
+        let state = target.observe().await.unwrap();
+        assert!(
+            state.stable.is_none() && state.revisions.is_empty(),
+            "{name}: nothing deployed: {state:?}"
+        );
+    }
 }
 
 /// The distinct (updated, available) replica pairs a Deployment went through.
@@ -432,8 +511,10 @@ async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
     assert_eq!(per_call["scale"], (3, 3), "both Deployments, a merge patch");
     let stable = get(&client, &ns, "web").await.unwrap();
     assert_eq!((image(&stable), replicas(&stable)), (pinned("v2"), 4));
-    let canary_dep = get(&client, &ns, "web-canary").await.unwrap();
-    assert_eq!(replicas(&canary_dep), 0, "promotion scales the canary to zero");
+    assert!(
+        get(&client, &ns, "web-canary").await.is_none(),
+        "promotion deletes the canary Deployment"
+    );
     assert_eq!(
         selector(&client, &ns).await,
         BTreeMap::from([("app".into(), "web".into())])
@@ -641,6 +722,10 @@ async fn blue_green_switches_the_service_and_back_on_promotion() {
     assert!(outcome.is_success(), "{outcome}");
     assert_eq!(image(&get(&client, &ns, "web").await.unwrap()), pinned("v3"));
     assert_eq!(selector(&client, &ns).await, original);
+    assert!(
+        get(&client, &ns, "web-canary").await.is_none(),
+        "promotion deletes the preview Deployment"
+    );
 }
 
 #[tokio::test]

@@ -163,7 +163,7 @@ pub async fn web_app(client: &Client, ns: &str, name: &str, replicas: i32) -> De
     for _ in 0..300 {
         let d = api.get(name).await.unwrap();
         let s = d.status.clone().unwrap_or_default();
-        if s.observed_generation >= d.metadata.generation && s.available_replicas == Some(replicas) {
+        if s.observed_generation >= d.metadata.generation && s.available_replicas.unwrap_or(0) == replicas {
             return d;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

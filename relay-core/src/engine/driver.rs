@@ -1403,7 +1403,8 @@ impl Driver {
 
     /// Restore stable's capacity, route everything back to it, make it
     /// stable again, retire the candidate. Each action is persisted as done, so a
-    /// resumed rollback continues where it stopped.
+    /// resumed rollback continues where it stopped. A first release (no
+    /// stable) is retired with its traffic: nothing stays deployed.
     async fn rollback(&mut self, cause: String) -> Result<Outcome> {
         self.rolling_back = true;
         self.promote_now = false;
@@ -1462,11 +1463,12 @@ impl Driver {
                         _ => self.restore_stable(stable, n).await,
                     }
                 }
-                (1, _) => {
-                    let split = match &plan.stable {
-                        Some(s) => TrafficSplit::all(s),
-                        None => TrafficSplit::default(),
-                    };
+                // A first release has nothing to route back to: its
+                // traffic goes with it when it is retired below (a split
+                // to nowhere is refused by every load balancer).
+                (1, None) => Ok(()),
+                (1, Some(stable)) => {
+                    let split = TrafficSplit::all(stable);
                     let r = self
                         .mutate("target.route", route_detail(&split, ("rollback", true)), || {
                             target.route(&split)

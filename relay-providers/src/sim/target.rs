@@ -523,6 +523,17 @@ impl Target for SimTarget {
     }
 
     async fn route(&self, split: &TrafficSplit) -> Result<()> {
+        if split.is_empty() {
+            // As ELBv2 refuses a forward to no target group: a caller that
+            // means "nothing deployed" retires the last revision instead.
+            return Err(Error::invalid(
+                "traffic",
+                format!(
+                    "a split must send traffic somewhere; target {} was left as it is",
+                    self.name
+                ),
+            ));
+        }
         let mut st = lock(&self.state);
         if self.in_place {
             return self.route_in_place(&mut st, split);
@@ -565,7 +576,10 @@ impl Target for SimTarget {
         if !st.revisions.contains_key(revision) {
             return Ok(());
         }
-        if st.traffic.weight(revision) > 0 {
+        // Traffic is routed away first while another revision could take
+        // it; the only revision goes with its traffic (a first release
+        // rolled back leaves nothing deployed).
+        if st.traffic.weight(revision) > 0 && st.revisions.len() > 1 {
             return Err(Error::Conflict {
                 what: format!(
                     "revision {revision} still receives {}% of traffic; route it away first",
@@ -574,6 +588,10 @@ impl Target for SimTarget {
             });
         }
         st.revisions.remove(revision);
+        if st.revisions.is_empty() && !st.traffic.is_empty() {
+            st.traffic = TrafficSplit::default();
+            push_history(&mut st.history, TrafficSplit::default());
+        }
         if st.stable.as_ref() == Some(revision) {
             st.stable = None;
         }

@@ -292,14 +292,20 @@ impl EcsServiceTarget {
                 what: format!("revision {id} is the primary task set; promote another revision first"),
             });
         }
-        let weights = self.listener_weights(c).await?;
-        if let Some(w) = set.target_group().and_then(|tg| weights.get(tg)).filter(|w| **w > 0) {
-            return Err(Error::Conflict {
-                what: format!(
-                    "revision {id} still receives traffic (listener weight {w} of {}); route it away first",
-                    weights.values().sum::<u32>()
-                ),
-            });
+        // Traffic is routed away first while another task set could take
+        // it; the only one goes with its traffic (a first release rolled
+        // back: the listener is left forwarding to its empty group, as it
+        // did before the release).
+        if sets(&service).len() > 1 {
+            let weights = self.listener_weights(c).await?;
+            if let Some(w) = set.target_group().and_then(|tg| weights.get(tg)).filter(|w| **w > 0) {
+                return Err(Error::Conflict {
+                    what: format!(
+                        "revision {id} still receives traffic (listener weight {w} of {}); route it away first",
+                        weights.values().sum::<u32>()
+                    ),
+                });
+            }
         }
         self.limit().await;
         self.inner
@@ -308,7 +314,8 @@ impl EcsServiceTarget {
             .cluster(&self.inner.cluster)
             .service(&self.inner.service)
             .task_set(set.arn())
-            // Traffic is already away; the tasks may go with the set.
+            // Traffic is already away (or there is nowhere else for it);
+            // the tasks may go with the set.
             .force(true)
             .send()
             .await

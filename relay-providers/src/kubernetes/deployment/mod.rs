@@ -16,7 +16,9 @@ use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
-use relay_core::{Capabilities, Error, Result, RevisionId, RevisionSpec, Routing, Target, TargetState, TrafficSplit};
+use relay_core::{
+    Capabilities, Error, Result, RevisionId, RevisionSpec, RevisionState, Routing, Target, TargetState, TrafficSplit,
+};
 use serde_json::json;
 use tokio_stream::StreamExt;
 
@@ -56,15 +58,22 @@ const WATCH_SHORTEST: Duration = Duration::from_secs(1);
 ///   in proportion to ready replicas: `Routing::ReplicaRatio` (approximate
 ///   weights), two revisions. Routing a revision to 0% scales its
 ///   Deployment to zero. Promotion writes the candidate's template into the
-///   stable Deployment, waits for it to be complete, then scales the canary
-///   to zero; retiring the candidate deletes the canary Deployment.
+///   stable Deployment, waits for it to be complete, then deletes the canary
+///   Deployment; so does retiring the candidate.
 /// - **Blue/green** ([`DeploymentTargetBuilder::blue_green`]): the same two
 ///   Deployments, but the candidate's pods lack the labels the Service
 ///   selects, so they get no traffic until `route` switches the Service's
 ///   selector to the candidate's `relay.dev/revision` label:
 ///   `Routing::Switch`. Promotion writes the template into the stable
-///   Deployment, waits for it, and switches the Service back to its own
-///   selector (kept in an annotation meanwhile).
+///   Deployment, waits for it, switches the Service back to its own
+///   selector (kept in an annotation meanwhile) and deletes the canary
+///   Deployment.
+///
+/// In canary and blue/green mode a stable Deployment at zero replicas (one
+/// created empty for a first release, or scaled to zero) serves nothing:
+/// `observe` reports no stable revision, so the engine plans a first
+/// deployment, and a failed one is retired with its traffic, leaving the
+/// Deployment at zero as it was.
 ///
 /// Revisions are pod templates: a template relay wrote carries the
 /// revision id as its `relay.dev/revision` label (a template applied by
@@ -314,6 +323,12 @@ impl DeploymentTargetBuilder {
             }),
         })
     }
+}
+
+/// Whether the stable Deployment asks for no replicas and runs no pod: a
+/// first release's empty Deployment, or one scaled to zero.
+fn serves_nothing(d: &Deployment) -> bool {
+    status::desired(d) == 0 && d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0) == 0
 }
 
 fn service_api(client: &Client, namespace: &str) -> Api<Service> {
@@ -763,6 +778,17 @@ impl Target for DeploymentTarget {
                 .and_then(|a| a.get(STABLE_ANNOTATION))
                 .map(|s| RevisionId(s.clone()))
                 .or(current.clone()),
+            // A stable Deployment asked to run nothing (created at zero
+            // replicas for a first release, or scaled to zero) serves
+            // nothing: there is no stable revision, and its template is
+            // not a running revision.
+            _ if serves_nothing(&stable) => {
+                let idle = |r: &RevisionState| r.desired == 0 && r.ready == 0 && r.failed == 0;
+                if let Some(id) = current.as_ref().filter(|id| revisions.get(*id).is_some_and(idle)) {
+                    revisions.remove(id);
+                }
+                None
+            }
             _ => current.clone(),
         };
         let traffic = match &self.inner.mode {
@@ -771,7 +797,7 @@ impl Target for DeploymentTarget {
             Mode::BlueGreen { service } => self
                 .switched_to(service)
                 .await?
-                .or(current)
+                .or(promoted.clone())
                 .as_ref()
                 .map(TrafficSplit::all)
                 .unwrap_or_default(),
@@ -1002,9 +1028,11 @@ impl Target for DeploymentTarget {
         if let Mode::BlueGreen { service } = &self.inner.mode {
             self.switch_service(service, None).await?;
         }
-        if let Some(c) = canary.filter(|c| status::desired(c) > 0) {
-            self.set_replicas(c.metadata.name.as_deref().unwrap_or_default(), 0)
-                .await?;
+        // The candidate runs in the stable Deployment now: its canary
+        // Deployment goes (left at zero replicas it would linger in every
+        // listing and in the next rollout's way).
+        if canary.is_some() {
+            self.delete_canary().await?;
         }
         Ok(())
     }
@@ -1040,13 +1068,29 @@ impl Target for DeploymentTarget {
             _ => status::desired(&c) > 0,
         };
         if serving {
-            return Err(Error::Conflict {
-                what: format!(
-                    "revision {id} still receives traffic in {}; route it away first",
-                    self.canary_name()
-                ),
-            });
+            // Traffic is routed away first while the stable Deployment
+            // could take it; with nothing there, the candidate goes with
+            // its traffic (a first release rolled back), the Service
+            // back on its own selector.
+            if !serves_nothing(&stable) {
+                return Err(Error::Conflict {
+                    what: format!(
+                        "revision {id} still receives traffic in {}; route it away first",
+                        self.canary_name()
+                    ),
+                });
+            }
+            if let Mode::BlueGreen { service } = &self.inner.mode {
+                self.switch_service(service, None).await?;
+            }
         }
+        self.delete_canary().await
+    }
+}
+
+impl DeploymentTarget {
+    /// Delete the canary Deployment (its pods with it); gone already is done.
+    async fn delete_canary(&self) -> Result<()> {
         let name = self.canary_name();
         match self.deployments().delete(&name, &DeleteParams::background()).await {
             Ok(_) => Ok(()),
