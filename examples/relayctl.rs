@@ -676,6 +676,7 @@ fn gate_names(spec: &RolloutSpec) -> Vec<String> {
             desired: spec.release.replicas,
             ready: spec.release.replicas,
             failed: 0,
+            failure: None,
         }),
     };
     let steps = spec.strategy.plan(&ctx).unwrap_or_default();

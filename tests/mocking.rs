@@ -34,6 +34,7 @@ async fn a_mocked_target_sees_exactly_the_expected_calls() {
                     desired: 3,
                     ready: 3,
                     failed: 0,
+                    failure: None,
                 }],
                 traffic: TrafficSplit::default(),
             },

@@ -329,7 +329,10 @@ async fn crashing_candidate_is_rolled_back() {
     w.target.behavior(&v2.digest, RevisionBehavior::crashing());
     let release = common::release("v2-crash");
     match run(&relay, RolloutSpec::new("web", release, canary())).await {
-        Outcome::RolledBack { cause } => assert!(cause.contains("failed to start"), "{cause}"),
+        Outcome::RolledBack { cause } => assert!(
+            cause.contains("failed to start: simulated replicas crash on start"),
+            "{cause}"
+        ),
         other => panic!("{other}"),
     }
     assert_eq!(w.target.observe().await.unwrap().revisions.len(), 1);

@@ -222,6 +222,12 @@ pub struct RevisionState {
     pub ready: u32,
     /// Replicas that failed to start or crashed.
     pub failed: u32,
+    /// Why they failed, as the target can tell (a pod's `CrashLoopBackOff`
+    /// with its restarts, a task's stopped reason): shown in the rollback
+    /// cause and the audit. `None` when nothing failed or the target cannot
+    /// say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// What a target looks like now.

@@ -21,6 +21,7 @@ fn ctx(replicas: u32, routing: Routing) -> PlanContext {
             desired: replicas,
             ready: replicas,
             failed: 0,
+            failure: None,
         }),
     }
 }

@@ -107,6 +107,7 @@ fn yaml_and_toml_describe_the_same_rollout() {
                 desired: 4,
                 ready: 4,
                 failed: 0,
+                failure: None,
             }),
         };
         serde_json::to_string(&s.strategy.plan(&ctx).unwrap()).unwrap()

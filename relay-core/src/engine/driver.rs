@@ -1121,7 +1121,10 @@ impl Driver {
                     let e = Error::RevisionFailed {
                         target: self.record.target.clone(),
                         revision: rev.to_string(),
-                        reason: format!("{} of {} replicas failed to start", r.failed, r.desired),
+                        reason: match &r.failure {
+                            Some(why) => format!("{} of {} replicas failed to start: {why}", r.failed, r.desired),
+                            None => format!("{} of {} replicas failed to start", r.failed, r.desired),
+                        },
                     };
                     return Err(Stop::Rollback(e.to_string()));
                 }

@@ -60,6 +60,75 @@ pub(crate) fn count(pods: &[Pod]) -> PodCounts {
     c
 }
 
+/// Container states that clear only when the pod spec or the cluster
+/// changes (not by restarting): a broken pod in one of them has failed at
+/// once; a crash loop only after the restart budget.
+const STUCK: [&str; 4] = [
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CreateContainerConfigError",
+    "InvalidImageName",
+];
+
+/// Why `pod` will not become ready by waiting, if it will not: a container
+/// waiting in a state that does not clear by itself (an image that cannot
+/// be pulled, a missing config key), a container that restarted at least
+/// `restarts` times (crash-looping or killed for memory; its last exit
+/// reason and code named), or a failed pod. A pod that is ready, being
+/// deleted, or still within its budget has no failure.
+pub(crate) fn failure(pod: &Pod, restarts: u32) -> Option<String> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    if status.phase.as_deref() == Some("Failed") {
+        let why = status
+            .reason
+            .as_deref()
+            .or(status.message.as_deref())
+            .unwrap_or("no reason given");
+        return Some(format!("pod {name} failed: {why}"));
+    }
+    for c in status.container_statuses.iter().flatten() {
+        if c.ready {
+            continue;
+        }
+        let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+        let reason = waiting.and_then(|w| w.reason.as_deref()).unwrap_or_default();
+        if STUCK.contains(&reason) {
+            // The kubelet's message names the image or the key; a long one
+            // is cut.
+            let message: String = waiting
+                .and_then(|w| w.message.as_deref())
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect();
+            let sep = if message.is_empty() { "" } else { ": " };
+            return Some(format!("pod {name}: container {} {reason}{sep}{message}", c.name));
+        }
+        let restarted = u32::try_from(c.restart_count).unwrap_or(0);
+        if restarted >= restarts.max(1) {
+            let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+            let exit = last.map_or_else(String::new, |t| {
+                format!(
+                    ", last exit {} (code {})",
+                    t.reason.as_deref().unwrap_or("unknown"),
+                    t.exit_code
+                )
+            });
+            let state = if reason.is_empty() { "not ready" } else { reason };
+            return Some(format!(
+                "pod {name}: container {} {state} after {restarted} restarts{exit}",
+                c.name
+            ));
+        }
+    }
+    None
+}
+
 /// Measures pods through the API server: per revision, the pods labelled
 /// `relay.dev/revision=<id>` (every template a [`super::DeploymentTarget`]
 /// writes carries it); for the whole target, the pods of a label selector.
@@ -185,6 +254,84 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    /// A pod whose one container restarted `restarts` times, waiting for
+    /// `waiting` (reason, message), last ended by `last` (reason, code).
+    fn container(waiting: Option<(&str, &str)>, restarts: i32, last: Option<(&str, i32)>) -> Pod {
+        use k8s_openapi::api::core::v1::ContainerStateTerminated;
+        let mut p = pod(false, None, false);
+        p.metadata.name = Some("web-canary-7f9c".into());
+        let cs = &mut p.status.as_mut().unwrap().container_statuses.as_mut().unwrap()[0];
+        cs.restart_count = restarts;
+        cs.state = waiting.map(|(reason, message)| ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.into()),
+                message: (!message.is_empty()).then(|| message.into()),
+            }),
+            ..Default::default()
+        });
+        cs.last_state = last.map(|(reason, code)| ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                reason: Some(reason.into()),
+                exit_code: code,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn a_pod_fails_on_a_stuck_state_at_once_and_on_restarts_past_the_budget() {
+        let pull = container(
+            Some(("ImagePullBackOff", "Back-off pulling image \"web@sha256:0\"")),
+            0,
+            None,
+        );
+        assert_eq!(
+            failure(&pull, 3).as_deref(),
+            Some("pod web-canary-7f9c: container app ImagePullBackOff: Back-off pulling image \"web@sha256:0\"")
+        );
+        let config = container(Some(("CreateContainerConfigError", "")), 0, None);
+        assert_eq!(
+            failure(&config, 3).as_deref(),
+            Some("pod web-canary-7f9c: container app CreateContainerConfigError")
+        );
+        let crashing = |restarts| container(Some(("CrashLoopBackOff", "back-off 40s")), restarts, Some(("Error", 1)));
+        assert_eq!(failure(&crashing(2), 3), None, "within the budget");
+        assert_eq!(
+            failure(&crashing(3), 3).as_deref(),
+            Some("pod web-canary-7f9c: container app CrashLoopBackOff after 3 restarts, last exit Error (code 1)")
+        );
+        let oom = container(None, 4, Some(("OOMKilled", 137)));
+        assert_eq!(
+            failure(&oom, 3).as_deref(),
+            Some("pod web-canary-7f9c: container app not ready after 4 restarts, last exit OOMKilled (code 137)")
+        );
+        assert_eq!(
+            failure(&crashing(9), 0).is_some(),
+            failure(&crashing(1), 0).is_some(),
+            "0 is 1"
+        );
+        let mut ready = crashing(9);
+        ready.status.as_mut().unwrap().container_statuses.as_mut().unwrap()[0].ready = true;
+        assert_eq!(failure(&ready, 3), None, "a container ready again is no failure");
+        let long = container(Some(("ErrImagePull", &"x\n".repeat(500))), 0, None);
+        let why = failure(&long, 3).unwrap();
+        assert!(why.chars().count() < 300 && !why.contains('\n'), "{why}");
+        let mut failed = pod(false, None, false);
+        failed.status.as_mut().unwrap().phase = Some("Failed".into());
+        failed.status.as_mut().unwrap().reason = Some("Evicted".into());
+        assert_eq!(failure(&failed, 3).as_deref(), Some("pod ? failed: Evicted"));
+        assert_eq!(failure(&pod(false, Some("ContainerCreating"), false), 3), None);
+        assert_eq!(failure(&crashing_deleted(), 3), None, "a pod being deleted is gone");
+    }
+
+    fn crashing_deleted() -> Pod {
+        let mut p = container(Some(("CrashLoopBackOff", "")), 9, None);
+        p.metadata.deletion_timestamp = Some(Time(Default::default()));
+        p
     }
 
     #[test]

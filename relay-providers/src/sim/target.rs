@@ -461,11 +461,15 @@ impl Target for SimTarget {
             revisions: st
                 .revisions
                 .iter()
-                .map(|(id, r)| RevisionState {
-                    id: id.clone(),
-                    desired: r.desired,
-                    ready: r.ready(now),
-                    failed: r.failed(now),
+                .map(|(id, r)| {
+                    let failed = r.failed(now);
+                    RevisionState {
+                        id: id.clone(),
+                        desired: r.desired,
+                        ready: r.ready(now),
+                        failed,
+                        failure: (failed > 0).then(|| "simulated replicas crash on start".to_owned()),
+                    }
                 })
                 .collect(),
             traffic: self.effective_split(&st, now).into_owned(),

@@ -41,6 +41,7 @@ fn deployment_states(deployments: &[Deployment], ids: &BTreeMap<String, Revision
             desired: 0,
             ready: 0,
             failed: 0,
+            failure: None,
         });
         r.desired += replicas(d.desired_count());
         r.ready += replicas(d.running_count());
@@ -267,13 +268,15 @@ mod tests {
                     id: "a".into(),
                     desired: 3,
                     ready: 3,
-                    failed: 0
+                    failed: 0,
+                    failure: None,
                 },
                 RevisionState {
                     id: "b".into(),
                     desired: 3,
                     ready: 1,
-                    failed: 3
+                    failed: 3,
+                    failure: None,
                 },
             ]
         );

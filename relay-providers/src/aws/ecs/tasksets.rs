@@ -99,6 +99,7 @@ impl EcsServiceTarget {
                 desired: s.desired(service.desired_count()),
                 ready: replicas(s.ts.running_count()),
                 failed: 0,
+                failure: None,
             })
             .collect();
         let by_group: Vec<(RevisionId, u32)> = sets

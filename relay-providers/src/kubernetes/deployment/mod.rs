@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
@@ -23,6 +23,7 @@ use serde_json::json;
 use tokio_stream::StreamExt;
 
 use super::error::classify;
+use super::probe::failure;
 pub(crate) use template::REVISION_LABEL;
 use template::{CANARY_LABEL, POD_TEMPLATE_HASH};
 
@@ -30,6 +31,9 @@ use template::{CANARY_LABEL, POD_TEMPLATE_HASH};
 const STABLE_ANNOTATION: &str = "relay.dev/stable";
 /// The Service annotation keeping its selector while relay switches it.
 const SELECTOR_ANNOTATION: &str = "relay.dev/selector";
+/// Restarts of a container before its pod counts as failed (see
+/// [`DeploymentTargetBuilder::restart_budget`]).
+const DEFAULT_RESTART_BUDGET: u32 = 3;
 /// A replace that loses a race re-reads and tries again this often.
 const REPLACE_ATTEMPTS: u32 = 3;
 /// The longest a watch for changes runs before the server ends it (the
@@ -81,6 +85,10 @@ const WATCH_SHORTEST: Duration = Duration::from_secs(1);
 /// Deployments' ReplicaSets, and only once the controller has caught up with
 /// the latest spec (`observedGeneration`); a passed `progressDeadlineSeconds`
 /// reports the revision's replicas as failed, so the engine rolls back.
+/// While a revision is short of ready pods, its pods are read too: one
+/// crash-looping or killed for memory past the restart budget, or stuck on
+/// an image pull or a missing config key, fails the revision at once with
+/// the pod's reason ([`DeploymentTargetBuilder::restart_budget`]).
 /// The engine learns of progress from a watch on the Deployments, started
 /// from the `resourceVersion`s its last observe read ([`Target::changed`];
 /// [`DeploymentTargetBuilder::watch`] turns it off).
@@ -109,6 +117,7 @@ struct Inner {
     poll_interval: Duration,
     promote_timeout: Duration,
     watch: bool,
+    restart_budget: u32,
     /// The Deployments the last observe read, with their `resourceVersion`s:
     /// where a watch for changes starts.
     seen: std::sync::Mutex<Vec<(String, String)>>,
@@ -152,6 +161,7 @@ pub struct DeploymentTargetBuilder {
     poll_interval: Duration,
     promote_timeout: Duration,
     watch: bool,
+    restart_budget: u32,
 }
 
 impl fmt::Debug for DeploymentTargetBuilder {
@@ -245,6 +255,18 @@ impl DeploymentTargetBuilder {
         self
     }
 
+    /// How many times a container of a revision that is not ready yet may
+    /// restart before its pod counts as failed (default 3): while the engine
+    /// waits for a revision's pods, a pod crash-looping or killed for memory
+    /// that often, or stuck where waiting does not help (an image that
+    /// cannot be pulled, a missing config key: at once), fails the revision
+    /// with the pod's reason, instead of waiting out the progress deadline.
+    /// 0 is taken as 1.
+    pub fn restart_budget(mut self, restarts: u32) -> Self {
+        self.restart_budget = restarts;
+        self
+    }
+
     /// Read the Deployment (and the Service in blue/green mode) and check the
     /// settings against them.
     ///
@@ -319,6 +341,7 @@ impl DeploymentTargetBuilder {
                 poll_interval: self.poll_interval,
                 promote_timeout: self.promote_timeout,
                 watch: self.watch,
+                restart_budget: self.restart_budget,
                 seen: std::sync::Mutex::default(),
             }),
         })
@@ -390,6 +413,7 @@ impl DeploymentTarget {
             poll_interval: Duration::from_secs(2),
             promote_timeout: Duration::from_secs(600),
             watch: true,
+            restart_budget: DEFAULT_RESTART_BUDGET,
         }
     }
 
@@ -769,6 +793,7 @@ impl Target for DeploymentTarget {
             let sets = self.replica_sets(d).await?;
             status::add_revisions(d, &sets, &mut revisions);
         }
+        self.fail_stuck_pods(&mut revisions).await?;
         let current = status::current(&stable);
         let promoted = match self.inner.mode {
             Mode::Rolling { .. } => stable
@@ -1089,6 +1114,35 @@ impl Target for DeploymentTarget {
 }
 
 impl DeploymentTarget {
+    /// Count the pods of each revision that is short of ready replicas
+    /// which will not get ready by waiting (see
+    /// [`DeploymentTargetBuilder::restart_budget`]) as failed, with the
+    /// first one's reason. Read only while a revision is short, so a
+    /// settled target costs no pod listing.
+    async fn fail_stuck_pods(&self, revisions: &mut BTreeMap<RevisionId, RevisionState>) -> Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.inner.client.clone(), &self.inner.namespace);
+        for r in revisions.values_mut().filter(|r| r.failed == 0 && r.ready < r.desired) {
+            let selector = format!("{REVISION_LABEL}={}", r.id);
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| classify(&format!("list Pods {}/{selector}", self.inner.namespace), e))?;
+            let failures: Vec<String> = list
+                .items
+                .iter()
+                .filter_map(|p| failure(p, self.inner.restart_budget))
+                .collect();
+            if let Some(first) = failures.first() {
+                r.failed = u32::try_from(failures.len()).unwrap_or(u32::MAX);
+                r.failure = Some(match failures.len() {
+                    1 => first.clone(),
+                    n => format!("{first} (and {} more pods)", n - 1),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Delete the canary Deployment (its pods with it); gone already is done.
     async fn delete_canary(&self) -> Result<()> {
         let name = self.canary_name();

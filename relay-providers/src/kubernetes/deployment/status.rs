@@ -104,6 +104,10 @@ pub(crate) fn add_revisions(d: &Deployment, sets: &[ReplicaSet], into: &mut BTre
         r.desired += want;
         if failed {
             r.failed += want.max(1);
+            r.failure = Some(format!(
+                "Deployment {} made no progress within its progressDeadlineSeconds",
+                d.metadata.name.as_deref().unwrap_or("?")
+            ));
         }
     }
 }
@@ -114,6 +118,7 @@ fn entry<'a>(into: &'a mut BTreeMap<RevisionId, RevisionState>, id: &RevisionId)
         desired: 0,
         ready: 0,
         failed: 0,
+        failure: None,
     })
 }
 
