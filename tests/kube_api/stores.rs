@@ -87,6 +87,61 @@ async fn the_state_store_passes_the_state_store_conformance_suite() {
     testing::state_store_conformance(&KubeStateStore::new(provider_client().await, &ns)).await;
 }
 
+/// The Lease is one other tools read: `kubectl get lease` shows its holder,
+/// and `renewTime` + `leaseDurationSeconds` say when it lapses.
+#[tokio::test]
+async fn a_target_lease_carries_the_standard_lease_fields() {
+    use relay::providers::kubernetes::sdk::k8s_openapi::api::coordination::v1::Lease;
+    use relay::providers::kubernetes::sdk::kube::api::{Api, ListParams};
+    let client = client().await;
+    let ns = namespace(&client).await;
+    let store = KubeStateStore::new(provider_client().await, &ns);
+    let ttl = std::time::Duration::from_secs(30);
+    let t0: i64 = 1_790_000_000_000;
+    let read = || async {
+        let leases = Api::<Lease>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(leases.len(), 1);
+        leases[0].spec.clone().unwrap()
+    };
+    let ms = |t: &relay::providers::kubernetes::sdk::k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime| {
+        t.0.as_millisecond()
+    };
+    let lease = store.acquire_lease("web", "engine-a#1", ttl, t0).await.unwrap();
+    let spec = read().await;
+    assert_eq!(spec.holder_identity.as_deref(), Some("engine-a#1"));
+    assert_eq!(spec.lease_duration_seconds, Some(30));
+    assert_eq!(spec.renew_time.as_ref().map(ms), Some(t0));
+    assert_eq!(spec.acquire_time.as_ref().map(ms), Some(t0));
+    assert_eq!(spec.lease_transitions, Some(i32::try_from(lease.token).unwrap()));
+
+    store.renew_lease(&lease, ttl, t0 + 10_000).await.unwrap();
+    let spec = read().await;
+    assert_eq!(spec.renew_time.as_ref().map(ms), Some(t0 + 10_000), "renewed");
+    assert_eq!(spec.acquire_time.as_ref().map(ms), Some(t0), "acquired when taken");
+
+    // Lapsed (40 s after the renewal at +10 s, with a 30 s duration): another
+    // holder takes it, and it is theirs from now.
+    let taken = store
+        .acquire_lease("web", "engine-b#2", ttl, t0 + 50_000)
+        .await
+        .unwrap();
+    let spec = read().await;
+    assert_eq!(spec.holder_identity.as_deref(), Some("engine-b#2"));
+    assert_eq!(spec.acquire_time.as_ref().map(ms), Some(t0 + 50_000));
+    assert_eq!(spec.lease_transitions, Some(i32::try_from(taken.token).unwrap()));
+    assert!(taken.token > lease.token);
+
+    store.release_lease(&taken).await.unwrap();
+    let spec = read().await;
+    assert_eq!(spec.holder_identity, None, "released: no holder");
+    assert_eq!(spec.renew_time, None);
+    assert_eq!(store.lease("web").await.unwrap(), None);
+}
+
 /// Two processes (two clients) write the same record from the same version
 /// at once: exactly one write lands, the other is a conflict, never an
 /// overwrite.

@@ -7,6 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::api::coordination::v1::{Lease as KubeLease, LeaseSpec};
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use relay_core::state::logic::{self, LeaseSlot};
@@ -33,10 +35,12 @@ const LEASE_ATTEMPTS: u32 = 5;
 ///   optimistic concurrency on `resourceVersion`: a lost race is
 ///   [`Error::Conflict`], never an overwrite;
 /// - each target's lease is a `coordination.k8s.io/v1` Lease
-///   (`relay-lease-<hash of target>`): holder identity and duration in its
-///   spec, the fencing token as its `leaseTransitions`, and relay's exact
-///   grant in an annotation; every change is a compare-and-swap on its
-///   `resourceVersion`.
+///   (`relay-lease-<hash of target>`) that other tools read as they read
+///   any Lease: `holderIdentity`, `acquireTime`, `renewTime` and
+///   `leaseDurationSeconds` (it lapses at renewTime + duration; a released
+///   one names no holder), the fencing token as its `leaseTransitions`, and
+///   relay's exact grant in an annotation; every change is a
+///   compare-and-swap on its `resourceVersion`.
 ///
 /// The compare-and-swap and fencing rules are relay-core's
 /// ([`relay_core::state::logic`]), the same as the memory and file stores'.
@@ -109,6 +113,39 @@ fn slot_of(lease: &KubeLease) -> Result<LeaseSlot> {
     }
 }
 
+/// The Lease's own fields, as `kubectl get lease` and other tools read
+/// them: the holder, `renewTime` (the time of this grant or renewal),
+/// `acquireTime` (when the holder took it: kept across renewals),
+/// `leaseDurationSeconds`, and the fencing token as `leaseTransitions`. A
+/// released Lease names no holder.
+fn lease_spec(
+    slot: &LeaseSlot,
+    held_before: Option<u64>,
+    previous: Option<&LeaseSpec>,
+    at: Option<(Duration, UnixMillis)>,
+) -> LeaseSpec {
+    let transitions = Some(i32::try_from(slot.last_token).unwrap_or(i32::MAX));
+    let (Some(lease), Some((ttl, now_ms))) = (&slot.lease, at) else {
+        return LeaseSpec {
+            lease_transitions: transitions,
+            ..Default::default()
+        };
+    };
+    let now = jiff::Timestamp::from_millisecond(now_ms).ok().map(MicroTime);
+    let acquired = match previous {
+        Some(p) if held_before == Some(lease.token) && p.acquire_time.is_some() => p.acquire_time.clone(),
+        _ => now.clone(),
+    };
+    LeaseSpec {
+        holder_identity: Some(lease.holder.clone()),
+        lease_duration_seconds: Some(i32::try_from(ttl.as_secs().max(1)).unwrap_or(i32::MAX)),
+        acquire_time: acquired,
+        renew_time: now,
+        lease_transitions: transitions,
+        ..Default::default()
+    }
+}
+
 impl KubeStateStore {
     /// A store in `namespace`, which must exist.
     pub fn new(client: Client, namespace: impl Into<String>) -> Self {
@@ -178,10 +215,12 @@ impl KubeStateStore {
     /// Apply `change` to the target's lease slot and write it back with a
     /// compare-and-swap, re-reading after a lost race. `change` returns what
     /// to answer and whether the slot changed.
+    /// `at` is the lease's duration and the time of the change, for the
+    /// Lease's own fields (`None` for a release).
     async fn update_slot<T>(
         &self,
         target: &str,
-        ttl: Duration,
+        at: Option<(Duration, UnixMillis)>,
         mut change: impl FnMut(&mut LeaseSlot) -> Result<(T, bool)>,
     ) -> Result<T> {
         let name = lease_name(target);
@@ -192,10 +231,12 @@ impl KubeStateStore {
                 Some(l) => slot_of(l)?,
                 None => LeaseSlot::default(),
             };
+            let held_before = slot.lease.as_ref().map(|l| l.token);
             let (answer, changed) = change(&mut slot)?;
             if !changed {
                 return Ok(answer);
             }
+            let previous = existing.as_ref().and_then(|l| l.spec.as_ref());
             let json = serde_json::to_string(&slot)
                 .map_err(|e| Error::provider("kubernetes", false, format!("{what}: {e}")))?;
             let object = KubeLease {
@@ -206,12 +247,7 @@ impl KubeStateStore {
                     annotations: Some(BTreeMap::from([(SLOT_ANNOTATION.to_owned(), json)])),
                     ..Default::default()
                 },
-                spec: Some(LeaseSpec {
-                    holder_identity: slot.lease.as_ref().map(|l| l.holder.clone()),
-                    lease_duration_seconds: Some(i32::try_from(ttl.as_secs().max(1)).unwrap_or(i32::MAX)),
-                    lease_transitions: Some(i32::try_from(slot.last_token).unwrap_or(i32::MAX)),
-                    ..Default::default()
-                }),
+                spec: Some(lease_spec(&slot, held_before, previous, at)),
             };
             let written = match existing {
                 Some(_) => self.leases().replace(&name, &PostParams::default(), &object).await,
@@ -348,7 +384,7 @@ impl StateStore for KubeStateStore {
     }
 
     async fn acquire_lease(&self, target: &str, holder: &str, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
-        self.update_slot(target, ttl, |slot| {
+        self.update_slot(target, Some((ttl, now_ms)), |slot| {
             let before = slot.lease.clone();
             let lease = logic::acquire(slot, target, holder, ttl, now_ms)?;
             Ok((lease, before != slot.lease))
@@ -357,7 +393,7 @@ impl StateStore for KubeStateStore {
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: UnixMillis) -> Result<Lease> {
-        self.update_slot(&lease.target, ttl, |slot| {
+        self.update_slot(&lease.target, Some((ttl, now_ms)), |slot| {
             let renewed = logic::renew(slot, lease, ttl, now_ms)?;
             Ok((renewed, true))
         })
@@ -365,7 +401,7 @@ impl StateStore for KubeStateStore {
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        self.update_slot(&lease.target, Duration::from_secs(1), |slot| {
+        self.update_slot(&lease.target, None, |slot| {
             let changed = logic::release(slot, lease);
             Ok(((), changed))
         })
