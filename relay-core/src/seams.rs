@@ -43,6 +43,31 @@ pub struct SecretValue {
     pub value: SecretString,
     /// The store's version of this value, used to pin the reference.
     pub version: String,
+    /// The secret's full name where the store knows it better than the
+    /// reference said it (Secrets Manager's full ARN, with the suffix it
+    /// adds to every name): the engine pins the reference to it, so a
+    /// target that hands the reference on (ECS `valueFrom`) names exactly
+    /// the secret that was read. `None` keeps the reference's path.
+    pub path: Option<String>,
+}
+
+impl SecretValue {
+    /// `value` at `version`, under the reference's own path.
+    pub fn new(value: SecretString, version: impl Into<String>) -> Self {
+        SecretValue {
+            value,
+            version: version.into(),
+            path: None,
+        }
+    }
+
+    /// The same value, known under the full name `path` (see
+    /// [`SecretValue::path`]).
+    #[must_use]
+    pub fn at(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
 }
 
 impl fmt::Debug for SecretValue {
@@ -50,6 +75,7 @@ impl fmt::Debug for SecretValue {
         f.debug_struct("SecretValue")
             .field("value", &"[REDACTED]")
             .field("version", &self.version)
+            .field("path", &self.path)
             .finish()
     }
 }

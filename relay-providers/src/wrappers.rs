@@ -478,10 +478,7 @@ mod tests {
     impl SecretStore for Stamps {
         async fn fetch(&self, _r: &SecretRef) -> Result<SecretValue> {
             self.0.lock().unwrap().push(tokio::time::Instant::now());
-            Ok(SecretValue {
-                value: "x".to_string().into(),
-                version: "1".into(),
-            })
+            Ok(SecretValue::new("x".to_string().into(), "1"))
         }
     }
 

@@ -359,9 +359,10 @@ async fn a_revision_task_definition_pins_image_config_and_secret_references() {
     let target = svc.target(None).await;
     let mut spec = revision(7);
     spec.config.insert("MODE".into(), "fast".into());
+    const SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf";
     spec.secrets.insert(
         "DB_PASSWORD".into(),
-        "aws-sm://prod/db#password?version=v-42".parse().unwrap(),
+        format!("aws-sm://{SECRET}#password?version=v-42").parse().unwrap(),
     );
     let spec = RevisionSpec::new(spec.artifact, spec.config, spec.secrets);
     target.stage(&spec, 1).await.unwrap();
@@ -392,11 +393,10 @@ async fn a_revision_task_definition_pins_image_config_and_secret_references() {
     assert_eq!(env, BTreeMap::from([("KEEP", "1"), ("MODE", "fast")]));
     let secret = &c.secrets()[0];
     assert_eq!(secret.name(), "DB_PASSWORD");
-    assert!(
-        secret.value_from().starts_with("arn:aws:secretsmanager:us-east-1:")
-            && secret.value_from().ends_with(":secret:prod/db:password::v-42"),
-        "valueFrom pins the key and version: {}",
-        secret.value_from()
+    assert_eq!(
+        secret.value_from(),
+        format!("{SECRET}:password::v-42"),
+        "valueFrom pins the full ARN, the key and the version"
     );
     assert!(td
         .tags()
@@ -411,6 +411,17 @@ async fn a_revision_task_definition_pins_image_config_and_secret_references() {
     let before = svc.task_sets().await.len();
     let e = target.stage(&vault, 1).await.unwrap_err();
     assert!(e.to_string().contains("release.secrets.TOKEN"), "{e}");
+    // So is a name without the suffix of the full ARN.
+    let named = RevisionSpec::new(
+        revision(9).artifact,
+        BTreeMap::new(),
+        BTreeMap::from([("DB".into(), "aws-sm://prod/db#password?version=v-1".parse().unwrap())]),
+    );
+    let e = target.stage(&named, 1).await.unwrap_err();
+    assert!(
+        e.to_string().contains("release.secrets.DB") && e.to_string().contains("full ARN"),
+        "{e}"
+    );
     assert_eq!(svc.task_sets().await.len(), before);
 }
 
@@ -905,12 +916,19 @@ async fn the_iam_policy_allows_every_request_the_providers_send() {
     let sm_config = secretsmanager::config::Builder::from(&svc.cfg).interceptor(calls.clone());
     let sm = secretsmanager::Client::from_conf(sm_config.build());
     let secret = unique("relay/iam");
-    sm.create_secret()
+    let created = sm
+        .create_secret()
         .name(&secret)
         .secret_string("s3cret")
         .send()
         .await
         .unwrap();
+    let secret_arn = created.arn().unwrap().to_owned();
+    assert_ne!(
+        secret_arn.rsplit_once(":secret:").unwrap().1,
+        secret,
+        "a full ARN has a suffix"
+    );
     let target = svc.target(None).await;
     let cw_config = cloudwatch::config::Builder::from(&svc.cfg).interceptor(calls.clone());
     let probe = CloudWatchProbe::from_client(cloudwatch::Client::from_conf(cw_config.build())).metric(
@@ -948,7 +966,40 @@ async fn the_iam_policy_allows_every_request_the_providers_send() {
         .start(RolloutSpec::new("web", release("v1"), AllAtOnce))
         .await
         .unwrap();
+    let first_id = first.id().to_owned();
     assert!(first.wait().await.unwrap().is_success());
+    // The secret named in the release is pinned to its full ARN and version,
+    // and the task definition reads exactly that.
+    let pinned = relay
+        .state()
+        .get(&first_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .plan
+        .candidate
+        .secrets["DB_PASSWORD"]
+        .clone();
+    assert_eq!(pinned.path, secret_arn);
+    let sets = svc
+        .ecs
+        .describe_task_sets()
+        .cluster(&svc.cluster)
+        .service(&svc.service)
+        .send()
+        .await
+        .unwrap();
+    let td = svc
+        .ecs
+        .describe_task_definition()
+        .task_definition(sets.task_sets()[0].task_definition().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        td.task_definition().unwrap().container_definitions()[0].secrets()[0].value_from(),
+        format!("{secret_arn}:::{}", pinned.version().unwrap())
+    );
     // No metric data: the analysis is inconclusive, and the canary rolls back.
     let analysis = AnalysisSpec::new(vec![Check::new("no-errors", "errors", ThresholdJudge::below(1.0))])
         .every(Duration::from_secs(1), 1);

@@ -704,8 +704,13 @@ impl Relay {
             let value = inner
                 .call("secret.fetch", warn_retry("secret.fetch"), || store.fetch(r))
                 .await?;
-            // Only the version is kept: the value is dropped here, unread.
-            pinned.insert(name.clone(), r.pinned(value.version.clone()));
+            // Only the version (and the store's full name for the secret)
+            // is kept: the value is dropped here, unread.
+            let mut pin = r.pinned(value.version.clone());
+            if let Some(path) = &value.path {
+                pin.path.clone_from(path);
+            }
+            pinned.insert(name.clone(), pin);
         }
         let candidate = RevisionSpec::new(artifact, spec.release.config.clone(), pinned);
 

@@ -106,9 +106,12 @@ impl SecretStore for SecretsManagerStore {
                 }
             }
         };
-        Ok(SecretValue {
-            value: SecretString::from(value),
-            version,
+        let read = SecretValue::new(SecretString::from(value), version);
+        // The full ARN (the name with the suffix Secrets Manager adds): what
+        // the reference is pinned to, so ECS reads this very secret.
+        Ok(match out.arn() {
+            Some(arn) if arn != reference.path => read.at(arn),
+            _ => read,
         })
     }
 }

@@ -109,9 +109,6 @@ impl SecretStore for KubeSecretStore {
                 format!("{reference}: the value is binary; relay reads UTF-8 values only"),
             )
         })?;
-        Ok(SecretValue {
-            value: SecretString::from(value),
-            version,
-        })
+        Ok(SecretValue::new(SecretString::from(value), version))
     }
 }

@@ -69,9 +69,6 @@ impl SecretStore for MemorySecretStore {
                 })?,
         };
         let value = SecretString::from(versions[index - 1].expose_secret().to_owned());
-        Ok(SecretValue {
-            value,
-            version: index.to_string(),
-        })
+        Ok(SecretValue::new(value, index.to_string()))
     }
 }

@@ -474,10 +474,7 @@ impl SecretStore for VaultKvStore {
                 })
             }
         };
-        Ok(SecretValue {
-            value: SecretString::from(value),
-            version: version.to_string(),
-        })
+        Ok(SecretValue::new(SecretString::from(value), version.to_string()))
     }
 }
 

@@ -24,8 +24,10 @@ const PROVIDER: &str = "ecs";
 ///
 /// - **Rolling** (the `ECS` controller): each revision is a task definition
 ///   revision (derived from the service's current one: the release's image
-///   pinned by digest, its environment, and its secrets as `valueFrom`
-///   ARNs pinned to the planned version, never values). `stage` registers it
+///   pinned by digest, its environment, and its secrets as `valueFrom`:
+///   the secret's full ARN (which the engine pins a reference read through
+///   `SecretsManagerStore` to) with the planned version, never values; a
+///   bare name or partial ARN is refused, naming the secret). `stage` registers it
 ///   and calls `UpdateService` with the minimum-healthy and maximum percent
 ///   and the deployment circuit breaker; ECS replaces the tasks itself. One
 ///   revision runs at a time and traffic follows the tasks, so the

@@ -38,9 +38,10 @@ impl ArnParts {
     }
 }
 
-/// The `valueFrom` ECS reads a secret from: a Secrets Manager ARN with the
-/// JSON key and the pinned version, so the task gets exactly the version
-/// relay planned with. The value itself never enters the task definition.
+/// The `valueFrom` ECS reads a secret from: the secret's full Secrets
+/// Manager ARN with the JSON key and the pinned version, so the task gets
+/// exactly the version relay planned with. The value itself never enters
+/// the task definition.
 pub(super) fn value_from(name: &str, secret: &SecretRef, arn: &ArnParts) -> Result<String> {
     if secret.scheme != "aws-sm" {
         return Err(Error::invalid(
@@ -52,14 +53,27 @@ pub(super) fn value_from(name: &str, secret: &SecretRef, arn: &ArnParts) -> Resu
             ),
         ));
     }
-    let base = if secret.path.starts_with("arn:") {
-        secret.path.clone()
-    } else {
-        format!(
-            "arn:{}:secretsmanager:{}:{}:secret:{}",
-            arn.partition, arn.region, arn.account, secret.path
-        )
-    };
+    // A name (or an ARN built from one) lacks the suffix Secrets Manager
+    // adds to every secret's ARN; ECS cannot tell `db` from `db-prod`
+    // by it when a key or version follows. The engine pins references
+    // read through `SecretsManagerStore` to the full ARN.
+    let full = secret.path.starts_with("arn:")
+        && secret
+            .path
+            .rsplit_once(":secret:")
+            .is_some_and(|(_, name)| name.rsplit_once('-').is_some_and(|(_, suffix)| suffix.len() == 6));
+    if !full {
+        return Err(Error::invalid(
+            format!("release.secrets.{name}"),
+            format!(
+                "ECS needs the secret's full ARN (arn:{}:secretsmanager:{}:{}:secret:<name>-<6 characters>), \
+                 and {secret} does not give it: register SecretsManagerStore for aws-sm:// so the engine \
+                 pins the full ARN, or write the full ARN in the reference",
+                arn.partition, arn.region, arn.account
+            ),
+        ));
+    }
+    let base = secret.path.clone();
     let key = secret.key.as_deref().unwrap_or("");
     // ECS takes a stage or a version id; the pinned version wins.
     let (stage, version) = match secret.version() {
@@ -250,24 +264,32 @@ mod tests {
     }
 
     #[test]
-    fn value_from_pins_key_and_version() {
-        let r: SecretRef = "aws-sm://prod/db#password?version=v-1".parse().unwrap();
-        assert_eq!(
-            value_from("DB", &r, &parts()).unwrap(),
-            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db:password::v-1"
-        );
-        let staged: SecretRef = "aws-sm://prod/db?stage=AWSPREVIOUS".parse().unwrap();
+    fn value_from_pins_the_full_arn_key_and_version() {
+        const ARN: &str = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db-AbCdEf";
+        let r: SecretRef = format!("aws-sm://{ARN}#password?version=v-1").parse().unwrap();
+        assert_eq!(value_from("DB", &r, &parts()).unwrap(), format!("{ARN}:password::v-1"));
+        let staged: SecretRef = format!("aws-sm://{ARN}?stage=AWSPREVIOUS").parse().unwrap();
         assert_eq!(
             value_from("DB", &staged, &parts()).unwrap(),
-            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db::AWSPREVIOUS:"
+            format!("{ARN}::AWSPREVIOUS:")
         );
-        let arn: SecretRef = "aws-sm://arn:aws:secretsmanager:eu-west-1:1:secret:x-AbCdEf"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            value_from("X", &arn, &parts()).unwrap(),
-            "arn:aws:secretsmanager:eu-west-1:1:secret:x-AbCdEf"
-        );
+        let plain: SecretRef = format!("aws-sm://{ARN}").parse().unwrap();
+        assert_eq!(value_from("DB", &plain, &parts()).unwrap(), ARN);
+    }
+
+    #[test]
+    fn a_name_or_partial_arn_is_refused_with_the_fix() {
+        for partial in [
+            "aws-sm://prod/db#password?version=v-1",
+            "aws-sm://arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db#password",
+        ] {
+            let r: SecretRef = partial.parse().unwrap();
+            let e = value_from("DB", &r, &parts()).unwrap_err().to_string();
+            assert!(
+                e.contains("release.secrets.DB") && e.contains("full ARN") && e.contains("SecretsManagerStore"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
