@@ -38,7 +38,9 @@ const PROVIDER: &str = "ecs";
 ///   `FAILED` is reported as failed replicas, so the engine rolls back.
 /// - **Task sets** (the `EXTERNAL` controller): each revision is a task set
 ///   (`externalId` = the revision id) behind one of two target groups;
-///   traffic is an ALB listener's weighted forward action across them,
+///   traffic is the weights of an ALB listener's forward action across
+///   them (in its default actions or in one of its rules; nothing else in
+///   the listener changes),
 ///   promotion is `UpdateServicePrimaryTaskSet` and retirement
 ///   `DeleteTaskSet`. Capabilities: weighted routing, two revisions, so
 ///   canary and blue/green plans run.
@@ -83,6 +85,7 @@ struct RollingLimits {
 #[derive(Clone, Debug)]
 struct TaskSetConfig {
     listener_arn: String,
+    rule_arn: Option<String>,
     target_groups: [String; 2],
     container: String,
     container_port: i32,
@@ -123,6 +126,7 @@ impl EcsServiceTarget {
             minimum_healthy_percent: 100,
             maximum_percent: 200,
             listener_arn: None,
+            rule_arn: None,
             target_groups: None,
             container_port: None,
             subnets: Vec::new(),
@@ -217,6 +221,7 @@ pub struct EcsServiceTargetBuilder {
     minimum_healthy_percent: i32,
     maximum_percent: i32,
     listener_arn: Option<String>,
+    rule_arn: Option<String>,
     target_groups: Option<[String; 2]>,
     container_port: Option<i32>,
     subnets: Vec<String>,
@@ -270,9 +275,22 @@ impl EcsServiceTargetBuilder {
         self
     }
 
-    /// Task-set mode: the ALB listener whose default action relay weights.
+    /// Task-set mode: the ALB listener relay routes through. relay weights
+    /// the forward action of its default actions that sends to one of the
+    /// [target groups](EcsServiceTargetBuilder::target_groups), changing
+    /// only those weights: other actions (authentication first, say), their
+    /// order, the target-group stickiness and every rule stay as they are.
     pub fn listener(mut self, arn: impl Into<String>) -> Self {
         self.listener_arn = Some(arn.into());
+        self
+    }
+
+    /// Task-set mode: route through this rule of the
+    /// [listener](EcsServiceTargetBuilder::listener) (a host or path rule
+    /// in front of the service) instead of its default actions; the rule's
+    /// forward action is weighted the same way, nothing else changes.
+    pub fn listener_rule(mut self, arn: impl Into<String>) -> Self {
+        self.rule_arn = Some(arn.into());
         self
     }
 
@@ -384,6 +402,7 @@ impl EcsServiceTargetBuilder {
                 }
                 Mode::TaskSets(TaskSetConfig {
                     listener_arn,
+                    rule_arn: self.rule_arn,
                     target_groups,
                     container,
                     container_port,
