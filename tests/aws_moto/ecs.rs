@@ -145,9 +145,21 @@ async fn register_template(ecs: &ecs::Client, family: &str) -> String {
 
 impl TaskSetService {
     async fn target(&self, limiter: Option<RateLimiter>) -> EcsServiceTarget {
+        self.target_with(|b| match limiter {
+            Some(l) => b.rate_limiter(l),
+            None => b,
+        })
+        .await
+    }
+
+    /// [`TaskSetService::target`] with `more` settings.
+    async fn target_with(
+        &self,
+        more: impl FnOnce(relay::providers::aws::EcsServiceTargetBuilder) -> relay::providers::aws::EcsServiceTargetBuilder,
+    ) -> EcsServiceTarget {
         let ecs_config = ecs::config::Builder::from(&self.cfg).interceptor(self.calls.clone());
         let elb_config = elbv2::config::Builder::from(&self.cfg).interceptor(self.calls.clone());
-        let mut b = EcsServiceTarget::builder(&self.cfg, &self.cluster, &self.service)
+        let b = EcsServiceTarget::builder(&self.cfg, &self.cluster, &self.service)
             .name("web")
             .ecs_client(ecs::Client::from_conf(ecs_config.build()))
             .elb_client(elbv2::Client::from_conf(elb_config.build()))
@@ -157,10 +169,7 @@ impl TaskSetService {
             .target_groups(&self.groups[0], &self.groups[1])
             .container_port(8080)
             .network(self.vpc.subnets.clone(), [self.vpc.security_group.clone()], false);
-        if let Some(l) = limiter {
-            b = b.rate_limiter(l);
-        }
-        b.build().await.unwrap()
+        more(b).build().await.unwrap()
     }
 
     /// The listener's weights read back from ELB, by target group index.
@@ -223,11 +232,7 @@ impl TaskSetService {
     /// An engine on `target` (behind [`TasksStartAtOnce`], returned too so
     /// its request log can be read).
     async fn relay(&self, target: EcsServiceTarget, probe: Option<CloudWatchProbe>) -> (Relay, Arc<TasksStartAtOnce>) {
-        let wrapped = Arc::new(TasksStartAtOnce {
-            target,
-            calls: self.calls.clone(),
-            log: Mutex::new(Vec::new()),
-        });
+        let wrapped = Arc::new(TasksStartAtOnce::new(self, target, self.calls.clone()));
         let mut b = Relay::builder()
             .target(wrapped.clone())
             .artifacts(Arc::new(EcrArtifactStore::new(&self.cfg)))
@@ -243,11 +248,15 @@ impl TaskSetService {
     }
 }
 
-/// moto never starts the tasks of a task set (its running count stays 0), so
-/// readiness cannot come from the emulator: this wrapper reports every asked
-/// task as running and passes every other call through unchanged. Readiness
-/// waits, failed tasks and progress deadlines are covered with the simulated
-/// target in `tests/scenarios.rs`; what runs here is every ECS and ELB call.
+/// moto never starts the tasks of a task set nor registers them with their
+/// target group, so readiness cannot come from the emulator alone. After
+/// every call that changes task sets, this wrapper does what ECS and the
+/// load balancer's health checks would, through the emulator's own API (on
+/// uncounted clients): one healthy IP target per task a set asks for, in
+/// its target group; for a revision set to fail ([`TasksStartAtOnce::fail`]),
+/// no target, and tasks started for the set (`startedBy` its id, as ECS
+/// starts them) and stopped as an exited essential container. The target
+/// reads readiness and failures from there, unchanged.
 ///
 /// It also records how many API requests each target call sent (the engine
 /// calls a target one call at a time, so the difference is exact).
@@ -256,14 +265,159 @@ struct TasksStartAtOnce {
     target: EcsServiceTarget,
     calls: ApiCallCounter,
     log: Mutex<Vec<(&'static str, u64)>>,
+    ecs: ecs::Client,
+    elb: elbv2::Client,
+    cluster: String,
+    service: String,
+    groups: [String; 2],
+    subnets: Vec<String>,
+    security_group: String,
+    failing: Mutex<std::collections::BTreeSet<RevisionId>>,
 }
 
 impl TasksStartAtOnce {
+    fn new(svc: &TaskSetService, target: EcsServiceTarget, calls: ApiCallCounter) -> Self {
+        TasksStartAtOnce {
+            target,
+            calls,
+            log: Mutex::new(Vec::new()),
+            ecs: svc.ecs.clone(),
+            elb: svc.elb.clone(),
+            cluster: svc.cluster.clone(),
+            service: svc.service.clone(),
+            groups: svc.groups.clone(),
+            subnets: svc.vpc.subnets.clone(),
+            security_group: svc.vpc.security_group.clone(),
+            failing: Mutex::default(),
+        }
+    }
+
+    /// From now on, the tasks of `revision` exit at once.
+    fn fail(&self, revision: &RevisionId) {
+        self.failing.lock().unwrap().insert(revision.clone());
+    }
+
     async fn counted<T>(&self, what: &'static str, f: impl std::future::Future<Output = T>) -> T {
         let before = self.calls.total();
         let out = f.await;
         self.log.lock().unwrap().push((what, self.calls.total() - before));
         out
+    }
+
+    /// Bring the target groups' healthy targets and the failing sets'
+    /// stopped tasks in line with the task sets.
+    async fn settle(&self) {
+        let out = self
+            .ecs
+            .describe_services()
+            .cluster(&self.cluster)
+            .services(&self.service)
+            .send()
+            .await
+            .unwrap();
+        let service = &out.services()[0];
+        let mut wanted = [0u32; 2];
+        for ts in service.task_sets().iter().filter(|t| t.status() != Some("DRAINING")) {
+            let Some(tg) = ts.load_balancers().first().and_then(|lb| lb.target_group_arn()) else {
+                continue;
+            };
+            let g = self.groups.iter().position(|x| x == tg).unwrap();
+            let pct = ts.scale().map_or(0.0, |s| s.value());
+            let tasks = (f64::from(service.desired_count()) * pct / 100.0 - 1e-9)
+                .ceil()
+                .max(0.0) as u32;
+            let id = RevisionId::from(ts.external_id().unwrap_or_default());
+            if self.failing.lock().unwrap().contains(&id) {
+                self.crash(ts, tasks).await;
+            } else {
+                wanted[g] = tasks;
+            }
+        }
+        for (g, tg) in self.groups.iter().enumerate() {
+            let health = self
+                .elb
+                .describe_target_health()
+                .target_group_arn(tg)
+                .send()
+                .await
+                .unwrap();
+            let have: Vec<String> = health
+                .target_health_descriptions()
+                .iter()
+                .filter_map(|d| d.target()?.id().map(str::to_owned))
+                .collect();
+            let want: Vec<String> = (1..=wanted[g]).map(|k| format!("10.0.{g}.{k}")).collect();
+            let target = |id: &String| elbv2::types::TargetDescription::builder().id(id).port(8080).build();
+            let extra: Vec<_> = have.iter().filter(|id| !want.contains(id)).map(target).collect();
+            let missing: Vec<_> = want.iter().filter(|id| !have.contains(id)).map(target).collect();
+            if !extra.is_empty() {
+                self.elb
+                    .deregister_targets()
+                    .target_group_arn(tg)
+                    .set_targets(Some(extra))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            if !missing.is_empty() {
+                self.elb
+                    .register_targets()
+                    .target_group_arn(tg)
+                    .set_targets(Some(missing))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Start `tasks` tasks for the set and stop them as ECS stops a task
+    /// whose essential container exited (once per set).
+    async fn crash(&self, ts: &ecs::types::TaskSet, tasks: u32) {
+        let started_by = ts.id().unwrap();
+        let stopped = self
+            .ecs
+            .list_tasks()
+            .cluster(&self.cluster)
+            .started_by(started_by)
+            .desired_status(ecs::types::DesiredStatus::Stopped)
+            .send()
+            .await
+            .unwrap();
+        if !stopped.task_arns().is_empty() || tasks == 0 {
+            return;
+        }
+        let network = ecs::types::NetworkConfiguration::builder()
+            .awsvpc_configuration(
+                ecs::types::AwsVpcConfiguration::builder()
+                    .set_subnets(Some(self.subnets.clone()))
+                    .security_groups(&self.security_group)
+                    .build()
+                    .unwrap(),
+            )
+            .build();
+        let run = self
+            .ecs
+            .run_task()
+            .cluster(&self.cluster)
+            .task_definition(ts.task_definition().unwrap())
+            .launch_type(ecs::types::LaunchType::Fargate)
+            .network_configuration(network)
+            .started_by(started_by)
+            .count(i32::try_from(tasks).unwrap())
+            .send()
+            .await
+            .unwrap();
+        for task in run.tasks() {
+            self.ecs
+                .stop_task()
+                .cluster(&self.cluster)
+                .task(task.task_arn().unwrap())
+                .reason("Essential container in task exited")
+                .send()
+                .await
+                .unwrap();
+        }
     }
 }
 
@@ -276,17 +430,17 @@ impl Target for TasksStartAtOnce {
         self.target.capabilities()
     }
     async fn observe(&self) -> Result<TargetState> {
-        let mut s = self.counted("observe", self.target.observe()).await?;
-        for r in &mut s.revisions {
-            r.ready = r.desired;
-        }
-        Ok(s)
+        self.counted("observe", self.target.observe()).await
     }
     async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> Result<()> {
-        self.counted("stage", self.target.stage(revision, replicas)).await
+        let out = self.counted("stage", self.target.stage(revision, replicas)).await;
+        self.settle().await;
+        out
     }
     async fn scale(&self, revision: &RevisionId, replicas: u32) -> Result<()> {
-        self.counted("scale", self.target.scale(revision, replicas)).await
+        let out = self.counted("scale", self.target.scale(revision, replicas)).await;
+        self.settle().await;
+        out
     }
     async fn route(&self, split: &TrafficSplit) -> Result<()> {
         self.counted("route", self.target.route(split)).await
@@ -295,7 +449,9 @@ impl Target for TasksStartAtOnce {
         self.counted("promote", self.target.promote(revision)).await
     }
     async fn retire(&self, revision: &RevisionId) -> Result<()> {
-        self.counted("retire", self.target.retire(revision)).await
+        let out = self.counted("retire", self.target.retire(revision)).await;
+        self.settle().await;
+        out
     }
 }
 
@@ -504,7 +660,13 @@ fn assert_fixed_request_costs(log: &[(&'static str, u64)]) -> u64 {
         n.dedup();
         n
     };
-    assert_eq!(cost("observe"), [2], "DescribeServices + DescribeListeners");
+    let mut observe = cost("observe");
+    observe.sort_unstable();
+    observe.dedup();
+    assert!(
+        observe.iter().all(|n| (3..=4).contains(n)),
+        "DescribeServices + DescribeListeners + DescribeTargetHealth per task set asking for tasks: {observe:?}"
+    );
     assert_eq!(
         cost("route"),
         [3],
@@ -543,7 +705,7 @@ async fn a_five_step_canary_sends_a_fixed_number_of_requests() {
     let total = assert_fixed_request_costs(&log);
     assert_eq!(log.iter().filter(|(c, _)| *c == "route").count(), 5, "{log:?}");
     assert_eq!(svc.weights().await, [0, 100]);
-    assert!(total <= 32, "{total} requests for a five-step canary: {log:?}");
+    assert!(total <= 37, "{total} requests for a five-step canary: {log:?}");
 }
 
 /// Blue/green on task sets: the candidate gets all traffic in one switch,
@@ -908,11 +1070,62 @@ async fn a_service_behind_a_listener_rule_is_canaried_through_the_rule() {
         .to_vec();
     assert_eq!(default, vec![fixed_response(404)], "the default action is not relay's");
     // The policy in docs/ allows what routing through a rule sends.
-    let used: std::collections::BTreeSet<String> = svc.calls.counts().keys().map(|op| iam_action(op)).collect();
+    let used = allowed_by_the_policy(&svc.calls);
     assert!(used.contains("elasticloadbalancing:ModifyRule"), "{used:?}");
+}
+
+/// The IAM actions of the requests `calls` counted, each checked against
+/// docs/least-privilege/aws-iam-policy.json.
+fn allowed_by_the_policy(calls: &ApiCallCounter) -> std::collections::BTreeSet<String> {
+    let used: std::collections::BTreeSet<String> = calls.counts().keys().map(|op| iam_action(op)).collect();
     let allowed = policy_actions();
     let missing: Vec<_> = used.difference(&allowed).collect();
-    assert!(missing.is_empty(), "the IAM policy lacks {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/least-privilege/aws-iam-policy.json lacks {missing:?}"
+    );
+    used
+}
+
+/// Readiness is the target groups' health, and a candidate whose tasks
+/// exit fails at once, with ECS's stopped reason in the rollback cause,
+/// not at the progress deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_whose_tasks_exit_is_rolled_back_at_once_with_the_stopped_reason() {
+    let svc = task_set_service().await;
+    let repo = two_images(&svc.cfg).await;
+    let target = svc.target_with(|b| b.failed_task_limit(1)).await;
+    let (relay, wrapped) = svc.relay(target.clone(), None).await;
+    let outcome = deploy(&relay, &repo, "v1", AllAtOnce).await;
+    assert!(outcome.is_success(), "{outcome}");
+    let stable = target.observe().await.unwrap();
+    assert_eq!(
+        stable
+            .revisions
+            .iter()
+            .map(|r| (r.desired, r.ready, r.failed))
+            .collect::<Vec<_>>(),
+        [(2, 2, 0)],
+        "two healthy targets: two ready tasks"
+    );
+
+    let v2 = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
+    let spec = || RolloutSpec::new("web", v2.clone(), CanaryStrategy::new().set_weight(50));
+    let candidate = relay.plan(&spec()).await.unwrap().candidate.id;
+    wrapped.fail(&candidate);
+    let outcome = relay.start(spec()).await.unwrap().wait().await.unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause }
+            if cause.contains("failed to start: 1 tasks stopped; the last: Essential container in task exited")),
+        "{outcome}"
+    );
+    assert_eq!(svc.task_sets().await.len(), 1, "the candidate's task set is deleted");
+    assert_eq!(svc.weights().await, [100, 0]);
+    let used = allowed_by_the_policy(&svc.calls);
+    assert!(
+        used.contains("ecs:ListTasks") && used.contains("ecs:DescribeTasks"),
+        "{used:?}"
+    );
 }
 
 fn oidc_action() -> elbv2::types::Action {
@@ -1235,11 +1448,7 @@ async fn the_iam_policy_allows_every_request_the_providers_send() {
             .dimension("TargetGroup", DimensionValue::TargetGroupOf(target.clone())),
     );
     let ecr_config = ecr::config::Builder::from(&svc.cfg).interceptor(calls.clone());
-    let wrapped = Arc::new(TasksStartAtOnce {
-        target,
-        calls: calls.clone(),
-        log: Mutex::new(Vec::new()),
-    });
+    let wrapped = Arc::new(TasksStartAtOnce::new(&svc, target, calls.clone()));
     let relay = Relay::builder()
         .target(wrapped)
         .artifacts(Arc::new(EcrArtifactStore::from_client(ecr::Client::from_conf(

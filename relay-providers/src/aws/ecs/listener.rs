@@ -263,6 +263,7 @@ mod tests {
             security_groups: Vec::new(),
             assign_public_ip: false,
             launch_type: aws_sdk_ecs::types::LaunchType::Fargate,
+            failed_task_limit: 3,
         }
     }
 

@@ -42,8 +42,15 @@ const PROVIDER: &str = "ecs";
 ///   them (in its default actions or in one of its rules; nothing else in
 ///   the listener changes),
 ///   promotion is `UpdateServicePrimaryTaskSet` and retirement
-///   `DeleteTaskSet`. Capabilities: weighted routing, two revisions, so
-///   canary and blue/green plans run.
+///   `DeleteTaskSet`. A revision's ready tasks are the healthy targets of
+///   its target group (`DescribeTargetHealth`): a task serves once it
+///   passes the load balancer's health checks. While a revision is short
+///   of them, its stopped tasks are read (`ListTasks` by the task set's id,
+///   `DescribeTasks`): once [`EcsServiceTargetBuilder::failed_task_limit`]
+///   of them stopped with a failure, the revision has failed, with the
+///   last stopped reason, and the engine rolls back without waiting out
+///   the progress deadline. Capabilities: weighted routing, two revisions,
+///   so canary and blue/green plans run.
 ///
 /// The `stable` revision is the one promoted last: a `relay:stable` service
 /// tag in rolling mode, the primary task set in task-set mode. Every API
@@ -93,6 +100,7 @@ struct TaskSetConfig {
     security_groups: Vec<String>,
     assign_public_ip: bool,
     launch_type: LaunchType,
+    failed_task_limit: u32,
 }
 
 impl fmt::Debug for EcsServiceTarget {
@@ -133,6 +141,7 @@ impl EcsServiceTarget {
             security_groups: Vec::new(),
             assign_public_ip: false,
             launch_type: LaunchType::Fargate,
+            failed_task_limit: 3,
         }
     }
 
@@ -228,6 +237,7 @@ pub struct EcsServiceTargetBuilder {
     security_groups: Vec<String>,
     assign_public_ip: bool,
     launch_type: LaunchType,
+    failed_task_limit: u32,
 }
 
 impl fmt::Debug for EcsServiceTargetBuilder {
@@ -297,6 +307,17 @@ impl EcsServiceTargetBuilder {
     /// Task-set mode: the two target groups revisions alternate between.
     pub fn target_groups(mut self, a: impl Into<String>, b: impl Into<String>) -> Self {
         self.target_groups = Some([a.into(), b.into()]);
+        self
+    }
+
+    /// Task-set mode: how many of a revision's tasks may stop with a
+    /// failure (an essential container exited, the task failed to start or
+    /// failed its load balancer health checks) while the revision is short
+    /// of healthy tasks, before it counts as failed (default 3, at least 1):
+    /// the engine then rolls back at once with the last task's stopped
+    /// reason, instead of waiting out the progress deadline.
+    pub fn failed_task_limit(mut self, tasks: u32) -> Self {
+        self.failed_task_limit = tasks.max(1);
         self
     }
 
@@ -410,6 +431,7 @@ impl EcsServiceTargetBuilder {
                     security_groups: self.security_groups,
                     assign_public_ip: self.assign_public_ip,
                     launch_type: self.launch_type,
+                    failed_task_limit: self.failed_task_limit,
                 })
             }
             other => {

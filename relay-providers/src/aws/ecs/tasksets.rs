@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_ecs::types::{AwsVpcConfiguration, LoadBalancer, NetworkConfiguration, Scale, ScaleUnit, Service, TaskSet};
+use aws_sdk_ecs::types::{
+    AwsVpcConfiguration, DesiredStatus, LoadBalancer, NetworkConfiguration, Scale, ScaleUnit, Service, Task, TaskSet,
+    TaskStopCode,
+};
+use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 use relay_core::{Error, Result, RevisionId, RevisionSpec, RevisionState, TargetState, TrafficSplit};
 
 use super::listener::split_of;
@@ -66,6 +70,44 @@ fn find<'a>(service: &'a Service, id: &RevisionId) -> Option<Set<'a>> {
     sets(service).into_iter().find(|s| &s.id == id)
 }
 
+/// Whether a stopped task failed: ECS's stop code says so (an essential
+/// container exited, the task could not start), or, where it names none or
+/// the scheduler stopped the task, the reason does (failed health checks).
+fn failed(task: &Task) -> bool {
+    match task.stop_code() {
+        Some(TaskStopCode::EssentialContainerExited | TaskStopCode::TaskFailedToStart) => true,
+        Some(TaskStopCode::UserInitiated | TaskStopCode::SpotInterruption | TaskStopCode::TerminationNotice) => false,
+        _ => task.stopped_reason().is_some_and(|r| {
+            const FAILURES: [&str; 5] = [
+                "Essential container in task exited",
+                "failed ELB health checks",
+                "failed container health checks",
+                "CannotPullContainerError",
+                "ResourceInitializationError",
+            ];
+            FAILURES.iter().any(|f| r.contains(f))
+        }),
+    }
+}
+
+/// A stopped task's reason, with its essential containers' exit codes and
+/// reasons (an out-of-memory kill, say), cut to a line.
+fn stopped_reason(task: &Task) -> String {
+    let mut why = task.stopped_reason().unwrap_or("no reason given").to_owned();
+    for c in task.containers() {
+        let code = c.exit_code().map(|code| format!("exit code {code}"));
+        let detail: Vec<String> = code.into_iter().chain(c.reason().map(str::to_owned)).collect();
+        if !detail.is_empty() {
+            why.push_str(&format!(
+                "; container {}: {}",
+                c.name().unwrap_or("?"),
+                detail.join(", ")
+            ));
+        }
+    }
+    why.chars().filter(|c| !c.is_control()).take(400).collect()
+}
+
 /// `n` tasks as a percent of `of`.
 fn percent(n: u32, of: i32) -> f64 {
     if of <= 0 {
@@ -92,16 +134,29 @@ impl EcsServiceTarget {
         let service = self.describe_service().await?;
         let weights = self.listener_weights(c).await?;
         let sets = sets(&service);
-        let revisions = sets
-            .iter()
-            .map(|s| RevisionState {
+        let mut revisions = Vec::with_capacity(sets.len());
+        for s in &sets {
+            let desired = s.desired(service.desired_count());
+            // A task serves once its target passes the target group's
+            // health checks; a set without a group counts running tasks.
+            let ready = match s.target_group() {
+                Some(tg) if desired > 0 => self.healthy_targets(tg).await?,
+                Some(_) => 0,
+                None => replicas(s.ts.running_count()),
+            };
+            let (failed, failure) = if ready < desired {
+                self.failed_tasks(s, c.failed_task_limit).await?
+            } else {
+                (0, None)
+            };
+            revisions.push(RevisionState {
                 id: s.id.clone(),
-                desired: s.desired(service.desired_count()),
-                ready: replicas(s.ts.running_count()),
-                failed: 0,
-                failure: None,
-            })
-            .collect();
+                desired,
+                ready,
+                failed,
+                failure,
+            });
+        }
         let by_group: Vec<(RevisionId, u32)> = sets
             .iter()
             .filter_map(|s| {
@@ -114,6 +169,67 @@ impl EcsServiceTarget {
             revisions,
             traffic: split_of(&by_group)?,
         })
+    }
+
+    /// Targets of `tg` that pass its health checks.
+    async fn healthy_targets(&self, tg: &str) -> Result<u32> {
+        self.limit().await;
+        let out = self
+            .inner
+            .elb
+            .describe_target_health()
+            .target_group_arn(tg)
+            .send()
+            .await
+            .map_err(|e| classify("elbv2", &format!("DescribeTargetHealth {tg}"), e))?;
+        let healthy = out
+            .target_health_descriptions()
+            .iter()
+            .filter(|d| d.target_health().and_then(|h| h.state()) == Some(&TargetHealthStateEnum::Healthy))
+            .count();
+        Ok(u32::try_from(healthy).unwrap_or(u32::MAX))
+    }
+
+    /// The set's tasks that stopped with a failure, once there are at least
+    /// `limit` of them, with the latest one's stopped reason (ECS keeps
+    /// stopped tasks for about an hour). A task stopped by a scale-in or by
+    /// a user is no failure.
+    async fn failed_tasks(&self, set: &Set<'_>, limit: u32) -> Result<(u32, Option<String>)> {
+        let Some(started_by) = set.ts.id() else {
+            return Ok((0, None));
+        };
+        self.limit().await;
+        let listed = self
+            .inner
+            .ecs
+            .list_tasks()
+            .cluster(&self.inner.cluster)
+            .started_by(started_by)
+            .desired_status(DesiredStatus::Stopped)
+            .send()
+            .await
+            .map_err(|e| classify(PROVIDER, &format!("ListTasks startedBy {started_by}"), e))?;
+        if listed.task_arns().is_empty() {
+            return Ok((0, None));
+        }
+        self.limit().await;
+        let described = self
+            .inner
+            .ecs
+            .describe_tasks()
+            .cluster(&self.inner.cluster)
+            .set_tasks(Some(listed.task_arns().to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify(PROVIDER, &format!("DescribeTasks of {}", set.id), e))?;
+        let mut failures: Vec<&Task> = described.tasks().iter().filter(|t| failed(t)).collect();
+        let n = u32::try_from(failures.len()).unwrap_or(u32::MAX);
+        if n < limit {
+            return Ok((0, None));
+        }
+        failures.sort_by_key(|t| t.stopped_at().map(|d| (d.secs(), d.subsec_nanos())));
+        let last = failures.last().map(|t| stopped_reason(t));
+        Ok((n, last.map(|why| format!("{n} tasks stopped; the last: {why}"))))
     }
 
     async fn update_task_set(&self, set: &Set<'_>, pct: f64) -> Result<()> {
@@ -334,6 +450,54 @@ mod tests {
             .external_id("rev-a")
             .scale(Scale::builder().unit(ScaleUnit::Percent).value(pct).build())
             .build()
+    }
+
+    #[test]
+    fn a_stopped_task_fails_on_its_stop_code_or_reason_but_not_when_scaled_in() {
+        use aws_sdk_ecs::types::Container;
+        let task = |code: Option<TaskStopCode>, reason: &str| {
+            Task::builder()
+                .set_stop_code(code)
+                .stopped_reason(reason)
+                .containers(
+                    Container::builder()
+                        .name("web")
+                        .exit_code(137)
+                        .reason("OutOfMemoryError")
+                        .build(),
+                )
+                .build()
+        };
+        let exited = task(
+            Some(TaskStopCode::EssentialContainerExited),
+            "Essential container in task exited",
+        );
+        assert!(failed(&exited));
+        assert_eq!(
+            stopped_reason(&exited),
+            "Essential container in task exited; container web: exit code 137, OutOfMemoryError"
+        );
+        assert!(failed(&task(
+            Some(TaskStopCode::TaskFailedToStart),
+            "CannotPullContainerError: x"
+        )));
+        assert!(failed(&task(
+            Some(TaskStopCode::ServiceSchedulerInitiated),
+            "Task failed ELB health checks in (target-group arn:aws:...)"
+        )));
+        assert!(!failed(&task(
+            Some(TaskStopCode::ServiceSchedulerInitiated),
+            "Scaling activity initiated by (deployment ecs-svc/1)"
+        )));
+        assert!(!failed(&task(
+            Some(TaskStopCode::UserInitiated),
+            "Essential container in task exited"
+        )));
+        assert!(
+            failed(&task(None, "Essential container in task exited")),
+            "no stop code: the reason decides"
+        );
+        assert!(!failed(&task(None, "stopped by hand")));
     }
 
     #[test]
