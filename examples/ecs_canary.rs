@@ -22,6 +22,7 @@
 //! | `RELAY_IMAGE` | the ECR image to deploy (`repo:tag`, pinned to its digest) |
 //! | `RELAY_REPLICAS` | tasks at full rollout (default 2) |
 //! | `RELAY_ALARM` | optional CloudWatch alarm that must stay `OK` |
+//! | `RELAY_STEP_SECONDS` | time at each step (default 60) |
 //!
 //! The canary goes 10% → 50% → 100%, a minute at each step (the alarm is
 //! checked every minute if given); a failure rolls back to the stable task
@@ -81,6 +82,7 @@ async fn run(apply: bool) -> Result<bool, String> {
     let name = relay::Target::name(&target).to_owned();
     let mut canary = CanaryStrategy::new();
     let alarm = std::env::var("RELAY_ALARM").ok();
+    let step = support::step_interval(Duration::from_secs(60))?;
     for weight in [10, 50] {
         canary = canary.set_weight(weight);
         canary = match &alarm {
@@ -91,9 +93,9 @@ async fn run(apply: bool) -> Result<bool, String> {
                     ThresholdJudge::below(1.0).statistic(Statistic::Max),
                 )
                 .scope(relay::CheckScope::Target)])
-                .every(Duration::from_secs(60), 1),
+                .every(step, 1),
             ),
-            None => canary.pause(Duration::from_secs(60)),
+            None => canary.pause(step),
         };
     }
     let dir = std::path::Path::new("relay-ecs-state");

@@ -20,6 +20,7 @@
 //! | `RELAY_IMAGE` | the image, pinned by digest (`repo@sha256:…`) |
 //! | `RELAY_REPLICAS` | replicas at full rollout (default 2) |
 //! | `RELAY_SELECTOR` | the label selector of the app's pods (default `app=<deployment>`) |
+//! | `RELAY_STEP_SECONDS` | time between measurements (default 30) |
 //!
 //! The canary goes 25% → 50% → 100%; at each step every candidate pod must be
 //! ready and none crash-looping, measured twice 30 s apart. Rollout records
@@ -71,7 +72,7 @@ async fn run(apply: bool) -> Result<bool, String> {
             ThresholdJudge::below(0.5).statistic(Statistic::Max),
         ),
     ])
-    .every(Duration::from_secs(30), 2);
+    .every(support::step_interval(Duration::from_secs(30))?, 2);
     let canary = CanaryStrategy::new()
         .set_weight(25)
         .analyze(pods_healthy.clone())

@@ -7,8 +7,11 @@
 # upstream tree with vendor/) and Go 1.19 through a private apt directory
 # whose sources are the machine's own Debian entries with `deb-src` added,
 # and builds the two binaries in GOPATH mode (about 7 minutes on 2 cores the
-# first time). The binaries are cached outside the repository, keyed by
-# version, and reused.
+# first time). The vendored modern-go/reflect2 1.0.1 is replaced by Debian's
+# 1.0.2: built with Go 1.19, 1.0.1 crashes the API server (SIGSEGV in map
+# iteration) as soon as it encodes a custom resource. The binaries are
+# cached outside the repository, keyed by version and that patch, and
+# reused.
 #
 # `kube_start DIR` generates a CA, a server certificate and a token for a
 # `system:masters` user in DIR, starts etcd, the API server (TLS only, RBAC)
@@ -24,7 +27,7 @@
 
 KUBE_VERSION=1.20.2
 KUBE_DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
-KUBE_CACHE=${RELAY_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/relay-test}/kube-$KUBE_DEB_VERSION
+KUBE_CACHE=${RELAY_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/relay-test}/kube-$KUBE_DEB_VERSION-reflect2-1.0.2
 
 kube_build() {
   if [ -x "$KUBE_CACHE/bin/kube-apiserver" ] && [ -x "$KUBE_CACHE/bin/kube-controller-manager" ] &&
@@ -36,7 +39,8 @@ kube_build() {
   mkdir -p "$work/src" "$work/debs" "$work/shim" "$work/gopath/src/k8s.io" "$KUBE_CACHE/bin"
   apt_private "$work"
   (cd "$work/src" && apt-get "${APT_PRIVATE[@]}" -qq source --download-only "kubernetes=$KUBE_DEB_VERSION")
-  (cd "$work/debs" && apt-get "${APT_PRIVATE[@]}" -qq download golang-1.19-go golang-1.19-src etcd-server etcd-client)
+  (cd "$work/debs" && apt-get "${APT_PRIVATE[@]}" -qq download golang-1.19-go golang-1.19-src etcd-server etcd-client \
+    golang-github-modern-go-reflect2-dev)
   local deb
   for deb in "$work"/debs/*.deb; do
     case "$deb" in
@@ -46,6 +50,8 @@ kube_build() {
   done
   (cd "$work/src" && dpkg-source -x ./*.dsc k8s >/dev/null)
   ln -s "$work/src/k8s" "$work/gopath/src/k8s.io/kubernetes"
+  rm -rf "$work/src/k8s/vendor/github.com/modern-go/reflect2"
+  cp -r "$work/root/usr/share/gocode/src/github.com/modern-go/reflect2" "$work/src/k8s/vendor/github.com/modern-go/reflect2"
   # The build scripts call `rsync -pc SRC DST`; a plain copy does the same.
   printf '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec cp -p "$1" "$2"\n' >"$work/shim/rsync"
   chmod +x "$work/shim/rsync"

@@ -1,5 +1,5 @@
-"""Create, on a moto server, what examples/ecs_canary.rs deploys to: an ECR
-image, an ALB with a listener and two target groups in the default VPC, an
+"""Create, on a moto server, what examples/ecs_canary.rs deploys to: two ECR
+images (v1, v2), an ALB with a listener and two target groups in the default VPC, an
 ECS cluster, a Fargate task definition family and a service on the EXTERNAL
 deployment controller. Prints the example's settings as `export` lines.
 
@@ -35,6 +35,8 @@ def main(endpoint: str) -> None:
         "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 1, "digest": "sha256:" + uuid.uuid4().hex * 2}],
     }
     ecr.put_image(repositoryName=f"{name}/web", imageTag="v1", imageManifest=json.dumps(manifest))
+    manifest["layers"][0]["digest"] = "sha256:" + uuid.uuid4().hex * 2
+    ecr.put_image(repositoryName=f"{name}/web", imageTag="v2", imageManifest=json.dumps(manifest))
 
     subnets = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
     vpc = subnets[0]["VpcId"]
@@ -79,6 +81,8 @@ def main(endpoint: str) -> None:
         "RELAY_SUBNETS": ",".join(subnet_ids),
         "RELAY_SECURITY_GROUPS": group,
         "RELAY_IMAGE": f"{name}/web:v1",
+        # The next release, for a canary after the first.
+        "RELAY_IMAGE_NEXT": f"{name}/web:v2",
     }
     for key, value in settings.items():
         print(f"export {key}='{value}'")

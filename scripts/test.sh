@@ -129,20 +129,45 @@ TMPDIRS+=("$QUICKSTART_LOG")
 RUST_LOG=info cargo run --quiet --example quickstart 2>"$QUICKSTART_LOG" >/dev/null
 grep -q "target changed" "$QUICKSTART_LOG"
 
-log "example: ecs_canary plans a canary on an ECS service in the emulator"
+# The examples run whole rollouts against the test servers, from a scratch
+# directory (their state and audit logs go to the working directory), with
+# a stand-in for what the servers lack (scripts/stand-ins.py): ECS's tasks
+# registering healthy with their target group, a kubelet making pods ready.
+cargo build --quiet --example ecs_canary --example k8s_canary --all-features
+EXAMPLES_DIR=$(mktemp -d)
+TMPDIRS+=("$EXAMPLES_DIR")
+
+log "example: ecs_canary plans, then applies a first release and a canary on the emulator's ECS service"
 (
   eval "$(python3 scripts/moto-ecs-fixture.py "$RELAY_TEST_MOTO_ENDPOINT")"
-  AWS_ENDPOINT_URL=$RELAY_TEST_MOTO_ENDPOINT AWS_REGION=us-east-1 \
-    AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
-    cargo run --example ecs_canary --all-features -- plan
+  export AWS_ENDPOINT_URL=$RELAY_TEST_MOTO_ENDPOINT AWS_REGION=us-east-1 \
+    AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing RELAY_STEP_SECONDS=1
+  ecs_canary=$PWD/target/debug/examples/ecs_canary
+  python3 scripts/stand-ins.py ecs "$RELAY_TEST_MOTO_ENDPOINT" "$RELAY_ECS_CLUSTER" "$RELAY_ECS_SERVICE" &
+  agent=$!
+  trap 'kill "$agent" 2>/dev/null || true' EXIT
+  cd "$EXAMPLES_DIR"
+  "$ecs_canary" plan
+  timeout 300 "$ecs_canary" apply
+  RELAY_IMAGE=$RELAY_IMAGE_NEXT timeout 300 "$ecs_canary" apply | tee ecs.log
+  grep -q '^step: traffic: candidate 50%, stable 50%' ecs.log
+  grep -q '^outcome: promoted' ecs.log
 )
 
-log "example: k8s_canary plans a canary on a Deployment in the test cluster"
+log "example: k8s_canary plans, then applies a canary on a Deployment in the test cluster"
 (
   python3 scripts/kube-demo.py "$RELAY_TEST_KUBECONFIG" >/dev/null
-  KUBECONFIG=$RELAY_TEST_KUBECONFIG RELAY_NAMESPACE=relay-example \
-    RELAY_IMAGE=registry.test/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
-    cargo run --example k8s_canary --all-features -- plan
+  export KUBECONFIG=$RELAY_TEST_KUBECONFIG RELAY_NAMESPACE=relay-example RELAY_STEP_SECONDS=1 \
+    RELAY_IMAGE=registry.test/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+  k8s_canary=$PWD/target/debug/examples/k8s_canary
+  python3 scripts/stand-ins.py kubelet "$RELAY_TEST_KUBECONFIG" relay-example &
+  kubelet=$!
+  trap 'kill "$kubelet" 2>/dev/null || true' EXIT
+  cd "$EXAMPLES_DIR"
+  "$k8s_canary" plan
+  timeout 300 "$k8s_canary" apply | tee k8s.log
+  grep -q '^verdict: ' k8s.log
+  grep -q '^outcome: promoted' k8s.log
 )
 
 log "example: relayctl on spec and pipeline files"

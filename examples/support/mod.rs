@@ -2,6 +2,7 @@
 //! (then running, printing progress) a rollout.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use relay::{EventKind, Relay, RolloutSpec};
 
@@ -27,6 +28,21 @@ pub async fn plan_or_apply(relay: &Relay, spec: RolloutSpec, apply: bool) -> Res
     let outcome = handle.wait().await.map_err(|e| e.to_string())?;
     println!("outcome: {outcome}");
     Ok(outcome.is_success())
+}
+
+/// The time between a canary's measurements (or its pause at each step):
+/// `RELAY_STEP_SECONDS` if set (the test script runs the examples with 1),
+/// else `default`.
+pub fn step_interval(default: Duration) -> Result<Duration, String> {
+    match std::env::var("RELAY_STEP_SECONDS") {
+        Ok(s) => match s.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+            _ => Err(format!(
+                "RELAY_STEP_SECONDS: {s:?} is not a whole number of seconds above 0"
+            )),
+        },
+        Err(_) => Ok(default),
+    }
 }
 
 /// `plan` (the default) or `apply` from the first argument.

@@ -779,3 +779,162 @@ async fn a_secret_changed_since_the_plan_is_refused_before_anything_changes() {
         .unwrap_err();
     assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
 }
+
+/// An HTTPRoute `web` sending `/` to the Service `web` and `/admin` to an
+/// `admin` Service, through a parent Gateway `gateway`.
+async fn http_route(client: &Client, ns: &str) -> serde_json::Value {
+    use relay::providers::kubernetes::sdk::kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    );
+    let route: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "web"},
+        "spec": {
+            "parentRefs": [{"name": "gateway"}],
+            "hostnames": ["shop.test"],
+            "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": [{"name": "web", "port": 80}]},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}], "backendRefs": [{"name": "admin", "port": 8080}]},
+            ],
+        },
+    }))
+    .unwrap();
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource)
+        .create(&PostParams::default(), &route)
+        .await
+        .unwrap();
+    route_spec(client, ns).await
+}
+
+async fn route_spec(client: &Client, ns: &str) -> serde_json::Value {
+    use relay::providers::kubernetes::sdk::kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    );
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource)
+        .get("web")
+        .await
+        .unwrap()
+        .data["spec"]
+        .clone()
+}
+
+/// The weights of the `/` rule's Services `web` and `web-canary`.
+async fn route_weights(client: &Client, ns: &str) -> (u64, u64) {
+    let spec = route_spec(client, ns).await;
+    let refs = spec["rules"][0]["backendRefs"].as_array().unwrap().clone();
+    let of = |name: &str| {
+        refs.iter()
+            .find(|b| b["name"] == name)
+            .map_or(0, |b| b["weight"].as_u64().unwrap_or(1))
+    };
+    (of("web"), of("web-canary"))
+}
+
+/// Routed mode through a Gateway API HTTPRoute: exact weights on the
+/// route's backendRefs while the stable Deployment keeps all its replicas;
+/// promotion and rollback put all traffic on the stable Service and delete
+/// the candidate's Deployment; the route's other rule, its matches and
+/// parents stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_through_an_http_route_gets_exact_weights_beside_a_full_stable() {
+    use relay::providers::kubernetes::HttpRouteRouter;
+    let client = client().await;
+    crate::support::gateway_api(&client).await;
+    let ns = namespace(&client).await;
+    let kubelet = Kubelet::start(&client, &ns);
+    web_app(&client, &ns, "web", 4).await;
+    let before = http_route(&client, &ns).await;
+    let router = Arc::new(HttpRouteRouter::new(provider_client().await, &ns, "web", "web"));
+    let target = DeploymentTarget::builder(provider_client().await, &ns, "web")
+        .name("web")
+        .traffic_router("web", router)
+        .poll_interval(Duration::from_millis(100))
+        .promote_timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(target.capabilities().routing, relay::Routing::Weighted);
+    testing::target_conformance(&target, &spec("v1"), &spec("v2")).await;
+    assert_eq!(route_weights(&client, &ns).await, (100, 0));
+    let canary_svc = Api::<Service>::namespaced(client.clone(), &ns)
+        .get("web-canary")
+        .await
+        .unwrap();
+    assert_eq!(
+        canary_svc.spec.unwrap().selector.unwrap(),
+        BTreeMap::from([("relay.dev/canary-of".to_owned(), "web".to_owned())]),
+        "the canary Service selects the candidate's pods"
+    );
+
+    let relay = engine(target.clone(), artifacts(&["v3", "v4"])).build().unwrap();
+    let release = |tag: &str| Release::new(format!("{REPO}:{tag}").parse().unwrap()).replicas(4);
+    let canary = || CanaryStrategy::new().set_weight(25).pause_until_resumed();
+    let handle = relay
+        .start(RolloutSpec::new("web", release("v3"), canary()))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    while let Some(e) = events.next().await {
+        if matches!(&e.kind, EventKind::StepStarted { kind, .. } if kind == "pause") {
+            break;
+        }
+    }
+    assert_eq!(route_weights(&client, &ns).await, (75, 25), "exact weights");
+    assert_eq!(
+        replicas(&get(&client, &ns, "web").await.unwrap()),
+        4,
+        "the stable keeps its replicas"
+    );
+    assert_eq!(
+        replicas(&get(&client, &ns, "web-canary").await.unwrap()),
+        1,
+        "the canary its share"
+    );
+    let cand = relay
+        .state()
+        .get(handle.id())
+        .await
+        .unwrap()
+        .unwrap()
+        .plan
+        .candidate
+        .id
+        .clone();
+    assert_eq!(target.observe().await.unwrap().traffic.weight(&cand), 25);
+    handle.resume("test").unwrap();
+    assert!(handle.wait().await.unwrap().is_success());
+    assert_eq!(route_weights(&client, &ns).await, (100, 0));
+    assert!(get(&client, &ns, "web-canary").await.is_none());
+    let stable = get(&client, &ns, "web").await.unwrap();
+    assert_eq!((image(&stable), replicas(&stable)), (pinned("v3"), 4));
+
+    // v4 crash-loops: rolled back, all traffic on the stable Service.
+    kubelet.fail(&Digest::of(b"v4").to_string());
+    let outcome = relay
+        .start(RolloutSpec::new("web", release("v4"), canary()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(matches!(&outcome, Outcome::RolledBack { .. }), "{outcome}");
+    assert_eq!(route_weights(&client, &ns).await, (100, 0));
+    assert!(get(&client, &ns, "web-canary").await.is_none());
+    assert_eq!(image(&get(&client, &ns, "web").await.unwrap()), pinned("v3"));
+
+    let after = route_spec(&client, &ns).await;
+    assert_eq!(after["rules"][1], before["rules"][1], "the other rule is untouched");
+    assert_eq!(
+        (&after["parentRefs"], &after["hostnames"], &after["rules"][0]["matches"]),
+        (
+            &before["parentRefs"],
+            &before["hostnames"],
+            &before["rules"][0]["matches"]
+        )
+    );
+}

@@ -261,3 +261,30 @@ fn api_now() -> serde_json::Value {
     use relay::providers::kubernetes::sdk::k8s_openapi::jiff::Timestamp;
     serde_json::to_value(Time(Timestamp::now())).unwrap()
 }
+
+/// The Gateway API's HTTPRoute resource on the test API server
+/// (tests/fixtures/gateway-api/httproute-crd.yaml), installed once and
+/// established.
+pub async fn gateway_api(client: &Client) {
+    use relay::providers::kubernetes::sdk::k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crd: CustomResourceDefinition =
+        serde_saphyr::from_str(include_str!("../fixtures/gateway-api/httproute-crd.yaml")).unwrap();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match api.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(relay::providers::kubernetes::sdk::kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("installing the HTTPRoute CRD: {e}"),
+    }
+    for _ in 0..100 {
+        let crd = api.get("httproutes.gateway.networking.k8s.io").await.unwrap();
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        if established {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the HTTPRoute CRD was not established");
+}

@@ -9,8 +9,10 @@
 //!   `coordination.k8s.io/v1` Leases, both with optimistic concurrency on
 //!   `resourceVersion`, so replicas of a service coordinate in the cluster.
 //! - [`DeploymentTarget`]: a `Deployment` in rolling, canary (a second
-//!   `<name>-canary` Deployment, traffic by replica ratio) or blue/green
-//!   (Service selector switch) mode.
+//!   `<name>-canary` Deployment, traffic by replica ratio), routed (the
+//!   same, with exact weights from a [`TrafficRouter`] such as the Gateway
+//!   API's [`HttpRouteRouter`]) or blue/green (Service selector switch)
+//!   mode.
 //! - [`PodReadinessProbe`]: ready and crash-looping pods per revision.
 //! - [`RequestCounter`]: a client layer counting API requests by operation.
 //!
@@ -22,12 +24,14 @@ mod calls;
 mod deployment;
 mod error;
 mod probe;
+mod router;
 mod secrets;
 mod state;
 
 pub use calls::{Counted, RequestCounter};
 pub use deployment::{DeploymentTarget, DeploymentTargetBuilder};
 pub use probe::PodReadinessProbe;
+pub use router::{HttpRouteRouter, TrafficRouter};
 pub use secrets::KubeSecretStore;
 pub use state::KubeStateStore;
 

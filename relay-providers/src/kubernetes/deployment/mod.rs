@@ -24,6 +24,7 @@ use tokio_stream::StreamExt;
 
 use super::error::classify;
 use super::probe::failure;
+use super::router::{canary_service, TrafficRouter};
 pub(crate) use template::REVISION_LABEL;
 use template::{CANARY_LABEL, POD_TEMPLATE_HASH};
 
@@ -64,6 +65,17 @@ const WATCH_SHORTEST: Duration = Duration::from_secs(1);
 ///   Deployment to zero. Promotion writes the candidate's template into the
 ///   stable Deployment, waits for it to be complete, then deletes the canary
 ///   Deployment; so does retiring the candidate.
+/// - **Routed** ([`DeploymentTargetBuilder::traffic_router`]): canary with
+///   exact weights, as a service mesh or Gateway API implementation gives
+///   them. The candidate runs in `<name>-canary` with pods the stable
+///   Service does not select, behind a `<service>-canary` Service relay
+///   creates; a [`TrafficRouter`] (the Gateway API's
+///   [`crate::kubernetes::HttpRouteRouter`], or one of your own) sets the
+///   two Services' weights: `Routing::Weighted`, two revisions. The stable
+///   Deployment keeps all its replicas until promotion; the candidate is
+///   scaled to its share (at least one). Promotion writes the template into
+///   the stable Deployment, waits for it, gives its Service all the traffic
+///   and deletes the canary Deployment.
 /// - **Blue/green** ([`DeploymentTargetBuilder::blue_green`]): the same two
 ///   Deployments, but the candidate's pods lack the labels the Service
 ///   selects, so they get no traffic until `route` switches the Service's
@@ -132,6 +144,10 @@ enum Mode {
     Canary,
     BlueGreen {
         service: String,
+    },
+    Routed {
+        service: String,
+        router: Arc<dyn TrafficRouter>,
     },
 }
 
@@ -204,6 +220,21 @@ impl DeploymentTargetBuilder {
     /// replica ratio.
     pub fn canary(mut self) -> Self {
         self.mode = Mode::Canary;
+        self
+    }
+
+    /// Routed mode: canary with exact weights. The candidate runs in
+    /// `<deployment>-canary` with pods that `service` (the stable Service)
+    /// does not select, behind a Service `<service>-canary` that relay
+    /// creates with `service`'s ports; `router` sets the weights between
+    /// the two Services (a Gateway API [`crate::kubernetes::HttpRouteRouter`], or
+    /// your own [`TrafficRouter`]). The stable Deployment keeps all its
+    /// replicas until promotion.
+    pub fn traffic_router(mut self, service: impl Into<String>, router: Arc<dyn TrafficRouter>) -> Self {
+        self.mode = Mode::Routed {
+            service: service.into(),
+            router,
+        };
         self
     }
 
@@ -300,7 +331,7 @@ impl DeploymentTargetBuilder {
             })?;
         let template = d.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
         let container = template::container_name(&template, &self.deployment, self.container.as_deref())?;
-        if let Mode::BlueGreen { service } = &self.mode {
+        if let Mode::BlueGreen { service } | Mode::Routed { service, .. } = &self.mode {
             let svc = service_api(&self.client, &self.namespace)
                 .get_opt(service)
                 .await
@@ -738,9 +769,9 @@ impl DeploymentTarget {
     fn canary_spec(&self, base: &PodTemplateSpec, spec: &RevisionSpec, replicas: u32) -> Result<serde_json::Value> {
         let mut t = template::candidate(base, spec, &self.inner.container, &self.inner.namespace)?;
         let mut labels = template::labels(&t);
-        if let Mode::BlueGreen { .. } = self.inner.mode {
+        if let Mode::BlueGreen { .. } | Mode::Routed { .. } = self.inner.mode {
             // Without the labels the Service selects, the candidate gets no
-            // traffic until the switch.
+            // traffic until the switch (or the router's weight).
             labels.retain(|k, _| k == template::REVISION_LABEL);
         }
         labels.insert(CANARY_LABEL.to_owned(), self.inner.deployment.clone());
@@ -778,6 +809,11 @@ impl Target for DeploymentTarget {
             },
             Mode::BlueGreen { .. } => Capabilities {
                 routing: Routing::Switch,
+                max_revisions: 2,
+                watches: self.inner.watch,
+            },
+            Mode::Routed { .. } => Capabilities {
+                routing: Routing::Weighted,
                 max_revisions: 2,
                 watches: self.inner.watch,
             },
@@ -826,6 +862,18 @@ impl Target for DeploymentTarget {
                 .as_ref()
                 .map(TrafficSplit::all)
                 .unwrap_or_default(),
+            Mode::Routed { router, .. } => {
+                let weight = router.canary_weight().await?;
+                let on_canary = canary.as_ref().and_then(status::current);
+                match (&promoted, on_canary) {
+                    (Some(s), Some(c)) if *s != c => TrafficSplit::canary(s, &c, weight)?,
+                    (Some(s), _) => TrafficSplit::all(s),
+                    // A first release: the canary Service's share goes to
+                    // it, the rest to a stable Service with no pods.
+                    (None, Some(c)) if weight > 0 => TrafficSplit::all(&c),
+                    (None, _) => TrafficSplit::default(),
+                }
+            }
         };
         Ok(TargetState {
             stable: promoted,
@@ -896,7 +944,10 @@ impl Target for DeploymentTarget {
                 }
                 self.apply(&self.inner.deployment, body).await
             }
-            Mode::Canary | Mode::BlueGreen { .. } => {
+            Mode::Canary | Mode::BlueGreen { .. } | Mode::Routed { .. } => {
+                if let Mode::Routed { service, .. } = &self.inner.mode {
+                    self.ensure_canary_service(service).await?;
+                }
                 if status::current(&stable).as_ref() == Some(&spec.id) {
                     return Err(Error::Conflict {
                         what: format!(
@@ -953,7 +1004,7 @@ impl Target for DeploymentTarget {
         let sole_revision = match &self.inner.mode {
             Mode::Rolling { .. } => Some(sole(split, "rolling")?),
             Mode::BlueGreen { .. } => Some(sole(split, "blue/green")?),
-            Mode::Canary => None,
+            Mode::Canary | Mode::Routed { .. } => None,
         };
         let (mut stable, mut canary) = self.both().await?;
         // A revision that should serve but runs in no Deployment any more
@@ -1006,6 +1057,14 @@ impl Target for DeploymentTarget {
                     self.switch_service(service, None).await
                 }
             }
+            // Exact weights; both Deployments keep their replicas.
+            Mode::Routed { router, .. } => {
+                let weight = match on_canary {
+                    Some(c) if on_stable.as_ref() != Some(&c) => split.weight(&c),
+                    _ => 0,
+                };
+                router.set_canary_weight(weight).await
+            }
         }
     }
 
@@ -1050,8 +1109,12 @@ impl Target for DeploymentTarget {
             self.apply(&self.inner.deployment, body).await?;
         }
         self.wait_complete().await?;
-        if let Mode::BlueGreen { service } = &self.inner.mode {
-            self.switch_service(service, None).await?;
+        // The stable Deployment runs the candidate everywhere: its Service
+        // takes the traffic back before the canary goes.
+        match &self.inner.mode {
+            Mode::BlueGreen { service } => self.switch_service(service, None).await?,
+            Mode::Routed { router, .. } => router.set_canary_weight(0).await?,
+            _ => {}
         }
         // The candidate runs in the stable Deployment now: its canary
         // Deployment goes (left at zero replicas it would linger in every
@@ -1090,6 +1153,7 @@ impl Target for DeploymentTarget {
         };
         let serving = match &self.inner.mode {
             Mode::BlueGreen { service } => self.switched_to(service).await?.as_ref() == Some(id),
+            Mode::Routed { router, .. } => router.canary_weight().await? > 0,
             _ => status::desired(&c) > 0,
         };
         if serving {
@@ -1105,8 +1169,10 @@ impl Target for DeploymentTarget {
                     ),
                 });
             }
-            if let Mode::BlueGreen { service } = &self.inner.mode {
-                self.switch_service(service, None).await?;
+            match &self.inner.mode {
+                Mode::BlueGreen { service } => self.switch_service(service, None).await?,
+                Mode::Routed { router, .. } => router.set_canary_weight(0).await?,
+                _ => {}
             }
         }
         self.delete_canary().await
@@ -1114,6 +1180,58 @@ impl Target for DeploymentTarget {
 }
 
 impl DeploymentTarget {
+    /// Create the canary Service beside `service` (routed mode) unless it
+    /// exists: `service`'s ports, selecting the canary Deployment's pods.
+    async fn ensure_canary_service(&self, service: &str) -> Result<()> {
+        let api = service_api(&self.inner.client, &self.inner.namespace);
+        let name = canary_service(service);
+        if api
+            .get_opt(&name)
+            .await
+            .map_err(|e| classify(&self.what("get", "Service", &name), e))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let stable = api
+            .get(service)
+            .await
+            .map_err(|e| classify(&self.what("get", "Service", service), e))?;
+        let ports: Vec<serde_json::Value> = stable
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let mut port = json!({"port": p.port});
+                if let Some(n) = &p.name {
+                    port["name"] = json!(n);
+                }
+                if let Some(t) = &p.target_port {
+                    port["targetPort"] = json!(t);
+                }
+                if let Some(proto) = &p.protocol {
+                    port["protocol"] = json!(proto);
+                }
+                port
+            })
+            .collect();
+        let svc: Service = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "labels": {CANARY_LABEL: self.inner.deployment}},
+            "spec": {"selector": {CANARY_LABEL: self.inner.deployment}, "ports": ports},
+        }))
+        .map_err(|e| Error::provider("kubernetes", false, format!("Service {name}: {e}")))?;
+        match api.create(&PostParams::default(), &svc).await {
+            Ok(_) => Ok(()),
+            // Created meanwhile by another engine: the same Service.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(classify(&self.what("create", "Service", &name), e)),
+        }
+    }
+
     /// Count the pods of each revision that is short of ready replicas
     /// which will not get ready by waiting (see
     /// [`DeploymentTargetBuilder::restart_budget`]) as failed, with the

@@ -248,7 +248,18 @@ async fn a_watch_starts_from_what_the_last_observe_read() {
     let ended = json!({"type": "BOOKMARK", "object": {
         "kind": "Deployment", "apiVersion": "apps/v1", "metadata": {"resourceVersion": "42"},
     }});
-    let (api, client) = Scripted::with(vec![web(), web(), replica_sets, modified, expired, forbidden, ended]);
+    // The revision is short of ready pods, so observe reads them too.
+    let pods = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []});
+    let (api, client) = Scripted::with(vec![
+        web(),
+        web(),
+        replica_sets,
+        pods,
+        modified,
+        expired,
+        forbidden,
+        ended,
+    ]);
     let target = DeploymentTarget::builder(client, "shop", "web").build().await.unwrap();
     assert!(target.capabilities().watches);
     target.observe().await.unwrap();
@@ -266,7 +277,8 @@ async fn a_watch_starts_from_what_the_last_observe_read() {
         "{e}"
     );
     let seen = api.seen();
-    let watches: Vec<&str> = seen.iter().skip(3).map(|s| s.uri.as_str()).collect();
+    assert!(seen[3].uri.starts_with("/api/v1/namespaces/shop/pods?"), "{seen:#?}");
+    let watches: Vec<&str> = seen.iter().skip(4).map(|s| s.uri.as_str()).collect();
     assert_eq!(watches.len(), 4, "{seen:#?}");
     for uri in watches {
         assert!(uri.starts_with("/apis/apps/v1/namespaces/shop/deployments?"), "{uri}");
