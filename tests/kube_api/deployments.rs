@@ -722,8 +722,22 @@ async fn blue_green_switches_the_service_and_back_on_promotion() {
     assert_eq!(state.traffic, TrafficSplit::all(&green.id));
     target.retire(&blue).await.unwrap();
 
-    // The same through the engine.
-    let relay = engine(target, artifacts(&["v3"])).build().unwrap();
+    // The same through the engine, every request counted (BENCHMARKS.md).
+    let calls = RequestCounter::default();
+    let counted = DeploymentTarget::builder(counted_client(&calls).await, &ns, "web")
+        .name("web")
+        .blue_green("web")
+        .poll_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let log = CallLog::default();
+    let metered = Metered {
+        inner: counted,
+        calls,
+        log: log.clone(),
+    };
+    let relay = engine(metered, artifacts(&["v3"])).build().unwrap();
     let v3 = Release::new(format!("{REPO}:v3").parse().unwrap()).replicas(2);
     let outcome = relay
         .start(RolloutSpec::new("web", v3, BlueGreenStrategy::new()))
@@ -733,6 +747,16 @@ async fn blue_green_switches_the_service_and_back_on_promotion() {
         .await
         .unwrap();
     assert!(outcome.is_success(), "{outcome}");
+    let log = log.lock().unwrap().clone();
+    for (call, n, fewest, most, total) in summary(&log) {
+        println!(
+            "kubernetes blue/green target calls: {call:<8} x{n:<3} requests {fewest}..{most} each, {total} in all"
+        );
+    }
+    println!(
+        "kubernetes blue/green: {} requests",
+        log.iter().map(|(_, n)| n).sum::<u64>()
+    );
     assert_eq!(image(&get(&client, &ns, "web").await.unwrap()), pinned("v3"));
     assert_eq!(selector(&client, &ns).await, original);
     assert!(
