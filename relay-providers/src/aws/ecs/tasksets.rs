@@ -192,8 +192,10 @@ impl EcsServiceTarget {
 
     /// The set's tasks that stopped with a failure, once there are at least
     /// `limit` of them, with the latest one's stopped reason (ECS keeps
-    /// stopped tasks for about an hour). A task stopped by a scale-in or by
-    /// a user is no failure.
+    /// stopped tasks for about an hour). ECS starts a task set's tasks with
+    /// `startedBy` set to the set's id (`ecs-svc/…`, the deployment id of
+    /// the tasks it starts), which is how they are found. A task stopped by
+    /// a scale-in or by a user is no failure.
     async fn failed_tasks(&self, set: &Set<'_>, limit: u32) -> Result<(u32, Option<String>)> {
         let Some(started_by) = set.ts.id() else {
             return Ok((0, None));
