@@ -1273,11 +1273,21 @@ async fn the_rolling_mode_updates_the_service_and_rolls_back_to_the_stable_task_
         .send()
         .await
         .unwrap();
+    let calls = ApiCallCounter::default();
     let target = EcsServiceTarget::builder(&cfg, &cluster, &service)
+        .ecs_client(ecs::Client::from_conf(
+            ecs::config::Builder::from(&cfg).interceptor(calls.clone()).build(),
+        ))
         .rolling_limits(50, 150)
         .build()
         .await
         .unwrap();
+    // What each call a rollout makes costs in this mode, for BENCHMARKS.md.
+    let cost = |before: u64, call: &str| {
+        let n = calls.total() - before;
+        eprintln!("rolling mode: {call} sent {n} requests");
+        n
+    };
     assert_eq!(
         target.capabilities(),
         Capabilities {
@@ -1297,12 +1307,20 @@ async fn the_rolling_mode_updates_the_service_and_rolls_back_to_the_stable_task_
             .services()[0]
             .clone()
     };
+    let n = calls.total();
     let before = target.observe().await.unwrap();
+    assert_eq!(
+        cost(n, "observe"),
+        2,
+        "DescribeServices + DescribeTaskDefinition of a task definition not seen before (then cached)"
+    );
     let stable = before.stable.clone().expect("what the service runs is stable");
     assert_eq!(before.traffic, TrafficSplit::all(&stable));
 
     let candidate = revision(3);
+    let n = calls.total();
     target.stage(&candidate, 3).await.unwrap();
+    cost(n, "stage");
     let s = describe().await;
     assert_ne!(
         s.task_definition(),
@@ -1326,7 +1344,13 @@ async fn the_rolling_mode_updates_the_service_and_rolls_back_to_the_stable_task_
             .any(|t| t.key() == Some("relay:stable") && t.value() == Some(original.as_str())),
         "the service's original task definition is pinned as stable before the first change"
     );
+    let n = calls.total();
     let observed = target.observe().await.unwrap();
+    assert_eq!(
+        cost(n, "observe"),
+        1,
+        "DescribeServices: both task definitions are known now"
+    );
     assert_eq!(observed.stable.as_ref(), Some(&stable));
     assert_eq!(observed.traffic, TrafficSplit::all(&candidate.id));
     // No weights in this mode, and only the running revision scales.
@@ -1345,13 +1369,19 @@ async fn the_rolling_mode_updates_the_service_and_rolls_back_to_the_stable_task_
     ));
 
     // Roll back: the service goes back to the stable task definition.
+    let n = calls.total();
     target.route(&TrafficSplit::all(&stable)).await.unwrap();
+    cost(n, "route (back to stable)");
     assert_eq!(describe().await.task_definition(), Some(original.as_str()));
+    let n = calls.total();
     target.retire(&candidate.id).await.unwrap();
+    cost(n, "retire");
 
     // Forward again and promote: the stable tag follows.
     target.stage(&candidate, 2).await.unwrap();
+    let n = calls.total();
     target.promote(&candidate.id).await.unwrap();
+    cost(n, "promote");
     target.promote(&candidate.id).await.expect("promote is idempotent");
     let s = describe().await;
     assert_eq!(target.observe().await.unwrap().stable, Some(candidate.id.clone()));
