@@ -744,14 +744,9 @@ async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate
     assert!(outcome.is_success(), "{outcome}");
     let stable_sets = svc.task_sets().await;
 
-    let v2 = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
-    let handle = relay
-        .start(RolloutSpec::new("web", v2, one_look_canary()))
-        .await
-        .unwrap();
-    let (group, verdicts) = fail_the_analysis(&svc, &relay, &target, &namespace, &handle).await;
+    let failed = a_canary_failing_its_analysis(&svc, &relay, &target, &namespace, &format!("{repo}:v2")).await;
+    let (group, verdicts, outcome) = (failed.group, failed.verdicts, failed.outcome);
     assert_eq!(group, svc.groups[1], "the candidate is behind the free target group");
-    let outcome = handle.wait().await.unwrap();
     assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
     assert_eq!(verdicts.len(), 1, "{verdicts:?}");
     assert_eq!(verdicts[0].judgement.outcome, relay::VerdictOutcome::Fail);
@@ -780,19 +775,13 @@ async fn a_failed_first_release_is_rolled_back_to_nothing_deployed() {
     let target = svc.target(None).await;
     let (namespace, probe) = errors_probe(&svc, &target);
     let (relay, wrapped) = svc.relay(target.clone(), Some(probe)).await;
-    let v1 = Release::new(format!("{repo}:v1").parse().unwrap()).replicas(2);
-    let handle = relay
-        .start(RolloutSpec::new("web", v1, one_look_canary()))
-        .await
-        .unwrap();
-    let id = handle.id().to_owned();
-    let (group, verdicts) = fail_the_analysis(&svc, &relay, &target, &namespace, &handle).await;
+    let failed = a_canary_failing_its_analysis(&svc, &relay, &target, &namespace, &format!("{repo}:v1")).await;
+    let (id, outcome) = (failed.id, failed.outcome);
     assert_eq!(
-        group, svc.groups[0],
+        failed.group, svc.groups[0],
         "the first release is behind the first target group"
     );
-    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
-    let outcome = handle.wait().await.unwrap();
+    assert_eq!(failed.verdicts.len(), 1, "{:?}", failed.verdicts);
     assert!(
         matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("analysis failed")),
         "{outcome}"
@@ -951,13 +940,9 @@ async fn a_canary_and_a_rollback_keep_authentication_stickiness_and_rules() {
     assert_eq!(auth.use_existing_client_secret(), Some(true));
 
     // A canary that fails its analysis: rolled back, the listener as it was.
-    let v2 = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
-    let handle = relay
-        .start(RolloutSpec::new("web", v2, one_look_canary()))
+    let outcome = a_canary_failing_its_analysis(&svc, &relay, &target, &namespace, &format!("{repo}:v2"))
         .await
-        .unwrap();
-    fail_the_analysis(&svc, &relay, &target, &namespace, &handle).await;
-    let outcome = handle.wait().await.unwrap();
+        .outcome;
     assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
     kept(listener().await, [100, 0], "v2 rolled back");
 
@@ -1039,23 +1024,9 @@ async fn a_service_behind_a_listener_rule_is_canaried_through_the_rule() {
     let v2 = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
     let canary = CanaryStrategy::new().set_weight(30).pause_until_resumed();
     let handle = relay.start(RolloutSpec::new("web", v2, canary)).await.unwrap();
-    let mut events = handle.events();
-    while let Some(e) = events.next().await {
-        if matches!(&e.kind, EventKind::StepStarted { kind, .. } if kind == "pause") {
-            break;
-        }
-    }
+    crate::rollouts::until_step_starts(&handle, "pause").await;
     assert_eq!(rule_weights().await, [70, 30], "the rule carries the canary's weights");
-    let candidate = relay
-        .state()
-        .get(handle.id())
-        .await
-        .unwrap()
-        .unwrap()
-        .plan
-        .candidate
-        .id
-        .clone();
+    let candidate = crate::rollouts::candidate_of(&relay, &handle).await;
     assert_eq!(target.observe().await.unwrap().traffic.weight(&candidate), 30);
     handle.resume("test").unwrap();
     assert!(handle.wait().await.unwrap().is_success());
@@ -1181,8 +1152,8 @@ fn errors_probe(svc: &TaskSetService, target: &EcsServiceTarget) -> (String, Clo
 }
 
 /// A canary with one 3-second look at the errors: the window starts when
-/// the analysis step starts, which is when [`fail_the_analysis`] publishes
-/// the candidate's errors.
+/// the analysis step starts, which is when [`a_canary_failing_its_analysis`]
+/// publishes the candidate's errors.
 fn one_look_canary() -> CanaryStrategy {
     let analysis = AnalysisSpec::new(vec![Check::new(
         "no-errors",
@@ -1193,26 +1164,31 @@ fn one_look_canary() -> CanaryStrategy {
     CanaryStrategy::new().set_weight(20).analyze(analysis)
 }
 
-/// Publish 12 errors for the candidate's target group when the analysis
-/// step starts, until the rollout finishes; returns the group and the
-/// verdicts.
-async fn fail_the_analysis(
+/// How [`a_canary_failing_its_analysis`] went.
+struct Failed {
+    id: String,
+    /// The candidate's target group.
+    group: String,
+    verdicts: Vec<relay::Verdict>,
+    outcome: Outcome,
+}
+
+/// Roll out `image` (2 tasks) with [`one_look_canary`], publishing 12
+/// errors for the candidate's target group when the analysis step starts,
+/// and wait for the outcome.
+async fn a_canary_failing_its_analysis(
     svc: &TaskSetService,
     relay: &Relay,
     target: &EcsServiceTarget,
     namespace: &str,
-    handle: &relay::RolloutHandle,
-) -> (String, Vec<relay::Verdict>) {
-    let candidate = relay
-        .state()
-        .get(handle.id())
+    image: &str,
+) -> Failed {
+    let release = Release::new(image.parse().unwrap()).replicas(2);
+    let handle = relay
+        .start(RolloutSpec::new("web", release, one_look_canary()))
         .await
-        .unwrap()
-        .unwrap()
-        .plan
-        .candidate
-        .id
-        .clone();
+        .unwrap();
+    let candidate = crate::rollouts::candidate_of(relay, &handle).await;
     let cw = cloudwatch::Client::new(&svc.cfg);
     let mut events = handle.events();
     let (mut group, mut verdicts) = (None, Vec::new());
@@ -1246,7 +1222,12 @@ async fn fail_the_analysis(
             _ => {}
         }
     }
-    (group.expect("the analysis step started"), verdicts)
+    Failed {
+        id: handle.id().to_owned(),
+        group: group.expect("the analysis step started"),
+        verdicts,
+        outcome: handle.wait().await.unwrap(),
+    }
 }
 
 /// A service on the ECS (rolling) controller: one task definition at a time,

@@ -96,13 +96,19 @@ async fn canary_mode_passes_the_target_conformance_suite() {
     let ns = namespace(&client).await;
     let _kubelet = Kubelet::start(&client, &ns);
     web_app(&client, &ns, "web", 2).await;
-    let target = DeploymentTarget::builder(provider_client().await, &ns, "web")
-        .canary()
-        .poll_interval(Duration::from_millis(100))
-        .promote_timeout(Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let canary_target = |name: &'static str| {
+        let ns = ns.clone();
+        async move {
+            DeploymentTarget::builder(provider_client().await, &ns, name)
+                .canary()
+                .poll_interval(Duration::from_millis(100))
+                .promote_timeout(Duration::from_secs(60))
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+    let target = canary_target("web").await;
     testing::target_conformance(&target, &spec("v1"), &spec("v2")).await;
     let stable = get(&client, &ns, "web").await.unwrap();
     assert_eq!(
@@ -118,13 +124,7 @@ async fn canary_mode_passes_the_target_conformance_suite() {
     // A Deployment created empty for a first release: no stable revision,
     // and a first release is retired with its traffic.
     web_app(&client, &ns, "api", 0).await;
-    let target = DeploymentTarget::builder(provider_client().await, &ns, "api")
-        .canary()
-        .poll_interval(Duration::from_millis(100))
-        .promote_timeout(Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let target = canary_target("api").await;
     let empty = target.observe().await.unwrap();
     assert!(
         empty.stable.is_none() && empty.revisions.is_empty(),
@@ -902,12 +902,7 @@ async fn a_canary_through_an_http_route_gets_exact_weights_beside_a_full_stable(
         .start(RolloutSpec::new("web", release("v3"), canary()))
         .await
         .unwrap();
-    let mut events = handle.events();
-    while let Some(e) = events.next().await {
-        if matches!(&e.kind, EventKind::StepStarted { kind, .. } if kind == "pause") {
-            break;
-        }
-    }
+    crate::rollouts::until_step_starts(&handle, "pause").await;
     assert_eq!(route_weights(&client, &ns).await, (75, 25), "exact weights");
     assert_eq!(
         replicas(&get(&client, &ns, "web").await.unwrap()),
@@ -919,16 +914,7 @@ async fn a_canary_through_an_http_route_gets_exact_weights_beside_a_full_stable(
         1,
         "the canary its share"
     );
-    let cand = relay
-        .state()
-        .get(handle.id())
-        .await
-        .unwrap()
-        .unwrap()
-        .plan
-        .candidate
-        .id
-        .clone();
+    let cand = crate::rollouts::candidate_of(&relay, &handle).await;
     assert_eq!(target.observe().await.unwrap().traffic.weight(&cand), 25);
     handle.resume("test").unwrap();
     assert!(handle.wait().await.unwrap().is_success());

@@ -14,3 +14,5 @@ mod support;
 mod fault_proxy;
 #[path = "../shared/planted.rs"]
 mod planted;
+#[path = "../shared/rollouts.rs"]
+mod rollouts;
