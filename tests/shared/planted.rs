@@ -38,7 +38,15 @@ impl Capture {
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
+        // With a single dispatcher registered, tracing-core works out a
+        // callsite's interest from the default of whichever thread reaches
+        // it first: another test's thread, with no subscriber, would make
+        // this capture miss that callsite for good. A second dispatcher,
+        // kept for the life of the process, makes it ask every dispatcher.
+        static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+        let guard = tracing::subscriber::set_default(subscriber);
+        (logs, guard)
     }
 
     /// What was logged so far.
@@ -117,7 +125,9 @@ pub async fn two_rollouts(scheme: &str, store: Arc<dyn SecretStore>, reference: 
     let logs = logs.text();
     assert!(
         logs.contains("rolling back"),
-        "the TRACE capture holds the rollout's logs"
+        "the TRACE capture holds the rollout's logs: {} bytes, ends {:?}",
+        logs.len(),
+        &logs[logs.len().saturating_sub(1500)..]
     );
     // The reference is shown (pinned, perhaps under the store's full name
     // for the secret, which holds the name it was given).
