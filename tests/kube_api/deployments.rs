@@ -514,8 +514,12 @@ async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
         (3, 5),
         "a Deployment and its ReplicaSets, the canary Deployment (and its ReplicaSets once it exists), and the pods of a revision short of ready ones"
     );
-    assert_eq!(per_call["stage"], (3, 3), "stable, canary, apply");
-    assert_eq!(per_call["scale"], (3, 3), "both Deployments, a merge patch");
+    assert_eq!(per_call["stage"], (4, 4), "autoscalers, stable, canary, apply");
+    assert_eq!(
+        per_call["scale"],
+        (3, 4),
+        "both Deployments, a merge patch; + autoscalers when it is the stable Deployment"
+    );
     let stable = get(&client, &ns, "web").await.unwrap();
     assert_eq!((image(&stable), replicas(&stable)), (pinned("v2"), 4));
     assert!(
@@ -947,4 +951,144 @@ async fn a_canary_through_an_http_route_gets_exact_weights_beside_a_full_stable(
             &before["rules"][0]["matches"]
         )
     );
+}
+
+/// Beside an autoscaler and a GitOps tool: relay never sets the replicas of
+/// a Deployment a HorizontalPodAutoscaler scales (the modes that would are
+/// refused, naming the fix; blue/green promotes and rolls back around the
+/// autoscaler's count), and with `force_ownership(false)` it never takes a
+/// field another field manager applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autoscaled_or_gitops_managed_deployment_is_not_fought_over() {
+    use relay::providers::kubernetes::sdk::k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
+    use relay::providers::kubernetes::sdk::kube::api::PostParams;
+    let client = client().await;
+    let ns = namespace(&client).await;
+    let kubelet = Kubelet::start(&client, &ns);
+    web_app(&client, &ns, "web", 3).await;
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(serde_json::json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "web-hpa"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "minReplicas": 2,
+            "maxReplicas": 10,
+        },
+    }))
+    .unwrap();
+    Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &hpa)
+        .await
+        .unwrap();
+
+    // The modes that set the stable Deployment's replicas are refused.
+    for (mode, builder) in [
+        (
+            "rolling",
+            DeploymentTarget::builder(provider_client().await, &ns, "web"),
+        ),
+        (
+            "canary",
+            DeploymentTarget::builder(provider_client().await, &ns, "web").canary(),
+        ),
+    ] {
+        let e = builder.build().await.unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidSpec { path, .. } if path == "kubernetes.mode")
+                && e.to_string().contains("HorizontalPodAutoscaler web-hpa")
+                && e.to_string().contains(".blue_green(..)"),
+            "{mode}: {e}"
+        );
+    }
+
+    // Blue/green: promoted with the autoscaler's count, not the release's.
+    let target = DeploymentTarget::builder(provider_client().await, &ns, "web")
+        .name("web")
+        .blue_green("web")
+        .poll_interval(Duration::from_millis(100))
+        .promote_timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let relay = engine(target, artifacts(&["v2", "v3"])).build().unwrap();
+    let release = |tag: &str| Release::new(format!("{REPO}:{tag}").parse().unwrap()).replicas(5);
+    let outcome = relay
+        .start(RolloutSpec::new("web", release("v2"), BlueGreenStrategy::new()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(outcome.is_success(), "{outcome}");
+    let web = get(&client, &ns, "web").await.unwrap();
+    assert_eq!(
+        (image(&web), replicas(&web)),
+        (pinned("v2"), 3),
+        "the autoscaler's 3 replicas, not 5"
+    );
+
+    // The autoscaler scales down; a failing release is rolled back around it.
+    Api::<Deployment>::namespaced(client.clone(), &ns)
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    kubelet.fail(&Digest::of(b"v3").to_string());
+    let outcome = relay
+        .start(RolloutSpec::new("web", release("v3"), BlueGreenStrategy::new()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(matches!(&outcome, Outcome::RolledBack { .. }), "{outcome}");
+    let web = get(&client, &ns, "web").await.unwrap();
+    assert_eq!((image(&web), replicas(&web)), (pinned("v2"), 2));
+
+    // GitOps: a Deployment a GitOps tool applies; relay without force
+    // refuses to take its image and changes no pod.
+    let applied = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "api"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "api"}},
+            "template": {
+                "metadata": {"labels": {"app": "api"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.test/api:1"}]},
+            },
+        },
+    });
+    Api::<Deployment>::namespaced(client.clone(), &ns)
+        .patch("api", &PatchParams::apply("argocd-controller"), &Patch::Apply(&applied))
+        .await
+        .unwrap();
+    let target = DeploymentTarget::builder(provider_client().await, &ns, "api")
+        .name("api")
+        .force_ownership(false)
+        .build()
+        .await
+        .unwrap();
+    let relay = engine(target, artifacts(&["v2"])).build().unwrap();
+    let outcome = relay
+        .start(RolloutSpec::new(
+            "api",
+            Release::new(format!("{REPO}:v2").parse().unwrap()),
+            AllAtOnce,
+        ))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.contains("argocd-controller") && cause.contains("force_ownership(false)")),
+        "{outcome}"
+    );
+    assert_eq!(image(&get(&client, &ns, "api").await.unwrap()), "registry.test/api:1");
 }

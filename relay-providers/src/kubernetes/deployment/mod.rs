@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
@@ -91,6 +92,25 @@ const WATCH_SHORTEST: Duration = Duration::from_secs(1);
 /// deployment, and a failed one is retired with its traffic, leaving the
 /// Deployment at zero as it was.
 ///
+/// # Sharing the Deployment with an autoscaler or a GitOps tool
+/// - **An autoscaler**: relay never sets the replicas of a Deployment a
+///   `HorizontalPodAutoscaler` scales. Routed and blue/green modes size
+///   only relay's own `<name>-canary` Deployment and promote into the
+///   autoscaled one without its replicas (or with the autoscaler's count,
+///   where relay's applies own the field); scaling it is left to the
+///   autoscaler. Rolling and replica-ratio canary modes must resize it, so
+///   they are refused (at build and at each stage) naming the autoscaler
+///   and the modes to use instead.
+/// - **A GitOps tool** (Argo CD, Flux): by default relay's server-side
+///   applies take the fields they set (the template's image and
+///   environment), which the tool then reverts or reports as drift. Build
+///   with [`DeploymentTargetBuilder::force_ownership`]`(false)` when the
+///   tool must stay the source of truth: an apply over a field the tool
+///   owns is refused, naming it, and nothing is taken. Either let relay own
+///   the image and environment (tell the tool to ignore them, such as an
+///   Argo CD `ignoreDifferences` on the container's image and env), or
+///   leave releases to the tool.
+///
 /// Revisions are pod templates: a template relay wrote carries the
 /// revision id as its `relay.dev/revision` label (a template applied by
 /// hand gets an id derived from its pod spec). Progress is read from the
@@ -125,6 +145,7 @@ struct Inner {
     container: String,
     mode: Mode,
     field_manager: String,
+    force: bool,
     progress_deadline: Option<Duration>,
     poll_interval: Duration,
     promote_timeout: Duration,
@@ -173,6 +194,7 @@ pub struct DeploymentTargetBuilder {
     container: Option<String>,
     mode: Mode,
     field_manager: String,
+    force: bool,
     progress_deadline: Option<Duration>,
     poll_interval: Duration,
     promote_timeout: Duration,
@@ -250,6 +272,21 @@ impl DeploymentTargetBuilder {
     /// The field manager of relay's server-side applies (default `relay`).
     pub fn field_manager(mut self, manager: impl Into<String>) -> Self {
         self.field_manager = manager.into();
+        self
+    }
+
+    /// Whether relay's server-side applies take over fields another field
+    /// manager owns (default `true`: relay is the Deployment's only
+    /// writer). With `false`, an apply that would change a field that, say,
+    /// Argo CD or Flux applied (the image, an environment variable) is
+    /// refused as [`Error::Conflict`] naming the manager and the field, and
+    /// nothing changes: the GitOps tool stays the source of truth, and
+    /// relay deploys only the fields it owns. In rolling mode the refusal
+    /// comes at `stage`, before any pod changes; in canary, routed and
+    /// blue/green modes at promotion, after the canary, which is then
+    /// rolled back.
+    pub fn force_ownership(mut self, force: bool) -> Self {
+        self.force = force;
         self
     }
 
@@ -331,6 +368,10 @@ impl DeploymentTargetBuilder {
             })?;
         let template = d.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
         let container = template::container_name(&template, &self.deployment, self.container.as_deref())?;
+        if matches!(self.mode, Mode::Rolling { .. } | Mode::Canary) {
+            let hpa = autoscaler_of(&self.client, &self.namespace, &self.deployment).await?;
+            refuse_autoscaled(&self.mode, &self.deployment, hpa)?;
+        }
         if let Mode::BlueGreen { service } | Mode::Routed { service, .. } = &self.mode {
             let svc = service_api(&self.client, &self.namespace)
                 .get_opt(service)
@@ -368,6 +409,7 @@ impl DeploymentTargetBuilder {
                 container,
                 mode: self.mode,
                 field_manager: self.field_manager,
+                force: self.force,
                 progress_deadline: self.progress_deadline,
                 poll_interval: self.poll_interval,
                 promote_timeout: self.promote_timeout,
@@ -377,6 +419,54 @@ impl DeploymentTargetBuilder {
             }),
         })
     }
+}
+
+/// The HorizontalPodAutoscaler that scales Deployment `deployment`, if one
+/// does.
+async fn autoscaler_of(client: &Client, namespace: &str, deployment: &str) -> Result<Option<String>> {
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| classify(&format!("list HorizontalPodAutoscalers {namespace}"), e))?;
+    Ok(list.items.into_iter().find_map(|h| {
+        let target = &h.spec.as_ref()?.scale_target_ref;
+        (target.kind == "Deployment" && target.name == deployment).then(|| h.metadata.name.unwrap_or_default())
+    }))
+}
+
+/// Refuse a mode that must set the replicas of a Deployment an autoscaler
+/// scales: relay would fight it over `spec.replicas`.
+fn refuse_autoscaled(mode: &Mode, deployment: &str, hpa: Option<String>) -> Result<()> {
+    let name = match mode {
+        Mode::Rolling { .. } => "rolling",
+        Mode::Canary => "canary (replica-ratio)",
+        _ => return Ok(()),
+    };
+    match hpa {
+        Some(hpa) => Err(Error::invalid(
+            "kubernetes.mode",
+            format!(
+                "HorizontalPodAutoscaler {hpa} scales Deployment {deployment}, and {name} mode would set its replicas \
+                 against it; use .traffic_router(..) or .blue_green(..), where relay sizes only its own \
+                 {deployment}-canary Deployment and never the autoscaled one's replicas"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Whether relay's server-side applies own `spec.replicas` of `d` (a field
+/// dropped from an apply its manager owns alone is removed, and replicas
+/// would fall back to 1).
+fn applies_replicas(d: &Deployment, manager: &str) -> bool {
+    d.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(manager)
+            && m.operation.as_deref() == Some("Apply")
+            && m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
+    })
 }
 
 /// Whether the stable Deployment asks for no replicas and runs no pod: a
@@ -440,6 +530,7 @@ impl DeploymentTarget {
                 max_unavailable: IntOrString::String("25%".into()),
             },
             field_manager: "relay".into(),
+            force: true,
             progress_deadline: None,
             poll_interval: Duration::from_secs(2),
             promote_timeout: Duration::from_secs(600),
@@ -569,12 +660,23 @@ impl DeploymentTarget {
             "metadata": {"name": name},
             "spec": spec,
         });
-        let params = PatchParams::apply(&self.inner.field_manager).force();
-        self.deployments()
-            .patch(name, &params, &Patch::Apply(&body))
-            .await
-            .map_err(|e| classify(&self.what("apply", "Deployment", name), e))?;
-        Ok(())
+        let mut params = PatchParams::apply(&self.inner.field_manager);
+        if self.inner.force {
+            params = params.force();
+        }
+        match self.deployments().patch(name, &params, &Patch::Apply(&body)).await {
+            Ok(_) => Ok(()),
+            // Another field manager owns fields this apply sets (only
+            // without force): name them, change nothing.
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict {
+                what: format!(
+                    "Deployment {}/{name}: {}; relay does not take fields another manager owns \
+                     (force_ownership(false)): change them through that manager, or let relay own them",
+                    self.inner.namespace, s.message
+                ),
+            }),
+            Err(e) => Err(classify(&self.what("apply", "Deployment", name), e)),
+        }
     }
 
     async fn set_replicas(&self, name: &str, n: u32) -> Result<()> {
@@ -905,6 +1007,10 @@ impl Target for DeploymentTarget {
     #[tracing::instrument(skip_all, fields(target = %self.inner.name, revision = %spec.id, replicas))]
     async fn stage(&self, spec: &RevisionSpec, replicas: u32) -> Result<()> {
         self.check_secrets(spec).await?;
+        if matches!(self.inner.mode, Mode::Rolling { .. } | Mode::Canary) {
+            // An autoscaler may have come since the target was built.
+            refuse_autoscaled(&self.inner.mode, &self.inner.deployment, self.autoscaler().await?)?;
+        }
         let stable = self.get(&self.inner.deployment).await?;
         let base = stable.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
         match &self.inner.mode {
@@ -991,8 +1097,15 @@ impl Target for DeploymentTarget {
         if status::desired(d) == replicas {
             return Ok(());
         }
-        self.set_replicas(d.metadata.name.as_deref().unwrap_or_default(), replicas)
-            .await
+        let name = d.metadata.name.as_deref().unwrap_or_default();
+        if name == self.inner.deployment {
+            if let Some(hpa) = self.autoscaler().await? {
+                // Its autoscaler decides how many replicas it runs.
+                tracing::info!(%hpa, replicas, "not scaling an autoscaled Deployment");
+                return Ok(());
+            }
+        }
+        self.set_replicas(name, replicas).await
     }
 
     #[tracing::instrument(skip_all, fields(target = %self.inner.name, split = %split))]
@@ -1102,7 +1215,14 @@ impl Target for DeploymentTarget {
             labels.insert(REVISION_LABEL.to_owned(), id.to_string());
             labels.remove(POD_TEMPLATE_HASH);
             template::set_labels(&mut t, labels);
-            let mut body = json!({"replicas": status::desired(c).max(status::desired(&stable)), "template": t});
+            let mut body = json!({"template": t});
+            if self.autoscaler().await?.is_none() {
+                body["replicas"] = json!(status::desired(c).max(status::desired(&stable)));
+            } else if applies_replicas(&stable, &self.inner.field_manager) {
+                // The autoscaler's count, kept: dropped from an apply that
+                // owned it, replicas would fall back to 1.
+                body["replicas"] = json!(status::desired(&stable));
+            }
             if let Some(s) = self.deadline_seconds() {
                 body["progressDeadlineSeconds"] = json!(s);
             }
@@ -1180,6 +1300,11 @@ impl Target for DeploymentTarget {
 }
 
 impl DeploymentTarget {
+    /// The HorizontalPodAutoscaler that scales the stable Deployment, if any.
+    async fn autoscaler(&self) -> Result<Option<String>> {
+        autoscaler_of(&self.inner.client, &self.inner.namespace, &self.inner.deployment).await
+    }
+
     /// Create the canary Service beside `service` (routed mode) unless it
     /// exists: `service`'s ports, selecting the canary Deployment's pods.
     async fn ensure_canary_service(&self, service: &str) -> Result<()> {

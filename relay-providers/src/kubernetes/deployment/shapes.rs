@@ -101,6 +101,11 @@ fn web() -> Value {
     deployment("web", json!({"app": "web"}), "web:1")
 }
 
+/// No HorizontalPodAutoscaler in the namespace.
+fn no_autoscalers() -> Value {
+    json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscalerList", "metadata": {}, "items": []})
+}
+
 fn candidate() -> RevisionSpec {
     let artifact = Artifact {
         repository: "reg.test/web".into(),
@@ -117,7 +122,7 @@ fn candidate() -> RevisionSpec {
 
 #[tokio::test]
 async fn rolling_stage_is_a_forced_server_side_apply_by_relay() {
-    let (api, client) = Scripted::with(vec![web(), web(), web(), web()]);
+    let (api, client) = Scripted::with(vec![web(), no_autoscalers(), no_autoscalers(), web(), web(), web()]);
     let target = DeploymentTarget::builder(client, "shop", "web")
         .rolling(IntOrString::Int(1), IntOrString::String("0%".into()))
         .progress_deadline(Duration::from_secs(90))
@@ -128,11 +133,20 @@ async fn rolling_stage_is_a_forced_server_side_apply_by_relay() {
     target.stage(&spec, 3).await.unwrap();
     let seen = api.seen();
     let methods: Vec<&str> = seen.iter().map(|s| s.method.as_str()).collect();
-    assert_eq!(methods, ["GET", "GET", "PATCH", "PATCH"], "{seen:#?}");
-    let adopt = &seen[2];
+    assert_eq!(methods, ["GET", "GET", "GET", "GET", "PATCH", "PATCH"], "{seen:#?}");
+    // The builder and the stage look for an autoscaler of the Deployment.
+    for s in &seen[1..3] {
+        assert!(
+            s.uri
+                .starts_with("/apis/autoscaling/v1/namespaces/shop/horizontalpodautoscalers"),
+            "{}",
+            s.uri
+        );
+    }
+    let adopt = &seen[4];
     assert_eq!(adopt.content_type, "application/merge-patch+json");
     assert!(adopt.body["metadata"]["annotations"][STABLE_ANNOTATION].is_string());
-    let apply = &seen[3];
+    let apply = &seen[5];
     assert_eq!(
         apply.uri,
         "/apis/apps/v1/namespaces/shop/deployments/web?&force=true&fieldManager=relay"
@@ -159,7 +173,7 @@ async fn rolling_stage_is_a_forced_server_side_apply_by_relay() {
 
 #[tokio::test]
 async fn scaling_is_a_merge_patch_of_replicas_only() {
-    let (api, client) = Scripted::with(vec![web(), web(), web()]);
+    let (api, client) = Scripted::with(vec![web(), no_autoscalers(), web(), no_autoscalers(), web()]);
     let target = DeploymentTarget::builder(client, "shop", "web")
         .field_manager("deployer")
         .build()
@@ -168,7 +182,7 @@ async fn scaling_is_a_merge_patch_of_replicas_only() {
     let current = status::current(&serde_json::from_value(web()).unwrap()).unwrap();
     target.scale(&current, 5).await.unwrap();
     let seen = api.seen();
-    let patch = &seen[2];
+    let patch = &seen[4];
     assert_eq!(patch.method, "PATCH");
     assert_eq!(patch.content_type, "application/merge-patch+json");
     assert!(patch.uri.ends_with("fieldManager=deployer"), "{}", patch.uri);
@@ -220,7 +234,7 @@ async fn a_blue_green_switch_replaces_the_selector_and_keeps_the_original() {
 
 #[tokio::test]
 async fn a_split_that_a_rolling_deployment_cannot_serve_is_refused_before_any_change() {
-    let (api, client) = Scripted::with(vec![web(), web()]);
+    let (api, client) = Scripted::with(vec![web(), no_autoscalers()]);
     let target = DeploymentTarget::builder(client, "shop", "web").build().await.unwrap();
     let current = status::current(&serde_json::from_value(web()).unwrap()).unwrap();
     let split = TrafficSplit::canary(&current, &candidate().id, 10).unwrap();
@@ -229,7 +243,7 @@ async fn a_split_that_a_rolling_deployment_cannot_serve_is_refused_before_any_ch
         matches!(&e, Error::InvalidSpec { path, .. } if path == "traffic"),
         "{e:?}"
     );
-    assert_eq!(api.seen().len(), 1, "only the builder's read: nothing was written");
+    assert_eq!(api.seen().len(), 2, "only the builder's reads: nothing was written");
 }
 
 #[tokio::test]
@@ -252,6 +266,7 @@ async fn a_watch_starts_from_what_the_last_observe_read() {
     let pods = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []});
     let (api, client) = Scripted::with(vec![
         web(),
+        no_autoscalers(),
         web(),
         replica_sets,
         pods,
@@ -277,8 +292,8 @@ async fn a_watch_starts_from_what_the_last_observe_read() {
         "{e}"
     );
     let seen = api.seen();
-    assert!(seen[3].uri.starts_with("/api/v1/namespaces/shop/pods?"), "{seen:#?}");
-    let watches: Vec<&str> = seen.iter().skip(4).map(|s| s.uri.as_str()).collect();
+    assert!(seen[4].uri.starts_with("/api/v1/namespaces/shop/pods?"), "{seen:#?}");
+    let watches: Vec<&str> = seen.iter().skip(5).map(|s| s.uri.as_str()).collect();
     assert_eq!(watches.len(), 4, "{seen:#?}");
     for uri in watches {
         assert!(uri.starts_with("/apis/apps/v1/namespaces/shop/deployments?"), "{uri}");
@@ -291,7 +306,7 @@ async fn a_watch_starts_from_what_the_last_observe_read() {
             assert!(uri.contains(part), "{part} in {uri}");
         }
     }
-    let off = DeploymentTarget::builder(Scripted::with(vec![web()]).1, "shop", "web")
+    let off = DeploymentTarget::builder(Scripted::with(vec![web(), no_autoscalers()]).1, "shop", "web")
         .watch(false)
         .build()
         .await
