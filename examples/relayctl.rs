@@ -671,13 +671,11 @@ fn gate_names(spec: &RolloutSpec) -> Vec<String> {
             watches: false,
         },
         replicas: spec.release.replicas,
-        stable: Some(RevisionState {
-            id: "stable".into(),
-            desired: spec.release.replicas,
-            ready: spec.release.replicas,
-            failed: 0,
-            failure: None,
-        }),
+        stable: Some(RevisionState::new(
+            "stable".into(),
+            spec.release.replicas,
+            spec.release.replicas,
+        )),
     };
     let steps = spec.strategy.plan(&ctx).unwrap_or_default();
     let mut names: Vec<String> = spec

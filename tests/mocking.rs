@@ -29,13 +29,7 @@ async fn a_mocked_target_sees_exactly_the_expected_calls() {
             None => TargetState::default(),
             Some(id) => TargetState {
                 stable: None,
-                revisions: vec![RevisionState {
-                    id,
-                    desired: 3,
-                    ready: 3,
-                    failed: 0,
-                    failure: None,
-                }],
+                revisions: vec![RevisionState::new(id, 3, 3)],
                 traffic: TrafficSplit::default(),
             },
         })

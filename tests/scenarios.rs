@@ -973,3 +973,45 @@ async fn unbounded_input_is_refused_with_a_clear_error() {
     handle.approve("qa", "ana", "ok").unwrap();
     assert!(handle.wait().await.unwrap().is_success());
 }
+
+/// An autoscaler sizes the stable revision (as a HorizontalPodAutoscaler
+/// sizes a Deployment): relay never judges it by the count a plan saw. The
+/// autoscaler moves v1 from 6 replicas to 3 during a canary of the bad v3:
+/// the rollback routes back to the 3 at once (it used to wait for 6 that
+/// would never come and end `RollbackFailed`); the same release again is no
+/// change and the autoscaler's count is not drift; a good release is
+/// promoted into the autoscaler's count.
+#[tokio::test(start_paused = true)]
+async fn an_autoscaled_stable_is_judged_by_its_autoscalers_count() {
+    let (w, relay) = World::with_v1(31).await;
+    let v1 = w.target.observe().await.unwrap().stable.unwrap();
+    w.target.autoscale(Some(6));
+    let spec = RolloutSpec::new("web", release("v3"), canary());
+    assert_eq!(relay.plan(&spec).await.unwrap().stable_replicas, 6);
+    let handle = relay.start(spec).await.unwrap();
+    w.target.autoscale(Some(3));
+    let outcome = handle.wait().await.unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+    let state = w.target.observe().await.unwrap();
+    assert_eq!(state.traffic.weight(&v1), 100);
+    let stable = state.revision(&v1).unwrap();
+    assert!(
+        stable.autoscaled && stable.desired == 3 && stable.ready == 3,
+        "{stable:?}"
+    );
+
+    let again = run(&relay, RolloutSpec::new("web", release("v1"), canary())).await;
+    assert_eq!(again, Outcome::NoChange);
+    let drift = relay.drift("web").await.unwrap();
+    assert!(drift.differences.is_empty(), "{drift:?}");
+
+    let outcome = run(&relay, RolloutSpec::new("web", release("v2"), canary())).await;
+    assert!(outcome.is_success(), "{outcome}");
+    let state = w.target.observe().await.unwrap();
+    let v2 = state.stable.clone().unwrap();
+    assert_ne!(v2, v1);
+    assert_eq!(state.traffic.weight(&v2), 100);
+    let v2 = state.revision(&v2).unwrap();
+    assert!(v2.autoscaled && v2.desired == 3, "{v2:?}");
+    assert!(state.revision(&v1).is_none(), "v1 retired: {state:?}");
+}

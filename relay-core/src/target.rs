@@ -228,6 +228,40 @@ pub struct RevisionState {
     /// say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// An autoscaler, not relay, sets how many replicas this revision runs
+    /// (a Kubernetes Deployment a HorizontalPodAutoscaler scales): the
+    /// target leaves its count alone when asked to scale it, and the engine
+    /// judges it by the autoscaler's count, `desired`, never by the count a
+    /// plan asked for (see [`RevisionState::ready_with`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub autoscaled: bool,
+}
+
+impl RevisionState {
+    /// A revision asking for `desired` replicas of which `ready` serve,
+    /// none failed, not autoscaled.
+    pub fn new(id: RevisionId, desired: u32, ready: u32) -> Self {
+        RevisionState {
+            id,
+            desired,
+            ready,
+            failed: 0,
+            failure: None,
+            autoscaled: false,
+        }
+    }
+
+    /// Whether the revision serves at the strength of `replicas` replicas:
+    /// that many ask to run and are ready; for an autoscaled revision, every
+    /// replica its autoscaler asks for (at least one) is ready, whatever
+    /// `replicas` is, as the autoscaler decides the count.
+    pub fn ready_with(&self, replicas: u32) -> bool {
+        if self.autoscaled {
+            self.desired > 0 && self.ready >= self.desired
+        } else {
+            self.desired >= replicas && self.ready >= replicas
+        }
+    }
 }
 
 /// What a target looks like now.

@@ -16,13 +16,7 @@ fn ctx(replicas: u32, routing: Routing) -> PlanContext {
             watches: false,
         },
         replicas,
-        stable: Some(RevisionState {
-            id: RevisionId::from("old"),
-            desired: replicas,
-            ready: replicas,
-            failed: 0,
-            failure: None,
-        }),
+        stable: Some(RevisionState::new(RevisionId::from("old"), replicas, replicas)),
     }
 }
 

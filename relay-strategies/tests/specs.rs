@@ -102,13 +102,7 @@ fn yaml_and_toml_describe_the_same_rollout() {
                 watches: false,
             },
             replicas: 4,
-            stable: Some(relay_core::RevisionState {
-                id: "old".into(),
-                desired: 4,
-                ready: 4,
-                failed: 0,
-                failure: None,
-            }),
+            stable: Some(relay_core::RevisionState::new("old".into(), 4, 4)),
         };
         serde_json::to_string(&s.strategy.plan(&ctx).unwrap()).unwrap()
     };

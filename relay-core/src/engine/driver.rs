@@ -1128,7 +1128,9 @@ impl Driver {
                     };
                     return Err(Stop::Rollback(e.to_string()));
                 }
-                Some(r) if r.ready >= replicas => return Ok(()),
+                // An autoscaled revision is ready at its autoscaler's count.
+                Some(r) if r.autoscaled && r.ready_with(replicas) => return Ok(()),
+                Some(r) if !r.autoscaled && r.ready >= replicas => return Ok(()),
                 None if replicas == 0 => return Ok(()),
                 _ => {}
             }
@@ -1454,8 +1456,9 @@ impl Driver {
                 (0, Some(stable)) => {
                     let observed = self.call("target.observe", || target.observe()).await;
                     match observed.as_ref().map(|s| s.revision(stable)) {
-                        // At full strength: the route follows at once.
-                        Ok(Some(r)) if r.desired >= n && r.ready >= n => Ok(()),
+                        // At full strength (an autoscaled one at its
+                        // autoscaler's count): the route follows at once.
+                        Ok(Some(r)) if r.ready_with(n) => Ok(()),
                         // A target that runs one revision at a time brings
                         // the one it replaced back with the route.
                         Ok(None) if target.capabilities().max_revisions <= 1 => Ok(()),

@@ -500,9 +500,12 @@ fn settle(target: &crate::target::TargetState, stable: &crate::release::Revision
             leftovers.push(id.clone());
         }
     }
-    let size = target.revision(stable).map_or(0, |r| r.desired);
+    // An autoscaled stable is at whatever size its autoscaler keeps.
+    let sized = target
+        .revision(stable)
+        .map_or(replicas == 0, |r| r.desired == replicas || r.autoscaled);
     let routed = target.traffic.is_empty() || target.traffic.weight(stable) == 100;
-    if size == replicas && routed && leftovers.is_empty() {
+    if sized && routed && leftovers.is_empty() {
         return Vec::new();
     }
     let mut steps = vec![
@@ -870,7 +873,8 @@ impl Relay {
         }
         let stable = observed.stable.clone().unwrap_or_else(|| want.id.clone());
         if let Some(r) = observed.revision(&stable) {
-            if r.desired != applied.plan.replicas {
+            // An autoscaler's count is not drift.
+            if r.desired != applied.plan.replicas && !r.autoscaled {
                 differences.push(Drift::Replicas {
                     applied: applied.plan.replicas,
                     running: r.desired,

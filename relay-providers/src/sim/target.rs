@@ -118,6 +118,8 @@ struct State {
     stable: Option<RevisionId>,
     history: Vec<TrafficSplit>,
     mutations: u64,
+    /// The count an autoscaler keeps the stable revision at, if one does.
+    autoscaler: Option<u32>,
 }
 
 /// A simulated deployment target.
@@ -249,6 +251,28 @@ impl SimTarget {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Let an autoscaler size the stable revision, as a
+    /// HorizontalPodAutoscaler sizes a Deployment: from now on the stable
+    /// revision (and each revision promoted after it) runs `replicas`,
+    /// whatever relay asks, `scale` of it changes nothing, and `observe`
+    /// reports it [`autoscaled`](relay_core::RevisionState::autoscaled).
+    /// `None` hands the count back to relay.
+    pub fn autoscale(&self, replicas: Option<u32>) {
+        let mut st = lock(&self.state);
+        st.autoscaler = replicas;
+        Self::apply_autoscaler(&mut st, Instant::now());
+    }
+
+    /// Size the stable revision as the autoscaler says, if one does.
+    fn apply_autoscaler(st: &mut State, now: Instant) {
+        let (Some(n), Some(stable)) = (st.autoscaler, st.stable.clone()) else {
+            return;
+        };
+        if let Some(rev) = st.revisions.get_mut(&stable) {
+            Self::set_replicas(rev, n, now);
         }
     }
 
@@ -469,6 +493,7 @@ impl Target for SimTarget {
                         ready: r.ready(now),
                         failed,
                         failure: (failed > 0).then(|| "simulated replicas crash on start".to_owned()),
+                        autoscaled: st.autoscaler.is_some() && st.stable.as_ref() == Some(id),
                     }
                 })
                 .collect(),
@@ -519,6 +544,14 @@ impl Target for SimTarget {
     async fn scale(&self, revision: &RevisionId, replicas: u32) -> Result<()> {
         let now = Instant::now();
         let mut st = lock(&self.state);
+        if st.autoscaler.is_some() && st.stable.as_ref() == Some(revision) {
+            // Its autoscaler decides its count.
+            return if st.revisions.contains_key(revision) {
+                Ok(())
+            } else {
+                Err(missing(revision))
+            };
+        }
         let rev = st.revisions.get_mut(revision).ok_or_else(|| missing(revision))?;
         if Self::set_replicas(rev, replicas, now) {
             st.mutations += 1;
@@ -568,6 +601,8 @@ impl Target for SimTarget {
         if st.stable.as_ref() != Some(revision) {
             st.stable = Some(revision.clone());
             st.mutations += 1;
+            // The autoscaler's target is the stable revision.
+            Self::apply_autoscaler(&mut st, Instant::now());
         }
         Ok(())
     }

@@ -36,13 +36,9 @@ fn deployment_states(deployments: &[Deployment], ids: &BTreeMap<String, Revision
         } else {
             0
         };
-        let r = revisions.entry(id.clone()).or_insert(RevisionState {
-            id: id.clone(),
-            desired: 0,
-            ready: 0,
-            failed: 0,
-            failure: None,
-        });
+        let r = revisions
+            .entry(id.clone())
+            .or_insert(RevisionState::new(id.clone(), 0, 0));
         r.desired += replicas(d.desired_count());
         r.ready += replicas(d.running_count());
         r.failed += failed;
@@ -264,19 +260,14 @@ mod tests {
         assert_eq!(
             states,
             [
-                RevisionState {
-                    id: "a".into(),
-                    desired: 3,
-                    ready: 3,
-                    failed: 0,
-                    failure: None,
-                },
+                RevisionState::new("a".into(), 3, 3),
                 RevisionState {
                     id: "b".into(),
                     desired: 3,
                     ready: 1,
                     failed: 3,
                     failure: None,
+                    autoscaled: false,
                 },
             ]
         );

@@ -155,6 +155,7 @@ impl EcsServiceTarget {
                 ready,
                 failed,
                 failure,
+                autoscaled: false,
             });
         }
         let by_group: Vec<(RevisionId, u32)> = sets

@@ -113,13 +113,8 @@ pub(crate) fn add_revisions(d: &Deployment, sets: &[ReplicaSet], into: &mut BTre
 }
 
 fn entry<'a>(into: &'a mut BTreeMap<RevisionId, RevisionState>, id: &RevisionId) -> &'a mut RevisionState {
-    into.entry(id.clone()).or_insert_with(|| RevisionState {
-        id: id.clone(),
-        desired: 0,
-        ready: 0,
-        failed: 0,
-        failure: None,
-    })
+    into.entry(id.clone())
+        .or_insert_with(|| RevisionState::new(id.clone(), 0, 0))
 }
 
 #[cfg(test)]
