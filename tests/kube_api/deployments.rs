@@ -290,10 +290,9 @@ async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_t
         println!("kubernetes rolling target calls: {call:<8} x{n:<3} requests {fewest}..{most} each, {total} in all");
     }
     let observe = summary(&calls_of_v2).into_iter().find(|c| c.0 == "observe").unwrap();
-    assert_eq!(
-        (observe.2, observe.3),
-        (2, 3),
-        "a Deployment and its ReplicaSets, and the pods of a revision short of ready ones"
+    assert!(
+        observe.2 == 1 && observe.3 <= 3,
+        "{observe:?}: the Deployment; + its ReplicaSets while it runs more than one template; + the pods of a revision short of ready ones"
     );
     let seen = seen.lock().unwrap().clone();
     let after_start: Vec<_> = seen.iter().skip_while(|(updated, _)| *updated == 4).collect();
@@ -509,16 +508,21 @@ async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
         .into_iter()
         .map(|(call, _, fewest, most, _)| (call, (fewest, most)))
         .collect();
-    assert_eq!(
-        per_call["observe"],
-        (3, 5),
-        "a Deployment and its ReplicaSets, the canary Deployment (and its ReplicaSets once it exists), and the pods of a revision short of ready ones"
+    let observe = per_call["observe"];
+    assert!(
+        observe.0 == 2 && observe.1 <= 5,
+        "{observe:?}: both Deployments; + the ReplicaSets of one that runs more than one template; + the pods of a revision short of ready ones"
     );
     assert_eq!(per_call["stage"], (4, 4), "autoscalers, stable, canary, apply");
     assert_eq!(
         per_call["scale"],
-        (3, 4),
-        "both Deployments, a merge patch; + autoscalers when it is the stable Deployment"
+        (2, 4),
+        "the canary Deployment and a merge patch; the stable Deployment: + the stable Deployment and autoscalers"
+    );
+    assert_eq!(
+        per_call["promote"],
+        (6, 6),
+        "both Deployments, autoscalers, apply, a watch from the apply's state, delete the canary"
     );
     let stable = get(&client, &ns, "web").await.unwrap();
     assert_eq!((image(&stable), replicas(&stable)), (pinned("v2"), 4));
@@ -954,10 +958,12 @@ async fn a_canary_through_an_http_route_gets_exact_weights_beside_a_full_stable(
 }
 
 /// Beside an autoscaler and a GitOps tool: relay never sets the replicas of
-/// a Deployment a HorizontalPodAutoscaler scales (the modes that would are
-/// refused, naming the fix; blue/green promotes and rolls back around the
-/// autoscaler's count), and with `force_ownership(false)` it never takes a
-/// field another field manager applied.
+/// a Deployment a HorizontalPodAutoscaler scales (the replica-ratio canary,
+/// which would shrink it, is refused naming the fix; blue/green promotes
+/// and rolls back around the autoscaler's count; rolling applies the
+/// template without replicas and waits for the autoscaler's count), and
+/// with `force_ownership(false)` it never takes a field another field
+/// manager applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_autoscaled_or_gitops_managed_deployment_is_not_fought_over() {
     use relay::providers::kubernetes::sdk::k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
@@ -982,25 +988,18 @@ async fn an_autoscaled_or_gitops_managed_deployment_is_not_fought_over() {
         .await
         .unwrap();
 
-    // The modes that set the stable Deployment's replicas are refused.
-    for (mode, builder) in [
-        (
-            "rolling",
-            DeploymentTarget::builder(provider_client().await, &ns, "web"),
-        ),
-        (
-            "canary",
-            DeploymentTarget::builder(provider_client().await, &ns, "web").canary(),
-        ),
-    ] {
-        let e = builder.build().await.unwrap_err();
-        assert!(
-            matches!(&e, Error::InvalidSpec { path, .. } if path == "kubernetes.mode")
-                && e.to_string().contains("HorizontalPodAutoscaler web-hpa")
-                && e.to_string().contains(".blue_green(..)"),
-            "{mode}: {e}"
-        );
-    }
+    // The replica-ratio canary, which would shrink it, is refused.
+    let e = DeploymentTarget::builder(provider_client().await, &ns, "web")
+        .canary()
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidSpec { path, .. } if path == "kubernetes.mode")
+            && e.to_string().contains("HorizontalPodAutoscaler web-hpa")
+            && e.to_string().contains(".blue_green(..)"),
+        "{e}"
+    );
 
     // Blue/green: promoted with the autoscaler's count, not the release's.
     let target = DeploymentTarget::builder(provider_client().await, &ns, "web")
@@ -1048,6 +1047,39 @@ async fn an_autoscaled_or_gitops_managed_deployment_is_not_fought_over() {
     assert!(matches!(&outcome, Outcome::RolledBack { .. }), "{outcome}");
     let web = get(&client, &ns, "web").await.unwrap();
     assert_eq!((image(&web), replicas(&web)), (pinned("v2"), 2));
+
+    // Rolling: the template is applied without replicas, and the new
+    // revision is ready at the autoscaler's 2 pods, not the release's 5.
+    let target = DeploymentTarget::builder(provider_client().await, &ns, "web")
+        .name("web")
+        .poll_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let relay = engine(target.clone(), artifacts(&["v4"])).build().unwrap();
+    let outcome = relay
+        .start(RolloutSpec::new("web", release("v4"), AllAtOnce))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(outcome.is_success(), "{outcome}");
+    let web = get(&client, &ns, "web").await.unwrap();
+    assert_eq!((image(&web), replicas(&web)), (pinned("v4"), 2));
+    // Reported at the autoscaler's count (once the controller has seen the
+    // last write to the Deployment: a generation bump after the rollout,
+    // from the controllers, briefly makes its pods count as not ready).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v4 = loop {
+        let state = target.observe().await.unwrap();
+        let v4 = state.revision(state.stable.as_ref().unwrap()).unwrap().clone();
+        if v4.ready == 2 || Instant::now() > deadline {
+            break v4;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(v4.autoscaled && v4.desired == 2 && v4.ready == 2, "{v4:?}");
 
     // GitOps: a Deployment a GitOps tool applies; relay without force
     // refuses to take its image and changes no pod.

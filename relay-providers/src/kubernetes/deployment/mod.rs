@@ -94,13 +94,17 @@ const WATCH_SHORTEST: Duration = Duration::from_secs(1);
 ///
 /// # Sharing the Deployment with an autoscaler or a GitOps tool
 /// - **An autoscaler**: relay never sets the replicas of a Deployment a
-///   `HorizontalPodAutoscaler` scales. Routed and blue/green modes size
-///   only relay's own `<name>-canary` Deployment and promote into the
-///   autoscaled one without its replicas (or with the autoscaler's count,
-///   where relay's applies own the field); scaling it is left to the
-///   autoscaler. Rolling and replica-ratio canary modes must resize it, so
-///   they are refused (at build and at each stage) naming the autoscaler
-///   and the modes to use instead.
+///   `HorizontalPodAutoscaler` scales. Its current revision is reported
+///   [`autoscaled`](relay_core::RevisionState::autoscaled), so the engine
+///   waits for the autoscaler's count of ready pods rather than the
+///   release's `replicas`, and scaling it is left to the autoscaler. The
+///   rolling mode applies the new template without replicas; routed and
+///   blue/green modes size only relay's own `<name>-canary` Deployment and
+///   promote into the autoscaled one without its replicas (or with the
+///   autoscaler's present count, where relay's applies own the field). The
+///   replica-ratio canary shifts traffic by shrinking the stable
+///   Deployment, so it is refused (at build and at each stage) naming the
+///   autoscaler and the modes to use instead.
 /// - **A GitOps tool** (Argo CD, Flux): by default relay's server-side
 ///   applies take the fields they set (the template's image and
 ///   environment), which the tool then reverts or reports as drift. Build
@@ -151,6 +155,9 @@ struct Inner {
     promote_timeout: Duration,
     watch: bool,
     restart_budget: u32,
+    /// The HorizontalPodAutoscaler scaling the stable Deployment, as last
+    /// listed.
+    autoscaler: std::sync::Mutex<Option<String>>,
     /// The Deployments the last observe read, with their `resourceVersion`s:
     /// where a watch for changes starts.
     seen: std::sync::Mutex<Vec<(String, String)>>,
@@ -368,10 +375,8 @@ impl DeploymentTargetBuilder {
             })?;
         let template = d.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
         let container = template::container_name(&template, &self.deployment, self.container.as_deref())?;
-        if matches!(self.mode, Mode::Rolling { .. } | Mode::Canary) {
-            let hpa = autoscaler_of(&self.client, &self.namespace, &self.deployment).await?;
-            refuse_autoscaled(&self.mode, &self.deployment, hpa)?;
-        }
+        let hpa = autoscaler_of(&self.client, &self.namespace, &self.deployment).await?;
+        refuse_autoscaled(&self.mode, &self.deployment, hpa.clone())?;
         if let Mode::BlueGreen { service } | Mode::Routed { service, .. } = &self.mode {
             let svc = service_api(&self.client, &self.namespace)
                 .get_opt(service)
@@ -416,9 +421,14 @@ impl DeploymentTargetBuilder {
                 watch: self.watch,
                 restart_budget: self.restart_budget,
                 seen: std::sync::Mutex::default(),
+                autoscaler: std::sync::Mutex::new(hpa),
             }),
         })
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The HorizontalPodAutoscaler that scales Deployment `deployment`, if one
@@ -435,24 +445,21 @@ async fn autoscaler_of(client: &Client, namespace: &str, deployment: &str) -> Re
     }))
 }
 
-/// Refuse a mode that must set the replicas of a Deployment an autoscaler
-/// scales: relay would fight it over `spec.replicas`.
+/// Refuse the mode that must set the replicas of a Deployment an
+/// autoscaler scales (the replica-ratio canary shifts traffic by shrinking
+/// it): relay would fight the autoscaler over `spec.replicas`.
 fn refuse_autoscaled(mode: &Mode, deployment: &str, hpa: Option<String>) -> Result<()> {
-    let name = match mode {
-        Mode::Rolling { .. } => "rolling",
-        Mode::Canary => "canary (replica-ratio)",
-        _ => return Ok(()),
-    };
-    match hpa {
-        Some(hpa) => Err(Error::invalid(
+    match (mode, hpa) {
+        (Mode::Canary, Some(hpa)) => Err(Error::invalid(
             "kubernetes.mode",
             format!(
-                "HorizontalPodAutoscaler {hpa} scales Deployment {deployment}, and {name} mode would set its replicas \
-                 against it; use .traffic_router(..) or .blue_green(..), where relay sizes only its own \
-                 {deployment}-canary Deployment and never the autoscaled one's replicas"
+                "HorizontalPodAutoscaler {hpa} scales Deployment {deployment}, and canary (replica-ratio) mode \
+                 would shrink it to shift traffic, against the autoscaler; use .traffic_router(..) or \
+                 .blue_green(..), where relay sizes only its own {deployment}-canary Deployment, or the \
+                 rolling mode, where the autoscaler keeps the count"
             ),
         )),
-        None => Ok(()),
+        _ => Ok(()),
     }
 }
 
@@ -554,9 +561,13 @@ impl DeploymentTarget {
     }
 
     async fn get(&self, name: &str) -> Result<Deployment> {
-        self.get_opt(name).await?.ok_or_else(|| Error::NotFound {
+        self.get_opt(name).await?.ok_or_else(|| self.no_deployment(name))
+    }
+
+    fn no_deployment(&self, name: &str) -> Error {
+        Error::NotFound {
             what: format!("Deployment {}/{name}", self.inner.namespace),
-        })
+        }
     }
 
     async fn get_opt(&self, name: &str) -> Result<Option<Deployment>> {
@@ -585,11 +596,7 @@ impl DeploymentTarget {
         if !matches!(self.inner.mode, Mode::Rolling { .. }) {
             seen.push((self.canary_name(), canary.map_or_else(|| version(stable), version)));
         }
-        *self
-            .inner
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = seen;
+        *lock(&self.inner.seen) = seen;
     }
 
     /// Returns at the first change to Deployment `name` after `version`,
@@ -653,7 +660,9 @@ impl DeploymentTarget {
         Ok(list.items.into_iter().filter(|rs| status::owned_by(rs, d)).collect())
     }
 
-    async fn apply(&self, name: &str, spec: serde_json::Value) -> Result<()> {
+    /// Server-side apply `spec` to Deployment `name`; the Deployment as the
+    /// apply left it.
+    async fn apply(&self, name: &str, spec: serde_json::Value) -> Result<Deployment> {
         let body = json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -665,7 +674,7 @@ impl DeploymentTarget {
             params = params.force();
         }
         match self.deployments().patch(name, &params, &Patch::Apply(&body)).await {
-            Ok(_) => Ok(()),
+            Ok(d) => Ok(d),
             // Another field manager owns fields this apply sets (only
             // without force): name them, change nothing.
             Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict {
@@ -809,12 +818,18 @@ impl DeploymentTarget {
         Ok(())
     }
 
-    /// Wait for the stable Deployment to run its template on every replica.
-    async fn wait_complete(&self) -> Result<()> {
+    /// Wait for the stable Deployment, last `read` so, to run its template
+    /// on every replica.
+    async fn wait_complete(&self, read: Deployment) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.inner.promote_timeout;
         let mut watch = self.inner.watch;
+        let mut read = Some(read);
         loop {
-            let d = self.get(&self.inner.deployment).await?;
+            // The state just read (by the promotion's apply), else afresh.
+            let d = match read.take() {
+                Some(d) => d,
+                None => self.get(&self.inner.deployment).await?,
+            };
             if let Some(end) = self.completion(&d) {
                 return end;
             }
@@ -927,9 +942,22 @@ impl Target for DeploymentTarget {
         let (stable, canary) = self.both().await?;
         self.saw(&stable, canary.as_ref());
         let mut revisions = BTreeMap::new();
+        // The autoscaler found by the last call that looked (build, stage,
+        // scale, promote): observe is the hot path, so it does not list.
+        let autoscaled = lock(&self.inner.autoscaler).is_some();
         for d in std::iter::once(&stable).chain(canary.as_ref()) {
-            let sets = self.replica_sets(d).await?;
-            status::add_revisions(d, &sets, &mut revisions);
+            // A Deployment that runs one template says all in its status.
+            let sets = match status::runs_one_template(d) {
+                true => None,
+                false => Some(self.replica_sets(d).await?),
+            };
+            status::add_revisions(d, sets.as_deref(), &mut revisions);
+            if autoscaled && d.metadata.name.as_deref() == Some(self.inner.deployment.as_str()) {
+                // The autoscaler's count is the current template's.
+                if let Some(r) = status::current(d).and_then(|id| revisions.get_mut(&id)) {
+                    r.autoscaled = true;
+                }
+            }
         }
         self.fail_stuck_pods(&mut revisions).await?;
         let current = status::current(&stable);
@@ -988,12 +1016,7 @@ impl Target for DeploymentTarget {
     /// blue/green mode), from their `resourceVersion`s; without an observe
     /// yet, returns at once.
     async fn changed(&self) -> Result<()> {
-        let seen = self
-            .inner
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let seen = lock(&self.inner.seen).clone();
         match seen.as_slice() {
             [] => Ok(()),
             [(name, version)] => self.changed_after(name, version).await,
@@ -1007,10 +1030,15 @@ impl Target for DeploymentTarget {
     #[tracing::instrument(skip_all, fields(target = %self.inner.name, revision = %spec.id, replicas))]
     async fn stage(&self, spec: &RevisionSpec, replicas: u32) -> Result<()> {
         self.check_secrets(spec).await?;
-        if matches!(self.inner.mode, Mode::Rolling { .. } | Mode::Canary) {
+        let hpa = match self.inner.mode {
             // An autoscaler may have come since the target was built.
-            refuse_autoscaled(&self.inner.mode, &self.inner.deployment, self.autoscaler().await?)?;
-        }
+            Mode::Rolling { .. } | Mode::Canary => {
+                let hpa = self.autoscaler().await?;
+                refuse_autoscaled(&self.inner.mode, &self.inner.deployment, hpa.clone())?;
+                hpa
+            }
+            _ => None,
+        };
         let stable = self.get(&self.inner.deployment).await?;
         let base = stable.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
         match &self.inner.mode {
@@ -1019,7 +1047,7 @@ impl Target for DeploymentTarget {
                 max_unavailable,
             } => {
                 if status::current(&stable).as_ref() == Some(&spec.id) {
-                    if status::desired(&stable) != replicas {
+                    if status::desired(&stable) != replicas && hpa.is_none() {
                         self.set_replicas(&self.inner.deployment, replicas).await?;
                     }
                     return Ok(());
@@ -1031,13 +1059,15 @@ impl Target for DeploymentTarget {
                     .is_some_and(|a| a.contains_key(STABLE_ANNOTATION));
                 let t = template::candidate(&base, spec, &self.inner.container, &self.inner.namespace)?;
                 let mut body = json!({
-                    "replicas": replicas,
                     "strategy": {
                         "type": "RollingUpdate",
                         "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": max_unavailable},
                     },
                     "template": t,
                 });
+                if let Some(n) = self.replicas_to_apply(&stable, hpa.is_some(), replicas) {
+                    body["replicas"] = json!(n);
+                }
                 if let Some(s) = self.deadline_seconds() {
                     body["progressDeadlineSeconds"] = json!(s);
                 }
@@ -1048,7 +1078,7 @@ impl Target for DeploymentTarget {
                         self.annotate_stable(&current).await?;
                     }
                 }
-                self.apply(&self.inner.deployment, body).await
+                self.apply(&self.inner.deployment, body).await.map(drop)
             }
             Mode::Canary | Mode::BlueGreen { .. } | Mode::Routed { .. } => {
                 if let Mode::Routed { service, .. } = &self.inner.mode {
@@ -1072,28 +1102,42 @@ impl Target for DeploymentTarget {
                     }
                 }
                 let body = self.canary_spec(&base, spec, replicas)?;
-                self.apply(&canary, body).await
+                self.apply(&canary, body).await.map(drop)
             }
         }
     }
 
     #[tracing::instrument(skip_all, fields(target = %self.inner.name, revision = %id, replicas))]
     async fn scale(&self, id: &RevisionId, replicas: u32) -> Result<()> {
-        let (stable, canary) = self.both().await?;
-        let d = std::iter::once(&stable)
-            .chain(canary.as_ref())
-            .find(|d| status::current(d).as_ref() == Some(id))
-            .ok_or_else(|| match self.inner.mode {
-                Mode::Rolling { .. } => Error::Conflict {
-                    what: format!(
-                        "Deployment {} runs one template at a time and {id} is not it; route to it first",
-                        self.inner.deployment
-                    ),
-                },
-                _ => Error::NotFound {
-                    what: format!("revision {id} in Deployment {} or its canary", self.inner.deployment),
-                },
-            })?;
+        // Read one Deployment at a time, the canary (which relay scales
+        // most) first, and stop at the one that runs `id`.
+        let mut names = vec![self.inner.deployment.clone()];
+        if !matches!(self.inner.mode, Mode::Rolling { .. }) {
+            names.insert(0, self.canary_name());
+        }
+        let mut found = None;
+        for name in names {
+            match self.get_opt(&name).await? {
+                Some(d) if status::current(&d).as_ref() == Some(id) => {
+                    found = Some(d);
+                    break;
+                }
+                Some(_) => {}
+                None if name == self.inner.deployment => return Err(self.no_deployment(&name)),
+                None => {}
+            }
+        }
+        let d = &found.ok_or_else(|| match self.inner.mode {
+            Mode::Rolling { .. } => Error::Conflict {
+                what: format!(
+                    "Deployment {} runs one template at a time and {id} is not it; route to it first",
+                    self.inner.deployment
+                ),
+            },
+            _ => Error::NotFound {
+                what: format!("revision {id} in Deployment {} or its canary", self.inner.deployment),
+            },
+        })?;
         if status::desired(d) == replicas {
             return Ok(());
         }
@@ -1203,6 +1247,7 @@ impl Target for DeploymentTarget {
             }
             return self.annotate_stable(id).await;
         }
+        let mut stable = stable;
         if status::current(&stable).as_ref() != Some(id) {
             let c = canary
                 .as_ref()
@@ -1216,19 +1261,17 @@ impl Target for DeploymentTarget {
             labels.remove(POD_TEMPLATE_HASH);
             template::set_labels(&mut t, labels);
             let mut body = json!({"template": t});
-            if self.autoscaler().await?.is_none() {
-                body["replicas"] = json!(status::desired(c).max(status::desired(&stable)));
-            } else if applies_replicas(&stable, &self.inner.field_manager) {
-                // The autoscaler's count, kept: dropped from an apply that
-                // owned it, replicas would fall back to 1.
-                body["replicas"] = json!(status::desired(&stable));
+            let want = status::desired(c).max(status::desired(&stable));
+            let hpa = self.autoscaler().await?;
+            if let Some(n) = self.replicas_to_apply(&stable, hpa.is_some(), want) {
+                body["replicas"] = json!(n);
             }
             if let Some(s) = self.deadline_seconds() {
                 body["progressDeadlineSeconds"] = json!(s);
             }
-            self.apply(&self.inner.deployment, body).await?;
+            stable = self.apply(&self.inner.deployment, body).await?;
         }
-        self.wait_complete().await?;
+        self.wait_complete(stable).await?;
         // The stable Deployment runs the candidate everywhere: its Service
         // takes the traffic back before the canary goes.
         match &self.inner.mode {
@@ -1300,9 +1343,26 @@ impl Target for DeploymentTarget {
 }
 
 impl DeploymentTarget {
-    /// The HorizontalPodAutoscaler that scales the stable Deployment, if any.
+    /// The HorizontalPodAutoscaler that scales the stable Deployment, if
+    /// any; remembered for `observe`.
     async fn autoscaler(&self) -> Result<Option<String>> {
-        autoscaler_of(&self.inner.client, &self.inner.namespace, &self.inner.deployment).await
+        let hpa = autoscaler_of(&self.inner.client, &self.inner.namespace, &self.inner.deployment).await?;
+        lock(&self.inner.autoscaler).clone_from(&hpa);
+        Ok(hpa)
+    }
+
+    /// The `spec.replicas` an apply to the stable Deployment `stable` sets:
+    /// `want`, unless an autoscaler scales it. Then none, or its present
+    /// count where relay's applies own the field (dropped from an apply
+    /// that owned it alone, replicas would fall back to 1).
+    fn replicas_to_apply(&self, stable: &Deployment, autoscaled: bool, want: u32) -> Option<u32> {
+        if !autoscaled {
+            Some(want)
+        } else if applies_replicas(stable, &self.inner.field_manager) {
+            Some(status::desired(stable))
+        } else {
+            None
+        }
     }
 
     /// Create the canary Service beside `service` (routed mode) unless it

@@ -202,7 +202,15 @@ async fn a_blue_green_switch_replaces_the_selector_and_keeps_the_original() {
         json!({REVISION_LABEL: spec.id.as_str(), CANARY_LABEL: "web"}),
         "reg.test/web@x",
     );
-    let (api, client) = Scripted::with(vec![web(), service.clone(), web(), canary, service.clone(), service]);
+    let (api, client) = Scripted::with(vec![
+        web(),
+        no_autoscalers(),
+        service.clone(),
+        web(),
+        canary,
+        service.clone(),
+        service,
+    ]);
     let target = DeploymentTarget::builder(client, "shop", "web")
         .blue_green("web")
         .build()
@@ -248,7 +256,6 @@ async fn a_split_that_a_rolling_deployment_cannot_serve_is_refused_before_any_ch
 
 #[tokio::test]
 async fn a_watch_starts_from_what_the_last_observe_read() {
-    let replica_sets = json!({"apiVersion": "apps/v1", "kind": "ReplicaSetList", "metadata": {}, "items": []});
     let modified = json!({"type": "MODIFIED", "object": web()});
     let expired = json!({"type": "ERROR", "object": {
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -262,13 +269,13 @@ async fn a_watch_starts_from_what_the_last_observe_read() {
     let ended = json!({"type": "BOOKMARK", "object": {
         "kind": "Deployment", "apiVersion": "apps/v1", "metadata": {"resourceVersion": "42"},
     }});
-    // The revision is short of ready pods, so observe reads them too.
+    // The Deployment runs one template, so observe reads no ReplicaSet;
+    // the revision is short of ready pods, so it reads them.
     let pods = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []});
     let (api, client) = Scripted::with(vec![
         web(),
         no_autoscalers(),
         web(),
-        replica_sets,
         pods,
         modified,
         expired,
@@ -292,8 +299,8 @@ async fn a_watch_starts_from_what_the_last_observe_read() {
         "{e}"
     );
     let seen = api.seen();
-    assert!(seen[4].uri.starts_with("/api/v1/namespaces/shop/pods?"), "{seen:#?}");
-    let watches: Vec<&str> = seen.iter().skip(5).map(|s| s.uri.as_str()).collect();
+    assert!(seen[3].uri.starts_with("/api/v1/namespaces/shop/pods?"), "{seen:#?}");
+    let watches: Vec<&str> = seen.iter().skip(4).map(|s| s.uri.as_str()).collect();
     assert_eq!(watches.len(), 4, "{seen:#?}");
     for uri in watches {
         assert!(uri.starts_with("/apis/apps/v1/namespaces/shop/deployments?"), "{uri}");

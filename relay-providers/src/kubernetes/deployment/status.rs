@@ -54,6 +54,14 @@ pub(crate) fn complete(d: &Deployment) -> bool {
         && count(s.available_replicas) == want
 }
 
+/// Whether every pod `d` runs has its current template: the controller has
+/// seen the spec and counts no pod of an older ReplicaSet. Its ReplicaSets
+/// then tell nothing its status does not, so they need not be read.
+pub(crate) fn runs_one_template(d: &Deployment) -> bool {
+    let Some(s) = &d.status else { return false };
+    caught_up(d) && count(s.replicas) == count(s.updated_replicas)
+}
+
 /// Whether `rs` is controlled by `d`.
 pub(crate) fn owned_by(rs: &ReplicaSet, d: &Deployment) -> bool {
     let Some(uid) = d.metadata.uid.as_deref() else {
@@ -71,11 +79,20 @@ pub(crate) fn owned_by(rs: &ReplicaSet, d: &Deployment) -> bool {
 /// the controller has caught up with the spec its pods count as not ready,
 /// and once `progressDeadlineSeconds` has passed without progress they count
 /// as failed. ReplicaSets scaled to zero with no pods left are history, not
-/// running revisions.
-pub(crate) fn add_revisions(d: &Deployment, sets: &[ReplicaSet], into: &mut BTreeMap<RevisionId, RevisionState>) {
+/// running revisions. `sets: None` (for a Deployment that
+/// [runs one template](runs_one_template)) reads the current revision's
+/// available pods from the Deployment's status.
+pub(crate) fn add_revisions(
+    d: &Deployment,
+    sets: Option<&[ReplicaSet]>,
+    into: &mut BTreeMap<RevisionId, RevisionState>,
+) {
     let current = current(d);
     let fresh = caught_up(d);
-    for rs in sets.iter().filter(|rs| owned_by(rs, d)) {
+    if let (None, Some(id), true) = (sets, &current, fresh) {
+        entry(into, id).ready += count(d.status.as_ref().and_then(|s| s.available_replicas));
+    }
+    for rs in sets.unwrap_or_default().iter().filter(|rs| owned_by(rs, d)) {
         let Some(template) = rs.spec.as_ref().and_then(|s| s.template.as_ref()) else {
             continue;
         };
@@ -183,7 +200,7 @@ mod tests {
 
     fn states(d: &Deployment, sets: &[ReplicaSet]) -> Vec<(String, u32, u32, u32)> {
         let mut m = BTreeMap::new();
-        add_revisions(d, sets, &mut m);
+        add_revisions(d, Some(sets), &mut m);
         m.into_values()
             .map(|r| (r.id.0, r.desired, r.ready, r.failed))
             .collect()
@@ -221,6 +238,29 @@ mod tests {
         }]);
         let sets = [rs("old", 0, 0, "dep-uid"), rs("new", 2, 0, "dep-uid")];
         assert_eq!(states(&d, &sets), [("new".into(), 2, 0, 2)]);
+    }
+
+    #[test]
+    fn a_deployment_running_one_template_is_read_from_its_status() {
+        let mut d = deployment("new", 4, 3, 3);
+        let s = d.status.as_mut().unwrap();
+        (s.replicas, s.updated_replicas, s.available_replicas) = (Some(4), Some(3), Some(3));
+        assert!(!runs_one_template(&d), "a pod of an older template is still there");
+        d.status.as_mut().unwrap().replicas = Some(3);
+        assert!(runs_one_template(&d));
+        let mut m = BTreeMap::new();
+        add_revisions(&d, None, &mut m);
+        let read: Vec<_> = m
+            .into_values()
+            .map(|r| (r.id.0, r.desired, r.ready, r.failed))
+            .collect();
+        assert_eq!(
+            read,
+            states(&d, &[rs("new", 4, 3, "dep-uid"), rs("old", 0, 0, "dep-uid")]),
+            "the status and the ReplicaSets agree"
+        );
+        d.metadata.generation = Some(4);
+        assert!(!runs_one_template(&d), "status is about an older spec");
     }
 
     #[test]
