@@ -669,10 +669,24 @@ fn assert_fixed_request_costs(log: &[(&'static str, u64)]) -> u64 {
     );
     costs(
         "route",
-        &[3],
-        "DescribeServices + DescribeListeners (the actions around the weights) + ModifyListener",
+        &[2, 3],
+        "DescribeListeners (the actions around the weights) + ModifyListener, + DescribeServices unless an observe read the service in the last 2 s and relay changed nothing since",
     );
-    costs("promote", &[2], "DescribeServices + UpdateServicePrimaryTaskSet");
+    costs(
+        "promote",
+        &[1, 2],
+        "UpdateServicePrimaryTaskSet, + DescribeServices unless an observe read it just before",
+    );
+    // The engine routes and promotes right after the observe that found
+    // the revision ready: those calls reuse what it read.
+    assert!(
+        log.contains(&("route", 2)),
+        "no route reused the observe's read: {log:?}"
+    );
+    assert!(
+        log.contains(&("promote", 1)),
+        "the promotion read the service again: {log:?}"
+    );
     costs("retire", &[3], "DescribeServices + DescribeListeners + DeleteTaskSet");
     costs("scale", &[2], "DescribeServices + UpdateTaskSet");
     costs(
@@ -704,6 +718,37 @@ async fn a_five_step_canary_sends_a_fixed_number_of_requests() {
     assert_eq!(log.iter().filter(|(c, _)| *c == "route").count(), 5, "{log:?}");
     assert_eq!(svc.weights().await, [0, 100]);
     assert!(total <= 37, "{total} requests for a five-step canary: {log:?}");
+}
+
+/// A route reuses the service an observe just read, and reads it again once
+/// that is more than 2 s old or relay has changed the service since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_reuses_a_fresh_observe_and_reads_again_after_a_write_or_two_seconds() {
+    let svc = task_set_service().await;
+    let repo = two_images(&svc.cfg).await;
+    let (relay, target) = svc.relay(svc.target(None).await, None).await;
+    assert!(deploy(&relay, &repo, "v1", AllAtOnce).await.is_success());
+    let v1 = target.observe().await.unwrap().stable.unwrap();
+    let all = TrafficSplit::all(&v1);
+    let cost = |call: &'static str| {
+        let log = target.log.lock().unwrap();
+        log.iter().rev().find(|(c, _)| *c == call).map(|(_, n)| *n).unwrap()
+    };
+    // Weights already so: the listener is read, nothing written.
+    target.observe().await.unwrap();
+    target.route(&all).await.unwrap();
+    assert_eq!(cost("route"), 1, "DescribeListeners only, the observe's service reused");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    target.route(&all).await.unwrap();
+    assert_eq!(cost("route"), 2, "DescribeServices again: the observe is 2 s old");
+    target.observe().await.unwrap();
+    target.scale(&v1, 1).await.unwrap();
+    target.route(&all).await.unwrap();
+    assert_eq!(
+        cost("route"),
+        2,
+        "DescribeServices again: the scale changed the service"
+    );
 }
 
 /// Blue/green on task sets: the candidate gets all traffic in one switch,

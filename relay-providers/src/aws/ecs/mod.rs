@@ -75,7 +75,19 @@ struct Inner {
     mode: Mode,
     /// Task definition ARN → revision id (task definitions are immutable).
     revisions: Mutex<BTreeMap<String, RevisionId>>,
+    /// The service as the last observe read it, and when: a route or a
+    /// promotion right after it (the engine's next step) reuses it rather
+    /// than read it again, for [`OBSERVED_MAX_AGE`], unless relay changed
+    /// the service since.
+    observed: Mutex<Option<(tokio::time::Instant, Service)>>,
 }
+
+/// How long an observe's description of the service may stand in for a
+/// fresh one: the engine routes or promotes within milliseconds of the
+/// observe that found the revisions ready, and a task set's target group
+/// never changes, so a second read would say the same. Any write relay
+/// makes to the service's task sets forgets it.
+const OBSERVED_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 enum Mode {
@@ -176,6 +188,34 @@ impl EcsServiceTarget {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(arn.to_owned(), id.clone());
+    }
+
+    /// The service as the last observe read it, if that was at most
+    /// [`OBSERVED_MAX_AGE`] ago, relay changed nothing since, and it knows
+    /// every revision in `ids`; else as ECS describes it now.
+    async fn recent_service<'a>(&self, ids: impl IntoIterator<Item = &'a RevisionId>) -> Result<Service> {
+        let recent = self
+            .inner
+            .observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .filter(|(at, _)| at.elapsed() <= OBSERVED_MAX_AGE);
+        match recent {
+            Some((_, service)) if ids.into_iter().all(|id| tasksets::runs(&service, id)) => Ok(service),
+            _ => self.describe_service().await,
+        }
+    }
+
+    /// Remember `service` as observed now (`None`: forget it, as a write
+    /// changed it).
+    fn observed(&self, service: Option<&Service>) {
+        *self
+            .inner
+            .observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            service.map(|s| (tokio::time::Instant::now(), s.clone()));
     }
 
     /// The service as ECS describes it now, with its tags.
@@ -457,6 +497,7 @@ impl EcsServiceTargetBuilder {
                 arn,
                 mode,
                 revisions: Mutex::new(BTreeMap::new()),
+                observed: Mutex::new(None),
             }),
         })
     }

@@ -99,6 +99,7 @@ impl EcsServiceTarget {
                     .build(),
             );
         }
+        self.observed(None);
         self.limit().await;
         req.send()
             .await

@@ -70,6 +70,11 @@ fn find<'a>(service: &'a Service, id: &RevisionId) -> Option<Set<'a>> {
     sets(service).into_iter().find(|s| &s.id == id)
 }
 
+/// Whether `service` has a task set for revision `id`.
+pub(super) fn runs(service: &Service, id: &RevisionId) -> bool {
+    find(service, id).is_some()
+}
+
 /// Whether a stopped task failed: ECS's stop code says so (an essential
 /// container exited, the task could not start), or, where it names none or
 /// the scheduler stopped the task, the reason does (failed health checks).
@@ -132,6 +137,7 @@ impl EcsServiceTarget {
 
     pub(super) async fn task_sets_observe(&self, c: &TaskSetConfig) -> Result<TargetState> {
         let service = self.describe_service().await?;
+        self.observed(Some(&service));
         let weights = self.listener_weights(c).await?;
         let sets = sets(&service);
         let mut revisions = Vec::with_capacity(sets.len());
@@ -237,6 +243,7 @@ impl EcsServiceTarget {
 
     async fn update_task_set(&self, set: &Set<'_>, pct: f64) -> Result<()> {
         let scale = Scale::builder().unit(ScaleUnit::Percent).value(pct).build();
+        self.observed(None);
         self.limit().await;
         self.inner
             .ecs
@@ -310,6 +317,7 @@ impl EcsServiceTarget {
             .container_name(&c.container)
             .container_port(c.container_port)
             .build();
+        self.observed(None);
         self.limit().await;
         self.inner
             .ecs
@@ -358,7 +366,7 @@ impl EcsServiceTarget {
         if split.is_empty() {
             return Err(Error::invalid("traffic", "a split must send traffic somewhere"));
         }
-        let service = self.describe_service().await?;
+        let service = self.recent_service(split.weights().keys()).await?;
         let mut by_group: BTreeMap<&str, u8> = BTreeMap::new();
         for (id, w) in split.weights() {
             let set = find(&service, id).ok_or_else(|| self.no_task_set(id))?;
@@ -384,11 +392,12 @@ impl EcsServiceTarget {
     }
 
     pub(super) async fn task_sets_promote(&self, id: &RevisionId) -> Result<()> {
-        let service = self.describe_service().await?;
+        let service = self.recent_service([id]).await?;
         let set = find(&service, id).ok_or_else(|| self.no_task_set(id))?;
         if set.is_primary() {
             return Ok(());
         }
+        self.observed(None);
         self.limit().await;
         self.inner
             .ecs
@@ -427,6 +436,7 @@ impl EcsServiceTarget {
                 });
             }
         }
+        self.observed(None);
         self.limit().await;
         self.inner
             .ecs
