@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use relay::providers::sim::{MemorySecretStore, SimTarget};
 use relay::testing;
 use relay::{
-    Artifact, Digest, FileStateStore, JsonlAuditSink, MemoryAuditSink, MemoryStateStore, RevisionSpec, SecretRef,
-    StateStore,
+    Capabilities, FileStateStore, JsonlAuditSink, MemoryAuditSink, MemoryStateStore, RevisionId, RevisionSpec, Routing,
+    SecretRef, StateStore, Target, TargetState, TrafficSplit,
 };
 
 #[tokio::test]
@@ -77,18 +78,136 @@ async fn audit_sinks() {
 }
 
 fn revision(content: &[u8]) -> RevisionSpec {
-    let artifact = Artifact {
-        repository: "app".into(),
-        tag: None,
-        digest: Digest::of(content),
-        metadata: BTreeMap::new(),
-    };
-    RevisionSpec::new(artifact, BTreeMap::new(), BTreeMap::new())
+    testing::revision("app", content).build()
 }
 
 #[tokio::test(start_paused = true)]
 async fn sim_target() {
     testing::target_conformance(&SimTarget::new("t"), &revision(b"1"), &revision(b"2")).await;
+}
+
+/// The suite follows the declared capabilities: a switch, a replica ratio,
+/// and one revision replaced in place.
+#[tokio::test(start_paused = true)]
+async fn sim_targets_of_every_routing() {
+    for target in [
+        SimTarget::new("switch").routing(Routing::Switch),
+        SimTarget::new("ratio").routing(Routing::ReplicaRatio),
+        SimTarget::new("in-place").replace_in_place(),
+    ] {
+        testing::target_conformance(&target, &revision(b"1"), &revision(b"2")).await;
+    }
+}
+
+/// A bug planted in an otherwise correct target.
+#[derive(Clone, Copy, Debug)]
+enum Bug {
+    /// `stage` of a revision that runs adds the replicas to its count.
+    StageAdds,
+    /// `route` gives each revision the other's weight.
+    SwappedWeights,
+    /// `observe` never reports a replica ready.
+    NeverReady,
+    /// `retire` of a revision with traffic retires it anyway.
+    RetiresWithTraffic,
+    /// `scale` ignores the count.
+    ScaleIgnored,
+}
+
+#[derive(Debug)]
+struct Broken {
+    inner: SimTarget,
+    bug: Bug,
+}
+
+#[async_trait]
+impl Target for Broken {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn observe(&self) -> relay::Result<TargetState> {
+        let mut s = self.inner.observe().await?;
+        if let Bug::NeverReady = self.bug {
+            s.revisions.iter_mut().for_each(|r| r.ready = 0);
+        }
+        Ok(s)
+    }
+    async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> relay::Result<()> {
+        let running = self.inner.observe().await?.revision(&revision.id).map(|r| r.desired);
+        match (self.bug, running) {
+            (Bug::StageAdds, Some(n)) => self.inner.scale(&revision.id, n + replicas).await,
+            _ => self.inner.stage(revision, replicas).await,
+        }
+    }
+    async fn scale(&self, revision: &RevisionId, replicas: u32) -> relay::Result<()> {
+        match self.bug {
+            Bug::ScaleIgnored => Ok(()),
+            _ => self.inner.scale(revision, replicas).await,
+        }
+    }
+    async fn route(&self, split: &TrafficSplit) -> relay::Result<()> {
+        let weights: Vec<_> = split.weights().iter().collect();
+        match (self.bug, &weights[..]) {
+            (Bug::SwappedWeights, [(a, wa), (b, wb)]) => {
+                let swapped = TrafficSplit::new(BTreeMap::from([((*a).clone(), **wb), ((*b).clone(), **wa)])).unwrap();
+                self.inner.route(&swapped).await
+            }
+            _ => self.inner.route(split).await,
+        }
+    }
+    async fn promote(&self, revision: &RevisionId) -> relay::Result<()> {
+        self.inner.promote(revision).await
+    }
+    async fn retire(&self, revision: &RevisionId) -> relay::Result<()> {
+        if let Bug::RetiresWithTraffic = self.bug {
+            let all: Vec<RevisionId> = self
+                .inner
+                .observe()
+                .await?
+                .revisions
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            if let Some(other) = all.iter().find(|id| *id != revision) {
+                self.inner.route(&TrafficSplit::all(other)).await?;
+            }
+        }
+        self.inner.retire(revision).await
+    }
+}
+
+/// Each planted bug fails the target suite with a message naming the rule
+/// it breaks.
+#[tokio::test(start_paused = true)]
+async fn the_target_suite_catches_each_planted_bug() {
+    for (bug, rule) in [
+        (Bug::StageAdds, "never adds to them"),
+        (Bug::SwappedWeights, "each on its own revision"),
+        (Bug::NeverReady, "observe must count ready replicas"),
+        (
+            Bug::RetiresWithTraffic,
+            "retiring a revision with traffic must conflict",
+        ),
+        (Bug::ScaleIgnored, "sets revision"),
+    ] {
+        let target = Broken {
+            inner: SimTarget::new("broken"),
+            bug,
+        };
+        let run = tokio::spawn(async move {
+            testing::target_conformance(&target, &revision(b"1"), &revision(b"2")).await;
+        });
+        let panic = run.await.expect_err("the suite must fail").into_panic();
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert!(message.contains(rule), "{bug:?}: {message}");
+    }
 }
 
 #[tokio::test]

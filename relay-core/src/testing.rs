@@ -16,8 +16,65 @@ use crate::error::Error;
 use crate::plan::Plan;
 use crate::release::RevisionSpec;
 use crate::state::{Lease, RolloutRecord, RolloutStatus, StateStore};
-use crate::target::{Target, TrafficSplit};
-use crate::{Artifact, Digest, SecretRef, SecretStore};
+use crate::target::{Routing, Target, TargetState, TrafficSplit};
+use crate::{Artifact, Digest, RevisionId, SecretRef, SecretStore};
+
+/// Start a [`RevisionSpec`] for a test: `repository` at the digest of
+/// `content`, untagged, with no configuration or secrets until added.
+///
+/// ```
+/// let spec = relay_core::testing::revision("shop/web", b"build 2")
+///     .tag("v2")
+///     .config("MODE", "fast")
+///     .build();
+/// assert_eq!(spec.artifact.tag.as_deref(), Some("v2"));
+/// assert_ne!(spec.id, relay_core::testing::revision("shop/web", b"build 3").build().id);
+/// ```
+pub fn revision(repository: &str, content: &[u8]) -> RevisionSpecBuilder {
+    RevisionSpecBuilder {
+        artifact: Artifact {
+            repository: repository.to_owned(),
+            tag: None,
+            digest: Digest::of(content),
+            metadata: BTreeMap::new(),
+        },
+        config: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+    }
+}
+
+/// Builds a [`RevisionSpec`] for tests; see [`revision`].
+#[derive(Clone, Debug)]
+pub struct RevisionSpecBuilder {
+    artifact: Artifact,
+    config: BTreeMap<String, String>,
+    secrets: BTreeMap<String, SecretRef>,
+}
+
+impl RevisionSpecBuilder {
+    /// The tag the artifact was resolved from.
+    pub fn tag(mut self, tag: &str) -> Self {
+        self.artifact.tag = Some(tag.to_owned());
+        self
+    }
+
+    /// A configuration value.
+    pub fn config(mut self, key: &str, value: &str) -> Self {
+        self.config.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// A secret reference.
+    pub fn secret(mut self, key: &str, reference: SecretRef) -> Self {
+        self.secrets.insert(key.to_owned(), reference);
+        self
+    }
+
+    /// The revision, its id derived from its content.
+    pub fn build(self) -> RevisionSpec {
+        RevisionSpec::new(self.artifact, self.config, self.secrets)
+    }
+}
 
 /// A record for `target` with a one-step plan, for store tests.
 pub fn sample_record(id: &str, target: &str, lease_token: u64) -> RolloutRecord {
@@ -217,15 +274,66 @@ pub async fn audit_sink_conformance(sink: &dyn AuditSink) {
     assert_eq!(sink.verify().await.unwrap(), before + 3);
 }
 
-/// The idempotent primitives of a target with at least two revisions and
-/// weighted or replica-ratio routing. `first` and `second` must differ.
+/// How long [`target_conformance`] waits for a revision to report its
+/// replicas ready (virtual time on a paused clock; a real target needs its
+/// environment to start them, such as a stand-in kubelet).
+pub const READY_WITHIN: Duration = Duration::from_secs(300);
+
+/// Observe until revision `id` asks for exactly `n` replicas and reports
+/// them ready; panics naming the broken rule otherwise.
+async fn until_ready(target: &dyn Target, id: &RevisionId, n: u32, after: &str) -> TargetState {
+    let deadline = tokio::time::Instant::now() + READY_WITHIN;
+    loop {
+        let s = target.observe().await.unwrap();
+        let r = s.revision(id);
+        if let Some(r) = r {
+            assert!(
+                r.desired == n || r.autoscaled,
+                "{after} sets revision {id} to {n} replicas (never adds to them), yet observe reports {} asked for: {s:?}",
+                r.desired
+            );
+            assert_eq!(
+                r.failed, 0,
+                "{after}: a healthy revision {id} reports failed replicas: {s:?}"
+            );
+            if r.ready >= n {
+                return s;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{after}: observe never reported revision {id} with {n} ready replicas within {READY_WITHIN:?} \
+             (observe must count ready replicas): {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The primitives of a target, as its [`Capabilities`](crate::Capabilities)
+/// declare them: `first` and `second` must differ, and the target's
+/// environment must start their replicas (the suite waits up to
+/// [`READY_WITHIN`] for `observe` to report them ready).
 ///
-/// A split that sends traffic nowhere must be refused as
-/// [`Error::InvalidSpec`]. On a target that runs nothing yet, a first
-/// release is rolled back first: staged, given all traffic, then retired
-/// with its traffic, which must leave nothing deployed.
+/// Every target: `stage` and `scale` set a revision's replica count (again
+/// with the same count changes nothing; they never add to it), `observe`
+/// reports the count asked for and the replicas ready, `route`, `promote`
+/// and `retire` are idempotent, and a split that sends traffic nowhere is
+/// refused as [`Error::InvalidSpec`] changing nothing.
+///
+/// A target that runs two revisions side by side: a revision with traffic
+/// cannot be retired (`Conflict`); weighted routing reports exactly the
+/// weights set, a switch reports all traffic on the revision switched to,
+/// a replica ratio the split its ready replicas make. On such a target that
+/// runs nothing yet, a first release is rolled back first: staged, given
+/// all traffic, then retired with its traffic, which must leave nothing
+/// deployed.
+///
+/// A target that runs one revision at a time (`max_revisions` 1, such as a
+/// rolling update): staging the second replaces the first, and routing to
+/// and promoting it makes it stable.
 pub async fn target_conformance(target: &dyn Target, first: &RevisionSpec, second: &RevisionSpec) {
     assert_ne!(first.id, second.id);
+    let caps = target.capabilities();
     let before = target.observe().await.unwrap();
     match target.route(&TrafficSplit::default()).await {
         Err(Error::InvalidSpec { .. }) => {}
@@ -236,6 +344,9 @@ pub async fn target_conformance(target: &dyn Target, first: &RevisionSpec, secon
         before.traffic,
         "a refused split changes nothing"
     );
+    if caps.max_revisions <= 1 {
+        return one_at_a_time(target, first, second).await;
+    }
     if before.stable.is_none() && before.revisions.is_empty() {
         target.stage(first, 1).await.unwrap();
         target.route(&TrafficSplit::all(&first.id)).await.unwrap();
@@ -251,33 +362,74 @@ pub async fn target_conformance(target: &dyn Target, first: &RevisionSpec, secon
     }
     target.stage(first, 2).await.unwrap();
     target.stage(first, 2).await.expect("stage is idempotent");
+    until_ready(target, &first.id, 2, "stage, twice,").await;
     target.route(&TrafficSplit::all(&first.id)).await.unwrap();
     target.promote(&first.id).await.unwrap();
     target.promote(&first.id).await.expect("promote is idempotent");
     target.stage(second, 1).await.unwrap();
-    let split = TrafficSplit::canary(&first.id, &second.id, 20).unwrap();
+    until_ready(target, &second.id, 1, "stage").await;
+    let split = match caps.routing {
+        Routing::Switch | Routing::None => TrafficSplit::all(&second.id),
+        Routing::Weighted | Routing::ReplicaRatio => TrafficSplit::canary(&first.id, &second.id, 20).unwrap(),
+    };
     target.route(&split).await.unwrap();
     target.route(&split).await.expect("route is idempotent");
     let s = target.observe().await.unwrap();
-    assert_eq!(s.stable.as_ref(), Some(&first.id));
-    assert_eq!(s.revision(&second.id).map(|r| r.desired), Some(1));
+    assert_eq!(s.stable.as_ref(), Some(&first.id), "routing does not promote: {s:?}");
+    match caps.routing {
+        Routing::Weighted | Routing::Switch => assert_eq!(
+            (s.traffic.weight(&first.id), s.traffic.weight(&second.id)),
+            (split.weight(&first.id), split.weight(&second.id)),
+            "observe reports the weights route set, each on its own revision ({split} asked): {s:?}"
+        ),
+        Routing::ReplicaRatio | Routing::None => {}
+    }
     assert!(
         matches!(target.retire(&second.id).await, Err(Error::Conflict { .. })),
         "retiring a revision with traffic must conflict"
     );
     target.scale(&second.id, 3).await.unwrap();
     target.scale(&second.id, 3).await.expect("scale is idempotent");
-    assert_eq!(
-        target.observe().await.unwrap().revision(&second.id).map(|r| r.desired),
-        Some(3)
-    );
+    until_ready(target, &second.id, 3, "scale, twice,").await;
     target.route(&TrafficSplit::all(&first.id)).await.unwrap();
+    let s = target.observe().await.unwrap();
+    if caps.routing != Routing::ReplicaRatio {
+        assert_eq!(s.traffic.weight(&first.id), 100, "all traffic routed back: {s:?}");
+    }
     target.retire(&second.id).await.unwrap();
     target
         .retire(&second.id)
         .await
         .expect("retire of an absent revision succeeds");
     assert!(target.observe().await.unwrap().revision(&second.id).is_none());
+}
+
+/// [`target_conformance`] for a target that runs one revision at a time.
+async fn one_at_a_time(target: &dyn Target, first: &RevisionSpec, second: &RevisionSpec) {
+    target.stage(first, 2).await.unwrap();
+    target.stage(first, 2).await.expect("stage is idempotent");
+    until_ready(target, &first.id, 2, "stage, twice,").await;
+    target.route(&TrafficSplit::all(&first.id)).await.unwrap();
+    target.promote(&first.id).await.unwrap();
+    target.promote(&first.id).await.expect("promote is idempotent");
+    target.stage(second, 2).await.unwrap();
+    until_ready(target, &second.id, 2, "stage of a second revision").await;
+    target.route(&TrafficSplit::all(&second.id)).await.unwrap();
+    target
+        .route(&TrafficSplit::all(&second.id))
+        .await
+        .expect("route is idempotent");
+    target.promote(&second.id).await.unwrap();
+    target.promote(&second.id).await.expect("promote is idempotent");
+    let s = target.observe().await.unwrap();
+    assert_eq!(
+        s.stable.as_ref(),
+        Some(&second.id),
+        "the promoted revision is stable: {s:?}"
+    );
+    target.scale(&second.id, 3).await.unwrap();
+    target.scale(&second.id, 3).await.expect("scale is idempotent");
+    until_ready(target, &second.id, 3, "scale, twice,").await;
 }
 
 /// Fetch current and pinned versions; a missing secret is `NotFound`; the

@@ -14,8 +14,8 @@ use relay::providers::aws::{
 use relay::providers::RateLimiter;
 use relay::strategies::{AllAtOnce, BlueGreenStrategy, CanaryStrategy, Statistic, ThresholdJudge};
 use relay::{
-    testing, AnalysisSpec, Artifact, Capabilities, Check, Digest, EventKind, Outcome, Relay, Release, Result,
-    RevisionId, RevisionSpec, RolloutSpec, Routing, Target, TargetState, TrafficSplit,
+    testing, AnalysisSpec, Capabilities, Check, EventKind, Outcome, Relay, Release, Result, RevisionId, RevisionSpec,
+    RolloutSpec, Routing, Target, TargetState, TrafficSplit,
 };
 
 use crate::support::{config, default_vpc, manifest, push_image, unique, DefaultVpc};
@@ -476,13 +476,7 @@ async fn deploy(relay: &Relay, repo: &str, tag: &str, strategy: impl relay::Stra
 }
 
 fn revision(n: u8) -> RevisionSpec {
-    let artifact = Artifact {
-        repository: "registry.invalid/web".into(),
-        tag: None,
-        digest: Digest::of(&[n]),
-        metadata: BTreeMap::new(),
-    };
-    RevisionSpec::new(artifact, BTreeMap::new(), BTreeMap::new())
+    testing::revision("registry.invalid/web", &[n]).build()
 }
 
 #[tokio::test]
@@ -497,6 +491,8 @@ async fn task_sets_pass_the_target_conformance_suite() {
             watches: false,
         }
     );
+    // The stand-in starts the tasks ECS would, so readiness can be judged.
+    let target = TasksStartAtOnce::new(&svc, target, svc.calls.clone());
     testing::target_conformance(&target, &revision(1), &revision(2)).await;
     // What ECS and ELB hold afterwards: one primary task set for the first
     // revision, all traffic on its target group.

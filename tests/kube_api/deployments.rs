@@ -15,8 +15,8 @@ use relay::providers::kubernetes::{DeploymentTarget, KubeSecretStore, PodReadine
 use relay::providers::sim::MemoryArtifactStore;
 use relay::strategies::{AllAtOnce, BlueGreenStrategy, CanaryStrategy, Statistic, ThresholdJudge};
 use relay::{
-    testing, AnalysisSpec, Artifact, AuditSink, Check, Digest, EngineConfig, Error, EventKind, MemoryAuditSink,
-    Outcome, Relay, Release, RevisionId, RevisionSpec, RolloutSpec, Target, TrafficSplit, VerdictOutcome,
+    testing, AnalysisSpec, AuditSink, Check, Digest, EngineConfig, Error, EventKind, MemoryAuditSink, Outcome, Relay,
+    Release, RevisionId, RevisionSpec, RolloutSpec, Target, TrafficSplit, VerdictOutcome,
 };
 
 use crate::support::{client, counted_client, namespace, provider_client, put_secret, web_app, Kubelet, PLANTED};
@@ -24,13 +24,7 @@ use crate::support::{client, counted_client, namespace, provider_client, put_sec
 const REPO: &str = "registry.test/web";
 
 fn spec(tag: &str) -> RevisionSpec {
-    let artifact = Artifact {
-        repository: REPO.into(),
-        tag: Some(tag.into()),
-        digest: Digest::of(tag.as_bytes()),
-        metadata: BTreeMap::new(),
-    };
-    RevisionSpec::new(artifact, BTreeMap::new(), BTreeMap::new())
+    testing::revision(REPO, tag.as_bytes()).tag(tag).build()
 }
 
 /// Artifacts `v2`, `v3`... whose content is their tag.
@@ -90,8 +84,11 @@ fn engine(target: impl Target, artifacts: Arc<MemoryArtifactStore>) -> relay::Re
         })
 }
 
+/// Every mode passes the target conformance suite: replica-ratio canary
+/// (on a running and on an empty Deployment), blue/green and rolling (the
+/// routed mode in its own test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canary_mode_passes_the_target_conformance_suite() {
+async fn every_mode_passes_the_target_conformance_suite() {
     let client = client().await;
     let ns = namespace(&client).await;
     let _kubelet = Kubelet::start(&client, &ns);
@@ -132,6 +129,25 @@ async fn canary_mode_passes_the_target_conformance_suite() {
     );
     testing::target_conformance(&target, &spec("v1"), &spec("v2")).await;
     assert!(get(&client, &ns, "api-canary").await.is_none());
+
+    // Blue/green (a switch) and rolling (one revision at a time): the suite
+    // follows what each mode declares.
+    for (name, blue_green) in [("shop", true), ("cart", false)] {
+        web_app(&client, &ns, name, 2).await;
+        let b = DeploymentTarget::builder(provider_client().await, &ns, name)
+            .poll_interval(Duration::from_millis(100))
+            .promote_timeout(Duration::from_secs(60));
+        let target = match blue_green {
+            true => b.blue_green(name),
+            false => b,
+        }
+        .build()
+        .await
+        .unwrap();
+        testing::target_conformance(&target, &spec("v1"), &spec("v2")).await;
+    }
+    assert_eq!(image(&get(&client, &ns, "shop").await.unwrap()), pinned("v1"));
+    assert_eq!(image(&get(&client, &ns, "cart").await.unwrap()), pinned("v2"));
 }
 
 /// A first release on a Deployment created at zero replicas whose pods
