@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use relay::providers::sim::{MemorySecretStore, SimTarget};
+use relay::providers::sim::{metrics, MemorySecretStore, SimProbe, SimTarget};
 use relay::testing;
 use relay::{
-    Capabilities, FileStateStore, JsonlAuditSink, MemoryAuditSink, MemoryStateStore, RevisionId, RevisionSpec, Routing,
-    SecretRef, StateStore, Target, TargetState, TrafficSplit,
+    Capabilities, FileStateStore, JsonlAuditSink, MemoryAuditSink, MemoryStateStore, ProbeQuery, RevisionId,
+    RevisionSpec, Routing, Scope, SecretRef, StateStore, Target, TargetState, TrafficSplit,
 };
 
 #[tokio::test]
@@ -270,4 +270,86 @@ fn a_record_copied_over_another_equals_the_original() {
     let mut back = full.clone();
     back.clone_from(&plain);
     assert_eq!(json(&back), json(&plain));
+}
+
+fn query(metric: &str, scope: Scope) -> ProbeQuery {
+    ProbeQuery {
+        metric: metric.into(),
+        scope,
+        window: std::time::Duration::from_secs(60),
+        target: "t".into(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sim_probe() {
+    let target = std::sync::Arc::new(SimTarget::new("t"));
+    let first = revision(b"1");
+    target.stage(&first, 2).await.unwrap();
+    target.route(&TrafficSplit::all(&first.id)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    let probe = SimProbe::new(target);
+    testing::health_probe_conformance(
+        &probe,
+        &query(metrics::ERROR_RATE, Scope::Revision(first.id.clone())),
+        Some(&query(
+            metrics::ERROR_RATE,
+            Scope::Revision(RevisionId::from("never-ran")),
+        )),
+        Some(&query("no_such_metric", Scope::Target)),
+    )
+    .await;
+}
+
+/// A probe with one value for revision `rev-1`, breaking the contract as
+/// told.
+#[derive(Debug)]
+struct BrokenProbe {
+    /// No data is an error, rather than an empty sample.
+    errors_on_no_data: bool,
+}
+
+#[async_trait]
+impl relay::HealthProbe for BrokenProbe {
+    async fn sample(&self, query: &ProbeQuery) -> relay::Result<relay::Sample> {
+        if query.metric != metrics::ERROR_RATE {
+            // What the simulated probe answered before: not the field.
+            return Err(relay::Error::NotFound {
+                what: format!("metric {}", query.metric),
+            });
+        }
+        match &query.scope {
+            Scope::Revision(r) if r.as_str() == "rev-1" => Ok(relay::Sample {
+                values: vec![0.01],
+                source: "fixed".into(),
+                ..Default::default()
+            }),
+            _ if self.errors_on_no_data => Err(relay::Error::NotFound {
+                what: "no series".into(),
+            }),
+            _ => Ok(relay::Sample::default()),
+        }
+    }
+}
+
+/// The probe suite fails a probe that reports no data as an error, or an
+/// unknown metric without naming the field.
+#[tokio::test]
+async fn the_probe_suite_catches_a_probe_breaking_its_contract() {
+    let measured = query(metrics::ERROR_RATE, Scope::Revision(RevisionId::from("rev-1")));
+    let absent = query(metrics::ERROR_RATE, Scope::Revision(RevisionId::from("rev-2")));
+    let unknown = query("throughput", Scope::Target);
+    for (errors_on_no_data, rule) in [
+        (true, "no data is an empty sample, not an error"),
+        (false, "an unknown metric is InvalidSpec naming analysis.checks.metric"),
+    ] {
+        let (measured, absent, unknown) = (measured.clone(), absent.clone(), unknown.clone());
+        let run = tokio::spawn(async move {
+            let probe = BrokenProbe { errors_on_no_data };
+            testing::health_probe_conformance(&probe, &measured, Some(&absent), Some(&unknown)).await;
+        });
+        let panic = run.await.expect_err("the suite must fail").into_panic();
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(message.contains(rule), "{message}");
+    }
 }

@@ -171,6 +171,13 @@ async fn the_http_probe_counts_statuses_timeouts_and_refusals_as_failed_requests
     let latency = probe.sample(&query(LATENCY_MS, rev("good"))).await.unwrap();
     assert_eq!(latency.values.len(), 4);
     assert!(latency.values.iter().all(|ms| *ms > 0.0 && *ms < 300.0), "{latency:?}");
+    relay::testing::health_probe_conformance(
+        &probe,
+        &query(ERROR_RATE, rev("good")),
+        None,
+        Some(&query("throughput", rev("good"))),
+    )
+    .await;
     let bad = probe.sample(&query(ERROR_RATE, rev("bad"))).await.unwrap();
     assert_eq!(bad.values, [1.0; 4]);
     assert!(bad.source.contains("status 500"), "{}", bad.source);
@@ -289,6 +296,14 @@ async fn a_canary_judged_through_prometheus_promotes_the_good_release_and_rolls_
     let range = probe.sample(&query("error_rate_over_time", rev(&v3))).await.unwrap();
     assert!(range.values.len() >= 2, "{range:?}");
     assert!(range.values.iter().all(|v| (v - 0.3).abs() < 0.05), "{range:?}");
+
+    relay::testing::health_probe_conformance(
+        &probe,
+        &query("error_rate", rev(&v3)),
+        Some(&query("error_rate", rev("absent"))),
+        None,
+    )
+    .await;
 
     // No traffic: 0/0 is NaN, kept so the judge calls it no data.
     let idle = probe.sample(&query("error_rate", rev("idle"))).await.unwrap();

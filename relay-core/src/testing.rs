@@ -17,7 +17,7 @@ use crate::plan::Plan;
 use crate::release::RevisionSpec;
 use crate::state::{Lease, RolloutRecord, RolloutStatus, StateStore};
 use crate::target::{Routing, Target, TargetState, TrafficSplit};
-use crate::{Artifact, Digest, RevisionId, SecretRef, SecretStore};
+use crate::{Artifact, Digest, HealthProbe, ProbeQuery, RevisionId, SecretRef, SecretStore};
 
 /// Start a [`RevisionSpec`] for a test: `repository` at the digest of
 /// `content`, untagged, with no configuration or secrets until added.
@@ -430,6 +430,64 @@ async fn one_at_a_time(target: &dyn Target, first: &RevisionSpec, second: &Revis
     target.scale(&second.id, 3).await.unwrap();
     target.scale(&second.id, 3).await.expect("scale is idempotent");
     until_ready(target, &second.id, 3, "scale, twice,").await;
+}
+
+/// The contract of a [`HealthProbe`]. `measured` asks for a metric and
+/// scope the probe's source has data for; `absent`, where the source can
+/// have none (a metrics store asked about a revision that never ran, where
+/// an HTTP check would measure a failed request), for one it has none for;
+/// `unknown`, where the probe has a fixed set of metrics, for a metric it
+/// does not know.
+///
+/// A measurement has a value that is a number, or counts, and a `source`
+/// saying where it came from; counts never have more failures than events.
+/// No data is an empty sample (or NaN only), never an error: the judge
+/// calls it inconclusive, while an error counts towards the analysis's
+/// limit of consecutive probe errors. An unknown metric is
+/// [`Error::InvalidSpec`] naming `analysis.checks.metric`, so the user
+/// learns which check to fix.
+pub async fn health_probe_conformance(
+    probe: &dyn HealthProbe,
+    measured: &ProbeQuery,
+    absent: Option<&ProbeQuery>,
+    unknown: Option<&ProbeQuery>,
+) {
+    let sample = probe
+        .sample(measured)
+        .await
+        .unwrap_or_else(|e| panic!("measuring {measured:?} must succeed: {e}"));
+    assert!(
+        sample.values.iter().any(|v| !v.is_nan()) || sample.counts.is_some_and(|c| c.total > 0),
+        "a measurement has a value or counts: {sample:?}"
+    );
+    assert!(
+        !sample.source.is_empty(),
+        "a sample says where it came from: {sample:?}"
+    );
+    if let Some(c) = sample.counts {
+        assert!(
+            c.failures <= c.total,
+            "counts never have more failures than events: {c:?}"
+        );
+    }
+    let again = probe.sample(measured).await;
+    assert!(again.is_ok(), "measuring again succeeds: {again:?}");
+    if let Some(absent) = absent {
+        let nothing = probe
+            .sample(absent)
+            .await
+            .unwrap_or_else(|e| panic!("no data is an empty sample, not an error ({absent:?}): {e}"));
+        assert!(
+            nothing.values.iter().all(|v| v.is_nan()) && nothing.counts.is_none_or(|c| c.total == 0),
+            "no data is an empty sample: {nothing:?}"
+        );
+    }
+    if let Some(unknown) = unknown {
+        match probe.sample(unknown).await {
+            Err(Error::InvalidSpec { path, .. }) if path == "analysis.checks.metric" => {}
+            other => panic!("an unknown metric is InvalidSpec naming analysis.checks.metric, got {other:?}"),
+        }
+    }
 }
 
 /// Fetch current and pinned versions; a missing secret is `NotFound`; the

@@ -82,6 +82,13 @@ async fn metrics_are_read_per_revision_dimension() {
         .await
         .unwrap();
     assert_eq!(sample.values, [20.0]);
+    relay::testing::health_probe_conformance(
+        &probe,
+        &query("latency", Scope::Revision(RevisionId(candidate.clone()))),
+        Some(&query("latency", Scope::Revision(RevisionId(unique("rev-absent"))))),
+        Some(&query("throughput", Scope::Target)),
+    )
+    .await;
     let nothing = probe
         .sample(&query("latency", Scope::Revision(RevisionId(unique("rev-absent")))))
         .await

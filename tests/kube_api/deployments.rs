@@ -15,8 +15,8 @@ use relay::providers::kubernetes::{DeploymentTarget, KubeSecretStore, PodReadine
 use relay::providers::sim::MemoryArtifactStore;
 use relay::strategies::{AllAtOnce, BlueGreenStrategy, CanaryStrategy, Statistic, ThresholdJudge};
 use relay::{
-    testing, AnalysisSpec, AuditSink, Check, Digest, EngineConfig, Error, EventKind, MemoryAuditSink, Outcome, Relay,
-    Release, RevisionId, RevisionSpec, RolloutSpec, Target, TrafficSplit, VerdictOutcome,
+    testing, AnalysisSpec, AuditSink, Check, Digest, EngineConfig, Error, EventKind, MemoryAuditSink, Outcome,
+    ProbeQuery, Relay, Release, RevisionId, RevisionSpec, RolloutSpec, Scope, Target, TrafficSplit, VerdictOutcome,
 };
 
 use crate::support::{client, counted_client, namespace, provider_client, put_secret, web_app, Kubelet, PLANTED};
@@ -478,7 +478,20 @@ async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
         .build()
         .await
         .unwrap();
-    let probe = PodReadinessProbe::new(provider_client().await, &ns, "app=web");
+    let probe = Arc::new(PodReadinessProbe::new(provider_client().await, &ns, "app=web"));
+    let query = |metric: &str, scope: Scope| ProbeQuery {
+        metric: metric.into(),
+        scope,
+        window: Duration::from_secs(60),
+        target: "web".into(),
+    };
+    testing::health_probe_conformance(
+        probe.as_ref(),
+        &query("ready_ratio", Scope::Target),
+        Some(&query("ready_ratio", Scope::Revision(RevisionId::from("never-ran")))),
+        Some(&query("latency_ms", Scope::Target)),
+    )
+    .await;
     let log = CallLog::default();
     let metered = Metered {
         inner: target.clone(),
@@ -486,7 +499,7 @@ async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
         log: log.clone(),
     };
     let relay = engine(metered, artifacts(&["v2", "v3", "v4"]))
-        .probe(Arc::new(probe))
+        .probe(probe)
         .build()
         .unwrap();
     let analysis = AnalysisSpec::new(vec![

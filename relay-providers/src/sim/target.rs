@@ -306,9 +306,10 @@ impl SimTarget {
     /// A revision with no ready replica yields no data.
     pub fn measure(&self, metric: &str, scope: &Scope, window: Duration) -> Result<Sample> {
         if ![metrics::ERROR_RATE, metrics::LATENCY_MS, metrics::REQUESTS].contains(&metric) {
-            return Err(Error::NotFound {
-                what: format!("metric {metric:?}; the simulated probe knows error_rate, latency_ms and requests"),
-            });
+            return Err(Error::invalid(
+                "analysis.checks.metric",
+                format!("{metric:?} is not a simulated metric; use error_rate, latency_ms or requests"),
+            ));
         }
         let buckets = window.as_secs().clamp(1, MAX_BUCKETS as u64);
         let bucket_secs = window.as_secs_f64() / buckets as f64;
