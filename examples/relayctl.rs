@@ -665,11 +665,7 @@ impl Ctl {
 fn gate_names(spec: &RolloutSpec) -> Vec<String> {
     let ctx = PlanContext {
         target: spec.target.clone(),
-        capabilities: Capabilities {
-            routing: Routing::Weighted,
-            max_revisions: 2,
-            watches: false,
-        },
+        capabilities: Capabilities::new(Routing::Weighted, 2),
         replicas: spec.release.replicas,
         stable: Some(RevisionState::new(
             "stable".into(),

@@ -17,11 +17,9 @@ async fn a_mocked_target_sees_exactly_the_expected_calls() {
 
     let mut target = MockTarget::new();
     target.expect_name().return_const("mocked".to_string());
-    target.expect_capabilities().return_const(Capabilities {
-        routing: Routing::Weighted,
-        max_revisions: 2,
-        watches: false,
-    });
+    target
+        .expect_capabilities()
+        .return_const(Capabilities::new(Routing::Weighted, 2));
     let seen = staged.clone();
     target.expect_observe().returning(move || {
         // Empty before staging, ready after.

@@ -26,7 +26,11 @@ pub enum Routing {
 
 /// What a target can do. Strategies check these when planning, so a plan that
 /// the target cannot execute is refused before anything changes.
+///
+/// New capabilities may be added: build one with [`Capabilities::new`]
+/// (fields added later get a default that asks nothing new of a target).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Capabilities {
     /// How traffic can be split.
     pub routing: Routing,
@@ -42,6 +46,29 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// A target that splits traffic by `routing` and runs up to
+    /// `max_revisions` revisions side by side (2 for canary and blue/green,
+    /// 1 for a rolling update in place), and does not report its changes.
+    ///
+    /// ```
+    /// use relay_core::{Capabilities, Routing};
+    /// let caps = Capabilities::new(Routing::Weighted, 2).watching(true);
+    /// assert!(caps.can_route(25) && caps.watches);
+    /// ```
+    pub const fn new(routing: Routing, max_revisions: u32) -> Self {
+        Capabilities {
+            routing,
+            max_revisions,
+            watches: false,
+        }
+    }
+
+    /// The same, reporting its changes or not ([`Capabilities::watches`]).
+    pub const fn watching(mut self, watches: bool) -> Self {
+        self.watches = watches;
+        self
+    }
+
     /// Whether the target can hold the candidate at `weight` percent.
     pub fn can_route(&self, weight: u8) -> bool {
         match self.routing {
@@ -329,18 +356,37 @@ pub trait Target: Send + Sync + fmt::Debug + 'static {
     fn name(&self) -> &str;
     /// What this target can do.
     fn capabilities(&self) -> Capabilities;
-    /// The current state.
+    /// The current state. Called when planning, after every mutation that
+    /// must take effect (each readiness poll while replicas start), before
+    /// each rollback action, and for drift reports; it must not change
+    /// anything. The engine waits on it: a revision is ready once `ready`
+    /// reaches the count asked for, and **any** `failed` replica rolls the
+    /// rollout back at once (report only replicas that will not recover:
+    /// a crash loop past its budget, a stopped task, not one still
+    /// starting), with `failure` saying why.
     async fn observe(&self) -> Result<TargetState>;
-    /// Create (or keep) the candidate revision with `replicas` replicas.
+    /// Create the candidate revision with `replicas` replicas, or set an
+    /// existing one to that count (never add to it); returns once accepted.
+    /// Called first in a rollout, and again on resume.
     async fn stage(&self, revision: &RevisionSpec, replicas: u32) -> Result<()>;
-    /// Set the replica count of an existing revision.
+    /// Set the replica count of an existing revision (`NotFound` when it
+    /// runs nowhere). Called by strategies between traffic steps, and by a
+    /// rollback to bring the stable revision back to its size before any
+    /// traffic moves to it.
     async fn scale(&self, revision: &RevisionId, replicas: u32) -> Result<()>;
-    /// Set the traffic split (never an empty one: see the contract above).
+    /// Set the whole traffic split to exactly these weights (never an empty
+    /// split: see the contract above). Called for each traffic step, and by
+    /// a rollback with all traffic on the stable revision.
     async fn route(&self, split: &TrafficSplit) -> Result<()>;
-    /// Mark `revision` as the stable one.
+    /// Mark `revision` as the stable one: the revision a later rollback
+    /// returns to. Called once the candidate has all traffic, and **also by
+    /// every rollback with the stable revision it restores**, so promoting
+    /// the revision that is already stable must succeed and change nothing.
     async fn promote(&self, revision: &RevisionId) -> Result<()>;
     /// Remove `revision` from the target (the last one, traffic and all,
-    /// only when no other revision runs).
+    /// only when no other revision runs). Called for the old stable after a
+    /// promotion and for the candidate after a rollback; an error after a
+    /// promotion does not roll the promoted release back.
     async fn retire(&self, revision: &RevisionId) -> Result<()>;
     /// What `revision` runs now, read from the target (not from relay's
     /// records), or `None` when the target cannot say. Used to detect
@@ -427,17 +473,9 @@ mod tests {
 
     #[test]
     fn capabilities_gate_weights() {
-        let sw = Capabilities {
-            routing: Routing::Switch,
-            max_revisions: 2,
-            watches: false,
-        };
+        let sw = Capabilities::new(Routing::Switch, 2);
         assert!(sw.can_route(100) && sw.can_route(0) && !sw.can_route(10));
-        let w = Capabilities {
-            routing: Routing::Weighted,
-            max_revisions: 2,
-            watches: false,
-        };
+        let w = Capabilities::new(Routing::Weighted, 2);
         assert!(w.can_route(10));
     }
 }

@@ -10,11 +10,7 @@ use relay_strategies::{AllAtOnce, Amount, BlueGreenStrategy, CanaryStrategy, Rol
 fn ctx(replicas: u32, routing: Routing) -> PlanContext {
     PlanContext {
         target: "t".into(),
-        capabilities: Capabilities {
-            routing,
-            max_revisions: 2,
-            watches: false,
-        },
+        capabilities: Capabilities::new(routing, 2),
         replicas,
         stable: Some(RevisionState::new(RevisionId::from("old"), replicas, replicas)),
     }

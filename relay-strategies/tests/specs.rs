@@ -96,11 +96,7 @@ fn yaml_and_toml_describe_the_same_rollout() {
     let plan = |s: &relay_core::RolloutSpec| {
         let ctx = relay_core::PlanContext {
             target: "web".into(),
-            capabilities: relay_core::Capabilities {
-                routing: relay_core::Routing::Weighted,
-                max_revisions: 2,
-                watches: false,
-            },
+            capabilities: relay_core::Capabilities::new(relay_core::Routing::Weighted, 2),
             replicas: 4,
             stable: Some(relay_core::RevisionState::new("old".into(), 4, 4)),
         };
@@ -308,11 +304,7 @@ fn pipelines_load_from_yaml_and_toml_alike() {
         assert_eq!(envs[1].strategy().name(), "canary");
         let ctx = PlanContext {
             target: "web-eu".into(),
-            capabilities: relay_core::Capabilities {
-                routing: relay_core::Routing::Weighted,
-                max_revisions: 2,
-                watches: false,
-            },
+            capabilities: relay_core::Capabilities::new(relay_core::Routing::Weighted, 2),
             replicas: 4,
             stable: None,
         };

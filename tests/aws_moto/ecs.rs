@@ -483,14 +483,7 @@ fn revision(n: u8) -> RevisionSpec {
 async fn task_sets_pass_the_target_conformance_suite() {
     let svc = task_set_service().await;
     let target = svc.target(None).await;
-    assert_eq!(
-        target.capabilities(),
-        Capabilities {
-            routing: Routing::Weighted,
-            max_revisions: 2,
-            watches: false,
-        }
-    );
+    assert_eq!(target.capabilities(), Capabilities::new(Routing::Weighted, 2));
     // The stand-in starts the tasks ECS would, so readiness can be judged.
     let target = TasksStartAtOnce::new(&svc, target, svc.calls.clone());
     testing::target_conformance(&target, &revision(1), &revision(2)).await;
@@ -1310,14 +1303,7 @@ async fn the_rolling_mode_updates_the_service_and_rolls_back_to_the_stable_task_
         eprintln!("rolling mode: {call} sent {n} requests");
         n
     };
-    assert_eq!(
-        target.capabilities(),
-        Capabilities {
-            routing: Routing::None,
-            max_revisions: 1,
-            watches: false,
-        }
-    );
+    assert_eq!(target.capabilities(), Capabilities::new(Routing::None, 1));
     let describe = || async {
         ecs.describe_services()
             .cluster(&cluster)

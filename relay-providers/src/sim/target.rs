@@ -153,11 +153,7 @@ impl SimTarget {
     pub fn new(name: impl Into<String>) -> Self {
         SimTarget {
             name: name.into(),
-            capabilities: Capabilities {
-                routing: Routing::Weighted,
-                max_revisions: 2,
-                watches: false,
-            },
+            capabilities: Capabilities::new(Routing::Weighted, 2),
             rng: SeededRng::new(0),
             requests_per_second: 100.0,
             default_behavior: RevisionBehavior::default(),
@@ -175,11 +171,7 @@ impl SimTarget {
     /// one revision.
     pub fn replace_in_place(mut self) -> Self {
         self.in_place = true;
-        self.capabilities = Capabilities {
-            routing: Routing::None,
-            max_revisions: 1,
-            ..self.capabilities
-        };
+        self.capabilities = Capabilities::new(Routing::None, 1).watching(self.capabilities.watches);
         self
     }
 

@@ -532,16 +532,8 @@ impl Target for EcsServiceTarget {
 
     fn capabilities(&self) -> Capabilities {
         match self.inner.mode {
-            Mode::Rolling(_) => Capabilities {
-                routing: Routing::None,
-                max_revisions: 1,
-                watches: false,
-            },
-            Mode::TaskSets(_) => Capabilities {
-                routing: Routing::Weighted,
-                max_revisions: 2,
-                watches: false,
-            },
+            Mode::Rolling(_) => Capabilities::new(Routing::None, 1),
+            Mode::TaskSets(_) => Capabilities::new(Routing::Weighted, 2),
         }
     }
 

@@ -914,26 +914,10 @@ impl Target for DeploymentTarget {
 
     fn capabilities(&self) -> Capabilities {
         match self.inner.mode {
-            Mode::Rolling { .. } => Capabilities {
-                routing: Routing::None,
-                max_revisions: 1,
-                watches: self.inner.watch,
-            },
-            Mode::Canary => Capabilities {
-                routing: Routing::ReplicaRatio,
-                max_revisions: 2,
-                watches: self.inner.watch,
-            },
-            Mode::BlueGreen { .. } => Capabilities {
-                routing: Routing::Switch,
-                max_revisions: 2,
-                watches: self.inner.watch,
-            },
-            Mode::Routed { .. } => Capabilities {
-                routing: Routing::Weighted,
-                max_revisions: 2,
-                watches: self.inner.watch,
-            },
+            Mode::Rolling { .. } => Capabilities::new(Routing::None, 1).watching(self.inner.watch),
+            Mode::Canary => Capabilities::new(Routing::ReplicaRatio, 2).watching(self.inner.watch),
+            Mode::BlueGreen { .. } => Capabilities::new(Routing::Switch, 2).watching(self.inner.watch),
+            Mode::Routed { .. } => Capabilities::new(Routing::Weighted, 2).watching(self.inner.watch),
         }
     }
 
