@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{excerpt, Error, Result};
 
 /// A content digest, always `sha256:` followed by 64 lowercase hex digits.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -19,11 +19,14 @@ impl Digest {
     pub fn parse_at(path: &str, s: &str) -> Result<Self> {
         let hex = s
             .strip_prefix("sha256:")
-            .ok_or_else(|| Error::invalid(path, format!("digest {s:?} must start with \"sha256:\"")))?;
+            .ok_or_else(|| Error::invalid(path, format!("digest {} must start with \"sha256:\"", excerpt(s))))?;
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(Error::invalid(
                 path,
-                format!("digest {s:?} must be \"sha256:\" followed by 64 lowercase hex digits"),
+                format!(
+                    "digest {} must be \"sha256:\" followed by 64 lowercase hex digits",
+                    excerpt(s)
+                ),
             ));
         }
         Ok(Digest(s.to_owned()))
@@ -108,21 +111,30 @@ impl ArtifactRef {
         if repository.is_empty() || repository.starts_with('/') || repository.ends_with('/') {
             return Err(Error::invalid(
                 path,
-                format!("artifact reference {s:?} has no repository name"),
+                format!("artifact reference {} has no repository name", excerpt(s)),
             ));
         }
+        check_repository(path, repository)?;
         if let Some(t) = tag {
-            if t.is_empty() || t.len() > 128 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            let mut chars = t.chars();
+            let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !first_ok || t.len() > 128 || !chars.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
                 return Err(Error::invalid(
                     path,
-                    format!("tag {t:?} must be 1-128 characters of letters, digits, '.', '_' or '-'"),
+                    format!(
+                        "tag {} must be 1-128 characters of letters, digits, '.', '_' or '-', not starting with '.' or '-'",
+                        excerpt(t)
+                    ),
                 ));
             }
         }
         if tag.is_none() && digest.is_none() {
             return Err(Error::invalid(
                 path,
-                format!("artifact reference {s:?} needs a tag (repo:tag) or a digest (repo@sha256:<hex>)"),
+                format!(
+                    "artifact reference {} needs a tag (repo:tag) or a digest (repo@sha256:<hex>)",
+                    excerpt(s)
+                ),
             ));
         }
         Ok(ArtifactRef {
@@ -138,6 +150,94 @@ impl ArtifactRef {
         let (first, _) = self.repository.split_once('/')?;
         (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
     }
+}
+
+/// Check a repository name against the OCI distribution reference grammar:
+/// an optional registry host (with a port) and path components of
+/// lowercase letters and digits joined by `.`, `_`, `__` or dashes, at most
+/// 255 characters. A URL (`https://…`) or a space is refused, naming the
+/// form to write instead.
+fn check_repository(path: &str, repository: &str) -> Result<()> {
+    const FORM: &str = "write [registry[:port]/]path/name, such as registry.example:5000/team/app, \
+                        with lowercase letters, digits and '.', '_' or '-' inside each component";
+    if repository.len() > 255 {
+        return Err(Error::invalid(
+            path,
+            format!("repository {} is longer than 255 characters", excerpt(repository)),
+        ));
+    }
+    if repository.contains("://") {
+        return Err(Error::invalid(
+            path,
+            format!("repository {} is a URL; {FORM} (no scheme)", excerpt(repository)),
+        ));
+    }
+    let mut components: Vec<&str> = repository.split('/').collect();
+    let first = components[0];
+    let has_registry = components.len() > 1 && (first.contains(['.', ':']) || first == "localhost");
+    if has_registry {
+        let (host, port) = match first.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (first, None),
+        };
+        let host_ok = !host.is_empty()
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+        let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+        if !host_ok || !port_ok {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "registry {} of repository {} is not a host[:port]; {FORM}",
+                    excerpt(first),
+                    excerpt(repository)
+                ),
+            ));
+        }
+        components.remove(0);
+    }
+    for component in components {
+        if !path_component(component) {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "repository {} has an invalid component {}; {FORM}",
+                    excerpt(repository),
+                    excerpt(component)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `[a-z0-9]+` runs joined by `.`, `_`, `__` or one or more `-`.
+fn path_component(c: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = c.as_bytes();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-')) {
+            return false;
+        }
+    }
+    true
 }
 
 impl FromStr for ArtifactRef {
@@ -351,12 +451,49 @@ mod tests {
         assert_eq!(r.registry(), None);
         let r: ArtifactRef = format!("app:v2@{D}").parse().unwrap();
         assert_eq!(r.to_string(), format!("app:v2@{D}"));
-        for bad in ["", "app", ":v1", "app:", "app@sha256:12", "app:bad tag"] {
+        for good in [
+            "localhost/app:v1",
+            "localhost:5000/app:v1",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/shop/web:v2",
+            "my-org/my_app__x/a.b--c:1.0_rc-1",
+        ] {
+            assert!(good.parse::<ArtifactRef>().is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "app",
+            ":v1",
+            "app:",
+            "app@sha256:12",
+            "app:bad tag",
+            "shop web:v2",
+            "http://x/y:z",
+            "Shop/web:v2",
+            "shop//web:v2",
+            "shop/-web:v2",
+            "shop/web.:v2",
+            "shop/web...x:v2",
+            "reg_istry.io:5000/app:v1",
+            "registry.io:port/app:v1",
+            "app:.v1",
+        ] {
             assert!(
                 matches!(bad.parse::<ArtifactRef>(), Err(Error::InvalidSpec { .. })),
                 "{bad}"
             );
         }
+        let e = "https://registry.example/shop/web:v2"
+            .parse::<ArtifactRef>()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("is a URL") && e.to_string().contains("no scheme"),
+            "{e}"
+        );
+        let e = "shop web:v2".parse::<ArtifactRef>().unwrap_err();
+        assert!(e.to_string().contains("invalid component \"shop web\""), "{e}");
+        let long = format!("shop/{}:v1", "a".repeat(10_000_000));
+        let e = long.parse::<ArtifactRef>().unwrap_err().to_string();
+        assert!(e.len() < 400 && e.contains("bytes)"), "{}", &e[..e.len().min(400)]);
     }
 
     #[test]
