@@ -268,7 +268,9 @@ struct CanaryDoc {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum StepDoc {
-    SetWeight(u8),
+    /// Any integer, so an out-of-range one gets relay's message, not the
+    /// parser's `expected u8`.
+    SetWeight(i64),
     /// A duration, or `until_resumed`.
     Pause(String),
     Analyze(AnalysisDoc),
@@ -473,7 +475,15 @@ impl StrategyDoc {
                 for (i, step) in c.steps.into_iter().enumerate() {
                     let path = format!("strategy.canary.steps[{i}]");
                     s = match step {
-                        StepDoc::SetWeight(w) => s.set_weight(w),
+                        StepDoc::SetWeight(w) => match u8::try_from(w) {
+                            Ok(w) if w <= 100 => s.set_weight(w),
+                            _ => {
+                                return Err(at(
+                                    &format!("{path}.weight"),
+                                    format!("{w} must be between 1 and 100 (percent of traffic)"),
+                                ))
+                            }
+                        },
                         StepDoc::Pause(p) if p == "until_resumed" => s.pause_until_resumed(),
                         StepDoc::Pause(p) => s.pause(parse_duration(&p).map_err(|e| at(&format!("{path}.pause"), e))?),
                         StepDoc::Analyze(a) => s.analyze(a.analysis(&format!("{path}.analyze"))?),

@@ -127,8 +127,13 @@ fn each_invalid_spec_fails_at_its_path_saying_what_is_expected() {
         ),
         (
             yaml_with("set_weight: 25", "set_weight: 300"),
-            "strategy.canary.steps[0].set_weight",
-            "u8",
+            "strategy.canary.steps[0].weight",
+            "300 must be between 1 and 100 (percent of traffic)",
+        ),
+        (
+            yaml_with("set_weight: 25", "set_weight: -5"),
+            "strategy.canary.steps[0].weight",
+            "-5 must be between 1 and 100 (percent of traffic)",
         ),
         (
             yaml_with("set_weight: 50", "set_weight: 10"),
