@@ -1015,3 +1015,27 @@ async fn an_autoscaled_stable_is_judged_by_its_autoscalers_count() {
     assert!(v2.autoscaled && v2.desired == 3, "{v2:?}");
     assert!(state.revision(&v1).is_none(), "v1 retired: {state:?}");
 }
+
+/// A tag the artifact store lacks and a secret the store lacks are refused
+/// naming the field of the release that named them, and the fix.
+#[tokio::test(start_paused = true)]
+async fn a_missing_tag_or_secret_names_the_release_field() {
+    let (_w, relay) = World::with_v1(32).await;
+    let e = relay
+        .plan(&RolloutSpec::new("web", release("v9"), canary()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::NotFound { what } if what.contains("release.artifact") && what.contains("fix the tag")),
+        "{e}"
+    );
+    let missing = release("v2").secret("API_KEY", "mem://web/api#key".parse().unwrap());
+    let e = relay
+        .plan(&RolloutSpec::new("web", missing, canary()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::NotFound { what } if what.contains("release.secrets.API_KEY") && what.contains("create the secret")),
+        "{e}"
+    );
+}

@@ -198,15 +198,19 @@ impl Release {
                 format!("{} is above the limit of 10000", self.replicas),
             ));
         }
-        for k in self.config.keys().chain(self.secrets.keys()) {
+        let named = |field: &'static str| move |k: &String| (field, k.clone());
+        let keys = (self.config.keys().map(named("config"))).chain(self.secrets.keys().map(named("secrets")));
+        for (field, k) in keys {
             if k.is_empty()
+                || k.len() > 253
                 || !k
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
             {
+                // The key is the path, so a bad one is excerpted there.
                 return Err(Error::invalid(
-                    format!("release.config.{k}"),
-                    "names must be non-empty letters, digits, '_', '.' or '-'",
+                    format!("release.{field}.{}", crate::error::excerpt(&k).trim_matches('"')),
+                    "names must be 1 to 253 letters, digits, '_', '.' or '-' (an environment variable name such as DB_PASSWORD)",
                 ));
             }
         }
@@ -284,6 +288,21 @@ impl RevisionSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_name_is_reported_under_the_field_that_holds_it() {
+        let release = Release::new("shop/web:v2".parse().unwrap()).replicas(1);
+        let e = release
+            .clone()
+            .secret("DB PASSWORD", "mem://db#password".parse().unwrap())
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("release.secrets.DB PASSWORD"), "{e}");
+        let e = release.clone().config("MODE!", "x").validate().unwrap_err();
+        assert!(e.to_string().contains("release.config.MODE!"), "{e}");
+        let e = release.config("x".repeat(1_000_000), "x").validate().unwrap_err();
+        assert!(e.to_string().len() < 400, "a long name is excerpted");
+    }
 
     #[test]
     fn secret_ref_round_trip() {

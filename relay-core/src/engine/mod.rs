@@ -520,6 +520,17 @@ fn settle(target: &crate::target::TargetState, stable: &crate::release::Revision
     steps
 }
 
+/// A `NotFound` met resolving the release, told with the field that named
+/// the missing thing and the fix; other errors as they are.
+fn in_field(e: Error, field: &str, fix: &str) -> Error {
+    match e {
+        Error::NotFound { what } => Error::NotFound {
+            what: format!("{what} (named by {field}: {fix})"),
+        },
+        other => other,
+    }
+}
+
 fn warn_retry(op: &str) -> impl FnMut(u32, &Error, Duration) + '_ {
     move |attempt, e, backoff| tracing::warn!(operation = op, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "retrying")
 }
@@ -663,7 +674,8 @@ impl Relay {
             .call("artifact.resolve", warn_retry("artifact.resolve"), || {
                 inner.artifacts.resolve(reference)
             })
-            .await?;
+            .await
+            .map_err(|e| in_field(e, "release.artifact", "push it, or fix the tag or digest"))?;
         inner.artifacts.verify(reference, &artifact, &spec.policy).await?;
         for v in &inner.verifiers {
             v.verify(&artifact).await?;
@@ -706,7 +718,14 @@ impl Relay {
             })?;
             let value = inner
                 .call("secret.fetch", warn_retry("secret.fetch"), || store.fetch(r))
-                .await?;
+                .await
+                .map_err(|e| {
+                    in_field(
+                        e,
+                        &format!("release.secrets.{name}"),
+                        "create the secret, or fix the reference",
+                    )
+                })?;
             // Only the version (and the store's full name for the secret)
             // is kept: the value is dropped here, unread.
             let mut pin = r.pinned(value.version.clone());
