@@ -1,7 +1,8 @@
 //! `relayctl`: a small command line over relay, driven by spec files.
 //!
 //! ```text
-//! relayctl [--state DIR] [--virtual] <command>
+//! relayctl [--state DIR] [--virtual] [--output text|json] <command>
+//! relayctl --help | help [<command>]
 //!
 //!   plan <spec>                    print the plan, change nothing
 //!   apply <spec>                   roll out, showing progress; exit 0 only
@@ -47,8 +48,14 @@
 //! `RUST_LOG` sets what the engine logs on stderr (`RUST_LOG=info`: every
 //! target change, retry and verdict; unset: errors only).
 //!
-//! Exit codes: 0 the release is live (or the command did what it said),
-//! 1 it was rolled back or refused, 2 bad usage or input.
+//! `--output json` prints `plan`, `status` and `history` as JSON (the plan,
+//! or an array of rollout records each with `orphaned`), for scripts.
+//!
+//! Exit codes, for CI jobs to branch on: 0 the release is live (or the
+//! command did what it said); 1 the rollout was rolled back, or failed;
+//! 2 bad usage or input (a spec, a reference, an option); 3 refused before
+//! anything changed (the target is busy with another rollout, an orphan
+//! awaits recovery, or the caller may not act).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -86,17 +93,83 @@ struct Failure(u8, String);
 
 impl From<relay::Error> for Failure {
     fn from(e: relay::Error) -> Self {
-        let code = if matches!(e, relay::Error::InvalidSpec { .. }) {
-            2
-        } else {
-            1
+        let code = match e {
+            relay::Error::InvalidSpec { .. } => EXIT_USAGE,
+            relay::Error::Conflict { .. } | relay::Error::PermissionDenied { .. } => EXIT_REFUSED,
+            _ => EXIT_FAILED,
         };
         Failure(code, e.to_string())
     }
 }
 
+/// The rollout was rolled back, or failed.
+const EXIT_FAILED: u8 = 1;
+/// Bad usage or input.
+const EXIT_USAGE: u8 = 2;
+/// Refused before anything changed.
+const EXIT_REFUSED: u8 = 3;
+
 fn usage(msg: impl Into<String>) -> Failure {
-    Failure(2, msg.into())
+    Failure(EXIT_USAGE, msg.into())
+}
+
+/// The options relayctl knows, for naming the nearest to a mistyped one.
+const OPTIONS: [&str; 8] = [
+    "--state",
+    "--virtual",
+    "--output",
+    "--by",
+    "--comment",
+    "--reason",
+    "--help",
+    "-h",
+];
+
+/// The commands relayctl knows.
+const COMMANDS: [&str; 13] = [
+    "plan",
+    "apply",
+    "status",
+    "history",
+    "deploy",
+    "promote",
+    "approve",
+    "reject",
+    "resume",
+    "abort",
+    "verify-audit",
+    "recover",
+    "help",
+];
+
+/// `what` is unknown: say so, naming the nearest of `known` when one is
+/// close (at most 2 edits, or a prefix).
+fn unknown(kind: &str, what: &str, known: &[&str]) -> Failure {
+    let nearest = known
+        .iter()
+        .map(|k| (edits(what, k), *k))
+        .filter(|(d, k)| *d <= 2 || k.starts_with(what))
+        .min();
+    match nearest {
+        Some((_, k)) => usage(format!("unknown {kind} {what}; did you mean {k}? (relayctl --help)")),
+        None => usage(format!("unknown {kind} {what} (relayctl --help)")),
+    }
+}
+
+/// Levenshtein distance between `a` and `b`.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 type Outcome<T> = Result<T, Failure>;
@@ -105,6 +178,8 @@ type Outcome<T> = Result<T, Failure>;
 struct Args {
     dir: PathBuf,
     virtual_time: bool,
+    help: bool,
+    json: bool,
     words: Vec<String>,
     options: BTreeMap<String, String>,
 }
@@ -113,6 +188,8 @@ fn parse_args() -> Outcome<Args> {
     let mut args = Args {
         dir: std::env::var_os("RELAY_STATE_DIR").map_or_else(|| PathBuf::from(".relay"), PathBuf::from),
         virtual_time: false,
+        help: false,
+        json: false,
         words: Vec::new(),
         options: BTreeMap::new(),
     };
@@ -120,15 +197,24 @@ fn parse_args() -> Outcome<Args> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--virtual" => args.virtual_time = true,
-            "--state" | "--by" | "--comment" | "--reason" => {
+            "--help" | "-h" => args.help = true,
+            "--state" | "--by" | "--comment" | "--reason" | "--output" => {
                 let v = it.next().ok_or_else(|| usage(format!("{a} needs a value")))?;
-                if a == "--state" {
-                    args.dir = PathBuf::from(v);
-                } else {
-                    args.options.insert(a.trim_start_matches('-').to_owned(), v);
+                match a.as_str() {
+                    "--state" => args.dir = PathBuf::from(v),
+                    "--output" => {
+                        args.json = match v.as_str() {
+                            "json" => true,
+                            "text" => false,
+                            other => return Err(usage(format!("--output {other:?}: use text or json"))),
+                        }
+                    }
+                    _ => {
+                        args.options.insert(a.trim_start_matches('-').to_owned(), v);
+                    }
                 }
             }
-            flag if flag.starts_with("--") => return Err(usage(format!("unknown option {flag}"))),
+            flag if flag.starts_with('-') => return Err(unknown("option", flag, &OPTIONS)),
             _ => args.words.push(a),
         }
     }
@@ -173,18 +259,18 @@ async fn run(args: &Args) -> Outcome<()> {
             .ok_or_else(|| usage(format!("missing {what}; run without arguments for help")))
     };
     let by = || args.options.get("by").cloned().unwrap_or_else(whoami);
-    let Some(command) = args.words.first() else {
+    let Some(command) = args.words.first().filter(|_| !args.help) else {
         out!("{}", HELP.trim());
         return Ok(());
     };
     // Opened only for a known command: help and usage errors touch nothing.
     let ctl = || Ctl::open(&args.dir);
     match command.as_str() {
-        "plan" => ctl()?.plan(Path::new(word(1, "spec file")?)).await,
+        "plan" => ctl()?.plan(Path::new(word(1, "spec file")?), args.json).await,
         "apply" => ctl()?.apply(Path::new(word(1, "spec file")?)).await,
         "recover" => ctl()?.recover(&args.words[1..]).await,
-        "status" => ctl()?.status(args.words.get(1).map(String::as_str)).await,
-        "history" => ctl()?.history(word(1, "target")?).await,
+        "status" => ctl()?.status(args.words.get(1).map(String::as_str), args.json).await,
+        "history" => ctl()?.history(word(1, "target")?, args.json).await,
         "deploy" => {
             let artifact = word(2, "artifact")?.parse::<ArtifactRef>()?;
             ctl()?.deploy(Path::new(word(1, "pipeline file")?), artifact).await
@@ -224,17 +310,71 @@ async fn run(args: &Args) -> Outcome<()> {
             let path = args.words.get(1).map_or_else(|| audit_file(&args.dir), PathBuf::from);
             verify_audit(&path, &args.dir).await
         }
-        other => Err(usage(format!("unknown command {other:?}"))),
+        "help" => match args.words.get(1) {
+            None => {
+                out!("{}", HELP.trim());
+                Ok(())
+            }
+            Some(c) => {
+                let lines: Vec<&str> = COMMAND_HELP
+                    .lines()
+                    .skip_while(|l| !l.trim_start().starts_with(&format!("{c} ")) && l.trim() != c)
+                    .take_while({
+                        let mut first = true;
+                        move |l| std::mem::take(&mut first) || l.starts_with("      ")
+                    })
+                    .collect();
+                if lines.is_empty() {
+                    return Err(unknown("command", c, &COMMANDS));
+                }
+                out!("{}", lines.join("\n"));
+                Ok(())
+            }
+        },
+        other => Err(unknown("command", other, &COMMANDS)),
     }
 }
 
+/// One entry per command for `relayctl help <command>`: its line, then its
+/// description indented by six spaces.
+const COMMAND_HELP: &str = "
+  plan <spec>
+      Print the plan, change nothing. --output json prints it as JSON.
+  apply <spec>
+      Roll out, showing progress. Exit 0 only when the release is live,
+      1 when it was rolled back, 3 when the target is busy.
+  status [<rollout>]
+      Running rollouts (orphans marked), or one rollout and its plan.
+  history <target>
+      Every rollout on a target. --output json for scripts.
+  deploy <pipeline> <artifact>
+      Roll out to a pipeline's first environment.
+  promote <pipeline> <digest> <environment>
+      Roll a digest that succeeded in the environment before out to this one.
+  approve <rollout> <gate> [--by NAME] [--comment TEXT]
+      Pass a gate of a rollout another relayctl drives.
+  reject <rollout> <gate> [--by NAME] [--comment TEXT]
+      Fail a gate; the rollout rolls back.
+  resume <rollout> [--by NAME]
+      End an indefinite pause.
+  abort <rollout> [--by NAME] [--reason TEXT]
+      Roll the rollout back.
+  verify-audit [<file>]
+      Check the audit log's hash chain and its anchors.
+  recover [<spec>...]
+      Drive every orphaned rollout (its process died) to its end.
+";
+
 const HELP: &str = "
-relayctl [--state DIR] [--virtual] <command>
+relayctl [--state DIR] [--virtual] [--output text|json] <command>
+relayctl --help | help <command>
   plan <spec> | apply <spec> | status [<rollout>] | history <target>
   deploy <pipeline> <artifact> | promote <pipeline> <digest> <environment>
   approve|reject <rollout> <gate> [--by NAME] [--comment TEXT]
   resume <rollout> [--by NAME] | abort <rollout> [--by NAME] [--reason TEXT]
   verify-audit [<file>] | recover [<spec>...]
+exit codes: 0 live or done, 1 rolled back or failed, 2 bad usage or input,
+  3 refused before anything changed
 ";
 
 fn whoami() -> String {
@@ -526,10 +666,15 @@ impl Ctl {
             .artifacts(Arc::new(relay::PinnedArtifactStore)))
     }
 
-    async fn plan(&self, path: &Path) -> Outcome<()> {
+    async fn plan(&self, path: &Path, json: bool) -> Outcome<()> {
         let spec = SpecFile::load(path)?;
         let relay = self.relay_for(&spec).await?;
-        out!("{}", relay.plan(&spec.rollout).await?);
+        let plan = relay.plan(&spec.rollout).await?;
+        if json {
+            out!("{}", to_json(&plan)?);
+            return Ok(());
+        }
+        out!("{plan}");
         out!(
             "dry run: nothing changed (`relayctl apply {}` rolls it out)",
             path.display()
@@ -575,7 +720,7 @@ impl Ctl {
         Ok(())
     }
 
-    async fn status(&self, rollout: Option<&str>) -> Outcome<()> {
+    async fn status(&self, rollout: Option<&str>, json: bool) -> Outcome<()> {
         let records = match rollout {
             Some(id) => vec![self
                 .state
@@ -584,10 +729,14 @@ impl Ctl {
                 .ok_or_else(|| Failure(1, format!("no rollout {id:?}")))?],
             None => self.state.list_active().await?,
         };
+        let orphans = self.orphans(&records).await?;
+        if json {
+            out!("{}", records_json(&records, &orphans)?);
+            return self.report_damaged().await;
+        }
         if records.is_empty() {
             out!("no rollout is running");
         }
-        let orphans = self.orphans(&records).await?;
         print_records(&records, &orphans);
         self.report_damaged().await?;
         if let [r] = records.as_slice() {
@@ -596,12 +745,16 @@ impl Ctl {
         Ok(())
     }
 
-    async fn history(&self, target: &str) -> Outcome<()> {
+    async fn history(&self, target: &str, json: bool) -> Outcome<()> {
         let records = self.state.list_target(target).await?;
+        let orphans = self.orphans(&records).await?;
+        if json {
+            out!("{}", records_json(&records, &orphans)?);
+            return self.report_damaged().await;
+        }
         if records.is_empty() {
             out!("no rollout on {target:?}");
         }
-        let orphans = self.orphans(&records).await?;
         print_records(&records, &orphans);
         self.report_damaged().await
     }
@@ -711,6 +864,26 @@ async fn wave_result(wave: relay::WaveHandle) -> Outcome<()> {
         }
         other => Err(Failure(1, format!("wave {}: {other:?}", report.id))),
     }
+}
+
+/// `value` as pretty JSON.
+fn to_json(value: &impl serde::Serialize) -> Outcome<String> {
+    serde_json::to_string_pretty(value).map_err(|e| Failure(EXIT_FAILED, format!("cannot write JSON: {e}")))
+}
+
+/// `records` as a JSON array, each record with `orphaned` (no process
+/// drives it any more) and, for an orphan, `lease_expired_at_ms`.
+fn records_json(records: &[RolloutRecord], orphans: &BTreeMap<String, Option<i64>>) -> Outcome<String> {
+    let mut all = Vec::with_capacity(records.len());
+    for r in records {
+        let mut v = serde_json::to_value(r).map_err(|e| Failure(EXIT_FAILED, format!("cannot write JSON: {e}")))?;
+        v["orphaned"] = serde_json::Value::Bool(orphans.contains_key(&r.id));
+        if let Some(Some(at)) = orphans.get(&r.id) {
+            v["lease_expired_at_ms"] = serde_json::json!(at);
+        }
+        all.push(v);
+    }
+    to_json(&all)
 }
 
 fn print_records(records: &[RolloutRecord], orphans: &BTreeMap<String, Option<i64>>) {

@@ -180,12 +180,22 @@ cargo build --example relayctl --all-features
   ctl() { timeout 120 target/debug/examples/relayctl --state "$RELAYCTL_DIR" "$@"; }
   # A canary on the simulated providers, in virtual time; then a bad
   # release, which must be rolled back and exit non-zero.
+  # Usage: help, help of one command, a mistyped option named (exit 2).
+  ctl --help | grep -q 'plan <spec>'
+  ctl help apply | grep -q 'Roll out'
+  code=0; ctl --hepl 2>"$RELAYCTL_DIR/usage.err" || code=$?
+  [ "$code" = 2 ] && grep -q 'did you mean --help' "$RELAYCTL_DIR/usage.err" ||
+    { echo "relayctl: a mistyped option must exit 2 naming --help (exit $code)" >&2; exit 1; }
   ctl --virtual apply examples/specs/canary.yaml
-  if ctl --virtual apply examples/specs/bad-canary.yaml; then
-    echo "relayctl: a rolled-back release must exit non-zero" >&2
-    exit 1
-  fi
+  code=0; ctl --virtual apply examples/specs/bad-canary.yaml || code=$?
+  [ "$code" = 1 ] || { echo "relayctl: a rolled-back release must exit 1, not $code" >&2; exit 1; }
   ctl history web | grep "rolled back" >/dev/null
+  ctl --output json history web | python3 -c '
+import json, sys
+records = json.load(sys.stdin)
+assert [r["status"]["status"] for r in records] == ["succeeded", "rolled_back"], records
+assert not any(r["orphaned"] for r in records)
+'
   # A rollout held at a gate in one process, approved from another.
   ctl apply examples/specs/approval.yaml >"$RELAYCTL_DIR/apply.log" 2>&1 &
   apply=$!
@@ -247,10 +257,8 @@ cargo build --example relayctl --all-features
     sleep 3
     listed=$(orphan status)
     grep -q orphaned <<<"$listed" || { echo "relayctl: status must show the orphan: $listed" >&2; exit 1; }
-    if orphan --virtual apply examples/specs/canary.yaml >"$dir.beside.log" 2>&1; then
-      echo "relayctl: an apply beside an orphaned rollout must be refused" >&2
-      exit 1
-    fi
+    code=0; orphan --virtual apply examples/specs/canary.yaml >"$dir.beside.log" 2>&1 || code=$?
+    [ "$code" = 3 ] || { echo "relayctl: an apply beside an orphaned rollout must be refused (exit 3, not $code)" >&2; exit 1; }
     grep -q 'orphaned' "$dir.beside.log"
     orphan --virtual recover
     listed=$(orphan status)
