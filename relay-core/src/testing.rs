@@ -360,12 +360,7 @@ pub async fn target_conformance(target: &dyn Target, first: &RevisionSpec, secon
             "a retired first release leaves nothing deployed: {s:?}"
         );
     }
-    target.stage(first, 2).await.unwrap();
-    target.stage(first, 2).await.expect("stage is idempotent");
-    until_ready(target, &first.id, 2, "stage, twice,").await;
-    target.route(&TrafficSplit::all(&first.id)).await.unwrap();
-    target.promote(&first.id).await.unwrap();
-    target.promote(&first.id).await.expect("promote is idempotent");
+    establish(target, first).await;
     target.stage(second, 1).await.unwrap();
     until_ready(target, &second.id, 1, "stage").await;
     let split = match caps.routing {
@@ -388,9 +383,7 @@ pub async fn target_conformance(target: &dyn Target, first: &RevisionSpec, secon
         matches!(target.retire(&second.id).await, Err(Error::Conflict { .. })),
         "retiring a revision with traffic must conflict"
     );
-    target.scale(&second.id, 3).await.unwrap();
-    target.scale(&second.id, 3).await.expect("scale is idempotent");
-    until_ready(target, &second.id, 3, "scale, twice,").await;
+    scale_to_three(target, &second.id).await;
     target.route(&TrafficSplit::all(&first.id)).await.unwrap();
     let s = target.observe().await.unwrap();
     if caps.routing != Routing::ReplicaRatio {
@@ -404,14 +397,27 @@ pub async fn target_conformance(target: &dyn Target, first: &RevisionSpec, secon
     assert!(target.observe().await.unwrap().revision(&second.id).is_none());
 }
 
-/// [`target_conformance`] for a target that runs one revision at a time.
-async fn one_at_a_time(target: &dyn Target, first: &RevisionSpec, second: &RevisionSpec) {
+/// Stage `first` at 2 replicas (twice), wait until they are ready, give it
+/// all traffic and promote it (twice).
+async fn establish(target: &dyn Target, first: &RevisionSpec) {
     target.stage(first, 2).await.unwrap();
     target.stage(first, 2).await.expect("stage is idempotent");
     until_ready(target, &first.id, 2, "stage, twice,").await;
     target.route(&TrafficSplit::all(&first.id)).await.unwrap();
     target.promote(&first.id).await.unwrap();
     target.promote(&first.id).await.expect("promote is idempotent");
+}
+
+/// Scale `id` to 3 replicas (twice) and wait until they are ready.
+async fn scale_to_three(target: &dyn Target, id: &RevisionId) {
+    target.scale(id, 3).await.unwrap();
+    target.scale(id, 3).await.expect("scale is idempotent");
+    until_ready(target, id, 3, "scale, twice,").await;
+}
+
+/// [`target_conformance`] for a target that runs one revision at a time.
+async fn one_at_a_time(target: &dyn Target, first: &RevisionSpec, second: &RevisionSpec) {
+    establish(target, first).await;
     target.stage(second, 2).await.unwrap();
     until_ready(target, &second.id, 2, "stage of a second revision").await;
     target.route(&TrafficSplit::all(&second.id)).await.unwrap();
@@ -427,9 +433,7 @@ async fn one_at_a_time(target: &dyn Target, first: &RevisionSpec, second: &Revis
         Some(&second.id),
         "the promoted revision is stable: {s:?}"
     );
-    target.scale(&second.id, 3).await.unwrap();
-    target.scale(&second.id, 3).await.expect("scale is idempotent");
-    until_ready(target, &second.id, 3, "scale, twice,").await;
+    scale_to_three(target, &second.id).await;
 }
 
 /// The contract of a [`HealthProbe`]. `measured` asks for a metric and
