@@ -148,7 +148,14 @@ pub struct Sample {
     pub labels: BTreeMap<String, String>,
     /// For rate metrics, the event counts over the whole window, when the
     /// probe knows them (rate judges test counts, not averaged rates).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ///
+    /// A probe that leaves this `None` cannot feed the statistical
+    /// `ProportionJudge` (relay-strategies), which compares the candidate's
+    /// failures out of its events with the baseline's: its verdict is then
+    /// inconclusive, saying the probe reported no event counts. The
+    /// simulated and HTTP probes fill it; a Prometheus or CloudWatch query
+    /// returns rates only, so judge those with a threshold or the
+    /// `MannWhitneyJudge`.
     pub counts: Option<crate::analysis::Counts>,
 }
 
