@@ -162,6 +162,25 @@ pub enum Error {
     },
 }
 
+/// A provider's message, caused by its client's error.
+#[derive(Debug)]
+struct Caused {
+    msg: String,
+    cause: BoxError,
+}
+
+impl fmt::Display for Caused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Caused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.cause.as_ref())
+    }
+}
+
 /// The longest reason an [`Error::InvalidSpec`] made by [`Error::invalid`]
 /// keeps, in bytes.
 pub const MAX_REASON: usize = 1024;
@@ -292,6 +311,25 @@ impl Error {
         }
     }
 
+    /// [`Error::Provider`] saying `msg`, with the provider client's own
+    /// error `cause` kept as the next link of the `source()` chain (so a
+    /// caller can downcast to the SDK's error type and read its code).
+    pub fn provider_caused(
+        provider: impl Into<String>,
+        retryable: bool,
+        msg: impl fmt::Display,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Provider {
+            provider: provider.into(),
+            retryable,
+            source: Box::new(Caused {
+                msg: msg.to_string(),
+                cause: Box::new(cause),
+            }),
+        }
+    }
+
     /// A short machine-readable name of the kind (`invalid_spec`,
     /// `rate_limited`, ...), used in events and audit entries.
     pub fn kind(&self) -> &'static str {
@@ -320,6 +358,21 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_provider_error_keeps_its_cause_in_the_source_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let e = Error::provider_caused("aws", true, "DescribeServices web: could not reach ECS", io);
+        assert_eq!(e.to_string(), "aws: DescribeServices web: could not reach ECS");
+        let chain: Vec<String> = std::iter::successors(std::error::Error::source(&e), |e| e.source())
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(chain, ["DescribeServices web: could not reach ECS", "reset by peer"]);
+        let io = std::iter::successors(std::error::Error::source(&e), |e| e.source())
+            .find_map(|e| e.downcast_ref::<std::io::Error>())
+            .unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
+    }
 
     #[test]
     fn only_transient_kinds_are_retryable() {

@@ -63,11 +63,8 @@ where
         SdkError::DispatchFailure(d) => {
             // Connection refused, reset, DNS: the service may come back.
             let retryable = d.is_io() || d.is_timeout() || !d.is_user();
-            Error::provider(
-                provider,
-                retryable,
-                format!("{what}: could not reach the service ({err})"),
-            )
+            let msg = format!("{what}: could not reach the service ({err})");
+            Error::provider_caused(provider, retryable, msg, err)
         }
         SdkError::ResponseError(_) => Error::Unavailable {
             provider: provider.to_owned(),
@@ -97,10 +94,14 @@ where
             } else {
                 // Validation and every other client error: retrying the same
                 // request cannot succeed.
-                Error::provider(provider, false, format!("{what}: {code} {message}"))
+                let msg = format!("{what}: {code} {message}");
+                Error::provider_caused(provider, false, msg, err)
             }
         }
-        _ => Error::provider(provider, false, format!("{what}: {err}")),
+        _ => {
+            let msg = format!("{what}: {err}");
+            Error::provider_caused(provider, false, msg, err)
+        }
     }
 }
 
@@ -141,6 +142,14 @@ mod tests {
         assert!(
             matches!(validation, Error::Provider { retryable: false, .. }),
             "{validation:?}"
+        );
+        // The SDK's own error is reachable through source(), code and all.
+        let sdk = std::iter::successors(std::error::Error::source(&validation), |e| e.source())
+            .find_map(|e| e.downcast_ref::<SdkError<GetSecretValueError, HttpResponse>>())
+            .expect("the SDK error in the source chain");
+        assert_eq!(
+            sdk.as_service_error().and_then(|e| e.code()),
+            Some("ValidationException")
         );
         for retryable in ["ThrottlingException", "InternalServiceError"] {
             let status = if retryable.starts_with("Internal") { 503 } else { 400 };

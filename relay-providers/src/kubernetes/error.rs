@@ -27,16 +27,20 @@ pub(crate) fn classify(what: &str, err: kube::Error) -> Error {
                 provider: PROVIDER.to_owned(),
                 reason: format!("{what}: {code} {}", status.message),
             },
-            code => Error::provider(
-                PROVIDER,
-                false,
-                format!("{what}: {code} {} {}", status.reason, status.message),
-            ),
+            code => {
+                let msg = format!("{what}: {code} {} {}", status.reason, status.message);
+                Error::provider_caused(PROVIDER, false, msg, kube::Error::Api(status))
+            }
         },
         // The connection failed or timed out: the server may come back.
-        kube::Error::HyperError(e) => Error::provider(PROVIDER, true, format!("{what}: {e}")),
-        kube::Error::Service(e) => Error::provider(PROVIDER, true, format!("{what}: {e}")),
-        other => Error::provider(PROVIDER, false, format!("{what}: {other}")),
+        e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => {
+            let msg = format!("{what}: {e}");
+            Error::provider_caused(PROVIDER, true, msg, e)
+        }
+        other => {
+            let msg = format!("{what}: {other}");
+            Error::provider_caused(PROVIDER, false, msg, other)
+        }
     }
 }
 
@@ -63,5 +67,11 @@ mod tests {
         for terminal in [400, 403, 404, 409, 422] {
             assert!(!api(terminal).is_retryable(), "{terminal}");
         }
+        // The client's own error is reachable through source().
+        let invalid = api(422);
+        let status = std::iter::successors(std::error::Error::source(&invalid), |e| e.source())
+            .find_map(|e| e.downcast_ref::<kube::Error>())
+            .expect("the kube error in the source chain");
+        assert!(matches!(status, kube::Error::Api(s) if s.code == 422), "{status:?}");
     }
 }
