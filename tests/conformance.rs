@@ -232,7 +232,7 @@ async fn memory_artifact_store() {
 fn full_record() -> relay::RolloutRecord {
     let mut r = testing::sample_record("r-full", "web", 7);
     r.cursor = 3;
-    r.rollback_cursor = 2;
+    r.rollback_step = relay::state::RollbackStep::ScaleStable;
     r.status = relay::RolloutStatus::RollingBack { cause: "errors".into() };
     r.paused = true;
     r.approvals = vec![relay::Approval {

@@ -16,7 +16,7 @@ use crate::gate::{Approval, GateContext, GateDecision};
 use crate::plan::Step;
 use crate::release::RevisionId;
 use crate::seams::{ProbeQuery, Scope};
-use crate::state::{Lease, RolloutRecord, RolloutStatus};
+use crate::state::{Lease, RollbackStep, RolloutRecord, RolloutStatus};
 use crate::target::{Role, Target, TrafficSplit};
 
 /// Why the forward path stopped.
@@ -395,11 +395,7 @@ impl Driver {
         let (inner, record) = (&self.inner, &self.record);
         let expected = record.version;
         let v = inner
-            .call(
-                "state.put",
-                |a, e, _| tracing::warn!(attempt = a, error = %e, "state write failed, retrying"),
-                || inner.state.put(record, Some(expected)),
-            )
+            .call("state.put", || inner.state.put(record, Some(expected)))
             .await
             .map_err(Stop::Fatal)?;
         self.record.version = v;
@@ -407,7 +403,7 @@ impl Driver {
     }
 
     /// Call a provider through the retry policy, reporting retries as events.
-    async fn call<T, F, Fut>(&self, op: &str, f: F) -> Result<T>
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -421,11 +417,11 @@ impl Driver {
                 backoff_ms: backoff.as_millis() as u64,
             });
         };
-        self.inner.call(op, on_retry, f).await
+        self.inner.call_with(op, on_retry, f).await
     }
 
     /// Apply one target mutation and record it: one audit entry per mutation.
-    async fn mutate<F, Fut>(&mut self, op: &str, detail: AuditDetail, f: F) -> Result<(), Stop>
+    async fn mutate<F, Fut>(&mut self, op: &'static str, detail: AuditDetail, f: F) -> Result<(), Stop>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
@@ -576,11 +572,7 @@ impl Driver {
     async fn apply_stored_commands(&mut self) -> Result<Option<Wake>, Stop> {
         let (inner, id, after) = (&self.inner, &self.record.id, self.record.commands_applied);
         let queued = inner
-            .call(
-                "state.commands",
-                |a, e, _| tracing::warn!(attempt = a, error = %e, "reading commands failed, retrying"),
-                || inner.state.commands(id, after),
-            )
+            .call("state.commands", || inner.state.commands(id, after))
             .await
             .map_err(Stop::Fatal)?;
         let mut wake = None;
@@ -854,7 +846,8 @@ impl Driver {
                 description: step.to_string(),
             });
             let span = tracing::info_span!("step", index, kind = step.kind());
-            let end = match self.execute(index, &step).instrument(span).await {
+            let executed = self.execute(index, &step).instrument(span).await;
+            let end = match executed {
                 Ok(end) => end,
                 Err(Stop::Rollback(error) | Stop::Transient(error)) if self.promoted() => {
                     // Boxed, as every rare path: inline it would make
@@ -1420,7 +1413,7 @@ impl Driver {
         if !matches!(self.record.status, RolloutStatus::RollingBack { .. }) {
             tracing::warn!(%cause, "rolling back");
             self.record.status = RolloutStatus::RollingBack { cause: cause.clone() };
-            self.record.rollback_cursor = 0;
+            self.record.rollback_step = RollbackStep::RestoreCapacity;
             self.record.paused = false;
             if let Err(s) = self.persist().await {
                 to_err(s)?;
@@ -1446,73 +1439,79 @@ impl Driver {
         let budget = Instant::now() + self.inner.config.rollback_retry_budget;
         let mut pause = self.inner.config.poll_interval;
         let mut tries = 0u32;
-        while self.record.rollback_cursor < 5 {
-            let result = match (self.record.rollback_cursor, &plan.stable) {
-                // Stable's capacity first: traffic moved onto a stable that
-                // was scaled down (by a rolling rollout, say) would find too
-                // few replicas. A stable at full strength is not touched, so
-                // the route follows at once; one the target no longer runs
-                // (replaced in place) comes back with the route.
-                (0, Some(stable)) => {
-                    let observed = self.call("target.observe", || target.observe()).await;
-                    match observed.as_ref().map(|s| s.revision(stable)) {
-                        // At full strength (an autoscaled one at its
-                        // autoscaler's count): the route follows at once.
-                        Ok(Some(r)) if r.ready_with(n) => Ok(()),
-                        // A target that runs one revision at a time brings
-                        // the one it replaced back with the route.
-                        Ok(None) if target.capabilities().max_revisions <= 1 => Ok(()),
-                        // Deleted behind relay's back: started again from
-                        // what it ran, before any traffic goes to it.
-                        Ok(None) => self.recreate_stable(stable, n).await,
-                        // Short, or unobservable: scale (it is idempotent).
-                        _ => self.restore_stable(stable, n).await,
+        while self.record.rollback_step != RollbackStep::Done {
+            let action = self.record.rollback_step;
+            let span = tracing::info_span!("rollback", action = action.name());
+            let result = async {
+                match (action, &plan.stable) {
+                    // Stable's capacity first: traffic moved onto a stable that
+                    // was scaled down (by a rolling rollout, say) would find too
+                    // few replicas. A stable at full strength is not touched, so
+                    // the route follows at once; one the target no longer runs
+                    // (replaced in place) comes back with the route.
+                    (RollbackStep::RestoreCapacity, Some(stable)) => {
+                        let observed = self.call("target.observe", || target.observe()).await;
+                        match observed.as_ref().map(|s| s.revision(stable)) {
+                            // At full strength (an autoscaled one at its
+                            // autoscaler's count): the route follows at once.
+                            Ok(Some(r)) if r.ready_with(n) => Ok(()),
+                            // A target that runs one revision at a time brings
+                            // the one it replaced back with the route.
+                            Ok(None) if target.capabilities().max_revisions <= 1 => Ok(()),
+                            // Deleted behind relay's back: started again from
+                            // what it ran, before any traffic goes to it.
+                            Ok(None) => self.recreate_stable(stable, n).await,
+                            // Short, or unobservable: scale (it is idempotent).
+                            _ => self.restore_stable(stable, n).await,
+                        }
                     }
-                }
-                // A first release has nothing to route back to: its
-                // traffic goes with it when it is retired below (a split
-                // to nowhere is refused by every load balancer).
-                (1, None) => Ok(()),
-                (1, Some(stable)) => {
-                    let split = TrafficSplit::all(stable);
-                    let r = self
-                        .mutate("target.route", route_detail(&split, ("rollback", true)), || {
-                            target.route(&split)
-                        })
-                        .await;
-                    if r.is_ok() {
-                        self.emit(EventKind::TrafficShifted { candidate_weight: 0 });
+                    // A first release has nothing to route back to: its
+                    // traffic goes with it when it is retired below (a split
+                    // to nowhere is refused by every load balancer).
+                    (RollbackStep::RouteToStable, None) => Ok(()),
+                    (RollbackStep::RouteToStable, Some(stable)) => {
+                        let split = TrafficSplit::all(stable);
+                        let r = self
+                            .mutate("target.route", route_detail(&split, ("rollback", true)), || {
+                                target.route(&split)
+                            })
+                            .await;
+                        if r.is_ok() {
+                            self.emit(EventKind::TrafficShifted { candidate_weight: 0 });
+                        }
+                        r
                     }
-                    r
+                    (RollbackStep::ScaleStable, Some(stable)) => self.restore_stable(stable, n).await,
+                    (RollbackStep::PromoteStable, Some(stable)) => {
+                        self.mutate(
+                            "target.promote",
+                            detail!({"rollback": true, "revision": stable}),
+                            || target.promote(stable),
+                        )
+                        .await
+                    }
+                    // Settling on the stable revision: the candidate is it.
+                    (RollbackStep::RetireCandidate, _) if plan.is_repair() => Ok(()),
+                    (RollbackStep::RetireCandidate, _) => {
+                        self.mutate(
+                            "target.retire",
+                            detail!({"rollback": true, "role": Role::Candidate, "revision": cand}),
+                            || target.retire(&cand),
+                        )
+                        .await
+                    }
+                    _ => Ok(()),
                 }
-                (2, Some(stable)) => self.restore_stable(stable, n).await,
-                (3, Some(stable)) => {
-                    self.mutate(
-                        "target.promote",
-                        detail!({"rollback": true, "revision": stable}),
-                        || target.promote(stable),
-                    )
-                    .await
-                }
-                // Settling on the stable revision: the candidate is it.
-                (4, _) if plan.is_repair() => Ok(()),
-                (4, _) => {
-                    self.mutate(
-                        "target.retire",
-                        detail!({"rollback": true, "role": Role::Candidate, "revision": cand}),
-                        || target.retire(&cand),
-                    )
-                    .await
-                }
-                _ => Ok(()),
-            };
+            }
+            .instrument(span)
+            .await;
             match result {
                 Ok(()) => {}
                 // An outage: the same action again, later, within the budget.
                 Err(Stop::Transient(error)) if Instant::now() + pause < budget => {
                     tries += 1;
-                    tracing::warn!(%error, step = self.record.rollback_cursor, tries, "rollback action failed; trying again");
-                    let detail = detail!({"step": self.record.rollback_cursor, "error": error, "tries": tries, "next_in_ms": pause.as_millis() as u64});
+                    tracing::warn!(%error, %action, tries, "rollback action failed; trying again");
+                    let detail = detail!({"step": action as u8, "action": action.name(), "error": error, "tries": tries, "next_in_ms": pause.as_millis() as u64});
                     if let Err(e) = self.audit("rollback.retrying", detail).await {
                         tracing::error!(error = %e, "could not audit a rollback retry");
                     }
@@ -1543,7 +1542,7 @@ impl Driver {
             }
             pause = self.inner.config.poll_interval;
             tries = 0;
-            self.record.rollback_cursor += 1;
+            self.record.rollback_step = action.next();
             if let Err(s) = self.persist().await {
                 to_err(s)?;
             }

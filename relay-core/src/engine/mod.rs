@@ -375,9 +375,28 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    /// Run a provider call under the retry policy, reporting retries to
-    /// `on_retry`.
-    pub(crate) async fn call<T, F, Fut>(&self, op: &str, on_retry: impl FnMut(u32, &Error, Duration), f: F) -> Result<T>
+    /// Run a provider call (`op`: `"<seam>.<method>"`) under the retry
+    /// policy, each retry logged as a warning: the one way the engine calls
+    /// a target, store, probe, gate or sink.
+    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let on_retry = move |attempt, e: &Error, backoff: Duration| {
+            tracing::warn!(operation = op, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "retrying");
+        };
+        self.call_with(op, on_retry, f).await
+    }
+
+    /// [`Self::call`], retries reported to `on_retry` (a driver makes
+    /// events of them).
+    pub(crate) async fn call_with<T, F, Fut>(
+        &self,
+        op: &'static str,
+        on_retry: impl FnMut(u32, &Error, Duration),
+        f: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -412,9 +431,7 @@ impl Inner {
         except: &str,
     ) -> Result<Option<RolloutRecord>> {
         let history = self
-            .call("state.list_target", warn_retry("state.list_target"), || {
-                self.state.list_target(target)
-            })
+            .call("state.list_target", || self.state.list_target(target))
             .await?;
         Ok(history.into_iter().rev().find(|r| {
             r.id != except && matches!(r.status, RolloutStatus::Succeeded) && r.plan.candidate.id == *revision
@@ -475,12 +492,7 @@ impl Inner {
     /// Append `event` to the audit sink under the retry policy; returns the
     /// chain's head after it.
     pub(crate) async fn append(&self, event: &AuditEvent) -> Result<crate::audit::ChainHead> {
-        self.call(
-            "audit.append",
-            |a, e, _| tracing::warn!(attempt = a, error = %e, "audit append failed, retrying"),
-            || self.audit.append(event),
-        )
-        .await
+        self.call("audit.append", || self.audit.append(event)).await
     }
 }
 
@@ -529,10 +541,6 @@ fn in_field(e: Error, field: &str, fix: &str) -> Error {
         },
         other => other,
     }
-}
-
-fn warn_retry(op: &str) -> impl FnMut(u32, &Error, Duration) + '_ {
-    move |attempt, e, backoff| tracing::warn!(operation = op, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "retrying")
 }
 
 fn validate_id(id: &str) -> Result<()> {
@@ -603,7 +611,7 @@ impl Relay {
             }
         }
         let record = inner
-            .call("state.get", warn_retry("state.get"), || inner.state.get(id))
+            .call("state.get", || inner.state.get(id))
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: format!("rollout {id}"),
@@ -612,9 +620,7 @@ impl Relay {
             return Err(Error::NotRunning { rollout: id.to_owned() });
         }
         inner
-            .call("state.send_command", warn_retry("state.send_command"), || {
-                inner.state.send_command(id, &command)
-            })
+            .call("state.send_command", || inner.state.send_command(id, &command))
             .await
             .map(|_| ())
     }
@@ -671,9 +677,7 @@ impl Relay {
         let target = inner.target(&spec.target)?;
         let reference = &spec.release.artifact;
         let artifact = inner
-            .call("artifact.resolve", warn_retry("artifact.resolve"), || {
-                inner.artifacts.resolve(reference)
-            })
+            .call("artifact.resolve", || inner.artifacts.resolve(reference))
             .await
             .map_err(|e| in_field(e, "release.artifact", "push it, or fix the tag or digest"))?;
         inner.artifacts.verify(reference, &artifact, &spec.policy).await?;
@@ -682,9 +686,7 @@ impl Relay {
         }
         if spec.policy.refuse_rolled_back {
             let history = inner
-                .call("state.list_target", warn_retry("state.list_target"), || {
-                    inner.state.list_target(&spec.target)
-                })
+                .call("state.list_target", || inner.state.list_target(&spec.target))
                 .await?;
             if let Some(r) = history.iter().rev().find(|r| {
                 matches!(r.status, RolloutStatus::RolledBack { .. })
@@ -716,16 +718,13 @@ impl Relay {
                     ),
                 )
             })?;
-            let value = inner
-                .call("secret.fetch", warn_retry("secret.fetch"), || store.fetch(r))
-                .await
-                .map_err(|e| {
-                    in_field(
-                        e,
-                        &format!("release.secrets.{name}"),
-                        "create the secret, or fix the reference",
-                    )
-                })?;
+            let value = inner.call("secret.fetch", || store.fetch(r)).await.map_err(|e| {
+                in_field(
+                    e,
+                    &format!("release.secrets.{name}"),
+                    "create the secret, or fix the reference",
+                )
+            })?;
             // Only the version (and the store's full name for the secret)
             // is kept: the value is dropped here, unread.
             let mut pin = r.pinned(value.version.clone());
@@ -736,9 +735,7 @@ impl Relay {
         }
         let candidate = RevisionSpec::new(artifact, spec.release.config.clone(), pinned);
 
-        let observed = inner
-            .call("target.observe", warn_retry("target.observe"), || target.observe())
-            .await?;
+        let observed = inner.call("target.observe", || target.observe()).await?;
         let stable = observed.stable.as_ref().and_then(|s| observed.revision(s)).cloned();
         let runs_candidate = stable.as_ref().is_some_and(|s| s.id == candidate.id);
         // The candidate is the stable revision: nothing to do only when the
@@ -837,9 +834,7 @@ impl Relay {
                 waiting_since_ms: now_ms,
                 started_by: spec.started_by.clone(),
             };
-            let decision = inner
-                .call("gate.check", warn_retry("gate.check"), || gate.check(&ctx))
-                .await?;
+            let decision = inner.call("gate.check", || gate.check(&ctx)).await?;
             if let GateDecision::Fail { reason } = decision {
                 return Err(Error::GateRejected {
                     gate: name.clone(),
@@ -863,9 +858,7 @@ impl Relay {
         let inner = &self.inner;
         let t = inner.target(target)?;
         let history = inner
-            .call("state.list_target", warn_retry("state.list_target"), || {
-                inner.state.list_target(target)
-            })
+            .call("state.list_target", || inner.state.list_target(target))
             .await?;
         let Some(applied) = history
             .into_iter()
@@ -879,9 +872,7 @@ impl Relay {
                 described: false,
             });
         };
-        let observed = inner
-            .call("target.observe", warn_retry("target.observe"), || t.observe())
-            .await?;
+        let observed = inner.call("target.observe", || t.observe()).await?;
         let want = &applied.plan.candidate;
         let mut differences = Vec::new();
         if observed.stable.as_ref() != Some(&want.id) {
@@ -906,9 +897,7 @@ impl Relay {
                 replicas: r.desired,
             });
         }
-        let running = inner
-            .call("target.describe", warn_retry("target.describe"), || t.describe(&stable))
-            .await?;
+        let running = inner.call("target.describe", || t.describe(&stable)).await?;
         let described = running.is_some();
         if let Some(running) = running {
             let image = format!("{}@{}", want.artifact.repository, want.artifact.digest);
@@ -979,7 +968,7 @@ impl Relay {
         let holder = inner.holder_for(&id);
         let ttl = inner.config.lease_ttl;
         let lease = inner
-            .call("state.acquire_lease", warn_retry("state.acquire_lease"), || {
+            .call("state.acquire_lease", || {
                 inner.state.acquire_lease(&spec.target, &holder, ttl, now)
             })
             .await?;
@@ -1024,9 +1013,7 @@ impl Relay {
             let _ = inner.state.release_lease(&lease).await;
             return Err(e);
         }
-        let saved = inner
-            .call("state.put", warn_retry("state.put"), || inner.state.put(&record, None))
-            .await;
+        let saved = inner.call("state.put", || inner.state.put(&record, None)).await;
         match saved {
             Ok(v) => record.version = v,
             Err(e) => {
@@ -1049,9 +1036,7 @@ impl Relay {
     async fn no_orphan(&self, target: &str, id: &str) -> Result<()> {
         let inner = &self.inner;
         let records = inner
-            .call("state.list_target", warn_retry("state.list_target"), || {
-                inner.state.list_target(target)
-            })
+            .call("state.list_target", || inner.state.list_target(target))
             .await?;
         match records.iter().find(|r| r.id != id && !r.status.is_terminal()) {
             None => Ok(()),
@@ -1154,7 +1139,7 @@ impl Relay {
     pub async fn resume(&self, id: &str) -> Result<RolloutHandle> {
         let inner = &self.inner;
         let mut record = inner
-            .call("state.get", warn_retry("state.get"), || inner.state.get(id))
+            .call("state.get", || inner.state.get(id))
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: format!("rollout {id}"),
@@ -1163,9 +1148,7 @@ impl Relay {
         let claim = self.claim(id)?;
         if let RolloutStatus::RollbackFailed { cause, .. } = &record.status {
             let history = inner
-                .call("state.list_target", warn_retry("state.list_target"), || {
-                    inner.state.list_target(&record.target)
-                })
+                .call("state.list_target", || inner.state.list_target(&record.target))
                 .await?;
             // Whoever took the target's lease after this rollout held it
             // got a greater fencing token (clocks of engines on other
@@ -1188,7 +1171,7 @@ impl Relay {
         let holder = inner.holder_for(id);
         let (ttl, now) = (inner.config.lease_ttl, inner.clock.now_ms());
         let lease = inner
-            .call("state.acquire_lease", warn_retry("state.acquire_lease"), || {
+            .call("state.acquire_lease", || {
                 inner.state.acquire_lease(&record.target, &holder, ttl, now)
             })
             .await?;
@@ -1197,9 +1180,7 @@ impl Relay {
         record.lease_token = lease.token;
         record.updated_ms = now;
         let saved = inner
-            .call("state.put", warn_retry("state.put"), || {
-                inner.state.put(&record, Some(expected))
-            })
+            .call("state.put", || inner.state.put(&record, Some(expected)))
             .await;
         record.version = match saved {
             Ok(v) => v,

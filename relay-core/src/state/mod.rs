@@ -57,6 +57,82 @@ impl RolloutStatus {
     }
 }
 
+/// The actions of a rollback, in the order they run. Each is recorded as
+/// done before the next starts, so a rollback resumed after a crash goes
+/// on with the action it was on (`docs/engine.md`, *Rolling back*).
+///
+/// Serialized as the action's number (0–5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum RollbackStep {
+    /// Bring the stable revision back to full strength before any traffic
+    /// goes to it (started again if it was deleted).
+    #[default]
+    RestoreCapacity,
+    /// Route all traffic to the stable revision.
+    RouteToStable,
+    /// Scale the stable revision to the size it ran at and wait until ready.
+    ScaleStable,
+    /// Make the stable revision the target's current one again.
+    PromoteStable,
+    /// Remove the candidate.
+    RetireCandidate,
+    /// Every action is done.
+    Done,
+}
+
+impl RollbackStep {
+    /// Every step, in order.
+    pub const ALL: [RollbackStep; 6] = [
+        RollbackStep::RestoreCapacity,
+        RollbackStep::RouteToStable,
+        RollbackStep::ScaleStable,
+        RollbackStep::PromoteStable,
+        RollbackStep::RetireCandidate,
+        RollbackStep::Done,
+    ];
+
+    /// The step after this one (`Done` stays `Done`).
+    pub fn next(self) -> RollbackStep {
+        Self::ALL[(self as usize + 1).min(Self::ALL.len() - 1)]
+    }
+
+    /// The step's name, as logs and audit entries give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RollbackStep::RestoreCapacity => "restore_capacity",
+            RollbackStep::RouteToStable => "route_to_stable",
+            RollbackStep::ScaleStable => "scale_stable",
+            RollbackStep::PromoteStable => "promote_stable",
+            RollbackStep::RetireCandidate => "retire_candidate",
+            RollbackStep::Done => "done",
+        }
+    }
+}
+
+impl fmt::Display for RollbackStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl From<RollbackStep> for u8 {
+    fn from(step: RollbackStep) -> u8 {
+        step as u8
+    }
+}
+
+impl TryFrom<u8> for RollbackStep {
+    type Error = String;
+
+    fn try_from(n: u8) -> std::result::Result<Self, String> {
+        RollbackStep::ALL
+            .get(usize::from(n))
+            .copied()
+            .ok_or_else(|| format!("rollback_cursor {n} is not a rollback step (0-5)"))
+    }
+}
+
 /// Everything needed to resume a rollout in another process.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RolloutRecord {
@@ -70,9 +146,11 @@ pub struct RolloutRecord {
     pub plan: Arc<Plan>,
     /// Index of the step being executed (steps before it are done).
     pub cursor: usize,
-    /// Rollback progress: index into the rollback sequence.
-    #[serde(default)]
-    pub rollback_cursor: usize,
+    /// Rollback progress: the rollback action being executed (those
+    /// before it are done). Stored under its old name, as the action's
+    /// number, so records written before it had a name still read.
+    #[serde(default, rename = "rollback_cursor")]
+    pub rollback_step: RollbackStep,
     /// Status.
     pub status: RolloutStatus,
     /// Paused by a user.
@@ -127,7 +205,7 @@ impl RolloutRecord {
             target: target.into(),
             plan,
             cursor: 0,
-            rollback_cursor: 0,
+            rollback_step: RollbackStep::RestoreCapacity,
             status: RolloutStatus::Running,
             paused: false,
             approvals: Vec::new(),
@@ -172,7 +250,7 @@ impl Clone for RolloutRecord {
             target,
             plan,
             cursor,
-            rollback_cursor,
+            rollback_step,
             status,
             paused,
             approvals,
@@ -190,7 +268,7 @@ impl Clone for RolloutRecord {
         self.target.clone_from(target);
         self.plan.clone_from(plan);
         self.cursor = *cursor;
-        self.rollback_cursor = *rollback_cursor;
+        self.rollback_step = *rollback_step;
         self.status.clone_from(status);
         self.paused = *paused;
         self.approvals.clone_from(approvals);
@@ -371,5 +449,22 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
     /// ten seconds of virtual time were most of its timer wake-ups.
     fn hold_lease(&self, _lease: &Lease) -> Option<LeaseHold> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollback_step_is_stored_as_its_number_and_read_back_by_it() {
+        for (n, step) in RollbackStep::ALL.into_iter().enumerate() {
+            assert_eq!(serde_json::to_string(&step).unwrap(), n.to_string());
+            assert_eq!(serde_json::from_str::<RollbackStep>(&n.to_string()).unwrap(), step);
+        }
+        assert_eq!(RollbackStep::RetireCandidate.next(), RollbackStep::Done);
+        assert_eq!(RollbackStep::Done.next(), RollbackStep::Done);
+        let err = serde_json::from_str::<RollbackStep>("6").unwrap_err().to_string();
+        assert!(err.contains("rollback_cursor 6 is not a rollback step"), "{err}");
     }
 }
