@@ -127,7 +127,16 @@ cargo run --example quickstart
 QUICKSTART_LOG=$(mktemp)
 TMPDIRS+=("$QUICKSTART_LOG")
 RUST_LOG=info cargo run --quiet --example quickstart 2>"$QUICKSTART_LOG" >/dev/null
-grep -q "target changed" "$QUICKSTART_LOG"
+# ... each line under the rollout, the step and the call it belongs to.
+grep -q 'rollout{rollout.id=[^ ]* target=checkout strategy=canary}:step{index=[0-9]* kind="route"}: .*target changed' "$QUICKSTART_LOG"
+grep -q 'rollback{action="route_to_stable"}' "$QUICKSTART_LOG"
+
+log "example: prometheus_metrics renders relay's metrics for a scrape"
+METRICS_OUT=$(mktemp)
+TMPDIRS+=("$METRICS_OUT")
+cargo run --quiet --example prometheus_metrics --all-features >"$METRICS_OUT"
+grep -q '^relay_rollouts_finished_total{.*outcome="rolled_back".*} 1$' "$METRICS_OUT"
+grep -q '^relay_provider_calls_total{.*operation="target.stage".*} ' "$METRICS_OUT"
 
 # The examples run whole rollouts against the test servers, from a scratch
 # directory (their state and audit logs go to the working directory), with

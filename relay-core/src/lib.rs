@@ -32,6 +32,7 @@ pub mod seams;
 pub mod serde_duration;
 pub mod state;
 pub mod target;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod verify;

@@ -18,6 +18,7 @@ use crate::release::RevisionId;
 use crate::seams::{ProbeQuery, Scope};
 use crate::state::{Lease, RollbackStep, RolloutRecord, RolloutStatus};
 use crate::target::{Role, Target, TrafficSplit};
+use crate::telemetry;
 
 /// Why the forward path stopped.
 enum Stop {
@@ -689,6 +690,7 @@ impl Driver {
             strategy = %self.record.plan.strategy
         );
         async move {
+            let _in_progress = telemetry::InProgress::start();
             // A store that sees this process alive holds the lease with no
             // renewals (and releases it however this task ends).
             let held = self.inner.state.hold_lease(&self.lease);
@@ -726,6 +728,7 @@ impl Driver {
                     if let Err(e) = self.inner.state.release_lease(&self.lease).await {
                         tracing::warn!(error = %e, "could not release the lease; it will expire");
                     }
+                    telemetry::rollout_finished(&self.record.target, outcome);
                     self.emit(EventKind::Finished {
                         outcome: outcome.clone(),
                     });
@@ -846,7 +849,9 @@ impl Driver {
                 description: step.to_string(),
             });
             let span = tracing::info_span!("step", index, kind = step.kind());
+            let timer = telemetry::StepTimer::start();
             let executed = self.execute(index, &step).instrument(span).await;
+            timer.done(step.kind());
             let end = match executed {
                 Ok(end) => end,
                 Err(Stop::Rollback(error) | Stop::Transient(error)) if self.promoted() => {
@@ -1249,6 +1254,7 @@ impl Driver {
                     looks: spec.count,
                 };
                 let judgement = check.judge.evaluate(&input);
+                telemetry::verdict(&self.record.target, &check.name, judgement.outcome);
                 let verdict = VerdictView {
                     check: &check.name,
                     metric: &check.metric,
@@ -1412,6 +1418,7 @@ impl Driver {
         };
         if !matches!(self.record.status, RolloutStatus::RollingBack { .. }) {
             tracing::warn!(%cause, "rolling back");
+            telemetry::rollback_started(&self.record.target);
             self.record.status = RolloutStatus::RollingBack { cause: cause.clone() };
             self.record.rollback_step = RollbackStep::RestoreCapacity;
             self.record.paused = false;

@@ -401,7 +401,12 @@ impl Inner {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        self.retry.run(op, &self.rng, on_retry, f).await
+        let mut on_retry = on_retry;
+        let on_retry = |attempt, e: &Error, backoff: Duration| {
+            crate::telemetry::retried(op);
+            on_retry(attempt, e, backoff);
+        };
+        crate::telemetry::call(op, self.retry.run(op, &self.rng, on_retry, f)).await
     }
 
     /// The probe analysis reads for rollouts on `target`.
@@ -665,6 +670,7 @@ impl Relay {
     /// [`Error::InvalidSpec`] naming the field for a bad spec,
     /// [`Error::Unsupported`] when the target cannot do what the strategy
     /// needs, and provider errors from resolution and observation.
+    #[tracing::instrument(name = "plan", skip_all, fields(target = %spec.target))]
     pub async fn plan(&self, spec: &RolloutSpec) -> Result<Plan> {
         let inner = &self.inner;
         if let Some(id) = &spec.id {
@@ -954,6 +960,7 @@ impl Relay {
     /// another rollout holds the target, and [`Error::Conflict`] when a
     /// rollout an engine left running there (orphaned) must be driven to
     /// its end first.
+    #[tracing::instrument(name = "start", skip_all, fields(target = %spec.target, rollout.id))]
     pub async fn start(&self, spec: RolloutSpec) -> Result<RolloutHandle> {
         let inner = &self.inner;
         if let Some(id) = &spec.id {
@@ -962,6 +969,7 @@ impl Relay {
         inner.target(&spec.target)?;
         let now = inner.clock.now_ms();
         let id = spec.id.clone().unwrap_or_else(|| self.fresh_id(&spec.target));
+        tracing::Span::current().record("rollout.id", id.as_str());
         let claim = self.claim(&id)?;
         // Lease first, then plan: the plan is made from what the target looks
         // like while no other rollout can change it.
@@ -1025,6 +1033,7 @@ impl Relay {
                 return Err(e);
             }
         }
+        crate::telemetry::rollout_started(&record.target, &record.plan.strategy);
         Ok(self.spawn(record, lease, claim))
     }
 
