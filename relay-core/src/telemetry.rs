@@ -43,11 +43,11 @@
 //! application chose (targets, checks) or fixed words, so the number of
 //! series stays bounded by the configuration.
 
-use std::future::Future;
 #[cfg(feature = "metrics")]
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use crate::analysis::VerdictOutcome;
+#[cfg(feature = "metrics")]
 use crate::error::Result;
 use crate::event::Outcome;
 
@@ -205,25 +205,19 @@ pub(crate) fn retried(operation: &'static str) {
     let _ = operation;
 }
 
-/// Run the provider call `call` of `operation` in its `call` span, and
-/// record it in [`PROVIDER_CALLS`] and [`PROVIDER_CALL_DURATION`].
-pub(crate) async fn call<T>(operation: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
-    use tracing::Instrument;
-    let span = tracing::info_span!("call", operation);
-    #[cfg(feature = "metrics")]
-    {
-        let timed = Timed {
-            call: std::pin::pin!(call),
-            began: None,
-        };
-        let (result, took) = timed.instrument(span).await;
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!(PROVIDER_CALLS, "operation" => operation, "result" => outcome).increment(1);
-        metrics::histogram!(PROVIDER_CALL_DURATION, "operation" => operation).record(took.as_secs_f64());
-        result
-    }
-    #[cfg(not(feature = "metrics"))]
-    call.instrument(span).await
+/// Run the provider call `call` of `operation`, and record it in
+/// [`PROVIDER_CALLS`] and [`PROVIDER_CALL_DURATION`].
+#[cfg(feature = "metrics")]
+pub(crate) async fn measured<T>(operation: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
+    let timed = Timed {
+        call: std::pin::pin!(call),
+        began: None,
+    };
+    let (result, took) = timed.await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!(PROVIDER_CALLS, "operation" => operation, "result" => outcome).increment(1);
+    metrics::histogram!(PROVIDER_CALL_DURATION, "operation" => operation).record(took.as_secs_f64());
+    result
 }
 
 /// A pinned future and the time it took: the clock is read only once it

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::artifact::ArtifactPolicy;
 use crate::audit::{detail, AuditDetail, AuditEvent, AuditSink};
@@ -406,7 +407,16 @@ impl Inner {
             crate::telemetry::retried(op);
             on_retry(attempt, e, backoff);
         };
-        crate::telemetry::call(op, self.retry.run(op, &self.rng, on_retry, f)).await
+        let run = self.retry.run(op, &self.rng, on_retry, f);
+        #[cfg(feature = "metrics")]
+        let run = crate::telemetry::measured(op, run);
+        // No subscriber anywhere (a simulation, a bench): no span, not even
+        // a disabled one, which costs a step measurably (BENCHMARKS.md).
+        if !tracing::dispatcher::has_been_set() {
+            return run.await;
+        }
+        let span = tracing::info_span!("call", operation = op);
+        run.instrument(span).await
     }
 
     /// The probe analysis reads for rollouts on `target`.
