@@ -750,17 +750,14 @@ impl Driver {
         .await
     }
 
+    /// End the rollout in `status`, a terminal one.
     async fn finish(&mut self, status: RolloutStatus) -> Result<Outcome> {
-        let outcome = match &status {
-            RolloutStatus::Succeeded => Outcome::Promoted {
-                revision: self.record.plan.candidate.id.to_string(),
-            },
-            RolloutStatus::RolledBack { cause } => Outcome::RolledBack { cause: cause.clone() },
-            RolloutStatus::RollbackFailed { cause, error } => Outcome::RollbackFailed {
-                cause: cause.clone(),
-                error: error.clone(),
-            },
-            _ => Outcome::NoChange,
+        let Some(outcome) = status.outcome(&self.record.plan.candidate.id) else {
+            return Err(Error::provider(
+                "engine",
+                false,
+                format!("a rollout cannot finish while {status:?}"),
+            ));
         };
         // Audited before the terminal record is written: an engine that dies
         // between the two leaves the rollout running, and the engine that

@@ -248,7 +248,7 @@ impl Relay {
             self.plan(spec).await?;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let join = tokio::spawn(Driver::new(self.clone(), wave).run(rx));
+        let join = tokio::spawn(WaveDriver::new(self.clone(), wave).run(rx));
         Ok(WaveHandle {
             control: RolloutControl::new(id, tx),
             join,
@@ -295,7 +295,8 @@ fn watch(i: usize, mut handle: RolloutHandle, notes: mpsc::UnboundedSender<Note>
     tx
 }
 
-struct Driver {
+/// Drives a wave: its rollouts, in batches, and its reverts.
+struct WaveDriver {
     relay: Relay,
     wave: Wave,
     rows: Vec<WaveRollout>,
@@ -306,7 +307,7 @@ struct Driver {
     notes: mpsc::UnboundedReceiver<Note>,
 }
 
-impl Driver {
+impl WaveDriver {
     fn new(relay: Relay, wave: Wave) -> Self {
         let rows = wave
             .specs
@@ -319,7 +320,7 @@ impl Driver {
             })
             .collect();
         let (notes_tx, notes) = mpsc::unbounded_channel();
-        Driver {
+        WaveDriver {
             relay,
             wave,
             rows,

@@ -51,6 +51,24 @@ pub enum RolloutStatus {
 }
 
 impl RolloutStatus {
+    /// What a rollout that ended in this status reports, its candidate
+    /// being `candidate`; `None` while it runs or rolls back.
+    pub fn outcome(&self, candidate: &crate::release::RevisionId) -> Option<crate::event::Outcome> {
+        use crate::event::Outcome;
+        Some(match self {
+            RolloutStatus::Running | RolloutStatus::RollingBack { .. } => return None,
+            RolloutStatus::Succeeded => Outcome::Promoted {
+                revision: candidate.to_string(),
+            },
+            RolloutStatus::RolledBack { cause } => Outcome::RolledBack { cause: cause.clone() },
+            RolloutStatus::RollbackFailed { cause, error } => Outcome::RollbackFailed {
+                cause: cause.clone(),
+                error: error.clone(),
+            },
+            RolloutStatus::NoChange => Outcome::NoChange,
+        })
+    }
+
     /// Whether the rollout is over.
     pub fn is_terminal(&self) -> bool {
         !matches!(self, RolloutStatus::Running | RolloutStatus::RollingBack { .. })
@@ -466,5 +484,32 @@ mod tests {
         assert_eq!(RollbackStep::Done.next(), RollbackStep::Done);
         let err = serde_json::from_str::<RollbackStep>("6").unwrap_err().to_string();
         assert!(err.contains("rollback_cursor 6 is not a rollback step"), "{err}");
+    }
+
+    #[test]
+    fn only_a_finished_status_has_an_outcome() {
+        use crate::event::Outcome;
+        let candidate = crate::release::RevisionId::from("rev-2");
+        assert_eq!(RolloutStatus::Running.outcome(&candidate), None);
+        let rolling_back = RolloutStatus::RollingBack { cause: "x".into() };
+        assert_eq!(rolling_back.outcome(&candidate), None);
+        assert_eq!(
+            RolloutStatus::Succeeded.outcome(&candidate),
+            Some(Outcome::Promoted {
+                revision: "rev-2".into()
+            })
+        );
+        let failed = RolloutStatus::RollbackFailed {
+            cause: "c".into(),
+            error: "e".into(),
+        };
+        assert_eq!(
+            failed.outcome(&candidate),
+            Some(Outcome::RollbackFailed {
+                cause: "c".into(),
+                error: "e".into()
+            })
+        );
+        assert_eq!(RolloutStatus::NoChange.outcome(&candidate), Some(Outcome::NoChange));
     }
 }
