@@ -66,9 +66,11 @@ pub(crate) fn shown(url: &str) -> String {
     }
 }
 
-/// A request that did not complete (refused, reset, timed out): retryable.
-pub(crate) fn unreachable(what: &str, e: &reqwest::Error) -> Error {
-    Error::provider(PROVIDER, true, format!("{what}: {}", without_url(e)))
+/// A request that did not complete (refused, reset, timed out): retryable,
+/// with reqwest's error, stripped of its URL, as the `source()`.
+pub(crate) fn unreachable(what: &str, e: reqwest::Error) -> Error {
+    let msg = format!("{what}: {}", without_url(&e));
+    Error::provider_caused(PROVIDER, true, msg, e.without_url())
 }
 
 /// reqwest's message without the URL (which may carry credentials in its
@@ -89,6 +91,26 @@ fn without_url(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_server_keeps_reqwests_error_without_the_url() {
+        let url = "http://relay:pa55word@127.0.0.1:1/query?token=s3cr3t";
+        let e = reqwest::Client::new().get(url).send().await.unwrap_err();
+        let e = unreachable("Prometheus query", e);
+        assert!(e.is_retryable(), "{e}");
+        let chain: Vec<&(dyn std::error::Error + 'static)> =
+            std::iter::successors(std::error::Error::source(&e), |e| e.source()).collect();
+        let client = chain.iter().find_map(|e| e.downcast_ref::<reqwest::Error>()).unwrap();
+        assert!(client.is_connect(), "{client}");
+        assert!(client.url().is_none(), "{client:?}");
+        let shown = format!(
+            "{e} {e:?} {}",
+            chain.iter().map(|e| format!("{e} {e:?}")).collect::<String>()
+        );
+        // The address it could not reach is there; the URL's credentials are not.
+        assert!(shown.contains("Connection refused"), "{shown}");
+        assert!(!shown.contains("s3cr3t") && !shown.contains("pa55word"), "{shown}");
+    }
     use relay_core::RevisionId;
 
     #[test]

@@ -160,7 +160,7 @@ impl HealthProbe for HttpProbe {
                 Ok(r) if r.status().is_success() => Ok(r.status().as_u16()),
                 Ok(r) => Err(format!("status {}", r.status().as_u16())),
                 Err(e) if e.is_timeout() => Err(format!("timed out after {:?}", self.timeout)),
-                Err(e) => Err(super::unreachable("request", &e).to_string()),
+                Err(e) => Err(super::unreachable("request", e).to_string()),
             };
             match outcome {
                 Ok(_) => {

@@ -165,12 +165,12 @@ impl HealthProbe for PrometheusProbe {
             None => self.url("api/v1/query", &[("query", expr.clone()), ("time", seconds(now))])?,
         };
         let what = format!("Prometheus query {expr:?}");
-        let response = self.client.get(url).send().await.map_err(|e| unreachable(&what, &e))?;
+        let response = self.client.get(url).send().await.map_err(|e| unreachable(&what, e))?;
         let status = response.status();
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(Error::provider(PROVIDER, true, format!("{what}: status {status}")));
         }
-        let body = response.bytes().await.map_err(|e| unreachable(&what, &e))?;
+        let body = response.bytes().await.map_err(|e| unreachable(&what, e))?;
         let json: Value = serde_json::from_slice(&body).map_err(|_| {
             Error::provider(
                 PROVIDER,

@@ -100,7 +100,7 @@ impl Gate for WebhookGate {
                     reason: format!("webhook {url} did not answer within {:?}", self.timeout),
                 })
             }
-            Err(e) => return Err(unreachable(&format!("webhook {url}"), &e)),
+            Err(e) => return Err(unreachable(&format!("webhook {url}"), e)),
         };
         let status = response.status();
         if status.is_success() {

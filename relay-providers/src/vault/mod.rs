@@ -180,7 +180,10 @@ impl VaultKvStoreBuilder {
 
 type Call<'a, T> = Pin<Box<dyn Future<Output = std::result::Result<T, ClientError>> + Send + 'a>>;
 
-/// Map a client error for `what` (a path, never a token or value).
+/// Map a client error for `what` (a path, never a token or value). The
+/// client's error is not kept as the `source()`, unlike the AWS,
+/// Kubernetes and HTTP providers': one that failed to parse a response
+/// carries the response body — a secret read's body is the secret.
 fn classify(what: &str, e: ClientError) -> Error {
     match e {
         ClientError::APIError {
