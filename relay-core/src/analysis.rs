@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{push_json, push_json_str, AuditDetail};
+use crate::audit::{AuditDetail, CanonicalObject};
 use crate::error::{Error, Result};
 use crate::target::Role;
 
@@ -650,38 +650,27 @@ impl VerdictView<'_> {
     /// measurement).
     pub(crate) fn write_audit_detail(&self, detail: &mut AuditDetail) {
         let mut out = detail.take_buffer();
-        let mut sep = b'{';
+        let mut o = CanonicalObject::begin(&mut out);
         let written: std::result::Result<(), std::convert::Infallible> = self.fields(|key, field| {
-            out.push(sep);
-            sep = b',';
-            // The keys are plain ASCII names: nothing to escape.
-            out.push(b'"');
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b"\":");
             match field {
-                Field::Str(s) => push_json_str(&mut out, s),
-                Field::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-                Field::Count(n) => push_json(&mut out, &n),
-                Field::Number(x) => push_json(&mut out, &x),
+                Field::Str(s) => o.str(key, s),
+                Field::Bool(b) => o.bool(key, b),
+                Field::Count(n) => o.value(key, &n),
+                Field::Number(x) => o.value(key, &x),
                 Field::Numbers(map) => {
-                    out.push(b'{');
-                    for (i, (name, x)) in map.iter().enumerate() {
-                        if i > 0 {
-                            out.push(b',');
-                        }
-                        push_json_str(&mut out, name);
-                        out.push(b':');
-                        push_json(&mut out, x);
+                    let mut numbers = o.object(key);
+                    for (name, x) in map {
+                        numbers.entry(name, x);
                     }
-                    out.push(b'}');
+                    numbers.end();
                 }
-                Field::Outcome(o) => push_json(&mut out, &o),
-                Field::Inconclusive(r) => push_json(&mut out, &r),
+                Field::Outcome(v) => o.value(key, &v),
+                Field::Inconclusive(r) => o.value(key, &r),
             }
             Ok(())
         });
         let () = written.unwrap_or_else(|never| match never {});
-        out.push(b'}');
+        o.end();
         let text = String::from_utf8(out).unwrap_or_default();
         debug_assert_eq!(
             text,

@@ -1,6 +1,7 @@
 //! The tamper-evident audit log: hash-chained entries and the [`AuditSink`]
 //! seam.
 
+mod canonical;
 mod jsonl;
 mod memory;
 
@@ -13,6 +14,8 @@ use sha2::{Digest as _, Sha256};
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 
+use canonical::push_json_str;
+pub(crate) use canonical::Object as CanonicalObject;
 pub use jsonl::{AuditFile, JsonlAuditSink};
 pub use memory::MemoryAuditSink;
 
@@ -150,56 +153,15 @@ pub struct AuditEntry {
 /// keys in sorted order, no spaces — the sorted-key canonical JSON, with
 /// the detail's own canonical text in place.
 fn write_canonical(seq: u64, event: &AuditEvent, prev_hash: &str, out: &mut Vec<u8>) {
-    fn field(out: &mut Vec<u8>, key: &[u8], value: &(impl Serialize + ?Sized)) {
-        out.extend_from_slice(key);
-        push_json(out, value);
-    }
-    out.extend_from_slice(b"{\"action\":");
-    push_json_str(out, &event.action);
-    out.extend_from_slice(b",\"actor\":");
-    push_json_str(out, &event.actor);
-    field(out, b",\"at_ms\":", &event.at_ms);
-    out.extend_from_slice(b",\"detail\":");
-    out.extend_from_slice(event.detail.as_str().as_bytes());
-    out.extend_from_slice(b",\"prev_hash\":");
-    push_json_str(out, prev_hash);
-    out.extend_from_slice(b",\"rollout\":");
-    push_json_str(out, &event.rollout);
-    field(out, b",\"seq\":", &seq);
-    out.push(b'}');
-}
-
-/// `s` as a JSON string, as serde_json writes it. The strings of an entry
-/// (its action, actor, rollout and the previous hash) rarely hold a
-/// character JSON escapes, and are then copied whole: serde_json looks up
-/// every byte in a table, which was a tenth of an audit entry's work.
-pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    // Sixteen bytes at a time with no early exit, which the compiler checks
-    // in a few vector steps; the tail padded with a byte needing none.
-    fn escaped(chunk: [u8; 16]) -> bool {
-        chunk
-            .iter()
-            .fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'))
-    }
-    let chunks = s.as_bytes().chunks_exact(16);
-    let mut tail = [b' '; 16];
-    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    let plain = !escaped(tail) && !chunks.into_iter().any(|c| c.try_into().is_ok_and(escaped));
-    if plain {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        push_json(out, s);
-    }
-}
-
-/// `value` as serde_json writes it, appended to `out`: what the hand-written
-/// canonical texts (entries, verdicts, traffic changes) write their numbers,
-/// enums and escaped strings with. Writing into a vector cannot fail, and
-/// the crate's values always serialize.
-pub(crate) fn push_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
-    let _ = serde_json::to_writer(out, value);
+    let mut o = CanonicalObject::begin(out);
+    o.str("action", &event.action);
+    o.str("actor", &event.actor);
+    o.value("at_ms", &event.at_ms);
+    o.raw("detail", event.detail.as_str());
+    o.str("prev_hash", prev_hash);
+    o.str("rollout", &event.rollout);
+    o.value("seq", &seq);
+    o.end();
 }
 
 /// Write the hashed form of an entry into `body` (emptied first) and return

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::handle::{Command, CommandRx, CommandTx, RolloutCommand};
 use super::{Driving, EventSender, Inner};
 use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, VerdictOutcome, VerdictView};
-use crate::audit::{detail, push_json, push_json_str, AuditDetail, AuditEvent};
+use crate::audit::{detail, AuditDetail, AuditEvent, CanonicalObject};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
 use crate::gate::{Approval, GateContext, GateDecision};
@@ -1562,23 +1562,17 @@ impl Driver {
 /// serde's value serializer and the allocator at every step of a canary,
 /// usually with a cold cache; through `serde_json` every byte of the ids
 /// was looked up in its escape table).
-fn route_detail(split: &TrafficSplit, first: (&str, impl serde::Serialize)) -> AuditDetail {
+fn route_detail(split: &TrafficSplit, first: (&'static str, impl serde::Serialize)) -> AuditDetail {
     let mut text = Vec::with_capacity(32 + 24 * split.weights().len());
-    text.push(b'{');
-    push_json_str(&mut text, first.0);
-    text.push(b':');
-    push_json(&mut text, &first.1);
+    let mut o = CanonicalObject::begin(&mut text);
+    o.value(first.0, &first.1);
     // The split's map of weights, in its (sorted) order.
-    text.extend_from_slice(b",\"weights\":{");
-    for (i, (rev, weight)) in split.weights().iter().enumerate() {
-        if i > 0 {
-            text.push(b',');
-        }
-        push_json_str(&mut text, rev.as_str());
-        text.push(b':');
-        push_json(&mut text, weight);
+    let mut weights = o.object("weights");
+    for (rev, weight) in split.weights() {
+        weights.entry(rev.as_str(), weight);
     }
-    text.extend_from_slice(b"}}");
+    weights.end();
+    o.end();
     AuditDetail::from_canonical(String::from_utf8(text).unwrap_or_default())
 }
 
