@@ -7,8 +7,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::handle::{Command, CommandRx, CommandTx, RolloutCommand};
+use super::tally::{self, CheckTally, Next};
 use super::{Driving, EventSender, Inner};
-use crate::analysis::{AnalysisSpec, CheckScope, Counts, InconclusivePolicy, JudgeInput, VerdictOutcome, VerdictView};
+use crate::analysis::{AnalysisSpec, CheckScope, InconclusivePolicy, VerdictView};
 use crate::audit::{detail, AuditDetail, AuditEvent, CanonicalObject};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
@@ -76,22 +77,6 @@ enum StepEnd {
     PromoteNow,
 }
 
-/// What an analysis has seen of one check.
-#[derive(Default)]
-struct CheckTally {
-    values: Vec<f64>,
-    baseline: Vec<f64>,
-    has_baseline: bool,
-    counts: Option<Counts>,
-    baseline_counts: Option<Counts>,
-    fails: u32,
-    inconclusive: u32,
-    errors: u32,
-    /// Measurements the check was taken at (it has a scope to measure).
-    measured: u32,
-    passes: u32,
-}
-
 /// What one check of an analysis asks the probe at every measurement.
 struct Asked {
     query: ProbeQuery,
@@ -99,42 +84,6 @@ struct Asked {
     baseline: Option<ProbeQuery>,
     /// The query's scope, as verdicts name it.
     scope: String,
-}
-
-fn merge(into: &mut Vec<f64>, counts: &mut Option<Counts>, values: Vec<f64>, new: Option<Counts>, cumulative: bool) {
-    if cumulative {
-        into.extend(values);
-        *counts = match (*counts, new) {
-            (Some(a), Some(b)) => Some(a + b),
-            (a, b) => b.or(a),
-        };
-    } else {
-        *into = values;
-        *counts = new;
-    }
-}
-
-impl CheckTally {
-    fn record(&mut self, values: Vec<f64>, counts: Option<Counts>, cumulative: bool) {
-        merge(&mut self.values, &mut self.counts, values, counts, cumulative);
-        if !cumulative {
-            // A window-by-window judge sees a baseline only from its own window.
-            self.has_baseline = false;
-            self.baseline.clear();
-            self.baseline_counts = None;
-        }
-    }
-
-    fn record_baseline(&mut self, values: Vec<f64>, counts: Option<Counts>, cumulative: bool) {
-        merge(
-            &mut self.baseline,
-            &mut self.baseline_counts,
-            values,
-            counts,
-            cumulative,
-        );
-        self.has_baseline = true;
-    }
 }
 
 /// What a driver knows of its lease: whether it was lost, and until when it
@@ -1213,8 +1162,8 @@ impl Driver {
                 let Some(Asked { query, baseline, scope }) = asked else {
                     continue;
                 };
-                t.measured += 1;
-                let sample = match self.call("probe.sample", || probe.sample(query)).await {
+                t.measuring();
+                let mut sample = match self.call("probe.sample", || probe.sample(query)).await {
                     Ok(s) => s,
                     Err(e) => {
                         Box::pin(self.probe_error(spec, check, t, scope, e)).await?;
@@ -1237,26 +1186,15 @@ impl Driver {
                     },
                     None => None,
                 };
-                t.errors = 0;
-                t.record(sample.values, sample.counts, check.judge.cumulative());
-                if let Some(b) = baseline {
-                    t.record_baseline(b.values, b.counts, check.judge.cumulative());
-                }
-                let input = JudgeInput {
-                    values: &t.values,
-                    baseline: t.has_baseline.then_some(t.baseline.as_slice()),
-                    counts: t.counts,
-                    baseline_counts: t.baseline_counts,
-                    look: measurement,
-                    looks: spec.count,
-                };
-                let judgement = check.judge.evaluate(&input);
+                let source = std::mem::take(&mut sample.source);
+                t.sampled(sample, baseline, check.judge.cumulative());
+                let judgement = check.judge.evaluate(&t.input(measurement, spec.count));
                 telemetry::verdict(&self.record.target, &check.name, judgement.outcome);
                 let verdict = VerdictView {
                     check: &check.name,
                     metric: &check.metric,
                     scope,
-                    source: &sample.source,
+                    source: &source,
                     measurement,
                     dry_run: check.dry_run,
                     judgement: &judgement,
@@ -1270,47 +1208,17 @@ impl Driver {
                 if check.dry_run {
                     continue;
                 }
-                match verdict.judgement.outcome {
-                    VerdictOutcome::Fail => {
-                        t.fails += 1;
-                        if t.fails > spec.failure_limit {
-                            return Err(Stop::Rollback(format!("analysis failed: {verdict}")));
-                        }
-                    }
-                    VerdictOutcome::Inconclusive => {
-                        t.inconclusive += 1;
-                        if t.inconclusive > spec.inconclusive_limit {
-                            let why = format!(
-                                "analysis inconclusive {} times (limit {}): {verdict}",
-                                t.inconclusive, spec.inconclusive_limit
-                            );
-                            return self.inconclusive(spec.on_inconclusive, why).await;
-                        }
-                    }
-                    VerdictOutcome::Pass => t.passes += 1,
+                match t.judged(verdict.judgement.outcome, spec, verdict) {
+                    Next::Continue => {}
+                    Next::RollBack(why) => return Err(Stop::Rollback(why)),
+                    Next::Inconclusive(why) => return self.inconclusive(spec.on_inconclusive, why).await,
                 }
             }
         }
-        // Tolerated inconclusive verdicts and probe errors are not evidence
-        // of health: a check that never passed leaves the analysis
-        // inconclusive, whatever its limits.
-        let unproven = spec
-            .checks
-            .iter()
-            .zip(&tally)
-            .find(|(c, t)| !c.dry_run && t.measured > 0 && t.passes == 0);
-        if let Some((check, t)) = unproven {
-            let why = format!(
-                "analysis check {:?} never passed in {} measurement(s): {} failing (tolerated), {} inconclusive, {} probe errors",
-                check.name,
-                t.measured,
-                t.fails,
-                t.inconclusive,
-                t.measured.saturating_sub(t.inconclusive + t.fails)
-            );
-            return self.inconclusive(spec.on_inconclusive, why).await;
+        match tally::unproven(spec, &tally) {
+            Some(why) => self.inconclusive(spec.on_inconclusive, why).await,
+            None => Ok(StepEnd::Done),
         }
-        Ok(StepEnd::Done)
     }
 
     /// A probe call of `check` (of `scope`) failed: audited as
@@ -1324,16 +1232,13 @@ impl Driver {
         scope: &str,
         e: Error,
     ) -> Result<(), Stop> {
-        t.errors += 1;
-        let detail = detail!({"check": check.name, "scope": scope, "error": e.to_string(), "consecutive": t.errors});
+        let (consecutive, next) = t.probe_failed(spec, &check.name, check.dry_run, scope, &e);
+        let detail = detail!({"check": check.name, "scope": scope, "error": e.to_string(), "consecutive": consecutive});
         self.audit_or_stop("analysis.probe_error", detail).await?;
-        if !check.dry_run && t.errors > spec.consecutive_error_limit {
-            return Err(Stop::Rollback(format!(
-                "analysis check {:?}: {} consecutive probe errors (limit {}), the last of {scope}: {e}",
-                check.name, t.errors, spec.consecutive_error_limit
-            )));
+        match next {
+            Next::RollBack(why) => Err(Stop::Rollback(why)),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Past the inconclusive limit: roll back, or hold for a human whose

@@ -4,6 +4,7 @@
 mod builder;
 mod driver;
 mod handle;
+mod tally;
 mod wave;
 
 use std::collections::BTreeMap;
