@@ -1,5 +1,7 @@
 //! A Kubernetes Deployment as a deployment [`Target`].
 
+mod pair;
+mod rolling;
 #[cfg(test)]
 mod shapes;
 mod status;
@@ -13,9 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use relay_core::{
     Capabilities, Error, Result, RevisionId, RevisionSpec, RevisionState, Routing, Target, TargetState, TrafficSplit,
@@ -25,9 +27,9 @@ use tokio_stream::StreamExt;
 
 use super::error::classify;
 use super::probe::failure;
-use super::router::{canary_service, TrafficRouter};
+use super::router::TrafficRouter;
 pub(crate) use template::REVISION_LABEL;
-use template::{CANARY_LABEL, POD_TEMPLATE_HASH};
+use template::POD_TEMPLATE_HASH;
 
 /// The Deployment annotation naming the promoted revision (rolling mode).
 const STABLE_ANNOTATION: &str = "relay.dev/stable";
@@ -780,44 +782,6 @@ impl DeploymentTarget {
         })
     }
 
-    async fn switch_service(&self, service: &str, to: Option<&RevisionId>) -> Result<()> {
-        let api = service_api(&self.inner.client, &self.inner.namespace);
-        let what = self.what("switch", "Service", service);
-        let svc = api.get(service).await.map_err(|e| classify(&what, e))?;
-        let original = original_selector(&svc);
-        let current = svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
-        let (wanted, keep) = match to {
-            Some(id) => (BTreeMap::from([(REVISION_LABEL.to_owned(), id.to_string())]), true),
-            None => (original.clone(), false),
-        };
-        if current == wanted {
-            return Ok(());
-        }
-        // A merge patch removes a key set to null.
-        let mut selector: serde_json::Map<String, serde_json::Value> =
-            current.keys().map(|k| (k.clone(), serde_json::Value::Null)).collect();
-        for (k, v) in &wanted {
-            selector.insert(k.clone(), json!(v));
-        }
-        let annotation = if keep {
-            json!(serde_json::to_string(&original).unwrap_or_default())
-        } else {
-            serde_json::Value::Null
-        };
-        let patch = json!({
-            "metadata": {"annotations": {SELECTOR_ANNOTATION: annotation}},
-            "spec": {"selector": selector},
-        });
-        let params = PatchParams {
-            field_manager: Some(self.inner.field_manager.clone()),
-            ..Default::default()
-        };
-        api.patch(service, &params, &Patch::Merge(&patch))
-            .await
-            .map_err(|e| classify(&what, e))?;
-        Ok(())
-    }
-
     /// Wait for the stable Deployment, last `read` so, to run its template
     /// on every replica.
     async fn wait_complete(&self, read: Deployment) -> Result<()> {
@@ -880,29 +844,6 @@ impl DeploymentTarget {
             }));
         }
         None
-    }
-
-    /// The canary Deployment for `base` (the stable template) running `spec`.
-    fn canary_spec(&self, base: &PodTemplateSpec, spec: &RevisionSpec, replicas: u32) -> Result<serde_json::Value> {
-        let mut t = template::candidate(base, spec, &self.inner.container, &self.inner.namespace)?;
-        let mut labels = template::labels(&t);
-        if let Mode::BlueGreen { .. } | Mode::Routed { .. } = self.inner.mode {
-            // Without the labels the Service selects, the candidate gets no
-            // traffic until the switch (or the router's weight).
-            labels.retain(|k, _| k == template::REVISION_LABEL);
-        }
-        labels.insert(CANARY_LABEL.to_owned(), self.inner.deployment.clone());
-        labels.remove(POD_TEMPLATE_HASH);
-        template::set_labels(&mut t, labels);
-        let mut spec = json!({
-            "replicas": replicas,
-            "selector": {"matchLabels": {CANARY_LABEL: self.inner.deployment}},
-            "template": t,
-        });
-        if let Some(s) = self.deadline_seconds() {
-            spec["progressDeadlineSeconds"] = json!(s);
-        }
-        Ok(spec)
     }
 }
 
@@ -1024,69 +965,16 @@ impl Target for DeploymentTarget {
             _ => None,
         };
         let stable = self.get(&self.inner.deployment).await?;
-        let base = stable.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
         match &self.inner.mode {
             Mode::Rolling {
                 max_surge,
                 max_unavailable,
             } => {
-                if status::current(&stable).as_ref() == Some(&spec.id) {
-                    if status::desired(&stable) != replicas && hpa.is_none() {
-                        self.set_replicas(&self.inner.deployment, replicas).await?;
-                    }
-                    return Ok(());
-                }
-                let annotated = stable
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .is_some_and(|a| a.contains_key(STABLE_ANNOTATION));
-                let t = template::candidate(&base, spec, &self.inner.container, &self.inner.namespace)?;
-                let mut body = json!({
-                    "strategy": {
-                        "type": "RollingUpdate",
-                        "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": max_unavailable},
-                    },
-                    "template": t,
-                });
-                if let Some(n) = self.replicas_to_apply(&stable, hpa.is_some(), replicas) {
-                    body["replicas"] = json!(n);
-                }
-                if let Some(s) = self.deadline_seconds() {
-                    body["progressDeadlineSeconds"] = json!(s);
-                }
-                if !annotated {
-                    // Adopt what runs now as stable, so a rollback of a
-                    // Deployment applied by hand knows where to go back.
-                    if let Some(current) = status::current(&stable) {
-                        self.annotate_stable(&current).await?;
-                    }
-                }
-                self.apply(&self.inner.deployment, body).await.map(drop)
+                self.stage_in_place(spec, replicas, &stable, hpa.is_some(), max_surge, max_unavailable)
+                    .await
             }
             Mode::Canary | Mode::BlueGreen { .. } | Mode::Routed { .. } => {
-                if let Mode::Routed { service, .. } = &self.inner.mode {
-                    self.ensure_canary_service(service).await?;
-                }
-                if status::current(&stable).as_ref() == Some(&spec.id) {
-                    return Err(Error::Conflict {
-                        what: format!(
-                            "revision {} already runs in the stable Deployment {}; there is nothing to stage",
-                            spec.id, self.inner.deployment
-                        ),
-                    });
-                }
-                let canary = self.canary_name();
-                if let Some(c) = self.get_opt(&canary).await? {
-                    if status::current(&c).as_ref() == Some(&spec.id) {
-                        if status::desired(&c) != replicas {
-                            self.set_replicas(&canary, replicas).await?;
-                        }
-                        return Ok(());
-                    }
-                }
-                let body = self.canary_spec(&base, spec, replicas)?;
-                self.apply(&canary, body).await.map(drop)
+                self.stage_beside(spec, replicas, &stable).await
             }
         }
     }
@@ -1174,102 +1062,19 @@ impl Target for DeploymentTarget {
                 ),
             });
         }
-        let on_stable = status::current(&stable);
-        let on_canary = canary.as_ref().and_then(status::current);
         match &self.inner.mode {
             Mode::Rolling { .. } => Ok(()),
-            Mode::Canary => {
-                // Traffic follows ready replicas: a revision routed to 0%
-                // stops serving when its pods go.
-                for d in std::iter::once(&stable).chain(canary.as_ref()) {
-                    let Some(id) = status::current(d) else { continue };
-                    if split.weight(&id) == 0 && status::desired(d) > 0 {
-                        self.set_replicas(d.metadata.name.as_deref().unwrap_or_default(), 0)
-                            .await?;
-                    }
-                }
-                Ok(())
-            }
-            Mode::BlueGreen { service } => {
-                let to = sole_revision.as_ref();
-                if on_canary.as_ref() == to && on_stable.as_ref() != to {
-                    self.switch_service(service, to).await
-                } else {
-                    self.switch_service(service, None).await
-                }
-            }
-            // Exact weights; both Deployments keep their replicas.
-            Mode::Routed { router, .. } => {
-                let weight = match on_canary {
-                    Some(c) if on_stable.as_ref() != Some(&c) => split.weight(&c),
-                    _ => 0,
-                };
-                router.set_canary_weight(weight).await
-            }
+            _ => self.route_beside(split, &stable, canary.as_ref(), sole_revision).await,
         }
     }
 
     #[tracing::instrument(skip_all, fields(target = %self.inner.name, revision = %id))]
     async fn promote(&self, id: &RevisionId) -> Result<()> {
         let (stable, canary) = self.both().await?;
-        if let Mode::Rolling { .. } = self.inner.mode {
-            let promoted = stable
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(STABLE_ANNOTATION));
-            if promoted.map(String::as_str) == Some(id.as_str()) {
-                return Ok(());
-            }
-            if status::current(&stable).as_ref() != Some(id) {
-                return Err(Error::Conflict {
-                    what: format!(
-                        "Deployment {} does not run {id}; route to it before promoting it",
-                        self.inner.deployment
-                    ),
-                });
-            }
-            return self.annotate_stable(id).await;
+        match self.inner.mode {
+            Mode::Rolling { .. } => self.promote_in_place(id, &stable).await,
+            _ => self.promote_from_canary(id, stable, canary).await,
         }
-        let mut stable = stable;
-        if status::current(&stable).as_ref() != Some(id) {
-            let c = canary
-                .as_ref()
-                .filter(|c| status::current(c).as_ref() == Some(id))
-                .ok_or_else(|| Error::NotFound {
-                    what: format!("revision {id} in Deployment {} or its canary", self.inner.deployment),
-                })?;
-            let mut t = c.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
-            let mut labels = template::labels(&stable.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default());
-            labels.insert(REVISION_LABEL.to_owned(), id.to_string());
-            labels.remove(POD_TEMPLATE_HASH);
-            template::set_labels(&mut t, labels);
-            let mut body = json!({"template": t});
-            let want = status::desired(c).max(status::desired(&stable));
-            let hpa = self.autoscaler().await?;
-            if let Some(n) = self.replicas_to_apply(&stable, hpa.is_some(), want) {
-                body["replicas"] = json!(n);
-            }
-            if let Some(s) = self.deadline_seconds() {
-                body["progressDeadlineSeconds"] = json!(s);
-            }
-            stable = self.apply(&self.inner.deployment, body).await?;
-        }
-        self.wait_complete(stable).await?;
-        // The stable Deployment runs the candidate everywhere: its Service
-        // takes the traffic back before the canary goes.
-        match &self.inner.mode {
-            Mode::BlueGreen { service } => self.switch_service(service, None).await?,
-            Mode::Routed { router, .. } => router.set_canary_weight(0).await?,
-            _ => {}
-        }
-        // The candidate runs in the stable Deployment now: its canary
-        // Deployment goes (left at zero replicas it would linger in every
-        // listing and in the next rollout's way).
-        if canary.is_some() {
-            self.delete_canary().await?;
-        }
-        Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(target = %self.inner.name, revision = %id))]
@@ -1298,11 +1103,7 @@ impl Target for DeploymentTarget {
             // for `kubectl rollout undo`.
             return Ok(());
         };
-        let serving = match &self.inner.mode {
-            Mode::BlueGreen { service } => self.switched_to(service).await?.as_ref() == Some(id),
-            Mode::Routed { router, .. } => router.canary_weight().await? > 0,
-            _ => status::desired(&c) > 0,
-        };
+        let serving = self.canary_serving(id, &c).await?;
         if serving {
             // Traffic is routed away first while the stable Deployment
             // could take it; with nothing there, the candidate goes with
@@ -1316,11 +1117,7 @@ impl Target for DeploymentTarget {
                     ),
                 });
             }
-            match &self.inner.mode {
-                Mode::BlueGreen { service } => self.switch_service(service, None).await?,
-                Mode::Routed { router, .. } => router.set_canary_weight(0).await?,
-                _ => {}
-            }
+            self.traffic_to_stable().await?;
         }
         self.delete_canary().await
     }
@@ -1346,58 +1143,6 @@ impl DeploymentTarget {
             Some(status::desired(stable))
         } else {
             None
-        }
-    }
-
-    /// Create the canary Service beside `service` (routed mode) unless it
-    /// exists: `service`'s ports, selecting the canary Deployment's pods.
-    async fn ensure_canary_service(&self, service: &str) -> Result<()> {
-        let api = service_api(&self.inner.client, &self.inner.namespace);
-        let name = canary_service(service);
-        if api
-            .get_opt(&name)
-            .await
-            .map_err(|e| classify(&self.what("get", "Service", &name), e))?
-            .is_some()
-        {
-            return Ok(());
-        }
-        let stable = api
-            .get(service)
-            .await
-            .map_err(|e| classify(&self.what("get", "Service", service), e))?;
-        let ports: Vec<serde_json::Value> = stable
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.as_ref())
-            .into_iter()
-            .flatten()
-            .map(|p| {
-                let mut port = json!({"port": p.port});
-                if let Some(n) = &p.name {
-                    port["name"] = json!(n);
-                }
-                if let Some(t) = &p.target_port {
-                    port["targetPort"] = json!(t);
-                }
-                if let Some(proto) = &p.protocol {
-                    port["protocol"] = json!(proto);
-                }
-                port
-            })
-            .collect();
-        let svc: Service = serde_json::from_value(json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "labels": {CANARY_LABEL: self.inner.deployment}},
-            "spec": {"selector": {CANARY_LABEL: self.inner.deployment}, "ports": ports},
-        }))
-        .map_err(|e| Error::provider("kubernetes", false, format!("Service {name}: {e}")))?;
-        match api.create(&PostParams::default(), &svc).await {
-            Ok(_) => Ok(()),
-            // Created meanwhile by another engine: the same Service.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(classify(&self.what("create", "Service", &name), e)),
         }
     }
 
@@ -1429,33 +1174,9 @@ impl DeploymentTarget {
         }
         Ok(())
     }
-
-    /// Delete the canary Deployment (its pods with it); gone already is done.
-    async fn delete_canary(&self) -> Result<()> {
-        let name = self.canary_name();
-        match self.deployments().delete(&name, &DeleteParams::background()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(classify(&self.what("delete", "Deployment", &name), e)),
-        }
-    }
 }
 
 impl DeploymentTarget {
-    /// The revision the Service is switched to, if relay switched it.
-    async fn switched_to(&self, service: &str) -> Result<Option<RevisionId>> {
-        let svc = service_api(&self.inner.client, &self.inner.namespace)
-            .get(service)
-            .await
-            .map_err(|e| classify(&self.what("get", "Service", service), e))?;
-        Ok(svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.as_ref())
-            .and_then(|s| s.get(REVISION_LABEL))
-            .map(|r| RevisionId(r.clone())))
-    }
-
     async fn annotate_stable(&self, id: &RevisionId) -> Result<()> {
         let params = PatchParams {
             field_manager: Some(self.inner.field_manager.clone()),
