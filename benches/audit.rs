@@ -11,7 +11,10 @@ use std::io::Write;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use relay::audit::ChainHead;
-use relay::{verify_chain, AuditEntry, AuditEvent, JsonlAuditSink};
+use relay::{
+    audit::{verify_chain, AuditEntry, AuditEvent},
+    JsonlAuditSink,
+};
 
 const N: u64 = 100_000;
 

@@ -92,7 +92,7 @@ async fn run(apply: bool) -> Result<bool, String> {
                     format!("{ALARM_PREFIX}{name}"),
                     ThresholdJudge::below(1.0).statistic(Statistic::Max),
                 )
-                .scope(relay::CheckScope::Target)])
+                .scope(relay::analysis::CheckScope::Target)])
                 .every(step, 1),
             ),
             None => canary.pause(step),

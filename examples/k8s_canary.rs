@@ -38,7 +38,7 @@ use std::time::Duration;
 use relay::providers::kubernetes::sdk::kube::Client;
 use relay::providers::kubernetes::{DeploymentTarget, KubeSecretStore, KubeStateStore, PodReadinessProbe};
 use relay::strategies::{CanaryStrategy, Statistic, ThresholdJudge};
-use relay::{AnalysisSpec, Check, JsonlAuditSink, PinnedArtifactStore, Relay, Release, RolloutSpec, Target};
+use relay::{artifact::PinnedArtifactStore, AnalysisSpec, Check, JsonlAuditSink, Relay, Release, RolloutSpec, Target};
 
 fn var_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())

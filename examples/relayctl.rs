@@ -69,9 +69,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use relay::providers::sim::{RevisionBehavior, SimProbe, SimTarget};
 use relay::strategies::spec::{parse_duration, PipelineFile, SpecFile};
 use relay::{
-    Artifact, ArtifactRef, ArtifactStore, Capabilities, ChainKey, Digest, EventKind, FileStateStore, JsonlAuditSink,
-    ManualApproval, Plan, PlanContext, Relay, RelayBuilder, RevisionState, RolloutCommand, RolloutEvents,
-    RolloutRecord, RolloutSpec, RolloutStatus, Routing, StateStore, Step, Target, TrafficSplit,
+    audit::ChainKey, Artifact, ArtifactRef, ArtifactStore, Capabilities, Digest, EventKind, FileStateStore,
+    JsonlAuditSink, ManualApproval, Plan, PlanContext, Relay, RelayBuilder, RevisionState, RolloutCommand,
+    RolloutEvents, RolloutRecord, RolloutSpec, RolloutStatus, Routing, StateStore, Step, Target, TrafficSplit,
 };
 use serde::Deserialize;
 
@@ -471,7 +471,7 @@ impl Ctl {
     async fn builder(&self) -> Outcome<RelayBuilder> {
         let key = audit_key()?;
         let sink = JsonlAuditSink::open_keyed(self.audit_path(), &key)?;
-        relay::check_anchors(&relay::AuditSink::entries(&sink).await?, &self.state.list_all().await?)
+        relay::audit::check_anchors(&relay::AuditSink::entries(&sink).await?, &self.state.list_all().await?)
             .map_err(|e| Failure(1, format!("{}: {e}", self.audit_path().display())))?;
         let mut config = relay::EngineConfig::default();
         if let Ok(ttl) = std::env::var("RELAY_LEASE_TTL") {
@@ -663,7 +663,7 @@ impl Ctl {
                 selector,
             )))
             .secrets("k8s", Arc::new(KubeSecretStore::new(client, &doc.namespace)))
-            .artifacts(Arc::new(relay::PinnedArtifactStore)))
+            .artifacts(Arc::new(relay::artifact::PinnedArtifactStore)))
     }
 
     async fn plan(&self, path: &Path, json: bool) -> Outcome<()> {
@@ -762,7 +762,7 @@ impl Ctl {
     /// The rollouts among `records` that no process drives any more, each
     /// with when its lease expired (`None`: released).
     async fn orphans(&self, records: &[RolloutRecord]) -> Outcome<BTreeMap<String, Option<i64>>> {
-        let now = relay::Clock::now_ms(&relay::TokioClock::new());
+        let now = relay::Clock::now_ms(&relay::clock::TokioClock::new());
         let mut orphans = BTreeMap::new();
         for r in records.iter().filter(|r| !r.status.is_terminal()) {
             let lease = self.state.lease(&r.target).await?;
@@ -924,7 +924,7 @@ fn print_records(records: &[RolloutRecord], orphans: &BTreeMap<String, Option<i6
         }
         if let Some(expired) = orphans.get(&r.id) {
             let since = match expired {
-                Some(ms) => format!("its lease expired at {}", relay::format_rfc3339(*ms)),
+                Some(ms) => format!("its lease expired at {}", relay::clock::format_rfc3339(*ms)),
                 None => "its lease was released".to_owned(),
             };
             out!(
@@ -953,10 +953,10 @@ async fn verify_audit(path: &Path, dir: &Path) -> Outcome<()> {
     let failed = |e: relay::Error| Failure(1, format!("{}: {e}", path.display()));
     let entries = JsonlAuditSink::read_verified(path, &key).map_err(failed)?;
     let records = FileStateStore::open(state_dir(dir))?.list_all().await?;
-    let anchors = relay::check_anchors(&entries, &records).map_err(failed)?;
+    let anchors = relay::audit::check_anchors(&entries, &records).map_err(failed)?;
     let head = entries
         .last()
-        .map_or_else(relay::ChainHead::default, |e| relay::ChainHead {
+        .map_or_else(relay::audit::ChainHead::default, |e| relay::audit::ChainHead {
             seq: e.seq,
             hash: e.hash.clone(),
         });

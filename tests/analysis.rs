@@ -11,7 +11,9 @@ use std::time::Duration;
 use common::*;
 use relay::providers::sim::{metrics, RevisionBehavior, SimTarget};
 use relay::strategies::{CanaryStrategy, Direction, MannWhitneyJudge, ProportionJudge};
-use relay::{AnalysisSpec, Check, EventKind, InconclusivePolicy, Outcome, RolloutSpec, Target, VerdictOutcome};
+use relay::{
+    analysis::InconclusivePolicy, AnalysisSpec, Check, EventKind, Outcome, RolloutSpec, Target, VerdictOutcome,
+};
 
 /// Latency (Mann-Whitney) and errors (proportions) against the stable
 /// baseline, five looks a minute apart.

@@ -7,7 +7,10 @@
 mod common;
 
 use common::*;
-use relay::{verify_chain, AuditEntry, AuditSink, RolloutSpec};
+use relay::{
+    audit::{verify_chain, AuditEntry},
+    AuditSink, RolloutSpec,
+};
 
 /// Ways to change one entry's content.
 fn modifications(e: &AuditEntry) -> Vec<(&'static str, AuditEntry)> {
@@ -80,10 +83,10 @@ async fn every_tampering_at_every_position_is_detected() {
 fn rechained(
     entries: &[AuditEntry],
     i: usize,
-    key: &relay::ChainKey,
-    edit: impl Fn(&mut relay::AuditEvent),
+    key: &relay::audit::ChainKey,
+    edit: impl Fn(&mut relay::audit::AuditEvent),
 ) -> Vec<AuditEntry> {
-    let mut head = relay::ChainHead {
+    let mut head = relay::audit::ChainHead {
         seq: entries[i].seq - 1,
         hash: entries[i].prev_hash.clone(),
     };
@@ -109,7 +112,7 @@ fn rechained(
 #[tokio::test(start_paused = true)]
 async fn forged_rechaining_is_detected_under_a_key() {
     let secret = "audit-key-for-the-test-5f1c9e2a7b".to_owned();
-    let key = relay::ChainKey::hmac(&secret.clone().into()).unwrap();
+    let key = relay::audit::ChainKey::hmac(&secret.clone().into()).unwrap();
     let w = World::new(402);
     let sink = std::sync::Arc::new(relay::MemoryAuditSink::keyed(key.clone()));
     let relay = w.builder().audit(sink.clone()).build().unwrap();
@@ -122,9 +125,9 @@ async fn forged_rechaining_is_detected_under_a_key() {
     // Without the key the genuine log does not verify either.
     assert!(verify_chain(&entries, None).is_err());
 
-    let guessed = relay::ChainKey::hmac(&"a-guess-at-the-key-0000".to_owned().into()).unwrap();
-    let none = relay::ChainKey::none();
-    let forge = |e: &mut relay::AuditEvent| e.detail = serde_json::json!({"approved_by": "mallory"}).into();
+    let guessed = relay::audit::ChainKey::hmac(&"a-guess-at-the-key-0000".to_owned().into()).unwrap();
+    let none = relay::audit::ChainKey::none();
+    let forge = |e: &mut relay::audit::AuditEvent| e.detail = serde_json::json!({"approved_by": "mallory"}).into();
     let unkeyed = rechained(&entries, 0, &none, |_| {});
     verify_chain(&unkeyed, None).unwrap();
     let (mut tried, mut detected, mut unkeyed_passed) = (0, 0, 0);
@@ -179,10 +182,10 @@ fn the_audit_format_documents_example_verifies() {
     };
     let dir = tempfile::tempdir().unwrap();
     for (name, key) in [
-        ("unkeyed", relay::ChainKey::none()),
+        ("unkeyed", relay::audit::ChainKey::none()),
         (
             "keyed",
-            relay::ChainKey::hmac(&"example-key-do-not-use-0001".to_owned().into()).unwrap(),
+            relay::audit::ChainKey::hmac(&"example-key-do-not-use-0001".to_owned().into()).unwrap(),
         ),
     ] {
         let path = dir.path().join(format!("{name}.jsonl"));

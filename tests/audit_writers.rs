@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use relay::{AuditEvent, AuditSink, JsonlAuditSink};
+use relay::{audit::AuditEvent, AuditSink, JsonlAuditSink};
 
 /// Set in a writer's environment: `<log path>|<writer number>|<entries>`.
 const WRITER: &str = "RELAY_AUDIT_WRITER";

@@ -235,7 +235,7 @@ fn full_record() -> relay::RolloutRecord {
     r.rollback_step = relay::state::RollbackStep::ScaleStable;
     r.status = relay::RolloutStatus::RollingBack { cause: "errors".into() };
     r.paused = true;
-    r.approvals = vec![relay::Approval {
+    r.approvals = vec![relay::gate::Approval {
         gate: "qa".into(),
         by: "ana".into(),
         comment: "ok".into(),
@@ -244,7 +244,7 @@ fn full_record() -> relay::RolloutRecord {
         step: Some(4),
     }];
     r.promoted_from = Some("r-staging".into());
-    r.audit_head = Some(relay::ChainHead {
+    r.audit_head = Some(relay::audit::ChainHead {
         seq: 12,
         hash: "cd".repeat(32),
     });

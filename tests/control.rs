@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::*;
 use relay::strategies::CanaryStrategy;
 use relay::{
-    Error, EventKind, FileStateStore, ManualApproval, Outcome, Relay, RolloutCommand, RolloutSpec, StateStore,
-    TokioClock,
+    clock::TokioClock, Error, EventKind, FileStateStore, ManualApproval, Outcome, Relay, RolloutCommand, RolloutSpec,
+    StateStore,
 };
 
 /// A canary held at a manual gate `qa` before promotion.

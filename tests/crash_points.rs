@@ -22,9 +22,11 @@ use async_trait::async_trait;
 use common::*;
 use relay::providers::sim::SimProbe;
 use relay::{
-    AuditEntry, AuditEvent, AuditSink, Capabilities, ChainHead, EventKind, HealthProbe, Lease, MemoryAuditSink,
-    MemoryStateStore, Outcome, ProbeQuery, Relay, RevisionId, RevisionSpec, RolloutRecord, RolloutSpec, RolloutStatus,
-    RunningRevision, Sample, StateStore, Target, TargetState, TokioClock, TrafficSplit, UnixMillis,
+    audit::{AuditEntry, AuditEvent, ChainHead},
+    clock::{TokioClock, UnixMillis},
+    AuditSink, Capabilities, EventKind, HealthProbe, Lease, MemoryAuditSink, MemoryStateStore, Outcome, ProbeQuery,
+    Relay, RevisionId, RevisionSpec, RolloutRecord, RolloutSpec, RolloutStatus, RunningRevision, Sample, StateStore,
+    Target, TargetState, TrafficSplit,
 };
 use tokio::sync::Notify;
 

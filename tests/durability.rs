@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use relay::{
-    AuditSink, Error, EventKind, FileStateStore, JsonlAuditSink, Lease, Outcome, Relay, RolloutSpec, Target, TokioClock,
+    clock::TokioClock, AuditSink, Error, EventKind, FileStateStore, JsonlAuditSink, Lease, Outcome, Relay, RolloutSpec,
+    Target,
 };
 
 struct Crash {
@@ -374,7 +375,7 @@ impl relay::StateStore for CountingRenewals {
     async fn release_lease(&self, lease: &Lease) -> relay::Result<()> {
         self.inner.release_lease(lease).await
     }
-    fn hold_lease(&self, lease: &Lease) -> Option<relay::LeaseHold> {
+    fn hold_lease(&self, lease: &Lease) -> Option<relay::state::LeaseHold> {
         self.hold.then(|| self.inner.hold_lease(lease)).flatten()
     }
 }
@@ -555,7 +556,7 @@ async fn jsonl_audit_refuses_lines_relay_did_not_write() {
             ("open", JsonlAuditSink::open(&path).map(|_| ())),
             (
                 "verify_file",
-                JsonlAuditSink::verify_file(&path, &relay::ChainKey::none()).map(|_| ()),
+                JsonlAuditSink::verify_file(&path, &relay::audit::ChainKey::none()).map(|_| ()),
             ),
         ] {
             assert!(
@@ -575,15 +576,18 @@ async fn jsonl_audit_refuses_lines_relay_did_not_write() {
 async fn a_keyed_jsonl_log_verifies_only_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let key = relay::ChainKey::hmac(&"0123456789abcdef0123456789abcdef".to_owned().into()).unwrap();
-    let other = relay::ChainKey::hmac(&"fedcba9876543210fedcba9876543210".to_owned().into()).unwrap();
+    let key = relay::audit::ChainKey::hmac(&"0123456789abcdef0123456789abcdef".to_owned().into()).unwrap();
+    let other = relay::audit::ChainKey::hmac(&"fedcba9876543210fedcba9876543210".to_owned().into()).unwrap();
     let w = World::new(313);
     let sink = Arc::new(JsonlAuditSink::open_keyed(&path, &key).unwrap());
     let relay = w.builder().audit(sink.clone()).build().unwrap();
     deploy_v1(&relay).await;
     let n = sink.verify().await.unwrap();
     assert_eq!(JsonlAuditSink::verify_file(&path, &key).unwrap().seq, n);
-    for (what, wrong) in [("without a key", relay::ChainKey::none()), ("with another key", other)] {
+    for (what, wrong) in [
+        ("without a key", relay::audit::ChainKey::none()),
+        ("with another key", other),
+    ] {
         assert!(
             matches!(
                 JsonlAuditSink::verify_file(&path, &wrong),
@@ -608,7 +612,7 @@ async fn a_keyed_jsonl_log_verifies_only_with_its_key() {
     deploy_v1(&w.builder().audit(unkeyed).build().unwrap()).await;
     assert!(JsonlAuditSink::open_keyed(&plain, &key).is_err());
     // Too short a key is refused, naming the setting.
-    let short = relay::ChainKey::hmac(&"short".to_owned().into()).unwrap_err();
+    let short = relay::audit::ChainKey::hmac(&"short".to_owned().into()).unwrap_err();
     assert!(short.to_string().contains("audit.key"), "{short}");
 }
 
@@ -644,7 +648,7 @@ async fn a_log_cut_below_a_records_anchor_fails_verification() {
         std::fs::write(&path, cut).unwrap();
         // The chain alone verifies: a sink opened now would carry on.
         assert_eq!(
-            JsonlAuditSink::verify_file(&path, &relay::ChainKey::none())
+            JsonlAuditSink::verify_file(&path, &relay::audit::ChainKey::none())
                 .unwrap()
                 .seq,
             keep as u64

@@ -402,7 +402,7 @@ struct FlakyAudit {
 
 #[async_trait]
 impl relay::AuditSink for FlakyAudit {
-    async fn append(&self, event: &relay::AuditEvent) -> relay::Result<relay::ChainHead> {
+    async fn append(&self, event: &relay::audit::AuditEvent) -> relay::Result<relay::audit::ChainHead> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(relay::Error::PermissionDenied {
                 what: "audit log".into(),
@@ -410,7 +410,7 @@ impl relay::AuditSink for FlakyAudit {
         }
         self.inner.append(event).await
     }
-    async fn entries(&self) -> relay::Result<Vec<relay::AuditEntry>> {
+    async fn entries(&self) -> relay::Result<Vec<relay::audit::AuditEntry>> {
         self.inner.entries().await
     }
     async fn verify(&self) -> relay::Result<u64> {
@@ -889,7 +889,7 @@ struct FailingDisk {
     failed_write: Option<DiskFault>,
 }
 
-impl relay::AuditFile for FailingDisk {
+impl relay::audit::AuditFile for FailingDisk {
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
         self.failed_write = self.next.lock().unwrap().take();
@@ -920,7 +920,7 @@ impl relay::AuditFile for FailingDisk {
 fn sink_on_failing_disk(path: &std::path::Path) -> (relay::JsonlAuditSink, Arc<std::sync::Mutex<Option<DiskFault>>>) {
     let next = Arc::new(std::sync::Mutex::new(None));
     let disk = next.clone();
-    let sink = relay::JsonlAuditSink::open_with(path, &relay::ChainKey::none(), move |file| {
+    let sink = relay::JsonlAuditSink::open_with(path, &relay::audit::ChainKey::none(), move |file| {
         Box::new(FailingDisk {
             file,
             next: disk,
@@ -931,8 +931,8 @@ fn sink_on_failing_disk(path: &std::path::Path) -> (relay::JsonlAuditSink, Arc<s
     (sink, next)
 }
 
-fn event(action: &str) -> relay::AuditEvent {
-    relay::AuditEvent {
+fn event(action: &str) -> relay::audit::AuditEvent {
+    relay::audit::AuditEvent {
         at_ms: 1,
         actor: "test".into(),
         rollout: "r-14".into(),
@@ -986,7 +986,7 @@ async fn an_interrupted_audit_line_is_cut_off_and_the_repair_recorded_on_open() 
     let torn = std::fs::read(&path).unwrap();
     assert_ne!(torn.last(), Some(&b'\n'), "the test left a partial line");
     // A read-only check reports it, and leaves it.
-    let reported = relay::JsonlAuditSink::verify_file(&path, &relay::ChainKey::none()).unwrap_err();
+    let reported = relay::JsonlAuditSink::verify_file(&path, &relay::audit::ChainKey::none()).unwrap_err();
     assert!(reported.to_string().contains("interrupted line"), "{reported}");
     assert_eq!(std::fs::read(&path).unwrap(), torn);
 

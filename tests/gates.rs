@@ -13,13 +13,13 @@ use std::time::Duration;
 use common::*;
 use relay::strategies::CanaryStrategy;
 use relay::{
-    AuditSink, Error, EventKind, FreezeGate, FreezeWindow, ManualApproval, OnTimeout, Outcome, Relay, RolloutSpec,
-    TokioClock,
+    clock::TokioClock, gate::OnTimeout, AuditSink, Error, EventKind, FreezeGate, FreezeWindow, ManualApproval, Outcome,
+    Relay, RolloutSpec,
 };
 
 /// Milliseconds of an RFC 3339 instant.
 fn at(s: &str) -> i64 {
-    relay::parse_rfc3339("test", s).unwrap()
+    relay::clock::parse_rfc3339("test", s).unwrap()
 }
 
 /// The world's engine on a clock starting at `start`, with `v1` deployed
@@ -40,8 +40,8 @@ fn weekend() -> Arc<dyn relay::Gate> {
         vec![FreezeWindow::weekly(
             "weekend",
             "Europe/Berlin",
-            (relay::Weekday::Friday, 16, 0),
-            (relay::Weekday::Monday, 8, 0),
+            (relay::freeze::Weekday::Friday, 16, 0),
+            (relay::freeze::Weekday::Monday, 8, 0),
         )
         .unwrap()],
     ))
@@ -171,14 +171,14 @@ fn signed_world(key: &relay::verify::ed25519::SigningKey) -> World {
         "shop/web",
         "v2-signed",
         b"build 2 signed",
-        [(relay::SIGNATURE_METADATA.to_owned(), signature.clone())].into(),
+        [(relay::verify::SIGNATURE_METADATA.to_owned(), signature.clone())].into(),
     );
     // The same signature copied onto other content: tampered.
     w.artifacts.push(
         "shop/web",
         "v2-tampered",
         b"build 2 with a backdoor",
-        [(relay::SIGNATURE_METADATA.to_owned(), signature)].into(),
+        [(relay::verify::SIGNATURE_METADATA.to_owned(), signature)].into(),
     );
     w
 }
@@ -269,10 +269,13 @@ async fn only_checksummed_artifacts_pass_and_a_rolled_back_digest_is_refused_aga
 async fn a_policy_refuses_commands_from_identities_it_does_not_allow() {
     let w = World::new(501);
     let policy = relay::PolicyAuthorizer::new()
-        .allow("web", &[relay::CommandKind::Abort], &["lead"])
+        .allow("web", &[relay::authorize::CommandKind::Abort], &["lead"])
         .allow(
             "*",
-            &[relay::CommandKind::Pause, relay::CommandKind::Resume],
+            &[
+                relay::authorize::CommandKind::Pause,
+                relay::authorize::CommandKind::Resume,
+            ],
             &["oncall"],
         );
     let relay = w.builder().authorizer(Arc::new(policy)).build().unwrap();

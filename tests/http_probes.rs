@@ -48,7 +48,7 @@ fn serve(listener: TcpListener, revisions: Revisions) {
                         .trim()
                         .to_owned();
                     let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    if !relay::verify_webhook_signature(HOOK_KEY.as_bytes(), &body, &signature) {
+                    if !relay::gate::verify_webhook_signature(HOOK_KEY.as_bytes(), &body, &signature) {
                         (401, "bad signature".to_owned())
                     } else if sent["target"] != "web"
                         || sent["candidate"].as_str().is_none_or(|c| !c.starts_with("rev-"))

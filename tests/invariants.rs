@@ -49,9 +49,9 @@ use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimP
 use relay::providers::{FaultKind, Faulty};
 use relay::strategies::{Amount, BlueGreenStrategy, CanaryStrategy, RollingStrategy, ThresholdJudge};
 use relay::{
-    AnalysisSpec, Capabilities, Check, Clock, EngineConfig, EventKind, ManualApproval, OnTimeout, Outcome, Relay,
-    Release, RetryPolicy, RevisionId, RevisionSpec, RolloutSpec, RolloutStatus, Routing, RunningRevision,
-    Strategy as RolloutStrategy, Target, TargetState, TokioClock, TrafficSplit,
+    clock::TokioClock, gate::OnTimeout, AnalysisSpec, Capabilities, Check, Clock, EngineConfig, EventKind,
+    ManualApproval, Outcome, Relay, Release, RetryPolicy, RevisionId, RevisionSpec, RolloutSpec, RolloutStatus,
+    Routing, RunningRevision, Strategy as RolloutStrategy, Target, TargetState, TrafficSplit,
 };
 
 /// One generated rollout.

@@ -175,7 +175,7 @@ fn a_pipeline_needs_distinct_named_environments() {
 
 #[tokio::test(start_paused = true)]
 async fn drift_shows_each_change_made_behind_relays_back() {
-    use relay::{Drift, Target};
+    use relay::{drift::Drift, Target};
     let (w, relay) = common::World::with_v1(50).await;
     let report = relay.drift("web").await.unwrap();
     assert!(report.in_sync() && report.described, "{report:?}");
@@ -308,7 +308,7 @@ async fn a_sequential_wave_reverts_the_first_region_when_the_second_fails() {
     let log = actions(&audit).await;
     let wave = |a: &str| log.iter().any(|(r, x)| r == &report.id && x == a);
     assert!(wave("wave.started") && wave("wave.failed") && wave("wave.reverted") && wave("wave.finished"));
-    relay::verify_chain(&audit.entries().await.unwrap(), None).unwrap();
+    relay::audit::verify_chain(&audit.entries().await.unwrap(), None).unwrap();
 }
 
 #[tokio::test(start_paused = true)]

@@ -718,12 +718,12 @@ async fn a_refused_start_releases_the_lease() {
 /// A clock that counts its readings: an event is stamped when it is made.
 #[derive(Debug, Default)]
 struct CountingClock {
-    clock: relay::TokioClock,
+    clock: relay::clock::TokioClock,
     reads: std::sync::atomic::AtomicU64,
 }
 
 impl relay::Clock for CountingClock {
-    fn now_ms(&self) -> relay::UnixMillis {
+    fn now_ms(&self) -> relay::clock::UnixMillis {
         self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.clock.now_ms()
     }

@@ -97,7 +97,7 @@ impl Authorizer for AllowAll {
 /// its kind to its identity. Nothing allowed is refused.
 ///
 /// ```
-/// use relay_core::{CommandKind, PolicyAuthorizer};
+/// use relay_core::{authorize::CommandKind, PolicyAuthorizer};
 /// let policy = PolicyAuthorizer::new()
 ///     .allow("*", &[CommandKind::Pause, CommandKind::Resume], &["oncall", "release-manager"])
 ///     .allow("payments", &[CommandKind::Abort, CommandKind::Approve, CommandKind::Reject], &["release-manager"]);

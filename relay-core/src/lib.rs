@@ -37,43 +37,29 @@ pub mod telemetry;
 pub mod testing;
 pub mod verify;
 
-pub use analysis::{
-    AnalysisSpec, Check, CheckScope, Counts, InconclusivePolicy, InconclusiveReason, Judge, JudgeInput, Judgement,
-    SkippedCheck, Verdict, VerdictOutcome,
-};
-pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest, PinnedArtifactStore};
-pub use audit::{
-    check_anchors, verify_chain, AuditDetail, AuditEntry, AuditEvent, AuditFile, AuditSink, ChainHead, ChainKey,
-    JsonlAuditSink, MemoryAuditSink,
-};
-pub use authorize::{AllowAll, Authorizer, CommandKind, CommandRequest, PolicyAuthorizer};
-pub use clock::{format_rfc3339, parse_rfc3339, Clock, TokioClock, UnixMillis};
-pub use dora::{dora, DoraReport, CREATED_AT_METADATA};
-pub use drift::{Drift, DriftReport};
+pub use analysis::{AnalysisSpec, Check, Counts, Judge, JudgeInput, Judgement, Verdict, VerdictOutcome};
+pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest};
+pub use audit::{AuditSink, JsonlAuditSink, MemoryAuditSink};
+pub use authorize::{AllowAll, Authorizer, PolicyAuthorizer};
+pub use clock::Clock;
 pub use engine::{
     AuditCheck, EngineConfig, PlanLimits, Relay, RelayBuilder, Revert, RolloutCommand, RolloutControl, RolloutHandle,
     RolloutSpec, Wave, WaveHandle, WaveOrder, WaveReport, WaveRollout, WaveStatus, WAVE_GATE,
 };
 pub use error::{Error, Result};
 pub use event::{EventKind, Outcome, RolloutEvent, RolloutEvents};
-pub use freeze::{FreezeGate, FreezeWindow, Weekday};
-pub use gate::{
-    verify_webhook_signature, webhook_signature, Approval, Gate, GateContext, GateDecision, ManualApproval, OnTimeout,
-};
+pub use freeze::{FreezeGate, FreezeWindow};
+pub use gate::{Gate, GateContext, GateDecision, ManualApproval};
 pub use pipeline::{Environment, Pipeline};
 pub use plan::{Plan, PlanContext, Step, Strategy};
 pub use release::{Release, RevisionId, RevisionSpec, SecretRef};
 pub use retry::RetryPolicy;
-pub use rng::SeededRng;
 pub use seams::{ArtifactStore, HealthProbe, ProbeQuery, Sample, Scope, SecretStore, SecretValue};
-pub use state::{
-    CommandWaker, CommandWatch, DamagedRecord, FileStateStore, Lease, LeaseHold, MemoryStateStore, RolloutRecord,
-    RolloutStatus, StateStore,
-};
+pub use state::{FileStateStore, Lease, MemoryStateStore, RolloutRecord, RolloutStatus, StateStore};
 pub use target::{Capabilities, RevisionState, Role, Routing, RunningRevision, Target, TargetState, TrafficSplit};
 #[cfg(feature = "signing")]
 pub use verify::SignatureVerifier;
-pub use verify::{ArtifactVerifier, ChecksumVerifier, SIGNATURE_METADATA};
+pub use verify::{ArtifactVerifier, ChecksumVerifier};
 
 #[cfg(feature = "mock")]
 pub use {

@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use relay_core::{
-    Artifact, ArtifactPolicy, ArtifactRef, ArtifactStore, Capabilities, CommandWaker, CommandWatch, Error, HealthProbe,
-    Lease, ProbeQuery, Result, RevisionId, RevisionSpec, RolloutCommand, RolloutRecord, Sample, SecretRef, SecretStore,
-    SecretValue, SeededRng, StateStore, Target, TargetState, TrafficSplit, UnixMillis,
+    clock::UnixMillis,
+    rng::SeededRng,
+    state::{CommandWaker, CommandWatch},
+    Artifact, ArtifactPolicy, ArtifactRef, ArtifactStore, Capabilities, Error, HealthProbe, Lease, ProbeQuery, Result,
+    RevisionId, RevisionSpec, RolloutCommand, RolloutRecord, Sample, SecretRef, SecretStore, SecretValue, StateStore,
+    Target, TargetState, TrafficSplit,
 };
 
 /// Something done around each wrapped call: delay it or fail it before,

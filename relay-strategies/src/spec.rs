@@ -32,8 +32,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay_core::{
-    AnalysisSpec, ArtifactPolicy, Check, CheckScope, Environment, Error, InconclusivePolicy, Judge, Pipeline, Release,
-    Result, Role, RolloutSpec, SecretRef, Strategy, WaveOrder,
+    analysis::{CheckScope, InconclusivePolicy},
+    AnalysisSpec, ArtifactPolicy, Check, Environment, Error, Judge, Pipeline, Release, Result, Role, RolloutSpec,
+    SecretRef, Strategy, WaveOrder,
 };
 use serde::Deserialize;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use relay::providers::aws::sdk::cloudwatch;
 use relay::providers::aws::{CloudWatchMetric, CloudWatchProbe, DimensionValue};
-use relay::{Error, HealthProbe, ProbeQuery, RevisionId, Scope, TokioClock};
+use relay::{clock::TokioClock, Error, HealthProbe, ProbeQuery, RevisionId, Scope};
 
 use crate::support::{config, unique};
 

@@ -390,7 +390,7 @@ async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_t
     let report = relay.drift("web").await.unwrap();
     assert_eq!(
         report.differences,
-        [relay::Drift::Image {
+        [relay::drift::Drift::Image {
             applied: pinned("v2"),
             running: "registry.test/web:hotfix".into()
         }],

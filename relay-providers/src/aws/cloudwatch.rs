@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat, ScanBy, StateValue};
 use aws_sdk_cloudwatch::Client;
-use relay_core::{Clock, Error, HealthProbe, ProbeQuery, Result, RevisionId, Sample, Scope, TokioClock};
+use relay_core::{clock::TokioClock, Clock, Error, HealthProbe, ProbeQuery, Result, RevisionId, Sample, Scope};
 
 use super::error::classify;
 use super::EcsServiceTarget;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use relay_core::{Clock, Error, HealthProbe, ProbeQuery, Result, Sample, TokioClock};
+use relay_core::{clock::TokioClock, Clock, Error, HealthProbe, ProbeQuery, Result, Sample};
 use serde_json::Value;
 
 use super::{fill, unreachable, PROVIDER};

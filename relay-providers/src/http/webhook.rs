@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use relay_core::{webhook_signature, Error, Gate, GateContext, GateDecision, Result};
+use relay_core::{gate::webhook_signature, Error, Gate, GateContext, GateDecision, Result};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{shown, unreachable, PROVIDER};
@@ -20,7 +20,7 @@ pub const SIGNATURE_HEADER: &str = "X-Relay-Signature-256";
 ///
 /// With [`WebhookGate::signing_key`], every request carries
 /// `X-Relay-Signature-256: sha256=<hex HMAC-SHA256 of the body>`, which the
-/// receiver checks with [`relay_core::verify_webhook_signature`].
+/// receiver checks with [`relay_core::gate::verify_webhook_signature`].
 ///
 /// `Debug` shows the name and the URL without credentials: never the key.
 #[derive(Clone)]

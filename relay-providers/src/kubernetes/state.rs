@@ -12,7 +12,7 @@ use k8s_openapi::jiff;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use relay_core::state::logic::{self, LeaseSlot};
-use relay_core::{Error, Lease, Result, RolloutCommand, RolloutRecord, StateStore, UnixMillis};
+use relay_core::{clock::UnixMillis, Error, Lease, Result, RolloutCommand, RolloutRecord, StateStore};
 use sha2::Digest as _;
 
 use super::error::classify;

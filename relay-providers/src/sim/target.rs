@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use relay_core::rng::{Binomial, Draw};
 use relay_core::{
-    Capabilities, Counts, Digest, Error, Result, RevisionId, RevisionSpec, RevisionState, Routing, RunningRevision,
-    Sample, Scope, SeededRng, Target, TargetState, TrafficSplit,
+    rng::SeededRng, Capabilities, Counts, Digest, Error, Result, RevisionId, RevisionSpec, RevisionState, Routing,
+    RunningRevision, Sample, Scope, Target, TargetState, TrafficSplit,
 };
 use tokio::time::Instant;
 

@@ -8,7 +8,7 @@
 //! judges that accumulate, the last look's share otherwise; a trial rejects
 //! when any look fails.
 
-use relay_core::{Counts, Judge, JudgeInput, SeededRng, VerdictOutcome};
+use relay_core::{rng::SeededRng, Counts, Judge, JudgeInput, VerdictOutcome};
 
 /// How one arm behaves.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,7 +1,7 @@
 //! The Mann-Whitney U judge: is the candidate's metric shifted in the bad
 //! direction compared with the baseline's, by more than a tolerance?
 
-use relay_core::{InconclusiveReason, Judge, JudgeInput, Judgement, Result};
+use relay_core::{analysis::InconclusiveReason, Judge, JudgeInput, Judgement, Result};
 use serde::{Deserialize, Serialize};
 
 use super::stats::{alpha_spent_at, hodges_lehmann, mann_whitney_greater, median, quantile};

@@ -28,7 +28,7 @@ pub use mann_whitney::{Direction, MannWhitneyJudge};
 pub use proportion::ProportionJudge;
 pub use threshold::{Comparison, Statistic, ThresholdJudge};
 
-use relay_core::{Error, InconclusiveReason, Judgement, Result};
+use relay_core::{analysis::InconclusiveReason, Error, Judgement, Result};
 
 /// A probability for people: four decimals, or scientific notation when
 /// smaller than 0.001.

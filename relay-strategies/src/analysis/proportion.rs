@@ -1,7 +1,7 @@
 //! The proportion judge: is the candidate's failure rate higher than the
 //! baseline's, significantly and by more than a tolerance?
 
-use relay_core::{Counts, Error, InconclusiveReason, Judge, JudgeInput, Judgement, Result};
+use relay_core::{analysis::InconclusiveReason, Counts, Error, Judge, JudgeInput, Judgement, Result};
 use serde::{Deserialize, Serialize};
 
 use super::stats::{alpha_spent_at, fisher_greater, small_counts, two_proportion_greater};

@@ -1,6 +1,6 @@
 //! The threshold judge: a statistic of the values compared with a limit.
 
-use relay_core::{Error, InconclusiveReason, Judge, JudgeInput, Judgement, Result};
+use relay_core::{analysis::InconclusiveReason, Error, Judge, JudgeInput, Judgement, Result};
 
 use super::decimal::{push_fixed4, push_shortest};
 use super::insufficient;

@@ -28,8 +28,8 @@ use tokio_stream::StreamExt;
 use super::error::classify;
 use super::probe::failure;
 use super::router::TrafficRouter;
-pub(crate) use template::REVISION_LABEL;
 use template::POD_TEMPLATE_HASH;
+pub(crate) use template::REVISION_LABEL;
 
 /// The Deployment annotation naming the promoted revision (rolling mode).
 const STABLE_ANNOTATION: &str = "relay.dev/stable";
