@@ -8,10 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use relay::providers::aws::sdk::config::SdkConfig;
 use relay::providers::aws::sdk::{cloudwatch, ecs, elbv2};
-use relay::providers::aws::{
-    ApiCallCounter, CloudWatchMetric, CloudWatchProbe, DimensionValue, EcrArtifactStore, EcsServiceTarget,
-};
+use relay::providers::aws::{CloudWatchMetric, CloudWatchProbe, DimensionValue, EcrArtifactStore, EcsServiceTarget};
 use relay::providers::RateLimiter;
+use relay::providers::RequestCounter;
 use relay::strategies::{AllAtOnce, BlueGreenStrategy, CanaryStrategy, Statistic, ThresholdJudge};
 use relay::{
     testing, AnalysisSpec, Capabilities, Check, EventKind, Outcome, Relay, Release, Result, RevisionId, RevisionSpec,
@@ -26,7 +25,7 @@ struct TaskSetService {
     cfg: SdkConfig,
     /// Counts the requests of the targets built by [`TaskSetService::target`]
     /// (the test's own reads use uncounted clients).
-    calls: ApiCallCounter,
+    calls: RequestCounter,
     ecs: ecs::Client,
     elb: elbv2::Client,
     cluster: String,
@@ -39,7 +38,7 @@ struct TaskSetService {
 
 async fn task_set_service() -> TaskSetService {
     let cfg = config().await;
-    let calls = ApiCallCounter::default();
+    let calls = RequestCounter::default();
     let ecs = ecs::Client::new(&cfg);
     let elb = elbv2::Client::new(&cfg);
     let vpc = default_vpc();
@@ -263,7 +262,7 @@ impl TaskSetService {
 #[derive(Debug)]
 struct TasksStartAtOnce {
     target: EcsServiceTarget,
-    calls: ApiCallCounter,
+    calls: RequestCounter,
     log: Mutex<Vec<(&'static str, u64)>>,
     ecs: ecs::Client,
     elb: elbv2::Client,
@@ -276,7 +275,7 @@ struct TasksStartAtOnce {
 }
 
 impl TasksStartAtOnce {
-    fn new(svc: &TaskSetService, target: EcsServiceTarget, calls: ApiCallCounter) -> Self {
+    fn new(svc: &TaskSetService, target: EcsServiceTarget, calls: RequestCounter) -> Self {
         TasksStartAtOnce {
             target,
             calls,
@@ -1083,7 +1082,7 @@ async fn a_service_behind_a_listener_rule_is_canaried_through_the_rule() {
 
 /// The IAM actions of the requests `calls` counted, each checked against
 /// docs/least-privilege/aws-iam-policy.json.
-fn allowed_by_the_policy(calls: &ApiCallCounter) -> std::collections::BTreeSet<String> {
+fn allowed_by_the_policy(calls: &RequestCounter) -> std::collections::BTreeSet<String> {
     let used: std::collections::BTreeSet<String> = calls.counts().keys().map(|op| iam_action(op)).collect();
     let allowed = policy_actions();
     let missing: Vec<_> = used.difference(&allowed).collect();
@@ -1288,7 +1287,7 @@ async fn the_rolling_mode_updates_the_service_and_rolls_back_to_the_stable_task_
         .send()
         .await
         .unwrap();
-    let calls = ApiCallCounter::default();
+    let calls = RequestCounter::default();
     let target = EcsServiceTarget::builder(&cfg, &cluster, &service)
         .ecs_client(ecs::Client::from_conf(
             ecs::config::Builder::from(&cfg).interceptor(calls.clone()).build(),

@@ -11,8 +11,9 @@ use relay::providers::kubernetes::sdk::k8s_openapi::api::core::v1::Service;
 use relay::providers::kubernetes::sdk::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use relay::providers::kubernetes::sdk::kube::api::{Patch, PatchParams};
 use relay::providers::kubernetes::sdk::kube::{Api, Client};
-use relay::providers::kubernetes::{DeploymentTarget, KubeSecretStore, PodReadinessProbe, RequestCounter};
+use relay::providers::kubernetes::{DeploymentTarget, KubeSecretStore, PodReadinessProbe};
 use relay::providers::sim::MemoryArtifactStore;
+use relay::providers::RequestCounter;
 use relay::strategies::{AllAtOnce, BlueGreenStrategy, CanaryStrategy, Statistic, ThresholdJudge};
 use relay::{
     testing, AnalysisSpec, AuditSink, Check, Digest, EngineConfig, Error, EventKind, MemoryAuditSink, Outcome,

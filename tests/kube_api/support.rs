@@ -14,7 +14,7 @@ use relay::providers::kubernetes::sdk::kube::api::{ListParams, ObjectMeta, Patch
 use relay::providers::kubernetes::sdk::kube::client::ClientBuilder;
 use relay::providers::kubernetes::sdk::kube::config::{KubeConfigOptions, Kubeconfig};
 use relay::providers::kubernetes::sdk::kube::{Api, Client, Config};
-use relay::providers::kubernetes::RequestCounter;
+use relay::providers::RequestCounter;
 use serde_json::json;
 
 /// A secret value planted in stores; it must never show in any output.

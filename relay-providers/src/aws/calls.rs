@@ -7,27 +7,25 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
-/// The request counter of the AWS providers: a [`crate::RequestCounter`],
-/// which is an SDK interceptor counting the requests each client sends by
-/// `Service.Operation` (retries count: it sees every attempt on the wire).
+/// A [`crate::RequestCounter`] is an SDK interceptor counting the requests
+/// each AWS client sends by `Service.Operation` (retries count: it sees
+/// every attempt on the wire).
 ///
 /// Clones share the counts, so one counter can watch every client of a
 /// process. Attach it with the client's config builder:
 ///
 /// ```
 /// # async fn f(sdk: &relay_providers::aws::sdk::config::SdkConfig) {
-/// use relay_providers::aws::{sdk::ecs, ApiCallCounter};
-/// let calls = ApiCallCounter::default();
+/// use relay_providers::{aws::sdk::ecs, RequestCounter};
+/// let calls = RequestCounter::default();
 /// let ecs = ecs::Client::from_conf(
 ///     ecs::config::Builder::from(sdk).interceptor(calls.clone()).build(),
 /// );
 /// # }
 /// ```
-pub type ApiCallCounter = crate::RequestCounter;
-
 impl Intercept for crate::RequestCounter {
     fn name(&self) -> &'static str {
-        "relay.ApiCallCounter"
+        "relay.RequestCounter"
     }
 
     fn read_before_transmit(

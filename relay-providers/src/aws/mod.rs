@@ -9,7 +9,7 @@
 //!   `VersionId` or a stage.
 //! - [`EcrArtifactStore`]: container images in Amazon ECR, resolved from a
 //!   tag to their digest.
-//! - [`ApiCallCounter`]: an SDK interceptor counting requests per operation.
+//! - [`RequestCounter`](crate::RequestCounter) is an SDK interceptor too, counting requests per operation.
 //!
 //! Every store is built from an `aws_config::SdkConfig`, so the caller
 //! chooses credentials, region and endpoint (for example a local emulator).
@@ -30,7 +30,6 @@ mod ecs;
 mod error;
 mod secrets;
 
-pub use calls::ApiCallCounter;
 pub use cloudwatch::{CloudWatchMetric, CloudWatchProbe, DimensionValue, ALARM_PREFIX};
 pub use ecr::EcrArtifactStore;
 pub use ecs::{EcsServiceTarget, EcsServiceTargetBuilder};

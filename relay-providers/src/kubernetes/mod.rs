@@ -14,7 +14,7 @@
 //!   API's [`HttpRouteRouter`]) or blue/green (Service selector switch)
 //!   mode.
 //! - [`PodReadinessProbe`]: ready and crash-looping pods per revision.
-//! - [`RequestCounter`]: a client layer counting API requests by operation.
+//! - [`RequestCounter`](crate::RequestCounter) is a client layer too, counting API requests by operation.
 //!
 //! Every API error is classified into relay's [`relay_core::Error`]: 404 not
 //! found, 401/403 permission denied, 409 conflict, 400/422 invalid
@@ -28,7 +28,7 @@ mod router;
 mod secrets;
 mod state;
 
-pub use calls::{Counted, RequestCounter};
+pub use calls::Counted;
 pub use deployment::{DeploymentTarget, DeploymentTargetBuilder};
 pub use probe::PodReadinessProbe;
 pub use router::{HttpRouteRouter, TrafficRouter};
