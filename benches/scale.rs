@@ -351,7 +351,7 @@ struct SlowTally {
 }
 
 #[async_trait::async_trait]
-impl relay::providers::Layer for Slow {
+impl relay::providers::Interceptor for Slow {
     async fn before(&self, _op: &'static str) -> relay::Result<()> {
         let t = tokio::time::Instant::now();
         {
@@ -408,9 +408,9 @@ async fn latency(r: usize) -> f64 {
     artifacts.push("app", "v1", b"1", Default::default());
     artifacts.push("app", "v2", b"2", Default::default());
     let relay = lean_stores(Relay::builder())
-        .target(Arc::new(Wrapped::layered(slow.clone(), sim.clone())))
-        .probe(Arc::new(Wrapped::layered(slow.clone(), SimProbe::new(sim.clone()))))
-        .artifacts(Arc::new(Wrapped::layered(slow.clone(), artifacts)))
+        .target(Arc::new(Wrapped::with(slow.clone(), sim.clone())))
+        .probe(Arc::new(Wrapped::with(slow.clone(), SimProbe::new(sim.clone()))))
+        .artifacts(Arc::new(Wrapped::with(slow.clone(), artifacts)))
         .build()
         .unwrap();
     let mut strategy = CanaryStrategy::new();

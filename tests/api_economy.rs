@@ -37,7 +37,7 @@ async fn a_thousand_concurrent_rollouts_never_exceed_the_shared_rate() {
     });
     for i in 0..ROLLOUTS {
         let sim = Arc::new(SimTarget::new(format!("t{i}")));
-        let api = Wrapped::layered(arrivals.clone(), sim.clone());
+        let api = Wrapped::with(arrivals.clone(), sim.clone());
         builder = builder
             .target(Arc::new(RateLimited::new(api, limiter.clone())))
             .probe_for(format!("t{i}"), Arc::new(SimProbe::new(sim)));
@@ -115,7 +115,7 @@ async fn observes_while_starting(start: Duration, backoff: f64, watch: Watch) ->
     if watch != Watch::No {
         sim = sim.watching();
     }
-    let faulty = Faulty::new(Wrapped::layered(arrivals.clone(), sim), 1).only_operations(&["changed"]);
+    let faulty = Faulty::new(Wrapped::with(arrivals.clone(), sim), 1).only_operations(&["changed"]);
     if watch == Watch::Failing {
         faulty.fail_next(u32::MAX);
     }

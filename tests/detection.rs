@@ -41,7 +41,7 @@ async fn detect(failure_limit: u32, after: Duration) -> Detection {
     let changes = Calls::default();
     let relay = Relay::builder()
         .artifacts(artifacts)
-        .target(Arc::new(Wrapped::layered(changes.clone(), sim.clone())))
+        .target(Arc::new(Wrapped::with(changes.clone(), sim.clone())))
         .probe(Arc::new(SimProbe::new(sim.clone())))
         .build()
         .unwrap();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::*;
 use relay::providers::sim::{SimProbe, SimTarget};
-use relay::providers::{FaultKind, Faulty, Latency, Layer, Wrapped};
+use relay::providers::{FaultKind, Faulty, Interceptor, Latency, Wrapped};
 use relay::strategies::{CanaryStrategy, Statistic, ThresholdJudge};
 use relay::{
     AnalysisSpec, Check, EventKind, HealthProbe, Outcome, ProbeQuery, RolloutSpec, Sample, Scope, StateStore, Target,
@@ -815,7 +815,7 @@ struct Timed {
 }
 
 #[async_trait]
-impl Layer for Timed {
+impl Interceptor for Timed {
     async fn before(&self, op: &'static str) -> relay::Result<()> {
         if op != "observe" && op != "describe" {
             self.calls.lock().unwrap().push((op, tokio::time::Instant::now()));
@@ -832,7 +832,7 @@ impl Layer for Timed {
 #[tokio::test(start_paused = true)]
 async fn no_target_call_is_made_once_the_lease_could_not_be_renewed() {
     let w = World::new(13);
-    let timed = Arc::new(Wrapped::layered(Timed::default(), w.target.clone()));
+    let timed = Arc::new(Wrapped::with(Timed::default(), w.target.clone()));
     // A store shared between processes (no in-process hold), whose
     // renewals fail from the start.
     let state = Arc::new(
@@ -861,7 +861,7 @@ async fn no_target_call_is_made_once_the_lease_could_not_be_renewed() {
         matches!(ended, Err(relay::Error::LeaseLost { .. })),
         "the engine must stop on a lease it cannot renew: {ended:?}"
     );
-    let calls = timed.layer().calls.lock().unwrap().clone();
+    let calls = timed.interceptor().calls.lock().unwrap().clone();
     assert!(!calls.is_empty());
     let late: Vec<_> = calls.iter().filter(|(_, at)| *at >= started + ttl).collect();
     assert!(late.is_empty(), "target calls after the lease expired: {late:?}");

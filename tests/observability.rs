@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use relay::providers::sim::SimProbe;
-use relay::providers::{Faulty, Latency, Layer, Wrapped};
+use relay::providers::{Faulty, Interceptor, Latency, Wrapped};
 use relay::telemetry;
 use relay::{Outcome, RolloutSpec};
 
@@ -23,7 +23,7 @@ use relay::{Outcome, RolloutSpec};
 struct Chatty;
 
 #[async_trait::async_trait]
-impl Layer for Chatty {
+impl Interceptor for Chatty {
     async fn before(&self, op: &'static str) -> relay::Result<()> {
         tracing::info!(op, "inside the provider");
         Ok(())
@@ -49,7 +49,7 @@ async fn three_rollouts(relay: &relay::Relay) -> Vec<Outcome> {
 fn engine(w: &World) -> relay::Relay {
     let target = Faulty::new(Latency::new(w.target.clone(), Duration::from_millis(50)), 1).only_operations(&["stage"]);
     target.fail_next(1);
-    let target = Wrapped::layered(Chatty, target);
+    let target = Wrapped::with(Chatty, target);
     w.stores()
         .target(Arc::new(target))
         .probe(Arc::new(SimProbe::new(w.target.clone())))

@@ -34,4 +34,4 @@ mod counts;
 pub mod wrappers;
 
 pub use counts::RequestCounter;
-pub use wrappers::{FaultKind, Faulty, Latency, Layer, RateLimited, RateLimiter, Wrapped};
+pub use wrappers::{Delay, FaultInjector, FaultKind, Faulty, Interceptor, Latency, RateLimited, RateLimiter, Wrapped};

@@ -21,7 +21,7 @@ use relay_core::{
 /// Something done around each wrapped call: delay it or fail it before,
 /// see how it ended after.
 #[async_trait]
-pub trait Layer: Send + Sync + fmt::Debug + 'static {
+pub trait Interceptor: Send + Sync + fmt::Debug + 'static {
     /// Runs before operation `op` (`route`, `fetch`, `sample`, ...); an error
     /// is returned instead of calling the wrapped provider.
     async fn before(&self, op: &'static str) -> Result<()>;
@@ -35,20 +35,20 @@ pub trait Layer: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// A provider `T` with a [`Layer`] in front of every call. [`Faulty`],
-/// [`Latency`] and [`RateLimited`] are wrappers with relay's layers; an
-/// application's own layer (a metric per call, a circuit breaker) wraps any
+/// A provider `T` with a [`Interceptor`] in front of every call. [`Faulty`],
+/// [`Latency`] and [`RateLimited`] are wrappers with relay's interceptors; an
+/// application's own interceptor (a metric per call, a circuit breaker) wraps any
 /// seam the same way.
 #[derive(Debug)]
 pub struct Wrapped<L, T> {
-    layer: L,
+    interceptor: L,
     inner: T,
 }
 
 impl<L, T> Wrapped<L, T> {
-    /// `inner` with `layer` in front of every call.
-    pub fn layered(layer: L, inner: T) -> Self {
-        Wrapped { layer, inner }
+    /// `inner` with `interceptor` in front of every call.
+    pub fn with(interceptor: L, inner: T) -> Self {
+        Wrapped { interceptor, inner }
     }
 
     /// The wrapped provider.
@@ -56,22 +56,22 @@ impl<L, T> Wrapped<L, T> {
         &self.inner
     }
 
-    /// The layer.
-    pub fn layer(&self) -> &L {
-        &self.layer
+    /// The interceptor.
+    pub fn interceptor(&self) -> &L {
+        &self.interceptor
     }
 }
 
-impl<L: Layer, T> Wrapped<L, T> {
-    /// The wrapped provider's `call`, made only once the layer let it
-    /// through, with the layer around it.
+impl<L: Interceptor, T> Wrapped<L, T> {
+    /// The wrapped provider's `call`, made only once the interceptor let it
+    /// through, with the interceptor around it.
     async fn call<R, F>(&self, op: &'static str, call: impl FnOnce() -> F) -> Result<R>
     where
         F: std::future::Future<Output = Result<R>>,
     {
-        self.layer.before(op).await?;
+        self.interceptor.before(op).await?;
         let result = call().await;
-        self.layer.after(op, result.as_ref().map(|_| ()));
+        self.interceptor.after(op, result.as_ref().map(|_| ()));
         result
     }
 }
@@ -93,7 +93,7 @@ pub enum FaultKind {
 
 /// Seeded error injection.
 #[derive(Debug)]
-pub struct FaultLayer {
+pub struct FaultInjector {
     rng: SeededRng,
     kind: FaultKind,
     rate_ppm: u32,
@@ -103,7 +103,7 @@ pub struct FaultLayer {
 }
 
 #[async_trait]
-impl Layer for FaultLayer {
+impl Interceptor for FaultInjector {
     async fn before(&self, op: &'static str) -> Result<()> {
         if self.only.as_ref().is_some_and(|o| !o.contains(op)) {
             return Ok(());
@@ -145,13 +145,13 @@ impl Layer for FaultLayer {
 /// let store = Faulty::new(MemorySecretStore::new(), 42).with_rate(FaultKind::Unavailable, 0.2);
 /// store.fail_next(1);
 /// ```
-pub type Faulty<T> = Wrapped<FaultLayer, T>;
+pub type Faulty<T> = Wrapped<FaultInjector, T>;
 
 impl<T> Faulty<T> {
     /// Wrap `inner`; no fault is injected until a rate or `fail_next` is set.
     pub fn new(inner: T, seed: u64) -> Self {
         Wrapped {
-            layer: FaultLayer {
+            interceptor: FaultInjector {
                 rng: SeededRng::new(seed),
                 kind: FaultKind::Unavailable,
                 rate_ppm: 0,
@@ -165,8 +165,8 @@ impl<T> Faulty<T> {
 
     /// Fail this fraction (0.0 to 1.0) of calls with `kind`.
     pub fn with_rate(mut self, kind: FaultKind, rate: f64) -> Self {
-        self.layer.kind = kind;
-        self.layer.rate_ppm = (rate.clamp(0.0, 1.0) * 1_000_000.0) as u32;
+        self.interceptor.kind = kind;
+        self.interceptor.rate_ppm = (rate.clamp(0.0, 1.0) * 1_000_000.0) as u32;
         self
     }
 
@@ -174,29 +174,29 @@ impl<T> Faulty<T> {
     /// `promote`, `retire`, `observe`, `fetch`, `resolve`, `sample`, `put`,
     /// `get`, ...).
     pub fn only_operations(mut self, ops: &[&'static str]) -> Self {
-        self.layer.only = Some(ops.iter().copied().collect());
+        self.interceptor.only = Some(ops.iter().copied().collect());
         self
     }
 
     /// Fail the next `n` matching calls regardless of the rate.
     pub fn fail_next(&self, n: u32) {
-        self.layer.forced.store(n, Ordering::SeqCst);
+        self.interceptor.forced.store(n, Ordering::SeqCst);
     }
 
     /// How many faults were injected so far.
     pub fn injected(&self) -> u64 {
-        self.layer.injected.load(Ordering::Relaxed)
+        self.interceptor.injected.load(Ordering::Relaxed)
     }
 }
 
 /// A fixed delay before every call.
 #[derive(Debug)]
-pub struct LatencyLayer {
+pub struct Delay {
     delay: Duration,
 }
 
 #[async_trait]
-impl Layer for LatencyLayer {
+impl Interceptor for Delay {
     async fn before(&self, _op: &'static str) -> Result<()> {
         tokio::time::sleep(self.delay).await;
         Ok(())
@@ -205,13 +205,13 @@ impl Layer for LatencyLayer {
 
 /// A provider whose every call takes `delay` longer (in tokio time, so it is
 /// free under a paused clock).
-pub type Latency<T> = Wrapped<LatencyLayer, T>;
+pub type Latency<T> = Wrapped<Delay, T>;
 
 impl<T> Latency<T> {
     /// Wrap `inner` with `delay` per call.
     pub fn new(inner: T, delay: Duration) -> Self {
         Wrapped {
-            layer: LatencyLayer { delay },
+            interceptor: Delay { delay },
             inner,
         }
     }
@@ -286,7 +286,7 @@ impl RateLimiter {
 }
 
 #[async_trait]
-impl Layer for RateLimiter {
+impl Interceptor for RateLimiter {
     async fn before(&self, _op: &'static str) -> Result<()> {
         self.acquire().await;
         Ok(())
@@ -306,12 +306,15 @@ pub type RateLimited<T> = Wrapped<RateLimiter, T>;
 impl<T> RateLimited<T> {
     /// Wrap `inner` behind `limiter` (clone one limiter to share it).
     pub fn new(inner: T, limiter: RateLimiter) -> Self {
-        Wrapped { layer: limiter, inner }
+        Wrapped {
+            interceptor: limiter,
+            inner,
+        }
     }
 }
 
 #[async_trait]
-impl<L: Layer, T: Target> Target for Wrapped<L, T> {
+impl<L: Interceptor, T: Target> Target for Wrapped<L, T> {
     fn name(&self) -> &str {
         self.inner.name()
     }
@@ -345,14 +348,14 @@ impl<L: Layer, T: Target> Target for Wrapped<L, T> {
 }
 
 #[async_trait]
-impl<L: Layer, T: SecretStore> SecretStore for Wrapped<L, T> {
+impl<L: Interceptor, T: SecretStore> SecretStore for Wrapped<L, T> {
     async fn fetch(&self, reference: &SecretRef) -> Result<SecretValue> {
         self.call("fetch", || self.inner.fetch(reference)).await
     }
 }
 
 #[async_trait]
-impl<L: Layer, T: ArtifactStore> ArtifactStore for Wrapped<L, T> {
+impl<L: Interceptor, T: ArtifactStore> ArtifactStore for Wrapped<L, T> {
     async fn resolve(&self, reference: &ArtifactRef) -> Result<Artifact> {
         self.call("resolve", || self.inner.resolve(reference)).await
     }
@@ -363,17 +366,17 @@ impl<L: Layer, T: ArtifactStore> ArtifactStore for Wrapped<L, T> {
 }
 
 #[async_trait]
-impl<L: Layer, T: HealthProbe> HealthProbe for Wrapped<L, T> {
+impl<L: Interceptor, T: HealthProbe> HealthProbe for Wrapped<L, T> {
     async fn sample(&self, query: &ProbeQuery) -> Result<Sample> {
         self.call("sample", || self.inner.sample(query)).await
     }
 }
 
-/// Leases are not [held](StateStore::hold_lease) through a layer: the
-/// engine renews them, through the layer, so its faults, latency and limits
+/// Leases are not [held](StateStore::hold_lease) through an interceptor: the
+/// engine renews them, through the interceptor, so its faults, latency and limits
 /// reach renewals as they reach every other call.
 #[async_trait]
-impl<L: Layer, T: StateStore> StateStore for Wrapped<L, T> {
+impl<L: Interceptor, T: StateStore> StateStore for Wrapped<L, T> {
     async fn get(&self, id: &str) -> Result<Option<RolloutRecord>> {
         self.call("get", || self.inner.get(id)).await
     }
@@ -542,7 +545,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl Layer for Outcomes {
+    impl Interceptor for Outcomes {
         async fn before(&self, op: &'static str) -> Result<()> {
             if self.refuse.load(Ordering::SeqCst) {
                 return Err(Error::PermissionDenied { what: op.to_owned() });
@@ -558,15 +561,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_layer_sees_how_each_call_it_let_through_ended() {
-        let t = Wrapped::layered(Outcomes::default(), SimTarget::new("t"));
+    async fn an_interceptor_sees_how_each_call_it_let_through_ended() {
+        let t = Wrapped::with(Outcomes::default(), SimTarget::new("t"));
         t.observe().await.unwrap();
         let unknown = RevisionId::from("nowhere");
         t.route(&TrafficSplit::all(&unknown)).await.unwrap_err();
-        t.layer().refuse.store(true, Ordering::SeqCst);
+        t.interceptor().refuse.store(true, Ordering::SeqCst);
         t.route(&TrafficSplit::default()).await.unwrap_err();
-        let seen = t.layer().seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 2, "a call the layer refused has no outcome: {seen:?}");
+        let seen = t.interceptor().seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "a call the interceptor refused has no outcome: {seen:?}");
         assert_eq!(seen[0], ("observe", None));
         assert_eq!(seen[1].0, "route");
         assert!(seen[1].1.as_deref().is_some_and(|e| e.contains("nowhere")), "{seen:?}");

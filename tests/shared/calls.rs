@@ -1,4 +1,4 @@
-//! A [`Layer`] standing for the API behind a provider: it notes which call
+//! A [`Interceptor`] standing for the API behind a provider: it notes which call
 //! reached it, and when (tokio time, so virtual under a paused clock).
 // Each test binary uses only part of it.
 #![allow(dead_code)]
@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use relay::providers::Layer;
+use relay::providers::Interceptor;
 use tokio::time::Instant;
 
 /// Every call that went through, in order. Clones share the record.
@@ -14,7 +14,7 @@ use tokio::time::Instant;
 pub struct Calls(Arc<Mutex<Vec<(&'static str, Instant)>>>);
 
 #[async_trait]
-impl Layer for Calls {
+impl Interceptor for Calls {
     async fn before(&self, op: &'static str) -> relay::Result<()> {
         self.0
             .lock()
