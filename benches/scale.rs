@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
 use relay::providers::Wrapped;
-use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
+use relay::strategies::{AllAtOnceStrategy, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, EngineConfig, EventKind, Outcome, Relay, Release, RolloutSpec};
 
 /// Resident set size now, in KiB.
@@ -172,7 +172,7 @@ async fn fleet(n: usize, readiness: Duration, rps: f64, config: EngineConfig, st
             let spec = RolloutSpec::new(
                 format!("t{i}"),
                 Release::new("app:v1".parse().unwrap()).replicas(4),
-                AllAtOnce,
+                AllAtOnceStrategy,
             );
             handles.push(relay.start(spec).await.unwrap());
         }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
-use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
+use relay::strategies::{AllAtOnceStrategy, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, Outcome, Relay, Release, RolloutSpec};
 
 async fn run() -> relay::Result<Vec<Outcome>> {
@@ -52,7 +52,7 @@ async fn run() -> relay::Result<Vec<Outcome>> {
     for (tag, first) in [("v1", true), ("v2", false), ("v3", false)] {
         let release = Release::new(format!("shop/checkout:{tag}").parse()?).replicas(5);
         let spec = if first {
-            RolloutSpec::new("checkout", release, AllAtOnce)
+            RolloutSpec::new("checkout", release, AllAtOnceStrategy)
         } else {
             RolloutSpec::new("checkout", release, canary.clone())
         };

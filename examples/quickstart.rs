@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use relay::providers::sim::{metrics, MemoryArtifactStore, MemorySecretStore, RevisionBehavior, SimProbe, SimTarget};
 use relay::strategies::{
-    AllAtOnce, CanaryStrategy, Direction, MannWhitneyJudge, ProportionJudge, Statistic, ThresholdJudge,
+    AllAtOnceStrategy, CanaryStrategy, Direction, MannWhitneyJudge, ProportionJudge, Statistic, ThresholdJudge,
 };
 use relay::{
     AnalysisSpec, Check, EventKind, FileStateStore, JsonlAuditSink, Outcome, Relay, Release, RolloutSpec, Target,
@@ -133,7 +133,7 @@ async fn run() -> Result<(), String> {
     };
 
     println!("== 1. first release (v1), all at once");
-    let first = deploy(&relay, RolloutSpec::new("checkout", release("v1")?, AllAtOnce))
+    let first = deploy(&relay, RolloutSpec::new("checkout", release("v1")?, AllAtOnceStrategy))
         .await
         .map_err(|e| e.to_string())?;
     println!("== 2. healthy release (v2), canary with analysis");

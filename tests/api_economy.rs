@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use relay::providers::sim::{metrics, MemoryArtifactStore, SimProbe, SimTarget};
 use relay::providers::{Faulty, RateLimited, RateLimiter, Wrapped};
-use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
+use relay::strategies::{AllAtOnceStrategy, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, EngineConfig, Relay, Release, RolloutSpec};
 use tokio::time::Instant;
 
@@ -55,7 +55,7 @@ async fn a_thousand_concurrent_rollouts_never_exceed_the_shared_rate() {
     for (tag, strategy) in [("v1", None), ("v2", Some(canary))] {
         for i in 0..ROLLOUTS {
             let spec = match &strategy {
-                None => RolloutSpec::new(format!("t{i}"), release(tag), AllAtOnce),
+                None => RolloutSpec::new(format!("t{i}"), release(tag), AllAtOnceStrategy),
                 Some(c) => RolloutSpec::new(format!("t{i}"), release(tag), c.clone()),
             };
             handles.push(relay.start(spec).await.unwrap());
@@ -132,7 +132,7 @@ async fn observes_while_starting(start: Duration, backoff: f64, watch: Watch) ->
     let release = Release::new("app:v1".parse().unwrap()).replicas(4);
     let started = Instant::now();
     let outcome = relay
-        .start(RolloutSpec::new("web", release, AllAtOnce))
+        .start(RolloutSpec::new("web", release, AllAtOnceStrategy))
         .await?
         .wait()
         .await?;
@@ -194,7 +194,10 @@ async fn a_wait_on_the_targets_word_still_takes_commands() {
         .build()
         .unwrap();
     let release = Release::new("app:v1".parse().unwrap()).replicas(4);
-    let handle = relay.start(RolloutSpec::new("web", release, AllAtOnce)).await.unwrap();
+    let handle = relay
+        .start(RolloutSpec::new("web", release, AllAtOnceStrategy))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await;
     let aborted = Instant::now();
     handle.abort("oncall", "wrong build").unwrap();

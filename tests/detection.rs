@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
 use relay::providers::Wrapped;
-use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
+use relay::strategies::{AllAtOnceStrategy, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, EventKind, Outcome, Relay, Release, RolloutSpec, VerdictOutcome};
 use tokio::time::Instant;
 
@@ -47,7 +47,7 @@ async fn detect(failure_limit: u32, after: Duration) -> Detection {
         .unwrap();
     let release = |tag: &str| Release::new(format!("app:{tag}").parse().unwrap()).replicas(4);
     let v1 = relay
-        .start(RolloutSpec::new("web", release("v1"), AllAtOnce))
+        .start(RolloutSpec::new("web", release("v1"), AllAtOnceStrategy))
         .await
         .unwrap();
     assert!(v1.wait().await.unwrap().is_success());

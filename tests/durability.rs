@@ -483,7 +483,7 @@ async fn two_sinks_on_one_log_write_one_chain() {
     );
     let a = web.builder().audit(sink_a.clone()).build().unwrap();
     let b = api.builder().audit(sink_b.clone()).build().unwrap();
-    let first = |target: &str| RolloutSpec::new(target, release("v1"), relay::strategies::AllAtOnce);
+    let first = |target: &str| RolloutSpec::new(target, release("v1"), relay::strategies::AllAtOnceStrategy);
     let (x, y) = tokio::join!(run(&a, first("web")), run(&b, first("api")));
     assert!(x.is_success() && y.is_success());
     let (x, y) = tokio::join!(
@@ -602,7 +602,7 @@ async fn a_keyed_jsonl_log_verifies_only_with_its_key() {
     let more = w.builder().audit(Arc::new(again)).build().unwrap();
     run(
         &more,
-        RolloutSpec::new("web", release("v2"), relay::strategies::AllAtOnce),
+        RolloutSpec::new("web", release("v2"), relay::strategies::AllAtOnceStrategy),
     )
     .await;
     assert!(JsonlAuditSink::verify_file(&path, &key).unwrap().seq > n);
@@ -680,7 +680,7 @@ async fn a_corrupt_record_affects_only_its_own_rollout() {
     );
     let a = web.builder().state(state.clone()).build().unwrap();
     let b = api.builder().state(state.clone()).build().unwrap();
-    let first = |target: &str| RolloutSpec::new(target, release("v1"), relay::strategies::AllAtOnce);
+    let first = |target: &str| RolloutSpec::new(target, release("v1"), relay::strategies::AllAtOnceStrategy);
     let broken = a.start(first("web")).await.unwrap();
     let broken_id = broken.id().to_owned();
     assert!(broken.wait().await.unwrap().is_success());

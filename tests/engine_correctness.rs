@@ -437,7 +437,11 @@ async fn finished(relay: &relay::Relay, rollout: &str) -> Vec<serde_json::Value>
 async fn a_no_change_rollout_ends_with_one_rollout_finished_entry() {
     let (_w, relay) = World::with_v1(12).await;
     let handle = relay
-        .start(RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce))
+        .start(RolloutSpec::new(
+            "web",
+            release("v1"),
+            relay::strategies::AllAtOnceStrategy,
+        ))
         .await
         .unwrap();
     let id = handle.id().to_owned();
@@ -698,7 +702,7 @@ async fn a_failed_rollback_is_finished_by_resume_once_the_cause_is_fixed() {
 #[tokio::test(start_paused = true)]
 async fn deploying_the_stable_release_over_a_failed_rollback_settles_the_target() {
     let (w, relay, stable, failed) = failed_rollback(22).await;
-    let spec = || RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce);
+    let spec = || RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnceStrategy);
     let plan = relay.plan(&spec()).await.unwrap();
     assert!(!plan.is_noop(), "not settled, yet planned as no change:\n{plan}");
     assert!(
@@ -798,7 +802,7 @@ async fn two_engines_with_the_same_name_never_share_a_lease() {
     assert!(handle.wait().await.unwrap().is_success());
     // Rollouts started at the same instant by both get different ids (the
     // same id made the second start fail on the first's record).
-    let again = || RolloutSpec::new("web", release("v2"), relay::strategies::AllAtOnce);
+    let again = || RolloutSpec::new("web", release("v2"), relay::strategies::AllAtOnceStrategy);
     let first = a.start(again()).await.unwrap();
     let first_id = first.id().to_owned();
     assert_eq!(first.wait().await.unwrap(), Outcome::NoChange);

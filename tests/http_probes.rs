@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use relay::providers::http::{HttpProbe, PrometheusProbe, WebhookGate, ERROR_RATE, LATENCY_MS};
 use relay::providers::sim::{MemoryArtifactStore, RevisionBehavior, SimTarget};
-use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
+use relay::strategies::{AllAtOnceStrategy, CanaryStrategy, ThresholdJudge};
 use relay::{
     AnalysisSpec, Check, EngineConfig, Error, HealthProbe, Outcome, ProbeQuery, Relay, Release, RevisionId,
     RolloutSpec, Scope,
@@ -246,7 +246,7 @@ async fn a_canary_judged_through_prometheus_promotes_the_good_release_and_rolls_
         .unwrap();
     let release = |tag: &str| Release::new(format!("shop/web:{tag}").parse().unwrap()).replicas(2);
     let outcome = relay
-        .start(RolloutSpec::new("web", release("v1"), AllAtOnce))
+        .start(RolloutSpec::new("web", release("v1"), AllAtOnceStrategy))
         .await
         .unwrap()
         .wait()
@@ -263,7 +263,7 @@ async fn a_canary_judged_through_prometheus_promotes_the_good_release_and_rolls_
     };
     let (v1, v2, v3) = (
         relay
-            .plan(&RolloutSpec::new("web", release("v1"), AllAtOnce))
+            .plan(&RolloutSpec::new("web", release("v1"), AllAtOnceStrategy))
             .await
             .unwrap()
             .candidate
@@ -381,7 +381,7 @@ async fn a_webhook_gate_passes_on_2xx_and_fails_on_errors_and_timeouts() {
         let relay = relay.clone();
         async move {
             let release = Release::new(format!("shop/web:{tag}").parse().unwrap()).replicas(2);
-            let spec = RolloutSpec::new("web", release, AllAtOnce).gate_before_promotion(gate);
+            let spec = RolloutSpec::new("web", release, AllAtOnceStrategy).gate_before_promotion(gate);
             relay.start(spec).await.unwrap().wait().await.unwrap()
         }
     };

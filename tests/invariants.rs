@@ -434,7 +434,11 @@ async fn run_case_async(case: &Case) -> Run {
         .build()
         .unwrap();
     let first = plain
-        .start(RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce))
+        .start(RolloutSpec::new(
+            "web",
+            release("v1"),
+            relay::strategies::AllAtOnceStrategy,
+        ))
         .await
         .unwrap()
         .wait()

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use relay::providers::sim::MemoryArtifactStore;
-use relay::strategies::AllAtOnce;
+use relay::strategies::AllAtOnceStrategy;
 use relay::{Capabilities, MockTarget, Relay, Release, RevisionState, RolloutSpec, Routing, TargetState, TrafficSplit};
 
 #[tokio::test(start_paused = true)]
@@ -67,7 +67,7 @@ async fn a_mocked_target_sees_exactly_the_expected_calls() {
         .start(RolloutSpec::new(
             "mocked",
             Release::new("app:v1".parse().unwrap()).replicas(3),
-            AllAtOnce,
+            AllAtOnceStrategy,
         ))
         .await
         .unwrap()

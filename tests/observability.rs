@@ -39,7 +39,7 @@ async fn three_rollouts(relay: &relay::Relay) -> Vec<Outcome> {
         let spec = if canary {
             RolloutSpec::new("web", release(tag), common::canary())
         } else {
-            RolloutSpec::new("web", release(tag), relay::strategies::AllAtOnce)
+            RolloutSpec::new("web", release(tag), relay::strategies::AllAtOnceStrategy)
         };
         outcomes.push(relay.start(spec).await.unwrap().wait().await.unwrap());
     }

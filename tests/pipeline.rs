@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::error_analysis;
 use relay::providers::sim::{MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
-use relay::strategies::{AllAtOnce, CanaryStrategy};
+use relay::strategies::{AllAtOnceStrategy, CanaryStrategy};
 use relay::{
     ArtifactRef, AuditSink, Digest, Environment, Error, MemoryAuditSink, MemoryStateStore, Outcome, Pipeline, Relay,
     Revert, StateStore, WaveOrder, WaveStatus,
@@ -49,7 +49,7 @@ fn envs() -> Envs {
     }
     let checked = || CanaryStrategy::new().set_weight(50).analyze(error_analysis());
     let pipeline = Pipeline::new(vec![
-        Environment::new("dev", "web-dev", AllAtOnce),
+        Environment::new("dev", "web-dev", AllAtOnceStrategy),
         Environment::new("staging", "web-staging", checked()).replicas(2),
         Environment::new("prod", "web-prod", checked())
             .replicas(4)
@@ -166,8 +166,8 @@ async fn a_digest_goes_from_dev_to_prod_only_through_staging() {
 fn a_pipeline_needs_distinct_named_environments() {
     assert!(Pipeline::new(vec![]).is_err());
     let e = Pipeline::new(vec![
-        Environment::new("dev", "a", AllAtOnce),
-        Environment::new("dev", "b", AllAtOnce),
+        Environment::new("dev", "a", AllAtOnceStrategy),
+        Environment::new("dev", "b", AllAtOnceStrategy),
     ])
     .unwrap_err();
     assert!(e.to_string().contains("pipeline.environments[1].name"), "{e}");

@@ -348,8 +348,13 @@ async fn crashing_candidate_is_rolled_back() {
 async fn an_in_place_target_replaces_and_rolls_back_like_an_ecs_rolling_service() {
     let w = World::with_target(SimTarget::new("web").replace_in_place());
     let relay = w.relay();
-    let all_at_once =
-        |tag: &str| RolloutSpec::new("web", common::release(tag).replicas(3), relay::strategies::AllAtOnce);
+    let all_at_once = |tag: &str| {
+        RolloutSpec::new(
+            "web",
+            common::release(tag).replicas(3),
+            relay::strategies::AllAtOnceStrategy,
+        )
+    };
     assert!(run(&relay, all_at_once("v1")).await.is_success());
     assert!(run(&relay, all_at_once("v2")).await.is_success());
     let s = w.target.observe().await.unwrap();

@@ -297,7 +297,7 @@ async fn a_throttled_hung_or_stopped_vault_ends_planning_in_bounded_time() {
         "web",
         relay::Release::new("shop/web:v1".parse().unwrap())
             .secret("DB", format!("vault://secret/{path}#password").parse().unwrap()),
-        relay::strategies::AllAtOnce,
+        relay::strategies::AllAtOnceStrategy,
     );
     let bound = fault_proxy::fast_retry().deadline + Duration::from_secs(2);
 

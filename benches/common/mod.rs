@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay::providers::sim::{metrics, MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
-use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
+use relay::strategies::{AllAtOnceStrategy, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, Relay, Release, RolloutSpec};
 
 /// A current-thread runtime on a paused clock: rollouts run in virtual time.
@@ -42,7 +42,13 @@ pub async fn relay_with_v1(target: SimTarget) -> Relay {
         .probe(Arc::new(SimProbe::new(target)))
         .build()
         .unwrap();
-    relay.start(spec("v1", AllAtOnce)).await.unwrap().wait().await.unwrap();
+    relay
+        .start(spec("v1", AllAtOnceStrategy))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     relay
 }
 
@@ -92,7 +98,7 @@ pub async fn fleet_with_v1(n: usize, readiness: Duration) -> Relay {
             .probe_for(format!("t{i}"), Arc::new(SimProbe::new(t)));
     }
     let relay = b.build().unwrap();
-    run_all(&relay, n, "app:v1", AllAtOnce).await;
+    run_all(&relay, n, "app:v1", AllAtOnceStrategy).await;
     relay
 }
 

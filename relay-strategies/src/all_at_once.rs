@@ -8,9 +8,9 @@ use crate::common::{need_replicas, promotion};
 /// Starts the candidate at full size, sends it all traffic, promotes it and
 /// retires stable. Works on any target; there is no gradual exposure.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-pub struct AllAtOnce;
+pub struct AllAtOnceStrategy;
 
-impl Strategy for AllAtOnce {
+impl Strategy for AllAtOnceStrategy {
     fn name(&self) -> &str {
         "all-at-once"
     }

@@ -16,7 +16,7 @@ pub mod analysis;
 #[cfg(feature = "spec")]
 pub mod spec;
 
-pub use all_at_once::AllAtOnce;
+pub use all_at_once::AllAtOnceStrategy;
 pub use analysis::{Comparison, Direction, MannWhitneyJudge, ProportionJudge, Statistic, ThresholdJudge};
 pub use bluegreen::BlueGreenStrategy;
 pub use canary::{CanaryStep, CanaryStrategy};

@@ -38,7 +38,7 @@ use relay_core::{
 };
 use serde::Deserialize;
 
-use crate::{AllAtOnce, Amount, BlueGreenStrategy, CanaryStrategy, RollingStrategy, Statistic, ThresholdJudge};
+use crate::{AllAtOnceStrategy, Amount, BlueGreenStrategy, CanaryStrategy, RollingStrategy, Statistic, ThresholdJudge};
 
 /// A parsed spec file: the rollout, ready for [`relay_core::Relay::start`].
 #[derive(Debug)]
@@ -527,7 +527,7 @@ impl StrategyDoc {
                 s.validate().map_err(|e| under("blue_green", e))?;
                 Arc::new(s)
             }
-            StrategyDoc::AllAtOnce {} => Arc::new(AllAtOnce),
+            StrategyDoc::AllAtOnce {} => Arc::new(AllAtOnceStrategy),
         })
     }
 }

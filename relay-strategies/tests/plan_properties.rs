@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use relay_core::{Capabilities, Error, PlanContext, RevisionId, RevisionState, Role, Routing, Step, Strategy as _};
-use relay_strategies::{AllAtOnce, Amount, BlueGreenStrategy, CanaryStrategy, RollingStrategy};
+use relay_strategies::{AllAtOnceStrategy, Amount, BlueGreenStrategy, CanaryStrategy, RollingStrategy};
 
 fn ctx(replicas: u32, routing: Routing) -> PlanContext {
     PlanContext {
@@ -138,7 +138,7 @@ proptest! {
     fn blue_green_and_all_at_once_keep_invariants(n in 1u32..100, delay in 0u64..600) {
         let bg = BlueGreenStrategy::new().scale_down_delay(Duration::from_secs(delay));
         check_invariants(&bg.plan(&ctx(n, Routing::Switch)).unwrap(), n, 0, None).map_err(TestCaseError::fail)?;
-        check_invariants(&AllAtOnce.plan(&ctx(n, Routing::None)).unwrap(), n, 0, None).map_err(TestCaseError::fail)?;
+        check_invariants(&AllAtOnceStrategy.plan(&ctx(n, Routing::None)).unwrap(), n, 0, None).map_err(TestCaseError::fail)?;
     }
 
     #[test]
@@ -193,8 +193,12 @@ fn invalid_specs_name_the_field() {
 fn zero_replicas_are_refused_by_every_strategy() {
     let c = ctx(0, Routing::Weighted);
     let canary = CanaryStrategy::ten_percent_then_full(Duration::from_secs(1));
-    let strategies: [&dyn relay_core::Strategy; 4] =
-        [&canary, &RollingStrategy::new(), &BlueGreenStrategy::new(), &AllAtOnce];
+    let strategies: [&dyn relay_core::Strategy; 4] = [
+        &canary,
+        &RollingStrategy::new(),
+        &BlueGreenStrategy::new(),
+        &AllAtOnceStrategy,
+    ];
     for s in strategies {
         assert_eq!(invalid_path(s.plan(&c)), "release.replicas", "{}", s.name());
     }

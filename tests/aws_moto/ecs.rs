@@ -11,7 +11,7 @@ use relay::providers::aws::sdk::{cloudwatch, ecs, elbv2};
 use relay::providers::aws::{CloudWatchMetric, CloudWatchProbe, DimensionValue, EcrArtifactStore, EcsServiceTarget};
 use relay::providers::RateLimiter;
 use relay::providers::RequestCounter;
-use relay::strategies::{AllAtOnce, BlueGreenStrategy, CanaryStrategy, Statistic, ThresholdJudge};
+use relay::strategies::{AllAtOnceStrategy, BlueGreenStrategy, CanaryStrategy, Statistic, ThresholdJudge};
 use relay::{
     testing, AnalysisSpec, Capabilities, Check, EventKind, Outcome, Relay, Release, Result, RevisionId, RevisionSpec,
     RolloutSpec, Routing, Target, TargetState, TrafficSplit,
@@ -578,7 +578,7 @@ async fn a_canary_moves_listener_weights_and_swaps_the_primary_task_set() {
     let repo = two_images(&svc.cfg).await;
     let limiter = RateLimiter::new(50.0, 5).unwrap();
     let (relay, target) = svc.relay(svc.target(Some(limiter.clone())).await, None).await;
-    let outcome = deploy(&relay, &repo, "v1", AllAtOnce).await;
+    let outcome = deploy(&relay, &repo, "v1", AllAtOnceStrategy).await;
     assert!(outcome.is_success(), "{outcome}");
     assert_eq!(svc.weights().await, [100, 0]);
 
@@ -691,7 +691,7 @@ async fn a_five_step_canary_sends_a_fixed_number_of_requests() {
     let svc = task_set_service().await;
     let repo = two_images(&svc.cfg).await;
     let (relay, target) = svc.relay(svc.target(None).await, None).await;
-    assert!(deploy(&relay, &repo, "v1", AllAtOnce).await.is_success());
+    assert!(deploy(&relay, &repo, "v1", AllAtOnceStrategy).await.is_success());
     target.log.lock().unwrap().clear();
     let outcome = deploy(
         &relay,
@@ -715,7 +715,7 @@ async fn a_route_reuses_a_fresh_observe_and_reads_again_after_a_write_or_two_sec
     let svc = task_set_service().await;
     let repo = two_images(&svc.cfg).await;
     let (relay, target) = svc.relay(svc.target(None).await, None).await;
-    assert!(deploy(&relay, &repo, "v1", AllAtOnce).await.is_success());
+    assert!(deploy(&relay, &repo, "v1", AllAtOnceStrategy).await.is_success());
     let v1 = target.observe().await.unwrap().stable.unwrap();
     let all = TrafficSplit::all(&v1);
     let cost = |call: &'static str| {
@@ -746,7 +746,7 @@ async fn blue_green_switches_the_listener_and_deletes_the_old_task_set() {
     let svc = task_set_service().await;
     let repo = two_images(&svc.cfg).await;
     let (relay, target) = svc.relay(svc.target(None).await, None).await;
-    assert!(deploy(&relay, &repo, "v1", AllAtOnce).await.is_success());
+    assert!(deploy(&relay, &repo, "v1", AllAtOnceStrategy).await.is_success());
     target.log.lock().unwrap().clear();
     let strategy = BlueGreenStrategy::new().scale_down_delay(Duration::from_millis(10));
     let outcome = deploy(&relay, &repo, "v2", strategy).await;
@@ -773,7 +773,7 @@ async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate
     let target = svc.target(None).await;
     let (namespace, probe) = errors_probe(&svc, &target);
     let (relay, _) = svc.relay(target.clone(), Some(probe)).await;
-    let outcome = deploy(&relay, &repo, "v1", AllAtOnce).await;
+    let outcome = deploy(&relay, &repo, "v1", AllAtOnceStrategy).await;
     assert!(outcome.is_success(), "{outcome}");
     let stable_sets = svc.task_sets().await;
 
@@ -966,7 +966,7 @@ async fn a_canary_and_a_rollback_keep_authentication_stickiness_and_rules() {
             .collect::<Vec<_>>()
     };
 
-    let outcome = deploy(&relay, &repo, "v1", AllAtOnce).await;
+    let outcome = deploy(&relay, &repo, "v1", AllAtOnceStrategy).await;
     assert!(outcome.is_success(), "{outcome}");
     kept(listener().await, [100, 0], "v1 deployed");
     let auth = listener().await[0].authenticate_oidc_config().unwrap().clone();
@@ -1051,7 +1051,7 @@ async fn a_service_behind_a_listener_rule_is_canaried_through_the_rule() {
             })
             .collect::<Vec<_>>()
     };
-    let outcome = deploy(&relay, &repo, "v1", AllAtOnce).await;
+    let outcome = deploy(&relay, &repo, "v1", AllAtOnceStrategy).await;
     assert!(outcome.is_success(), "{outcome}");
     assert_eq!(rule_weights().await, [100, 0]);
     let v2 = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
@@ -1102,7 +1102,7 @@ async fn a_candidate_whose_tasks_exit_is_rolled_back_at_once_with_the_stopped_re
     let repo = two_images(&svc.cfg).await;
     let target = svc.target_with(|b| b.failed_task_limit(1)).await;
     let (relay, wrapped) = svc.relay(target.clone(), None).await;
-    let outcome = deploy(&relay, &repo, "v1", AllAtOnce).await;
+    let outcome = deploy(&relay, &repo, "v1", AllAtOnceStrategy).await;
     assert!(outcome.is_success(), "{outcome}");
     let stable = target.observe().await.unwrap();
     assert_eq!(
@@ -1509,7 +1509,7 @@ async fn the_iam_policy_allows_every_request_the_providers_send() {
             .secret("DB_PASSWORD", format!("aws-sm://{secret}").parse().unwrap())
     };
     let first = relay
-        .start(RolloutSpec::new("web", release("v1"), AllAtOnce))
+        .start(RolloutSpec::new("web", release("v1"), AllAtOnceStrategy))
         .await
         .unwrap();
     let first_id = first.id().to_owned();

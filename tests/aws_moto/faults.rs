@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use relay::providers::aws::sdk::secretsmanager;
 use relay::providers::aws::{CloudWatchMetric, CloudWatchProbe, DimensionValue, SecretsManagerStore};
 use relay::providers::sim::{MemoryArtifactStore, RevisionBehavior, SimTarget};
-use relay::strategies::{AllAtOnce, CanaryStrategy, ThresholdJudge};
+use relay::strategies::{AllAtOnceStrategy, CanaryStrategy, ThresholdJudge};
 use relay::{AnalysisSpec, Check, EngineConfig, Outcome, Relay, Release, RolloutSpec};
 
 use crate::fault_proxy::{ended, fast_retry, timed, FaultProxy};
@@ -53,7 +53,7 @@ async fn a_throttled_or_stopped_emulator_ends_planning_in_bounded_time() {
     let spec = RolloutSpec::new(
         "web",
         Release::new("shop/web:v1".parse().unwrap()).secret("DB", format!("aws-sm://{name}#password").parse().unwrap()),
-        AllAtOnce,
+        AllAtOnceStrategy,
     );
     let bound = fast_retry().deadline + Duration::from_secs(2);
 
@@ -101,7 +101,7 @@ async fn an_emulator_that_hangs_mid_analysis_rolls_the_canary_back_in_bounded_ti
         .start(RolloutSpec::new(
             "web",
             Release::new("shop/web:v1".parse().unwrap()),
-            AllAtOnce,
+            AllAtOnceStrategy,
         ))
         .await
         .unwrap()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use relay::providers::aws::sdk::secretsmanager;
 use relay::providers::aws::{EcrArtifactStore, SecretsManagerStore};
 use relay::providers::sim::SimTarget;
-use relay::strategies::AllAtOnce;
+use relay::strategies::AllAtOnceStrategy;
 use relay::{testing, ArtifactRef, Error, Relay, Release, RolloutSpec, SecretStore};
 use secrecy::ExposeSecret;
 
@@ -180,7 +180,7 @@ async fn a_rollout_pins_the_secret_version_and_image_digest_it_resolved() {
         .replicas(2)
         .secret("DB_PASSWORD", format!("aws-sm://{name}#password").parse().unwrap());
     let handle = relay
-        .start(RolloutSpec::new("api", release.clone(), AllAtOnce))
+        .start(RolloutSpec::new("api", release.clone(), AllAtOnceStrategy))
         .await
         .unwrap();
     let id = handle.id().to_string();
@@ -204,7 +204,10 @@ async fn a_rollout_pins_the_secret_version_and_image_digest_it_resolved() {
         .send()
         .await
         .unwrap();
-    let next = relay.plan(&RolloutSpec::new("api", release, AllAtOnce)).await.unwrap();
+    let next = relay
+        .plan(&RolloutSpec::new("api", release, AllAtOnceStrategy))
+        .await
+        .unwrap();
     assert_ne!(next.candidate.secrets["DB_PASSWORD"].version().unwrap(), pinned);
     assert_ne!(next.candidate.id, record.plan.candidate.id);
     let record_json = serde_json::to_string(&record).unwrap();

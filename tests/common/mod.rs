@@ -126,7 +126,7 @@ pub async fn run_with_events(relay: &Relay, spec: RolloutSpec) -> (Outcome, Vec<
 pub async fn deploy_v1(relay: &Relay) {
     let outcome = run(
         relay,
-        RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnce),
+        RolloutSpec::new("web", release("v1"), relay::strategies::AllAtOnceStrategy),
     )
     .await;
     assert!(outcome.is_success(), "{outcome}");

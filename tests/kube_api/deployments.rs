@@ -14,7 +14,7 @@ use relay::providers::kubernetes::sdk::kube::{Api, Client};
 use relay::providers::kubernetes::{DeploymentTarget, KubeSecretStore, PodReadinessProbe};
 use relay::providers::sim::MemoryArtifactStore;
 use relay::providers::RequestCounter;
-use relay::strategies::{AllAtOnce, BlueGreenStrategy, CanaryStrategy, Statistic, ThresholdJudge};
+use relay::strategies::{AllAtOnceStrategy, BlueGreenStrategy, CanaryStrategy, Statistic, ThresholdJudge};
 use relay::{
     testing, AnalysisSpec, AuditSink, Check, Digest, EngineConfig, Error, EventKind, MemoryAuditSink, Outcome,
     ProbeQuery, Relay, Release, RevisionId, RevisionSpec, RolloutSpec, Scope, Target, TrafficSplit, VerdictOutcome,
@@ -294,7 +294,7 @@ async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_t
         .config("MODE", "fast")
         .secret("DB", "k8s://db#password".parse().unwrap());
     let outcome = relay
-        .start(RolloutSpec::new("web", v2, AllAtOnce))
+        .start(RolloutSpec::new("web", v2, AllAtOnceStrategy))
         .await
         .unwrap()
         .wait()
@@ -358,7 +358,7 @@ async fn a_rolling_update_keeps_max_unavailable_and_a_failing_one_goes_back_to_t
         .config("MODE", "fast")
         .secret("DB", "k8s://db#password".parse().unwrap());
     let outcome = relay
-        .start(RolloutSpec::new("web", v3, AllAtOnce))
+        .start(RolloutSpec::new("web", v3, AllAtOnceStrategy))
         .await
         .unwrap()
         .wait()
@@ -441,7 +441,7 @@ async fn readiness_and_promotion_are_learned_from_watches_on_the_deployments() {
         let spec = if canary {
             RolloutSpec::new("web", v2, CanaryStrategy::new().set_weight(50))
         } else {
-            RolloutSpec::new("web", v2, AllAtOnce)
+            RolloutSpec::new("web", v2, AllAtOnceStrategy)
         };
         let started = Instant::now();
         let rollout = relay.start(spec).await.unwrap();
@@ -1088,7 +1088,7 @@ async fn an_autoscaled_or_gitops_managed_deployment_is_not_fought_over() {
         .unwrap();
     let relay = engine(target.clone(), artifacts(&["v4"])).build().unwrap();
     let outcome = relay
-        .start(RolloutSpec::new("web", release("v4"), AllAtOnce))
+        .start(RolloutSpec::new("web", release("v4"), AllAtOnceStrategy))
         .await
         .unwrap()
         .wait()
@@ -1141,7 +1141,7 @@ async fn an_autoscaled_or_gitops_managed_deployment_is_not_fought_over() {
         .start(RolloutSpec::new(
             "api",
             Release::new(format!("{REPO}:v2").parse().unwrap()),
-            AllAtOnce,
+            AllAtOnceStrategy,
         ))
         .await
         .unwrap()

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use relay::providers::kubernetes::{KubeSecretStore, KubeStateStore};
 use relay::providers::sim::{MemoryArtifactStore, SimTarget};
-use relay::strategies::AllAtOnce;
+use relay::strategies::AllAtOnceStrategy;
 use relay::{testing, Error, Relay, Release, RolloutSpec, SecretStore, StateStore};
 
 use crate::support::{client, namespace, provider_client, put_secret, PLANTED};
@@ -195,7 +195,7 @@ async fn two_engines_racing_for_a_target_exactly_one_proceeds() {
     };
     let a = engine(KubeStateStore::new(provider_client().await, &ns));
     let b = engine(KubeStateStore::new(provider_client().await, &ns));
-    let spec = || RolloutSpec::new("web", Release::new("shop/web:v1".parse().unwrap()), AllAtOnce);
+    let spec = || RolloutSpec::new("web", Release::new("shop/web:v1".parse().unwrap()), AllAtOnceStrategy);
     let (ra, rb) = tokio::join!(a.start(spec()), b.start(spec()));
     let (handle, locked) = match (ra, rb) {
         (Ok(h), Err(e)) | (Err(e), Ok(h)) => (h, e),
