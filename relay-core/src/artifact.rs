@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{excerpt, Error, Result};
@@ -395,6 +396,28 @@ impl crate::ArtifactStore for PinnedArtifactStore {
             digest,
             metadata: BTreeMap::new(),
         })
+    }
+}
+
+/// Resolves artifact references to immutable, digest-pinned artifacts.
+///
+/// # Contract
+/// - `resolve` of a reference with a digest returns that digest or fails; it
+///   never silently substitutes another. A tag resolves to the digest it
+///   points at now.
+/// - A reference that cannot be pinned is [`crate::Error::NotFound`] or
+///   [`crate::Error::InvalidSpec`], never an artifact without a digest.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ArtifactStore: Send + Sync + fmt::Debug + 'static {
+    /// Resolve `reference` to a pinned artifact.
+    async fn resolve(&self, reference: &ArtifactRef) -> Result<Artifact>;
+
+    /// Verify `artifact` against `policy`. The default applies
+    /// [`ArtifactPolicy::check`]; stores that can check signatures or
+    /// provenance themselves extend it.
+    async fn verify(&self, reference: &ArtifactRef, artifact: &Artifact, policy: &ArtifactPolicy) -> Result<()> {
+        policy.check(reference, artifact)
     }
 }
 

@@ -11,14 +11,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::artifact::ArtifactStore;
 use crate::artifact::{Artifact, ArtifactPolicy, ArtifactRef};
 use crate::audit::{AuditEntry, AuditEvent, AuditSink, ChainHead};
 use crate::clock::UnixMillis;
 use crate::engine::RolloutCommand;
 use crate::error::Result;
 use crate::gate::{Gate, GateContext, GateDecision};
+use crate::probe::{HealthProbe, ProbeQuery, Sample};
 use crate::release::{RevisionId, RevisionSpec, SecretRef};
-use crate::seams::{ArtifactStore, HealthProbe, ProbeQuery, Sample, SecretStore, SecretValue};
+use crate::secret::{SecretStore, SecretValue};
 use crate::state::{CommandWaker, CommandWatch, Lease, LeaseHold, RolloutRecord, StateStore};
 use crate::target::{Capabilities, Target, TargetState, TrafficSplit};
 

@@ -25,10 +25,11 @@ pub mod gate;
 mod hmac;
 pub mod pipeline;
 pub mod plan;
+pub mod probe;
 pub mod release;
 pub mod retry;
 pub mod rng;
-pub mod seams;
+pub mod secret;
 pub mod serde_duration;
 pub mod state;
 pub mod target;
@@ -38,7 +39,7 @@ pub mod testing;
 pub mod verify;
 
 pub use analysis::{AnalysisSpec, Check, Counts, Judge, JudgeInput, Judgement, Verdict, VerdictOutcome};
-pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest};
+pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, ArtifactStore, Digest};
 pub use audit::{AuditSink, JsonlAuditSink, MemoryAuditSink};
 pub use authorize::{AllowAll, Authorizer, PolicyAuthorizer};
 pub use clock::Clock;
@@ -52,9 +53,10 @@ pub use freeze::{FreezeGate, FreezeWindow};
 pub use gate::{Gate, GateContext, GateDecision, ManualApproval};
 pub use pipeline::{Environment, Pipeline};
 pub use plan::{Plan, PlanContext, Step, Strategy};
+pub use probe::{HealthProbe, ProbeQuery, Sample, Scope};
 pub use release::{Release, RevisionId, RevisionSpec, SecretRef};
 pub use retry::RetryPolicy;
-pub use seams::{ArtifactStore, HealthProbe, ProbeQuery, Sample, Scope, SecretStore, SecretValue};
+pub use secret::{SecretStore, SecretValue};
 pub use state::{FileStateStore, Lease, MemoryStateStore, RolloutRecord, RolloutStatus, StateStore};
 pub use target::{Capabilities, RevisionState, Role, Routing, RunningRevision, Target, TargetState, TrafficSplit};
 #[cfg(feature = "signing")]
@@ -63,7 +65,7 @@ pub use verify::{ArtifactVerifier, ChecksumVerifier};
 
 #[cfg(feature = "mock")]
 pub use {
-    audit::MockAuditSink, gate::MockGate, seams::MockArtifactStore, seams::MockHealthProbe, seams::MockSecretStore,
+    artifact::MockArtifactStore, audit::MockAuditSink, gate::MockGate, probe::MockHealthProbe, secret::MockSecretStore,
     state::MockStateStore, target::MockTarget,
 };
 

@@ -225,7 +225,7 @@ impl ChainKey {
     ///
     /// # Errors
     /// The store's errors, and [`ChainKey::hmac`]'s.
-    pub async fn fetch(store: &dyn crate::seams::SecretStore, reference: &crate::release::SecretRef) -> Result<Self> {
+    pub async fn fetch(store: &dyn crate::secret::SecretStore, reference: &crate::release::SecretRef) -> Result<Self> {
         Self::hmac(&store.fetch(reference).await?.value)
     }
 

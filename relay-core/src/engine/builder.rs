@@ -5,13 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{EngineConfig, Inner, Relay, INSTANCE};
+use crate::artifact::ArtifactStore;
 use crate::audit::{AuditSink, MemoryAuditSink};
 use crate::clock::{Clock, TokioClock};
 use crate::error::{Error, Result};
 use crate::gate::Gate;
+use crate::probe::HealthProbe;
 use crate::retry::RetryPolicy;
 use crate::rng::SeededRng;
-use crate::seams::{ArtifactStore, HealthProbe, SecretStore};
+use crate::secret::SecretStore;
 use crate::state::{MemoryStateStore, StateStore};
 use crate::target::Target;
 use crate::verify::ArtifactVerifier;

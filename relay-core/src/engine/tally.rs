@@ -5,7 +5,7 @@
 use std::fmt::Display;
 
 use crate::analysis::{AnalysisSpec, Counts, JudgeInput, VerdictOutcome};
-use crate::seams::Sample;
+use crate::probe::Sample;
 
 /// What an analysis has seen of one check.
 #[derive(Debug, Default)]
