@@ -643,11 +643,8 @@ impl VerdictView<'_> {
 
     /// The canonical text of this verdict as an audit detail, written over
     /// `detail` in its buffer (the engine writes each verdict of a rollout
-    /// over the last entry's detail) and directly: the keys as they are,
-    /// strings copied whole when they need no escape, numbers as serde_json
-    /// writes them. Through serde_json's serializer every key and string
-    /// went through its escape table (a verdict is written at every
-    /// measurement).
+    /// over the last entry's detail) by the canonical writer: the same text
+    /// as the verdict's serialization, without a value tree in between.
     pub(crate) fn write_audit_detail(&self, detail: &mut AuditDetail) {
         let mut out = detail.take_buffer();
         let mut o = CanonicalObject::begin(&mut out);

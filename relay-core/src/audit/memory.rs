@@ -32,9 +32,8 @@ const MAX_BLOCK: usize = 64 * 1024;
 
 /// Lines stored end to end in blocks, each twice the last up to
 /// [`MAX_BLOCK`] (a longer line gets a block of its own): a few
-/// allocations for a rollout's entries instead of one per entry, most of
-/// which were of a size that made glibc consolidate its free chunks; a
-/// sink with few entries stays small.
+/// allocations for a rollout's entries instead of one per entry; a sink
+/// with few entries stays small.
 #[derive(Debug, Default)]
 struct Lines {
     blocks: Vec<Vec<u8>>,

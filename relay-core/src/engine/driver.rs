@@ -1461,12 +1461,8 @@ impl Driver {
 }
 
 /// The audit detail of a traffic change: `first` (a key that sorts before
-/// `weights`) beside the split's `weights`, as `json!` would make it but
-/// written as canonical text directly, the revision ids copied whole when
-/// they need no escape (through a value tree the split went through
-/// serde's value serializer and the allocator at every step of a canary,
-/// usually with a cold cache; through `serde_json` every byte of the ids
-/// was looked up in its escape table).
+/// `weights`) beside the split's `weights`, as `json!` would make it,
+/// written by the canonical writer (a canary writes one at every step).
 fn route_detail(split: &TrafficSplit, first: (&'static str, impl serde::Serialize)) -> AuditDetail {
     let mut text = Vec::with_capacity(32 + 24 * split.weights().len());
     let mut o = CanonicalObject::begin(&mut text);
