@@ -97,7 +97,8 @@ impl Authorizer for AllowAll {
 /// its kind to its identity. Nothing allowed is refused.
 ///
 /// ```
-/// use relay_core::{authorize::CommandKind, PolicyAuthorizer};
+/// # mod relay { pub use relay_core::*; }
+/// use relay::{authorize::CommandKind, PolicyAuthorizer};
 /// let policy = PolicyAuthorizer::new()
 ///     .allow("*", &[CommandKind::Pause, CommandKind::Resume], &["oncall", "release-manager"])
 ///     .allow("payments", &[CommandKind::Abort, CommandKind::Approve, CommandKind::Reject], &["release-manager"]);

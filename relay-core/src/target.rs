@@ -51,7 +51,8 @@ impl Capabilities {
     /// 1 for a rolling update in place), and does not report its changes.
     ///
     /// ```
-    /// use relay_core::{Capabilities, Routing};
+    /// # mod relay { pub use relay_core::*; }
+    /// use relay::{Capabilities, Routing};
     /// let caps = Capabilities::new(Routing::Weighted, 2).watching(true);
     /// assert!(caps.can_route(25) && caps.watches);
     /// ```

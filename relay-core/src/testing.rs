@@ -2,8 +2,9 @@
 //! checks. Each function panics with a message naming the broken rule.
 //!
 //! ```
+//! # mod relay { pub use relay_core::*; }
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! relay_core::testing::state_store_conformance(&relay_core::MemoryStateStore::new()).await;
+//! relay::testing::state_store_conformance(&relay::MemoryStateStore::new()).await;
 //! # }
 //! ```
 #![allow(clippy::unwrap_used)]
@@ -23,12 +24,13 @@ use crate::{Artifact, Digest, HealthProbe, ProbeQuery, RevisionId, SecretRef, Se
 /// `content`, untagged, with no configuration or secrets until added.
 ///
 /// ```
-/// let spec = relay_core::testing::revision("shop/web", b"build 2")
+/// # mod relay { pub use relay_core::*; }
+/// let spec = relay::testing::revision("shop/web", b"build 2")
 ///     .tag("v2")
 ///     .config("MODE", "fast")
 ///     .build();
 /// assert_eq!(spec.artifact.tag.as_deref(), Some("v2"));
-/// assert_ne!(spec.id, relay_core::testing::revision("shop/web", b"build 3").build().id);
+/// assert_ne!(spec.id, relay::testing::revision("shop/web", b"build 3").build().id);
 /// ```
 pub fn revision(repository: &str, content: &[u8]) -> RevisionSpecBuilder {
     RevisionSpecBuilder {

@@ -140,8 +140,9 @@ impl Interceptor for FaultInjector {
 /// or for the next `n` calls. Wraps any target, store or probe.
 ///
 /// ```
-/// use relay_providers::{FaultKind, Faulty};
-/// use relay_providers::sim::MemorySecretStore;
+/// # mod relay { pub use relay_core::*; pub mod providers { pub use relay_providers::*; } }
+/// use relay::providers::{FaultKind, Faulty};
+/// use relay::providers::sim::MemorySecretStore;
 /// let store = Faulty::new(MemorySecretStore::new(), 42).with_rate(FaultKind::Unavailable, 0.2);
 /// store.fail_next(1);
 /// ```
@@ -296,8 +297,9 @@ impl Interceptor for RateLimiter {
 /// A provider whose calls wait for a shared [`RateLimiter`].
 ///
 /// ```
-/// use relay_providers::{RateLimited, RateLimiter};
-/// use relay_providers::sim::SimTarget;
+/// # mod relay { pub use relay_core::*; pub mod providers { pub use relay_providers::*; } }
+/// use relay::providers::{RateLimited, RateLimiter};
+/// use relay::providers::sim::SimTarget;
 /// let aws = RateLimiter::new(20.0, 5).unwrap();
 /// let target = RateLimited::new(SimTarget::new("web"), aws.clone());
 /// ```

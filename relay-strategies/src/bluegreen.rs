@@ -13,8 +13,9 @@ use crate::common::{analysis_step, gate_name, need_replicas, need_two_revisions,
 /// approval before the switch.
 ///
 /// ```
+/// # mod relay { pub use relay_core::*; pub mod strategies { pub use relay_strategies::*; } }
 /// use std::time::Duration;
-/// use relay_strategies::BlueGreenStrategy;
+/// use relay::strategies::BlueGreenStrategy;
 /// let bg = BlueGreenStrategy::new().manual_promotion("promote").scale_down_delay(Duration::from_secs(60));
 /// assert!(bg.validate().is_ok());
 /// ```

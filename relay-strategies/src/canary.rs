@@ -41,8 +41,9 @@ pub enum CanaryStep {
 /// nothing new.
 ///
 /// ```
+/// # mod relay { pub use relay_core::*; pub mod strategies { pub use relay_strategies::*; } }
 /// use std::time::Duration;
-/// use relay_strategies::CanaryStrategy;
+/// use relay::strategies::CanaryStrategy;
 /// let canary = CanaryStrategy::new()
 ///     .set_weight(10)
 ///     .pause(Duration::from_secs(300))

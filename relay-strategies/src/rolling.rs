@@ -18,7 +18,8 @@ use crate::common::{
 /// share.
 ///
 /// ```
-/// use relay_strategies::{Amount, RollingStrategy};
+/// # mod relay { pub use relay_core::*; pub mod strategies { pub use relay_strategies::*; } }
+/// use relay::strategies::{Amount, RollingStrategy};
 /// let r = RollingStrategy::new().batch(Amount::Count(2)).max_surge(Amount::Count(1));
 /// assert!(r.validate().is_ok());
 /// ```

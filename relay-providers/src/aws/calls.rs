@@ -15,8 +15,9 @@ use aws_smithy_types::config_bag::ConfigBag;
 /// process. Attach it with the client's config builder:
 ///
 /// ```
+/// # mod relay { pub use relay_core::*; pub mod providers { pub use relay_providers::*; } }
 /// # async fn f(sdk: &relay_providers::aws::sdk::config::SdkConfig) {
-/// use relay_providers::{aws::sdk::ecs, RequestCounter};
+/// use relay::providers::{aws::sdk::ecs, RequestCounter};
 /// let calls = RequestCounter::default();
 /// let ecs = ecs::Client::from_conf(
 ///     ecs::config::Builder::from(sdk).interceptor(calls.clone()).build(),

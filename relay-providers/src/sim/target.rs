@@ -131,9 +131,10 @@ struct State {
 /// artifact digest with [`SimTarget::behavior`].
 ///
 /// ```
-/// use relay_providers::sim::{RevisionBehavior, SimTarget};
+/// # mod relay { pub use relay_core::*; pub mod providers { pub use relay_providers::*; } }
+/// use relay::providers::sim::{RevisionBehavior, SimTarget};
 /// let target = SimTarget::new("web").seed(7).default_behavior(RevisionBehavior::healthy());
-/// assert_eq!(relay_core::Target::name(&target), "web");
+/// assert_eq!(relay::Target::name(&target), "web");
 /// ```
 #[derive(Debug)]
 pub struct SimTarget {

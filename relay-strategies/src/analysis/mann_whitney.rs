@@ -28,8 +28,9 @@ const HL_MAX_PAIRS: usize = 250_000;
 /// difference does not fail a release.
 ///
 /// ```
-/// use relay_core::{JudgeInput, Judge, VerdictOutcome};
-/// use relay_strategies::analysis::{Direction, MannWhitneyJudge};
+/// # mod relay { pub use relay_core::*; pub mod strategies { pub use relay_strategies::*; } }
+/// use relay::{JudgeInput, Judge, VerdictOutcome};
+/// use relay::strategies::analysis::{Direction, MannWhitneyJudge};
 /// let judge = MannWhitneyJudge::new(Direction::LowerIsBetter);
 /// let baseline: Vec<f64> = (0..40).map(|i| 40.0 + (i % 7) as f64).collect();
 /// let doubled: Vec<f64> = baseline.iter().map(|v| v * 2.0).collect();

@@ -16,8 +16,9 @@ use super::{check_confidence, check_tolerance, fmt_p};
 /// rates: a rate of 0.5 from 2 requests is no evidence, one from 2,000 is.
 ///
 /// ```
-/// use relay_core::{Counts, JudgeInput, Judge, VerdictOutcome};
-/// use relay_strategies::analysis::ProportionJudge;
+/// # mod relay { pub use relay_core::*; pub mod strategies { pub use relay_strategies::*; } }
+/// use relay::{Counts, JudgeInput, Judge, VerdictOutcome};
+/// use relay::strategies::analysis::ProportionJudge;
 /// let judge = ProportionJudge::new();
 /// let base = Counts { failures: 50, total: 1000 };
 /// let tripled = Counts { failures: 150, total: 1000 };

@@ -91,8 +91,9 @@ pub enum Comparison {
 /// comes out NaN (the mean of `+Inf` and `-Inf`) is inconclusive.
 ///
 /// ```
-/// use relay_core::{Judge, JudgeInput, VerdictOutcome};
-/// use relay_strategies::analysis::ThresholdJudge;
+/// # mod relay { pub use relay_core::*; pub mod strategies { pub use relay_strategies::*; } }
+/// use relay::{Judge, JudgeInput, VerdictOutcome};
+/// use relay::strategies::analysis::ThresholdJudge;
 /// let j = ThresholdJudge::below(0.05);
 /// assert_eq!(j.evaluate(&JudgeInput::values(&[0.01, 0.02])).outcome, VerdictOutcome::Pass);
 /// assert_eq!(j.evaluate(&JudgeInput::values(&[f64::NAN])).outcome, VerdictOutcome::Inconclusive);
