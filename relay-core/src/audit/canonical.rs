@@ -49,6 +49,7 @@ pub(crate) struct Object<'a> {
 
 impl<'a> Object<'a> {
     /// Open an object at the end of `out`.
+    #[inline]
     pub(crate) fn begin(out: &'a mut Vec<u8>) -> Self {
         out.push(b'{');
         Object {
@@ -59,6 +60,7 @@ impl<'a> Object<'a> {
         }
     }
 
+    #[inline]
     fn separate(&mut self, key: &str) {
         #[cfg(debug_assertions)]
         {
@@ -78,6 +80,7 @@ impl<'a> Object<'a> {
     }
 
     /// Start the field `name`, a plain identifier (nothing to escape).
+    #[inline]
     fn name(&mut self, name: &'static str) -> &mut Vec<u8> {
         debug_assert!(!name.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'), "{name:?}");
         self.separate(name);
@@ -88,6 +91,7 @@ impl<'a> Object<'a> {
     }
 
     /// Start the field keyed `key`, any string (escaped as needed).
+    #[inline]
     fn key(&mut self, key: &str) -> &mut Vec<u8> {
         self.separate(key);
         push_json_str(self.out, key);
@@ -96,24 +100,28 @@ impl<'a> Object<'a> {
     }
 
     /// The field `name` holding the string `value`.
+    #[inline]
     pub(crate) fn str(&mut self, name: &'static str, value: &str) {
         let out = self.name(name);
         push_json_str(out, value);
     }
 
     /// The field `name` holding `value` as serde_json writes it.
+    #[inline]
     pub(crate) fn value(&mut self, name: &'static str, value: &(impl Serialize + ?Sized)) {
         let out = self.name(name);
         push_json(out, value);
     }
 
     /// The field `name` holding `value`.
+    #[inline]
     pub(crate) fn bool(&mut self, name: &'static str, value: bool) {
         let out = self.name(name);
         out.extend_from_slice(if value { b"true" } else { b"false" });
     }
 
     /// The field `name` holding `text`, already canonical JSON.
+    #[inline]
     pub(crate) fn raw(&mut self, name: &'static str, text: &str) {
         let out = self.name(name);
         out.extend_from_slice(text.as_bytes());
@@ -121,6 +129,7 @@ impl<'a> Object<'a> {
 
     /// The field keyed by the string `key` (a map's key: a revision id, a
     /// statistic's name) holding `value` as serde_json writes it.
+    #[inline]
     pub(crate) fn entry(&mut self, key: &str, value: &(impl Serialize + ?Sized)) {
         let out = self.key(key);
         push_json(out, value);
@@ -128,11 +137,13 @@ impl<'a> Object<'a> {
 
     /// The field `name` holding an object, written through the returned
     /// one (ended before this one goes on).
+    #[inline]
     pub(crate) fn object(&mut self, name: &'static str) -> Object<'_> {
         Object::begin(self.name(name))
     }
 
     /// Close the object.
+    #[inline]
     pub(crate) fn end(self) {
         self.out.push(b'}');
     }

@@ -410,16 +410,26 @@ impl Inner {
             crate::telemetry::retried(op);
             on_retry(attempt, e, backoff);
         };
-        let run = self.retry.run(op, &self.rng, on_retry, f);
+        // The call's future is made where it is awaited, in either branch:
+        // bound first, it would be copied once more on every call.
         #[cfg(feature = "metrics")]
-        let run = crate::telemetry::measured(op, run);
+        macro_rules! run {
+            () => {
+                crate::telemetry::measured(op, self.retry.run(op, &self.rng, on_retry, f))
+            };
+        }
+        #[cfg(not(feature = "metrics"))]
+        macro_rules! run {
+            () => {
+                self.retry.run(op, &self.rng, on_retry, f)
+            };
+        }
         // No subscriber anywhere (a simulation, a bench): no span, not even
         // a disabled one, which costs a step measurably (BENCHMARKS.md).
         if !tracing::dispatcher::has_been_set() {
-            return run.await;
+            return run!().await;
         }
-        let span = tracing::info_span!("call", operation = op);
-        run.instrument(span).await
+        run!().instrument(tracing::info_span!("call", operation = op)).await
     }
 
     /// The probe analysis reads for rollouts on `target`.
