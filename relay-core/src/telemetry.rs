@@ -14,7 +14,8 @@
 //! carry the rollout, the target and the step they belong to, whichever
 //! subscriber the application installs (`tracing-subscriber`'s `fmt` prints
 //! them as `rollout{rollout.id=… target=…}:step{index=2 kind="route"}:call{operation="target.route"}`).
-//! All spans are at `INFO`.
+//! All spans are at `INFO`. The `call` span is made only once a subscriber
+//! is set (a simulation without one makes none).
 //!
 //! # Metrics
 //! With the crate feature `metrics`, the engine records through the
@@ -22,7 +23,8 @@
 //! application installs (`metrics-exporter-prometheus` for a Prometheus
 //! scrape endpoint: `examples/prometheus_metrics.rs`); without a recorder
 //! nothing is kept, and without the feature nothing is compiled in.
-//! [`describe`] registers each metric's description and unit.
+//! `describe()` (with the feature) registers each metric's description and
+//! unit.
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
