@@ -577,11 +577,7 @@ impl Ctl {
             );
         }
         let history = self.state.list_target(name).await?;
-        if let Some(last) = history
-            .iter()
-            .rev()
-            .find(|r| matches!(r.status, RolloutStatus::Succeeded))
-        {
+        if let Some(last) = history.iter().rev().find(|r| r.status.is_promoted()) {
             let live = &last.plan.candidate;
             target.behavior(
                 &live.artifact.digest,
@@ -900,14 +896,14 @@ fn print_records(records: &[RolloutRecord], orphans: &BTreeMap<String, Option<i6
     );
     for r in records {
         let status = match &r.status {
-            _ if orphans.contains_key(&r.id) => "orphaned".to_owned(),
-            RolloutStatus::Running if r.paused => "paused".to_owned(),
-            RolloutStatus::Running => "running".to_owned(),
-            RolloutStatus::RollingBack { .. } => "rolling back".to_owned(),
-            RolloutStatus::Succeeded => "succeeded".to_owned(),
-            RolloutStatus::RolledBack { .. } => "rolled back".to_owned(),
-            RolloutStatus::RollbackFailed { .. } => "ROLLBACK FAILED".to_owned(),
-            RolloutStatus::NoChange => "no change".to_owned(),
+            _ if orphans.contains_key(&r.id) => "orphaned",
+            RolloutStatus::Running if r.paused => "paused",
+            RolloutStatus::Running => "running",
+            RolloutStatus::RollingBack { .. } => "rolling back",
+            RolloutStatus::Finished(relay::Outcome::Promoted { .. }) => "succeeded",
+            RolloutStatus::Finished(relay::Outcome::RolledBack { .. }) => "rolled back",
+            RolloutStatus::Finished(relay::Outcome::RollbackFailed { .. }) => "ROLLBACK FAILED",
+            RolloutStatus::Finished(relay::Outcome::NoChange) => "no change",
         };
         out!(
             "{:<44} {:<14} {:<18} {:>2}/{:<2}  {:<16} {}",
@@ -919,7 +915,9 @@ fn print_records(records: &[RolloutRecord], orphans: &BTreeMap<String, Option<i6
             status,
             r.plan.candidate.artifact.digest
         );
-        if let RolloutStatus::RolledBack { cause } | RolloutStatus::RollingBack { cause } = &r.status {
+        if let RolloutStatus::Finished(relay::Outcome::RolledBack { cause }) | RolloutStatus::RollingBack { cause } =
+            &r.status
+        {
             out!("{:<44} cause: {cause}", "");
         }
         if let Some(expired) = orphans.get(&r.id) {

@@ -24,7 +24,7 @@ async fn a_memory_store_limited_to_the_latest_finished_records_passes_and_forget
     async fn finish(store: &MemoryStateStore, id: &str, target: &str, token: u64) {
         let mut r = testing::sample_record(id, target, token);
         let v = store.put(&r, None).await.unwrap();
-        r.status = relay::RolloutStatus::Succeeded;
+        r.status = relay::RolloutStatus::Finished(relay::Outcome::NoChange);
         let v = store.put(&r, Some(v)).await.unwrap();
         // Writing a finished record again does not count it twice.
         store.put(&r, Some(v)).await.unwrap();

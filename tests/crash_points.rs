@@ -320,10 +320,7 @@ async fn run(seed: u64, tag: &str, crash: Option<(u64, When)>) -> Option<(End, V
                 // Killed after the terminal record was written: the end is
                 // in the store.
                 Some(r) => match r.status {
-                    RolloutStatus::Succeeded => Outcome::Promoted {
-                        revision: r.plan.candidate.id.to_string(),
-                    },
-                    RolloutStatus::RolledBack { cause } => Outcome::RolledBack { cause },
+                    RolloutStatus::Finished(outcome) => outcome,
                     other => panic!("{other:?}"),
                 },
                 // Killed before the first record: start again.

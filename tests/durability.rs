@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use relay::{
     clock::TokioClock, AuditSink, Error, EventKind, FileStateStore, JsonlAuditSink, Lease, Outcome, Relay, RolloutSpec,
-    Target,
+    StateStore, Target,
 };
 
 struct Crash {
@@ -747,4 +747,38 @@ async fn a_start_beside_an_orphan_is_refused_until_it_is_recovered() {
     assert!(b.state().list_active().await.unwrap().is_empty());
     let outcome = run(&b, RolloutSpec::new("web", release("v3"), canary())).await;
     assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+}
+
+/// Records relayctl wrote (a canary promoted, then a bad canary rolled
+/// back) before a record's status held its outcome: they read, the
+/// promoted one taking its revision from its plan.
+#[tokio::test]
+async fn records_written_before_the_status_held_the_outcome_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-before-outcome-status");
+    std::fs::create_dir(dir.path().join("records")).unwrap();
+    for file in std::fs::read_dir(fixture.join("records")).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), dir.path().join("records").join(file.file_name())).unwrap();
+    }
+    let store = FileStateStore::open(dir.path()).unwrap();
+    let history = store.list_target("web").await.unwrap();
+    let outcomes: Vec<_> = history.iter().map(|r| r.status.outcome().cloned()).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Some(Outcome::Promoted {
+                revision: history[0].plan.candidate.id.to_string()
+            }),
+            Some(Outcome::RolledBack {
+                cause: "analysis failed: errors [error_rate on rev-abbf2ef207] #1: FAIL (mean 0.1227 >= 0.02; n=60)"
+                    .into()
+            }),
+        ]
+    );
+    assert!(!history[0].plan.candidate.id.to_string().is_empty());
+    // Written again, the promoted revision is stored with the status.
+    let json = serde_json::to_value(&history[0]).unwrap();
+    assert_eq!(json["status"]["status"], "succeeded");
+    assert_eq!(json["status"]["revision"], history[0].plan.candidate.id.to_string());
 }

@@ -640,14 +640,7 @@ fn check(case: &Case, run: &Run) -> Result<(), String> {
     let outcome = run.outcome.as_ref().unwrap();
     let status = run.status.as_ref().unwrap();
     // 1. A documented terminal state, the same in outcome and record.
-    let agrees = matches!(
-        (outcome, status),
-        (Outcome::Promoted { .. }, RolloutStatus::Succeeded)
-            | (Outcome::RolledBack { .. }, RolloutStatus::RolledBack { .. })
-            | (Outcome::RollbackFailed { .. }, RolloutStatus::RollbackFailed { .. })
-            | (Outcome::NoChange, RolloutStatus::NoChange)
-    );
-    if !agrees {
+    if status.outcome() != Some(outcome) {
         return Err(format!("outcome {outcome} but record {status:?}"));
     }
     // 2. Never success after a rollback began.

@@ -70,7 +70,7 @@ async fn healthy_canary_is_promoted_with_one_audit_entry_per_mutation() {
         .any(|e| e.event.rollout == id && e.event.action == "rollout.finished"));
     relay.audit().verify().await.unwrap();
     let record = relay.state().get(&id).await.unwrap().unwrap();
-    assert_eq!(record.status, RolloutStatus::Succeeded);
+    assert_eq!(record.status, RolloutStatus::Finished(outcome));
 }
 
 #[tokio::test(start_paused = true)]

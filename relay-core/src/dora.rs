@@ -4,7 +4,8 @@
 use serde::Serialize;
 
 use crate::clock::{parse_rfc3339, UnixMillis};
-use crate::state::{RolloutRecord, RolloutStatus};
+use crate::event::Outcome;
+use crate::state::RolloutRecord;
 
 /// The artifact metadata key holding when the change was made (an RFC 3339
 /// instant: the commit or build time from the artifact's provenance).
@@ -34,14 +35,11 @@ pub struct DoraReport {
 }
 
 fn ok(r: &RolloutRecord) -> bool {
-    matches!(r.status, RolloutStatus::Succeeded)
+    r.status.is_promoted()
 }
 
 fn bad(r: &RolloutRecord) -> bool {
-    matches!(
-        r.status,
-        RolloutStatus::RolledBack { .. } | RolloutStatus::RollbackFailed { .. }
-    )
+    r.status.is_rolled_back()
 }
 
 fn median(mut v: Vec<i64>) -> Option<i64> {
@@ -64,7 +62,7 @@ pub fn dora(records: &[RolloutRecord], from_ms: UnixMillis, to_ms: UnixMillis) -
         .iter()
         .filter(|r| {
             r.status.is_terminal()
-                && !matches!(r.status, RolloutStatus::NoChange)
+                && r.status.outcome() != Some(&Outcome::NoChange)
                 && (from_ms..to_ms).contains(&r.updated_ms)
         })
         .collect();
@@ -106,6 +104,7 @@ pub fn dora(records: &[RolloutRecord], from_ms: UnixMillis, to_ms: UnixMillis) -
 #[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;
+    use crate::state::RolloutStatus;
     use crate::testing::sample_record;
 
     const H: i64 = 3_600_000;
@@ -127,20 +126,21 @@ mod tests {
 
     #[test]
     fn a_scripted_week_gives_its_four_figures() {
-        let rolled_back = || RolloutStatus::RolledBack { cause: "errors".into() };
+        let rolled_back = || RolloutStatus::Finished(Outcome::RolledBack { cause: "errors".into() });
+        let ok = || RolloutStatus::Finished(Outcome::Promoted { revision: "rev".into() });
         let records = vec![
             // web: ok (lead 2 h), failed, restored 3 h later (lead 4 h).
-            record("a", "web", RolloutStatus::Succeeded, 10 * H, Some(8 * H)),
+            record("a", "web", ok(), 10 * H, Some(8 * H)),
             record("b", "web", rolled_back(), 20 * H, Some(19 * H)),
-            record("c", "web", RolloutStatus::Succeeded, 23 * H, Some(19 * H)),
+            record("c", "web", ok(), 23 * H, Some(19 * H)),
             // api: failed, restored 1 h later (lead 6 h), then ok (no provenance).
             record("d", "api", rolled_back(), 30 * H, None),
-            record("e", "api", RolloutStatus::Succeeded, 31 * H, Some(25 * H)),
-            record("f", "api", RolloutStatus::Succeeded, 40 * H, None),
+            record("e", "api", ok(), 31 * H, Some(25 * H)),
+            record("f", "api", ok(), 40 * H, None),
             // Outside the window, still running, and no change: left out.
-            record("g", "web", RolloutStatus::Succeeded, 200 * H, None),
+            record("g", "web", ok(), 200 * H, None),
             record("h", "web", RolloutStatus::Running, 50 * H, None),
-            record("i", "web", RolloutStatus::NoChange, 60 * H, None),
+            record("i", "web", RolloutStatus::Finished(Outcome::NoChange), 60 * H, None),
         ];
         let r = dora(&records, 0, 7 * 24 * H);
         assert_eq!((r.deployments, r.succeeded, r.failed), (6, 4, 2));

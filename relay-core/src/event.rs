@@ -42,6 +42,17 @@ impl Outcome {
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Promoted { .. } | Outcome::NoChange)
     }
+
+    /// The outcome's name, as it is serialized (`"outcome"`) and labels
+    /// metrics: `promoted`, `rolled_back`, `rollback_failed`, `no_change`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Promoted { .. } => "promoted",
+            Outcome::RolledBack { .. } => "rolled_back",
+            Outcome::RollbackFailed { .. } => "rollback_failed",
+            Outcome::NoChange => "no_change",
+        }
+    }
 }
 
 impl std::fmt::Display for Outcome {
@@ -382,6 +393,23 @@ mod tests {
             rollout: "r".into(),
             at_ms: n,
             kind: EventKind::Paused { by: "t".into() },
+        }
+    }
+
+    #[test]
+    fn an_outcome_is_named_as_it_is_serialized() {
+        let outcomes = [
+            Outcome::Promoted { revision: "v2".into() },
+            Outcome::RolledBack { cause: "c".into() },
+            Outcome::RollbackFailed {
+                cause: "c".into(),
+                error: "e".into(),
+            },
+            Outcome::NoChange,
+        ];
+        for outcome in outcomes {
+            let json = serde_json::to_value(&outcome).unwrap();
+            assert_eq!(json["outcome"], outcome.name(), "{json}");
         }
     }
 

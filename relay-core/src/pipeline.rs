@@ -9,7 +9,7 @@ use crate::engine::{Relay, RolloutSpec, Wave, WaveHandle, WaveOrder};
 use crate::error::{Error, Result};
 use crate::plan::Strategy;
 use crate::release::{Release, SecretRef};
-use crate::state::{RolloutRecord, RolloutStatus};
+use crate::state::RolloutRecord;
 
 /// One environment of a [`Pipeline`]: where it deploys, how, behind which
 /// gates, and its configuration on top of the pipeline's base.
@@ -255,7 +255,7 @@ impl Pipeline {
             let Some(r) = history
                 .into_iter()
                 .rev()
-                .find(|r| matches!(r.status, RolloutStatus::Succeeded) && &r.plan.candidate.artifact.digest == digest)
+                .find(|r| r.status.is_promoted() && &r.plan.candidate.artifact.digest == digest)
             else {
                 return Ok(None);
             };
@@ -307,7 +307,7 @@ impl Pipeline {
             let last = history
                 .iter()
                 .rev()
-                .find(|r| matches!(r.status, RolloutStatus::Succeeded))
+                .find(|r| r.status.is_promoted())
                 .map(|r| format!("; {from} last promoted {}", r.plan.candidate.artifact.digest))
                 .unwrap_or_default();
             let tried = history

@@ -112,13 +112,7 @@ pub(crate) fn rollout_started(target: &str, strategy: &str) {
 pub(crate) fn rollout_finished(target: &str, outcome: &Outcome) {
     #[cfg(feature = "metrics")]
     {
-        let outcome = match outcome {
-            Outcome::Promoted { .. } => "promoted",
-            Outcome::RolledBack { .. } => "rolled_back",
-            Outcome::RollbackFailed { .. } => "rollback_failed",
-            Outcome::NoChange => "no_change",
-        };
-        metrics::counter!(ROLLOUTS_FINISHED, "target" => target.to_owned(), "outcome" => outcome).increment(1);
+        metrics::counter!(ROLLOUTS_FINISHED, "target" => target.to_owned(), "outcome" => outcome.name()).increment(1);
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (target, outcome);

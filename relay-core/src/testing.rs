@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::audit::{AuditEvent, AuditSink};
 use crate::error::Error;
+use crate::event::Outcome;
 use crate::plan::Plan;
 use crate::release::RevisionSpec;
 use crate::state::{Lease, RolloutRecord, RolloutStatus, StateStore};
@@ -151,8 +152,16 @@ pub async fn state_store_conformance(store: &dyn StateStore) {
 
     // Listing: active only, per target.
     let mut done = sample_record("conf-r2", "conf-t", b.token);
-    done.status = RolloutStatus::Succeeded;
+    done.status = RolloutStatus::Finished(Outcome::Promoted {
+        revision: done.plan.candidate.id.to_string(),
+    });
     store.put(&done, None).await.unwrap();
+    let read = store
+        .get("conf-r2")
+        .await
+        .unwrap()
+        .expect("a finished record reads back");
+    assert_eq!(read.status, done.status, "a finished record keeps its outcome");
     let active: Vec<String> = store.list_active().await.unwrap().into_iter().map(|r| r.id).collect();
     assert!(active.contains(&"conf-r1".to_string()) && !active.contains(&"conf-r2".to_string()));
     assert_eq!(store.list_target("conf-t").await.unwrap().len(), 2);

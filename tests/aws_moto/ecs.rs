@@ -837,11 +837,7 @@ async fn a_failed_first_release_is_rolled_back_to_nothing_deployed() {
         "one route (all traffic to the release), none back to nowhere"
     );
     let record = relay.state().get(&id).await.unwrap().unwrap();
-    assert!(
-        matches!(record.status, relay::RolloutStatus::RolledBack { .. }),
-        "{:?}",
-        record.status
-    );
+    assert!(record.status.is_rolled_back(), "{:?}", record.status);
 }
 
 /// The user's listener as a real account has it: authentication first

@@ -659,16 +659,19 @@ impl Driver {
                 "driving rollout"
             );
             let result = match self.record.status.clone() {
-                RolloutStatus::NoChange => Ok(Outcome::NoChange),
+                RolloutStatus::Finished(Outcome::NoChange) => Ok(Outcome::NoChange),
                 // The rollback's future is boxed: most rollouts never need it,
                 // and inline it would make every rollout's task larger.
                 RolloutStatus::RollingBack { cause } => Box::pin(self.rollback(cause)).await,
                 RolloutStatus::Running => match self.forward().await {
-                    Ok(()) => self.finish(RolloutStatus::Succeeded).await,
+                    Ok(()) => {
+                        let revision = self.record.plan.candidate.id.to_string();
+                        self.finish(Outcome::Promoted { revision }).await
+                    }
                     Err(Stop::Rollback(cause) | Stop::Transient(cause)) => Box::pin(self.rollback(cause)).await,
                     Err(Stop::Fatal(e)) => Err(e),
                 },
-                _ => Err(Error::NotRunning {
+                RolloutStatus::Finished(_) => Err(Error::NotRunning {
                     rollout: self.record.id.clone(),
                 }),
             };
@@ -699,15 +702,8 @@ impl Driver {
         .await
     }
 
-    /// End the rollout in `status`, a terminal one.
-    async fn finish(&mut self, status: RolloutStatus) -> Result<Outcome> {
-        let Some(outcome) = status.outcome(&self.record.plan.candidate.id) else {
-            return Err(Error::provider(
-                "engine",
-                false,
-                format!("a rollout cannot finish while {status:?}"),
-            ));
-        };
+    /// End the rollout with `outcome`: audited, then recorded.
+    async fn finish(&mut self, outcome: Outcome) -> Result<Outcome> {
         // Audited before the terminal record is written: an engine that dies
         // between the two leaves the rollout running, and the engine that
         // resumes it audits the end again, so no terminal record lacks its
@@ -715,7 +711,7 @@ impl Driver {
         if let Err(e) = self.audit("rollout.finished", detail!({"outcome": outcome})).await {
             tracing::error!(error = %e, "could not audit the outcome");
         }
-        self.record.status = status;
+        self.record.status = RolloutStatus::Finished(outcome.clone());
         self.persist().await.map_err(|s| match s {
             Stop::Fatal(e) => e,
             Stop::Rollback(c) | Stop::Transient(c) => Error::provider("engine", false, c),
@@ -1446,7 +1442,7 @@ impl Driver {
                 Err(s) => {
                     let error = to_err(s)?;
                     tracing::error!(%cause, %error, "ROLLBACK FAILED: the target needs a human");
-                    return self.finish(RolloutStatus::RollbackFailed { cause, error }).await;
+                    return self.finish(Outcome::RollbackFailed { cause, error }).await;
                 }
             }
             pause = self.inner.config.poll_interval;
@@ -1456,7 +1452,7 @@ impl Driver {
                 to_err(s)?;
             }
         }
-        self.finish(RolloutStatus::RolledBack { cause }).await
+        self.finish(Outcome::RolledBack { cause }).await
     }
 }
 

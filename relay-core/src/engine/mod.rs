@@ -21,7 +21,7 @@ use crate::artifact::ArtifactStore;
 use crate::audit::{detail, AuditDetail, AuditEvent, AuditSink};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::event::{EventHub, EventKind, RolloutEvent};
+use crate::event::{EventHub, EventKind, Outcome, RolloutEvent};
 use crate::gate::{Approval, Gate, GateContext, GateDecision};
 use crate::plan::{Plan, PlanContext, Step, Strategy};
 use crate::probe::HealthProbe;
@@ -461,9 +461,10 @@ impl Inner {
         let history = self
             .call("state.list_target", || self.state.list_target(target))
             .await?;
-        Ok(history.into_iter().rev().find(|r| {
-            r.id != except && matches!(r.status, RolloutStatus::Succeeded) && r.plan.candidate.id == *revision
-        }))
+        Ok(history
+            .into_iter()
+            .rev()
+            .find(|r| r.id != except && r.status.is_promoted() && r.plan.candidate.id == *revision))
     }
 
     /// The lease holder id for driving `rollout` from this instance: unique
@@ -717,14 +718,12 @@ impl Relay {
             let history = inner
                 .call("state.list_target", || inner.state.list_target(&spec.target))
                 .await?;
-            if let Some(r) = history.iter().rev().find(|r| {
-                matches!(r.status, RolloutStatus::RolledBack { .. })
-                    && r.plan.candidate.artifact.digest == artifact.digest
+            if let Some((r, cause)) = history.iter().rev().find_map(|r| match r.status.outcome() {
+                Some(Outcome::RolledBack { cause }) if r.plan.candidate.artifact.digest == artifact.digest => {
+                    Some((r, cause))
+                }
+                _ => None,
             }) {
-                let cause = match &r.status {
-                    RolloutStatus::RolledBack { cause } => cause.as_str(),
-                    _ => "",
-                };
                 return Err(Error::invalid(
                     "release.artifact",
                     format!(
@@ -889,11 +888,7 @@ impl Relay {
         let history = inner
             .call("state.list_target", || inner.state.list_target(target))
             .await?;
-        let Some(applied) = history
-            .into_iter()
-            .rev()
-            .find(|r| matches!(r.status, RolloutStatus::Succeeded))
-        else {
+        let Some(applied) = history.into_iter().rev().find(|r| r.status.is_promoted()) else {
             return Ok(DriftReport {
                 target: target.to_owned(),
                 applied_by: None,
@@ -1025,7 +1020,7 @@ impl Relay {
             now,
         );
         if record.plan.is_noop() {
-            record.status = RolloutStatus::NoChange;
+            record.status = RolloutStatus::Finished(Outcome::NoChange);
         }
         record.approvals = spec
             .approvals
@@ -1147,8 +1142,8 @@ impl Relay {
             let detail = detail!({"gate": a.gate, "by": a.by, "comment": a.comment, "before_start": true});
             head = inner.audit(id, &inner.holder, "gate.approved", detail).await?;
         }
-        if record.status == RolloutStatus::NoChange {
-            let detail = detail!({"outcome": crate::event::Outcome::NoChange});
+        if record.status == RolloutStatus::Finished(Outcome::NoChange) {
+            let detail = detail!({"outcome": Outcome::NoChange});
             head = inner.audit(id, &inner.holder, "rollout.finished", detail).await?;
         }
         record.audit_head = Some(head);
@@ -1178,7 +1173,7 @@ impl Relay {
             })?;
         inner.target(&record.target)?;
         let claim = self.claim(id)?;
-        if let RolloutStatus::RollbackFailed { cause, .. } = &record.status {
+        if let RolloutStatus::Finished(Outcome::RollbackFailed { cause, .. }) = &record.status {
             let history = inner
                 .call("state.list_target", || inner.state.list_target(&record.target))
                 .await?;

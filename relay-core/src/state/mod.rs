@@ -15,15 +15,24 @@ use serde::{Deserialize, Serialize};
 use crate::clock::UnixMillis;
 use crate::engine::RolloutCommand;
 use crate::error::Result;
+use crate::event::Outcome;
 use crate::gate::Approval;
 use crate::plan::Plan;
 
 pub use file::{DamagedRecord, FileStateStore};
 pub use memory::MemoryStateStore;
 
-/// Where a rollout stands.
+/// Where a rollout stands: running, rolling back, or finished with an
+/// [`Outcome`] (the one a [`crate::RolloutHandle`] returns).
+///
+/// Stored tagged by `"status"`, as records have always been:
+/// `{"status":"running"}`, `{"status":"rolling_back","cause":…}`,
+/// `{"status":"succeeded","revision":…}`, `{"status":"rolled_back","cause":…}`,
+/// `{"status":"rollback_failed","cause":…,"error":…}` and
+/// `{"status":"no_change"}`. A `succeeded` record written before the
+/// revision was stored takes it from its plan's candidate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
+#[serde(into = "StoredStatus", from = "StoredStatus")]
 pub enum RolloutStatus {
     /// Executing the plan.
     Running,
@@ -32,46 +41,90 @@ pub enum RolloutStatus {
         /// Why.
         cause: String,
     },
-    /// Finished: the candidate is stable.
-    Succeeded,
-    /// Finished: the candidate was removed and stable restored.
-    RolledBack {
-        /// Why the rollout was rolled back.
-        cause: String,
-    },
-    /// Finished badly: the rollback itself could not complete.
-    RollbackFailed {
-        /// Why the rollout was rolled back.
-        cause: String,
-        /// Why the rollback failed.
-        error: String,
-    },
-    /// Finished: the candidate was already the stable revision.
-    NoChange,
+    /// Over: how it ended.
+    Finished(Outcome),
 }
 
 impl RolloutStatus {
-    /// What a rollout that ended in this status reports, its candidate
-    /// being `candidate`; `None` while it runs or rolls back.
-    pub fn outcome(&self, candidate: &crate::release::RevisionId) -> Option<crate::event::Outcome> {
-        use crate::event::Outcome;
-        Some(match self {
-            RolloutStatus::Running | RolloutStatus::RollingBack { .. } => return None,
-            RolloutStatus::Succeeded => Outcome::Promoted {
-                revision: candidate.to_string(),
-            },
-            RolloutStatus::RolledBack { cause } => Outcome::RolledBack { cause: cause.clone() },
-            RolloutStatus::RollbackFailed { cause, error } => Outcome::RollbackFailed {
-                cause: cause.clone(),
-                error: error.clone(),
-            },
-            RolloutStatus::NoChange => Outcome::NoChange,
-        })
+    /// How the rollout ended; `None` while it runs or rolls back.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match self {
+            RolloutStatus::Finished(outcome) => Some(outcome),
+            RolloutStatus::Running | RolloutStatus::RollingBack { .. } => None,
+        }
     }
 
     /// Whether the rollout is over.
     pub fn is_terminal(&self) -> bool {
-        !matches!(self, RolloutStatus::Running | RolloutStatus::RollingBack { .. })
+        matches!(self, RolloutStatus::Finished(_))
+    }
+
+    /// Whether the rollout promoted its candidate.
+    pub fn is_promoted(&self) -> bool {
+        matches!(self, RolloutStatus::Finished(Outcome::Promoted { .. }))
+    }
+
+    /// Whether the rollout was rolled back (whether or not the rollback
+    /// completed).
+    pub fn is_rolled_back(&self) -> bool {
+        matches!(
+            self,
+            RolloutStatus::Finished(Outcome::RolledBack { .. } | Outcome::RollbackFailed { .. })
+        )
+    }
+}
+
+/// [`RolloutStatus`] as records store it: one flat tag per state.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum StoredStatus {
+    Running,
+    RollingBack {
+        cause: String,
+    },
+    Succeeded {
+        /// Absent in records written before it was stored:
+        /// [`RolloutRecord`] fills it in from its plan.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        revision: String,
+    },
+    RolledBack {
+        cause: String,
+    },
+    RollbackFailed {
+        cause: String,
+        error: String,
+    },
+    NoChange,
+}
+
+impl From<RolloutStatus> for StoredStatus {
+    fn from(status: RolloutStatus) -> Self {
+        match status {
+            RolloutStatus::Running => StoredStatus::Running,
+            RolloutStatus::RollingBack { cause } => StoredStatus::RollingBack { cause },
+            RolloutStatus::Finished(Outcome::Promoted { revision }) => StoredStatus::Succeeded { revision },
+            RolloutStatus::Finished(Outcome::RolledBack { cause }) => StoredStatus::RolledBack { cause },
+            RolloutStatus::Finished(Outcome::RollbackFailed { cause, error }) => {
+                StoredStatus::RollbackFailed { cause, error }
+            }
+            RolloutStatus::Finished(Outcome::NoChange) => StoredStatus::NoChange,
+        }
+    }
+}
+
+impl From<StoredStatus> for RolloutStatus {
+    fn from(status: StoredStatus) -> Self {
+        match status {
+            StoredStatus::Running => RolloutStatus::Running,
+            StoredStatus::RollingBack { cause } => RolloutStatus::RollingBack { cause },
+            StoredStatus::Succeeded { revision } => RolloutStatus::Finished(Outcome::Promoted { revision }),
+            StoredStatus::RolledBack { cause } => RolloutStatus::Finished(Outcome::RolledBack { cause }),
+            StoredStatus::RollbackFailed { cause, error } => {
+                RolloutStatus::Finished(Outcome::RollbackFailed { cause, error })
+            }
+            StoredStatus::NoChange => RolloutStatus::Finished(Outcome::NoChange),
+        }
     }
 }
 
@@ -152,7 +205,10 @@ impl TryFrom<u8> for RollbackStep {
 }
 
 /// Everything needed to resume a rollout in another process.
-#[derive(Debug, Serialize, Deserialize)]
+///
+/// Records written by earlier versions of relay read: the fields they lack
+/// take their defaults, and a `succeeded` status its revision from the plan.
+#[derive(Debug, Serialize)]
 pub struct RolloutRecord {
     /// Unique id.
     pub id: String,
@@ -167,22 +223,20 @@ pub struct RolloutRecord {
     /// Rollback progress: the rollback action being executed (those
     /// before it are done). Stored under its old name, as the action's
     /// number, so records written before it had a name still read.
-    #[serde(default, rename = "rollback_cursor")]
+    #[serde(rename = "rollback_cursor")]
     pub rollback_step: RollbackStep,
     /// Status.
     pub status: RolloutStatus,
     /// Paused by a user.
-    #[serde(default)]
     pub paused: bool,
     /// Human gate decisions so far.
-    #[serde(default)]
     pub approvals: Vec<Approval>,
     /// For a promotion between environments, the rollout whose success it
     /// promotes (the same digest, in the environment before).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<String>,
     /// Who started the rollout, when its spec said.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
     /// The engine instance driving it.
     pub holder: String,
@@ -193,16 +247,14 @@ pub struct RolloutRecord {
     /// Last written at (unix milliseconds).
     pub updated_ms: UnixMillis,
     /// Store-managed version for compare-and-swap; 0 before the first write.
-    #[serde(default)]
     pub version: u64,
     /// The audit log's head when the record was last written: an anchor
     /// outside the log, so a log cut below it shows
     /// ([`crate::audit::check_anchors`], [`crate::Relay::verify_audit`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_head: Option<crate::audit::ChainHead>,
     /// The number of the last command from the state store
     /// ([`StateStore::send_command`]) the rollout's driver applied.
-    #[serde(default)]
     pub commands_applied: u64,
 }
 
@@ -238,6 +290,53 @@ impl RolloutRecord {
             commands_applied: 0,
         }
     }
+}
+
+impl<'de> Deserialize<'de> for RolloutRecord {
+    /// As stored; a `succeeded` record written before its status held the
+    /// promoted revision takes it from its plan.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let mut record = StoredRecord::deserialize(deserializer)?;
+        if let RolloutStatus::Finished(Outcome::Promoted { revision }) = &mut record.status {
+            if revision.is_empty() {
+                *revision = record.plan.candidate.id.to_string();
+            }
+        }
+        Ok(record)
+    }
+}
+
+/// How a [`RolloutRecord`] is read, before the fix-up above. The compiler
+/// holds it to the record's fields: one missing or of another type does
+/// not build.
+#[derive(Deserialize)]
+#[serde(remote = "RolloutRecord")]
+struct StoredRecord {
+    id: String,
+    target: String,
+    plan: Arc<Plan>,
+    cursor: usize,
+    #[serde(default, rename = "rollback_cursor")]
+    rollback_step: RollbackStep,
+    status: RolloutStatus,
+    #[serde(default)]
+    paused: bool,
+    #[serde(default)]
+    approvals: Vec<Approval>,
+    #[serde(default)]
+    promoted_from: Option<String>,
+    #[serde(default)]
+    started_by: Option<String>,
+    holder: String,
+    lease_token: u64,
+    created_ms: UnixMillis,
+    updated_ms: UnixMillis,
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    audit_head: Option<crate::audit::ChainHead>,
+    #[serde(default)]
+    commands_applied: u64,
 }
 
 impl RolloutRecord {
@@ -488,28 +587,10 @@ mod tests {
 
     #[test]
     fn only_a_finished_status_has_an_outcome() {
-        use crate::event::Outcome;
-        let candidate = crate::release::RevisionId::from("rev-2");
-        assert_eq!(RolloutStatus::Running.outcome(&candidate), None);
-        let rolling_back = RolloutStatus::RollingBack { cause: "x".into() };
-        assert_eq!(rolling_back.outcome(&candidate), None);
-        assert_eq!(
-            RolloutStatus::Succeeded.outcome(&candidate),
-            Some(Outcome::Promoted {
-                revision: "rev-2".into()
-            })
-        );
-        let failed = RolloutStatus::RollbackFailed {
-            cause: "c".into(),
-            error: "e".into(),
-        };
-        assert_eq!(
-            failed.outcome(&candidate),
-            Some(Outcome::RollbackFailed {
-                cause: "c".into(),
-                error: "e".into()
-            })
-        );
-        assert_eq!(RolloutStatus::NoChange.outcome(&candidate), Some(Outcome::NoChange));
+        assert_eq!(RolloutStatus::Running.outcome(), None);
+        assert_eq!(RolloutStatus::RollingBack { cause: "x".into() }.outcome(), None);
+        let done = RolloutStatus::Finished(Outcome::NoChange);
+        assert_eq!(done.outcome(), Some(&Outcome::NoChange));
+        assert!(done.is_terminal() && !RolloutStatus::Running.is_terminal());
     }
 }
