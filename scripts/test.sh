@@ -5,7 +5,8 @@
 # (moto, the AWS emulator, for the `aws` provider; a kube-apiserver with etcd
 # and the controller manager for the `kubernetes` provider; an OpenBao dev
 # server for the `vault` provider; Prometheus for the `http` provider's
-# Prometheus probe), runs the checks, and stops what it started, by PID.
+# Prometheus probe; PostgreSQL for the `postgres` state store and audit
+# sink), runs the checks, and stops what it started, by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -97,6 +98,17 @@ prom_start "$PROM_DIR" "127.0.0.1:$METRICS_PORT"
 export RELAY_TEST_PROMETHEUS_URL=$PROM_URL
 export RELAY_TEST_METRICS_ADDR=127.0.0.1:$METRICS_PORT
 echo "Prometheus $PROM_DEB_VERSION on $RELAY_TEST_PROMETHEUS_URL"
+
+# PostgreSQL from Debian's server binaries, a cluster made by initdb in a
+# temporary directory (tests/postgres.rs: each test in a schema of its own).
+# shellcheck source=scripts/postgres-server.sh
+. scripts/postgres-server.sh
+pg_fetch
+PG_DIR=$(mktemp -d)
+TMPDIRS+=("$PG_DIR")
+pg_start "$PG_DIR"
+export RELAY_TEST_POSTGRES_URL=$PG_URL
+echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on ${PG_URL%/*}"
 
 # shellcheck source=scripts/kube-servers.sh
 . scripts/kube-servers.sh

@@ -16,6 +16,9 @@
 //!   AppRole).
 //!
 //! - `http`: an HTTP health-endpoint probe and a Prometheus probe.
+//!
+//! - `postgres`: the state store (records, leases with fencing, commands)
+//!   and the audit sink on PostgreSQL, for engines in many processes.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -25,6 +28,8 @@ pub mod aws;
 pub mod http;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "vault")]

@@ -427,12 +427,13 @@ pub(crate) fn write_line(entry: &AuditEntry, out: &mut Vec<u8>) {
     push_hash(out, &entry.hash);
 }
 
-/// Read one stored line back as an entry; `seq` is the entry expected there,
-/// for the error. Only the line relay writes is accepted, byte for byte:
+/// Read one stored line back as an entry (for a sink that stores the lines
+/// [`ChainHead::write_next_line_with`] writes); `seq` is the entry expected
+/// there, for the error. Only the line relay writes is accepted, byte for byte:
 /// an unknown or repeated field, keys out of order, spaces or escapes that
 /// relay does not write are refused (a verifier that ignored an added
 /// `"approved_by"` would pass what the hash does not cover).
-pub(crate) fn parse_line(line: &[u8], seq: u64) -> Result<AuditEntry> {
+pub fn parse_line(line: &[u8], seq: u64) -> Result<AuditEntry> {
     let entry: AuditEntry = serde_json::from_slice(line).map_err(|e| Error::AuditTampered {
         seq,
         reason: format!("entry is not valid JSON of an entry: {e}"),

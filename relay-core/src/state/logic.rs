@@ -44,7 +44,24 @@ pub fn cas_check(
     record: &RolloutRecord,
     expected: Option<u64>,
 ) -> Result<u64> {
-    let current = existing.map(|r| r.version);
+    cas_check_versions(
+        existing.map(|r| r.version),
+        slot.map(|s| s.last_token),
+        record,
+        expected,
+    )
+}
+
+/// [`cas_check`] on what a store reads of the stored record and lease: the
+/// stored version (`None`: no record) and the last token granted on the
+/// record's target (`None`: never leased). A store that checks the write
+/// in the database explains a refused one with it.
+pub fn cas_check_versions(
+    current: Option<u64>,
+    last_token: Option<u64>,
+    record: &RolloutRecord,
+    expected: Option<u64>,
+) -> Result<u64> {
     if current != expected {
         return Err(Error::Conflict {
             what: format!(
@@ -53,11 +70,11 @@ pub fn cas_check(
             ),
         });
     }
-    if let Some(slot) = slot {
-        if record.lease_token < slot.last_token {
+    if let Some(last_token) = last_token {
+        if record.lease_token < last_token {
             return Err(Error::LeaseLost {
                 target: record.target.clone(),
-                reason: format!("fencing token {} is older than {}", record.lease_token, slot.last_token),
+                reason: format!("fencing token {} is older than {last_token}", record.lease_token),
             });
         }
     }

@@ -1,0 +1,333 @@
+//! The PostgreSQL state store and audit sink against a real PostgreSQL
+//! server on 127.0.0.1, started by `scripts/test.sh` (initdb into a
+//! temporary directory), which exports a superuser's URL as
+//! `RELAY_TEST_POSTGRES_URL`. Each test works in a schema of its own.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use relay::audit::ChainKey;
+use relay::providers::postgres::sdk::tokio_postgres;
+use relay::providers::postgres::{Postgres, PostgresAuditSink, PostgresStateStore};
+use relay::providers::sim::{RevisionBehavior, SimTarget};
+use relay::strategies::CanaryStrategy;
+use relay::{testing, AuditSink, Error, Outcome, RolloutCommand, RolloutSpec, RolloutStatus, StateStore};
+use secrecy::SecretString;
+
+fn url() -> String {
+    std::env::var("RELAY_TEST_POSTGRES_URL").expect(
+        "RELAY_TEST_POSTGRES_URL is not set: run the suite with scripts/test.sh, which starts a PostgreSQL server",
+    )
+}
+
+/// A schema no other test (or run) uses.
+fn schema(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t_{name}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn migrated(name: &str) -> Postgres {
+    let pg = Postgres::connect(&SecretString::from(url()))
+        .unwrap()
+        .schema(&schema(name))
+        .unwrap();
+    pg.migrate().await.unwrap();
+    pg
+}
+
+/// A plain client, as a DBA would use, to look at or tamper with the tables.
+async fn sql() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test]
+async fn the_state_store_passes_the_state_store_conformance_suite() {
+    testing::state_store_conformance(&PostgresStateStore::new(migrated("conf").await)).await;
+}
+
+#[tokio::test]
+async fn the_audit_sink_passes_the_audit_sink_conformance_suite() {
+    let pg = migrated("audit_conf").await;
+    testing::audit_sink_conformance(&PostgresAuditSink::new(pg.clone(), "main")).await;
+    // Keyed: a chain of its own, verified only with its key.
+    let key = ChainKey::hmac(&SecretString::from("audit-key-8d2f-0c47-93ab-51e6")).unwrap();
+    testing::audit_sink_conformance(&PostgresAuditSink::keyed(pg.clone(), "keyed", key)).await;
+    let err = PostgresAuditSink::new(pg, "keyed").verify().await.unwrap_err();
+    assert!(matches!(err, Error::AuditTampered { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn migrations_are_versioned_idempotent_and_safe_to_run_at_once() {
+    let pg = Postgres::connect(&SecretString::from(url()))
+        .unwrap()
+        .schema(&schema("migrate"))
+        .unwrap();
+    let err = pg.check_schema().await.unwrap_err().to_string();
+    assert!(err.contains("run Postgres::migrate"), "{err}");
+    let runs = (0..4).map(|_| {
+        let pg = pg.clone();
+        tokio::spawn(async move { pg.migrate().await })
+    });
+    for run in runs {
+        assert_eq!(run.await.unwrap().unwrap(), 1);
+    }
+    assert_eq!(pg.migrate().await.unwrap(), 1);
+    assert_eq!(pg.check_schema().await.unwrap(), 1);
+    let db = sql().await;
+    let rows = db
+        .query(&format!("SELECT version FROM {}.migrations", pg.schema_name()), &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "each migration is recorded once");
+    // A schema from a newer relay is refused, not written to.
+    db.execute(
+        &format!("INSERT INTO {}.migrations (version) VALUES (99)", pg.schema_name()),
+        &[],
+    )
+    .await
+    .unwrap();
+    let err = pg.check_schema().await.unwrap_err().to_string();
+    assert!(err.contains("newer than this library"), "{err}");
+}
+
+#[tokio::test]
+async fn a_role_that_may_only_read_and_write_rows_runs_the_store() {
+    let pg = migrated("roles").await;
+    let s = pg.schema_name().to_owned();
+    let role = format!("{s}_engine");
+    let db = sql().await;
+    db.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN;
+         GRANT USAGE ON SCHEMA {s} TO {role};
+         GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {s} TO {role};
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {role};"
+    ))
+    .await
+    .unwrap();
+    let engine_url = url().replacen("//relay@", &format!("//{role}@"), 1);
+    let limited = Postgres::connect(&SecretString::from(engine_url))
+        .unwrap()
+        .schema(&s)
+        .unwrap();
+    assert_eq!(limited.check_schema().await.unwrap(), 1);
+    testing::state_store_conformance(&PostgresStateStore::new(limited.clone())).await;
+    testing::audit_sink_conformance(&PostgresAuditSink::new(limited.clone(), "main")).await;
+    // Migrating a schema already at this version asks nothing of it; it
+    // cannot delete, so cannot erase the audit log.
+    assert_eq!(limited.migrate().await.unwrap(), 1);
+    let (client, conn) = tokio_postgres::connect(
+        &url().replacen("//relay@", &format!("//{role}@"), 1),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let err = client
+        .execute(&format!("DELETE FROM {s}.audit"), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    let err = PostgresStateStore::new(
+        Postgres::connect(&SecretString::from(url().replacen(
+            "//relay@",
+            &format!("//{role}@"),
+            1,
+        )))
+        .unwrap()
+        .schema("relay_absent")
+        .unwrap(),
+    )
+    .get("x")
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("run Postgres::migrate"),
+        "a missing schema says what to run: {err}"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_holders_write_is_refused_by_the_database_even_when_racing_a_takeover() {
+    let store = PostgresStateStore::new(migrated("fence").await);
+    let ttl = Duration::from_secs(10);
+    for round in 0..20_i64 {
+        let target = format!("t{round}");
+        let old = store.acquire_lease(&target, "old", ttl, round * 100_000).await.unwrap();
+        let mut record = testing::sample_record(&format!("r{round}"), &target, old.token);
+        let v = store.put(&record, None).await.unwrap();
+        record.version = v;
+        record.cursor = 1;
+        // The old holder writes while a new holder takes the expired lease:
+        // whichever the database orders first, a write that lands after
+        // the takeover is refused.
+        let later = round * 100_000 + 20_000;
+        let (write, takeover) = tokio::join!(
+            store.put(&record, Some(v)),
+            store.acquire_lease(&target, "new", ttl, later)
+        );
+        let new = takeover.unwrap();
+        assert!(new.token > old.token);
+        match write {
+            Ok(_) => {}
+            Err(Error::LeaseLost { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        record.version = store.get(&record.id).await.unwrap().unwrap().version;
+        record.cursor = 2;
+        assert!(
+            matches!(
+                store.put(&record, Some(record.version)).await,
+                Err(Error::LeaseLost { .. })
+            ),
+            "after the takeover, the old holder can write nothing"
+        );
+        let grants = store.lease_grants(&target).await.unwrap();
+        assert_eq!(
+            grants.iter().map(|(t, h, _)| (*t, h.as_str())).collect::<Vec<_>>(),
+            [(old.token, "old"), (new.token, "new")]
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_command_senders_get_distinct_numbers() {
+    let store = Arc::new(PostgresStateStore::new(migrated("commands").await));
+    let sends = (0..16).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .send_command("r", &RolloutCommand::Pause { by: format!("op{i}") })
+                .await
+                .unwrap()
+        })
+    });
+    let mut numbers = Vec::new();
+    for s in sends {
+        numbers.push(s.await.unwrap());
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=16).collect::<Vec<u64>>());
+    assert_eq!(store.commands("r", 10).await.unwrap().len(), 6);
+}
+
+#[tokio::test]
+async fn an_edited_or_cut_audit_table_fails_verification() {
+    let pg = migrated("tamper").await;
+    let sink = PostgresAuditSink::new(pg.clone(), "main");
+    testing::audit_sink_conformance(&sink).await;
+    let s = pg.schema_name();
+    let db = sql().await;
+    db.execute(
+        &format!("UPDATE {s}.audit SET line = replace(line, '\"test\"', '\"tset\"') WHERE seq = 2"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let err = sink.verify().await.unwrap_err();
+    assert!(matches!(err, Error::AuditTampered { seq: 2, .. }), "{err}");
+    db.execute(
+        &format!("UPDATE {s}.audit SET line = replace(line, '\"tset\"', '\"test\"') WHERE seq = 2"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(sink.verify().await.unwrap(), 3);
+    db.execute(&format!("DELETE FROM {s}.audit WHERE seq = 3"), &[])
+        .await
+        .unwrap();
+    let err = sink.verify().await.unwrap_err().to_string();
+    assert!(err.contains("deleted from the end"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bad_url_is_refused_without_echoing_it() {
+    let err = Postgres::connect(&SecretString::from("postgres://relay:hunter2-pw@127.0.0.1:notaport/db"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("postgres.url") && !err.contains("hunter2"), "{err}");
+    let err = Postgres::connect(&SecretString::from(url()))
+        .unwrap()
+        .schema("Robert'); DROP TABLE x")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("postgres.schema"), "{err}");
+    let pg = Postgres::connect(&SecretString::from("postgres://relay:hunter2-pw@127.0.0.1:1/db")).unwrap();
+    let debug = format!("{pg:?} {:?}", PostgresStateStore::new(pg.clone()));
+    assert!(!debug.contains("hunter2"), "{debug}");
+    // Nothing listens on port 1: a retryable error, no password in it.
+    let err = PostgresStateStore::new(pg).get("x").await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+}
+
+/// Two engines on one database: a rollout started by one is approved and
+/// seen through by commands from the other; the audit chain they share and
+/// the records' anchors verify.
+#[tokio::test]
+async fn two_engines_share_records_leases_commands_and_one_audit_chain() {
+    let pg = migrated("engines").await;
+    let fast = RevisionBehavior {
+        readiness_delay: Duration::ZERO,
+        ..RevisionBehavior::healthy()
+    };
+    let world = World::with_target(SimTarget::new("web").default_behavior(fast));
+    let engine = |holder: &str| {
+        world
+            .builder()
+            .state(Arc::new(
+                PostgresStateStore::new(pg.clone()).command_poll(Duration::from_millis(50)),
+            ))
+            .audit(Arc::new(PostgresAuditSink::new(pg.clone(), "main")))
+            .gate(Arc::new(relay::ManualApproval::new("release-manager")))
+            .holder(holder)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (engine("engine-a"), engine("engine-b"));
+    let quick = || CanaryStrategy::new().set_weight(50);
+    let first = a.start(RolloutSpec::new("web", release("v1"), quick())).await.unwrap();
+    assert!(first.wait().await.unwrap().is_success());
+
+    let gated = CanaryStrategy::new().set_weight(50).gate("release-manager");
+    let handle = a.start(RolloutSpec::new("web", release("v2"), gated)).await.unwrap();
+    let id = handle.id().to_string();
+    // The other engine may not start on the leased target ...
+    assert!(matches!(
+        b.start(RolloutSpec::new("web", release("v3"), quick())).await,
+        Err(Error::TargetLocked { .. })
+    ));
+    // ... but may approve the rollout the first one drives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.command(
+        &id,
+        RolloutCommand::Decide {
+            gate: "release-manager".into(),
+            by: "ops".into(),
+            comment: "from the other engine".into(),
+            approved: true,
+        },
+    )
+    .await
+    .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), handle.wait())
+        .await
+        .expect("the approval reaches the driving engine")
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome}");
+    let record = b.state().get(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, RolloutStatus::Finished(outcome));
+    let check = b.verify_audit().await.unwrap();
+    assert!(check.entries > 0 && check.anchors.unwrap() >= 2, "{check:?}");
+}
