@@ -5,9 +5,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "shared/fault_proxy.rs"]
+mod fault_proxy;
+
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -330,4 +333,110 @@ async fn two_engines_share_records_leases_commands_and_one_audit_chain() {
     assert_eq!(record.status, RolloutStatus::Finished(outcome));
     let check = b.verify_audit().await.unwrap();
     assert!(check.entries > 0 && check.anchors.unwrap() >= 2, "{check:?}");
+}
+
+/// Counts the calls that change a target, for one engine.
+#[derive(Clone, Debug, Default)]
+struct Mutations(Arc<AtomicU64>);
+
+#[async_trait::async_trait]
+impl relay::providers::Interceptor for Mutations {
+    async fn before(&self, op: &'static str) -> relay::Result<()> {
+        if matches!(op, "stage" | "scale" | "route" | "promote" | "retire") {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// The database becomes unreachable for one engine in the middle of a
+/// rollout: it changes the target no more, its lease lapses, another
+/// engine resumes the rollout and finishes it, and when the database comes
+/// back the first engine is refused by its fencing token and stops.
+#[tokio::test]
+async fn an_engine_cut_off_from_the_database_stops_and_another_takes_over() {
+    let pg = migrated("outage").await;
+    let server = url();
+    let host_port = server
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let proxy = fault_proxy::FaultProxy::start(&host_port).await;
+    let via_proxy = Postgres::connect(&SecretString::from(server.replacen(&host_port, &proxy.addr().to_string(), 1)))
+        .unwrap()
+        .schema(pg.schema_name())
+        .unwrap();
+    let fast = RevisionBehavior {
+        readiness_delay: Duration::ZERO,
+        ..RevisionBehavior::healthy()
+    };
+    let world = World::with_target(SimTarget::new("web").default_behavior(fast));
+    let mut config = relay::EngineConfig::default();
+    config.lease_ttl = Duration::from_secs(3);
+    let engine = |holder: &str, db: &Postgres, counted: Mutations| {
+        world
+            .stores()
+            .target(Arc::new(relay::providers::Wrapped::with(counted, world.target.clone())))
+            .probe(Arc::new(relay::providers::sim::SimProbe::new(world.target.clone())))
+            .state(Arc::new(PostgresStateStore::new(db.clone())))
+            .audit(Arc::new(PostgresAuditSink::new(db.clone(), "main")))
+            .config(config.clone())
+            .retry(fault_proxy::fast_retry())
+            .holder(holder)
+            .build()
+            .unwrap()
+    };
+    let (by_a, by_b) = (Mutations::default(), Mutations::default());
+    let a = engine("engine-a", &via_proxy, by_a.clone());
+    let b = engine("engine-b", &pg, by_b.clone());
+    let v1 = b
+        .start(RolloutSpec::new("web", release("v1"), CanaryStrategy::new().set_weight(50)))
+        .await
+        .unwrap();
+    assert!(v1.wait().await.unwrap().is_success());
+
+    let slow = CanaryStrategy::new()
+        .set_weight(25)
+        .pause(Duration::from_secs(2))
+        .set_weight(50)
+        .pause(Duration::from_secs(2));
+    let handle = a.start(RolloutSpec::new("web", release("v2"), slow)).await.unwrap();
+    let id = handle.id().to_string();
+    let mut events = handle.events();
+    until(&mut events, |k| matches!(k, relay::EventKind::TrafficShifted { candidate_weight: 25 })).await;
+    proxy.stop();
+    let cut_at = by_a.0.load(Ordering::SeqCst);
+
+    // Once the lease has lapsed, the other engine resumes the rollout.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (resumed, skipped) = b.recover().await.unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(resumed.len(), 1);
+    let outcome = tokio::time::timeout(Duration::from_secs(60), resumed.into_iter().next().unwrap().wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome}");
+    assert!(by_b.0.load(Ordering::SeqCst) > 1, "the second engine finished the rollout");
+
+    // The database comes back: the first engine is fenced off and stops.
+    proxy.restart().await;
+    let ended = tokio::time::timeout(Duration::from_secs(60), handle.wait())
+        .await
+        .expect("the cut-off engine stops once it can tell");
+    assert!(ended.is_err(), "the cut-off engine cannot report an end: {ended:?}");
+    assert_eq!(
+        by_a.0.load(Ordering::SeqCst),
+        cut_at,
+        "no target change by the engine that could not reach the database"
+    );
+    let record = b.state().get(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, RolloutStatus::Finished(outcome));
+    let grants = PostgresStateStore::new(pg.clone()).lease_grants("web").await.unwrap();
+    let holders: Vec<&str> = grants.iter().map(|(_, h, _)| h.as_str()).collect();
+    assert_eq!(holders.len(), 3, "{grants:?}");
+    assert!(holders[1].starts_with("engine-a") && holders[2].starts_with("engine-b"), "{grants:?}");
+    b.verify_audit().await.unwrap();
 }
