@@ -198,9 +198,11 @@ async fn a_stale_holders_write_is_refused_by_the_database_even_when_racing_a_tak
         );
         let grants = store.lease_grants(&target).await.unwrap();
         assert_eq!(
-            grants.iter().map(|(t, h, _)| (*t, h.as_str())).collect::<Vec<_>>(),
+            grants.iter().map(|g| (g.token, g.holder.as_str())).collect::<Vec<_>>(),
             [(old.token, "old"), (new.token, "new")]
         );
+        assert_eq!(grants[1].previous, Some(("old".to_owned(), old.expires_at_ms)));
+        assert!(!grants.iter().any(|g| g.overlaps()), "{grants:?}");
     }
 }
 
@@ -364,10 +366,14 @@ async fn an_engine_cut_off_from_the_database_stops_and_another_takes_over() {
         .unwrap()
         .to_owned();
     let proxy = fault_proxy::FaultProxy::start(&host_port).await;
-    let via_proxy = Postgres::connect(&SecretString::from(server.replacen(&host_port, &proxy.addr().to_string(), 1)))
-        .unwrap()
-        .schema(pg.schema_name())
-        .unwrap();
+    let via_proxy = Postgres::connect(&SecretString::from(server.replacen(
+        &host_port,
+        &proxy.addr().to_string(),
+        1,
+    )))
+    .unwrap()
+    .schema(pg.schema_name())
+    .unwrap();
     let fast = RevisionBehavior {
         readiness_delay: Duration::ZERO,
         ..RevisionBehavior::healthy()
@@ -392,7 +398,11 @@ async fn an_engine_cut_off_from_the_database_stops_and_another_takes_over() {
     let a = engine("engine-a", &via_proxy, by_a.clone());
     let b = engine("engine-b", &pg, by_b.clone());
     let v1 = b
-        .start(RolloutSpec::new("web", release("v1"), CanaryStrategy::new().set_weight(50)))
+        .start(RolloutSpec::new(
+            "web",
+            release("v1"),
+            CanaryStrategy::new().set_weight(50),
+        ))
         .await
         .unwrap();
     assert!(v1.wait().await.unwrap().is_success());
@@ -405,7 +415,10 @@ async fn an_engine_cut_off_from_the_database_stops_and_another_takes_over() {
     let handle = a.start(RolloutSpec::new("web", release("v2"), slow)).await.unwrap();
     let id = handle.id().to_string();
     let mut events = handle.events();
-    until(&mut events, |k| matches!(k, relay::EventKind::TrafficShifted { candidate_weight: 25 })).await;
+    until(&mut events, |k| {
+        matches!(k, relay::EventKind::TrafficShifted { candidate_weight: 25 })
+    })
+    .await;
     proxy.stop();
     let cut_at = by_a.0.load(Ordering::SeqCst);
 
@@ -419,7 +432,10 @@ async fn an_engine_cut_off_from_the_database_stops_and_another_takes_over() {
         .unwrap()
         .unwrap();
     assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome}");
-    assert!(by_b.0.load(Ordering::SeqCst) > 1, "the second engine finished the rollout");
+    assert!(
+        by_b.0.load(Ordering::SeqCst) > 1,
+        "the second engine finished the rollout"
+    );
 
     // The database comes back: the first engine is fenced off and stops.
     proxy.restart().await;
@@ -435,8 +451,12 @@ async fn an_engine_cut_off_from_the_database_stops_and_another_takes_over() {
     let record = b.state().get(&id).await.unwrap().unwrap();
     assert_eq!(record.status, RolloutStatus::Finished(outcome));
     let grants = PostgresStateStore::new(pg.clone()).lease_grants("web").await.unwrap();
-    let holders: Vec<&str> = grants.iter().map(|(_, h, _)| h.as_str()).collect();
+    let holders: Vec<&str> = grants.iter().map(|g| g.holder.as_str()).collect();
+    assert!(!grants.iter().any(|g| g.overlaps()), "{grants:?}");
     assert_eq!(holders.len(), 3, "{grants:?}");
-    assert!(holders[1].starts_with("engine-a") && holders[2].starts_with("engine-b"), "{grants:?}");
+    assert!(
+        holders[1].starts_with("engine-a") && holders[2].starts_with("engine-b"),
+        "{grants:?}"
+    );
     b.verify_audit().await.unwrap();
 }

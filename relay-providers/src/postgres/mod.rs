@@ -13,7 +13,7 @@
 //! |---|---|
 //! | `rollouts` | one row per rollout: `id`, `target`, `active`, `version` (compare-and-swap), `lease_token`, `created_ms`, `record` (the [`relay_core::RolloutRecord`] as JSONB) |
 //! | `leases` | one row per target: the lease (`holder`, `token`, `expires_at_ms`; no holder when free) and `last_token`, the last fencing token granted |
-//! | `lease_grants` | every grant of a lease to a new holder: `target`, `token`, `holder`, `granted_ms` (the history a fleet's lease handovers can be checked against) |
+//! | `lease_grants` | every grant of a lease to a new holder: `target`, `token`, `holder`, `granted_ms`, and the lease it replaced (`previous_holder`, `previous_expires_at_ms`; none when it was free): the history that shows no target had two live holders |
 //! | `commands` | operator commands per rollout: `rollout`, `seq` (1, 2, …), `command` (JSONB) |
 //! | `audit` | the audit chain: `chain`, `seq`, `line` (the entry as relay writes it, hashed) |
 //! | `audit_heads` | each chain's head: `chain`, `seq`, `hash`, written in the transaction of its entry |
@@ -61,7 +61,7 @@ use relay_core::{Error, Result};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use audit::PostgresAuditSink;
-pub use state::PostgresStateStore;
+pub use state::{LeaseGrant, PostgresStateStore};
 
 /// The PostgreSQL client crates relay uses, for building a pool with TLS.
 pub mod sdk {

@@ -32,6 +32,8 @@ const MIGRATIONS: &[&str] = &[
         token BIGINT NOT NULL,
         holder TEXT NOT NULL,
         granted_ms BIGINT NOT NULL,
+        previous_holder TEXT,
+        previous_expires_at_ms BIGINT,
         PRIMARY KEY (target, token)
     );
     CREATE TABLE {s}.commands (

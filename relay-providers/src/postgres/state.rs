@@ -96,10 +96,35 @@ impl Sql {
                 "UPDATE {s}.leases SET holder = $2, token = $3, expires_at_ms = $4, last_token = $5 WHERE target = $1"
             ),
             record_grant: format!(
-                "INSERT INTO {s}.lease_grants (target, token, holder, granted_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING"
+                "INSERT INTO {s}.lease_grants (target, token, holder, granted_ms, previous_holder, previous_expires_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"
             ),
         }
+    }
+}
+
+/// A grant of a target's lease to a new holder, as `lease_grants` keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// The fencing token granted (two holders never share one).
+    pub token: u64,
+    /// Who got it.
+    pub holder: String,
+    /// When (the granting engine's clock).
+    pub granted_ms: UnixMillis,
+    /// The lease it replaced, if one was held: its holder and its expiry
+    /// then. A replaced lease that had not expired would mean two live
+    /// holders; the grant rules never allow it.
+    pub previous: Option<(String, UnixMillis)>,
+}
+
+impl LeaseGrant {
+    /// Whether the grant took the lease from a holder whose lease was
+    /// still live (its expiry after the grant): what must never happen.
+    pub fn overlaps(&self) -> bool {
+        self.previous
+            .as_ref()
+            .is_some_and(|(holder, expires)| holder != &self.holder && *expires > self.granted_ms)
     }
 }
 
@@ -141,25 +166,34 @@ impl PostgresStateStore {
         self
     }
 
-    /// The grants of `target`'s lease to a new holder, oldest first: the
-    /// fencing token, the holder and when it was granted (the engine's
-    /// clock). Two holders never share a token.
+    /// The grants of `target`'s lease to a new holder, oldest first.
     ///
     /// # Errors
     /// When the database cannot be read.
-    pub async fn lease_grants(&self, target: &str) -> Result<Vec<(u64, String, UnixMillis)>> {
+    pub async fn lease_grants(&self, target: &str) -> Result<Vec<LeaseGrant>> {
         let client = self.pg.client().await?;
         let rows = client
             .query(
                 &format!(
-                    "SELECT token, holder, granted_ms FROM {}.lease_grants WHERE target = $1 ORDER BY token",
+                    "SELECT token, holder, granted_ms, previous_holder, previous_expires_at_ms
+                     FROM {}.lease_grants WHERE target = $1 ORDER BY token",
                     self.pg.schema_name()
                 ),
                 &[&target],
             )
             .await
             .map_err(|e| db_err("read the lease grants", e))?;
-        Ok(rows.iter().map(|r| (count(r.get(0)), r.get(1), r.get(2))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| LeaseGrant {
+                token: count(r.get(0)),
+                holder: r.get(1),
+                granted_ms: r.get(2),
+                previous: r
+                    .get::<_, Option<String>>(3)
+                    .map(|holder| (holder, r.get::<_, Option<i64>>(4).unwrap_or(0))),
+            })
+            .collect())
     }
 
     async fn list(
@@ -221,6 +255,7 @@ impl PostgresStateStore {
             last_token: count(row.get(3)),
         };
         let granted_before = slot.last_token;
+        let previous = slot.lease.as_ref().map(|l| (l.holder.clone(), l.expires_at_ms));
         let (out, changed) = f(&mut slot)?;
         if changed {
             let (holder, token, expires) = match &slot.lease {
@@ -240,9 +275,20 @@ impl PostgresStateStore {
                         .prepare_cached(&self.sql.record_grant)
                         .await
                         .map_err(|e| db_err("record the lease grant", e))?;
-                    tx.execute(&grant, &[&target, &int(l.token), &l.holder, &now_ms])
-                        .await
-                        .map_err(|e| db_err("record the lease grant", e))?;
+                    let (previous_holder, previous_expires) = previous.unzip();
+                    tx.execute(
+                        &grant,
+                        &[
+                            &target,
+                            &int(l.token),
+                            &l.holder,
+                            &now_ms,
+                            &previous_holder,
+                            &previous_expires,
+                        ],
+                    )
+                    .await
+                    .map_err(|e| db_err("record the lease grant", e))?;
                 }
             }
         }
