@@ -191,6 +191,18 @@ log "example: k8s_canary plans, then applies a canary on a Deployment in the tes
   grep -q '^outcome: promoted' k8s.log
 )
 
+log "example: fleet (an engine killed mid-canary, its rollout taken over)"
+FLEET_OUT=$(mktemp)
+TMPDIRS+=("$FLEET_OUT")
+cargo run --quiet --example fleet --features postgres -- "$RELAY_TEST_POSTGRES_URL" | tee "$FLEET_OUT"
+grep -q '^killed engine-a (SIGKILL)' "$FLEET_OUT"
+grep -q '^engine-b finished it: promoted' "$FLEET_OUT"
+grep -q '^audit chain verified' "$FLEET_OUT"
+if grep -q OVERLAPPING "$FLEET_OUT"; then
+  echo "fleet: a lease was granted while another holder's was live" >&2
+  exit 1
+fi
+
 log "example: relayctl on spec and pipeline files"
 RELAYCTL_DIR=$(mktemp -d)
 TMPDIRS+=("$RELAYCTL_DIR")

@@ -140,9 +140,11 @@ async fn work(spec: &str) {
             BTreeMap::new(),
         );
     }
-    let mut config = relay::EngineConfig::default();
-    config.lease_ttl = Duration::from_secs(3);
-    config.poll_interval = Duration::from_millis(50);
+    let config = relay::EngineConfig {
+        lease_ttl: Duration::from_secs(3),
+        poll_interval: Duration::from_millis(50),
+        ..Default::default()
+    };
     let mut builder = Relay::builder()
         .artifacts(artifacts)
         .state(Arc::new(
@@ -163,7 +165,7 @@ async fn work(spec: &str) {
         };
         builder = builder
             .target(Arc::new(Wrapped::with(log, sim.clone())))
-            .probe_for(&target_name(t), Arc::new(SimProbe::new(sim)));
+            .probe_for(target_name(t), Arc::new(SimProbe::new(sim)));
     }
     let relay = builder.build().unwrap();
     let store = PostgresStateStore::new(pg);
@@ -268,7 +270,7 @@ async fn check() {
         .map(|i| Worker::start(&schema, logs.path(), i, 0))
         .collect();
     let mut kills: Vec<(String, i64)> = Vec::new();
-    let mut seed = 0x5eed_f1ee_7u64;
+    let mut seed = 0x5eed_f1ee_u64;
     let mut next_kill = Instant::now() + Duration::from_millis(1500);
     let deadline = Instant::now() + Duration::from_secs(count("RELAY_FLEET_SECONDS", 600) as u64);
     loop {

@@ -379,8 +379,10 @@ async fn an_engine_cut_off_from_the_database_stops_and_another_takes_over() {
         ..RevisionBehavior::healthy()
     };
     let world = World::with_target(SimTarget::new("web").default_behavior(fast));
-    let mut config = relay::EngineConfig::default();
-    config.lease_ttl = Duration::from_secs(3);
+    let config = relay::EngineConfig {
+        lease_ttl: Duration::from_secs(3),
+        ..Default::default()
+    };
     let engine = |holder: &str, db: &Postgres, counted: Mutations| {
         world
             .stores()
