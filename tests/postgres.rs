@@ -463,3 +463,46 @@ async fn an_engine_cut_off_from_the_database_stops_and_another_takes_over() {
     );
     b.verify_audit().await.unwrap();
 }
+
+/// Two sinks on one chain (two engines): each appends in one statement
+/// while the chain's head is the one it last wrote, and after the other
+/// wrote, chains onto the other's entry instead.
+#[tokio::test]
+async fn two_sinks_on_one_chain_write_one_chain() {
+    let pg = migrated("two_sinks").await;
+    let counter = relay::providers::RequestCounter::default();
+    let counted = pg.clone().count_statements(counter.clone());
+    let (a, b) = (
+        PostgresAuditSink::new(counted, "main"),
+        PostgresAuditSink::new(pg.clone(), "main"),
+    );
+    let event = |actor: &str, i: i64| relay::audit::AuditEvent {
+        at_ms: i,
+        actor: actor.into(),
+        rollout: "r".into(),
+        action: "test.append".into(),
+        detail: serde_json::json!({"i": i}).into(),
+    };
+    for i in 0..3 {
+        assert_eq!(a.append(&event("a", i)).await.unwrap().seq, i as u64 + 1);
+    }
+    let first = counter.counts();
+    assert_eq!(
+        first.get("audit.append"),
+        Some(&2),
+        "after its first, one statement each: {first:?}"
+    );
+    assert_eq!(first.get("audit_heads.lock"), Some(&1), "{first:?}");
+    assert_eq!(b.append(&event("b", 3)).await.unwrap().seq, 4);
+    counter.reset();
+    assert_eq!(a.append(&event("a", 4)).await.unwrap().seq, 5);
+    let after = counter.counts();
+    assert_eq!(
+        (after.get("audit.append"), after.get("audit_heads.lock")),
+        (Some(&1), Some(&1)),
+        "a moved head sends the append to the locked path: {after:?}"
+    );
+    assert_eq!(b.verify().await.unwrap(), 5);
+    let actors: Vec<String> = b.entries().await.unwrap().into_iter().map(|e| e.event.actor).collect();
+    assert_eq!(actors, ["a", "a", "a", "b", "a"]);
+}

@@ -311,8 +311,16 @@ pub async fn audit_sink_conformance(sink: &dyn AuditSink) {
     let (a, b, c, d, e, f) = tokio::join!(append(0), append(1), append(2), append(3), append(4), append(5));
     let mut seqs = [a, b, c, d, e, f];
     seqs.sort_unstable();
-    assert_eq!(seqs, std::array::from_fn(|i| before + 4 + i as u64), "one sequence, no gap");
-    assert_eq!(sink.verify().await.unwrap(), before + 9, "the chain verifies after concurrent appends");
+    assert_eq!(
+        seqs,
+        std::array::from_fn(|i| before + 4 + i as u64),
+        "one sequence, no gap"
+    );
+    assert_eq!(
+        sink.verify().await.unwrap(),
+        before + 9,
+        "the chain verifies after concurrent appends"
+    );
     let actors: std::collections::BTreeSet<String> = sink.entries().await.unwrap()[before as usize + 3..]
         .iter()
         .map(|e| e.event.actor.clone())

@@ -1,5 +1,7 @@
 //! The audit chain as an append-only table.
 
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use relay_core::audit::{parse_line, AuditEntry, AuditEvent, AuditSink, ChainHead, ChainKey};
 use relay_core::{Error, Result};
@@ -10,17 +12,24 @@ use super::{db_err, Postgres};
 /// name, in one schema) extends one chain, whatever process or host it
 /// runs in.
 ///
-/// An append is one transaction: it locks the chain's head row, writes the
-/// entry (the line relay writes, its hash over the entry and the previous
-/// hash, keyed when built with [`PostgresAuditSink::keyed`]) and moves the
-/// head. The head lives beside the entries, so [`AuditSink::verify`] sees
-/// entries deleted from the end; records anchor it too
-/// ([`relay_core::audit::check_anchors`]).
+/// An entry (the line relay writes, its hash over the entry and the
+/// previous hash, keyed when built with [`PostgresAuditSink::keyed`]) and
+/// the chain's head move together, in one transaction. While no other
+/// writer has appended since this sink's last entry, that is one statement
+/// (the head moved only if it is still the one the entry was chained to);
+/// otherwise a transaction locks the head row, chains the entry to the
+/// head it finds, writes both and commits. The head lives beside the
+/// entries, so [`AuditSink::verify`] sees entries deleted from the end;
+/// records anchor it too ([`relay_core::audit::check_anchors`]).
 #[derive(Clone, Debug)]
 pub struct PostgresAuditSink {
     pg: Postgres,
     chain: String,
     key: ChainKey,
+    /// The head after this sink's last append: where the next one chains
+    /// on, unless another writer appended since.
+    last: Arc<Mutex<Option<ChainHead>>>,
+    append_after: String,
     lock_head: String,
     insert: String,
     move_head: String,
@@ -43,6 +52,14 @@ impl PostgresAuditSink {
             pg,
             chain: chain.into(),
             key,
+            last: Arc::default(),
+            append_after: format!(
+                "WITH moved AS (
+                     UPDATE {s}.audit_heads SET seq = $2, hash = $3 WHERE chain = $1 AND seq = $4 AND hash = $5
+                     RETURNING chain
+                 )
+                 INSERT INTO {s}.audit (chain, seq, line) SELECT chain, $2, $6 FROM moved"
+            ),
             lock_head: format!(
                 "INSERT INTO {s}.audit_heads (chain, seq, hash) VALUES ($1, 0, $2)
                  ON CONFLICT (chain) DO UPDATE SET chain = EXCLUDED.chain RETURNING seq, hash"
@@ -54,9 +71,84 @@ impl PostgresAuditSink {
         }
     }
 
+    /// Chain `event` after `head` in one statement, if `head` is still the
+    /// chain's; `None` when another writer moved it.
+    async fn append_after(
+        &self,
+        head: &ChainHead,
+        event: &AuditEvent,
+        line: &mut Vec<u8>,
+    ) -> Result<Option<ChainHead>> {
+        let next = head.write_next_line_with(&self.key, event, line);
+        let text = std::str::from_utf8(line).map_err(|e| not_utf8(&e))?;
+        let client = self.pg.client().await?;
+        let stmt = client
+            .prepare_cached(&self.append_after)
+            .await
+            .map_err(|e| db_err("append an audit entry", e))?;
+        self.pg.sent("audit.append");
+        let moved = client
+            .execute(
+                &stmt,
+                &[
+                    &self.chain,
+                    &seq(next.seq),
+                    &next.hash,
+                    &seq(head.seq),
+                    &head.hash,
+                    &text,
+                ],
+            )
+            .await
+            .map_err(|e| db_err("append an audit entry", e))?;
+        Ok((moved == 1).then_some(next))
+    }
+
+    /// Chain `event` after the head the chain has, holding its lock.
+    async fn append_locked(&self, event: &AuditEvent, line: &mut Vec<u8>) -> Result<ChainHead> {
+        let mut client = self.pg.client().await?;
+        self.pg.sent("BEGIN");
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| db_err("begin an audit append", e))?;
+        let lock = tx
+            .prepare_cached(&self.lock_head)
+            .await
+            .map_err(|e| db_err("lock the audit head", e))?;
+        self.pg.sent("audit_heads.lock");
+        let row = tx
+            .query_one(&lock, &[&self.chain, &ChainHead::default().hash])
+            .await
+            .map_err(|e| db_err("lock the audit head", e))?;
+        let head = Self::head_of(&row);
+        let next = head.write_next_line_with(&self.key, event, line);
+        let text = std::str::from_utf8(line).map_err(|e| not_utf8(&e))?;
+        let insert = tx
+            .prepare_cached(&self.insert)
+            .await
+            .map_err(|e| db_err("append an audit entry", e))?;
+        self.pg.sent("audit.insert");
+        tx.execute(&insert, &[&self.chain, &seq(next.seq), &text])
+            .await
+            .map_err(|e| db_err("append an audit entry", e))?;
+        let advance = tx
+            .prepare_cached(&self.move_head)
+            .await
+            .map_err(|e| db_err("move the audit head", e))?;
+        self.pg.sent("audit_heads.update");
+        tx.execute(&advance, &[&self.chain, &seq(next.seq), &next.hash])
+            .await
+            .map_err(|e| db_err("move the audit head", e))?;
+        self.pg.sent("COMMIT");
+        tx.commit().await.map_err(|e| db_err("commit an audit append", e))?;
+        Ok(next)
+    }
+
     /// The chain's entries up to `last`, in order.
     async fn entries_to(&self, last: i64) -> Result<Vec<AuditEntry>> {
         let client = self.pg.client().await?;
+        self.pg.sent("audit.list");
         let rows = client
             .query(&self.entries, &[&self.chain, &last])
             .await
@@ -78,40 +170,17 @@ impl PostgresAuditSink {
 #[async_trait]
 impl AuditSink for PostgresAuditSink {
     async fn append(&self, event: &AuditEvent) -> Result<ChainHead> {
-        let mut client = self.pg.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| db_err("begin an audit append", e))?;
-        let lock = tx
-            .prepare_cached(&self.lock_head)
-            .await
-            .map_err(|e| db_err("lock the audit head", e))?;
-        let row = tx
-            .query_one(&lock, &[&self.chain, &ChainHead::default().hash])
-            .await
-            .map_err(|e| db_err("lock the audit head", e))?;
-        let head = Self::head_of(&row);
         let mut line = Vec::new();
-        let next = head.write_next_line_with(&self.key, event, &mut line);
-        let line = String::from_utf8(line)
-            .map_err(|e| Error::provider(super::PROVIDER, false, format!("an audit line is not UTF-8: {e}")))?;
-        let seq = i64::try_from(next.seq).unwrap_or(i64::MAX);
-        let insert = tx
-            .prepare_cached(&self.insert)
-            .await
-            .map_err(|e| db_err("append an audit entry", e))?;
-        tx.execute(&insert, &[&self.chain, &seq, &line])
-            .await
-            .map_err(|e| db_err("append an audit entry", e))?;
-        let advance = tx
-            .prepare_cached(&self.move_head)
-            .await
-            .map_err(|e| db_err("move the audit head", e))?;
-        tx.execute(&advance, &[&self.chain, &seq, &next.hash])
-            .await
-            .map_err(|e| db_err("move the audit head", e))?;
-        tx.commit().await.map_err(|e| db_err("commit an audit append", e))?;
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let next = match last {
+            Some(head) => self.append_after(&head, event, &mut line).await?,
+            None => None,
+        };
+        let next = match next {
+            Some(next) => next,
+            None => self.append_locked(event, &mut line).await?,
+        };
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(next.clone());
         Ok(next)
     }
 
@@ -123,6 +192,7 @@ impl AuditSink for PostgresAuditSink {
         // The head first: entries appended after it was read are left out,
         // and entries missing below it show.
         let client = self.pg.client().await?;
+        self.pg.sent("audit_heads.get");
         let head = client
             .query_opt(&self.head, &[&self.chain])
             .await
@@ -135,4 +205,13 @@ impl AuditSink for PostgresAuditSink {
         let entries = self.entries_to(last).await?;
         self.key.verify_chain(&entries, head.as_ref()).map(|h| h.seq)
     }
+}
+
+/// A sequence number as PostgreSQL's BIGINT.
+fn seq(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn not_utf8(e: &std::str::Utf8Error) -> Error {
+    Error::provider(super::PROVIDER, false, format!("an audit line is not UTF-8: {e}"))
 }

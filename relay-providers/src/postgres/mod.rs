@@ -80,6 +80,7 @@ const POOL_SIZE: usize = 8;
 pub struct Postgres {
     pool: Pool,
     schema: String,
+    counter: Option<crate::RequestCounter>,
 }
 
 impl fmt::Debug for Postgres {
@@ -125,6 +126,23 @@ impl Postgres {
         Postgres {
             pool,
             schema: "relay".to_owned(),
+            counter: None,
+        }
+    }
+
+    /// Count every statement the stores built from this sends to the
+    /// database (each one round trip; `BEGIN` and `COMMIT` included) in
+    /// `counter`, by what it does (`rollouts.update`, `audit.append`, …).
+    /// Preparing a statement, once per connection, is not counted.
+    pub fn count_statements(mut self, counter: crate::RequestCounter) -> Self {
+        self.counter = Some(counter);
+        self
+    }
+
+    /// One statement of kind `what` sent.
+    fn sent(&self, what: &'static str) {
+        if let Some(c) = &self.counter {
+            c.record(what.to_owned());
         }
     }
 

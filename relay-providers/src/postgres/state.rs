@@ -206,6 +206,7 @@ impl PostgresStateStore {
             .prepare_cached(sql)
             .await
             .map_err(|e| db_err("list rollout records", e))?;
+        self.pg.sent("rollouts.list");
         let rows = client
             .query(&stmt, params)
             .await
@@ -232,6 +233,7 @@ impl PostgresStateStore {
         f: impl FnOnce(&mut LeaseSlot) -> Result<(T, bool)>,
     ) -> Result<T> {
         let mut client = self.pg.client().await?;
+        self.pg.sent("BEGIN");
         let tx = client
             .transaction()
             .await
@@ -240,6 +242,7 @@ impl PostgresStateStore {
             .prepare_cached(&self.sql.lock_slot)
             .await
             .map_err(|e| db_err("lock the lease", e))?;
+        self.pg.sent("leases.lock");
         let row = tx
             .query_one(&lock, &[&target])
             .await
@@ -266,6 +269,7 @@ impl PostgresStateStore {
                 .prepare_cached(&self.sql.write_slot)
                 .await
                 .map_err(|e| db_err("write the lease", e))?;
+            self.pg.sent("leases.update");
             tx.execute(&write, &[&target, &holder, &token, &expires, &int(slot.last_token)])
                 .await
                 .map_err(|e| db_err("write the lease", e))?;
@@ -276,6 +280,7 @@ impl PostgresStateStore {
                         .await
                         .map_err(|e| db_err("record the lease grant", e))?;
                     let (previous_holder, previous_expires) = previous.unzip();
+                    self.pg.sent("lease_grants.insert");
                     tx.execute(
                         &grant,
                         &[
@@ -292,6 +297,7 @@ impl PostgresStateStore {
                 }
             }
         }
+        self.pg.sent("COMMIT");
         tx.commit().await.map_err(|e| db_err("commit the lease change", e))?;
         Ok(out)
     }
@@ -305,6 +311,7 @@ impl StateStore for PostgresStateStore {
             .prepare_cached(&self.sql.get)
             .await
             .map_err(|e| db_err("read a rollout record", e))?;
+        self.pg.sent("rollouts.get");
         let row = client
             .query_opt(&stmt, &[&id])
             .await
@@ -333,6 +340,11 @@ impl StateStore for PostgresStateStore {
             None => &record.created_ms,
             Some(_) => &expected,
         };
+        self.pg.sent(if expected_version.is_none() {
+            "rollouts.insert"
+        } else {
+            "rollouts.update"
+        });
         let row = client
             .query_opt(
                 &stmt,
@@ -344,6 +356,7 @@ impl StateStore for PostgresStateStore {
             return Ok(count(row.get(0)));
         }
         // Refused: say why, as every store does.
+        self.pg.sent("rollouts.explain_refusal");
         let why = client
             .query_one(&self.sql.explain_refusal, &[&record.id, &record.target])
             .await
@@ -377,6 +390,7 @@ impl StateStore for PostgresStateStore {
             .map_err(|e| db_err("send a command", e))?;
         let mut tries = 0;
         loop {
+            self.pg.sent("commands.insert");
             match client.query_one(&stmt, &[&id, &Json(command)]).await {
                 Ok(row) => return Ok(count(row.get(0))),
                 // Another sender took the number: take the next one.
@@ -397,6 +411,7 @@ impl StateStore for PostgresStateStore {
             .prepare_cached(&self.sql.commands)
             .await
             .map_err(|e| db_err("read commands", e))?;
+        self.pg.sent("commands.list");
         let rows = client
             .query(&stmt, &[&id, &int(after)])
             .await
@@ -417,6 +432,7 @@ impl StateStore for PostgresStateStore {
 
     async fn lease(&self, target: &str) -> Result<Option<Lease>> {
         let client = self.pg.client().await?;
+        self.pg.sent("leases.get");
         let row = client
             .query_opt(&self.sql.lease, &[&target])
             .await
