@@ -345,5 +345,7 @@ log "benches compile and run once"
 cargo bench --bench rollouts -- --test
 # The scale harness in miniature: every mode, every outcome checked.
 cargo bench --bench scale -- --test
+# The state-store bench, small, on the test server.
+RELAY_BENCH_ROLLOUTS=20 cargo bench --features postgres --bench state_stores
 
 log "all checks passed"

@@ -1,6 +1,6 @@
 //! The audit chain as an append-only table.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use relay_core::audit::{parse_line, AuditEntry, AuditEvent, AuditSink, ChainHead, ChainKey};
@@ -27,8 +27,10 @@ pub struct PostgresAuditSink {
     chain: String,
     key: ChainKey,
     /// The head after this sink's last append: where the next one chains
-    /// on, unless another writer appended since.
-    last: Arc<Mutex<Option<ChainHead>>>,
+    /// on, unless another writer appended since. Held through an append,
+    /// so this sink's appends go one at a time, each chained onto the one
+    /// before (the database would serialize them on the head row anyway).
+    last: Arc<tokio::sync::Mutex<Option<ChainHead>>>,
     append_after: String,
     lock_head: String,
     insert: String,
@@ -171,16 +173,16 @@ impl PostgresAuditSink {
 impl AuditSink for PostgresAuditSink {
     async fn append(&self, event: &AuditEvent) -> Result<ChainHead> {
         let mut line = Vec::new();
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let next = match last {
-            Some(head) => self.append_after(&head, event, &mut line).await?,
+        let mut last = self.last.lock().await;
+        let next = match last.as_ref() {
+            Some(head) => self.append_after(head, event, &mut line).await?,
             None => None,
         };
         let next = match next {
             Some(next) => next,
             None => self.append_locked(event, &mut line).await?,
         };
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(next.clone());
+        *last = Some(next.clone());
         Ok(next)
     }
 

@@ -24,9 +24,11 @@ const COMMAND_ATTEMPTS: u32 = 8;
 /// - A record write is a compare-and-swap on the row's `version` and is
 ///   fenced in the same statement: it locks the target's lease row and
 ///   lands only if the record's `lease_token` is the last token granted.
-/// - A lease changes in a transaction holding its row's lock, under the
-///   rules of [`relay_core::state::logic`] that every store shares; each
-///   grant to a new holder is recorded in `lease_grants`.
+/// - A lease is granted and renewed in a transaction holding its row's
+///   lock, under the rules of [`relay_core::state::logic`] that every store
+///   shares, and released in one statement that clears it only if it is
+///   still the one released; each grant to a new holder is recorded in
+///   `lease_grants`.
 /// - Commands are rows numbered 1, 2, … per rollout; concurrent senders
 ///   get distinct numbers.
 #[derive(Clone, Debug)]
@@ -52,6 +54,7 @@ struct Sql {
     lock_slot: String,
     write_slot: String,
     record_grant: String,
+    release: String,
 }
 
 impl Sql {
@@ -94,6 +97,12 @@ impl Sql {
             ),
             write_slot: format!(
                 "UPDATE {s}.leases SET holder = $2, token = $3, expires_at_ms = $4, last_token = $5 WHERE target = $1"
+            ),
+            // Release is one statement: the lease goes only if it is still
+            // the one released (the rule of `logic::release`).
+            release: format!(
+                "UPDATE {s}.leases SET holder = NULL, token = 0, expires_at_ms = 0
+                 WHERE target = $1 AND holder = $2 AND token = $3"
             ),
             record_grant: format!(
                 "INSERT INTO {s}.lease_grants (target, token, holder, granted_ms, previous_holder, previous_expires_at_ms)
@@ -463,7 +472,16 @@ impl StateStore for PostgresStateStore {
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        self.with_slot(&lease.target, 0, |slot| Ok(((), logic::release(slot, lease))))
+        let client = self.pg.client().await?;
+        let stmt = client
+            .prepare_cached(&self.sql.release)
             .await
+            .map_err(|e| db_err("release the lease", e))?;
+        self.pg.sent("leases.release");
+        client
+            .execute(&stmt, &[&lease.target, &lease.holder, &int(lease.token)])
+            .await
+            .map_err(|e| db_err("release the lease", e))?;
+        Ok(())
     }
 }
