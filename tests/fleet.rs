@@ -30,6 +30,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "shared/serial_moto.rs"]
+mod serial_moto;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,14 +41,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use relay::audit::{check_anchors, AuditEntry};
+use relay::providers::aws::{DynamoDbAuditSink, DynamoDbStateStore};
 use relay::providers::postgres::{Postgres, PostgresAuditSink, PostgresStateStore};
 use relay::providers::sim::{MemoryArtifactStore, RevisionBehavior, SimProbe, SimTarget};
 use relay::providers::{Interceptor, Wrapped};
+use relay::state::LeaseGrant;
 use relay::strategies::CanaryStrategy;
 use relay::{AuditSink, Error, Relay, Release, RolloutSpec, StateStore};
 use secrecy::SecretString;
 
-/// Set in a worker's environment: `<schema>|<name>|<log dir>`.
+/// Set in a worker's environment: `<store>|<targets>|<rollouts per
+/// target>|<name>|<log dir>`, the store being `postgres:<schema>` or
+/// `dynamodb:<table>`.
 const WORKER: &str = "RELAY_FLEET_WORKER";
 
 fn count(var: &str, default: usize) -> usize {
@@ -78,7 +85,21 @@ fn main() {
         .unwrap();
     match std::env::var(WORKER) {
         Ok(spec) => rt.block_on(work(&spec)),
-        Err(_) => rt.block_on(check()),
+        Err(_) => {
+            let pid = std::process::id();
+            let (targets, rollouts) = (count("RELAY_FLEET_TARGETS", 50), count("RELAY_FLEET_ROLLOUTS", 4));
+            rt.block_on(check(&format!("postgres:fleet_{pid}"), targets, rollouts));
+            // The same, smaller, on DynamoDB: moto, serving one request at
+            // a time (see `SerialMoto`), so slower than PostgreSQL.
+            let moto = serial_moto::SerialMoto::start();
+            std::env::set_var("RELAY_TEST_MOTO_ENDPOINT", &moto.endpoint);
+            let (targets, rollouts) = (
+                count("RELAY_FLEET_DDB_TARGETS", 10),
+                count("RELAY_FLEET_DDB_ROLLOUTS", 3),
+            );
+            rt.block_on(check(&format!("dynamodb:relay-fleet-{pid}"), targets, rollouts));
+            drop(moto);
+        }
     }
 }
 
@@ -87,6 +108,63 @@ fn postgres(schema: &str) -> Postgres {
         .unwrap()
         .schema(schema)
         .unwrap()
+}
+
+/// Where the fleet keeps its state: a PostgreSQL schema or a DynamoDB table
+/// (on moto, `RELAY_TEST_MOTO_ENDPOINT`).
+#[derive(Clone)]
+enum Shared {
+    Postgres(Box<PostgresStateStore>, Postgres),
+    DynamoDb(DynamoDbStateStore),
+}
+
+impl Shared {
+    async fn open(spec: &str) -> Self {
+        match spec.split_once(':').unwrap() {
+            ("postgres", schema) => {
+                let pg = postgres(schema);
+                let store = PostgresStateStore::new(pg.clone()).command_poll(Duration::from_millis(500));
+                Shared::Postgres(Box::new(store), pg)
+            }
+            (_, table) => {
+                use relay::providers::aws::sdk::config;
+                let endpoint = std::env::var("RELAY_TEST_MOTO_ENDPOINT").expect(
+                    "RELAY_TEST_MOTO_ENDPOINT is not set: run the suite with scripts/test.sh, which starts moto",
+                );
+                let credentials = relay::providers::aws::sdk::dynamodb::config::Credentials::new(
+                    "testing", "testing", None, None, "fleet",
+                );
+                let config = config::defaults(config::BehaviorVersion::latest())
+                    .endpoint_url(endpoint)
+                    .region(config::Region::new("us-east-1"))
+                    .credentials_provider(credentials)
+                    .load()
+                    .await;
+                Shared::DynamoDb(DynamoDbStateStore::new(&config, table).command_poll(Duration::from_millis(500)))
+            }
+        }
+    }
+
+    fn state(&self) -> Arc<dyn StateStore> {
+        match self {
+            Shared::Postgres(store, _) => Arc::new(PostgresStateStore::clone(store)),
+            Shared::DynamoDb(store) => Arc::new(store.clone()),
+        }
+    }
+
+    fn audit(&self) -> Arc<dyn AuditSink> {
+        match self {
+            Shared::Postgres(_, pg) => Arc::new(PostgresAuditSink::new(pg.clone(), "fleet")),
+            Shared::DynamoDb(store) => Arc::new(DynamoDbAuditSink::new(store, "fleet")),
+        }
+    }
+
+    async fn lease_grants(&self, target: &str) -> Vec<LeaseGrant> {
+        match self {
+            Shared::Postgres(store, _) => store.lease_grants(target).await.unwrap(),
+            Shared::DynamoDb(store) => store.lease_grants(target).await.unwrap(),
+        }
+    }
 }
 
 /// Logs each change a worker's target made, as the call returns, to the
@@ -116,14 +194,23 @@ impl Interceptor for ChangeLog {
 /// A worker: start the next rollout of any target that has none running,
 /// resume rollouts whose engine is gone, until every rollout is finished.
 async fn work(spec: &str) {
+    // RELAY_FLEET_LOG=warn (a tracing filter) shows what the workers log.
+    if let Ok(filter) = std::env::var("RELAY_FLEET_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut parts = spec.split('|');
-    let (schema, name, logs) = (
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-        PathBuf::from(parts.next().unwrap()),
+    let mut next = || parts.next().unwrap();
+    let (shared, targets, rollouts, name, logs) = (
+        next(),
+        next().parse::<usize>().unwrap(),
+        next().parse::<usize>().unwrap(),
+        next(),
+        PathBuf::from(next()),
     );
-    let (targets, rollouts) = (count("RELAY_FLEET_TARGETS", 50), count("RELAY_FLEET_ROLLOUTS", 4));
-    let pg = postgres(schema);
+    let shared = Shared::open(shared).await;
     let file = Arc::new(Mutex::new(
         std::fs::OpenOptions::new()
             .create(true)
@@ -147,10 +234,8 @@ async fn work(spec: &str) {
     };
     let mut builder = Relay::builder()
         .artifacts(artifacts)
-        .state(Arc::new(
-            PostgresStateStore::new(pg.clone()).command_poll(Duration::from_millis(500)),
-        ))
-        .audit(Arc::new(PostgresAuditSink::new(pg.clone(), "fleet")))
+        .state(shared.state())
+        .audit(shared.audit())
         .config(config)
         .holder(name);
     let fast = RevisionBehavior {
@@ -168,7 +253,7 @@ async fn work(spec: &str) {
             .probe_for(target_name(t), Arc::new(SimProbe::new(sim)));
     }
     let relay = builder.build().unwrap();
-    let store = PostgresStateStore::new(pg);
+    let store = shared.state();
     let mut order: Vec<usize> = (0..targets).collect();
     let mut seed = name
         .bytes()
@@ -237,11 +322,11 @@ impl Worker {
         format!("w{index}-g{generation}")
     }
 
-    fn start(schema: &str, logs: &Path, index: usize, generation: usize) -> Self {
+    fn start(shared: &str, logs: &Path, index: usize, generation: usize) -> Self {
         let child = Command::new(std::env::current_exe().unwrap())
             .env(
                 WORKER,
-                format!("{schema}|{}|{}", Self::name(index, generation), logs.display()),
+                format!("{shared}|{}|{}", Self::name(index, generation), logs.display()),
             )
             .spawn()
             .unwrap();
@@ -254,21 +339,19 @@ impl Worker {
 }
 
 /// The parent: run the fleet with kills, then check what it left.
-async fn check() {
-    let (workers, targets, rollouts) = (
-        count("RELAY_FLEET_WORKERS", 3),
-        count("RELAY_FLEET_TARGETS", 50),
-        count("RELAY_FLEET_ROLLOUTS", 4),
-    );
-    let schema = format!("fleet_{}", std::process::id());
-    let pg = postgres(&schema);
-    pg.migrate().await.unwrap();
-    let store = PostgresStateStore::new(pg.clone());
+async fn check(spec: &str, targets: usize, rollouts: usize) {
+    let workers = count("RELAY_FLEET_WORKERS", 3);
+    let shared = Shared::open(spec).await;
+    match &shared {
+        Shared::Postgres(_, pg) => assert_eq!(pg.migrate().await.unwrap(), 1),
+        Shared::DynamoDb(store) => store.create_table().await.unwrap(),
+    }
+    let store = shared.state();
+    let run = format!("{spec}|{targets}|{rollouts}");
+    let spec = run.as_str();
     let logs = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let mut fleet: Vec<Worker> = (0..workers)
-        .map(|i| Worker::start(&schema, logs.path(), i, 0))
-        .collect();
+    let mut fleet: Vec<Worker> = (0..workers).map(|i| Worker::start(spec, logs.path(), i, 0)).collect();
     let mut kills: Vec<(String, i64)> = Vec::new();
     let mut seed = 0x5eed_f1ee_u64;
     let mut next_kill = Instant::now() + Duration::from_millis(1500);
@@ -294,7 +377,7 @@ async fn check() {
             w.child.wait().unwrap();
             kills.push((Worker::name(w.index, w.generation), now_ms()));
             let (index, generation) = (w.index, w.generation + 1);
-            *w = Worker::start(&schema, logs.path(), index, generation);
+            *w = Worker::start(spec, logs.path(), index, generation);
             next_kill = Instant::now() + Duration::from_millis(1500 + seed % 1500);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -312,7 +395,7 @@ async fn check() {
     for r in &records {
         *outcomes.entry(r.status.outcome().unwrap().name()).or_default() += 1;
     }
-    let sink = PostgresAuditSink::new(pg.clone(), "fleet");
+    let sink = shared.audit();
     let entries: Vec<AuditEntry> = sink.entries().await.unwrap();
     let finished: BTreeSet<&str> = entries
         .iter()
@@ -332,7 +415,7 @@ async fn check() {
     // 2. No two live holders, from the database's lease history.
     let mut grants = Vec::new();
     for t in 0..targets {
-        grants.extend(store.lease_grants(&target_name(t)).await.unwrap());
+        grants.extend(shared.lease_grants(&target_name(t)).await);
     }
     let overlaps: Vec<_> = grants.iter().filter(|g| g.overlaps()).collect();
     assert!(

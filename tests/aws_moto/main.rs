@@ -5,14 +5,19 @@
 #![allow(clippy::unwrap_used)]
 
 mod cloudwatch;
+mod dynamodb;
 mod ecs;
 mod faults;
 mod stores;
 mod support;
 
+#[path = "../common/mod.rs"]
+mod common;
 #[path = "../shared/fault_proxy.rs"]
 mod fault_proxy;
 #[path = "../shared/planted.rs"]
 mod planted;
 #[path = "../shared/rollouts.rs"]
 mod rollouts;
+#[path = "../shared/serial_moto.rs"]
+mod serial_moto;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Lease, RolloutRecord};
+use super::{Lease, LeaseGrant, RolloutRecord};
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 
@@ -162,4 +162,17 @@ pub fn release(slot: &mut LeaseSlot, lease: &Lease) -> bool {
         return true;
     }
     false
+}
+
+/// The grant a change of `slot` made, for a store that keeps its lease
+/// history: the slot's lease, when the change gave out a new token
+/// (`before` is the slot as it was), with the lease it replaced.
+pub fn grant(before: &LeaseSlot, after: &LeaseSlot, now: UnixMillis) -> Option<LeaseGrant> {
+    let lease = after.lease.as_ref().filter(|_| after.last_token != before.last_token)?;
+    Some(LeaseGrant {
+        token: lease.token,
+        holder: lease.holder.clone(),
+        granted_ms: now,
+        previous: before.lease.as_ref().map(|l| (l.holder.clone(), l.expires_at_ms)),
+    })
 }

@@ -421,6 +421,33 @@ impl Lease {
     pub const HELD: UnixMillis = UnixMillis::MAX;
 }
 
+/// A grant of a target's lease to a new holder, as a store that keeps its
+/// lease history reports it (the PostgreSQL and DynamoDB stores'
+/// `lease_grants`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// The fencing token granted (two holders never share one).
+    pub token: u64,
+    /// Who got it.
+    pub holder: String,
+    /// When (the granting engine's clock).
+    pub granted_ms: UnixMillis,
+    /// The lease it replaced, if one was held: its holder and its expiry
+    /// then. A replaced lease that had not expired would mean two live
+    /// holders; the grant rules never allow it.
+    pub previous: Option<(String, UnixMillis)>,
+}
+
+impl LeaseGrant {
+    /// Whether the grant took the lease from a holder whose lease was
+    /// still live (its expiry after the grant): what must never happen.
+    pub fn overlaps(&self) -> bool {
+        self.previous
+            .as_ref()
+            .is_some_and(|(holder, expires)| holder != &self.holder && *expires > self.granted_ms)
+    }
+}
+
 /// Keeps a lease held for as long as it lives, with no renewals; dropping
 /// it releases the lease. A store returns one from
 /// [`StateStore::hold_lease`].

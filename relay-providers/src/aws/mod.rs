@@ -9,6 +9,9 @@
 //!   `VersionId` or a stage.
 //! - [`EcrArtifactStore`]: container images in Amazon ECR, resolved from a
 //!   tag to their digest.
+//! - [`DynamoDbStateStore`] and [`DynamoDbAuditSink`]: rollout records,
+//!   leases with fencing, commands and the audit chain in one DynamoDB
+//!   table, for engines in many processes.
 //! - [`RequestCounter`](crate::RequestCounter) is an SDK interceptor too, counting requests per operation.
 //!
 //! Every store is built from an `aws_config::SdkConfig`, so the caller
@@ -25,12 +28,14 @@
 
 mod calls;
 mod cloudwatch;
+mod dynamodb;
 mod ecr;
 mod ecs;
 mod error;
 mod secrets;
 
 pub use cloudwatch::{CloudWatchMetric, CloudWatchProbe, DimensionValue, ALARM_PREFIX};
+pub use dynamodb::{DynamoDbAuditSink, DynamoDbStateStore};
 pub use ecr::EcrArtifactStore;
 pub use ecs::{EcsServiceTarget, EcsServiceTargetBuilder};
 pub use secrets::SecretsManagerStore;
@@ -41,6 +46,7 @@ pub use secrets::SecretsManagerStore;
 pub mod sdk {
     pub use aws_config as config;
     pub use aws_sdk_cloudwatch as cloudwatch;
+    pub use aws_sdk_dynamodb as dynamodb;
     pub use aws_sdk_ecr as ecr;
     pub use aws_sdk_ecs as ecs;
     pub use aws_sdk_elasticloadbalancingv2 as elbv2;

@@ -61,7 +61,7 @@ use relay_core::{Error, Result};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use audit::PostgresAuditSink;
-pub use state::{LeaseGrant, PostgresStateStore};
+pub use state::PostgresStateStore;
 
 /// The PostgreSQL client crates relay uses, for building a pool with TLS.
 pub mod sdk {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use relay_core::state::logic::{self, LeaseSlot};
+use relay_core::state::LeaseGrant;
 use relay_core::{clock::UnixMillis, Error, Lease, Result, RolloutCommand, RolloutRecord, StateStore};
 use tokio_postgres::types::Json;
 use tokio_postgres::Row;
@@ -109,31 +110,6 @@ impl Sql {
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"
             ),
         }
-    }
-}
-
-/// A grant of a target's lease to a new holder, as `lease_grants` keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseGrant {
-    /// The fencing token granted (two holders never share one).
-    pub token: u64,
-    /// Who got it.
-    pub holder: String,
-    /// When (the granting engine's clock).
-    pub granted_ms: UnixMillis,
-    /// The lease it replaced, if one was held: its holder and its expiry
-    /// then. A replaced lease that had not expired would mean two live
-    /// holders; the grant rules never allow it.
-    pub previous: Option<(String, UnixMillis)>,
-}
-
-impl LeaseGrant {
-    /// Whether the grant took the lease from a holder whose lease was
-    /// still live (its expiry after the grant): what must never happen.
-    pub fn overlaps(&self) -> bool {
-        self.previous
-            .as_ref()
-            .is_some_and(|(holder, expires)| holder != &self.holder && *expires > self.granted_ms)
     }
 }
 
@@ -266,8 +242,7 @@ impl PostgresStateStore {
             }),
             last_token: count(row.get(3)),
         };
-        let granted_before = slot.last_token;
-        let previous = slot.lease.as_ref().map(|l| (l.holder.clone(), l.expires_at_ms));
+        let before = slot.clone();
         let (out, changed) = f(&mut slot)?;
         if changed {
             let (holder, token, expires) = match &slot.lease {
@@ -282,28 +257,26 @@ impl PostgresStateStore {
             tx.execute(&write, &[&target, &holder, &token, &expires, &int(slot.last_token)])
                 .await
                 .map_err(|e| db_err("write the lease", e))?;
-            if slot.last_token != granted_before {
-                if let Some(l) = &slot.lease {
-                    let grant = tx
-                        .prepare_cached(&self.sql.record_grant)
-                        .await
-                        .map_err(|e| db_err("record the lease grant", e))?;
-                    let (previous_holder, previous_expires) = previous.unzip();
-                    self.pg.sent("lease_grants.insert");
-                    tx.execute(
-                        &grant,
-                        &[
-                            &target,
-                            &int(l.token),
-                            &l.holder,
-                            &now_ms,
-                            &previous_holder,
-                            &previous_expires,
-                        ],
-                    )
+            if let Some(g) = logic::grant(&before, &slot, now_ms) {
+                let insert = tx
+                    .prepare_cached(&self.sql.record_grant)
                     .await
                     .map_err(|e| db_err("record the lease grant", e))?;
-                }
+                let (previous_holder, previous_expires) = g.previous.unzip();
+                self.pg.sent("lease_grants.insert");
+                tx.execute(
+                    &insert,
+                    &[
+                        &target,
+                        &int(g.token),
+                        &g.holder,
+                        &now_ms,
+                        &previous_holder,
+                        &previous_expires,
+                    ],
+                )
+                .await
+                .map_err(|e| db_err("record the lease grant", e))?;
             }
         }
         self.pg.sent("COMMIT");
