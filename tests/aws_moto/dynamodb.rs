@@ -100,10 +100,16 @@ async fn a_stale_holders_write_is_refused_even_when_racing_a_takeover() {
 }
 
 /// Two engines on one table: the second approves, through the table, the
-/// rollout the first drives; the chain they share verifies.
+/// rollout the first drives; the chain they share verifies; every request
+/// the store and sink sent is one the least-privilege policy allows.
 #[tokio::test]
 async fn two_engines_share_records_leases_commands_and_one_audit_chain() {
-    let store = store().await;
+    use relay::providers::aws::sdk::dynamodb;
+    let calls = relay::providers::RequestCounter::default();
+    let counted = dynamodb::config::Builder::from(&config().await).interceptor(calls.clone());
+    let store = DynamoDbStateStore::from_client(dynamodb::Client::from_conf(counted.build()), unique("relay-state"));
+    store.create_table().await.unwrap();
+    calls.reset();
     let fast = RevisionBehavior {
         readiness_delay: Duration::ZERO,
         ..RevisionBehavior::healthy()
@@ -164,4 +170,6 @@ async fn two_engines_share_records_leases_commands_and_one_audit_chain() {
     assert!(b.state().list_active().await.unwrap().is_empty());
     let check = b.verify_audit().await.unwrap();
     assert!(check.entries > 0 && check.anchors.unwrap() >= 2, "{check:?}");
+    let used = crate::ecs::allowed_by_the_policy(&calls);
+    assert!(used.contains("dynamodb:ConditionCheckItem"), "{used:?}");
 }

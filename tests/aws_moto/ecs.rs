@@ -1078,8 +1078,8 @@ async fn a_service_behind_a_listener_rule_is_canaried_through_the_rule() {
 
 /// The IAM actions of the requests `calls` counted, each checked against
 /// docs/least-privilege/aws-iam-policy.json.
-fn allowed_by_the_policy(calls: &RequestCounter) -> std::collections::BTreeSet<String> {
-    let used: std::collections::BTreeSet<String> = calls.counts().keys().map(|op| iam_action(op)).collect();
+pub(crate) fn allowed_by_the_policy(calls: &RequestCounter) -> std::collections::BTreeSet<String> {
+    let used: std::collections::BTreeSet<String> = calls.counts().keys().flat_map(|op| iam_actions(op)).collect();
     let allowed = policy_actions();
     let missing: Vec<_> = used.difference(&allowed).collect();
     assert!(
@@ -1417,9 +1417,16 @@ async fn builder_errors_name_the_missing_setting() {
 
 /// The IAM action of an SDK operation as the request counter names it
 /// (`ECS.DescribeServices` → `ecs:DescribeServices`).
-fn iam_action(operation: &str) -> String {
+fn iam_actions(operation: &str) -> Vec<String> {
     let (service, name) = operation.split_once('.').unwrap();
+    // A DynamoDB transaction is authorized as the item actions it holds.
+    if operation == "DynamoDB.TransactWriteItems" {
+        return ["PutItem", "DeleteItem", "ConditionCheckItem"]
+            .map(|a| format!("dynamodb:{a}"))
+            .to_vec();
+    }
     let prefix = match service {
+        "DynamoDB" => "dynamodb",
         "ECS" => "ecs",
         "ElasticLoadBalancingv2" | "Elastic Load Balancing v2" => "elasticloadbalancing",
         "CloudWatch" => "cloudwatch",
@@ -1427,7 +1434,7 @@ fn iam_action(operation: &str) -> String {
         "ECR" => "ecr",
         other => panic!("no IAM prefix known for {other}"),
     };
-    format!("{prefix}:{name}")
+    vec![format!("{prefix}:{name}")]
 }
 
 /// The actions docs/least-privilege/aws-iam-policy.json allows.
@@ -1580,7 +1587,7 @@ async fn the_iam_policy_allows_every_request_the_providers_send() {
     rolling.route(&TrafficSplit::all(&stable)).await.unwrap();
     rolling.promote(&stable).await.unwrap();
 
-    let used: std::collections::BTreeSet<String> = calls.counts().keys().map(|op| iam_action(op)).collect();
+    let used: std::collections::BTreeSet<String> = calls.counts().keys().flat_map(|op| iam_actions(op)).collect();
     for prefix in [
         "ecs:",
         "elasticloadbalancing:",

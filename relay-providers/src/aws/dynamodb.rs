@@ -101,7 +101,11 @@ fn cancelled<R>(
 /// | an audit chain's head ([`DynamoDbAuditSink`]) | `audit#<chain>` | `head` | `seq`, `hash` |
 /// | an audit entry | `audit#<chain>` | `entry#<seq>` | `line` |
 ///
-/// Numbers in sort keys are zero-padded to 20 digits.
+/// Numbers in sort keys are zero-padded to 20 digits. The IAM actions the
+/// store and sink need on the table are `GetItem`, `PutItem`, `DeleteItem`,
+/// `ConditionCheckItem` (the parts of their transactions), `Query`, `Scan`
+/// and `BatchGetItem` (`docs/least-privilege/aws-iam-policy.json`);
+/// `CreateTable` only to create it.
 ///
 /// # Guarantees
 /// - A record write is one transaction: a condition on the record's
@@ -146,8 +150,14 @@ fn order(record: &RolloutRecord) -> String {
 impl DynamoDbStateStore {
     /// A store in table `table` of the account and region `config` names.
     pub fn new(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self::from_client(Client::new(config), table)
+    }
+
+    /// A store in table `table` through `client` (one with interceptors,
+    /// say a [`RequestCounter`](crate::RequestCounter)).
+    pub fn from_client(client: Client, table: impl Into<String>) -> Self {
         DynamoDbStateStore {
-            client: Client::new(config),
+            client,
             table: table.into().into(),
             command_poll: COMMAND_POLL,
         }
