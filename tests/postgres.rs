@@ -506,3 +506,78 @@ async fn two_sinks_on_one_chain_write_one_chain() {
     let actors: Vec<String> = b.entries().await.unwrap().into_iter().map(|e| e.event.actor).collect();
     assert_eq!(actors, ["a", "a", "a", "b", "a"]);
 }
+
+/// Lease expiry compares engines' clocks. An engine whose clock runs a
+/// minute ahead sees a live lease as lapsed and takes the rollout over;
+/// the store's fencing keeps the first engine from writing any more: it
+/// stops with `LeaseLost`, and the rollout ends as the second drives it.
+#[tokio::test]
+async fn an_engine_with_a_clock_ahead_takes_over_early_and_fencing_stops_the_holder() {
+    let pg = migrated("skew").await;
+    let fast = RevisionBehavior {
+        readiness_delay: Duration::ZERO,
+        ..RevisionBehavior::healthy()
+    };
+    let world = World::with_target(SimTarget::new("web").default_behavior(fast));
+    let config = relay::EngineConfig {
+        lease_ttl: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let now = relay::clock::TokioClock::new();
+    let engine = |holder: &str, ahead_ms: i64| {
+        world
+            .builder()
+            .state(Arc::new(PostgresStateStore::new(pg.clone())))
+            .audit(Arc::new(PostgresAuditSink::new(pg.clone(), "main")))
+            .clock(Arc::new(relay::clock::TokioClock::starting_at(
+                relay::Clock::now_ms(&now) + ahead_ms,
+            )))
+            .config(config.clone())
+            .holder(holder)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (engine("engine-a", 0), engine("engine-b", 60_000));
+    let v1 = a
+        .start(RolloutSpec::new(
+            "web",
+            release("v1"),
+            CanaryStrategy::new().set_weight(50),
+        ))
+        .await
+        .unwrap();
+    assert!(v1.wait().await.unwrap().is_success());
+    let slow = CanaryStrategy::new()
+        .set_weight(25)
+        .pause(Duration::from_secs(2))
+        .set_weight(50)
+        .pause(Duration::from_secs(2));
+    let handle = a.start(RolloutSpec::new("web", release("v2"), slow)).await.unwrap();
+    let id = handle.id().to_string();
+    let mut events = handle.events();
+    until(&mut events, |k| {
+        matches!(k, relay::EventKind::TrafficShifted { candidate_weight: 25 })
+    })
+    .await;
+    // By its clock, the lease lapsed a minute ago.
+    let (resumed, skipped) = b.recover().await.unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let resumed = resumed
+        .into_iter()
+        .next()
+        .expect("the engine ahead takes the rollout over");
+    let first = tokio::time::timeout(Duration::from_secs(30), handle.wait())
+        .await
+        .expect("the holder stops");
+    assert!(matches!(first, Err(Error::LeaseLost { .. })), "{first:?}");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), resumed.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome}");
+    let record = b.state().get(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, RolloutStatus::Finished(outcome));
+    let grants = PostgresStateStore::new(pg.clone()).lease_grants("web").await.unwrap();
+    assert!(grants.last().unwrap().holder.starts_with("engine-b"), "{grants:?}");
+    b.verify_audit().await.unwrap();
+}

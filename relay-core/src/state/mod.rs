@@ -440,7 +440,11 @@ pub struct LeaseGrant {
 
 impl LeaseGrant {
     /// Whether the grant took the lease from a holder whose lease was
-    /// still live (its expiry after the grant): what must never happen.
+    /// still live (its expiry after the grant): what must never happen
+    /// between engines whose clocks agree. The expiry is the old holder's
+    /// clock and the grant time the new holder's, so a takeover made early
+    /// by a clock running ahead does not show here; the fencing token still
+    /// refuses the old holder's writes.
     pub fn overlaps(&self) -> bool {
         self.previous
             .as_ref()
