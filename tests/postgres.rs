@@ -7,6 +7,8 @@
 
 #[path = "shared/fault_proxy.rs"]
 mod fault_proxy;
+#[path = "shared/shared_stores.rs"]
+mod shared_stores;
 
 mod common;
 
@@ -18,7 +20,6 @@ use common::*;
 use relay::audit::ChainKey;
 use relay::providers::postgres::sdk::tokio_postgres;
 use relay::providers::postgres::{Postgres, PostgresAuditSink, PostgresStateStore};
-use relay::providers::sim::{RevisionBehavior, SimTarget};
 use relay::strategies::CanaryStrategy;
 use relay::{testing, AuditSink, Error, Outcome, RolloutCommand, RolloutSpec, RolloutStatus, StateStore};
 use secrecy::SecretString;
@@ -164,38 +165,7 @@ async fn a_role_that_may_only_read_and_write_rows_runs_the_store() {
 #[tokio::test]
 async fn a_stale_holders_write_is_refused_by_the_database_even_when_racing_a_takeover() {
     let store = PostgresStateStore::new(migrated("fence").await);
-    let ttl = Duration::from_secs(10);
-    for round in 0..20_i64 {
-        let target = format!("t{round}");
-        let old = store.acquire_lease(&target, "old", ttl, round * 100_000).await.unwrap();
-        let mut record = testing::sample_record(&format!("r{round}"), &target, old.token);
-        let v = store.put(&record, None).await.unwrap();
-        record.version = v;
-        record.cursor = 1;
-        // The old holder writes while a new holder takes the expired lease:
-        // whichever the database orders first, a write that lands after
-        // the takeover is refused.
-        let later = round * 100_000 + 20_000;
-        let (write, takeover) = tokio::join!(
-            store.put(&record, Some(v)),
-            store.acquire_lease(&target, "new", ttl, later)
-        );
-        let new = takeover.unwrap();
-        assert!(new.token > old.token);
-        match write {
-            Ok(_) => {}
-            Err(Error::LeaseLost { .. }) => {}
-            Err(e) => panic!("{e}"),
-        }
-        record.version = store.get(&record.id).await.unwrap().unwrap().version;
-        record.cursor = 2;
-        assert!(
-            matches!(
-                store.put(&record, Some(record.version)).await,
-                Err(Error::LeaseLost { .. })
-            ),
-            "after the takeover, the old holder can write nothing"
-        );
+    for (target, old, new) in shared_stores::stale_holder_races(&store, 20).await {
         let grants = store.lease_grants(&target).await.unwrap();
         assert_eq!(
             grants.iter().map(|g| (g.token, g.holder.as_str())).collect::<Vec<_>>(),
@@ -278,64 +248,21 @@ async fn a_bad_url_is_refused_without_echoing_it() {
     assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
 }
 
-/// Two engines on one database: a rollout started by one is approved and
-/// seen through by commands from the other; the audit chain they share and
-/// the records' anchors verify.
+/// Two engines on one database share records, leases, commands and one
+/// audit chain.
 #[tokio::test]
 async fn two_engines_share_records_leases_commands_and_one_audit_chain() {
     let pg = migrated("engines").await;
-    let fast = RevisionBehavior {
-        readiness_delay: Duration::ZERO,
-        ..RevisionBehavior::healthy()
-    };
-    let world = World::with_target(SimTarget::new("web").default_behavior(fast));
-    let engine = |holder: &str| {
+    let world = shared_stores::ready_world();
+    shared_stores::two_engines_share(|_| {
         world
             .builder()
             .state(Arc::new(
                 PostgresStateStore::new(pg.clone()).command_poll(Duration::from_millis(50)),
             ))
             .audit(Arc::new(PostgresAuditSink::new(pg.clone(), "main")))
-            .gate(Arc::new(relay::ManualApproval::new("release-manager")))
-            .holder(holder)
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (engine("engine-a"), engine("engine-b"));
-    let quick = || CanaryStrategy::new().set_weight(50);
-    let first = a.start(RolloutSpec::new("web", release("v1"), quick())).await.unwrap();
-    assert!(first.wait().await.unwrap().is_success());
-
-    let gated = CanaryStrategy::new().set_weight(50).gate("release-manager");
-    let handle = a.start(RolloutSpec::new("web", release("v2"), gated)).await.unwrap();
-    let id = handle.id().to_string();
-    // The other engine may not start on the leased target ...
-    assert!(matches!(
-        b.start(RolloutSpec::new("web", release("v3"), quick())).await,
-        Err(Error::TargetLocked { .. })
-    ));
-    // ... but may approve the rollout the first one drives.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    b.command(
-        &id,
-        RolloutCommand::Decide {
-            gate: "release-manager".into(),
-            by: "ops".into(),
-            comment: "from the other engine".into(),
-            approved: true,
-        },
-    )
-    .await
-    .unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(60), handle.wait())
-        .await
-        .expect("the approval reaches the driving engine")
-        .unwrap();
-    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome}");
-    let record = b.state().get(&id).await.unwrap().unwrap();
-    assert_eq!(record.status, RolloutStatus::Finished(outcome));
-    let check = b.verify_audit().await.unwrap();
-    assert!(check.entries > 0 && check.anchors.unwrap() >= 2, "{check:?}");
+    })
+    .await;
 }
 
 /// Counts the calls that change a target, for one engine.
@@ -375,11 +302,7 @@ async fn an_engine_cut_off_from_the_database_stops_and_another_takes_over() {
     .unwrap()
     .schema(pg.schema_name())
     .unwrap();
-    let fast = RevisionBehavior {
-        readiness_delay: Duration::ZERO,
-        ..RevisionBehavior::healthy()
-    };
-    let world = World::with_target(SimTarget::new("web").default_behavior(fast));
+    let world = shared_stores::ready_world();
     let config = relay::EngineConfig {
         lease_ttl: Duration::from_secs(3),
         ..Default::default()
@@ -410,12 +333,10 @@ async fn an_engine_cut_off_from_the_database_stops_and_another_takes_over() {
         .unwrap();
     assert!(v1.wait().await.unwrap().is_success());
 
-    let slow = CanaryStrategy::new()
-        .set_weight(25)
-        .pause(Duration::from_secs(2))
-        .set_weight(50)
-        .pause(Duration::from_secs(2));
-    let handle = a.start(RolloutSpec::new("web", release("v2"), slow)).await.unwrap();
+    let handle = a
+        .start(RolloutSpec::new("web", release("v2"), shared_stores::slow_canary()))
+        .await
+        .unwrap();
     let id = handle.id().to_string();
     let mut events = handle.events();
     until(&mut events, |k| {
@@ -514,11 +435,7 @@ async fn two_sinks_on_one_chain_write_one_chain() {
 #[tokio::test]
 async fn an_engine_with_a_clock_ahead_takes_over_early_and_fencing_stops_the_holder() {
     let pg = migrated("skew").await;
-    let fast = RevisionBehavior {
-        readiness_delay: Duration::ZERO,
-        ..RevisionBehavior::healthy()
-    };
-    let world = World::with_target(SimTarget::new("web").default_behavior(fast));
+    let world = shared_stores::ready_world();
     let config = relay::EngineConfig {
         lease_ttl: Duration::from_secs(3),
         ..Default::default()
@@ -547,12 +464,10 @@ async fn an_engine_with_a_clock_ahead_takes_over_early_and_fencing_stops_the_hol
         .await
         .unwrap();
     assert!(v1.wait().await.unwrap().is_success());
-    let slow = CanaryStrategy::new()
-        .set_weight(25)
-        .pause(Duration::from_secs(2))
-        .set_weight(50)
-        .pause(Duration::from_secs(2));
-    let handle = a.start(RolloutSpec::new("web", release("v2"), slow)).await.unwrap();
+    let handle = a
+        .start(RolloutSpec::new("web", release("v2"), shared_stores::slow_canary()))
+        .await
+        .unwrap();
     let id = handle.id().to_string();
     let mut events = handle.events();
     until(&mut events, |k| {

@@ -6,11 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay::providers::aws::{DynamoDbAuditSink, DynamoDbStateStore};
-use relay::providers::sim::{RevisionBehavior, SimTarget};
-use relay::strategies::CanaryStrategy;
-use relay::{testing, AuditSink, Error, Outcome, RolloutCommand, RolloutSpec, RolloutStatus, StateStore};
+use relay::{testing, AuditSink};
 
-use crate::common::{release, World};
 use crate::serial_moto::SerialMoto;
 use crate::support::{config_for, unique};
 
@@ -69,27 +66,7 @@ async fn the_audit_sink_passes_the_audit_sink_conformance_suite_and_shows_tamper
 #[tokio::test]
 async fn a_stale_holders_write_is_refused_even_when_racing_a_takeover() {
     let store = store().await;
-    let ttl = Duration::from_secs(10);
-    for round in 0..5_i64 {
-        let target = format!("t{round}");
-        let old = store.acquire_lease(&target, "old", ttl, round * 100_000).await.unwrap();
-        let mut record = testing::sample_record(&format!("r{round}"), &target, old.token);
-        let v = store.put(&record, None).await.unwrap();
-        record.cursor = 1;
-        let later = round * 100_000 + 20_000;
-        let (write, takeover) = tokio::join!(
-            store.put(&record, Some(v)),
-            store.acquire_lease(&target, "new", ttl, later)
-        );
-        let new = takeover.unwrap();
-        assert!(new.token > old.token);
-        assert!(matches!(write, Ok(_) | Err(Error::LeaseLost { .. })), "{write:?}");
-        let version = store.get(&record.id).await.unwrap().unwrap().version;
-        record.cursor = 2;
-        assert!(
-            matches!(store.put(&record, Some(version)).await, Err(Error::LeaseLost { .. })),
-            "after the takeover, the old holder can write nothing"
-        );
+    for (target, old, new) in crate::shared_stores::stale_holder_races(&store, 5).await {
         let grants = store.lease_grants(&target).await.unwrap();
         assert_eq!(
             grants.iter().map(|g| (g.token, g.holder.as_str())).collect::<Vec<_>>(),
@@ -99,9 +76,9 @@ async fn a_stale_holders_write_is_refused_even_when_racing_a_takeover() {
     }
 }
 
-/// Two engines on one table: the second approves, through the table, the
-/// rollout the first drives; the chain they share verifies; every request
-/// the store and sink sent is one the least-privilege policy allows.
+/// Two engines on one table share records, leases, commands and one audit
+/// chain; every request the store and sink sent is one the least-privilege
+/// policy allows.
 #[tokio::test]
 async fn two_engines_share_records_leases_commands_and_one_audit_chain() {
     use relay::providers::aws::sdk::dynamodb;
@@ -110,66 +87,14 @@ async fn two_engines_share_records_leases_commands_and_one_audit_chain() {
     let store = DynamoDbStateStore::from_client(dynamodb::Client::from_conf(counted.build()), unique("relay-state"));
     store.create_table().await.unwrap();
     calls.reset();
-    let fast = RevisionBehavior {
-        readiness_delay: Duration::ZERO,
-        ..RevisionBehavior::healthy()
-    };
-    let world = World::with_target(SimTarget::new("web").default_behavior(fast));
-    let engine = |holder: &str| {
+    let world = crate::shared_stores::ready_world();
+    crate::shared_stores::two_engines_share(|_| {
         world
             .builder()
             .state(Arc::new(store.clone().command_poll(Duration::from_millis(50))))
             .audit(Arc::new(DynamoDbAuditSink::new(&store, "main")))
-            .gate(Arc::new(relay::ManualApproval::new("release-manager")))
-            .holder(holder)
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (engine("engine-a"), engine("engine-b"));
-    let first = a
-        .start(RolloutSpec::new(
-            "web",
-            release("v1"),
-            CanaryStrategy::new().set_weight(50),
-        ))
-        .await
-        .unwrap();
-    assert!(first.wait().await.unwrap().is_success());
-    let gated = CanaryStrategy::new().set_weight(50).gate("release-manager");
-    let handle = a.start(RolloutSpec::new("web", release("v2"), gated)).await.unwrap();
-    let id = handle.id().to_string();
-    assert!(matches!(
-        b.start(RolloutSpec::new(
-            "web",
-            release("v3"),
-            CanaryStrategy::new().set_weight(50)
-        ))
-        .await,
-        Err(Error::TargetLocked { .. })
-    ));
-    b.command(
-        &id,
-        RolloutCommand::Decide {
-            gate: "release-manager".into(),
-            by: "ops".into(),
-            comment: "from the other engine".into(),
-            approved: true,
-        },
-    )
-    .await
-    .unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(60), handle.wait())
-        .await
-        .expect("the approval reaches the driving engine")
-        .unwrap();
-    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome}");
-    assert_eq!(
-        b.state().get(&id).await.unwrap().unwrap().status,
-        RolloutStatus::Finished(outcome)
-    );
-    assert!(b.state().list_active().await.unwrap().is_empty());
-    let check = b.verify_audit().await.unwrap();
-    assert!(check.entries > 0 && check.anchors.unwrap() >= 2, "{check:?}");
+    })
+    .await;
     let used = crate::ecs::allowed_by_the_policy(&calls);
     assert!(used.contains("dynamodb:ConditionCheckItem"), "{used:?}");
 }

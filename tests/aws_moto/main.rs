@@ -21,3 +21,5 @@ mod planted;
 mod rollouts;
 #[path = "../shared/serial_moto.rs"]
 mod serial_moto;
+#[path = "../shared/shared_stores.rs"]
+mod shared_stores;

@@ -1,0 +1,110 @@
+//! Scenarios every store shared between processes must pass, run by the
+//! PostgreSQL tests and the DynamoDB tests on their stores. Included with
+//! `#[path]` beside `common`.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay::providers::sim::{RevisionBehavior, SimTarget};
+use relay::strategies::CanaryStrategy;
+use relay::{testing, Error, Lease, Outcome, RelayBuilder, RolloutCommand, RolloutSpec, RolloutStatus, StateStore};
+
+use crate::common::{release, World};
+
+/// A world whose simulated target's revisions are ready at once (the
+/// engines here run in real time, against a real store).
+pub fn ready_world() -> World {
+    let ready = RevisionBehavior {
+        readiness_delay: Duration::ZERO,
+        ..RevisionBehavior::healthy()
+    };
+    World::with_target(SimTarget::new("web").default_behavior(ready))
+}
+
+/// A canary slow enough (two 2 s pauses) for something to happen in it.
+pub fn slow_canary() -> CanaryStrategy {
+    CanaryStrategy::new()
+        .set_weight(25)
+        .pause(Duration::from_secs(2))
+        .set_weight(50)
+        .pause(Duration::from_secs(2))
+}
+
+/// An old holder's record write racing a takeover of its expired lease,
+/// `rounds` times: whichever the store orders first, nothing the old holder
+/// writes lands after the takeover. Returns each round's target and the
+/// two leases, for the store's grant history to be checked.
+pub async fn stale_holder_races(store: &dyn StateStore, rounds: i64) -> Vec<(String, Lease, Lease)> {
+    let ttl = Duration::from_secs(10);
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let target = format!("t{round}");
+        let old = store.acquire_lease(&target, "old", ttl, round * 100_000).await.unwrap();
+        let mut record = testing::sample_record(&format!("r{round}"), &target, old.token);
+        let v = store.put(&record, None).await.unwrap();
+        record.cursor = 1;
+        let later = round * 100_000 + 20_000;
+        let (write, takeover) = tokio::join!(
+            store.put(&record, Some(v)),
+            store.acquire_lease(&target, "new", ttl, later)
+        );
+        let new = takeover.unwrap();
+        assert!(new.token > old.token);
+        assert!(matches!(write, Ok(_) | Err(Error::LeaseLost { .. })), "{write:?}");
+        let version = store.get(&record.id).await.unwrap().unwrap().version;
+        record.cursor = 2;
+        assert!(
+            matches!(store.put(&record, Some(version)).await, Err(Error::LeaseLost { .. })),
+            "after the takeover, the old holder can write nothing"
+        );
+        out.push((target, old, new));
+    }
+    out
+}
+
+/// Two engines on one store (`engine` builds each, given its holder name,
+/// with the store and an audit sink on one chain): the other may not
+/// start on the leased target, but approves, through the store, the gated
+/// rollout the first drives; the record and the chain both wrote verify.
+pub async fn two_engines_share(engine: impl Fn(&str) -> RelayBuilder) {
+    let build = |holder: &str| {
+        engine(holder)
+            .gate(Arc::new(relay::ManualApproval::new("release-manager")))
+            .holder(holder)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build("engine-a"), build("engine-b"));
+    let quick = || CanaryStrategy::new().set_weight(50);
+    let first = a.start(RolloutSpec::new("web", release("v1"), quick())).await.unwrap();
+    assert!(first.wait().await.unwrap().is_success());
+    let gated = CanaryStrategy::new().set_weight(50).gate("release-manager");
+    let handle = a.start(RolloutSpec::new("web", release("v2"), gated)).await.unwrap();
+    let id = handle.id().to_string();
+    assert!(matches!(
+        b.start(RolloutSpec::new("web", release("v3"), quick())).await,
+        Err(Error::TargetLocked { .. })
+    ));
+    b.command(
+        &id,
+        RolloutCommand::Decide {
+            gate: "release-manager".into(),
+            by: "ops".into(),
+            comment: "from the other engine".into(),
+            approved: true,
+        },
+    )
+    .await
+    .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), handle.wait())
+        .await
+        .expect("the approval reaches the driving engine")
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome}");
+    let record = b.state().get(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, RolloutStatus::Finished(outcome));
+    assert!(b.state().list_active().await.unwrap().is_empty());
+    let check = b.verify_audit().await.unwrap();
+    assert!(check.entries > 0 && check.anchors.unwrap() >= 2, "{check:?}");
+}
