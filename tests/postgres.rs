@@ -16,12 +16,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use relay::audit::ChainKey;
 use relay::providers::postgres::sdk::tokio_postgres;
 use relay::providers::postgres::{Postgres, PostgresAuditSink, PostgresStateStore};
-use relay::strategies::CanaryStrategy;
-use relay::{testing, AuditSink, Error, Outcome, RolloutCommand, RolloutSpec, RolloutStatus, StateStore};
+use relay::{testing, AuditSink, Error, Outcome, RolloutCommand, RolloutStatus, StateStore};
 use secrecy::SecretString;
 
 fn url() -> String {
@@ -323,26 +321,8 @@ async fn an_engine_cut_off_from_the_database_stops_and_another_takes_over() {
     let (by_a, by_b) = (Mutations::default(), Mutations::default());
     let a = engine("engine-a", &via_proxy, by_a.clone());
     let b = engine("engine-b", &pg, by_b.clone());
-    let v1 = b
-        .start(RolloutSpec::new(
-            "web",
-            release("v1"),
-            CanaryStrategy::new().set_weight(50),
-        ))
-        .await
-        .unwrap();
-    assert!(v1.wait().await.unwrap().is_success());
-
-    let handle = a
-        .start(RolloutSpec::new("web", release("v2"), shared_stores::slow_canary()))
-        .await
-        .unwrap();
+    let handle = shared_stores::canary_under_way(&b, &a).await;
     let id = handle.id().to_string();
-    let mut events = handle.events();
-    until(&mut events, |k| {
-        matches!(k, relay::EventKind::TrafficShifted { candidate_weight: 25 })
-    })
-    .await;
     proxy.stop();
     let cut_at = by_a.0.load(Ordering::SeqCst);
 
@@ -455,25 +435,8 @@ async fn an_engine_with_a_clock_ahead_takes_over_early_and_fencing_stops_the_hol
             .unwrap()
     };
     let (a, b) = (engine("engine-a", 0), engine("engine-b", 60_000));
-    let v1 = a
-        .start(RolloutSpec::new(
-            "web",
-            release("v1"),
-            CanaryStrategy::new().set_weight(50),
-        ))
-        .await
-        .unwrap();
-    assert!(v1.wait().await.unwrap().is_success());
-    let handle = a
-        .start(RolloutSpec::new("web", release("v2"), shared_stores::slow_canary()))
-        .await
-        .unwrap();
+    let handle = shared_stores::canary_under_way(&a, &a).await;
     let id = handle.id().to_string();
-    let mut events = handle.events();
-    until(&mut events, |k| {
-        matches!(k, relay::EventKind::TrafficShifted { candidate_weight: 25 })
-    })
-    .await;
     // By its clock, the lease lapsed a minute ago.
     let (resumed, skipped) = b.recover().await.unwrap();
     assert!(skipped.is_empty(), "{skipped:?}");

@@ -31,6 +31,30 @@ pub fn slow_canary() -> CanaryStrategy {
         .pause(Duration::from_secs(2))
 }
 
+/// v1 deployed by `deployer`, then `driver`'s slow canary of v2 under way:
+/// its handle, once a quarter of the traffic reached the candidate.
+pub async fn canary_under_way(deployer: &relay::Relay, driver: &relay::Relay) -> relay::RolloutHandle {
+    let v1 = deployer
+        .start(RolloutSpec::new(
+            "web",
+            release("v1"),
+            CanaryStrategy::new().set_weight(50),
+        ))
+        .await
+        .unwrap();
+    assert!(v1.wait().await.unwrap().is_success());
+    let handle = driver
+        .start(RolloutSpec::new("web", release("v2"), slow_canary()))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    crate::common::until(&mut events, |k| {
+        matches!(k, relay::EventKind::TrafficShifted { candidate_weight: 25 })
+    })
+    .await;
+    handle
+}
+
 /// An old holder's record write racing a takeover of its expired lease,
 /// `rounds` times: whichever the store orders first, nothing the old holder
 /// writes lands after the takeover. Returns each round's target and the
