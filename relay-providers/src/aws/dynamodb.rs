@@ -82,6 +82,45 @@ fn cancelled<R>(
         .is_some_and(|e| e.is_transaction_canceled_exception())
 }
 
+/// Every item of partition `pk` (whose sort key begins with `prefix`,
+/// or comes after `after`), in sort-key order, read consistently.
+async fn query(
+    client: &Client,
+    table: &str,
+    pk: String,
+    prefix: Option<&str>,
+    after: Option<String>,
+) -> Result<Vec<Item>> {
+    let mut out = Vec::new();
+    let mut start: Option<Item> = None;
+    loop {
+        let mut q = client
+            .query()
+            .table_name(table)
+            .consistent_read(true)
+            .expression_attribute_values(":pk", s(pk.clone()))
+            .set_exclusive_start_key(start.take());
+        q = match (prefix, &after) {
+            (Some(p), _) => q
+                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                .expression_attribute_values(":p", s(p)),
+            (None, Some(a)) => q
+                .key_condition_expression("pk = :pk AND sk > :a")
+                .expression_attribute_values(":a", s(a.clone())),
+            (None, None) => q.key_condition_expression("pk = :pk"),
+        };
+        let page = q
+            .send()
+            .await
+            .map_err(|e| classify(PROVIDER, &format!("Query {pk}"), e))?;
+        out.extend(page.items.unwrap_or_default());
+        match page.last_evaluated_key {
+            Some(k) if !k.is_empty() => start = Some(k),
+            _ => return Ok(out),
+        }
+    }
+}
+
 /// A [`StateStore`] in one DynamoDB table, shared by every engine that
 /// reaches it, for fleets on AWS without a cluster or a database.
 ///
@@ -226,38 +265,9 @@ impl DynamoDbStateStore {
             .collect())
     }
 
-    /// Every item of partition `pk` (whose sort key begins with `prefix`,
-    /// or comes after `after`), in sort-key order, read consistently.
+    /// [`query`] in this store's table.
     async fn query(&self, pk: String, prefix: Option<&str>, after: Option<String>) -> Result<Vec<Item>> {
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let mut q = self
-                .client
-                .query()
-                .table_name(&*self.table)
-                .consistent_read(true)
-                .expression_attribute_values(":pk", s(pk.clone()))
-                .set_exclusive_start_key(start.take());
-            q = match (prefix, &after) {
-                (Some(p), _) => q
-                    .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-                    .expression_attribute_values(":p", s(p)),
-                (None, Some(a)) => q
-                    .key_condition_expression("pk = :pk AND sk > :a")
-                    .expression_attribute_values(":a", s(a.clone())),
-                (None, None) => q.key_condition_expression("pk = :pk"),
-            };
-            let page = q
-                .send()
-                .await
-                .map_err(|e| classify(PROVIDER, &format!("Query {pk}"), e))?;
-            out.extend(page.items.unwrap_or_default());
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(out),
-            }
-        }
+        query(&self.client, &self.table, pk, prefix, after).await
     }
 
     /// The records the index items `entries` (each naming an `id`) point
@@ -295,6 +305,10 @@ impl DynamoDbStateStore {
                 }
                 if let Some(rest) = out.unprocessed_keys.and_then(|mut u| u.remove(&*self.table)) {
                     keys = rest.keys;
+                    if !keys.is_empty() {
+                        // Left unread for lack of capacity: ask again shortly.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
         }
@@ -692,12 +706,7 @@ impl DynamoDbAuditSink {
     }
 
     async fn entries_to(&self, last: u64) -> Result<Vec<AuditEntry>> {
-        let store = DynamoDbStateStore {
-            client: self.client.clone(),
-            table: self.table.clone(),
-            command_poll: COMMAND_POLL,
-        };
-        let items = store.query(self.pk(), Some("entry#"), None).await?;
+        let items = query(&self.client, &self.table, self.pk(), Some("entry#"), None).await?;
         items
             .iter()
             .take(usize::try_from(last).unwrap_or(usize::MAX))
