@@ -12,7 +12,7 @@ mod shared_stores;
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -263,20 +263,6 @@ async fn two_engines_share_records_leases_commands_and_one_audit_chain() {
     .await;
 }
 
-/// Counts the calls that change a target, for one engine.
-#[derive(Clone, Debug, Default)]
-struct Mutations(Arc<AtomicU64>);
-
-#[async_trait::async_trait]
-impl relay::providers::Interceptor for Mutations {
-    async fn before(&self, op: &'static str) -> relay::Result<()> {
-        if matches!(op, "stage" | "scale" | "route" | "promote" | "retire") {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-}
-
 /// The database becomes unreachable for one engine in the middle of a
 /// rollout: it changes the target no more, its lease lapses, another
 /// engine resumes the rollout and finishes it, and when the database comes
@@ -300,74 +286,16 @@ async fn an_engine_cut_off_from_the_database_stops_and_another_takes_over() {
     .unwrap()
     .schema(pg.schema_name())
     .unwrap();
-    let world = shared_stores::ready_world();
-    let config = relay::EngineConfig {
-        lease_ttl: Duration::from_secs(3),
-        ..Default::default()
-    };
-    let engine = |holder: &str, db: &Postgres, counted: Mutations| {
-        world
-            .stores()
-            .target(Arc::new(relay::providers::Wrapped::with(counted, world.target.clone())))
-            .probe(Arc::new(relay::providers::sim::SimProbe::new(world.target.clone())))
-            .state(Arc::new(PostgresStateStore::new(db.clone())))
-            .audit(Arc::new(PostgresAuditSink::new(db.clone(), "main")))
-            .config(config.clone())
-            .retry(fault_proxy::fast_retry())
-            .holder(holder)
-            .build()
-            .unwrap()
-    };
-    let (by_a, by_b) = (Mutations::default(), Mutations::default());
-    let a = engine("engine-a", &via_proxy, by_a.clone());
-    let b = engine("engine-b", &pg, by_b.clone());
-    let handle = shared_stores::canary_under_way(&b, &a).await;
-    let id = handle.id().to_string();
-    proxy.stop();
-    let cut_at = by_a.0.load(Ordering::SeqCst);
-
-    // Once the lease has lapsed, the other engine resumes the rollout.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let (resumed, skipped) = b.recover().await.unwrap();
-    assert!(skipped.is_empty(), "{skipped:?}");
-    assert_eq!(resumed.len(), 1);
-    let outcome = tokio::time::timeout(Duration::from_secs(60), resumed.into_iter().next().unwrap().wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome}");
-    assert!(
-        by_b.0.load(Ordering::SeqCst) > 1,
-        "the second engine finished the rollout"
-    );
-
-    // The database comes back: the first engine is fenced off and stops.
-    proxy.restart().await;
-    let ended = tokio::time::timeout(Duration::from_secs(60), handle.wait())
-        .await
-        .expect("the cut-off engine stops once it can tell");
-    assert!(ended.is_err(), "the cut-off engine cannot report an end: {ended:?}");
-    assert_eq!(
-        by_a.0.load(Ordering::SeqCst),
-        cut_at,
-        "no target change by the engine that could not reach the database"
-    );
-    let record = b.state().get(&id).await.unwrap().unwrap();
-    assert_eq!(record.status, RolloutStatus::Finished(outcome));
+    shared_stores::cut_off_engine_stops(&proxy, |cut_off| {
+        let db = if cut_off { &via_proxy } else { &pg };
+        let state: Arc<dyn StateStore> = Arc::new(PostgresStateStore::new(db.clone()));
+        (state, Arc::new(PostgresAuditSink::new(db.clone(), "main")))
+    })
+    .await;
     let grants = PostgresStateStore::new(pg.clone()).lease_grants("web").await.unwrap();
-    let holders: Vec<&str> = grants.iter().map(|g| g.holder.as_str()).collect();
-    assert!(!grants.iter().any(|g| g.overlaps()), "{grants:?}");
-    assert_eq!(holders.len(), 3, "{grants:?}");
-    assert!(
-        holders[1].starts_with("engine-a") && holders[2].starts_with("engine-b"),
-        "{grants:?}"
-    );
-    b.verify_audit().await.unwrap();
+    shared_stores::handed_over(&grants);
 }
 
-/// Two sinks on one chain (two engines): each appends in one statement
-/// while the chain's head is the one it last wrote, and after the other
-/// wrote, chains onto the other's entry instead.
 #[tokio::test]
 async fn two_sinks_on_one_chain_write_one_chain() {
     let pg = migrated("two_sinks").await;

@@ -98,3 +98,21 @@ async fn two_engines_share_records_leases_commands_and_one_audit_chain() {
     let used = crate::ecs::allowed_by_the_policy(&calls);
     assert!(used.contains("dynamodb:ConditionCheckItem"), "{used:?}");
 }
+
+/// The table becomes unreachable for one engine mid-canary: it stops
+/// changing the target, another engine takes over once the lease lapses,
+/// and the first is fenced off when the table is back.
+#[tokio::test]
+async fn an_engine_cut_off_from_the_table_stops_and_another_takes_over() {
+    let store = store().await;
+    let host_port = endpoint().trim_start_matches("http://").to_owned();
+    let proxy = crate::fault_proxy::FaultProxy::start(&host_port).await;
+    let cut_off = DynamoDbStateStore::new(&config_for(&proxy.url("http")).await, store.table());
+    crate::shared_stores::cut_off_engine_stops(&proxy, |through_proxy| {
+        let s = if through_proxy { cut_off.clone() } else { store.clone() };
+        let audit: Arc<dyn AuditSink> = Arc::new(DynamoDbAuditSink::new(&s, "main"));
+        (Arc::new(s), audit)
+    })
+    .await;
+    crate::shared_stores::handed_over(&store.lease_grants("web").await.unwrap());
+}

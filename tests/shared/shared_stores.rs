@@ -3,12 +3,16 @@
 //! `#[path]` beside `common`.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use relay::providers::sim::{RevisionBehavior, SimTarget};
+use relay::state::LeaseGrant;
 use relay::strategies::CanaryStrategy;
-use relay::{testing, Error, Lease, Outcome, RelayBuilder, RolloutCommand, RolloutSpec, RolloutStatus, StateStore};
+use relay::{
+    testing, AuditSink, Error, Lease, Outcome, RelayBuilder, RolloutCommand, RolloutSpec, RolloutStatus, StateStore,
+};
 
 use crate::common::{release, World};
 
@@ -131,4 +135,101 @@ pub async fn two_engines_share(engine: impl Fn(&str) -> RelayBuilder) {
     assert!(b.state().list_active().await.unwrap().is_empty());
     let check = b.verify_audit().await.unwrap();
     assert!(check.entries > 0 && check.anchors.unwrap() >= 2, "{check:?}");
+}
+
+/// Counts the calls that change a target, for one engine.
+#[derive(Clone, Debug, Default)]
+pub struct Mutations(Arc<AtomicU64>);
+
+#[async_trait::async_trait]
+impl relay::providers::Interceptor for Mutations {
+    async fn before(&self, op: &'static str) -> relay::Result<()> {
+        if matches!(op, "stage" | "scale" | "route" | "promote" | "retire") {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+impl Mutations {
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The store becomes unreachable for one engine in the middle of a canary
+/// (`proxy`, between that engine and the store, stops): it changes the
+/// target no more, its lease lapses, another engine resumes the rollout
+/// and finishes it, and when the store is back the first engine is refused
+/// by its fencing token and stops. `stores(cut_off)` gives an engine its
+/// state store and audit sink, through the proxy when `cut_off`.
+pub async fn cut_off_engine_stops(
+    proxy: &crate::fault_proxy::FaultProxy,
+    stores: impl Fn(bool) -> (Arc<dyn StateStore>, Arc<dyn AuditSink>),
+) {
+    let world = ready_world();
+    let config = relay::EngineConfig {
+        lease_ttl: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let engine = |holder: &str, cut_off: bool, counted: Mutations| {
+        let (state, audit) = stores(cut_off);
+        world
+            .stores()
+            .target(Arc::new(relay::providers::Wrapped::with(counted, world.target.clone())))
+            .probe(Arc::new(relay::providers::sim::SimProbe::new(world.target.clone())))
+            .state(state)
+            .audit(audit)
+            .config(config.clone())
+            .retry(crate::fault_proxy::fast_retry())
+            .holder(holder)
+            .build()
+            .unwrap()
+    };
+    let (by_a, by_b) = (Mutations::default(), Mutations::default());
+    let a = engine("engine-a", true, by_a.clone());
+    let b = engine("engine-b", false, by_b.clone());
+    let handle = canary_under_way(&b, &a).await;
+    let id = handle.id().to_string();
+    proxy.stop();
+    let cut_at = by_a.count();
+
+    // Once the lease has lapsed, the other engine resumes the rollout.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (resumed, skipped) = b.recover().await.unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(resumed.len(), 1);
+    let outcome = tokio::time::timeout(Duration::from_secs(60), resumed.into_iter().next().unwrap().wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome}");
+    assert!(by_b.count() > 1, "the second engine finished the rollout");
+
+    // The store comes back: the first engine is fenced off and stops.
+    proxy.restart().await;
+    let ended = tokio::time::timeout(Duration::from_secs(60), handle.wait())
+        .await
+        .expect("the cut-off engine stops once it can tell");
+    assert!(ended.is_err(), "the cut-off engine cannot report an end: {ended:?}");
+    assert_eq!(
+        by_a.count(),
+        cut_at,
+        "no target change by the engine that could not reach the store"
+    );
+    let record = b.state().get(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, RolloutStatus::Finished(outcome));
+    b.verify_audit().await.unwrap();
+}
+
+/// The lease history [`cut_off_engine_stops`] leaves: v1's engine, the
+/// cut-off engine, then the engine that took over, no grant overlapping.
+pub fn handed_over(grants: &[LeaseGrant]) {
+    assert!(!grants.iter().any(|g| g.overlaps()), "{grants:?}");
+    let holders: Vec<&str> = grants.iter().map(|g| g.holder.as_str()).collect();
+    assert_eq!(holders.len(), 3, "{grants:?}");
+    assert!(
+        holders[1].starts_with("engine-a") && holders[2].starts_with("engine-b"),
+        "{grants:?}"
+    );
 }
