@@ -109,8 +109,7 @@ async fn a_role_that_may_only_read_and_write_rows_runs_the_store() {
     db.batch_execute(&format!(
         "CREATE ROLE {role} LOGIN;
          GRANT USAGE ON SCHEMA {s} TO {role};
-         GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {s} TO {role};
-         GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {role};"
+         GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {s} TO {role};"
     ))
     .await
     .unwrap();

@@ -21,7 +21,7 @@ use super::{db_err, Postgres};
 /// head it finds, writes both and commits. The head lives beside the
 /// entries, so [`AuditSink::verify`] sees entries deleted from the end;
 /// records anchor it too ([`relay_core::audit::check_anchors`]).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PostgresAuditSink {
     pg: Postgres,
     chain: String,
@@ -37,6 +37,16 @@ pub struct PostgresAuditSink {
     move_head: String,
     entries: String,
     head: String,
+}
+
+impl std::fmt::Debug for PostgresAuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresAuditSink")
+            .field("schema", &self.pg.schema_name())
+            .field("chain", &self.chain)
+            .field("keyed", &self.key.is_keyed())
+            .finish()
+    }
 }
 
 impl PostgresAuditSink {

@@ -26,7 +26,6 @@
 //! ```sql
 //! GRANT USAGE ON SCHEMA relay TO relay_engine;
 //! GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA relay TO relay_engine;
-//! GRANT USAGE ON ALL SEQUENCES IN SCHEMA relay TO relay_engine;
 //! ```
 //!
 //! No engine deletes a row: the audit table is append-only for them (an

@@ -32,15 +32,23 @@ const COMMAND_ATTEMPTS: u32 = 8;
 ///   `lease_grants`.
 /// - Commands are rows numbered 1, 2, … per rollout; concurrent senders
 ///   get distinct numbers.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PostgresStateStore {
     pg: Postgres,
     sql: Sql,
     command_poll: Duration,
 }
 
+impl std::fmt::Debug for PostgresStateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStateStore")
+            .field("schema", &self.pg.schema_name())
+            .finish()
+    }
+}
+
 /// The statements, with the schema filled in.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Sql {
     get: String,
     insert: String,
