@@ -259,7 +259,12 @@ async fn work(spec: &str) {
         .bytes()
         .fold(0x9e37_79b9_7f4a_7c15u64, |h, b| (h ^ u64::from(b)).wrapping_mul(31));
     let mut running = tokio::task::JoinSet::new();
+    let parent = std::os::unix::process::parent_id();
     loop {
+        // Orphaned (the parent was killed): stop, rather than run on.
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
         // Rollouts whose engine is gone (its lease lapsed): resume them.
         if let Ok((handles, _locked)) = relay.recover().await {
             for h in handles {
@@ -315,6 +320,15 @@ struct Worker {
     index: usize,
     generation: usize,
     child: Child,
+}
+
+/// A worker is killed when the parent lets go of it, however the parent
+/// ends (a failed check unwinds through here too).
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Worker {
@@ -377,16 +391,13 @@ async fn check(spec: &str, targets: usize, rollouts: usize) {
             w.child.wait().unwrap();
             kills.push((Worker::name(w.index, w.generation), now_ms()));
             let (index, generation) = (w.index, w.generation + 1);
-            *w = Worker::start(spec, logs.path(), index, generation);
+            *w = Worker::start(spec, logs.path(), index, generation); // the old one dropped: reaped
             next_kill = Instant::now() + Duration::from_millis(1500 + seed % 1500);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = started.elapsed();
-    for w in &mut fleet {
-        let _ = w.child.kill();
-        let _ = w.child.wait();
-    }
+    drop(fleet);
 
     // 1. Every rollout finished.
     let records = store.list_all().await.unwrap();
