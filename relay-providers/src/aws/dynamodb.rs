@@ -82,6 +82,19 @@ fn cancelled<R>(
         .is_some_and(|e| e.is_transaction_canceled_exception())
 }
 
+/// The item at `pk`/`sk`, read consistently; `what` names it in errors.
+async fn get_item(client: &Client, table: &str, pk: String, sk: &str, what: &str) -> Result<Option<Item>> {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .set_key(Some(key(pk, sk)))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| classify(PROVIDER, &format!("GetItem {what}"), e))?;
+    Ok(out.item)
+}
+
 /// Every item of partition `pk` (whose sort key begins with `prefix`,
 /// or comes after `after`), in sort-key order, read consistently.
 async fn query(
@@ -317,16 +330,15 @@ impl DynamoDbStateStore {
 
     /// The lease slot of `target` and its item's revision (0: no item).
     async fn slot(&self, target: &str) -> Result<(LeaseSlot, i64)> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&*self.table)
-            .set_key(Some(key(format!("lease#{target}"), "lease")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(PROVIDER, &format!("GetItem lease {target}"), e))?;
-        let Some(item) = out.item else {
+        let item = get_item(
+            &self.client,
+            &self.table,
+            format!("lease#{target}"),
+            "lease",
+            &format!("lease {target}"),
+        )
+        .await?;
+        let Some(item) = item else {
             return Ok((LeaseSlot::default(), 0));
         };
         let lease = get_s(&item, "holder").map(|holder| Lease {
@@ -421,16 +433,15 @@ impl DynamoDbStateStore {
 #[async_trait]
 impl StateStore for DynamoDbStateStore {
     async fn get(&self, id: &str) -> Result<Option<RolloutRecord>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&*self.table)
-            .set_key(Some(key(format!("rollout#{id}"), "record")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(PROVIDER, &format!("GetItem rollout {id}"), e))?;
-        out.item.as_ref().map(record_of).transpose()
+        let item = get_item(
+            &self.client,
+            &self.table,
+            format!("rollout#{id}"),
+            "record",
+            &format!("rollout {id}"),
+        )
+        .await?;
+        item.as_ref().map(record_of).transpose()
     }
 
     async fn put(&self, record: &RolloutRecord, expected_version: Option<u64>) -> Result<u64> {
@@ -690,16 +701,9 @@ impl DynamoDbAuditSink {
     }
 
     async fn head(&self) -> Result<Option<ChainHead>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&*self.table)
-            .set_key(Some(key(self.pk(), "head")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(PROVIDER, &format!("GetItem audit head {}", self.chain), e))?;
-        Ok(out.item.map(|i| ChainHead {
+        let what = format!("audit head {}", self.chain);
+        let item = get_item(&self.client, &self.table, self.pk(), "head", &what).await?;
+        Ok(item.map(|i| ChainHead {
             seq: count(get_n(&i, "seq")),
             hash: get_s(&i, "hash").unwrap_or_default().to_owned(),
         }))
