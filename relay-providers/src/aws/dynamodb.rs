@@ -70,16 +70,25 @@ fn build_err(e: impl std::fmt::Display) -> Error {
     Error::provider(PROVIDER, false, format!("a DynamoDB request could not be built: {e}"))
 }
 
-/// Whether a transaction was cancelled by one of its conditions (or a
-/// concurrent transaction on the same items): a lost race, not a fault.
-fn cancelled<R>(
-    e: &aws_sdk_dynamodb::error::SdkError<
-        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
-        R,
-    >,
-) -> bool {
-    e.as_service_error()
-        .is_some_and(|e| e.is_transaction_canceled_exception())
+/// Run a transaction: `Ok(true)` once applied, `Ok(false)` when one of its
+/// conditions (or a concurrent transaction on its items) cancelled it — a
+/// lost race, not a fault; `what` names it in other errors.
+async fn transact(client: &Client, writes: Vec<TransactWriteItem>, what: &str) -> Result<bool> {
+    match client
+        .transact_write_items()
+        .set_transact_items(Some(writes))
+        .send()
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_transaction_canceled_exception()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(classify(PROVIDER, &format!("TransactWriteItems {what}"), e)),
+    }
 }
 
 /// The item at `pk`/`sk`, read consistently; `what` names it in errors.
@@ -412,16 +421,8 @@ impl DynamoDbStateStore {
                         .build(),
                 );
             }
-            match self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(writes))
-                .send()
-                .await
-            {
-                Ok(_) => return Ok(out),
-                Err(e) if cancelled(&e) => continue,
-                Err(e) => return Err(classify(PROVIDER, &format!("TransactWriteItems lease {target}"), e)),
+            if transact(&self.client, writes, &format!("lease {target}")).await? {
+                return Ok(out);
             }
         }
         Err(Error::Conflict {
@@ -498,30 +499,18 @@ impl StateStore for DynamoDbStateStore {
         } else {
             TransactWriteItem::builder().put(index("active")?).build()
         });
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(writes))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(version),
-            Err(e) if cancelled(&e) => {
-                // Say why, as every store does.
-                let current = self.get(&record.id).await?.map(|r| r.version);
-                let (slot, rev) = self.slot(&record.target).await?;
-                let last_token = (rev > 0).then_some(slot.last_token);
-                logic::cas_check_versions(current, last_token, record, expected_version)?;
-                Err(Error::Conflict {
-                    what: format!("rollout {}: a concurrent write landed first", record.id),
-                })
-            }
-            Err(e) => Err(classify(
-                PROVIDER,
-                &format!("TransactWriteItems rollout {}", record.id),
-                e,
-            )),
+        let what = format!("rollout {}", record.id);
+        if transact(&self.client, writes, &what).await? {
+            return Ok(version);
         }
+        // Say why, as every store does.
+        let current = self.get(&record.id).await?.map(|r| r.version);
+        let (slot, rev) = self.slot(&record.target).await?;
+        let last_token = (rev > 0).then_some(slot.last_token);
+        logic::cas_check_versions(current, last_token, record, expected_version)?;
+        Err(Error::Conflict {
+            what: format!("rollout {}: a concurrent write landed first", record.id),
+        })
     }
 
     async fn list_active(&self) -> Result<Vec<RolloutRecord>> {
@@ -757,27 +746,12 @@ impl AuditSink for DynamoDbAuditSink {
                     .build(),
                 TransactWriteItem::builder().put(put_entry).build(),
             ];
-            match self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(writes))
-                .send()
-                .await
-            {
-                Ok(_) => {
-                    *last = Some(next.clone());
-                    return Ok(next);
-                }
-                // Another writer appended: chain onto its entry.
-                Err(e) if cancelled(&e) => head = self.head().await?,
-                Err(e) => {
-                    return Err(classify(
-                        PROVIDER,
-                        &format!("TransactWriteItems audit {}", self.chain),
-                        e,
-                    ))
-                }
+            if transact(&self.client, writes, &format!("audit {}", self.chain)).await? {
+                *last = Some(next.clone());
+                return Ok(next);
             }
+            // Another writer appended: chain onto its entry.
+            head = self.head().await?;
         }
         Err(Error::Conflict {
             what: format!(
