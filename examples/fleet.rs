@@ -32,12 +32,14 @@ type Failure = Box<dyn std::error::Error>;
 /// Set in the first engine's environment: the schema to work in.
 const CHILD: &str = "RELAY_FLEET_EXAMPLE_SCHEMA";
 const ROLLOUT: &str = "fleet-example";
+/// Where the URL may come from instead of the command line.
+const URL_VAR: &str = "RELAY_POSTGRES_URL";
 
 #[tokio::main]
 async fn main() -> Result<(), Failure> {
     let url = std::env::args()
         .nth(1)
-        .or_else(|| std::env::var("RELAY_POSTGRES_URL").ok())
+        .or_else(|| std::env::var(URL_VAR).ok())
         .ok_or("usage: fleet <postgres URL> (or set RELAY_POSTGRES_URL)")?;
     let url = SecretString::from(url);
     match std::env::var(CHILD) {
@@ -132,8 +134,10 @@ async fn take_over(url: &SecretString, pg: &Postgres, schema: &str) -> Result<()
     }
 
     println!("engine-a starts the canary of v2 in process of its own");
+    // The URL (it may hold a password) goes in the child's environment,
+    // which only this user can read, not on its command line.
     let mut child = Command::new(std::env::current_exe()?)
-        .arg(url.expose_secret())
+        .env(URL_VAR, url.expose_secret())
         .env(CHILD, schema)
         .spawn()?;
     loop {
