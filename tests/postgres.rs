@@ -66,6 +66,24 @@ async fn the_audit_sink_passes_the_audit_sink_conformance_suite() {
     assert!(matches!(err, Error::AuditTampered { .. }), "{err}");
 }
 
+/// Eight engines' sinks and stores (each its own pool, as processes would
+/// have) append to one chain and send to one rollout at once.
+#[tokio::test]
+async fn eight_writers_at_once_all_land_on_one_chain() {
+    let pg = migrated("many").await;
+    let mut sinks: Vec<Arc<dyn AuditSink>> = Vec::new();
+    let mut stores: Vec<Arc<dyn StateStore>> = Vec::new();
+    for _ in 0..8 {
+        let own = Postgres::connect(&SecretString::from(url()))
+            .unwrap()
+            .schema(pg.schema_name())
+            .unwrap();
+        sinks.push(Arc::new(PostgresAuditSink::new(own.clone(), "main")));
+        stores.push(Arc::new(PostgresStateStore::new(own)));
+    }
+    shared_stores::many_writers(sinks, stores, 12).await;
+}
+
 #[tokio::test]
 async fn migrations_are_versioned_idempotent_and_safe_to_run_at_once() {
     let pg = Postgres::connect(&SecretString::from(url()))

@@ -63,6 +63,22 @@ async fn the_audit_sink_passes_the_audit_sink_conformance_suite_and_shows_tamper
     assert!(err.contains("deleted from the end"), "{err}");
 }
 
+/// Eight engines' sinks and stores (separate clients, as separate
+/// processes would have) append to one chain and send to one rollout at
+/// once: every conditional write that loses a race waits and tries again.
+#[tokio::test]
+async fn eight_writers_at_once_all_land_on_one_chain() {
+    let store = store().await;
+    let mut sinks: Vec<Arc<dyn AuditSink>> = Vec::new();
+    let mut stores: Vec<Arc<dyn relay::StateStore>> = Vec::new();
+    for _ in 0..8 {
+        let own = DynamoDbStateStore::new(&config().await, store.table());
+        sinks.push(Arc::new(DynamoDbAuditSink::new(&own, "main")));
+        stores.push(Arc::new(own));
+    }
+    crate::shared_stores::many_writers(sinks, stores, 12).await;
+}
+
 #[tokio::test]
 async fn a_stale_holders_write_is_refused_even_when_racing_a_takeover() {
     let store = store().await;

@@ -25,8 +25,14 @@ const PROVIDER: &str = "dynamodb";
 const COMMAND_POLL: Duration = Duration::from_secs(1);
 
 /// Tries of a conditional write that loses a race (a lease change, a
-/// command's number, an audit append) before it gives up.
+/// command's number, an audit append) before it gives up for now.
 const ATTEMPTS: u32 = 16;
+
+/// The first wait after a lost race; it doubles up to [`MAX_WAIT`].
+const FIRST_WAIT: Duration = Duration::from_millis(10);
+
+/// The longest wait between two tries of a contended write.
+const MAX_WAIT: Duration = Duration::from_secs(1);
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -68,6 +74,42 @@ fn unreadable(what: &str, e: impl std::fmt::Display) -> Error {
 
 fn build_err(e: impl std::fmt::Display) -> Error {
     Error::provider(PROVIDER, false, format!("a DynamoDB request could not be built: {e}"))
+}
+
+/// Run `attempt`, one optimistic try of a conditional write (`None` when it
+/// lost a race to another writer), until it wins; it is told which try it
+/// makes, from 0. Between lost races it
+/// waits, doubling from [`FIRST_WAIT`] to at most [`MAX_WAIT`], each wait
+/// cut to 50-100% by `spread`, something that differs between contenders
+/// (the holder, the entry), so writers that lost together do not all try
+/// again together: without waits, one writer among several on a slow table
+/// lost 16 races in a row. After [`ATTEMPTS`] the error is retryable, since
+/// contention passes; `what` names the write in it.
+async fn contended<T, F, Fut>(what: impl FnOnce() -> String, spread: &[u8], mut attempt: F) -> Result<T>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    // FNV-1a, then xorshift for each wait.
+    let mut x = spread.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    }) | 1;
+    let mut wait = FIRST_WAIT;
+    for n in 0..ATTEMPTS {
+        if let Some(out) = attempt(n).await? {
+            return Ok(out);
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        tokio::time::sleep(wait.mul_f64(0.5 + (x % 1024) as f64 / 2048.0)).await;
+        wait = (wait * 2).min(MAX_WAIT);
+    }
+    Err(Error::provider(
+        PROVIDER,
+        true,
+        format!("{}: {ATTEMPTS} conditional writes lost a race to other writers", what()),
+    ))
 }
 
 /// Run a transaction: `Ok(true)` once applied, `Ok(false)` when one of its
@@ -374,60 +416,62 @@ impl DynamoDbStateStore {
         now_ms: UnixMillis,
         f: impl Fn(&mut LeaseSlot) -> Result<(T, bool)>,
     ) -> Result<T> {
-        for _ in 0..ATTEMPTS {
-            let (before, rev) = self.slot(target).await?;
-            let mut slot = before.clone();
-            let (out, changed) = f(&mut slot)?;
-            if !changed {
-                return Ok(out);
-            }
-            let mut item = key(format!("lease#{target}"), "lease");
-            item.insert("last_token".into(), n(slot.last_token));
-            item.insert("rev".into(), n(rev + 1));
-            match &slot.lease {
-                Some(l) => {
-                    item.insert("holder".into(), s(l.holder.clone()));
-                    item.insert("token".into(), n(l.token));
-                    item.insert("expires_at_ms".into(), n(l.expires_at_ms));
+        let spread = format!("{target}\n{now_ms}");
+        contended(
+            || format!("the lease on {target}"),
+            spread.as_bytes(),
+            |_| async {
+                let (before, rev) = self.slot(target).await?;
+                let mut slot = before.clone();
+                let (out, changed) = f(&mut slot)?;
+                if !changed {
+                    return Ok(Some(out));
                 }
-                None => {
-                    item.insert("token".into(), n(0));
-                    item.insert("expires_at_ms".into(), n(0));
+                let mut item = key(format!("lease#{target}"), "lease");
+                item.insert("last_token".into(), n(slot.last_token));
+                item.insert("rev".into(), n(rev + 1));
+                match &slot.lease {
+                    Some(l) => {
+                        item.insert("holder".into(), s(l.holder.clone()));
+                        item.insert("token".into(), n(l.token));
+                        item.insert("expires_at_ms".into(), n(l.expires_at_ms));
+                    }
+                    None => {
+                        item.insert("token".into(), n(0));
+                        item.insert("expires_at_ms".into(), n(0));
+                    }
                 }
-            }
-            let put = Put::builder().table_name(&*self.table).set_item(Some(item));
-            let put = if rev == 0 {
-                put.condition_expression("attribute_not_exists(pk)")
-            } else {
-                put.condition_expression("rev = :rev")
-                    .expression_attribute_values(":rev", n(rev))
-            };
-            let mut writes = vec![TransactWriteItem::builder()
-                .put(put.build().map_err(build_err)?)
-                .build()];
-            if let Some(g) = logic::grant(&before, &slot, now_ms) {
-                let mut grant = key(format!("lease#{target}"), format!("grant#{}", padded(g.token)));
-                grant.insert("holder".into(), s(g.holder));
-                grant.insert("token".into(), n(g.token));
-                grant.insert("granted_ms".into(), n(g.granted_ms));
-                if let Some((holder, expires)) = g.previous {
-                    grant.insert("previous_holder".into(), s(holder));
-                    grant.insert("previous_expires_at_ms".into(), n(expires));
+                let put = Put::builder().table_name(&*self.table).set_item(Some(item));
+                let put = if rev == 0 {
+                    put.condition_expression("attribute_not_exists(pk)")
+                } else {
+                    put.condition_expression("rev = :rev")
+                        .expression_attribute_values(":rev", n(rev))
+                };
+                let mut writes = vec![TransactWriteItem::builder()
+                    .put(put.build().map_err(build_err)?)
+                    .build()];
+                if let Some(g) = logic::grant(&before, &slot, now_ms) {
+                    let mut grant = key(format!("lease#{target}"), format!("grant#{}", padded(g.token)));
+                    grant.insert("holder".into(), s(g.holder));
+                    grant.insert("token".into(), n(g.token));
+                    grant.insert("granted_ms".into(), n(g.granted_ms));
+                    if let Some((holder, expires)) = g.previous {
+                        grant.insert("previous_holder".into(), s(holder));
+                        grant.insert("previous_expires_at_ms".into(), n(expires));
+                    }
+                    let put = Put::builder().table_name(&*self.table).set_item(Some(grant));
+                    writes.push(
+                        TransactWriteItem::builder()
+                            .put(put.build().map_err(build_err)?)
+                            .build(),
+                    );
                 }
-                let put = Put::builder().table_name(&*self.table).set_item(Some(grant));
-                writes.push(
-                    TransactWriteItem::builder()
-                        .put(put.build().map_err(build_err)?)
-                        .build(),
-                );
-            }
-            if transact(&self.client, writes, &format!("lease {target}")).await? {
-                return Ok(out);
-            }
-        }
-        Err(Error::Conflict {
-            what: format!("the lease on {target}: {ATTEMPTS} writes lost a race for it"),
-        })
+                let won = transact(&self.client, writes, &format!("lease {target}")).await?;
+                Ok(won.then_some(out))
+            },
+        )
+        .await
     }
 }
 
@@ -555,49 +599,54 @@ impl StateStore for DynamoDbStateStore {
 
     async fn send_command(&self, id: &str, command: &RolloutCommand) -> Result<u64> {
         let json = serde_json::to_string(command).map_err(|e| unreadable("a command", e))?;
-        for _ in 0..ATTEMPTS {
-            let last = self
-                .client
-                .query()
-                .table_name(&*self.table)
-                .consistent_read(true)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(format!("commands#{id}")))
-                .scan_index_forward(false)
-                .limit(1)
-                .send()
-                .await
-                .map_err(|e| classify(PROVIDER, &format!("Query commands {id}"), e))?;
-            let seq = last
-                .items
-                .unwrap_or_default()
-                .first()
-                .and_then(|i| get_s(i, "sk"))
-                .and_then(|sk| sk.parse::<u64>().ok())
-                .unwrap_or(0)
-                + 1;
-            let mut item = key(format!("commands#{id}"), padded(seq));
-            item.insert("command".into(), s(json.clone()));
-            let sent = self
-                .client
-                .put_item()
-                .table_name(&*self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk)")
-                .send()
-                .await;
-            match sent {
-                Ok(_) => return Ok(seq),
-                // Another sender took the number: take the next one.
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
-                Err(e) => return Err(classify(PROVIDER, &format!("PutItem command {id}"), e)),
-            }
-        }
-        Err(Error::Conflict {
-            what: format!("a command for {id}: {ATTEMPTS} senders took the numbers first"),
-        })
+        contended(
+            || format!("a command for {id}"),
+            json.as_bytes(),
+            |_| async {
+                let last = self
+                    .client
+                    .query()
+                    .table_name(&*self.table)
+                    .consistent_read(true)
+                    .key_condition_expression("pk = :pk")
+                    .expression_attribute_values(":pk", s(format!("commands#{id}")))
+                    .scan_index_forward(false)
+                    .limit(1)
+                    .send()
+                    .await
+                    .map_err(|e| classify(PROVIDER, &format!("Query commands {id}"), e))?;
+                let seq = last
+                    .items
+                    .unwrap_or_default()
+                    .first()
+                    .and_then(|i| get_s(i, "sk"))
+                    .and_then(|sk| sk.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    + 1;
+                let mut item = key(format!("commands#{id}"), padded(seq));
+                item.insert("command".into(), s(json.clone()));
+                let sent = self
+                    .client
+                    .put_item()
+                    .table_name(&*self.table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .send()
+                    .await;
+                match sent {
+                    Ok(_) => Ok(Some(seq)),
+                    // Another sender took the number: take the next one.
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(classify(PROVIDER, &format!("PutItem command {id}"), e)),
+                }
+            },
+        )
+        .await
     }
 
     async fn commands(&self, id: &str, after: u64) -> Result<Vec<(u64, RolloutCommand)>> {
@@ -713,52 +762,58 @@ impl DynamoDbAuditSink {
 impl AuditSink for DynamoDbAuditSink {
     async fn append(&self, event: &AuditEvent) -> Result<ChainHead> {
         let mut last = self.last.lock().await;
-        let mut head = match last.clone() {
-            Some(h) => Some(h),
-            None => self.head().await?,
-        };
-        let mut line = Vec::new();
-        for _ in 0..ATTEMPTS {
-            let from = head.clone().unwrap_or_default();
-            let next = from.write_next_line_with(&self.key, event, &mut line);
-            let text = String::from_utf8(line.clone()).map_err(|e| unreadable("an audit line", e))?;
-            let mut head_item = key(self.pk(), "head");
-            head_item.insert("seq".into(), n(next.seq));
-            head_item.insert("hash".into(), s(next.hash.clone()));
-            let move_head = Put::builder().table_name(&*self.table).set_item(Some(head_item));
-            let move_head = match &head {
-                None => move_head.condition_expression("attribute_not_exists(pk)"),
-                Some(h) => move_head
-                    .condition_expression("seq = :seq")
-                    .expression_attribute_values(":seq", n(h.seq)),
-            };
-            let mut entry = key(self.pk(), format!("entry#{}", padded(next.seq)));
-            entry.insert("line".into(), s(text));
-            let put_entry = Put::builder()
-                .table_name(&*self.table)
-                .set_item(Some(entry))
-                .condition_expression("attribute_not_exists(pk)")
-                .build()
-                .map_err(build_err)?;
-            let writes = vec![
-                TransactWriteItem::builder()
-                    .put(move_head.build().map_err(build_err)?)
-                    .build(),
-                TransactWriteItem::builder().put(put_entry).build(),
-            ];
-            if transact(&self.client, writes, &format!("audit {}", self.chain)).await? {
-                *last = Some(next.clone());
-                return Ok(next);
-            }
-            // Another writer appended: chain onto its entry.
-            head = self.head().await?;
-        }
-        Err(Error::Conflict {
-            what: format!(
-                "the audit chain {}: {ATTEMPTS} appends lost a race for its head",
-                self.chain
-            ),
-        })
+        let cached = last.clone();
+        let spread = format!("{}\n{}\n{}", event.actor, event.rollout, event.at_ms);
+        let next = contended(
+            || format!("the audit chain {}", self.chain),
+            spread.as_bytes(),
+            |tried| {
+                let cached = cached.clone();
+                async move {
+                    // After a lost race, another writer appended: chain onto
+                    // its entry.
+                    let head = match cached {
+                        Some(h) if tried == 0 => Some(h),
+                        _ => self.head().await?,
+                    };
+                    let mut line = Vec::new();
+                    let next = head
+                        .clone()
+                        .unwrap_or_default()
+                        .write_next_line_with(&self.key, event, &mut line);
+                    let text = String::from_utf8(line).map_err(|e| unreadable("an audit line", e))?;
+                    let mut head_item = key(self.pk(), "head");
+                    head_item.insert("seq".into(), n(next.seq));
+                    head_item.insert("hash".into(), s(next.hash.clone()));
+                    let move_head = Put::builder().table_name(&*self.table).set_item(Some(head_item));
+                    let move_head = match &head {
+                        None => move_head.condition_expression("attribute_not_exists(pk)"),
+                        Some(h) => move_head
+                            .condition_expression("seq = :seq")
+                            .expression_attribute_values(":seq", n(h.seq)),
+                    };
+                    let mut entry = key(self.pk(), format!("entry#{}", padded(next.seq)));
+                    entry.insert("line".into(), s(text));
+                    let put_entry = Put::builder()
+                        .table_name(&*self.table)
+                        .set_item(Some(entry))
+                        .condition_expression("attribute_not_exists(pk)")
+                        .build()
+                        .map_err(build_err)?;
+                    let writes = vec![
+                        TransactWriteItem::builder()
+                            .put(move_head.build().map_err(build_err)?)
+                            .build(),
+                        TransactWriteItem::builder().put(put_entry).build(),
+                    ];
+                    let won = transact(&self.client, writes, &format!("audit {}", self.chain)).await?;
+                    Ok(won.then_some(next))
+                }
+            },
+        )
+        .await?;
+        *last = Some(next.clone());
+        Ok(next)
     }
 
     async fn entries(&self) -> Result<Vec<AuditEntry>> {
