@@ -37,6 +37,7 @@
 //! | [`PROVIDER_CALLS`] | counter | `operation`, `result` (`ok`, `error`) | provider calls, each counted once with its retries |
 //! | [`PROVIDER_CALL_DURATION`] | histogram (seconds) | `operation` | a provider call's time, its retries and backoff included |
 //! | [`PROVIDER_CALL_RETRIES`] | counter | `operation` | failed attempts that were tried again |
+//! | [`NOTICES`] | counter | `notifier`, `result` (`delivered`, `failed`, `dropped`) | notices sent to notifiers ([`crate::notify`]) |
 //!
 //! Durations are read from `tokio::time`, so under a paused clock (tests,
 //! simulations) they are virtual time. A call finished at its first poll
@@ -71,6 +72,8 @@ pub const PROVIDER_CALLS: &str = "relay_provider_calls_total";
 pub const PROVIDER_CALL_DURATION: &str = "relay_provider_call_duration_seconds";
 /// Counter: failed provider call attempts tried again (`operation`).
 pub const PROVIDER_CALL_RETRIES: &str = "relay_provider_call_retries_total";
+/// Counter: notices handed to notifiers (`notifier`, `result`).
+pub const NOTICES: &str = "relay_notices_total";
 
 /// Register every metric's description and unit with the installed
 /// recorder (call once, after installing it; recording works without).
@@ -96,6 +99,10 @@ pub fn describe() {
         PROVIDER_CALL_RETRIES,
         "Failed provider call attempts that were tried again."
     );
+    describe_counter!(
+        NOTICES,
+        "Notices for notifiers: delivered, failed after every attempt, or dropped from a full queue."
+    );
 }
 
 /// A rollout was started on `target` with `strategy`.
@@ -116,6 +123,15 @@ pub(crate) fn rollout_finished(target: &str, outcome: &Outcome) {
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (target, outcome);
+}
+
+/// A notice for `notifier` was `result` (`delivered`, `failed`, `dropped`).
+#[inline]
+pub(crate) fn notice(notifier: &str, result: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(NOTICES, "notifier" => notifier.to_owned(), "result" => result).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (notifier, result);
 }
 
 /// A rollback began on `target`.

@@ -50,6 +50,7 @@ pub struct RelayBuilder {
     holder: Option<String>,
     seed: Option<u64>,
     authorizer: Option<Arc<dyn crate::authorize::Authorizer>>,
+    notifiers: Vec<(Arc<dyn crate::notify::Notifier>, crate::notify::Delivery)>,
 }
 
 impl RelayBuilder {
@@ -95,6 +96,24 @@ impl RelayBuilder {
     /// Register a gate under its [`Gate::name`].
     pub fn gate(mut self, gate: Arc<dyn Gate>) -> Self {
         self.gates.push(gate);
+        self
+    }
+
+    /// Send the rollouts' notices to `notifier` too, delivered as
+    /// [`Delivery::default`](crate::notify::Delivery) says: never in a
+    /// rollout's way ([`crate::notify`]).
+    pub fn notifier(self, notifier: Arc<dyn crate::notify::Notifier>) -> Self {
+        self.notifier_with(notifier, crate::notify::Delivery::default())
+    }
+
+    /// [`Self::notifier`], delivered as `delivery` says (checked by
+    /// [`Self::build`]).
+    pub fn notifier_with(
+        mut self,
+        notifier: Arc<dyn crate::notify::Notifier>,
+        delivery: crate::notify::Delivery,
+    ) -> Self {
+        self.notifiers.push((notifier, delivery));
         self
     }
 
@@ -220,6 +239,10 @@ impl RelayBuilder {
                 "lease_ttl, poll_interval, gate_poll_interval and watch_resync must be greater than zero",
             ));
         }
+        let mut notifications = crate::notify::Notifications::default();
+        for (notifier, delivery) in self.notifiers {
+            notifications.add(notifier, delivery)?;
+        }
         let instance = nonce();
         let (holder, lease_holder) = match self.holder {
             Some(h) => (h.clone(), format!("{h}#{instance}")),
@@ -256,6 +279,7 @@ impl RelayBuilder {
                 ended: Default::default(),
                 rng: SeededRng::new(seed),
                 ids: AtomicU64::new(0),
+                notifications,
             }),
         })
     }

@@ -14,6 +14,7 @@ use crate::audit::{detail, AuditDetail, AuditEvent, CanonicalObject};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
 use crate::gate::{Approval, GateContext, GateDecision};
+use crate::notify::{Notice, NoticeKind};
 use crate::plan::Step;
 use crate::probe::{ProbeQuery, Scope};
 use crate::release::RevisionId;
@@ -209,6 +210,43 @@ impl Driver {
     /// copy): made only when someone subscribes.
     fn emit_with(&self, kind: impl FnOnce() -> EventKind) {
         self.events.emit(&self.record.id, self.inner.clock.as_ref(), kind);
+    }
+
+    /// Hand the notice `what` (its key in the rollout) to the notifiers,
+    /// unless the record says it was handed on already, by this engine or
+    /// one before it; the key is recorded with the record's next write.
+    fn notify(&mut self, what: String, kind: impl FnOnce() -> NoticeKind) {
+        if self.inner.notifications.is_empty() || self.record.notified.contains(&what) {
+            return;
+        }
+        let notice = self.notice(&what, kind());
+        self.record.notified.push(what);
+        self.inner.notifications.send(notice);
+    }
+
+    /// [`Self::notify`] of a wait that may last hours: the record is
+    /// written at once, so an engine that resumes the rollout meanwhile
+    /// does not send the notice again.
+    async fn notify_waiting(&mut self, what: String, kind: impl FnOnce() -> NoticeKind) -> Result<(), Stop> {
+        let before = self.record.notified.len();
+        self.notify(what, kind);
+        if self.record.notified.len() > before {
+            self.persist().await?;
+        }
+        Ok(())
+    }
+
+    fn notice(&self, what: &str, kind: NoticeKind) -> Notice {
+        let plan = &self.record.plan;
+        Notice {
+            key: format!("{}/{what}", self.record.id),
+            rollout: self.record.id.clone(),
+            target: self.record.target.clone(),
+            candidate: plan.candidate.id.to_string(),
+            artifact: plan.candidate.artifact.pinned_ref().to_string(),
+            at_ms: self.inner.clock.now_ms(),
+            kind,
+        }
     }
 
     async fn audit(&mut self, action: &str, detail: AuditDetail) -> Result<()> {
@@ -653,6 +691,19 @@ impl Driver {
                 steps: self.record.plan.steps.len(),
                 cursor: self.record.cursor,
             });
+            if !self.record.status.is_terminal() {
+                let plan = &self.record.plan;
+                let (strategy, stable, steps) = (
+                    plan.strategy.clone(),
+                    plan.stable.as_ref().map(ToString::to_string),
+                    plan.steps.len(),
+                );
+                self.notify("started".into(), || NoticeKind::Started {
+                    strategy,
+                    stable,
+                    steps,
+                });
+            }
             tracing::info!(
                 cursor = self.record.cursor,
                 steps = self.record.plan.steps.len(),
@@ -694,7 +745,19 @@ impl Driver {
                         tracing::warn!(error = %e, "could not release the lease; it will expire");
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "stopped driving the rollout; it can be resumed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "stopped driving the rollout; it can be resumed");
+                    // Not when another engine took the rollout over: it
+                    // goes on there.
+                    if !self.inner.notifications.is_empty() && !matches!(e, Error::LeaseLost { .. }) {
+                        let kind = NoticeKind::Failed {
+                            error: e.to_string(),
+                            resumable: true,
+                        };
+                        let notice = self.notice(&format!("stopped-{}", self.inner.clock.now_ms()), kind);
+                        self.inner.notifications.send(notice);
+                    }
+                }
             }
             result
         }
@@ -710,6 +773,24 @@ impl Driver {
         // `rollout.finished` entry (as a re-run mutation is audited again).
         if let Err(e) = self.audit("rollout.finished", detail!({"outcome": outcome})).await {
             tracing::error!(error = %e, "could not audit the outcome");
+        }
+        match &outcome {
+            Outcome::Promoted { revision } => {
+                let revision = revision.clone();
+                self.notify("promoted".into(), || NoticeKind::Promoted { revision });
+            }
+            Outcome::RolledBack { cause } => {
+                let cause = cause.clone();
+                self.notify("rolled-back".into(), || NoticeKind::RolledBack { cause });
+            }
+            Outcome::RollbackFailed { cause, error } => {
+                let error = format!("the rollback failed: {error} (it rolled back because: {cause})");
+                self.notify("failed".into(), || NoticeKind::Failed {
+                    error,
+                    resumable: false,
+                });
+            }
+            Outcome::NoChange => {}
         }
         self.record.status = RolloutStatus::Finished(outcome.clone());
         self.persist().await.map_err(|s| match s {
@@ -805,6 +886,12 @@ impl Driver {
                 Err(stop) => return Err(stop),
             };
             self.emit(EventKind::StepCompleted { index });
+            let steps = self.record.plan.steps.len();
+            self.notify(format!("step-{index}"), || NoticeKind::Step {
+                index,
+                steps,
+                description: step.to_string(),
+            });
             self.record.cursor += 1;
             if matches!(end, StepEnd::PromoteNow) {
                 self.promote_now = true;
@@ -915,7 +1002,17 @@ impl Driver {
                 });
             }
             Step::Pause { duration } => return self.pause_step(*duration).await,
-            Step::Analyze { analysis } => return self.analyze(analysis).await,
+            Step::Analyze { analysis } => {
+                let judged = self.analyze(analysis).await;
+                if let Err(Stop::Rollback(reason)) = &judged {
+                    let reason = reason.clone();
+                    self.notify(format!("analysis-failed-{index}"), || NoticeKind::AnalysisFailed {
+                        step: index,
+                        reason,
+                    });
+                }
+                return judged;
+            }
             Step::Gate { name } => return self.gate(index, name).await,
             Step::Promote => {
                 let cand = self.record.plan.candidate.id.clone();
@@ -945,6 +1042,13 @@ impl Driver {
 
     async fn pause_step(&mut self, duration: Option<Duration>) -> Result<StepEnd, Stop> {
         let Some(mut remaining) = duration else {
+            let step = self.record.cursor;
+            self.notify_waiting(format!("paused-{step}"), || NoticeKind::Paused {
+                step,
+                by: "pause".into(),
+                reason: "the plan pauses here until the rollout is resumed".into(),
+            })
+            .await?;
             loop {
                 match self.wait_until(None).await? {
                     Wake::PromoteNow => return Ok(StepEnd::PromoteNow),
@@ -1030,6 +1134,13 @@ impl Driver {
                             gate: name.to_owned(),
                             reason: reason.clone(),
                         });
+                        let held = reason.clone();
+                        self.notify_waiting(format!("paused-{index}"), || NoticeKind::Paused {
+                            step: index,
+                            by: format!("gate {name:?}"),
+                            reason: held,
+                        })
+                        .await?;
                         last_wait = Some(reason);
                     }
                     // Promote-now does not skip a gate: the flag is kept,
@@ -1244,6 +1355,13 @@ impl Driver {
             return Err(Stop::Rollback(why));
         }
         tracing::warn!(reason = %why, "analysis inconclusive: paused for a human");
+        let step = self.record.cursor;
+        let held = why.clone();
+        self.notify(format!("paused-{step}"), || NoticeKind::Paused {
+            step,
+            by: "analysis".into(),
+            reason: format!("inconclusive: {held}"),
+        });
         self.record.paused = true;
         self.persist().await?;
         self.audit_or_stop("analysis.inconclusive_paused", detail!({"reason": why}))
@@ -1320,6 +1438,8 @@ impl Driver {
             self.record.status = RolloutStatus::RollingBack { cause: cause.clone() };
             self.record.rollback_step = RollbackStep::RestoreCapacity;
             self.record.paused = false;
+            let rolling = cause.clone();
+            self.notify("rolling-back".into(), || NoticeKind::RollingBack { cause: rolling });
             if let Err(s) = self.persist().await {
                 to_err(s)?;
             }

@@ -376,6 +376,8 @@ pub(crate) struct Inner {
     pub ended: tokio::sync::Notify,
     pub rng: SeededRng,
     pub ids: AtomicU64,
+    /// Where notices go ([`crate::notify`]).
+    pub notifications: crate::notify::Notifications,
 }
 
 impl Inner {

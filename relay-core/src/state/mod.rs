@@ -256,6 +256,11 @@ pub struct RolloutRecord {
     /// The number of the last command from the state store
     /// ([`StateStore::send_command`]) the rollout's driver applied.
     pub commands_applied: u64,
+    /// The keys of the notices handed to notifiers (`started`, `step-3`,
+    /// `promoted`; [`crate::notify`]): an engine that resumes the rollout
+    /// sends none of them again. Empty without notifiers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notified: Vec<String>,
 }
 
 impl RolloutRecord {
@@ -288,6 +293,7 @@ impl RolloutRecord {
             version: 0,
             audit_head: None,
             commands_applied: 0,
+            notified: Vec::new(),
         }
     }
 }
@@ -337,6 +343,8 @@ struct StoredRecord {
     audit_head: Option<crate::audit::ChainHead>,
     #[serde(default)]
     commands_applied: u64,
+    #[serde(default)]
+    notified: Vec<String>,
 }
 
 impl RolloutRecord {
@@ -380,6 +388,7 @@ impl Clone for RolloutRecord {
             version,
             audit_head,
             commands_applied,
+            notified,
         } = source;
         self.id.clone_from(id);
         self.target.clone_from(target);
@@ -398,6 +407,7 @@ impl Clone for RolloutRecord {
         self.version = *version;
         self.audit_head.clone_from(audit_head);
         self.commands_applied = *commands_applied;
+        self.notified.clone_from(notified);
     }
 }
 

@@ -1,11 +1,14 @@
 //! HTTP providers (feature `http`): [`HttpProbe`] hits a health endpoint
 //! per revision; [`PrometheusProbe`] queries a Prometheus server;
-//! [`WebhookGate`] asks an HTTP endpoint whether a rollout may proceed.
+//! [`WebhookGate`] asks an HTTP endpoint whether a rollout may proceed;
+//! [`SlackNotifier`] and [`WebhookNotifier`] tell people how rollouts go.
 
+mod notify;
 mod probe;
 mod prometheus;
 mod webhook;
 
+pub use notify::{SlackNotifier, WebhookNotifier, IDEMPOTENCY_HEADER, NOTICE_HEADER};
 pub use probe::{HttpProbe, HttpProbeBuilder, ERROR_RATE, LATENCY_MS};
 pub use prometheus::{PromQuery, PrometheusProbe};
 pub use webhook::{WebhookGate, SIGNATURE_HEADER};
