@@ -9,6 +9,8 @@
 //!                                  when the release is live
 //!   status [<rollout>]             running rollouts, or one rollout
 //!   history <target>               every rollout on a target
+//!   diff <target> <from> <to>      release notes: what changed between two
+//!                                  releases (rollout or revision ids)
 //!   deploy <pipeline> <artifact>   roll out to a pipeline's first environment
 //!   promote <pipeline> <digest> <environment>
 //!                                  roll a digest that succeeded in the
@@ -48,8 +50,9 @@
 //! `RUST_LOG` sets what the engine logs on stderr (`RUST_LOG=info`: every
 //! target change, retry and verdict; unset: errors only).
 //!
-//! `--output json` prints `plan`, `status` and `history` as JSON (the plan,
-//! or an array of rollout records each with `orphaned`), for scripts.
+//! `--output json` prints `plan`, `status`, `history` and `diff` as JSON
+//! (the plan, an array of rollout records each with `orphaned`, or the
+//! release notes), for scripts.
 //!
 //! Exit codes, for CI jobs to branch on: 0 the release is live (or the
 //! command did what it said); 1 the rollout was rolled back, or failed;
@@ -126,11 +129,12 @@ const OPTIONS: [&str; 8] = [
 ];
 
 /// The commands relayctl knows.
-const COMMANDS: [&str; 13] = [
+const COMMANDS: [&str; 14] = [
     "plan",
     "apply",
     "status",
     "history",
+    "diff",
     "deploy",
     "promote",
     "approve",
@@ -271,6 +275,11 @@ async fn run(args: &Args) -> Outcome<()> {
         "recover" => ctl()?.recover(&args.words[1..]).await,
         "status" => ctl()?.status(args.words.get(1).map(String::as_str), args.json).await,
         "history" => ctl()?.history(word(1, "target")?, args.json).await,
+        "diff" => {
+            ctl()?
+                .diff(word(1, "target")?, word(2, "from")?, word(3, "to")?, args.json)
+                .await
+        }
         "deploy" => {
             let artifact = word(2, "artifact")?.parse::<ArtifactRef>()?;
             ctl()?.deploy(Path::new(word(1, "pipeline file")?), artifact).await
@@ -347,6 +356,10 @@ const COMMAND_HELP: &str = "
       Running rollouts (orphans marked), or one rollout and its plan.
   history <target>
       Every rollout on a target. --output json for scripts.
+  diff <target> <from> <to>
+      Release notes from one release to a later one (each a rollout id or a
+      revision id): artifact, configuration, secret versions, strategy, the
+      rollouts between, gate decisions, analysis. Markdown; --output json.
   deploy <pipeline> <artifact>
       Roll out to a pipeline's first environment.
   promote <pipeline> <digest> <environment>
@@ -369,6 +382,7 @@ const HELP: &str = "
 relayctl [--state DIR] [--virtual] [--output text|json] <command>
 relayctl --help | help <command>
   plan <spec> | apply <spec> | status [<rollout>] | history <target>
+  diff <target> <from> <to>
   deploy <pipeline> <artifact> | promote <pipeline> <digest> <environment>
   approve|reject <rollout> <gate> [--by NAME] [--comment TEXT]
   resume <rollout> [--by NAME] | abort <rollout> [--by NAME] [--reason TEXT]
@@ -753,6 +767,18 @@ impl Ctl {
         }
         print_records(&records, &orphans);
         self.report_damaged().await
+    }
+
+    async fn diff(&self, target: &str, from: &str, to: &str, json: bool) -> Outcome<()> {
+        let sink = JsonlAuditSink::open_keyed(self.audit_path(), &audit_key()?)?;
+        let notes = relay::history::release_diff(self.state.as_ref(), Some(&sink), target, from, to).await?;
+        if json {
+            let text = serde_json::to_string_pretty(&notes).map_err(|e| Failure(EXIT_FAILED, e.to_string()))?;
+            out!("{text}");
+        } else {
+            out!("{}", notes.to_markdown().trim_end());
+        }
+        Ok(())
     }
 
     /// The rollouts among `records` that no process drives any more, each

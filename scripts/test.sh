@@ -223,6 +223,16 @@ cargo build --example relayctl --all-features
   code=0; ctl --virtual apply examples/specs/bad-canary.yaml || code=$?
   [ "$code" = 1 ] || { echo "relayctl: a rolled-back release must exit 1, not $code" >&2; exit 1; }
   ctl history web | grep "rolled back" >/dev/null
+  # Release notes from the promoted canary to the rolled-back one.
+  first=$(ctl --output json history web | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["id"])')
+  second=$(ctl --output json history web | python3 -c 'import json, sys; print(json.load(sys.stdin)[1]["id"])')
+  ctl diff web "$first" "$second" | grep -q '^## Analysis of'
+  ctl --output json diff web "$first" "$second" | python3 -c '
+import json, sys
+notes = json.load(sys.stdin)
+assert notes["to"]["outcome"] == "rolled_back", notes["to"]
+assert any(c["outcome"] == "fail" for c in notes["checks"]), notes["checks"]
+'
   ctl --output json history web | python3 -c '
 import json, sys
 records = json.load(sys.stdin)

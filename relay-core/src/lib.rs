@@ -22,6 +22,7 @@ pub mod event;
 mod forward;
 pub mod freeze;
 pub mod gate;
+pub mod history;
 mod hmac;
 pub mod notify;
 pub mod pipeline;

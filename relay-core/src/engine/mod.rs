@@ -875,6 +875,18 @@ impl Relay {
         Ok(())
     }
 
+    /// Release notes: what changed from release `from` to release `to` of
+    /// `target` (each a rollout id, or a revision id), from this engine's
+    /// state store and audit log ([`crate::history`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] naming `from` or `to` when no rollout of the
+    /// target answers to it; store errors.
+    pub async fn diff(&self, target: &str, from: &str, to: &str) -> Result<crate::history::ReleaseDiff> {
+        let inner = &self.inner;
+        crate::history::release_diff(inner.state.as_ref(), Some(inner.audit.as_ref()), target, from, to).await
+    }
+
     /// How `target` differs from the release relay last promoted on it: the
     /// stable revision, replicas, revisions left running, and — when the
     /// target can describe what it runs — the image, the configuration and
