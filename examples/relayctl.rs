@@ -4,7 +4,8 @@
 //! relayctl [--state DIR] [--virtual] [--output text|json] <command>
 //! relayctl --help | help [<command>]
 //!
-//!   plan <spec>                    print the plan, change nothing
+//!   plan <spec> [--runbook]        print the plan, change nothing; with
+//!                                  --runbook, as the operator's runbook
 //!   apply <spec>                   roll out, showing progress; exit 0 only
 //!                                  when the release is live
 //!   status [<rollout>]             running rollouts, or one rollout
@@ -117,9 +118,10 @@ fn usage(msg: impl Into<String>) -> Failure {
 }
 
 /// The options relayctl knows, for naming the nearest to a mistyped one.
-const OPTIONS: [&str; 8] = [
+const OPTIONS: [&str; 9] = [
     "--state",
     "--virtual",
+    "--runbook",
     "--output",
     "--by",
     "--comment",
@@ -184,6 +186,7 @@ struct Args {
     virtual_time: bool,
     help: bool,
     json: bool,
+    runbook: bool,
     words: Vec<String>,
     options: BTreeMap<String, String>,
 }
@@ -194,6 +197,7 @@ fn parse_args() -> Outcome<Args> {
         virtual_time: false,
         help: false,
         json: false,
+        runbook: false,
         words: Vec::new(),
         options: BTreeMap::new(),
     };
@@ -201,6 +205,7 @@ fn parse_args() -> Outcome<Args> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--virtual" => args.virtual_time = true,
+            "--runbook" => args.runbook = true,
             "--help" | "-h" => args.help = true,
             "--state" | "--by" | "--comment" | "--reason" | "--output" => {
                 let v = it.next().ok_or_else(|| usage(format!("{a} needs a value")))?;
@@ -270,7 +275,11 @@ async fn run(args: &Args) -> Outcome<()> {
     // Opened only for a known command: help and usage errors touch nothing.
     let ctl = || Ctl::open(&args.dir);
     match command.as_str() {
-        "plan" => ctl()?.plan(Path::new(word(1, "spec file")?), args.json).await,
+        "plan" => {
+            ctl()?
+                .plan(Path::new(word(1, "spec file")?), args.json, args.runbook)
+                .await
+        }
         "apply" => ctl()?.apply(Path::new(word(1, "spec file")?)).await,
         "recover" => ctl()?.recover(&args.words[1..]).await,
         "status" => ctl()?.status(args.words.get(1).map(String::as_str), args.json).await,
@@ -347,8 +356,10 @@ async fn run(args: &Args) -> Outcome<()> {
 /// One entry per command for `relayctl help <command>`: its line, then its
 /// description indented by six spaces.
 const COMMAND_HELP: &str = "
-  plan <spec>
-      Print the plan, change nothing. --output json prints it as JSON.
+  plan <spec> [--runbook]
+      Print the plan, change nothing. --output json prints it as JSON;
+      --runbook as a Markdown runbook: each step, how to check it, how to
+      undo it by hand, the whole rollback by hand, whom to call.
   apply <spec>
       Roll out, showing progress. Exit 0 only when the release is live,
       1 when it was rolled back, 3 when the target is busy.
@@ -381,7 +392,7 @@ const COMMAND_HELP: &str = "
 const HELP: &str = "
 relayctl [--state DIR] [--virtual] [--output text|json] <command>
 relayctl --help | help <command>
-  plan <spec> | apply <spec> | status [<rollout>] | history <target>
+  plan <spec> [--runbook] | apply <spec> | status [<rollout>] | history <target>
   diff <target> <from> <to>
   deploy <pipeline> <artifact> | promote <pipeline> <digest> <environment>
   approve|reject <rollout> <gate> [--by NAME] [--comment TEXT]
@@ -676,9 +687,13 @@ impl Ctl {
             .artifacts(Arc::new(relay::artifact::PinnedArtifactStore)))
     }
 
-    async fn plan(&self, path: &Path, json: bool) -> Outcome<()> {
+    async fn plan(&self, path: &Path, json: bool, runbook: bool) -> Outcome<()> {
         let spec = SpecFile::load(path)?;
         let relay = self.relay_for(&spec).await?;
+        if runbook {
+            out!("{}", relay.runbook(&spec.rollout).await?.trim_end());
+            return Ok(());
+        }
         let plan = relay.plan(&spec.rollout).await?;
         if json {
             out!("{}", to_json(&plan)?);

@@ -219,6 +219,9 @@ cargo build --example relayctl --all-features
   code=0; ctl --hepl 2>"$RELAYCTL_DIR/usage.err" || code=$?
   [ "$code" = 2 ] && grep -q 'did you mean --help' "$RELAYCTL_DIR/usage.err" ||
     { echo "relayctl: a mistyped option must exit 2 naming --help (exit $code)" >&2; exit 1; }
+  ctl plan --runbook examples/specs/canary.yaml >"$RELAYCTL_DIR/runbook.md"
+  grep -q '^## Roll the release back by hand' "$RELAYCTL_DIR/runbook.md"
+  grep -q 'on-call: #web-oncall' "$RELAYCTL_DIR/runbook.md"
   ctl --virtual apply examples/specs/canary.yaml
   code=0; ctl --virtual apply examples/specs/bad-canary.yaml || code=$?
   [ "$code" = 1 ] || { echo "relayctl: a rolled-back release must exit 1, not $code" >&2; exit 1; }

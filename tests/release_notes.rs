@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "shared/golden.rs"]
+mod golden;
 
 use std::sync::Arc;
 
@@ -83,17 +85,7 @@ async fn the_notes_say_what_changed_and_what_happened_between_two_releases() {
     // Markdown, against the golden file; JSON with the same facts; neither
     // holds a secret's value.
     let md = diff.to_markdown();
-    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release-notes/r1-r2.md");
-    if std::env::var_os("RELAY_UPDATE_GOLDEN").is_some() {
-        std::fs::write(&golden, &md).unwrap();
-    }
-    let want = std::fs::read_to_string(&golden).unwrap();
-    assert_eq!(
-        md,
-        want,
-        "the notes differ from {} (RELAY_UPDATE_GOLDEN=1 rewrites it)",
-        golden.display()
-    );
+    golden::golden("release-notes/r1-r2.md", &md);
     let json = serde_json::to_string(&diff).unwrap();
     let back: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(back["to"]["rollout"], "r2");

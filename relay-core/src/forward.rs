@@ -58,6 +58,9 @@ impl<T: Target + ?Sized> Target for Arc<T> {
     forward!(retire<'life1>(revision: &'life1 RevisionId) -> Result<()>);
     forward!(describe<'life1>(revision: &'life1 RevisionId) -> Result<Option<crate::target::RunningRevision>>);
     forward!(changed() -> Result<()>);
+    fn manual(&self, action: &crate::runbook::ManualAction) -> Option<Vec<String>> {
+        (**self).manual(action)
+    }
 }
 
 impl<T: SecretStore + ?Sized> SecretStore for Arc<T> {

@@ -31,6 +31,7 @@ pub mod probe;
 pub mod release;
 pub mod retry;
 pub mod rng;
+pub mod runbook;
 pub mod secret;
 pub mod serde_duration;
 pub mod state;

@@ -407,6 +407,14 @@ pub trait Target: Send + Sync + fmt::Debug + 'static {
     async fn changed(&self) -> Result<()> {
         std::future::pending().await
     }
+    /// The shell commands a person would run to take `action` by hand on
+    /// this target, its real names filled in (`kubectl …`, `aws …`), for
+    /// runbooks ([`crate::runbook`]). `None` (the default) when the target
+    /// cannot say. Never a credential in them.
+    fn manual(&self, action: &crate::runbook::ManualAction) -> Option<Vec<String>> {
+        let _ = action;
+        None
+    }
 }
 
 #[cfg(test)]

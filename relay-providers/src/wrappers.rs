@@ -347,6 +347,9 @@ impl<L: Interceptor, T: Target> Target for Wrapped<L, T> {
     async fn changed(&self) -> Result<()> {
         self.call("changed", || self.inner.changed()).await
     }
+    fn manual(&self, action: &relay_core::runbook::ManualAction) -> Option<Vec<String>> {
+        self.inner.manual(action)
+    }
 }
 
 #[async_trait]

@@ -115,6 +115,9 @@ struct Doc {
     policy: PolicyDoc,
     #[serde(default)]
     provider: Option<serde_json::Value>,
+    /// Whom to call, by role (`on-call: "#web-oncall"`), for the runbook.
+    #[serde(default)]
+    contacts: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -574,6 +577,7 @@ impl Doc {
         spec.policy = self.policy.policy()?;
         spec.gates_before_start = self.gates.before_start;
         spec.gates_before_promotion = self.gates.before_promotion;
+        spec.contacts = self.contacts.into_iter().collect();
         Ok(spec)
     }
 }

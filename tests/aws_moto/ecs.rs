@@ -428,6 +428,9 @@ impl Target for TasksStartAtOnce {
     fn capabilities(&self) -> Capabilities {
         self.target.capabilities()
     }
+    fn manual(&self, action: &relay::runbook::ManualAction) -> Option<Vec<String>> {
+        self.target.manual(action)
+    }
     async fn observe(&self) -> Result<TargetState> {
         self.counted("observe", self.target.observe()).await
     }
@@ -1392,6 +1395,76 @@ async fn the_rolling_mode_updates_the_service_and_rolls_back_to_the_stable_task_
         .tags()
         .iter()
         .any(|t| t.key() == Some("relay:stable") && t.value() == s.task_definition()));
+}
+
+/// Runbooks of a canary and a blue/green on task sets, and of an
+/// all-at-once release in rolling mode, against golden files: the real
+/// cluster, service, listener and target groups in every command (the
+/// names the emulator made unique put back to generic ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runbooks_name_the_real_service_listener_and_target_groups() {
+    let svc = task_set_service().await;
+    let repo = two_images(&svc.cfg).await;
+    let (relay, _) = svc.relay(svc.target(None).await, None).await;
+    assert!(deploy(&relay, &repo, "v1", AllAtOnceStrategy).await.is_success());
+    let spec = |strategy: Arc<dyn relay::Strategy>| {
+        let release = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
+        RolloutSpec::with_strategy("web", release, strategy).contact("on-call", "#web-oncall")
+    };
+    let generic = |md: String| {
+        md.replace(&svc.listener, "LISTENER_ARN")
+            .replace(&svc.groups[0], "TG_BLUE_ARN")
+            .replace(&svc.groups[1], "TG_GREEN_ARN")
+            .replace(&svc.cluster, "CLUSTER")
+            .replace(&svc.service, "SERVICE")
+            .replace(&repo, "shop/web")
+    };
+    let canary = CanaryStrategy::new()
+        .set_weight(25)
+        .pause(Duration::from_secs(600))
+        .set_weight(50);
+    let md = relay.runbook(&spec(Arc::new(canary))).await.unwrap();
+    crate::golden::golden("runbooks/ecs-task-sets-canary.md", &generic(md));
+    let md = relay.runbook(&spec(Arc::new(BlueGreenStrategy::new()))).await.unwrap();
+    crate::golden::golden("runbooks/ecs-task-sets-blue-green.md", &generic(md));
+
+    // Rolling mode: one task definition at a time.
+    let cfg = config().await;
+    let ecs = ecs::Client::new(&cfg);
+    let cluster = unique("cluster");
+    ecs.create_cluster().cluster_name(&cluster).send().await.unwrap();
+    let family = unique("api");
+    let original = register_template(&ecs, &family).await;
+    let service = unique("api");
+    ecs.create_service()
+        .cluster(&cluster)
+        .service_name(&service)
+        .task_definition(&original)
+        .desired_count(2)
+        .send()
+        .await
+        .unwrap();
+    let target = EcsServiceTarget::builder(&cfg, &cluster, &service)
+        .name("api")
+        .build()
+        .await
+        .unwrap();
+    let relay = Relay::builder()
+        .target(Arc::new(target))
+        .artifacts(Arc::new(EcrArtifactStore::new(&cfg)))
+        .build()
+        .unwrap();
+    let release = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
+    let md = relay
+        .runbook(&RolloutSpec::new("api", release, AllAtOnceStrategy))
+        .await
+        .unwrap();
+    let md = md
+        .replace(&cluster, "CLUSTER")
+        .replace(&service, "SERVICE")
+        .replace(&family, "FAMILY")
+        .replace(&repo, "shop/web");
+    crate::golden::golden("runbooks/ecs-rolling-all-at-once.md", &md);
 }
 
 #[tokio::test]

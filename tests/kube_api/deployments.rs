@@ -1154,3 +1154,55 @@ async fn an_autoscaled_or_gitops_managed_deployment_is_not_fought_over() {
     );
     assert_eq!(image(&get(&client, &ns, "api").await.unwrap()), "registry.test/api:1");
 }
+
+/// Runbooks of each mode's rollout — rolling (all at once), replica-ratio
+/// canary, blue/green, and a canary through an HTTPRoute — against golden
+/// files: the real namespace, Deployments, Service and route in every
+/// command (the namespace, unique per test, put back to a generic one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runbooks_name_the_real_deployments_service_and_route() {
+    use relay::providers::kubernetes::HttpRouteRouter;
+    let client = client().await;
+    crate::support::gateway_api(&client).await;
+    let ns = namespace(&client).await;
+    let _kubelet = Kubelet::start(&client, &ns);
+    web_app(&client, &ns, "web", 2).await;
+    http_route(&client, &ns).await;
+    let builder = || DeploymentTarget::builder(client.clone(), &ns, "web").name("web");
+    let canary = || {
+        CanaryStrategy::new()
+            .set_weight(25)
+            .pause(Duration::from_secs(600))
+            .set_weight(50)
+    };
+    let router = Arc::new(HttpRouteRouter::new(client.clone(), &ns, "web", "web"));
+    let cases: Vec<(&str, DeploymentTarget, Arc<dyn relay::Strategy>)> = vec![
+        (
+            "k8s-rolling-all-at-once",
+            builder().build().await.unwrap(),
+            Arc::new(AllAtOnceStrategy),
+        ),
+        (
+            "k8s-canary",
+            builder().canary().build().await.unwrap(),
+            Arc::new(canary()),
+        ),
+        (
+            "k8s-blue-green",
+            builder().blue_green("web").build().await.unwrap(),
+            Arc::new(BlueGreenStrategy::new()),
+        ),
+        (
+            "k8s-http-route-canary",
+            builder().traffic_router("web", router).build().await.unwrap(),
+            Arc::new(canary()),
+        ),
+    ];
+    for (name, target, strategy) in cases {
+        let relay = engine(target, artifacts(&["v2"])).build().unwrap();
+        let release = Release::new(format!("{REPO}:v2").parse().unwrap()).replicas(4);
+        let spec = RolloutSpec::with_strategy("web", release, strategy).contact("on-call", "#web-oncall");
+        let md = relay.runbook(&spec).await.unwrap().replace(&ns, "NAMESPACE");
+        crate::golden::golden(&format!("runbooks/{name}.md"), &md);
+    }
+}

@@ -12,6 +12,8 @@ mod support;
 
 #[path = "../shared/fault_proxy.rs"]
 mod fault_proxy;
+#[path = "../shared/golden.rs"]
+mod golden;
 #[path = "../shared/planted.rs"]
 mod planted;
 #[path = "../shared/rollouts.rs"]

@@ -255,6 +255,9 @@ pub struct RolloutSpec {
     /// separates duties ([`crate::ManualApproval::separate_duties`]) can
     /// refuse its starter's approval.
     pub started_by: Option<String>,
+    /// Whom to call about the rollout, as (role, who) pairs (`on-call`,
+    /// `#payments-oncall`): written into its runbook ([`Relay::runbook`]).
+    pub contacts: Vec<(String, String)>,
 }
 
 impl RolloutSpec {
@@ -277,7 +280,15 @@ impl RolloutSpec {
             approvals: Vec::new(),
             promoted_from: None,
             started_by: None,
+            contacts: Vec::new(),
         }
+    }
+
+    /// Name `who` to call as `role` (`on-call`, `owner`, `database`) in the
+    /// rollout's runbook.
+    pub fn contact(mut self, role: impl Into<String>, who: impl Into<String>) -> Self {
+        self.contacts.push((role.into(), who.into()));
+        self
     }
 
     /// Record `identity` as who started the rollout.
@@ -885,6 +896,20 @@ impl Relay {
     pub async fn diff(&self, target: &str, from: &str, to: &str) -> Result<crate::history::ReleaseDiff> {
         let inner = &self.inner;
         crate::history::release_diff(inner.state.as_ref(), Some(inner.audit.as_ref()), target, from, to).await
+    }
+
+    /// The rollout `spec` would run, as a Markdown runbook for the
+    /// operator ([`crate::runbook`]): planned as [`Relay::plan`] plans it
+    /// (nothing changes), each step with what it changes, how to check it
+    /// and the target's commands to undo it by hand, then the whole
+    /// rollback by hand and the spec's contacts.
+    ///
+    /// # Errors
+    /// As [`Relay::plan`].
+    pub async fn runbook(&self, spec: &RolloutSpec) -> Result<String> {
+        let plan = self.plan(spec).await?;
+        let target = self.inner.target(&spec.target)?;
+        Ok(plan.runbook(target.as_ref(), &spec.contacts))
     }
 
     /// How `target` differs from the release relay last promoted on it: the

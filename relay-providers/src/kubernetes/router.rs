@@ -51,6 +51,13 @@ pub trait TrafficRouter: Send + Sync + fmt::Debug + 'static {
     /// Send `percent` of the requests to the canary Service and the rest
     /// to the stable one, changing nothing else.
     async fn set_canary_weight(&self, percent: u8) -> Result<()>;
+    /// For runbooks: the commands that show the weights (`None`), or that
+    /// send `Some(percent)` of the requests to the canary Service by hand.
+    /// `None` (the default) when the router cannot say.
+    fn manual(&self, canary_percent: Option<u8>) -> Option<Vec<String>> {
+        let _ = canary_percent;
+        None
+    }
 }
 
 /// The name of the canary Service beside `stable`.
@@ -194,6 +201,22 @@ fn reweighted(spec: &Value, stable: &str, canary: &str, percent: u8) -> Option<V
 
 #[async_trait]
 impl TrafficRouter for HttpRouteRouter {
+    fn manual(&self, canary_percent: Option<u8>) -> Option<Vec<String>> {
+        let (ns, route) = (&self.namespace, &self.route);
+        let (stable, canary) = (&self.stable, &self.canary);
+        Some(vec![match canary_percent {
+            None => format!(
+                "kubectl -n {ns} get httproute {route} -o jsonpath='{{range .spec.rules[*].backendRefs[*]}}{{.name}}={{.weight}}{{\"\\n\"}}{{end}}'"
+            ),
+            // Every rule's backendRefs to the two Services, as relay sets
+            // them (the canary's must be there: relay added it).
+            Some(w) => format!(
+                "kubectl -n {ns} get httproute {route} -o json | jq '(.spec.rules[].backendRefs[]? | select(.name == \"{stable}\")).weight = {} | (.spec.rules[].backendRefs[]? | select(.name == \"{canary}\")).weight = {w}' | kubectl -n {ns} replace -f -",
+                100 - u32::from(w)
+            ),
+        }])
+    }
+
     async fn canary_weight(&self) -> Result<u8> {
         let route = self.get().await?;
         canary_percent(&route.data["spec"], &self.stable, &self.canary).ok_or_else(|| self.no_rule())

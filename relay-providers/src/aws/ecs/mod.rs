@@ -1,6 +1,7 @@
 //! An Amazon ECS service as a deployment [`Target`].
 
 mod listener;
+mod manual;
 mod rolling;
 mod taskdef;
 mod tasksets;
@@ -528,6 +529,10 @@ fn sole_revision<'a>(target: &str, split: &'a TrafficSplit) -> Result<&'a Revisi
 impl Target for EcsServiceTarget {
     fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    fn manual(&self, action: &relay_core::runbook::ManualAction) -> Option<Vec<String>> {
+        self.manual_commands(action)
     }
 
     fn capabilities(&self) -> Capabilities {

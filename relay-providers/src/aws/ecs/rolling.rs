@@ -11,7 +11,7 @@ use super::{count, replicas, EcsServiceTarget, RollingLimits, PROVIDER};
 use crate::aws::error::classify;
 
 /// The service tag that holds the stable revision's task definition ARN.
-const STABLE_TAG: &str = "relay:stable";
+pub(super) const STABLE_TAG: &str = "relay:stable";
 
 fn stable_arn(service: &Service) -> Option<&str> {
     service

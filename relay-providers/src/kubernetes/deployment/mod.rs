@@ -1,5 +1,6 @@
 //! A Kubernetes Deployment as a deployment [`Target`].
 
+mod manual;
 mod pair;
 mod rolling;
 #[cfg(test)]
@@ -851,6 +852,10 @@ impl DeploymentTarget {
 impl Target for DeploymentTarget {
     fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    fn manual(&self, action: &relay_core::runbook::ManualAction) -> Option<Vec<String>> {
+        self.manual_commands(action)
     }
 
     fn capabilities(&self) -> Capabilities {
