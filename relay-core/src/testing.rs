@@ -148,6 +148,13 @@ pub async fn state_store_conformance(store: &dyn StateStore) {
         matches!(store.put(&stale, Some(v2)).await, Err(Error::LeaseLost { .. })),
         "a write under an old fencing token must be refused"
     );
+    // The old holder's write from the version before the new holder's: it
+    // lost its lease, which is what it must hear (not a version conflict,
+    // which would have it stop as if the store had failed).
+    assert!(
+        matches!(store.put(&stale, Some(v1)).await, Err(Error::LeaseLost { .. })),
+        "a write under an old fencing token from an old version must be refused as LeaseLost"
+    );
     assert!(store.get("conf-missing").await.unwrap().is_none());
 
     // Listing: active only, per target.

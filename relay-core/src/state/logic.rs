@@ -62,14 +62,9 @@ pub fn cas_check_versions(
     record: &RolloutRecord,
     expected: Option<u64>,
 ) -> Result<u64> {
-    if current != expected {
-        return Err(Error::Conflict {
-            what: format!(
-                "rollout {}: expected version {expected:?}, store has {current:?}",
-                record.id
-            ),
-        });
-    }
+    // Fencing first: a holder whose lease was taken over hears that, even
+    // when the new holder has written the record since (its version moved
+    // too), rather than a version conflict it would take for a fault.
     if let Some(last_token) = last_token {
         if record.lease_token < last_token {
             return Err(Error::LeaseLost {
@@ -77,6 +72,14 @@ pub fn cas_check_versions(
                 reason: format!("fencing token {} is older than {last_token}", record.lease_token),
             });
         }
+    }
+    if current != expected {
+        return Err(Error::Conflict {
+            what: format!(
+                "rollout {}: expected version {expected:?}, store has {current:?}",
+                record.id
+            ),
+        });
     }
     Ok(current.unwrap_or(0) + 1)
 }

@@ -260,9 +260,12 @@ impl KubeStateStore {
                 Err(e) => return Err(classify(&format!("write {what}"), e)),
             }
         }
-        Err(Error::Conflict {
-            what: format!("{what}: {LEASE_ATTEMPTS} writes in a row lost a race; try again"),
-        })
+        // Contention passes: retryable, as the engine then tries again.
+        Err(Error::provider(
+            "kubernetes",
+            true,
+            format!("{what}: {LEASE_ATTEMPTS} writes in a row lost a race to other writers"),
+        ))
     }
 }
 
@@ -349,9 +352,11 @@ impl StateStore for KubeStateStore {
                 Err(e) => return Err(classify(&what, e)),
             }
         }
-        Err(Error::Conflict {
-            what: format!("{what}: lost the race {LEASE_ATTEMPTS} times"),
-        })
+        Err(Error::provider(
+            "kubernetes",
+            true,
+            format!("{what}: {LEASE_ATTEMPTS} writes in a row lost a race to other senders"),
+        ))
     }
 
     async fn commands(&self, id: &str, after: u64) -> Result<Vec<(u64, RolloutCommand)>> {
