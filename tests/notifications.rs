@@ -5,6 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[cfg(feature = "http")]
+#[path = "shared/http_server.rs"]
+mod http_server;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -310,97 +313,22 @@ mod http {
     //! The HTTP notifiers against a server on 127.0.0.1 that records what
     //! it is sent, and answers 503 to the first request when told to.
 
-    use std::sync::Mutex;
-
     use relay::providers::http::{SlackNotifier, WebhookNotifier};
     use secrecy::SecretString;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
     use super::*;
+    use crate::http_server::Server;
 
     const KEY: &str = "notice-signing-key-5c1e";
     /// The path part of the URL: an incoming webhook's token.
     const TOKEN: &str = "T000/B000/xoxb-planted-webhook-token";
 
-    #[derive(Clone, Debug)]
-    struct Request {
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-    }
-
-    impl Request {
-        fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        }
-    }
-
     /// Serve on 127.0.0.1: record each request; answer 503 to the first
-    /// `fail_first` of them, 200 after.
-    async fn server(fail_first: u32) -> (String, Arc<Mutex<Vec<Request>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let failures = Arc::new(AtomicU32::new(fail_first));
-        let log = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let (log, failures) = (log.clone(), failures.clone());
-                tokio::spawn(async move {
-                    let Some(request) = read(&mut conn).await else { return };
-                    let fail = failures
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok();
-                    log.lock().unwrap().push(request);
-                    let answer = if fail {
-                        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy"
-                    } else {
-                        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-                    };
-                    let _ = conn.write_all(answer.as_bytes()).await;
-                });
-            }
-        });
-        (format!("http://{addr}/services/{TOKEN}"), seen)
-    }
-
-    async fn read(conn: &mut tokio::net::TcpStream) -> Option<Request> {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let end = loop {
-            let n = conn.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let headers: Vec<(String, String)> = head
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = buf[end + 4..].to_vec();
-        while body.len() < len {
-            let n = conn.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        Some(Request { headers, body })
+    /// `fail_first` of them, 200 after. The URL, with its token path.
+    async fn server(fail_first: u32) -> (String, Server) {
+        let busy = (0..fail_first).map(|_| (503, "busy".to_owned())).collect();
+        let server = Server::start(busy, (200, "ok".to_owned())).await;
+        (format!("{}/services/{TOKEN}", server.url), server)
     }
 
     fn quick() -> Delivery {
@@ -410,18 +338,6 @@ mod http {
             backoff: Duration::from_millis(20),
             queue: 64,
         }
-    }
-
-    /// Wait (real time) until `seen` holds `n` requests.
-    async fn until_seen(seen: &Mutex<Vec<Request>>, n: usize) -> Vec<Request> {
-        for _ in 0..500 {
-            let now = seen.lock().unwrap().clone();
-            if now.len() >= n {
-                return now;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the server saw {} requests, not {n}", seen.lock().unwrap().len());
     }
 
     /// A world whose revisions are ready at once (these run in real time).
@@ -449,7 +365,7 @@ mod http {
         let outcome = common::run(&relay, spec).await;
         assert!(outcome.is_success(), "{outcome}");
         // started (refused once with 503, then sent again), promoted.
-        let requests = until_seen(&seen, 3).await;
+        let requests = seen.until_seen(3).await;
         let texts: Vec<String> = requests
             .iter()
             .map(|r| {
@@ -470,7 +386,7 @@ mod http {
             requests[1].header("Idempotency-Key")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(seen.lock().unwrap().len(), 3, "only the kinds asked for");
+        assert_eq!(seen.requests().len(), 3, "only the kinds asked for");
     }
 
     #[tokio::test]
@@ -489,7 +405,7 @@ mod http {
         assert!(outcome.is_success(), "{outcome}");
         let record = relay.state().list_all().await.unwrap().pop().unwrap();
         let n = record.notified.len();
-        let requests = until_seen(&seen, n).await;
+        let requests = seen.until_seen(n).await;
         for r in &requests {
             let signature = r.header("X-Relay-Signature-256").unwrap();
             assert!(relay::gate::verify_webhook_signature(

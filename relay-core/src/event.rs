@@ -178,6 +178,21 @@ pub enum EventKind {
         /// Why it failed.
         error: String,
     },
+    /// A hook ran once ([`crate::hook`]).
+    HookRan {
+        /// The hook.
+        hook: String,
+        /// Where.
+        at: crate::hook::HookPoint,
+        /// Which attempt (1-based).
+        attempt: u32,
+        /// Whether it passed.
+        passed: bool,
+        /// Its word on how it went.
+        message: String,
+        /// Where its logs are.
+        logs: Option<String>,
+    },
     /// Rollback began.
     RollbackStarted {
         /// Why.

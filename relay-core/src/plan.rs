@@ -58,6 +58,12 @@ pub enum Step {
         /// Which revision.
         role: Role,
     },
+    /// Run a hook ([`crate::hook`]); one that fails rolls back unless its
+    /// spec says to go on.
+    Hook {
+        /// The hook and how it runs.
+        hook: crate::hook::HookSpec,
+    },
     /// Remove a revision an earlier rollout left running (a rollback that
     /// did not finish): planned, after promotion, when the candidate is
     /// already the target's stable revision but the target has not settled
@@ -78,6 +84,7 @@ impl Step {
             Step::Pause { .. } => "pause",
             Step::Analyze { .. } => "analyze",
             Step::Gate { .. } => "gate",
+            Step::Hook { .. } => "hook",
             Step::Promote => "promote",
             Step::Retire { .. } | Step::RetireLeftover { .. } => "retire",
         }
@@ -154,6 +161,7 @@ impl fmt::Display for Step {
                 Ok(())
             }
             Step::Gate { name } => write!(f, "gate {name:?}"),
+            Step::Hook { hook } => write!(f, "hook {:?} ({})", hook.name, hook.at),
             Step::Promote => write!(f, "make candidate stable"),
             Step::Retire { role } => write!(f, "retire {role}"),
             Step::RetireLeftover { revision } => write!(f, "retire leftover revision {revision}"),
@@ -214,6 +222,9 @@ pub struct Plan {
     pub stable_replicas: u32,
     /// The steps.
     pub steps: Vec<Step>,
+    /// Hooks to run after a rollback ([`crate::hook::HookPoint::PostRollback`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_rollback: Vec<crate::hook::HookSpec>,
 }
 
 impl Plan {

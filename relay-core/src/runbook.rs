@@ -238,6 +238,23 @@ impl Plan {
                 };
                 (format!("nothing on the target: relay {what}."), Undo::Nothing)
             }
+            Step::Hook { hook } => (
+                format!(
+                    "nothing on the target: relay runs hook `{}` ({}); if it still fails after {} retries, {}.",
+                    hook.name,
+                    hook.at,
+                    hook.retries,
+                    match hook.on_failure {
+                        crate::hook::HookFailure::RollBack if !shape.promoted => "relay rolls back",
+                        crate::hook::HookFailure::RollBack => "relay records it and the release stays",
+                        crate::hook::HookFailure::Continue => "relay records it and goes on",
+                    }
+                ),
+                Undo::Text(format!(
+                    "what hook `{}` did outside the target (a migration, say) is for its owner to undo; relay does not.",
+                    hook.name
+                )),
+            ),
             Step::Promote => {
                 shape.promoted = true;
                 let undo = match stable {

@@ -96,6 +96,7 @@ pub fn sample_record(id: &str, target: &str, lease_token: u64) -> RolloutRecord 
         stable: None,
         stable_replicas: 0,
         steps: vec![crate::Step::Promote],
+        post_rollback: Vec::new(),
     });
     RolloutRecord::new(id, target, plan, "h", lease_token, 1)
 }

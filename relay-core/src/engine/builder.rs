@@ -41,6 +41,7 @@ pub struct RelayBuilder {
     probe: Option<Arc<dyn HealthProbe>>,
     probes: BTreeMap<String, Arc<dyn HealthProbe>>,
     gates: Vec<Arc<dyn Gate>>,
+    hooks: Vec<Arc<dyn crate::hook::Hook>>,
     verifiers: Vec<Arc<dyn ArtifactVerifier>>,
     state: Option<Arc<dyn StateStore>>,
     audit: Option<Arc<dyn AuditSink>>,
@@ -114,6 +115,13 @@ impl RelayBuilder {
         delivery: crate::notify::Delivery,
     ) -> Self {
         self.notifiers.push((notifier, delivery));
+        self
+    }
+
+    /// Register a hook under its [`Hook::name`](crate::hook::Hook::name),
+    /// for rollouts to run ([`crate::RolloutSpec::hook`]).
+    pub fn hook(mut self, hook: Arc<dyn crate::hook::Hook>) -> Self {
+        self.hooks.push(hook);
         self
     }
 
@@ -212,6 +220,14 @@ impl RelayBuilder {
                 return Err(Error::invalid("relay.gates", format!("two gates are named {name:?}")));
             }
         }
+        let mut hooks = BTreeMap::new();
+        for h in self.hooks {
+            let name = h.name().to_owned();
+            crate::error::check_name(&format!("relay.hooks[{}]", hooks.len()), &name)?;
+            if hooks.insert(name.clone(), h).is_some() {
+                return Err(Error::invalid("relay.hooks", format!("two hooks are named {name:?}")));
+            }
+        }
         // The barrier a wave holds its rollouts at before promotion.
         gates
             .entry(super::WAVE_GATE.to_owned())
@@ -264,6 +280,7 @@ impl RelayBuilder {
                 probe: self.probe,
                 probes: self.probes,
                 gates,
+                hooks,
                 verifiers: self.verifiers,
                 state: self.state.unwrap_or_else(|| Arc::new(MemoryStateStore::new())),
                 audit: self.audit.unwrap_or_else(|| Arc::new(MemoryAuditSink::new())),

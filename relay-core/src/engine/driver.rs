@@ -14,6 +14,7 @@ use crate::audit::{detail, AuditDetail, AuditEvent, CanonicalObject};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, Outcome};
 use crate::gate::{Approval, GateContext, GateDecision};
+use crate::hook::{HookContext, HookFailure, HookRun, HookSpec};
 use crate::notify::{Notice, NoticeKind};
 use crate::plan::Step;
 use crate::probe::{ProbeQuery, Scope};
@@ -1014,6 +1015,15 @@ impl Driver {
                 return judged;
             }
             Step::Gate { name } => return self.gate(index, name).await,
+            Step::Hook { hook } => {
+                let (passed, message) = self.run_hook(Some(index), hook).await?;
+                if !passed && hook.on_failure == HookFailure::RollBack {
+                    return Err(Stop::Rollback(format!(
+                        "hook {:?} ({}) failed: {message}",
+                        hook.name, hook.at
+                    )));
+                }
+            }
             Step::Promote => {
                 let cand = self.record.plan.candidate.id.clone();
                 self.mutate("target.promote", detail!({"revision": cand}), || target.promote(&cand))
@@ -1038,6 +1048,79 @@ impl Driver {
             }
         }
         Ok(StepEnd::Done)
+    }
+
+    /// Run `spec`'s hook (at plan step `step`; `None` after a rollback),
+    /// each attempt bounded by its timeout and audited, a failed one tried
+    /// again while its retries last. Whether it passed, and its last word.
+    async fn run_hook(&mut self, step: Option<usize>, spec: &HookSpec) -> Result<(bool, String), Stop> {
+        let Some(hook) = self.inner.hooks.get(&spec.name).cloned() else {
+            return Ok((
+                false,
+                format!("no hook named {:?} is registered in this engine", spec.name),
+            ));
+        };
+        let plan = &self.record.plan;
+        // Requests on the candidate when it runs: the last traffic step's.
+        let candidate_weight = match step {
+            Some(i) => plan.steps[..i]
+                .iter()
+                .rev()
+                .find_map(|s| match s {
+                    Step::Route { candidate_weight } => Some(*candidate_weight),
+                    _ => None,
+                })
+                .unwrap_or(0),
+            None => 0,
+        };
+        let place = step.map_or_else(|| "rollback".to_owned(), |i| i.to_string());
+        let mut ctx = HookContext {
+            key: format!("{}/{place}/{}", self.record.id, spec.name),
+            rollout: self.record.id.clone(),
+            target: self.record.target.clone(),
+            at: spec.at,
+            candidate: plan.candidate.id.clone(),
+            artifact: plan.candidate.artifact.pinned_ref().to_string(),
+            stable: plan.stable.clone(),
+            candidate_weight,
+            attempt: 0,
+        };
+        let mut last = String::new();
+        for attempt in 1..=spec.retries.saturating_add(1) {
+            ctx.attempt = attempt;
+            let ran = match tokio::time::timeout(spec.timeout, hook.run(&ctx)).await {
+                Ok(Ok(ran)) => ran,
+                Ok(Err(e)) => HookRun::failed(format!("could not run: {e}")),
+                Err(_) => HookRun::failed(format!("did not finish within {:?}", spec.timeout)),
+            };
+            let action = if ran.passed { "hook.passed" } else { "hook.failed" };
+            tracing::info!(hook = %spec.name, at = %spec.at, attempt, passed = ran.passed, message = %ran.message, "hook ran");
+            let detail = detail!({"hook": spec.name, "at": spec.at, "attempt": attempt, "key": ctx.key, "message": ran.message, "logs": ran.logs});
+            match self.audit(action, detail).await {
+                Err(e) if !self.rolling_back => return Err(Stop::Rollback(format!("audit sink failed: {e}"))),
+                Err(e) => tracing::error!(error = %e, "could not audit a hook run"),
+                Ok(()) => {}
+            }
+            self.emit(EventKind::HookRan {
+                hook: spec.name.clone(),
+                at: spec.at,
+                attempt,
+                passed: ran.passed,
+                message: ran.message.clone(),
+                logs: ran.logs.clone(),
+            });
+            if ran.passed {
+                return Ok((true, ran.message));
+            }
+            last = ran.message;
+            if attempt <= spec.retries {
+                // A moment before the next attempt, commands answered
+                // meanwhile (an abort stops the retries).
+                let next = Instant::now() + self.inner.config.poll_interval;
+                while self.wait_until(Some(next)).await? != Wake::Elapsed {}
+            }
+        }
+        Ok((false, last))
     }
 
     async fn pause_step(&mut self, duration: Option<Duration>) -> Result<StepEnd, Stop> {
@@ -1569,6 +1652,14 @@ impl Driver {
             tries = 0;
             self.record.rollback_step = action.next();
             if let Err(s) = self.persist().await {
+                to_err(s)?;
+            }
+        }
+        // After the rollback: its hooks, whose failures are recorded (each
+        // attempt audited) and change nothing.
+        let hooks = self.record.plan.post_rollback.clone();
+        for hook in &hooks {
+            if let Err(s) = self.run_hook(None, hook).await {
                 to_err(s)?;
             }
         }

@@ -258,6 +258,8 @@ pub struct RolloutSpec {
     /// Whom to call about the rollout, as (role, who) pairs (`on-call`,
     /// `#payments-oncall`): written into its runbook ([`Relay::runbook`]).
     pub contacts: Vec<(String, String)>,
+    /// Hooks to run, each where its spec says ([`crate::hook`]).
+    pub hooks: Vec<crate::hook::HookSpec>,
 }
 
 impl RolloutSpec {
@@ -281,7 +283,14 @@ impl RolloutSpec {
             promoted_from: None,
             started_by: None,
             contacts: Vec::new(),
+            hooks: Vec::new(),
         }
+    }
+
+    /// Run a registered hook where `hook` says ([`crate::hook`]).
+    pub fn hook(mut self, hook: crate::hook::HookSpec) -> Self {
+        self.hooks.push(hook);
+        self
     }
 
     /// Name `who` to call as `role` (`on-call`, `owner`, `database`) in the
@@ -364,6 +373,7 @@ pub(crate) struct Inner {
     pub probe: Option<Arc<dyn HealthProbe>>,
     pub probes: BTreeMap<String, Arc<dyn HealthProbe>>,
     pub gates: BTreeMap<String, Arc<dyn Gate>>,
+    pub hooks: BTreeMap<String, Arc<dyn crate::hook::Hook>>,
     pub verifiers: Vec<Arc<dyn ArtifactVerifier>>,
     pub state: Arc<dyn StateStore>,
     pub audit: Arc<dyn AuditSink>,
@@ -536,6 +546,36 @@ impl Inner {
     pub(crate) async fn append(&self, event: &AuditEvent) -> Result<crate::audit::ChainHead> {
         self.call("audit.append", || self.audit.append(event)).await
     }
+}
+
+/// Put each hook where its point says: before the first change, after
+/// the candidate starts, after each traffic step, after promotion (after
+/// a rollback is not a step: see [`Plan::post_rollback`]).
+fn place_hooks(steps: &mut Vec<Step>, hooks: &[crate::hook::HookSpec]) {
+    use crate::hook::HookPoint;
+    let of = |at: HookPoint| -> Vec<Step> {
+        hooks
+            .iter()
+            .filter(|h| h.at == at)
+            .map(|h| Step::Hook { hook: h.clone() })
+            .collect()
+    };
+    let mut placed = Vec::with_capacity(steps.len());
+    let mut first_change = true;
+    for step in steps.drain(..) {
+        if step.is_mutation() && std::mem::take(&mut first_change) {
+            placed.extend(of(HookPoint::PreRollout));
+        }
+        let after = match &step {
+            Step::Stage { .. } => of(HookPoint::PreTraffic),
+            Step::Route { candidate_weight } if *candidate_weight > 0 => of(HookPoint::PostTraffic),
+            Step::Promote => of(HookPoint::PostPromotion),
+            _ => Vec::new(),
+        };
+        placed.push(step);
+        placed.extend(after);
+    }
+    *steps = placed;
 }
 
 /// The steps that settle `target` on `stable`, the revision it already runs
@@ -803,6 +843,22 @@ impl Relay {
                 steps.splice(at..at, spec.gates_before_promotion.iter().map(gate));
             }
             steps.splice(0..0, spec.gates_before_start.iter().map(gate));
+            place_hooks(&mut steps, &spec.hooks);
+        }
+        for (i, h) in spec.hooks.iter().enumerate() {
+            if !inner.hooks.contains_key(&h.name) {
+                return Err(Error::invalid(
+                    format!("spec.hooks[{i}].name"),
+                    format!(
+                        "no hook named {:?} is registered; add one with RelayBuilder::hook; registered: {:?}",
+                        h.name,
+                        inner.hooks.keys().collect::<Vec<_>>()
+                    ),
+                ));
+            }
+            if h.timeout.is_zero() {
+                return Err(Error::invalid(format!("spec.hooks[{i}].timeout"), "must be above zero"));
+            }
         }
         let candidate_id = candidate.id.clone();
         inner.config.limits.check(&steps)?;
@@ -835,6 +891,12 @@ impl Relay {
                 _ => stable.map(|s| s.id),
             },
             steps,
+            post_rollback: spec
+                .hooks
+                .iter()
+                .filter(|h| h.at == crate::hook::HookPoint::PostRollback)
+                .cloned()
+                .collect(),
         })
     }
 

@@ -1,13 +1,16 @@
 //! HTTP providers (feature `http`): [`HttpProbe`] hits a health endpoint
 //! per revision; [`PrometheusProbe`] queries a Prometheus server;
 //! [`WebhookGate`] asks an HTTP endpoint whether a rollout may proceed;
-//! [`SlackNotifier`] and [`WebhookNotifier`] tell people how rollouts go.
+//! [`SlackNotifier`] and [`WebhookNotifier`] tell people how rollouts go;
+//! [`WebhookHook`] runs a rollout's hook through an HTTP endpoint.
 
+mod hook;
 mod notify;
 mod probe;
 mod prometheus;
 mod webhook;
 
+pub use hook::WebhookHook;
 pub use notify::{SlackNotifier, WebhookNotifier, IDEMPOTENCY_HEADER, NOTICE_HEADER};
 pub use probe::{HttpProbe, HttpProbeBuilder, ERROR_RATE, LATENCY_MS};
 pub use prometheus::{PromQuery, PrometheusProbe};

@@ -20,7 +20,7 @@ pub const NOTICE_HEADER: &str = "X-Relay-Notice";
 
 /// What a notifier sends to, and which notices.
 #[derive(Clone)]
-struct Endpoint {
+pub(super) struct Endpoint {
     url: SecretString,
     /// Scheme and host, for logs and `Debug`: a webhook's path and query
     /// are its credentials.
@@ -30,7 +30,7 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(url: SecretString, field: &str) -> Result<Self> {
+    pub(super) fn new(url: SecretString, field: &str) -> Result<Self> {
         // The URL is never echoed: an incoming webhook's URL is its token.
         let parsed = reqwest::Url::parse(url.expose_secret())
             .map_err(|_| Error::invalid(field, "not a URL (it is not shown here: it may hold a token)"))?;
@@ -68,33 +68,67 @@ impl Endpoint {
         self.only.as_ref().is_none_or(|k| k.contains(&kind.name()))
     }
 
-    /// POST `body` as JSON: a 2xx is delivered; a 429 or 5xx, or no answer,
-    /// is worth another try; any other status is not.
-    async fn post(&self, what: &str, notice: &Notice, body: Vec<u8>, signature: Option<String>) -> Result<()> {
+    /// POST `body` as JSON with `headers` (and `key`'s signature of the
+    /// body): the answer's status and the start of its text; no answer is
+    /// a retryable error naming `what` and the host.
+    pub(super) async fn send(
+        &self,
+        what: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        key: Option<&SecretString>,
+    ) -> Result<(reqwest::StatusCode, String)> {
         let mut request = self
             .client
             .post(self.url.expose_secret())
-            .header("Content-Type", "application/json")
-            .header(IDEMPOTENCY_HEADER, &notice.key)
-            .header(NOTICE_HEADER, notice.kind.name());
-        if let Some(signature) = signature {
-            request = request.header(SIGNATURE_HEADER, signature);
+            .header("Content-Type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
-        let what = format!("{what} at {}", self.host);
-        let response = request.body(body).send().await.map_err(|e| unreachable(&what, e))?;
+        if let Some(key) = key {
+            request = request.header(
+                SIGNATURE_HEADER,
+                webhook_signature(key.expose_secret().as_bytes(), &body),
+            );
+        }
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| unreachable(&format!("{what} at {}", self.host), e))?;
         let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        Ok((status, text.chars().take(200).collect::<String>().trim().to_owned()))
+    }
+
+    /// [`Endpoint::send`] of a notice: a 2xx is delivered; a 429 or 5xx is
+    /// worth another try; any other status is not.
+    async fn post(&self, what: &str, notice: &Notice, body: Vec<u8>, key: Option<&SecretString>) -> Result<()> {
+        let headers = [
+            (IDEMPOTENCY_HEADER, notice.key.as_str()),
+            (NOTICE_HEADER, notice.kind.name()),
+        ];
+        let (status, text) = self.send(what, &headers, body, key).await?;
         if status.is_success() {
             return Ok(());
         }
-        let text = response.text().await.unwrap_or_default();
-        let excerpt: String = text.chars().take(200).collect();
-        let retryable = status.as_u16() == 429 || status.is_server_error();
-        Err(Error::provider(
-            PROVIDER,
-            retryable,
-            format!("{what} answered {}: {}", status.as_u16(), excerpt.trim()),
-        ))
+        Err(answered(what, &self.host, status, &text))
     }
+
+    /// The host the requests go to, for messages.
+    pub(super) fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+/// A non-2xx answer as an error: retryable for a 429 or 5xx.
+pub(super) fn answered(what: &str, host: &str, status: reqwest::StatusCode, text: &str) -> Error {
+    let retryable = status.as_u16() == 429 || status.is_server_error();
+    Error::provider(
+        PROVIDER,
+        retryable,
+        format!("{what} at {host} answered {}: {text}", status.as_u16()),
+    )
 }
 
 /// A [`Notifier`] posting each notice's [`Notice::summary`] to a
@@ -222,10 +256,6 @@ impl Notifier for WebhookNotifier {
 
     async fn send(&self, notice: &Notice) -> Result<()> {
         let body = serde_json::to_vec(notice).map_err(|e| Error::provider(PROVIDER, false, e.to_string()))?;
-        let signature = self
-            .key
-            .as_ref()
-            .map(|k| webhook_signature(k.expose_secret().as_bytes(), &body));
-        self.endpoint.post("webhook", notice, body, signature).await
+        self.endpoint.post("webhook", notice, body, self.key.as_ref()).await
     }
 }
