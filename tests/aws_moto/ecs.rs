@@ -1467,6 +1467,116 @@ async fn runbooks_name_the_real_service_listener_and_target_groups() {
     crate::golden::golden("runbooks/ecs-rolling-all-at-once.md", &md);
 }
 
+/// An ECS task as a rollout's smoke test: run with the rollout in its
+/// environment, waited for, judged by its essential container's exit
+/// code, its ARN the logs reference; run again for the same attempt (an
+/// engine that resumed), it waits for the same task. moto never stops a
+/// task, so the test stops it as ECS would when its container exits (moto
+/// reports exit code 0 for every container: a non-zero exit is judged in
+/// the unit tests of `EcsTaskHook`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ecs_task_hook_runs_the_task_to_its_end_once_per_attempt() {
+    use relay::hook::{Hook, HookContext, HookRun};
+    use relay::providers::aws::EcsTaskHook;
+    let cfg = config().await;
+    let ecs = ecs::Client::new(&cfg);
+    let vpc = default_vpc();
+    let cluster = unique("hooks");
+    ecs.create_cluster().cluster_name(&cluster).send().await.unwrap();
+    let family = unique("smoke");
+    register_template(&ecs, &family).await;
+    let calls = RequestCounter::default();
+    let hook = EcsTaskHook::new(&cfg, "smoke", &cluster, &family)
+        .ecs_client(ecs::Client::from_conf(
+            ecs::config::Builder::from(&cfg).interceptor(calls.clone()).build(),
+        ))
+        .network(vpc.subnets.clone(), [vpc.security_group.clone()], false)
+        .poll_interval(Duration::from_millis(50));
+    let ctx = HookContext {
+        key: "r1/2/smoke".into(),
+        rollout: "r1".into(),
+        target: "web".into(),
+        at: relay::HookPoint::PreTraffic,
+        candidate: RevisionId::from("rev-2"),
+        artifact: "registry.invalid/web@sha256:00".into(),
+        stable: Some(RevisionId::from("rev-1")),
+        candidate_weight: 0,
+        attempt: 1,
+    };
+    // ECS, finishing the task: once it runs, stop it as an exited container.
+    let stopper = {
+        let (ecs, cluster) = (ecs.clone(), cluster.clone());
+        tokio::spawn(async move {
+            loop {
+                let running = ecs.list_tasks().cluster(&cluster).send().await.unwrap();
+                if let Some(arn) = running.task_arns().first() {
+                    let task = ecs.describe_tasks().cluster(&cluster).tasks(arn).send().await.unwrap();
+                    let env: Vec<(String, String)> = task.tasks()[0]
+                        .overrides()
+                        .map(|o| o.container_overrides())
+                        .unwrap_or_default()
+                        .iter()
+                        .flat_map(|c| c.environment())
+                        .map(|kv| (kv.name().unwrap().to_owned(), kv.value().unwrap().to_owned()))
+                        .collect();
+                    ecs.stop_task()
+                        .cluster(&cluster)
+                        .task(arn)
+                        .reason("Essential container in task exited")
+                        .send()
+                        .await
+                        .unwrap();
+                    return (arn.clone(), env);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let run: HookRun = tokio::time::timeout(Duration::from_secs(30), hook.run(&ctx))
+        .await
+        .unwrap()
+        .unwrap();
+    let (arn, env) = stopper.await.unwrap();
+    assert!(run.passed, "{run:?}");
+    assert_eq!(run.message, "container web exited 0");
+    assert_eq!(run.logs.as_deref(), Some(arn.as_str()));
+    for (name, value) in [
+        ("RELAY_HOOK_KEY", "r1/2/smoke"),
+        ("RELAY_HOOK_POINT", "pre_traffic"),
+        ("RELAY_CANDIDATE", "rev-2"),
+        ("RELAY_STABLE", "rev-1"),
+    ] {
+        assert!(
+            env.contains(&(name.to_owned(), value.to_owned())),
+            "{name} missing from {env:?}"
+        );
+    }
+    // The same attempt again: the same task, no second one.
+    let again = hook.run(&ctx).await.unwrap();
+    assert_eq!(again.logs.as_deref(), Some(arn.as_str()));
+    let stopped = ecs
+        .list_tasks()
+        .cluster(&cluster)
+        .desired_status(ecs::types::DesiredStatus::Stopped)
+        .send()
+        .await
+        .unwrap();
+    let running = ecs
+        .list_tasks()
+        .cluster(&cluster)
+        .desired_status(ecs::types::DesiredStatus::Running)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (stopped.task_arns().len(), running.task_arns().len()),
+        (1, 0),
+        "one task, stopped"
+    );
+    let used = allowed_by_the_policy(&calls);
+    assert!(used.contains("ecs:RunTask"), "{used:?}");
+}
+
 #[tokio::test]
 async fn builder_errors_name_the_missing_setting() {
     let svc = task_set_service().await;

@@ -33,12 +33,14 @@ mod ecr;
 mod ecs;
 mod error;
 mod secrets;
+mod task_hook;
 
 pub use cloudwatch::{CloudWatchMetric, CloudWatchProbe, DimensionValue, ALARM_PREFIX};
 pub use dynamodb::{DynamoDbAuditSink, DynamoDbStateStore};
 pub use ecr::EcrArtifactStore;
 pub use ecs::{EcsServiceTarget, EcsServiceTargetBuilder};
 pub use secrets::SecretsManagerStore;
+pub use task_hook::EcsTaskHook;
 
 /// The SDK crates these providers are built on, at the versions they use, so
 /// callers can build an `SdkConfig` or a customized client without adding
