@@ -100,6 +100,8 @@ kube_start() {
     --initial-cluster "relay-test=http://127.0.0.1:$etcd_peer" >"$dir/etcd.log" 2>&1 &
   PIDS+=("$!")
 
+  # TTLAfterFinished: Jobs a JobHook creates carry ttlSecondsAfterFinished,
+  # which 1.20 drops unless the gate is on (it is on by default from 1.21).
   "$KUBE_CACHE/bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_client" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api" \
     --tls-cert-file "$dir/server.crt" --tls-private-key-file "$dir/server.key" --client-ca-file "$dir/ca.crt" \
@@ -107,6 +109,7 @@ kube_start() {
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$dir/sa.pub" \
     --service-account-signing-key-file "$dir/sa.key" --service-cluster-ip-range 10.96.0.0/16 \
     --endpoint-reconciler-type none --disable-admission-plugins ServiceAccount \
+    --feature-gates TTLAfterFinished=true \
     >"$dir/apiserver.log" 2>&1 &
   PIDS+=("$!")
 

@@ -1206,3 +1206,117 @@ async fn runbooks_name_the_real_deployments_service_and_route() {
         crate::golden::golden(&format!("runbooks/{name}.md"), &md);
     }
 }
+
+/// A Job as a rollout's hook, on the real API server with relay's
+/// least-privilege Role. No Job controller runs here, so the test plays
+/// it: once the Job exists it marks it complete, then (the next attempt's)
+/// failed. The hook waits for the end, judges by the Job's condition,
+/// names the Job as its logs, and for the same attempt again waits on the
+/// same Job rather than create a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_hook_runs_a_job_to_its_end_once_per_attempt() {
+    use relay::hook::{Hook, HookContext};
+    use relay::providers::kubernetes::sdk::k8s_openapi::api::batch::v1::Job;
+    use relay::providers::kubernetes::sdk::kube::api::ListParams;
+    use relay::providers::kubernetes::{JobHook, HOOK_LABEL};
+    let client = client().await;
+    let ns = namespace(&client).await;
+    let template: Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "ignored"},
+        "spec": {"template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "smoke", "image": "registry.test/smoke:1", "args": ["--all"]}],
+        }}},
+    }))
+    .unwrap();
+    let hook = JobHook::new(provider_client().await, &ns, "smoke", template)
+        .unwrap()
+        .poll_interval(Duration::from_millis(50));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    // The Job controller's part: end the next Job that appears.
+    let end_next = |condition: &'static str, message: &'static str| {
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            loop {
+                let listed = jobs
+                    .list(&ListParams::default().labels(&format!("{HOOK_LABEL}=smoke")))
+                    .await
+                    .unwrap();
+                let fresh = listed
+                    .items
+                    .into_iter()
+                    .find(|j| j.status.as_ref().and_then(|s| s.conditions.as_ref()).is_none());
+                if let Some(job) = fresh {
+                    let name = job.metadata.name.clone().unwrap();
+                    let status = serde_json::json!({"status": {"conditions": [
+                        {"type": condition, "status": "True", "reason": "Test", "message": message}
+                    ]}});
+                    jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await
+                        .unwrap();
+                    return job;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let ctx = |attempt: u32| HookContext {
+        key: "r1/2/smoke".into(),
+        rollout: "r1".into(),
+        target: "web".into(),
+        at: relay::HookPoint::PreTraffic,
+        candidate: RevisionId::from("rev-2"),
+        artifact: pinned("v2"),
+        stable: Some(RevisionId::from("rev-1")),
+        candidate_weight: 0,
+        attempt,
+    };
+    let ender = end_next("Complete", "12 checks passed");
+    let run = tokio::time::timeout(Duration::from_secs(30), hook.run(&ctx(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    let job = ender.await.unwrap();
+    let name = job.metadata.name.clone().unwrap();
+    assert!(run.passed, "{run:?}");
+    assert_eq!(run.message, format!("Job {name} completed: 12 checks passed"));
+    assert_eq!(run.logs, Some(format!("job/{ns}/{name}")));
+    let spec = job.spec.unwrap();
+    assert_eq!(
+        (spec.backoff_limit, spec.ttl_seconds_after_finished),
+        (Some(0), Some(3600))
+    );
+    let env = spec.template.spec.unwrap().containers[0].env.clone().unwrap();
+    for (k, v) in [
+        ("RELAY_HOOK_POINT", "pre_traffic"),
+        ("RELAY_CANDIDATE", "rev-2"),
+        ("RELAY_HOOK_KEY", "r1/2/smoke"),
+    ] {
+        assert!(
+            env.iter().any(|e| e.name == k && e.value.as_deref() == Some(v)),
+            "{k} missing from {env:?}"
+        );
+    }
+    // The same attempt again: the same Job, already complete.
+    let again = hook.run(&ctx(1)).await.unwrap();
+    assert!(again.passed && again.logs == run.logs, "{again:?}");
+    // The next attempt: a Job of its own, which fails.
+    let ender = end_next("Failed", "BackoffLimitExceeded");
+    let failed = tokio::time::timeout(Duration::from_secs(30), hook.run(&ctx(2)))
+        .await
+        .unwrap()
+        .unwrap();
+    ender.await.unwrap();
+    assert!(
+        !failed.passed && failed.message.ends_with("failed: BackoffLimitExceeded"),
+        "{failed:?}"
+    );
+    assert_ne!(failed.logs, run.logs);
+    let all = jobs
+        .list(&ListParams::default().labels(&format!("{HOOK_LABEL}=smoke")))
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 2, "one Job per attempt");
+}

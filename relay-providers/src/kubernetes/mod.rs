@@ -23,6 +23,7 @@
 mod calls;
 mod deployment;
 mod error;
+mod job_hook;
 mod probe;
 mod router;
 mod secrets;
@@ -30,6 +31,7 @@ mod state;
 
 pub use calls::Counted;
 pub use deployment::{DeploymentTarget, DeploymentTargetBuilder};
+pub use job_hook::{JobHook, HOOK_LABEL};
 pub use probe::PodReadinessProbe;
 pub use router::{HttpRouteRouter, TrafficRouter};
 pub use secrets::KubeSecretStore;
