@@ -114,6 +114,38 @@ async fn task_set_service() -> TaskSetService {
     }
 }
 
+/// A service with the ECS (rolling) controller running a task definition
+/// registered for it at 2 tasks.
+struct RollingService {
+    cluster: String,
+    family: String,
+    /// The task definition it runs.
+    original: String,
+    service: String,
+}
+
+async fn rolling_service(ecs: &ecs::Client) -> RollingService {
+    let cluster = unique("cluster");
+    ecs.create_cluster().cluster_name(&cluster).send().await.unwrap();
+    let family = unique("api");
+    let original = register_template(&ecs, &family).await;
+    let service = unique("api");
+    ecs.create_service()
+        .cluster(&cluster)
+        .service_name(&service)
+        .task_definition(&original)
+        .desired_count(2)
+        .send()
+        .await
+        .unwrap();
+    RollingService {
+        cluster,
+        family,
+        original,
+        service,
+    }
+}
+
 async fn register_template(ecs: &ecs::Client, family: &str) -> String {
     ecs.register_task_definition()
         .family(family)
@@ -1273,19 +1305,12 @@ async fn a_canary_failing_its_analysis(
 async fn the_rolling_mode_updates_the_service_and_rolls_back_to_the_stable_task_definition() {
     let cfg = config().await;
     let ecs = ecs::Client::new(&cfg);
-    let cluster = unique("cluster");
-    ecs.create_cluster().cluster_name(&cluster).send().await.unwrap();
-    let family = unique("api");
-    let original = register_template(&ecs, &family).await;
-    let service = unique("api");
-    ecs.create_service()
-        .cluster(&cluster)
-        .service_name(&service)
-        .task_definition(&original)
-        .desired_count(2)
-        .send()
-        .await
-        .unwrap();
+    let RollingService {
+        cluster,
+        original,
+        service,
+        ..
+    } = rolling_service(&ecs).await;
     let calls = RequestCounter::default();
     let target = EcsServiceTarget::builder(&cfg, &cluster, &service)
         .ecs_client(ecs::Client::from_conf(
@@ -1431,19 +1456,12 @@ async fn runbooks_name_the_real_service_listener_and_target_groups() {
     // Rolling mode: one task definition at a time.
     let cfg = config().await;
     let ecs = ecs::Client::new(&cfg);
-    let cluster = unique("cluster");
-    ecs.create_cluster().cluster_name(&cluster).send().await.unwrap();
-    let family = unique("api");
-    let original = register_template(&ecs, &family).await;
-    let service = unique("api");
-    ecs.create_service()
-        .cluster(&cluster)
-        .service_name(&service)
-        .task_definition(&original)
-        .desired_count(2)
-        .send()
-        .await
-        .unwrap();
+    let RollingService {
+        cluster,
+        family,
+        service,
+        ..
+    } = rolling_service(&ecs).await;
     let target = EcsServiceTarget::builder(&cfg, &cluster, &service)
         .name("api")
         .build()
