@@ -128,7 +128,7 @@ async fn rolling_service(ecs: &ecs::Client) -> RollingService {
     let cluster = unique("cluster");
     ecs.create_cluster().cluster_name(&cluster).send().await.unwrap();
     let family = unique("api");
-    let original = register_template(&ecs, &family).await;
+    let original = register_template(ecs, &family).await;
     let service = unique("api");
     ecs.create_service()
         .cluster(&cluster)
