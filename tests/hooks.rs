@@ -282,6 +282,88 @@ async fn an_unknown_hook_or_a_zero_timeout_is_refused_naming_the_field() {
     }
 }
 
+/// Expand runs before anything changes, contract once the old revision is
+/// retired; a rollout rolled back never runs contract; the audit names the
+/// phase of each run.
+#[tokio::test(start_paused = true)]
+async fn a_migration_expands_first_and_contracts_only_after_the_old_revision_is_gone() {
+    use relay::hook::Migration;
+    let w = World::new(57);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let relay = engine(
+        &w,
+        vec![
+            recording("add-column", seen.clone(), |_| {
+                HookRun::passed("ALTER TABLE orders ADD COLUMN note text")
+            }),
+            recording("drop-column", seen.clone(), |_| {
+                HookRun::passed("ALTER TABLE orders DROP COLUMN memo")
+            }),
+        ],
+    )
+    .await;
+    let migration = || Migration::new("add-column", "drop-column");
+    let spec = RolloutSpec::new("web", release("v2"), canary())
+        .id("m1")
+        .migration(migration());
+    let plan = relay.plan(&spec).await.unwrap();
+    let hooks: Vec<(usize, &str)> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            relay::Step::Hook { hook } => Some((i, hook.name.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        hooks,
+        [(0, "add-column"), (plan.steps.len() - 1, "drop-column")],
+        "{plan}"
+    );
+    assert_eq!(plan.steps[plan.steps.len() - 2].kind(), "retire");
+    assert!(relay.start(spec).await.unwrap().wait().await.unwrap().is_success());
+    let phases: Vec<(String, String)> = trail(&relay, "m1")
+        .await
+        .into_iter()
+        .filter(|(a, _)| a == "hook.passed")
+        .map(|(_, d)| {
+            (
+                d["hook"].as_str().unwrap().to_owned(),
+                d["phase"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            ("add-column".to_owned(), "expand".to_owned()),
+            ("drop-column".to_owned(), "contract".to_owned())
+        ]
+    );
+
+    // v3 rolled back by its analysis: expand ran, contract never did.
+    seen.lock().unwrap().clear();
+    let spec = RolloutSpec::new(
+        "web",
+        release("v3"),
+        CanaryStrategy::new().set_weight(25).analyze(common::error_analysis()),
+    )
+    .id("m2")
+    .migration(migration());
+    let outcome = relay.start(spec).await.unwrap().wait().await.unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome}");
+    let ran: Vec<HookPoint> = seen.lock().unwrap().iter().map(|c| c.at).collect();
+    assert_eq!(ran, [HookPoint::PreRollout], "only expand ran");
+
+    // An unregistered half is named.
+    let spec = RolloutSpec::new("web", release("v2"), canary()).migration(Migration::new("add-column", "drop-it"));
+    match relay.plan(&spec).await {
+        Err(Error::InvalidSpec { path, .. }) => assert_eq!(path, "spec.migrations[0].contract.name"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[cfg(feature = "http")]
 mod http {
     //! The webhook hook against a server on 127.0.0.1.

@@ -84,6 +84,46 @@ pub enum HookFailure {
     Continue,
 }
 
+/// Which half of an expand/contract migration a hook is ([`Migration`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPhase {
+    /// The backward-compatible half, before the candidate starts.
+    Expand,
+    /// The half the old revision cannot run with, once it is gone.
+    Contract,
+}
+
+/// A schema change in two halves, so that the old and the new revision
+/// both work while the rollout runs: `expand` (add the column, the table)
+/// runs before the candidate starts, as the plan's first change; `contract`
+/// (drop what only the old revision used) runs only once the candidate is
+/// promoted and the old revision retired — the point after which the
+/// rollout no longer rolls back. A rollout that rolls back before then
+/// never runs `contract`; the audit names the phase of each run
+/// (`hook.passed`/`hook.failed` with `"phase"`). Each half is a registered
+/// hook; a failing `expand` rolls back before anything changed, a failing
+/// `contract` is recorded and the release stays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Migration {
+    /// The expand half.
+    pub expand: HookSpec,
+    /// The contract half.
+    pub contract: HookSpec,
+}
+
+impl Migration {
+    /// Hooks `expand` and `contract` (registered by those names) as the
+    /// two halves, each with [`HookSpec::new`]'s defaults.
+    pub fn new(expand: impl Into<String>, contract: impl Into<String>) -> Self {
+        let mut expand = HookSpec::new(expand, HookPoint::PreRollout);
+        expand.phase = Some(MigrationPhase::Expand);
+        let mut contract = HookSpec::new(contract, HookPoint::PostPromotion);
+        contract.phase = Some(MigrationPhase::Contract);
+        Migration { expand, contract }
+    }
+}
+
 /// A hook a rollout runs: which registered hook, where, and how.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookSpec {
@@ -98,6 +138,9 @@ pub struct HookSpec {
     pub retries: u32,
     /// What a hook that still fails does.
     pub on_failure: HookFailure,
+    /// The half of a migration it is, if it is one ([`Migration`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<MigrationPhase>,
 }
 
 impl HookSpec {
@@ -110,6 +153,7 @@ impl HookSpec {
             timeout: Duration::from_secs(600),
             retries: 0,
             on_failure: HookFailure::RollBack,
+            phase: None,
         }
     }
 

@@ -1095,7 +1095,7 @@ impl Driver {
             };
             let action = if ran.passed { "hook.passed" } else { "hook.failed" };
             tracing::info!(hook = %spec.name, at = %spec.at, attempt, passed = ran.passed, message = %ran.message, "hook ran");
-            let detail = detail!({"hook": spec.name, "at": spec.at, "attempt": attempt, "key": ctx.key, "message": ran.message, "logs": ran.logs});
+            let detail = detail!({"hook": spec.name, "at": spec.at, "phase": spec.phase, "attempt": attempt, "key": ctx.key, "message": ran.message, "logs": ran.logs});
             match self.audit(action, detail).await {
                 Err(e) if !self.rolling_back => return Err(Stop::Rollback(format!("audit sink failed: {e}"))),
                 Err(e) => tracing::error!(error = %e, "could not audit a hook run"),

@@ -260,6 +260,8 @@ pub struct RolloutSpec {
     pub contacts: Vec<(String, String)>,
     /// Hooks to run, each where its spec says ([`crate::hook`]).
     pub hooks: Vec<crate::hook::HookSpec>,
+    /// Expand/contract migrations ([`crate::hook::Migration`]).
+    pub migrations: Vec<crate::hook::Migration>,
 }
 
 impl RolloutSpec {
@@ -284,7 +286,16 @@ impl RolloutSpec {
             started_by: None,
             contacts: Vec::new(),
             hooks: Vec::new(),
+            migrations: Vec::new(),
         }
+    }
+
+    /// Run an expand/contract migration ([`crate::hook::Migration`]):
+    /// `expand` before the candidate starts, `contract` once it is promoted
+    /// and the old revision retired.
+    pub fn migration(mut self, migration: crate::hook::Migration) -> Self {
+        self.migrations.push(migration);
+        self
     }
 
     /// Run a registered hook where `hook` says ([`crate::hook`]).
@@ -844,11 +855,30 @@ impl Relay {
             }
             steps.splice(0..0, spec.gates_before_start.iter().map(gate));
             place_hooks(&mut steps, &spec.hooks);
+            // Expand first of all changes; contract after the last step,
+            // once the old revision is retired.
+            let first = steps.iter().position(Step::is_mutation).unwrap_or(0);
+            let expand = spec.migrations.iter().map(|m| Step::Hook { hook: m.expand.clone() });
+            steps.splice(first..first, expand);
+            steps.extend(spec.migrations.iter().map(|m| Step::Hook {
+                hook: m.contract.clone(),
+            }));
         }
-        for (i, h) in spec.hooks.iter().enumerate() {
+        let named = spec
+            .hooks
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (format!("spec.hooks[{i}]"), h));
+        let halves = spec.migrations.iter().enumerate().flat_map(|(i, m)| {
+            [
+                (format!("spec.migrations[{i}].expand"), &m.expand),
+                (format!("spec.migrations[{i}].contract"), &m.contract),
+            ]
+        });
+        for (field, h) in named.chain(halves) {
             if !inner.hooks.contains_key(&h.name) {
                 return Err(Error::invalid(
-                    format!("spec.hooks[{i}].name"),
+                    format!("{field}.name"),
                     format!(
                         "no hook named {:?} is registered; add one with RelayBuilder::hook; registered: {:?}",
                         h.name,
@@ -857,7 +887,7 @@ impl Relay {
                 ));
             }
             if h.timeout.is_zero() {
-                return Err(Error::invalid(format!("spec.hooks[{i}].timeout"), "must be above zero"));
+                return Err(Error::invalid(format!("{field}.timeout"), "must be above zero"));
             }
         }
         let candidate_id = candidate.id.clone();
