@@ -31,7 +31,7 @@
 //! their addresses and keys in `SecretString`s and never show them.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -294,11 +294,27 @@ impl Notifier for MemoryNotifier {
 }
 
 /// One notifier's queue and the task that empties it, started with the
-/// first notice (inside the runtime that drives the rollout).
+/// first notice (inside the runtime that drives the rollout), and again if
+/// that runtime has gone.
 struct Queue {
     notifier: Arc<dyn Notifier>,
     delivery: Delivery,
-    tx: OnceLock<mpsc::Sender<Arc<Notice>>>,
+    tx: Mutex<Option<mpsc::Sender<Arc<Notice>>>>,
+}
+
+impl Queue {
+    fn sender(&self) -> mpsc::Sender<Arc<Notice>> {
+        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        match tx.as_ref() {
+            Some(sender) if !sender.is_closed() => sender.clone(),
+            _ => {
+                let (sender, rx) = mpsc::channel(self.delivery.queue);
+                tokio::spawn(deliver(self.notifier.clone(), self.delivery.clone(), rx));
+                *tx = Some(sender.clone());
+                sender
+            }
+        }
+    }
 }
 
 /// The engine's notifiers and their queues.
@@ -330,7 +346,7 @@ impl Notifications {
         self.queues.push(Queue {
             notifier,
             delivery,
-            tx: OnceLock::new(),
+            tx: Mutex::new(None),
         });
         Ok(())
     }
@@ -347,12 +363,7 @@ impl Notifications {
             if !q.notifier.wants(&notice.kind) {
                 continue;
             }
-            let tx = q.tx.get_or_init(|| {
-                let (tx, rx) = mpsc::channel(q.delivery.queue);
-                tokio::spawn(deliver(q.notifier.clone(), q.delivery.clone(), rx));
-                tx
-            });
-            if tx.try_send(notice.clone()).is_err() {
+            if q.sender().try_send(notice.clone()).is_err() {
                 let notifier = q.notifier.name();
                 tracing::warn!(notifier, notice = %notice.key, "notice dropped: the notifier's queue is full");
                 crate::telemetry::notice(notifier, "dropped");

@@ -748,9 +748,10 @@ impl Driver {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "stopped driving the rollout; it can be resumed");
-                    // Not when another engine took the rollout over: it
-                    // goes on there.
-                    if !self.inner.notifications.is_empty() && !matches!(e, Error::LeaseLost { .. }) {
+                    // Not when another engine took the rollout over (it
+                    // goes on there), nor for one that had ended.
+                    let unattended = !matches!(e, Error::LeaseLost { .. } | Error::NotRunning { .. });
+                    if !self.inner.notifications.is_empty() && unattended {
                         let kind = NoticeKind::Failed {
                             error: e.to_string(),
                             resumable: true,
