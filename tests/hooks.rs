@@ -273,11 +273,23 @@ async fn an_unknown_hook_or_a_zero_timeout_is_refused_naming_the_field() {
         other => panic!("{other:?}"),
     }
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let relay = engine(&w, vec![recording("smoke", seen, |_| HookRun::passed("ok"))]).await;
+    let relay = engine(&w, vec![recording("smoke", seen.clone(), |_| HookRun::passed("ok"))]).await;
     let spec = RolloutSpec::new("web", release("v2"), canary())
         .hook(HookSpec::new("smoke", HookPoint::PreTraffic).timeout(Duration::ZERO));
     match relay.plan(&spec).await {
         Err(Error::InvalidSpec { path, .. }) => assert_eq!(path, "spec.hooks[0].timeout"),
+        other => panic!("{other:?}"),
+    }
+    // A target whose requests follow its ready replicas cannot hold a
+    // started candidate back: a pre-traffic hook there is refused.
+    let w = World::with_target(relay::providers::sim::SimTarget::new("web").routing(relay::Routing::ReplicaRatio));
+    let relay = engine(&w, vec![recording("smoke", seen, |_| HookRun::passed("ok"))]).await;
+    let spec = RolloutSpec::new("web", release("v2"), canary()).hook(HookSpec::new("smoke", HookPoint::PreTraffic));
+    match relay.plan(&spec).await {
+        Err(Error::InvalidSpec { path, reason }) => {
+            assert_eq!(path, "spec.hooks[0].at");
+            assert!(reason.contains("pre_rollout"), "{reason}");
+        }
         other => panic!("{other:?}"),
     }
 }

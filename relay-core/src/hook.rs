@@ -13,7 +13,7 @@
 //! | [`HookPoint`] | where in the plan |
 //! |---|---|
 //! | `PreRollout` | before the first step that changes the target |
-//! | `PreTraffic` | after the candidate started, before any request reaches it |
+//! | `PreTraffic` | after the candidate started, before any request reaches it (a target with weighted or switched routing only: the plan refuses it elsewhere) |
 //! | `PostTraffic` | after every step that moves traffic |
 //! | `PostPromotion` | after the candidate is made stable |
 //! | `PostRollback` | after a rollback finished (not a plan step) |

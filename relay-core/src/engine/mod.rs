@@ -30,7 +30,7 @@ use crate::retry::RetryPolicy;
 use crate::rng::SeededRng;
 use crate::secret::SecretStore;
 use crate::state::{RolloutRecord, RolloutStatus, StateStore};
-use crate::target::Target;
+use crate::target::{Routing, Target};
 use crate::verify::ArtifactVerifier;
 
 pub use builder::RelayBuilder;
@@ -888,6 +888,18 @@ impl Relay {
             }
             if h.timeout.is_zero() {
                 return Err(Error::invalid(format!("{field}.timeout"), "must be above zero"));
+            }
+            // Only a target that routes can hold a started candidate
+            // without requests: elsewhere requests reach it as it starts.
+            let holds = matches!(ctx.capabilities.routing, Routing::Weighted | Routing::Switch);
+            if h.at == crate::hook::HookPoint::PreTraffic && !holds {
+                return Err(Error::invalid(
+                    format!("{field}.at"),
+                    format!(
+                        "pre_traffic needs a target that keeps the candidate from requests until a traffic step;                          target {:?} routes by {:?}, so requests reach the candidate as it starts: use pre_rollout                          (before it starts) or post_traffic",
+                        spec.target, ctx.capabilities.routing
+                    ),
+                ));
             }
         }
         let candidate_id = candidate.id.clone();
