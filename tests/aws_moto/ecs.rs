@@ -1488,10 +1488,12 @@ async fn runbooks_name_the_real_service_listener_and_target_groups() {
 /// An ECS task as a rollout's smoke test: run with the rollout in its
 /// environment, waited for, judged by its essential container's exit
 /// code, its ARN the logs reference; run again for the same attempt (an
-/// engine that resumed), it waits for the same task. moto never stops a
-/// task, so the test stops it as ECS would when its container exits (moto
-/// reports exit code 0 for every container: a non-zero exit is judged in
-/// the unit tests of `EcsTaskHook`).
+/// engine that resumed), it waits for the same task; the next attempt
+/// stops the task of one that timed out. moto moves a task one state
+/// further at each DescribeTasks, to STOPPED, and reports exit code 0 for
+/// every container (a non-zero exit is judged in the unit tests of
+/// `EcsTaskHook`); the test also stops the first task itself, as ECS would
+/// when its container exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ecs_task_hook_runs_the_task_to_its_end_once_per_attempt() {
     use relay::hook::{Hook, HookContext, HookRun};
@@ -1510,7 +1512,7 @@ async fn an_ecs_task_hook_runs_the_task_to_its_end_once_per_attempt() {
         ))
         .network(vpc.subnets.clone(), [vpc.security_group.clone()], false)
         .poll_interval(Duration::from_millis(50));
-    let ctx = HookContext {
+    let ctx = |attempt: u32| HookContext {
         key: "r1/2/smoke".into(),
         rollout: "r1".into(),
         target: "web".into(),
@@ -1519,7 +1521,7 @@ async fn an_ecs_task_hook_runs_the_task_to_its_end_once_per_attempt() {
         artifact: "registry.invalid/web@sha256:00".into(),
         stable: Some(RevisionId::from("rev-1")),
         candidate_weight: 0,
-        attempt: 1,
+        attempt,
     };
     // ECS, finishing the task: once it runs, stop it as an exited container.
     let stopper = {
@@ -1550,7 +1552,7 @@ async fn an_ecs_task_hook_runs_the_task_to_its_end_once_per_attempt() {
             }
         })
     };
-    let run: HookRun = tokio::time::timeout(Duration::from_secs(30), hook.run(&ctx))
+    let run: HookRun = tokio::time::timeout(Duration::from_secs(30), hook.run(&ctx(1)))
         .await
         .unwrap()
         .unwrap();
@@ -1570,7 +1572,7 @@ async fn an_ecs_task_hook_runs_the_task_to_its_end_once_per_attempt() {
         );
     }
     // The same attempt again: the same task, no second one.
-    let again = hook.run(&ctx).await.unwrap();
+    let again = hook.run(&ctx(1)).await.unwrap();
     assert_eq!(again.logs.as_deref(), Some(arn.as_str()));
     let stopped = ecs
         .list_tasks()
@@ -1591,8 +1593,56 @@ async fn an_ecs_task_hook_runs_the_task_to_its_end_once_per_attempt() {
         (1, 0),
         "one task, stopped"
     );
+    // An attempt the hook spec's timeout ended leaves its task running;
+    // the next attempt stops it before it starts its own.
+    let mut third = ctx(2);
+    third.key = "r1/2/smoke-again".into();
+    // Read once, then not for a minute: the attempt's task is still
+    // running when its time is up.
+    let patient = hook.clone().poll_interval(Duration::from_secs(60));
+    let timed_out = tokio::time::timeout(Duration::from_millis(300), patient.run(&third)).await;
+    assert!(
+        timed_out.is_err(),
+        "nothing stops the task in this test: the attempt runs out, not {timed_out:?}"
+    );
+    third.attempt = 3;
+    let before = running_tasks(&ecs, &cluster).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    let fourth = tokio::spawn({
+        let (hook, third) = (hook.clone(), third.clone());
+        async move { hook.run(&third).await }
+    });
+    let running = || running_tasks(&ecs, &cluster);
+    // The attempt that timed out left one task running; once the next
+    // attempt's task runs, that one must be the only one.
+    let mut now = running().await;
+    for _ in 0..250 {
+        if now.len() == 1 && !before.contains(&now[0]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = running().await;
+    }
+    assert_eq!(now.len(), 1, "the timed-out attempt's task was stopped: {now:?}");
+    ecs.stop_task().cluster(&cluster).task(&now[0]).send().await.unwrap();
+    assert!(fourth.await.unwrap().unwrap().passed);
     let used = allowed_by_the_policy(&calls);
-    assert!(used.contains("ecs:RunTask"), "{used:?}");
+    assert!(
+        used.contains("ecs:RunTask") && used.contains("ecs:StopTask"),
+        "{used:?}"
+    );
+}
+
+/// The tasks of `cluster` that run.
+async fn running_tasks(ecs: &ecs::Client, cluster: &str) -> Vec<String> {
+    ecs.list_tasks()
+        .cluster(cluster)
+        .desired_status(ecs::types::DesiredStatus::Running)
+        .send()
+        .await
+        .unwrap()
+        .task_arns()
+        .to_vec()
 }
 
 #[tokio::test]

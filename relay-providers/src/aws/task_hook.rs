@@ -27,9 +27,9 @@ const PROVIDER: &str = "ecs";
 /// `RELAY_ARTIFACT`, `RELAY_STABLE`, `RELAY_CANDIDATE_WEIGHT`). It is
 /// started by `relay-<hash of the hook's key and attempt>`: a run of the
 /// same attempt again (an engine that resumed the rollout) waits for the
-/// task already started rather than start a second. A timeout (the hook
-/// spec's) leaves the task running: it stops it on the next attempt, or
-/// `aws ecs stop-task` does.
+/// task already started rather than start a second. A task of the attempt
+/// before that still runs (the hook spec's timeout ended that attempt) is
+/// stopped when the next attempt starts.
 ///
 /// `Debug` shows the cluster and task definition.
 #[derive(Clone)]
@@ -177,6 +177,41 @@ impl EcsTaskHook {
     }
 }
 
+/// Who starts the task of `attempt` of the hook's run: `relay-<hash>`
+/// (`startedBy` takes 36 characters).
+fn started_by(ctx: &HookContext, attempt: u32) -> String {
+    let hash = Sha256::digest(format!("{}#{attempt}", ctx.key).as_bytes());
+    format!("relay-{}", &hex::encode(hash)[..24])
+}
+
+impl EcsTaskHook {
+    /// Stop the task `attempt` started, if it still runs (that attempt
+    /// timed out).
+    async fn stop_attempt(&self, ctx: &HookContext, attempt: u32) -> Result<()> {
+        let by = started_by(ctx, attempt);
+        let out = self
+            .ecs
+            .list_tasks()
+            .cluster(&self.cluster)
+            .started_by(&by)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+            .send()
+            .await
+            .map_err(|e| classify(PROVIDER, &format!("ListTasks startedBy {by}"), e))?;
+        for arn in out.task_arns() {
+            self.ecs
+                .stop_task()
+                .cluster(&self.cluster)
+                .task(arn)
+                .reason(format!("relay: hook {} attempt {attempt} ended without it", self.name))
+                .send()
+                .await
+                .map_err(|e| classify(PROVIDER, &format!("StopTask {arn}"), e))?;
+        }
+        Ok(())
+    }
+}
+
 /// How a stopped task ended, judged by `container`'s exit code.
 fn judged(task: &Task, container: &str) -> HookRun {
     let arn = task.task_arn().unwrap_or_default().to_owned();
@@ -204,8 +239,10 @@ impl Hook for EcsTaskHook {
 
     async fn run(&self, ctx: &HookContext) -> Result<HookRun> {
         let container = self.essential_container().await?;
-        let hash = Sha256::digest(format!("{}#{}", ctx.key, ctx.attempt).as_bytes());
-        let started_by = format!("relay-{}", &hex::encode(hash)[..24]);
+        if ctx.attempt > 1 {
+            self.stop_attempt(ctx, ctx.attempt - 1).await?;
+        }
+        let started_by = started_by(ctx, ctx.attempt);
         let arn = match self.started(&started_by).await? {
             Some(arn) => arn,
             None => {

@@ -30,7 +30,9 @@ pub const HOOK_LABEL: &str = "relay.dev/hook";
 /// `RELAY_CANDIDATE_WEIGHT`). The Job is left for its logs and cleaned up
 /// by the cluster `ttlSecondsAfterFinished` after it ends (one hour unless
 /// [`JobHook::keep_for`] says otherwise); the template's `backoffLimit`
-/// (default 0: one pod) says how often Kubernetes itself retries a pod.
+/// (default 0: one pod) says how often Kubernetes itself retries a pod. A
+/// Job whose attempt the hook spec's timeout ended runs on to its own end:
+/// bound it with the template's `activeDeadlineSeconds`.
 ///
 /// Needs `create` and `get` on `jobs` in the namespace.
 #[derive(Clone)]
