@@ -561,8 +561,10 @@ impl Inner {
 
 /// Put each hook where its point says: before the first change, after
 /// the candidate starts, after each traffic step, after promotion (after
-/// a rollback is not a step: see [`Plan::post_rollback`]).
-fn place_hooks(steps: &mut Vec<Step>, hooks: &[crate::hook::HookSpec]) {
+/// a rollback is not a step: see [`Plan::post_rollback`]); and each
+/// migration's expand half right before the first change, its contract
+/// half after the last step, once the old revision is retired.
+fn place_hooks(steps: &mut Vec<Step>, hooks: &[crate::hook::HookSpec], migrations: &[crate::hook::Migration]) {
     use crate::hook::HookPoint;
     let of = |at: HookPoint| -> Vec<Step> {
         hooks
@@ -576,6 +578,7 @@ fn place_hooks(steps: &mut Vec<Step>, hooks: &[crate::hook::HookSpec]) {
     for step in steps.drain(..) {
         if step.is_mutation() && std::mem::take(&mut first_change) {
             placed.extend(of(HookPoint::PreRollout));
+            placed.extend(migrations.iter().map(|m| Step::Hook { hook: m.expand.clone() }));
         }
         let after = match &step {
             Step::Stage { .. } => of(HookPoint::PreTraffic),
@@ -586,6 +589,9 @@ fn place_hooks(steps: &mut Vec<Step>, hooks: &[crate::hook::HookSpec]) {
         placed.push(step);
         placed.extend(after);
     }
+    placed.extend(migrations.iter().map(|m| Step::Hook {
+        hook: m.contract.clone(),
+    }));
     *steps = placed;
 }
 
@@ -854,15 +860,7 @@ impl Relay {
                 steps.splice(at..at, spec.gates_before_promotion.iter().map(gate));
             }
             steps.splice(0..0, spec.gates_before_start.iter().map(gate));
-            place_hooks(&mut steps, &spec.hooks);
-            // Expand first of all changes; contract after the last step,
-            // once the old revision is retired.
-            let first = steps.iter().position(Step::is_mutation).unwrap_or(0);
-            let expand = spec.migrations.iter().map(|m| Step::Hook { hook: m.expand.clone() });
-            steps.splice(first..first, expand);
-            steps.extend(spec.migrations.iter().map(|m| Step::Hook {
-                hook: m.contract.clone(),
-            }));
+            place_hooks(&mut steps, &spec.hooks, &spec.migrations);
         }
         let named = spec
             .hooks
