@@ -8,8 +8,8 @@ use relay_core::hook::{Hook, HookContext, HookRun};
 use relay_core::{Error, Result};
 use secrecy::SecretString;
 
-use super::notify::{answered, Endpoint};
-use super::{IDEMPOTENCY_HEADER, PROVIDER};
+use super::endpoint::{Endpoint, IDEMPOTENCY_HEADER};
+use super::PROVIDER;
 
 /// A [`Hook`] that POSTs the [`HookContext`] as JSON to a URL and waits
 /// for the answer (the engine bounds the wait with the hook spec's
@@ -91,7 +91,7 @@ impl Hook for WebhookHook {
         } else if status.is_client_error() && status.as_u16() != 429 {
             HookRun::failed(format!("answered {}: {message}", status.as_u16()))
         } else {
-            return Err(answered(&what, self.endpoint.host(), status, &text));
+            return Err(self.endpoint.answered(&what, status, &text));
         };
         Ok(match logs {
             Some(logs) => run.logs(logs),

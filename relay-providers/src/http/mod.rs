@@ -4,14 +4,16 @@
 //! [`SlackNotifier`] and [`WebhookNotifier`] tell people how rollouts go;
 //! [`WebhookHook`] runs a rollout's hook through an HTTP endpoint.
 
+mod endpoint;
 mod hook;
 mod notify;
 mod probe;
 mod prometheus;
 mod webhook;
 
+pub use endpoint::IDEMPOTENCY_HEADER;
 pub use hook::WebhookHook;
-pub use notify::{SlackNotifier, WebhookNotifier, IDEMPOTENCY_HEADER, NOTICE_HEADER};
+pub use notify::{SlackNotifier, WebhookNotifier, NOTICE_HEADER};
 pub use probe::{HttpProbe, HttpProbeBuilder, ERROR_RATE, LATENCY_MS};
 pub use prometheus::{PromQuery, PrometheusProbe};
 pub use webhook::{WebhookGate, SIGNATURE_HEADER};

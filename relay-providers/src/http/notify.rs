@@ -4,47 +4,27 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use relay_core::gate::webhook_signature;
 use relay_core::notify::{Notice, NoticeKind, Notifier};
 use relay_core::{Error, Result};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
-use super::{unreachable, PROVIDER, SIGNATURE_HEADER};
-
-/// The header carrying a notice's [`Notice::key`], the same when a notice
-/// is sent again, so a receiver can drop the repeat.
-pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+use super::endpoint::{Endpoint, IDEMPOTENCY_HEADER};
+use super::PROVIDER;
 
 /// The header carrying the notice's kind ([`NoticeKind::name`]).
 pub const NOTICE_HEADER: &str = "X-Relay-Notice";
 
-/// What a notifier sends to, and which notices.
+/// An endpoint and the notices it takes.
 #[derive(Clone)]
-pub(super) struct Endpoint {
-    url: SecretString,
-    /// Scheme and host, for logs and `Debug`: a webhook's path and query
-    /// are its credentials.
-    host: String,
-    client: reqwest::Client,
+struct Notices {
+    endpoint: Endpoint,
     only: Option<Vec<&'static str>>,
 }
 
-impl Endpoint {
-    pub(super) fn new(url: SecretString, field: &str) -> Result<Self> {
-        // The URL is never echoed: an incoming webhook's URL is its token.
-        let parsed = reqwest::Url::parse(url.expose_secret())
-            .map_err(|_| Error::invalid(field, "not a URL (it is not shown here: it may hold a token)"))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(Error::invalid(field, "must be http:// or https://"));
-        }
-        let host = format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap_or_default());
-        let client = reqwest::Client::builder()
-            .build()
-            .map_err(|e| Error::provider(PROVIDER, false, format!("HTTP client: {e}")))?;
-        Ok(Endpoint {
-            url,
-            host,
-            client,
+impl Notices {
+    fn new(url: SecretString, field: &str) -> Result<Self> {
+        Ok(Notices {
+            endpoint: Endpoint::new(url, field)?,
             only: None,
         })
     }
@@ -68,67 +48,23 @@ impl Endpoint {
         self.only.as_ref().is_none_or(|k| k.contains(&kind.name()))
     }
 
-    /// POST `body` as JSON with `headers` (and `key`'s signature of the
-    /// body): the answer's status and the start of its text; no answer is
-    /// a retryable error naming `what` and the host.
-    pub(super) async fn send(
-        &self,
-        what: &str,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-        key: Option<&SecretString>,
-    ) -> Result<(reqwest::StatusCode, String)> {
-        let mut request = self
-            .client
-            .post(self.url.expose_secret())
-            .header("Content-Type", "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(key) = key {
-            request = request.header(
-                SIGNATURE_HEADER,
-                webhook_signature(key.expose_secret().as_bytes(), &body),
-            );
-        }
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| unreachable(&format!("{what} at {}", self.host), e))?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        Ok((status, text.chars().take(200).collect::<String>().trim().to_owned()))
+    fn host(&self) -> &str {
+        self.endpoint.host()
     }
 
-    /// [`Endpoint::send`] of a notice: a 2xx is delivered; a 429 or 5xx is
-    /// worth another try; any other status is not.
+    /// Send a notice: a 2xx is delivered; a 429 or 5xx is worth another
+    /// try; any other status is not.
     async fn post(&self, what: &str, notice: &Notice, body: Vec<u8>, key: Option<&SecretString>) -> Result<()> {
         let headers = [
             (IDEMPOTENCY_HEADER, notice.key.as_str()),
             (NOTICE_HEADER, notice.kind.name()),
         ];
-        let (status, text) = self.send(what, &headers, body, key).await?;
+        let (status, text) = self.endpoint.send(what, &headers, body, key).await?;
         if status.is_success() {
             return Ok(());
         }
-        Err(answered(what, &self.host, status, &text))
+        Err(self.endpoint.answered(what, status, &text))
     }
-
-    /// The host the requests go to, for messages.
-    pub(super) fn host(&self) -> &str {
-        &self.host
-    }
-}
-
-/// A non-2xx answer as an error: retryable for a 429 or 5xx.
-pub(super) fn answered(what: &str, host: &str, status: reqwest::StatusCode, text: &str) -> Error {
-    let retryable = status.as_u16() == 429 || status.is_server_error();
-    Error::provider(
-        PROVIDER,
-        retryable,
-        format!("{what} at {host} answered {}: {text}", status.as_u16()),
-    )
 }
 
 /// A [`Notifier`] posting each notice's [`Notice::summary`] to a
@@ -139,13 +75,13 @@ pub(super) fn answered(what: &str, host: &str, status: reqwest::StatusCode, text
 /// `Debug`, logs or errors (which name the host only).
 #[derive(Clone)]
 pub struct SlackNotifier {
-    endpoint: Endpoint,
+    endpoint: Notices,
 }
 
 impl fmt::Debug for SlackNotifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlackNotifier")
-            .field("host", &self.endpoint.host)
+            .field("host", &self.endpoint.host())
             .field("only", &self.endpoint.only)
             .finish()
     }
@@ -158,7 +94,7 @@ impl SlackNotifier {
     /// [`Error::InvalidSpec`] naming `slack.webhook_url`.
     pub fn new(webhook_url: SecretString) -> Result<Self> {
         Ok(SlackNotifier {
-            endpoint: Endpoint::new(webhook_url, "slack.webhook_url")?,
+            endpoint: Notices::new(webhook_url, "slack.webhook_url")?,
         })
     }
 
@@ -200,7 +136,7 @@ impl Notifier for SlackNotifier {
 #[derive(Clone)]
 pub struct WebhookNotifier {
     name: String,
-    endpoint: Endpoint,
+    endpoint: Notices,
     key: Option<SecretString>,
 }
 
@@ -208,7 +144,7 @@ impl fmt::Debug for WebhookNotifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookNotifier")
             .field("name", &self.name)
-            .field("host", &self.endpoint.host)
+            .field("host", &self.endpoint.host())
             .field("signed", &self.key.is_some())
             .field("only", &self.endpoint.only)
             .finish()
@@ -223,7 +159,7 @@ impl WebhookNotifier {
     pub fn new(name: impl Into<String>, url: SecretString) -> Result<Self> {
         Ok(WebhookNotifier {
             name: name.into(),
-            endpoint: Endpoint::new(url, "webhook.url")?,
+            endpoint: Notices::new(url, "webhook.url")?,
             key: None,
         })
     }
