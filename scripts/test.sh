@@ -222,6 +222,8 @@ cargo build --example relayctl --all-features
   ctl plan --runbook examples/specs/canary.yaml >"$RELAYCTL_DIR/runbook.md"
   grep -q '^## Roll the release back by hand' "$RELAYCTL_DIR/runbook.md"
   grep -q 'on-call: #web-oncall' "$RELAYCTL_DIR/runbook.md"
+  ctl plan examples/specs/canary.yaml | grep -q 'bake  *10m at full traffic: 10 x 1m: error_rate' ||
+    { echo "relayctl: the plan must show the spec's bake" >&2; exit 1; }
   ctl --virtual apply examples/specs/canary.yaml
   code=0; ctl --virtual apply examples/specs/bad-canary.yaml || code=$?
   [ "$code" = 1 ] || { echo "relayctl: a rolled-back release must exit 1, not $code" >&2; exit 1; }

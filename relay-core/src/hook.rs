@@ -98,8 +98,9 @@ pub enum MigrationPhase {
 /// both work while the rollout runs: `expand` (add the column, the table)
 /// runs before the candidate starts, as the plan's first change; `contract`
 /// (drop what only the old revision used) runs only once the candidate is
-/// promoted and the old revision retired — the point after which the
-/// rollout no longer rolls back. A rollout that rolls back before then
+/// promoted — after its bake, when the rollout has one ([`crate::bake`]) —
+/// and the old revision retired: the point after which the rollout no
+/// longer rolls back. A rollout that rolls back before then
 /// never runs `contract`; the audit names the phase of each run
 /// (`hook.passed`/`hook.failed` with `"phase"`). Each half is a registered
 /// hook; a failing `expand` rolls back before anything changed, a failing

@@ -13,6 +13,7 @@ pub mod analysis;
 pub mod artifact;
 pub mod audit;
 pub mod authorize;
+pub mod bake;
 pub mod clock;
 pub mod dora;
 pub mod drift;
@@ -46,6 +47,7 @@ pub use analysis::{AnalysisSpec, Check, Counts, Judge, JudgeInput, Judgement, Ve
 pub use artifact::{Artifact, ArtifactPolicy, ArtifactRef, ArtifactStore, Digest};
 pub use audit::{AuditSink, JsonlAuditSink, MemoryAuditSink};
 pub use authorize::{AllowAll, Authorizer, PolicyAuthorizer};
+pub use bake::Bake;
 pub use clock::Clock;
 pub use engine::{
     AuditCheck, EngineConfig, PlanLimits, Relay, RelayBuilder, Revert, RolloutCommand, RolloutControl, RolloutHandle,

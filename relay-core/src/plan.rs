@@ -46,6 +46,17 @@ pub enum Step {
         /// The analysis.
         analysis: AnalysisSpec,
     },
+    /// Watch the candidate at full traffic for `duration`, the previous
+    /// revision kept beside it ([`crate::bake`]): `analysis`, when there is
+    /// one, measured across the duration; a failure rolls back.
+    Bake {
+        /// How long.
+        #[serde(with = "crate::serde_duration")]
+        duration: Duration,
+        /// What is measured meanwhile (its count spans the duration).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        analysis: Option<AnalysisSpec>,
+    },
     /// Wait for the gate named `name` to pass; a rejection rolls back.
     Gate {
         /// The registered gate's name.
@@ -84,6 +95,7 @@ impl Step {
             Step::Pause { .. } => "pause",
             Step::Analyze { .. } => "analyze",
             Step::Gate { .. } => "gate",
+            Step::Bake { .. } => "bake",
             Step::Hook { .. } => "hook",
             Step::Promote => "promote",
             Step::Retire { .. } | Step::RetireLeftover { .. } => "retire",
@@ -117,6 +129,37 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
+/// An analysis as a plan shows it: count x interval, then each check.
+fn fmt_analysis(f: &mut fmt::Formatter<'_>, analysis: &AnalysisSpec) -> fmt::Result {
+    let checks: Vec<String> = analysis
+        .checks
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}{}",
+                c.metric,
+                c.judge.describe(),
+                if c.dry_run { " (dry-run)" } else { "" }
+            )
+        })
+        .collect();
+    if checks.is_empty() {
+        write!(f, "no check runs")?;
+    } else {
+        write!(
+            f,
+            "{} x {}: {}",
+            analysis.count,
+            fmt_duration(analysis.interval),
+            checks.join("; ")
+        )?;
+    }
+    for skipped in &analysis.skipped {
+        write!(f, "; skipped: {} ({})", skipped.name, skipped.reason)?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -131,35 +174,24 @@ impl fmt::Display for Step {
             }
             Step::Pause { duration: Some(d) } => write!(f, "wait {}", fmt_duration(*d)),
             Step::Pause { duration: None } => write!(f, "wait for resume"),
-            Step::Analyze { analysis } => {
-                let checks: Vec<String> = analysis
-                    .checks
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{} {}{}",
-                            c.metric,
-                            c.judge.describe(),
-                            if c.dry_run { " (dry-run)" } else { "" }
-                        )
-                    })
-                    .collect();
-                if checks.is_empty() {
-                    write!(f, "no check runs")?;
-                } else {
-                    write!(
-                        f,
-                        "{} x {}: {}",
-                        analysis.count,
-                        fmt_duration(analysis.interval),
-                        checks.join("; ")
-                    )?;
-                }
-                for skipped in &analysis.skipped {
-                    write!(f, "; skipped: {} ({})", skipped.name, skipped.reason)?;
-                }
-                Ok(())
+            Step::Bake {
+                duration,
+                analysis: None,
+            } => {
+                write!(
+                    f,
+                    "{} at full traffic, the previous revision kept",
+                    fmt_duration(*duration)
+                )
             }
+            Step::Bake {
+                duration,
+                analysis: Some(analysis),
+            } => {
+                write!(f, "{} at full traffic: ", fmt_duration(*duration))?;
+                fmt_analysis(f, analysis)
+            }
+            Step::Analyze { analysis } => fmt_analysis(f, analysis),
             Step::Gate { name } => write!(f, "gate {name:?}"),
             Step::Hook { hook } => write!(f, "hook {:?} ({})", hook.name, hook.at),
             Step::Promote => write!(f, "make candidate stable"),

@@ -230,9 +230,11 @@ impl Plan {
                     Undo::Actions(vec![self.route(was)]),
                 )
             }
-            Step::Pause { .. } | Step::Analyze { .. } | Step::Gate { .. } => {
+            Step::Pause { .. } | Step::Analyze { .. } | Step::Gate { .. } | Step::Bake { .. } => {
                 let what = match step {
                     Step::Analyze { .. } => "measures the candidate; a failing verdict makes relay roll back",
+                    Step::Bake { analysis: Some(_), .. } => "measures the candidate at full traffic, the previous revision kept beside it; a failing verdict makes relay roll back to it",
+                    Step::Bake { .. } => "waits with the candidate at full traffic, the previous revision kept beside it; an abort rolls back to it",
                     Step::Gate { .. } => "waits for the gate; a rejection makes relay roll back",
                     _ => "waits",
                 };

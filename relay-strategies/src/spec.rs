@@ -20,7 +20,22 @@
 //!       - gate: approve
 //! gates: { before_start: [freeze], before_promotion: [freeze] }
 //! policy: { require_digest: false, refuse_rolled_back: true }
+//! hooks:
+//!   - { name: smoke, at: pre_traffic, timeout: 5m, retries: 1 }
+//!   - { name: page-owner, at: post_rollback, on_failure: continue }
+//! migrations:
+//!   - { expand: add-column, contract: drop-old-column }
+//! bake:
+//!   duration: 30m
+//!   keep_replicas: 2
+//!   analysis:
+//!     interval: 1m
+//!     checks: [ { name: errors, metric: error_rate, below: 0.01 } ]
 //! ```
+//!
+//! Hooks and migrations name hooks the embedding application registers
+//! ([`relay_core::RelayBuilder::hook`]); a bake's analysis has no `count`:
+//! it measures every `interval` across the bake's `duration`.
 //!
 //! Every error is [`Error::InvalidSpec`] whose path is where the problem is
 //! in the file (`strategy.canary.steps[1].set_weight`) and whose reason says
@@ -33,8 +48,9 @@ use std::time::Duration;
 
 use relay_core::{
     analysis::{CheckScope, InconclusivePolicy},
-    AnalysisSpec, ArtifactPolicy, Check, Environment, Error, Judge, Pipeline, Release, Result, Role, RolloutSpec,
-    SecretRef, Strategy, WaveOrder,
+    hook::{HookFailure, Migration},
+    AnalysisSpec, ArtifactPolicy, Bake, Check, Environment, Error, HookPoint, HookSpec, Judge, Pipeline, Release,
+    Result, Role, RolloutSpec, SecretRef, Strategy, WaveOrder,
 };
 use serde::Deserialize;
 
@@ -118,6 +134,62 @@ struct Doc {
     /// Whom to call, by role (`on-call: "#web-oncall"`), for the runbook.
     #[serde(default)]
     contacts: BTreeMap<String, String>,
+    #[serde(default)]
+    hooks: Vec<HookDoc>,
+    #[serde(default)]
+    migrations: Vec<MigrationDoc>,
+    #[serde(default)]
+    bake: Option<BakeDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookDoc {
+    name: String,
+    at: HookPoint,
+    #[serde(default)]
+    timeout: Option<Dur>,
+    #[serde(default)]
+    retries: Option<u32>,
+    #[serde(default)]
+    on_failure: Option<HookFailure>,
+}
+
+impl HookDoc {
+    fn spec(self) -> HookSpec {
+        let mut h = HookSpec::new(self.name, self.at);
+        if let Some(t) = self.timeout {
+            h.timeout = t.0;
+        }
+        if let Some(n) = self.retries {
+            h.retries = n;
+        }
+        if let Some(f) = self.on_failure {
+            h.on_failure = f;
+        }
+        h
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrationDoc {
+    expand: String,
+    contract: String,
+    #[serde(default)]
+    timeout: Option<Dur>,
+    #[serde(default)]
+    retries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BakeDoc {
+    duration: Dur,
+    #[serde(default)]
+    keep_replicas: Option<u32>,
+    #[serde(default)]
+    analysis: Option<AnalysisDoc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,7 +393,9 @@ struct BlueGreenDoc {
 #[serde(deny_unknown_fields)]
 struct AnalysisDoc {
     interval: Dur,
-    count: u32,
+    /// Required, but in a bake (which sets it from its duration).
+    #[serde(default)]
+    count: Option<u32>,
     checks: Vec<CheckDoc>,
     #[serde(default)]
     failure_limit: Option<u32>,
@@ -435,13 +509,34 @@ impl CheckDoc {
 
 impl AnalysisDoc {
     fn analysis(self, path: &str) -> Result<AnalysisSpec> {
+        let Some(count) = self.count else {
+            return Err(at(
+                &format!("{path}.count"),
+                "say how many measurements to take (count: 5)",
+            ));
+        };
+        self.measured(path, count)
+    }
+
+    /// The analysis of a bake, measured across its duration.
+    fn baked(self, path: &str) -> Result<AnalysisSpec> {
+        if self.count.is_some() {
+            return Err(at(
+                &format!("{path}.count"),
+                "a bake measures every interval across its duration; remove count",
+            ));
+        }
+        self.measured(path, 1)
+    }
+
+    fn measured(self, path: &str, count: u32) -> Result<AnalysisSpec> {
         let checks = self
             .checks
             .into_iter()
             .enumerate()
             .map(|(i, c)| c.check(&format!("{path}.checks[{i}]")))
             .collect::<Result<Vec<_>>>()?;
-        let mut a = AnalysisSpec::new(checks).every(self.interval.0, self.count);
+        let mut a = AnalysisSpec::new(checks).every(self.interval.0, count);
         if let Some(n) = self.failure_limit {
             a.failure_limit = n;
         }
@@ -578,6 +673,29 @@ impl Doc {
         spec.gates_before_start = self.gates.before_start;
         spec.gates_before_promotion = self.gates.before_promotion;
         spec.contacts = self.contacts.into_iter().collect();
+        spec.hooks = self.hooks.into_iter().map(HookDoc::spec).collect();
+        spec.migrations = self
+            .migrations
+            .into_iter()
+            .map(|m| {
+                let mut m2 = Migration::new(m.expand, m.contract);
+                for half in [&mut m2.expand, &mut m2.contract] {
+                    if let Some(t) = &m.timeout {
+                        half.timeout = t.0;
+                    }
+                    if let Some(n) = m.retries {
+                        half.retries = n;
+                    }
+                }
+                m2
+            })
+            .collect();
+        if let Some(b) = self.bake {
+            let mut bake = Bake::new(b.duration.0);
+            bake.keep_replicas = b.keep_replicas;
+            bake.analysis = b.analysis.map(|a| a.baked("bake.analysis")).transpose()?;
+            spec.bake = Some(bake);
+        }
         Ok(spec)
     }
 }

@@ -33,6 +33,17 @@ strategy:
       - pause: until_resumed
 gates: { before_start: [freeze], before_promotion: [freeze] }
 policy: { require_digest: false, refuse_rolled_back: true }
+hooks:
+  - { name: smoke, at: pre_traffic, timeout: 5m, retries: 1 }
+  - { name: page-owner, at: post_rollback, on_failure: continue }
+migrations:
+  - { expand: add-column, contract: drop-old-column, timeout: 20m }
+bake:
+  duration: 30m
+  keep_replicas: 2
+  analysis:
+    interval: 1m
+    checks: [ { name: errors, metric: error_rate, below: 0.01 } ]
 "#;
 
 const TOML: &str = r#"
@@ -74,6 +85,30 @@ before_promotion = ["freeze"]
 
 [policy]
 refuse_rolled_back = true
+
+[[hooks]]
+name = "smoke"
+at = "pre_traffic"
+timeout = "5m"
+retries = 1
+
+[[hooks]]
+name = "page-owner"
+at = "post_rollback"
+on_failure = "continue"
+
+[[migrations]]
+expand = "add-column"
+contract = "drop-old-column"
+timeout = "20m"
+
+[bake]
+duration = "30m"
+keep_replicas = 2
+
+[bake.analysis]
+interval = "1m"
+checks = [ { name = "errors", metric = "error_rate", below = 0.01 } ]
 "#;
 
 #[test]
@@ -92,6 +127,28 @@ fn yaml_and_toml_describe_the_same_rollout() {
         assert_eq!(s.gates_before_promotion, ["freeze"]);
         assert!(s.policy.refuse_rolled_back);
         assert_eq!(s.strategy.name(), "canary");
+        let hooks: Vec<String> = s
+            .hooks
+            .iter()
+            .map(|h| format!("{} {} {:?} {} {:?}", h.name, h.at, h.timeout, h.retries, h.on_failure))
+            .collect();
+        assert_eq!(
+            hooks,
+            [
+                "smoke pre_traffic 300s 1 RollBack",
+                "page-owner post_rollback 600s 0 Continue"
+            ]
+        );
+        let m = &s.migrations[0];
+        assert_eq!(
+            (m.expand.name.as_str(), m.contract.name.as_str()),
+            ("add-column", "drop-old-column")
+        );
+        assert_eq!((m.expand.timeout.as_secs(), m.contract.timeout.as_secs()), (1200, 1200));
+        let bake = s.bake.as_ref().unwrap();
+        assert_eq!((bake.duration.as_secs(), bake.keep_replicas), (1800, Some(2)));
+        let a = bake.analysis.as_ref().unwrap();
+        assert_eq!((a.interval.as_secs(), a.checks[0].name.as_str()), (60, "errors"));
     }
     let plan = |s: &relay_core::RolloutSpec| {
         let ctx = relay_core::PlanContext {
@@ -225,6 +282,41 @@ fn each_invalid_spec_fails_at_its_path_saying_what_is_expected() {
             "boolean",
         ),
         (yaml_with("steps:", "steps: ["), "spec", "not valid YAML"),
+        (
+            yaml_with("          count: 5\n", ""),
+            "strategy.canary.steps[1].analyze.count",
+            "how many measurements",
+        ),
+        (
+            yaml_with("interval: 1m\n    checks", "interval: 1m\n    count: 30\n    checks"),
+            "bake.analysis.count",
+            "remove count",
+        ),
+        (
+            yaml_with("at: pre_traffic", "at: before_lunch"),
+            "hooks[0].at",
+            "unknown variant `before_lunch`, expected one of `pre_rollout`",
+        ),
+        (
+            yaml_with("on_failure: continue", "on_failure: shrug"),
+            "hooks[1].on_failure",
+            "unknown variant `shrug`",
+        ),
+        (
+            yaml_with("contract: drop-old-column", "contract: drop-old-column, phase: expand"),
+            "migrations[0].phase",
+            "unknown field `phase`",
+        ),
+        (
+            yaml_with("duration: 30m", "duration: forever"),
+            "bake.duration",
+            "not a duration",
+        ),
+        (
+            yaml_with("keep_replicas: 2", "keep_replicas: -1"),
+            "bake.keep_replicas",
+            "u32",
+        ),
     ];
     let mut failures = Vec::new();
     for (text, path, says) in &cases {

@@ -27,3 +27,36 @@ pub async fn until_step_starts(handle: &RolloutHandle, kind: &str) {
     }
     panic!("the rollout ended before a {kind} step");
 }
+
+/// Every event of the rollout `handle` drives, each with the moment this
+/// test saw it (virtual time under a paused clock), until it ends.
+pub fn timed_events(
+    handle: &RolloutHandle,
+) -> tokio::task::JoinHandle<Vec<(tokio::time::Instant, relay::RolloutEvent)>> {
+    let mut events = handle.events();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(e) = events.next().await {
+            seen.push((tokio::time::Instant::now(), e));
+        }
+        seen
+    })
+}
+
+/// From the first failing verdict to the rollback's traffic step (all
+/// traffic back on the previous revision): `None` when either is missing.
+pub fn verdict_to_traffic(events: &[(tokio::time::Instant, relay::RolloutEvent)]) -> Option<std::time::Duration> {
+    let failed = events.iter().position(|(_, e)| {
+        matches!(&e.kind, EventKind::Verdict { verdict }
+            if !verdict.dry_run && verdict.judgement.outcome == relay::VerdictOutcome::Fail)
+    })?;
+    let back = events[failed..]
+        .iter()
+        .find(|(_, e)| matches!(e.kind, EventKind::RollbackStarted { .. }))
+        .and_then(|_| {
+            events[failed..]
+                .iter()
+                .find(|(_, e)| matches!(e.kind, EventKind::TrafficShifted { candidate_weight: 0 }))
+        })?;
+    Some(back.0 - events[failed].0)
+}

@@ -906,15 +906,23 @@ impl Driver {
     }
 
     /// Skip the rest of the plan: the remaining steps become "the remaining
-    /// gates, full capacity, full traffic, promote, retire stable",
-    /// persisted so a resume does the same. Gates are kept (an approval, a
+    /// gates, full capacity, full traffic", then the plan's promotion and
+    /// what follows it as planned (hooks after promotion, the old revision
+    /// retired, a migration's contract), persisted so a resume does the
+    /// same. A bake is skipped too. Gates are kept (an approval, a
     /// freeze window, a wave's barrier must still pass before promotion),
     /// ahead of the traffic they guard; decisions already bound to them
     /// follow them to their new steps.
     async fn replace_remaining_with_promotion(&mut self) -> Result<(), Stop> {
         let cursor = self.record.cursor;
         let plan = Arc::make_mut(&mut self.record.plan);
-        let rest = plan.steps.split_off(cursor);
+        let mut rest = plan.steps.split_off(cursor);
+        // What follows promotion stays as planned: its hooks, the old
+        // revision's retirement, a migration's contract half.
+        let promotion = match rest.iter().position(|s| matches!(s, Step::Promote)) {
+            Some(at) => rest.split_off(at),
+            None => vec![Step::Promote],
+        };
         for (old, step) in rest.into_iter().enumerate() {
             if matches!(step, Step::Gate { .. }) {
                 let (old, new) = (cursor + old, plan.steps.len());
@@ -929,10 +937,7 @@ impl Driver {
             replicas: plan.replicas,
         });
         plan.steps.push(Step::Route { candidate_weight: 100 });
-        plan.steps.push(Step::Promote);
-        if plan.stable.is_some() {
-            plan.steps.push(Step::Retire { role: Role::Stable });
-        }
+        plan.steps.extend(promotion);
         self.persist().await
     }
 
@@ -1004,16 +1009,21 @@ impl Driver {
                 });
             }
             Step::Pause { duration } => return self.pause_step(*duration).await,
-            Step::Analyze { analysis } => {
-                let judged = self.analyze(analysis).await;
-                if let Err(Stop::Rollback(reason)) = &judged {
-                    let reason = reason.clone();
-                    self.notify(format!("analysis-failed-{index}"), || NoticeKind::AnalysisFailed {
-                        step: index,
-                        reason,
-                    });
+            Step::Analyze { analysis } => return self.analyze_step(index, analysis).await,
+            Step::Bake { duration, analysis } => {
+                let until = Instant::now() + *duration;
+                if let Some(analysis) = analysis {
+                    match self.analyze_step(index, analysis).await {
+                        Ok(StepEnd::Done) => {}
+                        Err(Stop::Rollback(why)) => return Err(Stop::Rollback(format!("during the bake: {why}"))),
+                        other => return other,
+                    }
                 }
-                return judged;
+                // What the measurements left of the duration.
+                let rest = until.saturating_duration_since(Instant::now());
+                if !rest.is_zero() {
+                    return self.pause_step(Some(rest)).await;
+                }
             }
             Step::Gate { name } => return self.gate(index, name).await,
             Step::Hook { hook } => {
@@ -1054,6 +1064,19 @@ impl Driver {
     /// Run `spec`'s hook (at plan step `step`; `None` after a rollback),
     /// each attempt bounded by its timeout and audited, a failed one tried
     /// again while its retries last. Whether it passed, and its last word.
+    /// Run analysis step `index`: a failure is notified as such.
+    async fn analyze_step(&mut self, index: usize, analysis: &AnalysisSpec) -> Result<StepEnd, Stop> {
+        let judged = self.analyze(analysis).await;
+        if let Err(Stop::Rollback(reason)) = &judged {
+            let reason = reason.clone();
+            self.notify(format!("analysis-failed-{index}"), || NoticeKind::AnalysisFailed {
+                step: index,
+                reason,
+            });
+        }
+        judged
+    }
+
     async fn run_hook(&mut self, step: Option<usize>, spec: &HookSpec) -> Result<(bool, String), Stop> {
         let Some(hook) = self.inner.hooks.get(&spec.name).cloned() else {
             return Ok((

@@ -130,43 +130,48 @@ impl PlanLimits {
         };
         let mut total = Duration::ZERO;
         for (i, step) in steps.iter().enumerate() {
-            match step {
-                Step::Pause { duration: Some(d) } => {
-                    if *d > self.max_pause {
-                        return Err(over(
-                            format!("plan.steps[{i}].pause"),
-                            "the pause",
-                            format!("{d:?}"),
-                            format!("{:?}", self.max_pause),
-                            "max_pause",
-                        ));
-                    }
-                    total = total.saturating_add(*d);
+            let (waits, analysis) = match step {
+                Step::Pause { duration: Some(d) } => (Some(*d), None),
+                Step::Bake { duration, analysis } => (Some(*duration), analysis.as_ref()),
+                Step::Analyze { analysis } => (None, Some(analysis)),
+                _ => (None, None),
+            };
+            if let Some(d) = waits {
+                if d > self.max_pause {
+                    return Err(over(
+                        format!("plan.steps[{i}].{}", step.kind()),
+                        &format!("the {}", step.kind()),
+                        format!("{d:?}"),
+                        format!("{:?}", self.max_pause),
+                        "max_pause",
+                    ));
                 }
-                Step::Analyze { analysis } => {
-                    let path = format!("plan.steps[{i}].analysis");
-                    if analysis.interval > self.max_analysis_interval {
-                        return Err(over(
-                            format!("{path}.interval"),
-                            "the interval",
-                            format!("{:?}", analysis.interval),
-                            format!("{:?}", self.max_analysis_interval),
-                            "max_analysis_interval",
-                        ));
-                    }
-                    if analysis.count > self.max_analysis_count {
-                        return Err(over(
-                            format!("{path}.count"),
-                            "the count",
-                            analysis.count.to_string(),
-                            self.max_analysis_count.to_string(),
-                            "max_analysis_count",
-                        ));
-                    }
-                    total = total.saturating_add(analysis.interval.saturating_mul(analysis.count));
-                }
-                _ => {}
             }
+            if let Some(analysis) = analysis {
+                let path = format!("plan.steps[{i}].analysis");
+                if analysis.interval > self.max_analysis_interval {
+                    return Err(over(
+                        format!("{path}.interval"),
+                        "the interval",
+                        format!("{:?}", analysis.interval),
+                        format!("{:?}", self.max_analysis_interval),
+                        "max_analysis_interval",
+                    ));
+                }
+                if analysis.count > self.max_analysis_count {
+                    return Err(over(
+                        format!("{path}.count"),
+                        "the count",
+                        analysis.count.to_string(),
+                        self.max_analysis_count.to_string(),
+                        "max_analysis_count",
+                    ));
+                }
+            }
+            // A bake's analysis runs within its duration.
+            let takes =
+                waits.unwrap_or_else(|| analysis.map_or(Duration::ZERO, |a| a.interval.saturating_mul(a.count)));
+            total = total.saturating_add(takes);
         }
         if total > self.max_duration {
             return Err(over(
@@ -262,6 +267,9 @@ pub struct RolloutSpec {
     pub hooks: Vec<crate::hook::HookSpec>,
     /// Expand/contract migrations ([`crate::hook::Migration`]).
     pub migrations: Vec<crate::hook::Migration>,
+    /// A bake at full traffic before the candidate is made stable, the
+    /// previous revision kept beside it ([`crate::bake`]).
+    pub bake: Option<crate::bake::Bake>,
 }
 
 impl RolloutSpec {
@@ -287,7 +295,15 @@ impl RolloutSpec {
             contacts: Vec::new(),
             hooks: Vec::new(),
             migrations: Vec::new(),
+            bake: None,
         }
+    }
+
+    /// Bake the release at full traffic before it is made stable
+    /// ([`crate::bake`]).
+    pub fn bake(mut self, bake: crate::bake::Bake) -> Self {
+        self.bake = Some(bake);
+        self
     }
 
     /// Run an expand/contract migration ([`crate::hook::Migration`]):
@@ -861,6 +877,9 @@ impl Relay {
             }
             steps.splice(0..0, spec.gates_before_start.iter().map(gate));
             place_hooks(&mut steps, &spec.hooks, &spec.migrations);
+            if let (Some(bake), None) = (&spec.bake, &repair) {
+                bake.place(&ctx, &mut steps)?;
+            }
         }
         let named = spec
             .hooks
@@ -894,7 +913,7 @@ impl Relay {
                 return Err(Error::invalid(
                     format!("{field}.at"),
                     format!(
-                        "pre_traffic needs a target that keeps the candidate from requests until a traffic step;                          target {:?} routes by {:?}, so requests reach the candidate as it starts: use pre_rollout                          (before it starts) or post_traffic",
+                        "pre_traffic needs a target that keeps the candidate from requests until a traffic step; target {:?} routes by {:?}, so requests reach the candidate as it starts: use pre_rollout (before it starts) or post_traffic",
                         spec.target, ctx.capabilities.routing
                     ),
                 ));
@@ -910,7 +929,11 @@ impl Relay {
                         format!("no gate named {name:?} is registered; add one with RelayBuilder::gate (for example ManualApproval::new({name:?}))"),
                     ))
                 }
-                Step::Analyze { analysis } => {
+                Step::Analyze { analysis }
+                | Step::Bake {
+                    analysis: Some(analysis),
+                    ..
+                } => {
                     analysis.validate(&format!("plan.steps[{i}].analysis"))?;
                     if inner.probe_for(&spec.target).is_none() {
                         return Err(Error::invalid(format!("plan.steps[{i}].analysis"), format!("the plan analyzes health but no probe is registered for target {:?}; add one with RelayBuilder::probe or RelayBuilder::probe_for", spec.target)));
