@@ -1253,33 +1253,12 @@ async fn a_canary_failing_its_analysis(
         .await
         .unwrap();
     let candidate = crate::rollouts::candidate_of(relay, &handle).await;
-    let cw = cloudwatch::Client::new(&svc.cfg);
     let mut events = handle.events();
     let (mut group, mut verdicts) = (None, Vec::new());
     while let Some(e) = events.next().await {
         match e.kind {
             EventKind::StepStarted { kind, .. } if kind == "analyze" => {
-                let tg = target.target_group_of(&candidate).await.unwrap().unwrap();
-                let dimension = tg.rsplit_once(':').unwrap().1.to_owned();
-                cw.put_metric_data()
-                    .namespace(namespace)
-                    .metric_data(
-                        cloudwatch::types::MetricDatum::builder()
-                            .metric_name("Errors")
-                            .dimensions(
-                                cloudwatch::types::Dimension::builder()
-                                    .name("TargetGroup")
-                                    .value(&dimension)
-                                    .build(),
-                            )
-                            .value(12.0)
-                            .timestamp(cloudwatch::primitives::DateTime::from(std::time::SystemTime::now()))
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .unwrap();
-                group = Some(tg);
+                group = Some(publish_errors(svc, target, &candidate, namespace).await);
             }
             EventKind::Verdict { verdict } => verdicts.push(*verdict),
             EventKind::Finished { .. } => break,
@@ -1292,6 +1271,92 @@ async fn a_canary_failing_its_analysis(
         verdicts,
         outcome: handle.wait().await.unwrap(),
     }
+}
+
+/// Publish 12 errors, now, for the target group of `candidate`; returns
+/// that target group.
+async fn publish_errors(
+    svc: &TaskSetService,
+    target: &EcsServiceTarget,
+    candidate: &relay::RevisionId,
+    namespace: &str,
+) -> String {
+    let tg = target.target_group_of(candidate).await.unwrap().unwrap();
+    let dimension = tg.rsplit_once(':').unwrap().1.to_owned();
+    cloudwatch::Client::new(&svc.cfg)
+        .put_metric_data()
+        .namespace(namespace)
+        .metric_data(
+            cloudwatch::types::MetricDatum::builder()
+                .metric_name("Errors")
+                .dimensions(
+                    cloudwatch::types::Dimension::builder()
+                        .name("TargetGroup")
+                        .value(&dimension)
+                        .build(),
+                )
+                .value(12.0)
+                .timestamp(cloudwatch::primitives::DateTime::from(std::time::SystemTime::now()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    tg
+}
+
+/// A release baked at full traffic with its previous task set kept: the
+/// candidate's errors show during the bake, the verdict fails, and the
+/// listener sends everything back to the previous task set, which never
+/// stopped. Prints the time from the failing verdict to that (for
+/// BENCHMARKS.md, *Rollback during a bake*).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regression_during_the_bake_moves_traffic_back_to_the_kept_task_set() {
+    let svc = task_set_service().await;
+    let repo = two_images(&svc.cfg).await;
+    let target = svc.target(None).await;
+    let (namespace, probe) = errors_probe(&svc, &target);
+    let (relay, _) = svc.relay(target.clone(), Some(probe)).await;
+    let outcome = deploy(&relay, &repo, "v1", AllAtOnceStrategy).await;
+    assert!(outcome.is_success(), "{outcome}");
+    let stable_sets = svc.task_sets().await;
+
+    let watch = AnalysisSpec::new(vec![Check::new(
+        "no-errors",
+        "errors",
+        ThresholdJudge::below(1.0).statistic(Statistic::Max),
+    )])
+    .every(Duration::from_secs(3), 1);
+    let release = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
+    let spec = RolloutSpec::new("web", release, CanaryStrategy::new().set_weight(50))
+        .bake(relay::Bake::new(Duration::from_secs(60)).analysis(watch));
+    let handle = relay.start(spec).await.unwrap();
+    let events = crate::rollouts::timed_events(&handle);
+    let candidate = crate::rollouts::candidate_of(&relay, &handle).await;
+    crate::rollouts::until_step_starts(&handle, "bake").await;
+    assert_eq!(svc.weights().await, [0, 100], "the candidate has every request");
+    assert_eq!(svc.task_sets().await.len(), 2, "the previous task set still runs");
+    publish_errors(&svc, &target, &candidate, &namespace).await;
+
+    let outcome = handle.wait().await.unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.starts_with("during the bake")),
+        "{outcome}"
+    );
+    let took =
+        crate::rollouts::verdict_to_traffic(&events.await.unwrap()).expect("a failing verdict, then traffic back");
+    eprintln!("bake rollback (ECS on moto): failing verdict -> 100% on the previous task set in {took:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert_eq!(
+        svc.weights().await,
+        [100, 0],
+        "all traffic back on the previous task set"
+    );
+    assert_eq!(
+        svc.task_sets().await,
+        stable_sets,
+        "the candidate's task set is deleted"
+    );
 }
 
 /// A service on the ECS (rolling) controller: one task definition at a time,

@@ -987,6 +987,74 @@ async fn a_canary_through_an_http_route_gets_exact_weights_beside_a_full_stable(
     );
 }
 
+/// A bake through the HTTPRoute: the candidate has every request and the
+/// stable Deployment keeps all its replicas; when the candidate's pods
+/// start crash-looping during the bake, the failing verdict sends the route
+/// back to the stable Service at once (its pods never stopped). Prints the
+/// time from the verdict to the route (BENCHMARKS.md, *Rollback during a
+/// bake*).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regression_during_the_bake_sends_the_route_back_to_the_kept_deployment() {
+    use relay::providers::kubernetes::HttpRouteRouter;
+    let client = client().await;
+    crate::support::gateway_api(&client).await;
+    let ns = namespace(&client).await;
+    let kubelet = Kubelet::start(&client, &ns);
+    web_app(&client, &ns, "web", 4).await;
+    http_route(&client, &ns).await;
+    let router = Arc::new(HttpRouteRouter::new(provider_client().await, &ns, "web", "web"));
+    let target = DeploymentTarget::builder(provider_client().await, &ns, "web")
+        .name("web")
+        .traffic_router("web", router)
+        .poll_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let probe = Arc::new(PodReadinessProbe::new(provider_client().await, &ns, "app=web"));
+    let relay = engine(target.clone(), artifacts(&["v2"])).probe(probe).build().unwrap();
+    let watch = AnalysisSpec::new(vec![Check::new(
+        "not-crashing",
+        "crash_looping",
+        ThresholdJudge::below(0.5).statistic(Statistic::Max),
+    )])
+    .every(Duration::from_secs(1), 1);
+    let release = Release::new(format!("{REPO}:v2").parse().unwrap()).replicas(4);
+    let spec = RolloutSpec::new("web", release, CanaryStrategy::new().set_weight(50))
+        .bake(relay::Bake::new(Duration::from_secs(120)).analysis(watch));
+    let handle = relay.start(spec).await.unwrap();
+    let events = crate::rollouts::timed_events(&handle);
+    let cand = crate::rollouts::candidate_of(&relay, &handle).await;
+    crate::rollouts::until_step_starts(&handle, "bake").await;
+    assert_eq!(
+        route_weights(&client, &ns).await,
+        (0, 100),
+        "the candidate has every request"
+    );
+    assert_eq!(
+        replicas(&get(&client, &ns, "web").await.unwrap()),
+        4,
+        "the stable is kept whole"
+    );
+    kubelet.fail(&cand.to_string());
+
+    let outcome = handle.wait().await.unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { cause } if cause.starts_with("during the bake")),
+        "{outcome}"
+    );
+    let took =
+        crate::rollouts::verdict_to_traffic(&events.await.unwrap()).expect("a failing verdict, then traffic back");
+    println!("bake rollback (Kubernetes HTTPRoute): failing verdict -> 100% on the kept Deployment in {took:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert_eq!(route_weights(&client, &ns).await, (100, 0));
+    assert!(get(&client, &ns, "web-canary").await.is_none());
+    let stable = get(&client, &ns, "web").await.unwrap();
+    assert_eq!(
+        (image(&stable), replicas(&stable)),
+        ("registry.test/web:1".to_owned(), 4)
+    );
+}
+
 /// Beside an autoscaler and a GitOps tool: relay never sets the replicas of
 /// a Deployment a HorizontalPodAutoscaler scales (the replica-ratio canary,
 /// which would shrink it, is refused naming the fix; blue/green promotes
