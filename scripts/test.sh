@@ -203,6 +203,10 @@ if grep -q OVERLAPPING "$FLEET_OUT"; then
   exit 1
 fi
 
+log "example: migration (expand/contract on PostgreSQL: both revisions work, a rollback never contracts)"
+# The example checks each of its claims and exits non-zero when one fails.
+cargo run --quiet --example migration --features postgres -- "$RELAY_TEST_POSTGRES_URL"
+
 log "example: relayctl on spec and pipeline files"
 RELAYCTL_DIR=$(mktemp -d)
 TMPDIRS+=("$RELAYCTL_DIR")
