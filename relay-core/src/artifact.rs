@@ -419,6 +419,15 @@ pub trait ArtifactStore: Send + Sync + fmt::Debug + 'static {
     async fn verify(&self, reference: &ArtifactRef, artifact: &Artifact, policy: &ArtifactPolicy) -> Result<()> {
         policy.check(reference, artifact)
     }
+
+    /// The document of `kind` (`vulnerabilities`, `sbom`) the store keeps
+    /// beside the artifact `digest`, for the supply-chain gates
+    /// ([`crate::scan`]); `None` when there is none. The default keeps
+    /// none.
+    async fn attachment(&self, digest: &Digest, kind: &str) -> Result<Option<Vec<u8>>> {
+        let _ = (digest, kind);
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

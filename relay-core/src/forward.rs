@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::artifact::ArtifactStore;
-use crate::artifact::{Artifact, ArtifactPolicy, ArtifactRef};
+use crate::artifact::{Artifact, ArtifactPolicy, ArtifactRef, Digest};
 use crate::audit::{AuditEntry, AuditEvent, AuditSink, ChainHead};
 use crate::clock::UnixMillis;
 use crate::engine::RolloutCommand;
@@ -74,6 +74,7 @@ impl<T: ArtifactStore + ?Sized> ArtifactStore for Arc<T> {
         artifact: &'life2 Artifact,
         policy: &'life3 ArtifactPolicy
     ) -> Result<()>);
+    forward!(attachment<'life1, 'life2>(digest: &'life1 Digest, kind: &'life2 str) -> Result<Option<Vec<u8>>>);
 }
 
 impl<T: HealthProbe + ?Sized> HealthProbe for Arc<T> {

@@ -34,6 +34,7 @@ pub mod release;
 pub mod retry;
 pub mod rng;
 pub mod runbook;
+pub mod scan;
 pub mod secret;
 pub mod serde_duration;
 pub mod state;

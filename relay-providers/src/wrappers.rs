@@ -368,6 +368,9 @@ impl<L: Interceptor, T: ArtifactStore> ArtifactStore for Wrapped<L, T> {
         self.call("verify", || self.inner.verify(reference, artifact, policy))
             .await
     }
+    async fn attachment(&self, digest: &relay_core::Digest, kind: &str) -> Result<Option<Vec<u8>>> {
+        self.call("attachment", || self.inner.attachment(digest, kind)).await
+    }
 }
 
 #[async_trait]

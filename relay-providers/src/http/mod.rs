@@ -9,6 +9,7 @@ mod hook;
 mod notify;
 mod probe;
 mod prometheus;
+mod reports;
 mod webhook;
 
 pub use endpoint::IDEMPOTENCY_HEADER;
@@ -16,6 +17,7 @@ pub use hook::WebhookHook;
 pub use notify::{SlackNotifier, WebhookNotifier, NOTICE_HEADER};
 pub use probe::{HttpProbe, HttpProbeBuilder, ERROR_RATE, LATENCY_MS};
 pub use prometheus::{PromQuery, PrometheusProbe};
+pub use reports::ReportUrl;
 pub use webhook::{WebhookGate, SIGNATURE_HEADER};
 
 use relay_core::{Error, ProbeQuery, Result, Scope};

@@ -12,6 +12,8 @@ struct Registry {
     artifacts: BTreeMap<(String, Digest), Artifact>,
     /// (repository, tag) -> digest
     tags: BTreeMap<(String, String), Digest>,
+    /// (digest, kind) -> document
+    attachments: BTreeMap<(Digest, String), Vec<u8>>,
 }
 
 /// Artifacts in memory: push content under a tag, resolve tags to digests.
@@ -42,10 +44,23 @@ impl MemoryArtifactStore {
         r.tags.insert((repository.to_owned(), tag.to_owned()), digest);
         artifact
     }
+
+    /// Keep `document` beside the artifact `digest` as its `kind`
+    /// (`vulnerabilities`, `sbom`), replacing one attached before: what
+    /// [`ArtifactStore::attachment`] returns, for the supply-chain gates.
+    pub fn attach(&self, digest: &Digest, kind: &str, document: impl Into<Vec<u8>>) {
+        let mut r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        r.attachments.insert((digest.clone(), kind.to_owned()), document.into());
+    }
 }
 
 #[async_trait]
 impl ArtifactStore for MemoryArtifactStore {
+    async fn attachment(&self, digest: &Digest, kind: &str) -> Result<Option<Vec<u8>>> {
+        let r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(r.attachments.get(&(digest.clone(), kind.to_owned())).cloned())
+    }
+
     async fn resolve(&self, reference: &ArtifactRef) -> Result<Artifact> {
         let r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         let repo = reference.repository.clone();
