@@ -39,9 +39,10 @@
 //! `error_rate` of requests; any tag resolves, to a digest of its name) or,
 //! built with the `kubernetes` feature, `kubernetes` (a Deployment through
 //! the default kubeconfig). Every gate a spec names is a manual approval
-//! (`relayctl approve`). `--virtual` runs on virtual time, so a
-//! simulated hour-long canary ends at once; it leaves no time for a person
-//! to answer a gate.
+//! (`relayctl approve`), but the supply-chain gates its `supply_chain:`
+//! section asks for, which read the documents it points at. `--virtual`
+//! runs on virtual time, so a simulated hour-long canary ends at once; it
+//! leaves no time for a person to answer a gate.
 //!
 //! The audit log is chained with HMAC-SHA256 under the key in
 //! `RELAY_AUDIT_KEY` when it is set (every `relayctl` on the state
@@ -59,7 +60,9 @@
 //! command did what it said); 1 the rollout was rolled back, or failed;
 //! 2 bad usage or input (a spec, a reference, an option); 3 refused before
 //! anything changed (the target is busy with another rollout, an orphan
-//! awaits recovery, or the caller may not act).
+//! awaits recovery, a gate before start refused — a vulnerability report
+//! or SBOM the spec's `supply_chain:` asks for —, or the caller may not
+//! act).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -99,7 +102,9 @@ impl From<relay::Error> for Failure {
     fn from(e: relay::Error) -> Self {
         let code = match e {
             relay::Error::InvalidSpec { .. } => EXIT_USAGE,
-            relay::Error::Conflict { .. } | relay::Error::PermissionDenied { .. } => EXIT_REFUSED,
+            relay::Error::Conflict { .. }
+            | relay::Error::PermissionDenied { .. }
+            | relay::Error::GateRejected { .. } => EXIT_REFUSED,
             _ => EXIT_FAILED,
         };
         Failure(code, e.to_string())
@@ -622,8 +627,17 @@ impl Ctl {
     /// manual approval for every gate the spec names.
     async fn relay_for(&self, spec: &SpecFile) -> Outcome<Relay> {
         let mut b = self.providers(spec).await?;
+        let mut supply_chain = Vec::new();
+        if let Some(sc) = &spec.supply_chain {
+            for gate in sc.gates(report_source(&sc.reports)?) {
+                supply_chain.push(gate.name().to_owned());
+                b = b.gate(gate);
+            }
+        }
         for gate in gate_names(&spec.rollout) {
-            b = b.gate(Arc::new(ManualApproval::new(gate)));
+            if !supply_chain.contains(&gate) {
+                b = b.gate(Arc::new(ManualApproval::new(gate)));
+            }
         }
         Ok(b.build()?)
     }
@@ -852,6 +866,20 @@ impl Ctl {
 /// Every gate `spec` names: before start, before promotion, and in the
 /// strategy's steps (as it plans them for a target with a stable revision,
 /// where a canary has all its steps).
+/// Where a spec's `supply_chain.reports` template points: files, or with
+/// the `http` feature an http(s) endpoint.
+fn report_source(template: &str) -> Outcome<Arc<dyn relay::scan::ReportSource>> {
+    if template.starts_with("http://") || template.starts_with("https://") {
+        #[cfg(feature = "http")]
+        return Ok(Arc::new(relay::providers::http::ReportUrl::new(template)?));
+        #[cfg(not(feature = "http"))]
+        return Err(usage(
+            "supply_chain.reports: an http(s) template needs relayctl built with the http feature",
+        ));
+    }
+    Ok(Arc::new(relay::scan::ReportFiles::new(template)))
+}
+
 fn gate_names(spec: &RolloutSpec) -> Vec<String> {
     let ctx = PlanContext {
         target: spec.target.clone(),

@@ -228,6 +228,25 @@ cargo build --example relayctl --all-features
   grep -q 'on-call: #web-oncall' "$RELAYCTL_DIR/runbook.md"
   ctl plan examples/specs/canary.yaml | grep -q 'bake  *10m at full traffic: 10 x 1m: error_rate' ||
     { echo "relayctl: the plan must show the spec's bake" >&2; exit 1; }
+  # Supply-chain gates from the spec: refused (exit 3) without a clean
+  # report and an SBOM of the exact digest, next to the spec; then live.
+  SCAN_DIR=$RELAYCTL_DIR/scanned
+  mkdir -p "$SCAN_DIR/reports"
+  { cat examples/specs/canary.yaml
+    printf 'supply_chain:\n  reports: "reports/{hex}.{kind}.json"\n  vulnerabilities: { fail_at: high }\n  sbom: true\n'
+  } >"$SCAN_DIR/spec.yaml"
+  digest=$(ctl plan --output json examples/specs/canary.yaml |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["candidate"]["artifact"]["digest"])')
+  scanned() { timeout 120 target/debug/examples/relayctl --state "$SCAN_DIR/state" "$@"; }
+  code=0; scanned --virtual apply "$SCAN_DIR/spec.yaml" >"$SCAN_DIR/out" 2>&1 || code=$?
+  [ "$code" = 3 ] && grep -q 'no vulnerabilities report' "$SCAN_DIR/out" ||
+    { echo "relayctl: a release without a report must be refused (exit $code)" >&2; cat "$SCAN_DIR/out" >&2; exit 1; }
+  python3 scripts/supply-chain-fixtures.py "$digest" "$SCAN_DIR/reports" CRITICAL
+  code=0; scanned --virtual apply "$SCAN_DIR/spec.yaml" >"$SCAN_DIR/out" 2>&1 || code=$?
+  [ "$code" = 3 ] && grep -q 'CVE-2024-0001 (CRITICAL' "$SCAN_DIR/out" ||
+    { echo "relayctl: a critical finding must refuse the release (exit $code)" >&2; cat "$SCAN_DIR/out" >&2; exit 1; }
+  python3 scripts/supply-chain-fixtures.py "$digest" "$SCAN_DIR/reports" LOW
+  scanned --virtual apply "$SCAN_DIR/spec.yaml" >"$SCAN_DIR/out"
   ctl --virtual apply examples/specs/canary.yaml
   code=0; ctl --virtual apply examples/specs/bad-canary.yaml || code=$?
   [ "$code" = 1 ] || { echo "relayctl: a rolled-back release must exit 1, not $code" >&2; exit 1; }

@@ -143,14 +143,21 @@ pub enum Severity {
 }
 
 impl Severity {
-    fn parse(s: &str) -> Severity {
-        match s.to_ascii_uppercase().as_str() {
+    /// The severity named `s` (`high`, `HIGH`…), if it names one.
+    pub fn from_name(s: &str) -> Option<Severity> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "UNKNOWN" => Severity::Unknown,
             "LOW" => Severity::Low,
             "MEDIUM" => Severity::Medium,
             "HIGH" => Severity::High,
             "CRITICAL" => Severity::Critical,
-            _ => Severity::Unknown,
-        }
+            _ => return None,
+        })
+    }
+
+    /// A report's grade: one Trivy does not know is `Unknown`.
+    fn parse(s: &str) -> Severity {
+        Severity::from_name(s).unwrap_or(Severity::Unknown)
     }
 }
 
@@ -504,5 +511,56 @@ impl Gate for SbomGate {
                 sbom.spec_version, sbom.components
             ),
         })
+    }
+}
+
+/// The name [`SupplyChain::gates`] gives its vulnerability gate.
+pub const VULNERABILITY_GATE: &str = "vulnerabilities";
+/// The name [`SupplyChain::gates`] gives its SBOM gate.
+pub const SBOM_GATE: &str = "sbom";
+
+/// A release's supply-chain requirements as data (a spec file's
+/// `supply_chain:` section): where its documents are, and which gates
+/// they must pass before it starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupplyChain {
+    /// Where the documents are: a path or URL template with `{digest}`,
+    /// `{hex}` and `{kind}` ([`ReportFiles`], or an HTTP source).
+    pub reports: String,
+    /// Fail for findings at this severity or above; `None`: no
+    /// vulnerability gate.
+    pub fail_at: Option<Severity>,
+    /// Findings let through, each until its entry expires.
+    pub allowed: Vec<Allowed>,
+    /// Whether a CycloneDX SBOM of the artifact is required.
+    pub sbom: bool,
+}
+
+impl SupplyChain {
+    /// The names of the gates it asks for ([`VULNERABILITY_GATE`],
+    /// [`SBOM_GATE`]), to check before start.
+    pub fn gate_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.fail_at.is_some() {
+            names.push(VULNERABILITY_GATE.to_owned());
+        }
+        if self.sbom {
+            names.push(SBOM_GATE.to_owned());
+        }
+        names
+    }
+
+    /// The gates, reading documents from `source`.
+    pub fn gates(&self, source: Arc<dyn ReportSource>) -> Vec<Arc<dyn Gate>> {
+        let mut gates: Vec<Arc<dyn Gate>> = Vec::new();
+        if let Some(at) = self.fail_at {
+            let mut g = VulnerabilityGate::new(VULNERABILITY_GATE, source.clone()).fail_at(at);
+            g.allowed.clone_from(&self.allowed);
+            gates.push(Arc::new(g));
+        }
+        if self.sbom {
+            gates.push(Arc::new(SbomGate::new(SBOM_GATE, source)));
+        }
+        gates
     }
 }

@@ -33,6 +33,19 @@
 //!     checks: [ { name: errors, metric: error_rate, below: 0.01 } ]
 //! ```
 //!
+//! A `supply_chain:` section asks for the supply-chain gates
+//! ([`relay_core::scan`]) before start:
+//!
+//! ```yaml
+//! supply_chain:
+//!   reports: "reports/{hex}.{kind}.json"   # or an https:// template
+//!   vulnerabilities:
+//!     fail_at: high
+//!     allow:
+//!       - { id: CVE-2024-6387, until: 2027-01-31, reason: "sshd not in the image (security, INC-42)" }
+//!   sbom: true
+//! ```
+//!
 //! Hooks and migrations name hooks the embedding application registers
 //! ([`relay_core::RelayBuilder::hook`]); a bake's analysis has no `count`:
 //! it measures every `interval` across the bake's `duration`.
@@ -49,6 +62,7 @@ use std::time::Duration;
 use relay_core::{
     analysis::{CheckScope, InconclusivePolicy},
     hook::{HookFailure, Migration},
+    scan::{Allowed, Severity, SupplyChain},
     AnalysisSpec, ArtifactPolicy, Bake, Check, Environment, Error, HookPoint, HookSpec, Judge, Pipeline, Release,
     Result, Role, RolloutSpec, SecretRef, Strategy, WaveOrder,
 };
@@ -65,6 +79,11 @@ pub struct SpecFile {
     /// embedding application should build for the target (relay's own
     /// `relayctl` example reads `sim` and `kubernetes` from it).
     pub provider: Option<serde_json::Value>,
+    /// The file's `supply_chain:` section: the gates it asks for are named
+    /// in [`RolloutSpec::gates_before_start`]; build them with
+    /// [`SupplyChain::gates`] and register them. A relative path in
+    /// `reports` is relative to the spec file ([`SpecFile::load`]).
+    pub supply_chain: Option<SupplyChain>,
 }
 
 /// A duration as written in a spec: `250ms`, `30s`, `5m`, `1h30m`, `2d`.
@@ -140,6 +159,97 @@ struct Doc {
     migrations: Vec<MigrationDoc>,
     #[serde(default)]
     bake: Option<BakeDoc>,
+    #[serde(default)]
+    supply_chain: Option<SupplyChainDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SupplyChainDoc {
+    reports: String,
+    #[serde(default)]
+    vulnerabilities: Option<VulnerabilitiesDoc>,
+    #[serde(default)]
+    sbom: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VulnerabilitiesDoc {
+    fail_at: String,
+    #[serde(default)]
+    allow: Vec<AllowDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowDoc {
+    id: String,
+    until: String,
+    reason: String,
+}
+
+impl SupplyChainDoc {
+    fn policy(self) -> Result<SupplyChain> {
+        let path = "supply_chain";
+        if !["{digest}", "{hex}"].iter().any(|p| self.reports.contains(p)) {
+            return Err(at(
+                &format!("{path}.reports"),
+                "name the digest in the template ({digest} or {hex}, and {kind}): a document found without it is not bound to the artifact",
+            ));
+        }
+        let (mut fail_at, mut allowed) = (None, Vec::new());
+        if let Some(v) = self.vulnerabilities {
+            let p = format!("{path}.vulnerabilities");
+            fail_at = Some(Severity::from_name(&v.fail_at).ok_or_else(|| {
+                at(
+                    &format!("{p}.fail_at"),
+                    format!("{:?} is not a severity: one of low, medium, high, critical", v.fail_at),
+                )
+            })?);
+            for (i, a) in v.allow.into_iter().enumerate() {
+                let p = format!("{p}.allow[{i}]");
+                if a.reason.trim().is_empty() {
+                    return Err(at(
+                        &format!("{p}.reason"),
+                        "say why the finding is let through, and who said so",
+                    ));
+                }
+                allowed.push(Allowed {
+                    id: a.id,
+                    until_ms: until_ms(&a.until).map_err(|e| at(&format!("{p}.until"), e))?,
+                    reason: a.reason,
+                });
+            }
+        }
+        if fail_at.is_none() && !self.sbom {
+            return Err(at(
+                path,
+                "ask for something: vulnerabilities: { fail_at: high }, or sbom: true",
+            ));
+        }
+        Ok(SupplyChain {
+            reports: self.reports,
+            fail_at,
+            allowed,
+            sbom: self.sbom,
+        })
+    }
+}
+
+/// An allowlist entry's end: a date (`2027-01-31`: through that day, UTC)
+/// or an instant (`2027-01-31T12:00:00Z`).
+fn until_ms(s: &str) -> std::result::Result<i64, String> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t.as_millisecond());
+    }
+    let date: jiff::civil::Date = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a date (2027-01-31) or an instant (2027-01-31T12:00:00Z)"))?;
+    let next = date.tomorrow().map_err(|e| e.to_string())?;
+    next.to_zoned(jiff::tz::TimeZone::UTC)
+        .map(|z| z.timestamp().as_millisecond())
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -733,12 +843,32 @@ fn read(path: &std::path::Path) -> Result<serde_json::Value> {
 }
 
 impl SpecFile {
+    /// Read from the file at `path`: a relative `supply_chain.reports`
+    /// path is relative to the file's directory.
+    fn beside(mut self, path: &std::path::Path) -> Self {
+        if let (Some(sc), Some(dir)) = (&mut self.supply_chain, path.parent()) {
+            let url = sc.reports.contains("://");
+            if !url && std::path::Path::new(&sc.reports).is_relative() {
+                sc.reports = dir.join(&sc.reports).to_string_lossy().into_owned();
+            }
+        }
+        self
+    }
+
     fn from_value(value: serde_json::Value) -> Result<Self> {
         let mut doc = typed::<Doc>(value)?;
         let provider = doc.provider.take();
+        let supply_chain = doc.supply_chain.take().map(SupplyChainDoc::policy).transpose()?;
+        let mut rollout = doc.rollout()?;
+        for name in supply_chain.iter().flat_map(SupplyChain::gate_names) {
+            if !rollout.gates_before_start.contains(&name) {
+                rollout.gates_before_start.push(name);
+            }
+        }
         Ok(SpecFile {
-            rollout: doc.rollout()?,
+            rollout,
             provider,
+            supply_chain,
         })
     }
 }
@@ -767,6 +897,11 @@ pub struct PipelineFile {
 }
 
 impl PipelineFile {
+    /// Read from the file at `path` (nothing in it is relative to it).
+    fn beside(self, _path: &std::path::Path) -> Self {
+        self
+    }
+
     fn from_value(value: serde_json::Value) -> Result<Self> {
         Ok(PipelineFile {
             pipeline: typed::<PipelineDoc>(value)?.pipeline()?,
@@ -802,7 +937,7 @@ macro_rules! loaders {
             #[doc = concat!("As [`", stringify!($ty), "::from_yaml`], and for a file that cannot be read or")]
             /// has another extension.
             pub fn load(path: &std::path::Path) -> Result<Self> {
-                Self::from_value(read(path)?)
+                Ok(Self::from_value(read(path)?)?.beside(path))
             }
         }
     };

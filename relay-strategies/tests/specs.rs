@@ -44,6 +44,13 @@ bake:
   analysis:
     interval: 1m
     checks: [ { name: errors, metric: error_rate, below: 0.01 } ]
+supply_chain:
+  reports: "reports/{hex}.{kind}.json"
+  vulnerabilities:
+    fail_at: high
+    allow:
+      - { id: CVE-2024-6387, until: 2027-01-31, reason: "sshd is not in the image (security, INC-42)" }
+  sbom: true
 "#;
 
 const TOML: &str = r#"
@@ -109,12 +116,26 @@ keep_replicas = 2
 [bake.analysis]
 interval = "1m"
 checks = [ { name = "errors", metric = "error_rate", below = 0.01 } ]
+
+[supply_chain]
+reports = "reports/{hex}.{kind}.json"
+sbom = true
+
+[supply_chain.vulnerabilities]
+fail_at = "HIGH"
+allow = [ { id = "CVE-2024-6387", until = "2027-01-31", reason = "sshd is not in the image (security, INC-42)" } ]
 "#;
 
 #[test]
 fn yaml_and_toml_describe_the_same_rollout() {
-    let y = SpecFile::from_yaml(YAML).unwrap().rollout;
-    let t = SpecFile::from_toml(TOML).unwrap().rollout;
+    let (yf, tf) = (SpecFile::from_yaml(YAML).unwrap(), SpecFile::from_toml(TOML).unwrap());
+    assert_eq!(yf.supply_chain, tf.supply_chain);
+    let sc = yf.supply_chain.unwrap();
+    assert_eq!(sc.fail_at, Some(relay_core::scan::Severity::High));
+    assert!(sc.sbom);
+    // Through the last day named, UTC.
+    assert_eq!(sc.allowed[0].until_ms, 1_801_440_000_000, "2027-02-01T00:00:00Z");
+    let (y, t) = (yf.rollout, tf.rollout);
     for s in [&y, &t] {
         assert_eq!(s.target, "web");
         assert_eq!(s.release.replicas, 4);
@@ -123,7 +144,7 @@ fn yaml_and_toml_describe_the_same_rollout() {
             s.release.secrets["DB_PASSWORD"].to_string(),
             "vault://secret/web/db#password"
         );
-        assert_eq!(s.gates_before_start, ["freeze"]);
+        assert_eq!(s.gates_before_start, ["freeze", "vulnerabilities", "sbom"]);
         assert_eq!(s.gates_before_promotion, ["freeze"]);
         assert!(s.policy.refuse_rolled_back);
         assert_eq!(s.strategy.name(), "canary");
@@ -311,6 +332,34 @@ fn each_invalid_spec_fails_at_its_path_saying_what_is_expected() {
             yaml_with("duration: 30m", "duration: forever"),
             "bake.duration",
             "not a duration",
+        ),
+        (
+            yaml_with("fail_at: high", "fail_at: severe"),
+            "supply_chain.vulnerabilities.fail_at",
+            "one of low, medium, high, critical",
+        ),
+        (
+            yaml_with("until: 2027-01-31", "until: someday"),
+            "supply_chain.vulnerabilities.allow[0].until",
+            "not a date (2027-01-31)",
+        ),
+        (
+            yaml_with(
+                "reason: \"sshd is not in the image (security, INC-42)\"",
+                "reason: \" \"",
+            ),
+            "supply_chain.vulnerabilities.allow[0].reason",
+            "say why",
+        ),
+        (
+            yaml_with("reports/{hex}.{kind}.json", "reports/latest.json"),
+            "supply_chain.reports",
+            "name the digest",
+        ),
+        (
+            yaml_with("  sbom: true\n", "  sbom: maybe\n"),
+            "supply_chain.sbom",
+            "boolean",
         ),
         (
             yaml_with("keep_replicas: 2", "keep_replicas: -1"),
