@@ -639,6 +639,9 @@ impl Ctl {
                 b = b.gate(Arc::new(ManualApproval::new(gate)));
             }
         }
+        for hook in command_hooks(spec)? {
+            b = b.hook(hook);
+        }
         Ok(b.build()?)
     }
 
@@ -866,6 +869,29 @@ impl Ctl {
 /// Every gate `spec` names: before start, before promotion, and in the
 /// strategy's steps (as it plans them for a target with a stable revision,
 /// where a canary has all its steps).
+/// A command hook for each hook the spec names, run in the spec file's
+/// directory; a hook with no program in `commands:` is a usage error
+/// naming it.
+fn command_hooks(spec: &SpecFile) -> Outcome<Vec<Arc<dyn relay::Hook>>> {
+    let r = &spec.rollout;
+    let halves = r.migrations.iter().flat_map(|m| [&m.expand, &m.contract]);
+    let named: std::collections::BTreeSet<&str> = r.hooks.iter().chain(halves).map(|h| h.name.as_str()).collect();
+    let mut hooks: Vec<Arc<dyn relay::Hook>> = Vec::new();
+    for name in named {
+        let Some((program, args)) = spec.commands.get(name).and_then(|argv| argv.split_first()) else {
+            return Err(usage(format!(
+                "hook {name:?}: relayctl runs hooks as programs; add `commands: {{ {name}: [program, args...] }}` to the spec"
+            )));
+        };
+        let mut hook = relay::providers::CommandHook::new(name, program, args);
+        if let Some(dir) = &spec.dir {
+            hook = hook.current_dir(dir.to_string_lossy());
+        }
+        hooks.push(Arc::new(hook));
+    }
+    Ok(hooks)
+}
+
 /// Where a spec's `supply_chain.reports` template points: files, or with
 /// the `http` feature an http(s) endpoint.
 fn report_source(template: &str) -> Outcome<Arc<dyn relay::scan::ReportSource>> {

@@ -247,6 +247,27 @@ cargo build --example relayctl --all-features
     { echo "relayctl: a critical finding must refuse the release (exit $code)" >&2; cat "$SCAN_DIR/out" >&2; exit 1; }
   python3 scripts/supply-chain-fixtures.py "$digest" "$SCAN_DIR/reports" LOW
   scanned --virtual apply "$SCAN_DIR/spec.yaml" >"$SCAN_DIR/out"
+  # Hooks from the spec run as programs, in the spec's directory, in the
+  # plan's order: expand, the smoke test before traffic, contract.
+  HOOK_DIR=$RELAYCTL_DIR/hooks
+  mkdir -p "$HOOK_DIR"
+  cp examples/specs/canary.yaml "$HOOK_DIR/spec.yaml"
+  cat >>"$HOOK_DIR/spec.yaml" <<'YAML'
+hooks:
+  - { name: smoke, at: pre_traffic }
+migrations:
+  - { expand: expand, contract: contract }
+commands:
+  smoke: [sh, -c, 'echo "$RELAY_HOOK_POINT at $RELAY_CANDIDATE_WEIGHT%" >>ran.log']
+  expand: [sh, -c, 'echo expand >>ran.log']
+  contract: [sh, -c, 'echo contract >>ran.log']
+YAML
+  hooked() { timeout 120 target/debug/examples/relayctl --state "$HOOK_DIR/state" "$@"; }
+  hooked plan "$HOOK_DIR/spec.yaml" | grep -q 'hook "smoke" (pre_traffic)'
+  hooked --virtual apply "$HOOK_DIR/spec.yaml" >"$HOOK_DIR/out"
+  ran=$(cat "$HOOK_DIR/ran.log")
+  [ "$ran" = "$(printf 'expand\npre_traffic at 0%%\ncontract')" ] ||
+    { echo "relayctl: the spec's hooks ran as: $ran" >&2; exit 1; }
   ctl --virtual apply examples/specs/canary.yaml
   code=0; ctl --virtual apply examples/specs/bad-canary.yaml || code=$?
   [ "$code" = 1 ] || { echo "relayctl: a rolled-back release must exit 1, not $code" >&2; exit 1; }

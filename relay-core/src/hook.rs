@@ -201,6 +201,30 @@ pub struct HookContext {
     pub attempt: u32,
 }
 
+impl HookContext {
+    /// The context as environment variables, for a hook that runs a
+    /// process, a task or a Job: `RELAY_HOOK_KEY`, `RELAY_ROLLOUT`,
+    /// `RELAY_TARGET`, `RELAY_HOOK_POINT`, `RELAY_CANDIDATE`,
+    /// `RELAY_ARTIFACT`, `RELAY_STABLE` (empty for a first release),
+    /// `RELAY_CANDIDATE_WEIGHT`, `RELAY_ATTEMPT`.
+    pub fn environment(&self) -> [(&'static str, String); 9] {
+        [
+            ("RELAY_HOOK_KEY", self.key.clone()),
+            ("RELAY_ROLLOUT", self.rollout.clone()),
+            ("RELAY_TARGET", self.target.clone()),
+            ("RELAY_HOOK_POINT", self.at.name().to_owned()),
+            ("RELAY_CANDIDATE", self.candidate.to_string()),
+            ("RELAY_ARTIFACT", self.artifact.clone()),
+            (
+                "RELAY_STABLE",
+                self.stable.as_ref().map(ToString::to_string).unwrap_or_default(),
+            ),
+            ("RELAY_CANDIDATE_WEIGHT", self.candidate_weight.to_string()),
+            ("RELAY_ATTEMPT", self.attempt.to_string()),
+        ]
+    }
+}
+
 /// How a hook run ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookRun {

@@ -4,6 +4,8 @@
 //! - `sim` (default): a simulated target and probe, memory stores, and the
 //!   fault and latency wrappers that work around any provider.
 //!
+//! Always: [`CommandHook`], a hook that runs a local program.
+//!
 //! - `aws`: the ECS service target (rolling, and task sets weighted at an
 //!   ALB listener), the CloudWatch probe, the Secrets Manager secret store
 //!   and the ECR artifact store.
@@ -35,8 +37,10 @@ pub mod sim;
 #[cfg(feature = "vault")]
 pub mod vault;
 
+mod command;
 mod counts;
 pub mod wrappers;
 
+pub use command::CommandHook;
 pub use counts::RequestCounter;
 pub use wrappers::{Delay, FaultInjector, FaultKind, Faulty, Interceptor, Latency, RateLimited, RateLimiter, Wrapped};

@@ -47,7 +47,9 @@
 //! ```
 //!
 //! Hooks and migrations name hooks the embedding application registers
-//! ([`relay_core::RelayBuilder::hook`]); a bake's analysis has no `count`:
+//! ([`relay_core::RelayBuilder::hook`]), or give each a program in
+//! `commands:` (`commands: { smoke: ["./smoke.sh", "--quick"] }`), which
+//! `relayctl` runs; a bake's analysis has no `count`:
 //! it measures every `interval` across the bake's `duration`.
 //!
 //! Every error is [`Error::InvalidSpec`] whose path is where the problem is
@@ -84,6 +86,12 @@ pub struct SpecFile {
     /// [`SupplyChain::gates`] and register them. A relative path in
     /// `reports` is relative to the spec file ([`SpecFile::load`]).
     pub supply_chain: Option<SupplyChain>,
+    /// The file's `commands:` section: for a hook name, the program and its
+    /// arguments that run it (`relay_providers::CommandHook`, which
+    /// `relayctl` registers, in the spec file's directory).
+    pub commands: BTreeMap<String, Vec<String>>,
+    /// The directory of the file it was read from ([`SpecFile::load`]).
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// A duration as written in a spec: `250ms`, `30s`, `5m`, `1h30m`, `2d`.
@@ -161,6 +169,9 @@ struct Doc {
     bake: Option<BakeDoc>,
     #[serde(default)]
     supply_chain: Option<SupplyChainDoc>,
+    /// Programs for the hooks, by hook name.
+    #[serde(default)]
+    commands: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -846,6 +857,10 @@ impl SpecFile {
     /// Read from the file at `path`: a relative `supply_chain.reports`
     /// path is relative to the file's directory.
     fn beside(mut self, path: &std::path::Path) -> Self {
+        self.dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(std::path::Path::to_path_buf);
         if let (Some(sc), Some(dir)) = (&mut self.supply_chain, path.parent()) {
             let url = sc.reports.contains("://");
             if !url && std::path::Path::new(&sc.reports).is_relative() {
@@ -859,6 +874,15 @@ impl SpecFile {
         let mut doc = typed::<Doc>(value)?;
         let provider = doc.provider.take();
         let supply_chain = doc.supply_chain.take().map(SupplyChainDoc::policy).transpose()?;
+        let commands = std::mem::take(&mut doc.commands);
+        for (name, argv) in &commands {
+            if argv.first().is_none_or(|p| p.trim().is_empty()) {
+                return Err(at(
+                    &format!("commands.{name}"),
+                    "give the program and its arguments: [\"./smoke.sh\", \"--quick\"]",
+                ));
+            }
+        }
         let mut rollout = doc.rollout()?;
         for name in supply_chain.iter().flat_map(SupplyChain::gate_names) {
             if !rollout.gates_before_start.contains(&name) {
@@ -869,6 +893,8 @@ impl SpecFile {
             rollout,
             provider,
             supply_chain,
+            commands,
+            dir: None,
         })
     }
 }

@@ -51,6 +51,8 @@ supply_chain:
     allow:
       - { id: CVE-2024-6387, until: 2027-01-31, reason: "sshd is not in the image (security, INC-42)" }
   sbom: true
+commands:
+  smoke: [./smoke.sh, --quick]
 "#;
 
 const TOML: &str = r#"
@@ -124,12 +126,17 @@ sbom = true
 [supply_chain.vulnerabilities]
 fail_at = "HIGH"
 allow = [ { id = "CVE-2024-6387", until = "2027-01-31", reason = "sshd is not in the image (security, INC-42)" } ]
+
+[commands]
+smoke = ["./smoke.sh", "--quick"]
 "#;
 
 #[test]
 fn yaml_and_toml_describe_the_same_rollout() {
     let (yf, tf) = (SpecFile::from_yaml(YAML).unwrap(), SpecFile::from_toml(TOML).unwrap());
     assert_eq!(yf.supply_chain, tf.supply_chain);
+    assert_eq!(yf.commands, tf.commands);
+    assert_eq!(yf.commands["smoke"], ["./smoke.sh", "--quick"]);
     let sc = yf.supply_chain.unwrap();
     assert_eq!(sc.fail_at, Some(relay_core::scan::Severity::High));
     assert!(sc.sbom);
@@ -332,6 +339,11 @@ fn each_invalid_spec_fails_at_its_path_saying_what_is_expected() {
             yaml_with("duration: 30m", "duration: forever"),
             "bake.duration",
             "not a duration",
+        ),
+        (
+            yaml_with("smoke: [./smoke.sh, --quick]", "smoke: []"),
+            "commands.smoke",
+            "give the program and its arguments",
         ),
         (
             yaml_with("fail_at: high", "fail_at: severe"),

@@ -22,9 +22,8 @@ const PROVIDER: &str = "ecs";
 /// 0: the logs reference is the task's ARN (its container's logs are where
 /// the task definition sends them).
 ///
-/// The task is told the rollout in its environment (`RELAY_HOOK_KEY`,
-/// `RELAY_ROLLOUT`, `RELAY_TARGET`, `RELAY_HOOK_POINT`, `RELAY_CANDIDATE`,
-/// `RELAY_ARTIFACT`, `RELAY_STABLE`, `RELAY_CANDIDATE_WEIGHT`). It is
+/// The task is told the rollout in its essential container's environment
+/// ([`HookContext::environment`]). It is
 /// started by `relay-<hash of the hook's key and attempt>`: a run of the
 /// same attempt again (an engine that resumed the rollout) waits for the
 /// task already started rather than start a second. A task of the attempt
@@ -251,17 +250,7 @@ impl Hook for EcsTaskHook {
                     .container_overrides(
                         ContainerOverride::builder()
                             .name(&container)
-                            .environment(env("RELAY_HOOK_KEY", ctx.key.clone()))
-                            .environment(env("RELAY_ROLLOUT", ctx.rollout.clone()))
-                            .environment(env("RELAY_TARGET", ctx.target.clone()))
-                            .environment(env("RELAY_HOOK_POINT", ctx.at.name().to_owned()))
-                            .environment(env("RELAY_CANDIDATE", ctx.candidate.to_string()))
-                            .environment(env("RELAY_ARTIFACT", ctx.artifact.clone()))
-                            .environment(env(
-                                "RELAY_STABLE",
-                                ctx.stable.as_ref().map(ToString::to_string).unwrap_or_default(),
-                            ))
-                            .environment(env("RELAY_CANDIDATE_WEIGHT", ctx.candidate_weight.to_string()))
+                            .set_environment(Some(ctx.environment().into_iter().map(|(k, v)| env(k, v)).collect()))
                             .build(),
                     )
                     .build();

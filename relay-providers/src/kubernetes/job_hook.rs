@@ -25,9 +25,7 @@ pub const HOOK_LABEL: &str = "relay.dev/hook";
 /// and attempt, so a run of the same attempt again (an engine that resumed
 /// the rollout) waits for the Job already created rather than create a
 /// second. Its containers are told the rollout in their environment
-/// (`RELAY_HOOK_KEY`, `RELAY_ROLLOUT`, `RELAY_TARGET`, `RELAY_HOOK_POINT`,
-/// `RELAY_CANDIDATE`, `RELAY_ARTIFACT`, `RELAY_STABLE`,
-/// `RELAY_CANDIDATE_WEIGHT`). The Job is left for its logs and cleaned up
+/// ([`HookContext::environment`]). The Job is left for its logs and cleaned up
 /// by the cluster `ttlSecondsAfterFinished` after it ends (one hour unless
 /// [`JobHook::keep_for`] says otherwise); the template's `backoffLimit`
 /// (default 0: one pod) says how often Kubernetes itself retries a pod. A
@@ -120,19 +118,7 @@ impl JobHook {
             .annotations
             .get_or_insert_with(Default::default)
             .insert("relay.dev/hook-key".to_owned(), ctx.key.clone());
-        let env = [
-            ("RELAY_HOOK_KEY", ctx.key.clone()),
-            ("RELAY_ROLLOUT", ctx.rollout.clone()),
-            ("RELAY_TARGET", ctx.target.clone()),
-            ("RELAY_HOOK_POINT", ctx.at.name().to_owned()),
-            ("RELAY_CANDIDATE", ctx.candidate.to_string()),
-            ("RELAY_ARTIFACT", ctx.artifact.clone()),
-            (
-                "RELAY_STABLE",
-                ctx.stable.as_ref().map(ToString::to_string).unwrap_or_default(),
-            ),
-            ("RELAY_CANDIDATE_WEIGHT", ctx.candidate_weight.to_string()),
-        ];
+        let env = ctx.environment();
         if let Some(spec) = job.spec.as_mut() {
             spec.backoff_limit.get_or_insert(0);
             spec.ttl_seconds_after_finished = Some(i32::try_from(self.keep_for.as_secs()).unwrap_or(i32::MAX));
