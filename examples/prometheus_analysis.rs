@@ -38,6 +38,7 @@ async fn run(args: &[String]) -> Result<VerdictOutcome, String> {
             scope,
             window: Duration::from_secs(60),
             target: String::new(),
+            context: None,
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -48,6 +48,11 @@ pub mod providers {
     pub use relay_providers::*;
 }
 
+/// Backtests of an analysis on recorded metrics (feature `backtest`): see
+/// [`relay_providers::sim::backtest`].
+#[cfg(feature = "backtest")]
+pub use relay_providers::sim::backtest::{backtest, BacktestReport, BacktestRun, BacktestVerdict};
+
 /// The README's example compiles as a doctest.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -278,6 +278,7 @@ fn query(metric: &str, scope: Scope) -> ProbeQuery {
         scope,
         window: std::time::Duration::from_secs(60),
         target: "t".into(),
+        context: None,
     }
 }
 

@@ -146,6 +146,7 @@ fn query(metric: &str, scope: Scope) -> ProbeQuery {
         scope,
         window: Duration::from_secs(5),
         target: String::new(),
+        context: None,
     }
 }
 

@@ -50,6 +50,33 @@ pub struct ProbeQuery {
     /// one per region say, tells them apart by it).
     #[serde(default)]
     pub target: String,
+    /// Where in a rollout the engine asks (`None` when asked outside one):
+    /// what a [`crate::recording::RecordingProbe`] keeps beside each
+    /// sample and a [`crate::recording::ReplayProbe`] answers by. A probe
+    /// that measures a live system ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<QueryContext>,
+}
+
+/// Where in a rollout a [`ProbeQuery`] is asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryContext {
+    /// The rollout.
+    pub rollout: String,
+    /// The plan step of the analysis (0-based).
+    pub step: usize,
+    /// Which measurement of the analysis (1-based).
+    pub measurement: u32,
+    /// The check asking.
+    pub check: String,
+    /// The revision's role: the candidate, or the stable one (a check of
+    /// it, or the baseline a comparison asks for); `None` for the whole
+    /// target.
+    pub role: Option<crate::target::Role>,
+    /// Time since the rollout was created (milliseconds, engine clock).
+    pub elapsed_ms: u64,
+    /// Time since the analysis step started (milliseconds).
+    pub step_elapsed_ms: u64,
 }
 
 /// Measurements of one metric: one value per sample interval the probe saw.

@@ -17,6 +17,7 @@ fn query(metric: &str, scope: Scope) -> ProbeQuery {
         scope,
         window: Duration::from_secs(600),
         target: String::new(),
+        context: None,
     }
 }
 

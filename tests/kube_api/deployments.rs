@@ -485,6 +485,7 @@ async fn a_canary_is_promoted_and_failing_ones_are_rolled_back() {
         scope,
         window: Duration::from_secs(60),
         target: "web".into(),
+        context: None,
     };
     testing::health_probe_conformance(
         probe.as_ref(),

@@ -17,7 +17,7 @@ use crate::gate::{Approval, GateContext, GateDecision};
 use crate::hook::{HookContext, HookFailure, HookRun, HookSpec};
 use crate::notify::{Notice, NoticeKind};
 use crate::plan::Step;
-use crate::probe::{ProbeQuery, Scope};
+use crate::probe::{ProbeQuery, QueryContext, Scope};
 use crate::release::RevisionId;
 use crate::state::{Lease, RollbackStep, RolloutRecord, RolloutStatus};
 use crate::target::{Role, Target, TrafficSplit};
@@ -1334,26 +1334,41 @@ impl Driver {
         let mut tally: Vec<CheckTally> = spec.checks.iter().map(|_| CheckTally::default()).collect();
         // What each check asks the probe, the same at every measurement; a
         // check of a role the plan lacks asks nothing.
-        let asked: Vec<Option<Asked>> = spec
+        let started = Instant::now();
+        let mut asked: Vec<Option<Asked>> = spec
             .checks
             .iter()
             .map(|check| {
-                let scope = match check.scope {
-                    CheckScope::Target => Scope::Target,
-                    CheckScope::Role(r) => Scope::Revision(self.record.plan.revision(r)?.clone()),
+                let (scope, role) = match check.scope {
+                    CheckScope::Target => (Scope::Target, None),
+                    CheckScope::Role(r) => (Scope::Revision(self.record.plan.revision(r)?.clone()), Some(r)),
+                };
+                let context = QueryContext {
+                    rollout: self.record.id.clone(),
+                    step: self.record.cursor,
+                    measurement: 0,
+                    check: check.name.clone(),
+                    role,
+                    elapsed_ms: 0,
+                    step_elapsed_ms: 0,
                 };
                 let query = ProbeQuery {
                     metric: check.metric.clone(),
                     scope,
                     window: spec.interval,
                     target: self.record.target.clone(),
+                    context: Some(context),
                 };
                 // The baseline is the stable revision, measured in the same window.
                 let baseline = match (&self.record.plan.stable, check.judge.needs_baseline()) {
-                    (Some(stable), true) => Some(ProbeQuery {
-                        scope: Scope::Revision(stable.clone()),
-                        ..query.clone()
-                    }),
+                    (Some(stable), true) => {
+                        let mut q = query.clone();
+                        q.scope = Scope::Revision(stable.clone());
+                        if let Some(c) = q.context.as_mut() {
+                            c.role = Some(Role::Stable);
+                        }
+                        Some(q)
+                    }
                     _ => None,
                 };
                 Some(Asked {
@@ -1372,10 +1387,18 @@ impl Driver {
                     _ => {}
                 }
             }
-            for ((check, t), asked) in spec.checks.iter().zip(tally.iter_mut()).zip(&asked) {
+            let elapsed_ms = u64::try_from(self.inner.clock.now_ms() - self.record.created_ms).unwrap_or(0);
+            let step_elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            for ((check, t), asked) in spec.checks.iter().zip(tally.iter_mut()).zip(asked.iter_mut()) {
                 let Some(Asked { query, baseline, scope }) = asked else {
                     continue;
                 };
+                for q in std::iter::once(&mut *query).chain(baseline.as_mut()) {
+                    if let Some(c) = q.context.as_mut() {
+                        (c.measurement, c.elapsed_ms, c.step_elapsed_ms) = (measurement, elapsed_ms, step_elapsed_ms);
+                    }
+                }
+                let (query, baseline, scope) = (&*query, &*baseline, &*scope);
                 t.measuring();
                 let mut sample = match self.call("probe.sample", || probe.sample(query)).await {
                     Ok(s) => s,

@@ -130,6 +130,7 @@ mod tests {
             scope,
             window: std::time::Duration::from_secs(1),
             target: target.into(),
+            context: None,
         };
         let rev = q(Scope::Revision(RevisionId::from("rev-1")), "");
         assert_eq!(

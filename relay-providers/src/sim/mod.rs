@@ -5,6 +5,8 @@
 //! rollout runs reproducibly in virtual time.
 
 mod artifacts;
+#[cfg(feature = "backtest")]
+pub mod backtest;
 mod probe;
 mod secrets;
 mod target;

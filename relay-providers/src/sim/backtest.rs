@@ -1,0 +1,377 @@
+//! Backtesting an analysis: the rollout a spec describes, run again in
+//! virtual time against what probes recorded during past releases
+//! ([`relay_core::recording`]), to see which checks would have failed, when,
+//! and on which values — before the analysis is trusted with the next
+//! release.
+//!
+//! [`backtest`] runs the engine itself, unchanged, on a simulated target
+//! whose probe is a [`ReplayProbe`] of each recording: every verdict comes
+//! from the judges a live rollout uses, so a backtest verdict and a live
+//! verdict on the same samples are the same.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use relay_core::recording::{Label, Recording, ReplayProbe};
+use relay_core::{
+    Artifact, ArtifactRef, ArtifactStore, Digest, Error, EventKind, Gate, GateContext, GateDecision, Outcome,
+    PlanContext, Relay, Release, Result, RevisionState, RolloutSpec, Step, Verdict, VerdictOutcome,
+};
+use serde::Serialize;
+
+use super::{RevisionBehavior, SimTarget};
+
+/// One verdict of a backtest run: where and when it was reached.
+#[derive(Clone, Debug, Serialize)]
+pub struct BacktestVerdict {
+    /// The plan step of its analysis (0-based).
+    pub step: usize,
+    /// Virtual time since the rollout started (milliseconds).
+    pub elapsed_ms: u64,
+    /// The verdict, with the values that decided it.
+    pub verdict: Verdict,
+}
+
+/// What the spec's rollout would have done with one recording.
+#[derive(Clone, Debug, Serialize)]
+pub struct BacktestRun {
+    /// The recording's name.
+    pub recording: String,
+    /// Its label, when it has one.
+    pub label: Option<Label>,
+    /// How the rollout ended.
+    pub outcome: Outcome,
+    /// Every verdict, in order.
+    pub verdicts: Vec<BacktestVerdict>,
+    /// The failing verdict that rolled it back, if a verdict did.
+    pub decided_by: Option<BacktestVerdict>,
+    /// Queries the recording held no sample for ([`ReplayProbe::unanswered`]).
+    pub unanswered: usize,
+}
+
+impl BacktestRun {
+    /// Whether the rollout would have been rolled back.
+    pub fn rolled_back(&self) -> bool {
+        !self.outcome.is_success()
+    }
+
+    /// Whether the recording ran out: the rollout was rolled back, not by
+    /// a failing verdict, after asking for samples the recording does not
+    /// hold (it was recorded from a rollout that ended sooner). Such a
+    /// run says nothing about the analysis.
+    pub fn ran_out(&self) -> bool {
+        self.rolled_back() && self.decided_by.is_none() && self.unanswered > 0
+    }
+}
+
+/// What the spec's rollout would have done with each recording.
+#[derive(Clone, Debug, Serialize)]
+pub struct BacktestReport {
+    /// One run per recording, in the order given.
+    pub runs: Vec<BacktestRun>,
+}
+
+impl BacktestReport {
+    /// Labelled bad releases the analysis rolled back.
+    pub fn caught(&self) -> usize {
+        self.count(Label::Bad, true)
+    }
+
+    /// Labelled bad releases it let out.
+    pub fn missed(&self) -> usize {
+        self.count(Label::Bad, false)
+    }
+
+    /// Labelled good releases it rolled back.
+    pub fn false_alarms(&self) -> usize {
+        self.count(Label::Good, true)
+    }
+
+    /// Labelled runs whose recording ran out ([`BacktestRun::ran_out`]):
+    /// neither caught nor missed.
+    pub fn undecided(&self) -> usize {
+        self.runs.iter().filter(|r| r.label.is_some() && r.ran_out()).count()
+    }
+
+    fn count(&self, label: Label, rolled_back: bool) -> usize {
+        self.runs
+            .iter()
+            .filter(|r| r.label == Some(label) && !r.ran_out() && r.rolled_back() == rolled_back)
+            .count()
+    }
+}
+
+impl fmt::Display for BacktestReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:<24} {:<5} {:<12} decided by", "recording", "label", "outcome")?;
+        for r in &self.runs {
+            let label = match r.label {
+                Some(Label::Good) => "good",
+                Some(Label::Bad) => "bad",
+                None => "-",
+            };
+            let outcome = match (r.ran_out(), r.rolled_back()) {
+                (true, _) => "no data",
+                (false, true) => "rolled back",
+                (false, false) => "promoted",
+            };
+            let by = match &r.decided_by {
+                None if r.ran_out() => format!(
+                    "the recording holds no sample for {} of the rollout's queries: it ends sooner ({})",
+                    r.unanswered,
+                    match &r.outcome {
+                        Outcome::RolledBack { cause } => cause.as_str(),
+                        _ => "",
+                    }
+                ),
+                Some(v) => format!(
+                    "{} at step {} after {}: {}",
+                    v.verdict.check,
+                    v.step + 1,
+                    minutes(v.elapsed_ms),
+                    v.verdict.judgement.reason
+                ),
+                None if r.rolled_back() => match &r.outcome {
+                    Outcome::RolledBack { cause } => cause.clone(),
+                    other => other.to_string(),
+                },
+                None => "-".to_owned(),
+            };
+            writeln!(f, "{:<24} {label:<5} {outcome:<12} {by}", r.recording)?;
+        }
+        if self.runs.iter().any(|r| r.label.is_some()) {
+            writeln!(
+                f,
+                "caught {} of {} bad; {} false alarm(s) in {} good{}",
+                self.caught(),
+                self.caught() + self.missed(),
+                self.false_alarms(),
+                self.count(Label::Good, false) + self.false_alarms(),
+                match self.undecided() {
+                    0 => String::new(),
+                    n => format!("; {n} recording(s) ran out"),
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn minutes(ms: u64) -> String {
+    let s = ms / 1000;
+    if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Resolves any reference: a digest to itself, a tag to a digest of its
+/// name (a backtest deploys nothing real).
+#[derive(Debug)]
+struct AnyArtifact;
+
+#[async_trait]
+impl ArtifactStore for AnyArtifact {
+    async fn resolve(&self, reference: &ArtifactRef) -> Result<Artifact> {
+        let digest = match &reference.digest {
+            Some(d) => d.clone(),
+            None => Digest::of(reference.to_string().as_bytes()),
+        };
+        Ok(Artifact {
+            repository: reference.repository.clone(),
+            tag: reference.tag.clone(),
+            digest,
+            metadata: BTreeMap::new(),
+        })
+    }
+}
+
+/// Every gate passes: a backtest judges the analysis, not the approvals.
+#[derive(Debug)]
+struct Passing(String);
+
+#[async_trait]
+impl Gate for Passing {
+    fn name(&self) -> &str {
+        &self.0
+    }
+
+    async fn check(&self, _: &GateContext) -> Result<GateDecision> {
+        Ok(GateDecision::Pass { by: "backtest".into() })
+    }
+}
+
+/// The gates `spec` names, wherever.
+fn gate_names(spec: &RolloutSpec) -> Vec<String> {
+    let ctx = PlanContext {
+        target: spec.target.clone(),
+        capabilities: relay_core::Capabilities::new(relay_core::Routing::Weighted, 2),
+        replicas: spec.release.replicas,
+        stable: Some(RevisionState::new(
+            "stable".into(),
+            spec.release.replicas,
+            spec.release.replicas,
+        )),
+    };
+    let mut names: Vec<String> = spec
+        .gates_before_start
+        .iter()
+        .chain(&spec.gates_before_promotion)
+        .cloned()
+        .collect();
+    for step in spec.strategy.plan(&ctx).unwrap_or_default() {
+        if let Step::Gate { name } = step {
+            names.push(name);
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Run the rollout `spec` describes against each recording, in virtual
+/// time, and say what it would have done: its outcome, every verdict (its
+/// step, its time since the rollout started, the values that decided it)
+/// and the failing verdict that rolled it back.
+///
+/// The rollout runs on a simulated target named after the spec's, its
+/// replicas ready at once, beside a stable revision it replaces; gates
+/// pass, hooks and migrations are left out, secrets are not fetched. Only
+/// the analysis is judged, by the engine's own code, on what the recording
+/// holds ([`ReplayProbe`]). The run is deterministic: the same spec and
+/// recordings give the same report. It runs on a thread of its own (a
+/// paused tokio clock), so it may be called from anywhere; it blocks until
+/// done.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] for a spec that cannot be planned, and the
+/// engine's errors.
+pub fn backtest(spec: &RolloutSpec, recordings: &[Recording]) -> Result<BacktestReport> {
+    let spec = spec.clone();
+    let recordings: Vec<Arc<Recording>> = recordings.iter().cloned().map(Arc::new).collect();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .map_err(|e| Error::provider("backtest", false, format!("cannot start a runtime: {e}")))?;
+        rt.block_on(async {
+            let mut runs = Vec::with_capacity(recordings.len());
+            for recording in recordings {
+                runs.push(run(&spec, recording).await?);
+            }
+            Ok(BacktestReport { runs })
+        })
+    })
+    .join()
+    .map_err(|_| Error::provider("backtest", false, "the backtest thread panicked"))?
+}
+
+async fn run(template: &RolloutSpec, recording: Arc<Recording>) -> Result<BacktestRun> {
+    let target = Arc::new(
+        SimTarget::new(&template.target)
+            .seed(0)
+            .default_behavior(RevisionBehavior {
+                readiness_delay: Duration::ZERO,
+                ..RevisionBehavior::healthy()
+            }),
+    );
+    let replay = Arc::new(ReplayProbe::new(recording.clone()));
+    let mut builder = Relay::builder()
+        .target(target)
+        .artifacts(Arc::new(AnyArtifact))
+        .probe(replay.clone());
+    for name in gate_names(template) {
+        builder = builder.gate(Arc::new(Passing(name)));
+    }
+    let relay = builder.build()?;
+    let stable_ref: ArtifactRef = format!("{}:backtest-stable", template.release.artifact.repository).parse()?;
+    let stable = Release::new(stable_ref).replicas(template.release.replicas);
+    let deployed = relay
+        .start(RolloutSpec::new(&template.target, stable, AllAtOnce))
+        .await?
+        .wait()
+        .await?;
+    if !deployed.is_success() {
+        return Err(Error::provider(
+            "backtest",
+            false,
+            format!("the stable revision did not deploy: {deployed}"),
+        ));
+    }
+    let mut spec = template.clone();
+    let name: String = recording
+        .name
+        .chars()
+        .take(100)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    spec.id = Some(format!("backtest-{name}"));
+    spec.release.secrets.clear();
+    spec.hooks.clear();
+    spec.migrations.clear();
+    spec.approvals.clear();
+    spec.started_by = Some("backtest".into());
+    let handle = relay.start(spec).await?;
+    let mut events = handle.events();
+    let outcome = handle.wait();
+    let (mut verdicts, mut step, mut started_ms) = (Vec::new(), 0, None);
+    while let Some(e) = events.next().await {
+        let start = *started_ms.get_or_insert(e.at_ms);
+        match e.kind {
+            EventKind::StepStarted { index, .. } => step = index,
+            EventKind::Verdict { verdict } => verdicts.push(BacktestVerdict {
+                step,
+                elapsed_ms: u64::try_from(e.at_ms - start).unwrap_or(0),
+                verdict: *verdict,
+            }),
+            _ => {}
+        }
+    }
+    let outcome = outcome.await?;
+    let decided_by = match &outcome {
+        Outcome::RolledBack { cause } if cause.contains("analysis failed") => verdicts
+            .iter()
+            .rev()
+            .find(|v| !v.verdict.dry_run && v.verdict.judgement.outcome == VerdictOutcome::Fail)
+            .cloned(),
+        _ => None,
+    };
+    Ok(BacktestRun {
+        recording: recording.name.clone(),
+        label: recording.label,
+        outcome,
+        verdicts,
+        decided_by,
+        unanswered: replay.unanswered(),
+    })
+}
+
+/// All replicas and all traffic at once, for the stable revision a
+/// backtest starts from (the strategies live in their own crate).
+#[derive(Debug)]
+struct AllAtOnce;
+
+impl relay_core::Strategy for AllAtOnce {
+    fn name(&self) -> &str {
+        "all-at-once"
+    }
+
+    fn plan(&self, ctx: &PlanContext) -> Result<Vec<Step>> {
+        Ok(vec![
+            Step::Stage { replicas: ctx.replicas },
+            Step::Route { candidate_weight: 100 },
+            Step::Promote,
+        ])
+    }
+}
