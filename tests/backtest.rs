@@ -136,7 +136,9 @@ async fn a_looser_threshold_misses_what_the_recorded_release_did_wrong() {
         "{shown}"
     );
     assert!(
-        shown.contains("caught 1 of 1 bad; 0 false alarm(s) in 0 good"),
+        shown.contains(
+            "overall: caught 1 of 1 bad, 0 false alarm(s) in 0 good; detected after 1m00s (median), 1m00s (p90)"
+        ),
         "{shown}"
     );
 
@@ -235,4 +237,144 @@ fn odd_values_survive_a_recording_file() {
     assert_eq!(back.samples[0].values[1..], [f64::INFINITY, f64::NEG_INFINITY, 1.5]);
     let e = Recording::from_jsonl("bad", "{\"values\": [\"many\"]}").unwrap_err();
     assert!(e.to_string().contains("bad:1"), "{e}");
+}
+
+/// The simulated releases checked into `tests/fixtures/recordings/`: 20
+/// minutes of a candidate beside a stable revision (1% errors, 40 ms
+/// median), each revision's errors and latency every 30 s.
+fn simulated() -> Vec<Recording> {
+    use relay::providers::sim::backtest::Phase;
+    use relay::providers::sim::RevisionBehavior;
+    let stable = RevisionBehavior {
+        error_rate: 0.01,
+        ..RevisionBehavior::healthy()
+    };
+    let like = |f: &dyn Fn(&mut RevisionBehavior)| {
+        let mut b = stable.clone();
+        f(&mut b);
+        b
+    };
+    let from = |at_min: u64, candidate: RevisionBehavior| Phase {
+        at: Duration::from_secs(at_min * 60),
+        candidate,
+    };
+    let noisy = like(&|b| b.latency_spread = 0.5);
+    let cases: Vec<(&str, Label, &str, RevisionBehavior, Vec<Phase>)> = vec![
+        (
+            "healthy",
+            Label::Good,
+            "the candidate as the stable revision",
+            stable.clone(),
+            vec![from(0, stable.clone())],
+        ),
+        (
+            "errors-2x",
+            Label::Bad,
+            "twice the stable revision's errors",
+            stable.clone(),
+            vec![from(0, like(&|b| b.error_rate = 0.02))],
+        ),
+        (
+            "latency-tail",
+            Label::Bad,
+            "the same median latency, a heavy tail",
+            stable.clone(),
+            vec![from(0, like(&|b| b.latency_spread = 0.6))],
+        ),
+        (
+            "slow-leak",
+            Label::Bad,
+            "errors growing: 1%, then 1.5% from 4 min, 2.5% from 8 min, 4% from 12 min",
+            stable.clone(),
+            vec![
+                from(0, stable.clone()),
+                from(4, like(&|b| b.error_rate = 0.015)),
+                from(8, like(&|b| b.error_rate = 0.025)),
+                from(12, like(&|b| b.error_rate = 0.04)),
+            ],
+        ),
+        (
+            "noisy-baseline",
+            Label::Good,
+            "both revisions with widely spread latency",
+            noisy.clone(),
+            vec![from(0, noisy)],
+        ),
+    ];
+    cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, label, note, stable, phases))| {
+            let mut r = relay::providers::sim::backtest::simulate(
+                name,
+                100 + i as u64,
+                Duration::from_secs(20 * 60),
+                Duration::from_secs(30),
+                stable,
+                phases,
+            )
+            .unwrap()
+            .labelled(label);
+            r.note = note.to_owned();
+            r
+        })
+        .collect()
+}
+
+/// The analysis the report judges: errors and p95 latency against fixed
+/// limits, latency against the stable revision's.
+fn canary_checks() -> RolloutSpec {
+    use relay::strategies::Statistic;
+    let checks = AnalysisSpec::new(vec![
+        Check::new(
+            "errors",
+            metrics::ERROR_RATE,
+            ThresholdJudge::below(0.015).min_samples(30),
+        ),
+        Check::new(
+            "latency p95",
+            metrics::LATENCY_MS,
+            ThresholdJudge::below(70.0).statistic(Statistic::P95).min_samples(30),
+        ),
+        Check::new(
+            "latency vs stable",
+            metrics::LATENCY_MS,
+            MannWhitneyJudge::new(Direction::LowerIsBetter)
+                .tolerance(0.1)
+                .min_samples(30),
+        ),
+    ])
+    .every(Duration::from_secs(60), 5);
+    let canary = CanaryStrategy::new()
+        .set_weight(25)
+        .analyze(checks.clone())
+        .set_weight(50)
+        .analyze(checks);
+    RolloutSpec::new("web", release("v2"), canary)
+}
+
+#[path = "shared/golden.rs"]
+mod golden;
+
+/// The simulator makes the recordings checked in (so they can be made
+/// again, and a change to the simulator shows), and the report on them is
+/// the one checked in.
+#[test]
+fn the_simulated_recordings_and_their_report_are_the_checked_in_ones() {
+    let recordings = simulated();
+    for r in &recordings {
+        golden::golden(&format!("recordings/{}.jsonl", r.name), &r.to_jsonl());
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recordings");
+    let loaded: Vec<Recording> = recordings
+        .iter()
+        .map(|r| Recording::load(&dir.join(format!("{}.jsonl", r.name))).unwrap())
+        .collect();
+    assert_eq!(loaded, recordings, "a recording reads back as written");
+    let report = relay::backtest(&canary_checks(), &loaded).unwrap();
+    golden::golden("recordings/report.txt", &report.to_string());
+    golden::golden(
+        "recordings/report.json",
+        &(serde_json::to_string_pretty(&report.to_json()).unwrap() + "\n"),
+    );
 }

@@ -241,8 +241,20 @@ pub struct Recording {
     pub name: String,
     /// Whether the release was good or bad, when known.
     pub label: Option<Label>,
+    /// What it is a recording of, in a few words.
+    pub note: String,
     /// The samples.
     pub samples: Vec<RecordedSample>,
+}
+
+/// A recording file's optional first line: `{"label": "bad", "note": "…"}`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label: Option<Label>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    note: String,
 }
 
 impl Recording {
@@ -251,6 +263,7 @@ impl Recording {
         Recording {
             name: name.into(),
             label: None,
+            note: String::new(),
             samples,
         }
     }
@@ -291,27 +304,37 @@ impl Recording {
     /// [`Error::InvalidSpec`] naming `recording <name>:<line>` for a line
     /// that is not a sample.
     pub fn from_jsonl(name: &str, text: &str) -> Result<Self> {
-        let samples = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|e| {
-                    Error::invalid(
-                        format!("recording {name}:{}", i + 1),
-                        format!("not a recorded sample: {e}"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<RecordedSample>>>()?;
-        Ok(Recording::new(name, samples))
+        let mut recording = Recording::new(name, Vec::new());
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            if i == 0 {
+                if let Ok(Header { label, note }) = serde_json::from_str::<Header>(line) {
+                    (recording.label, recording.note) = (label, note);
+                    continue;
+                }
+            }
+            let sample = serde_json::from_str(line).map_err(|e| {
+                Error::invalid(
+                    format!("recording {name}:{}", i + 1),
+                    format!("not a recorded sample: {e}"),
+                )
+            })?;
+            recording.samples.push(sample);
+        }
+        Ok(recording)
     }
 
-    /// As JSON Lines, one sample a line.
+    /// As JSON Lines: its label and note first when it has either, then
+    /// one sample a line.
     pub fn to_jsonl(&self) -> String {
-        self.samples
-            .iter()
-            .filter_map(|s| serde_json::to_string(s).ok())
+        let header = Header {
+            label: self.label,
+            note: self.note.clone(),
+        };
+        let head = (header.label.is_some() || !header.note.is_empty())
+            .then(|| serde_json::to_string(&header).ok())
+            .flatten();
+        head.into_iter()
+            .chain(self.samples.iter().filter_map(|s| serde_json::to_string(s).ok()))
             .map(|l| l + "\n")
             .collect()
     }

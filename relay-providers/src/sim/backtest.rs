@@ -22,7 +22,7 @@ use relay_core::{
 };
 use serde::Serialize;
 
-use super::{RevisionBehavior, SimTarget};
+use super::{RevisionBehavior, SimProbe, SimTarget};
 
 /// One verdict of a backtest run: where and when it was reached.
 #[derive(Clone, Debug, Serialize)]
@@ -104,6 +104,130 @@ impl BacktestReport {
     }
 }
 
+/// Labelled releases and how an analysis judged them: overall (by the
+/// verdict that rolled each back) or for one check (by whether it failed
+/// at all).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    /// Bad releases rolled back (for a check: that it failed).
+    pub caught: usize,
+    /// Bad releases let out (for a check: that it never failed).
+    pub missed: usize,
+    /// Good releases rolled back (for a check: that it failed).
+    pub false_alarms: usize,
+    /// Good releases.
+    pub good: usize,
+    /// Bad releases.
+    pub bad: usize,
+    /// Median time from the rollout's start to the failing verdict, over
+    /// the bad releases caught (milliseconds).
+    pub detection_median_ms: Option<u64>,
+    /// The 90th percentile of the same (nearest rank).
+    pub detection_p90_ms: Option<u64>,
+}
+
+impl Tally {
+    fn of(runs: impl Iterator<Item = (Label, Option<u64>)>) -> Tally {
+        let mut t = Tally::default();
+        let mut times = Vec::new();
+        for (label, failed_at) in runs {
+            match (label, failed_at) {
+                (Label::Bad, Some(ms)) => {
+                    t.caught += 1;
+                    times.push(ms);
+                }
+                (Label::Bad, None) => t.missed += 1,
+                (Label::Good, Some(_)) => t.false_alarms += 1,
+                (Label::Good, None) => {}
+            }
+            match label {
+                Label::Bad => t.bad += 1,
+                Label::Good => t.good += 1,
+            }
+        }
+        times.sort_unstable();
+        let rank = |q: f64| {
+            times
+                .get(((q * times.len() as f64).ceil() as usize).saturating_sub(1))
+                .copied()
+        };
+        (t.detection_median_ms, t.detection_p90_ms) = (rank(0.5), rank(0.9));
+        t
+    }
+}
+
+impl fmt::Display for Tally {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "caught {} of {} bad, {} false alarm(s) in {} good",
+            self.caught, self.bad, self.false_alarms, self.good
+        )?;
+        if let (Some(m), Some(p)) = (self.detection_median_ms, self.detection_p90_ms) {
+            write!(f, "; detected after {} (median), {} (p90)", minutes(m), minutes(p))?;
+        }
+        Ok(())
+    }
+}
+
+/// [`BacktestReport::summary`]: overall and for each check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// By what each rollout did.
+    pub overall: Tally,
+    /// By whether each check failed, by check name.
+    pub checks: BTreeMap<String, Tally>,
+    /// Labelled recordings that ran out ([`BacktestRun::ran_out`]),
+    /// counted in no tally.
+    pub ran_out: usize,
+}
+
+impl BacktestReport {
+    /// The tallies of the labelled runs.
+    pub fn summary(&self) -> Summary {
+        let judged = || {
+            self.runs
+                .iter()
+                .filter(|r| !r.ran_out())
+                .filter_map(|r| Some((r, r.label?)))
+        };
+        let overall = Tally::of(judged().map(|(r, label)| {
+            let at = r
+                .rolled_back()
+                .then(|| r.decided_by.as_ref().map_or(0, |v| v.elapsed_ms));
+            (label, at)
+        }));
+        let names: std::collections::BTreeSet<&str> = self
+            .runs
+            .iter()
+            .flat_map(|r| r.verdicts.iter().map(|v| v.verdict.check.as_str()))
+            .collect();
+        let checks = names
+            .into_iter()
+            .map(|name| {
+                let tally = Tally::of(judged().map(|(r, label)| {
+                    let failed = r
+                        .verdicts
+                        .iter()
+                        .find(|v| v.verdict.check == name && v.verdict.judgement.outcome == VerdictOutcome::Fail);
+                    (label, failed.map(|v| v.elapsed_ms))
+                }));
+                (name.to_owned(), tally)
+            })
+            .collect();
+        Summary {
+            overall,
+            checks,
+            ran_out: self.undecided(),
+        }
+    }
+
+    /// The runs and the summary, as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"runs": self.runs, "summary": self.summary()})
+    }
+}
+
 impl fmt::Display for BacktestReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{:<24} {:<5} {:<12} decided by", "recording", "label", "outcome")?;
@@ -143,18 +267,14 @@ impl fmt::Display for BacktestReport {
             writeln!(f, "{:<24} {label:<5} {outcome:<12} {by}", r.recording)?;
         }
         if self.runs.iter().any(|r| r.label.is_some()) {
-            writeln!(
-                f,
-                "caught {} of {} bad; {} false alarm(s) in {} good{}",
-                self.caught(),
-                self.caught() + self.missed(),
-                self.false_alarms(),
-                self.count(Label::Good, false) + self.false_alarms(),
-                match self.undecided() {
-                    0 => String::new(),
-                    n => format!("; {n} recording(s) ran out"),
-                }
-            )?;
+            let s = self.summary();
+            writeln!(f, "\noverall: {}", s.overall)?;
+            for (check, t) in &s.checks {
+                writeln!(f, "  {check}: {t}")?;
+            }
+            if s.ran_out > 0 {
+                writeln!(f, "{} recording(s) ran out: counted in no tally", s.ran_out)?;
+            }
         }
         Ok(())
     }
@@ -374,4 +494,115 @@ impl relay_core::Strategy for AllAtOnce {
             Step::Promote,
         ])
     }
+}
+
+/// How a simulated candidate behaves from `at` on (see [`simulate`]).
+#[derive(Clone, Debug)]
+pub struct Phase {
+    /// From when (time since the recording starts).
+    pub at: Duration,
+    /// The candidate's behaviour from then on.
+    pub candidate: RevisionBehavior,
+}
+
+/// Record what the simulator measures of a candidate beside a stable
+/// revision, each taking half of 100 requests a second, for `duration`:
+/// every `every`, both revisions' `error_rate` (with counts) and
+/// `latency_ms`, as a series ([`relay_core::recording::ReplayProbe`]
+/// answers any window it covers). The candidate behaves as `phases` say
+/// (the first from the start); values are kept to six significant digits.
+/// Deterministic in `seed`, in virtual time, on a thread of its own.
+///
+/// # Errors
+/// The simulator's errors.
+pub fn simulate(
+    name: &str,
+    seed: u64,
+    duration: Duration,
+    every: Duration,
+    stable: RevisionBehavior,
+    phases: Vec<Phase>,
+) -> Result<Recording> {
+    use relay_core::recording::RecordedSample;
+    use relay_core::{HealthProbe, ProbeQuery, RevisionSpec, Role, Scope, Target, TrafficSplit};
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .map_err(|e| Error::provider("simulate", false, format!("cannot start a runtime: {e}")))?;
+        rt.block_on(async move {
+            let instant = |b: RevisionBehavior| RevisionBehavior {
+                readiness_delay: Duration::ZERO,
+                ..b
+            };
+            let target = Arc::new(SimTarget::new("sim").seed(seed));
+            let revision = |tag: &str| {
+                let artifact = Artifact {
+                    repository: "sim".into(),
+                    tag: Some(tag.into()),
+                    digest: Digest::of(tag.as_bytes()),
+                    metadata: BTreeMap::new(),
+                };
+                RevisionSpec::new(artifact, BTreeMap::new(), BTreeMap::new())
+            };
+            let (old, new) = (revision("stable"), revision("candidate"));
+            target.behavior(&old.artifact.digest, instant(stable));
+            let mut phases = phases.into_iter().peekable();
+            for spec in [&old, &new] {
+                target.stage(spec, 4).await?;
+            }
+            target.route(&TrafficSplit::canary(&old.id, &new.id, 50)?).await?;
+            target.promote(&old.id).await?;
+            let probe = SimProbe::new(target.clone());
+            let mut samples = Vec::new();
+            let mut at = Duration::ZERO;
+            while at + every <= duration {
+                while let Some(p) = phases.next_if(|p| p.at <= at) {
+                    target.behavior(&new.artifact.digest, instant(p.candidate));
+                }
+                tokio::time::sleep(every).await;
+                at += every;
+                for (role, id) in [(Role::Candidate, &new.id), (Role::Stable, &old.id)] {
+                    for metric in [super::metrics::ERROR_RATE, super::metrics::LATENCY_MS] {
+                        let query = ProbeQuery {
+                            metric: metric.into(),
+                            scope: Scope::Revision(id.clone()),
+                            window: every,
+                            target: "sim".into(),
+                            context: None,
+                        };
+                        let sample = probe.sample(&query).await?;
+                        samples.push(RecordedSample {
+                            rollout: String::new(),
+                            target: String::new(),
+                            step: None,
+                            measurement: 0,
+                            check: String::new(),
+                            role: Some(role),
+                            metric: metric.into(),
+                            window_ms: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+                            elapsed_ms: u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
+                            step_elapsed_ms: 0,
+                            values: sample.values.iter().map(|v| six_digits(*v)).collect(),
+                            counts: sample.counts,
+                            source: "sim".into(),
+                        });
+                    }
+                }
+            }
+            Ok(Recording::new(name, samples))
+        })
+    })
+    .join()
+    .map_err(|_| Error::provider("simulate", false, "the simulation thread panicked"))?
+}
+
+fn six_digits(v: f64) -> f64 {
+    if !v.is_finite() || v == 0.0 {
+        return v;
+    }
+    let scale = 10f64.powi(5 - v.abs().log10().floor() as i32);
+    (v * scale).round() / scale
 }
