@@ -8,6 +8,10 @@
 //!                                  --runbook, as the operator's runbook
 //!   apply <spec>                   roll out, showing progress; exit 0 only
 //!                                  when the release is live
+//!   backtest <spec> <recording>... [--sweep CHECK.FIELD=V1,V2,...]
+//!                                  what the spec's analysis would have done
+//!                                  with recorded releases (feature
+//!                                  `backtest`)
 //!   status [<rollout>]             running rollouts, or one rollout
 //!   history <target>               every rollout on a target
 //!   diff <target> <from> <to>      release notes: what changed between two
@@ -123,8 +127,9 @@ fn usage(msg: impl Into<String>) -> Failure {
 }
 
 /// The options relayctl knows, for naming the nearest to a mistyped one.
-const OPTIONS: [&str; 9] = [
+const OPTIONS: [&str; 10] = [
     "--state",
+    "--sweep",
     "--virtual",
     "--runbook",
     "--output",
@@ -136,8 +141,9 @@ const OPTIONS: [&str; 9] = [
 ];
 
 /// The commands relayctl knows.
-const COMMANDS: [&str; 14] = [
+const COMMANDS: [&str; 15] = [
     "plan",
+    "backtest",
     "apply",
     "status",
     "history",
@@ -212,7 +218,7 @@ fn parse_args() -> Outcome<Args> {
             "--virtual" => args.virtual_time = true,
             "--runbook" => args.runbook = true,
             "--help" | "-h" => args.help = true,
-            "--state" | "--by" | "--comment" | "--reason" | "--output" => {
+            "--state" | "--by" | "--comment" | "--reason" | "--output" | "--sweep" => {
                 let v = it.next().ok_or_else(|| usage(format!("{a} needs a value")))?;
                 match a.as_str() {
                     "--state" => args.dir = PathBuf::from(v),
@@ -286,6 +292,12 @@ async fn run(args: &Args) -> Outcome<()> {
                 .await
         }
         "apply" => ctl()?.apply(Path::new(word(1, "spec file")?)).await,
+        "backtest" => backtest(
+            Path::new(word(1, "spec file")?),
+            &args.words[2..],
+            args.options.get("sweep").map(String::as_str),
+            args.json,
+        ),
         "recover" => ctl()?.recover(&args.words[1..]).await,
         "status" => ctl()?.status(args.words.get(1).map(String::as_str), args.json).await,
         "history" => ctl()?.history(word(1, "target")?, args.json).await,
@@ -372,6 +384,15 @@ const COMMAND_HELP: &str = "
       Running rollouts (orphans marked), or one rollout and its plan.
   history <target>
       Every rollout on a target. --output json for scripts.
+  backtest <spec> <recording>... [--sweep CHECK.FIELD=V1,V2,...]
+      Run the spec's rollout again, in virtual time, on each recording (a
+      JSON Lines file a RecordingProbe wrote; its first line may label it
+      {\"label\": \"good\"|\"bad\"}): what it would have done, every verdict
+      that decided, and over labelled recordings how many bad releases
+      it caught, missed, and good ones it rolled back. Exit 1 when it
+      misses a bad one or rolls a good one back. --sweep judges with a
+      check's field (below, above, min_samples, ...) at each value, for
+      the trade-off between detection and false alarms. --output json.
   diff <target> <from> <to>
       Release notes from one release to a later one (each a rollout id or a
       revision id): artifact, configuration, secret versions, strategy, the
@@ -398,6 +419,7 @@ const HELP: &str = "
 relayctl [--state DIR] [--virtual] [--output text|json] <command>
 relayctl --help | help <command>
   plan <spec> [--runbook] | apply <spec> | status [<rollout>] | history <target>
+  backtest <spec> <recording>... [--sweep CHECK.FIELD=V1,V2,...]
   diff <target> <from> <to>
   deploy <pipeline> <artifact> | promote <pipeline> <digest> <environment>
   approve|reject <rollout> <gate> [--by NAME] [--comment TEXT]
@@ -869,6 +891,82 @@ impl Ctl {
 /// Every gate `spec` names: before start, before promotion, and in the
 /// strategy's steps (as it plans them for a target with a stable revision,
 /// where a canary has all its steps).
+/// `relayctl backtest`: the report on `recordings`, or with `sweep`
+/// (`CHECK.FIELD=V1,V2,...`) the trade-off table.
+#[cfg(feature = "backtest")]
+fn backtest(spec: &Path, recordings: &[String], sweep: Option<&str>, json: bool) -> Outcome<()> {
+    use relay::recording::Recording;
+    if recordings.is_empty() {
+        return Err(usage("name at least one recording (relayctl help backtest)"));
+    }
+    let recordings = recordings
+        .iter()
+        .map(|p| Recording::load(Path::new(p)))
+        .collect::<relay::Result<Vec<_>>>()?;
+    let Some(sweep) = sweep else {
+        let report = relay::backtest(&SpecFile::load(spec)?.rollout, &recordings)?;
+        if json {
+            out!(
+                "{}",
+                serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()
+            );
+        } else {
+            out!("{}", report.to_string().trim_end());
+        }
+        let s = report.summary().overall;
+        return match s.missed + s.false_alarms {
+            0 => Ok(()),
+            _ => Err(Failure(
+                EXIT_FAILED,
+                format!(
+                    "the analysis missed {} bad release(s) and rolled {} good one(s) back",
+                    s.missed, s.false_alarms
+                ),
+            )),
+        };
+    };
+    let bad = || {
+        usage(format!(
+            "--sweep {sweep:?}: write CHECK.FIELD=V1,V2,... (errors.below=0.01,0.02)"
+        ))
+    };
+    let (target, values) = sweep.split_once('=').ok_or_else(bad)?;
+    let (check, field) = target.rsplit_once('.').ok_or_else(bad)?;
+    let values: Vec<serde_json::Value> = values
+        .split(',')
+        .map(|v| serde_json::from_str(v.trim()).unwrap_or_else(|_| serde_json::Value::from(v.trim())))
+        .collect();
+    let report = relay::sweep(
+        target,
+        &values,
+        |v| {
+            let mut found = 0;
+            let file = SpecFile::load_with(spec, |doc| {
+                found = relay::strategies::spec::set_in_checks(doc, check, field, v);
+            })?;
+            if found == 0 {
+                return Err(relay::Error::invalid(
+                    "--sweep",
+                    format!("the spec has no check named {check:?}"),
+                ));
+            }
+            Ok(file.rollout)
+        },
+        &recordings,
+    )?;
+    if json {
+        out!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        out!("{}", report.to_string().trim_end());
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "backtest"))]
+fn backtest(_: &Path, _: &[String], _: Option<&str>, _: bool) -> Outcome<()> {
+    Err(usage("backtest needs relayctl built with the backtest feature"))
+}
+
 /// A command hook for each hook the spec names, run in the spec file's
 /// directory; a hook with no program in `commands:` is a usage error
 /// naming it.

@@ -268,6 +268,15 @@ YAML
   ran=$(cat "$HOOK_DIR/ran.log")
   [ "$ran" = "$(printf 'expand\npre_traffic at 0%%\ncontract')" ] ||
     { echo "relayctl: the spec's hooks ran as: $ran" >&2; exit 1; }
+  # Backtest: the spec file's analysis on the simulated recordings gives the
+  # report and the sweep the library's test checks in (one false alarm: exit 1).
+  recs=()
+  for r in healthy errors-2x latency-tail slow-leak noisy-baseline; do recs+=("tests/fixtures/recordings/$r.jsonl"); done
+  code=0; ctl backtest examples/specs/backtest.yaml "${recs[@]}" >"$RELAYCTL_DIR/backtest.txt" || code=$?
+  [ "$code" = 1 ] && diff -u tests/fixtures/recordings/report.txt "$RELAYCTL_DIR/backtest.txt" ||
+    { echo "relayctl: backtest must give the checked-in report and exit 1 (exit $code)" >&2; exit 1; }
+  ctl backtest examples/specs/backtest.yaml "${recs[@]}" --sweep 'latency p95.below=70,90,110,130' |
+    diff -u tests/fixtures/recordings/sweep.txt -
   ctl --virtual apply examples/specs/canary.yaml
   code=0; ctl --virtual apply examples/specs/bad-canary.yaml || code=$?
   [ "$code" = 1 ] || { echo "relayctl: a rolled-back release must exit 1, not $code" >&2; exit 1; }

@@ -51,7 +51,7 @@ pub mod providers {
 /// Backtests of an analysis on recorded metrics (feature `backtest`): see
 /// [`relay_providers::sim::backtest`].
 #[cfg(feature = "backtest")]
-pub use relay_providers::sim::backtest::{backtest, BacktestReport, BacktestRun, BacktestVerdict};
+pub use relay_providers::sim::backtest::{backtest, sweep, BacktestReport, BacktestRun, BacktestVerdict, SweepReport};
 
 /// The README's example compiles as a doctest.
 #[doc = include_str!("../README.md")]

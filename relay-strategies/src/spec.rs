@@ -821,6 +821,33 @@ impl Doc {
     }
 }
 
+/// Set `field` to `value` in every check called `check` anywhere in the
+/// document `doc` (a `checks:` list of any analysis, a bake's included);
+/// how many it set.
+pub fn set_in_checks(doc: &mut serde_json::Value, check: &str, field: &str, value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match doc {
+        Value::Object(map) => {
+            let mut n = 0;
+            for (key, v) in map.iter_mut() {
+                if key == "checks" {
+                    for c in v.as_array_mut().into_iter().flatten() {
+                        if c.get("name").and_then(Value::as_str) == Some(check) {
+                            c[field] = value.clone();
+                            n += 1;
+                        }
+                    }
+                } else {
+                    n += set_in_checks(v, check, field, value);
+                }
+            }
+            n
+        }
+        Value::Array(items) => items.iter_mut().map(|v| set_in_checks(v, check, field, value)).sum(),
+        _ => 0,
+    }
+}
+
 /// The serde error at its path in the document.
 fn located(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
     let path = e.path().to_string();
@@ -854,6 +881,18 @@ fn read(path: &std::path::Path) -> Result<serde_json::Value> {
 }
 
 impl SpecFile {
+    /// Read the file at `path` as [`SpecFile::load`] does, after `edit`
+    /// changed its document (a backtest's sweep sets one check's threshold
+    /// to each value in turn: [`set_in_checks`]).
+    ///
+    /// # Errors
+    /// As [`SpecFile::load`].
+    pub fn load_with(path: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) -> Result<Self> {
+        let mut doc = read(path)?;
+        edit(&mut doc);
+        Ok(Self::from_value(doc)?.beside(path))
+    }
+
     /// Read from the file at `path`: a relative `supply_chain.reports`
     /// path is relative to the file's directory.
     fn beside(mut self, path: &std::path::Path) -> Self {

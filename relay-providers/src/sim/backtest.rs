@@ -280,6 +280,63 @@ impl fmt::Display for BacktestReport {
     }
 }
 
+/// The same analysis judged with one parameter at each of several values
+/// ([`sweep`]): the trade-off between catching bad releases early and
+/// rolling good ones back.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepReport {
+    /// What was swept (`errors.below`).
+    pub parameter: String,
+    /// Each value with the overall tally of the runs with it.
+    pub points: Vec<(String, Tally)>,
+}
+
+impl fmt::Display for SweepReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<16} {:>6} {:>6} {:>12} {:>10} {:>10}",
+            self.parameter, "caught", "missed", "false alarms", "median", "p90"
+        )?;
+        for (value, t) in &self.points {
+            let time = |ms: Option<u64>| ms.map_or_else(|| "-".to_owned(), minutes);
+            writeln!(
+                f,
+                "{value:<16} {:>6} {:>6} {:>12} {:>10} {:>10}",
+                format!("{}/{}", t.caught, t.bad),
+                t.missed,
+                format!("{}/{}", t.false_alarms, t.good),
+                time(t.detection_median_ms),
+                time(t.detection_p90_ms)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Backtest `spec(value)` for each of `values` on the same recordings:
+/// a threshold, a `min_samples`, a count or interval, a confidence level
+/// — whatever `spec` sets from the value.
+///
+/// # Errors
+/// The first error of `spec` or of a [`backtest`].
+pub fn sweep<V: fmt::Display>(
+    parameter: &str,
+    values: &[V],
+    spec: impl Fn(&V) -> Result<RolloutSpec>,
+    recordings: &[Recording],
+) -> Result<SweepReport> {
+    let mut points = Vec::with_capacity(values.len());
+    for v in values {
+        let report = backtest(&spec(v)?, recordings)?;
+        points.push((v.to_string(), report.summary().overall));
+    }
+    Ok(SweepReport {
+        parameter: parameter.to_owned(),
+        points,
+    })
+}
+
 fn minutes(ms: u64) -> String {
     let s = ms / 1000;
     if s >= 60 {
