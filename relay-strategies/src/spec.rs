@@ -822,8 +822,9 @@ impl Doc {
 }
 
 /// Set `field` to `value` in every check called `check` anywhere in the
-/// document `doc` (a `checks:` list of any analysis, a bake's included);
-/// how many it set.
+/// document `doc` (a `checks:` list of any analysis, a bake's included) —
+/// in its `judge:` when the judge has that field (`confidence`); how many
+/// it set.
 pub fn set_in_checks(doc: &mut serde_json::Value, check: &str, field: &str, value: &serde_json::Value) -> usize {
     use serde_json::Value;
     match doc {
@@ -832,10 +833,16 @@ pub fn set_in_checks(doc: &mut serde_json::Value, check: &str, field: &str, valu
             for (key, v) in map.iter_mut() {
                 if key == "checks" {
                     for c in v.as_array_mut().into_iter().flatten() {
-                        if c.get("name").and_then(Value::as_str) == Some(check) {
-                            c[field] = value.clone();
-                            n += 1;
+                        if c.get("name").and_then(Value::as_str) != Some(check) {
+                            continue;
                         }
+                        // A field of the judge's own (a statistical judge's
+                        // `confidence`) is set in the judge.
+                        match c.get_mut("judge").and_then(Value::as_object_mut) {
+                            Some(judge) if judge.contains_key(field) => judge[field] = value.clone(),
+                            _ => c[field] = value.clone(),
+                        }
+                        n += 1;
                     }
                 } else {
                     n += set_in_checks(v, check, field, value);

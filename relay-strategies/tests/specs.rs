@@ -561,3 +561,52 @@ fn huge_values_are_excerpted_and_names_are_printable() {
         "{e}"
     );
 }
+
+#[test]
+fn a_sweep_sets_a_field_of_every_check_of_that_name_or_of_its_judge() {
+    use relay_strategies::spec::set_in_checks;
+    let dir = tempfile_dir();
+    let path = dir.join("spec.yaml");
+    std::fs::write(&path, YAML).unwrap();
+    let below = serde_json::json!(0.2);
+    let mut n = 0;
+    let edited = SpecFile::load_with(&path, |doc| n = set_in_checks(doc, "errors", "below", &below)).unwrap();
+    assert_eq!(n, 2, "the canary's analysis and the bake's each have a check called errors");
+    let confidence = serde_json::json!(0.9);
+    SpecFile::load_with(&path, |doc| {
+        n = set_in_checks(doc, "latency", "confidence", &confidence);
+        assert_eq!(
+            doc["strategy"]["canary"]["steps"][1]["analyze"]["checks"][1]["judge"]["confidence"],
+            0.9
+        );
+    })
+    .unwrap();
+    assert_eq!(n, 1);
+    let plan = |s: &relay_core::RolloutSpec| {
+        let ctx = relay_core::PlanContext {
+            target: "web".into(),
+            capabilities: relay_core::Capabilities::new(relay_core::Routing::Weighted, 2),
+            replicas: 4,
+            stable: Some(relay_core::RevisionState::new("old".into(), 4, 4)),
+        };
+        s.strategy
+            .plan(&ctx)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        plan(&edited.rollout).contains("error_rate max < 0.2"),
+        "{}",
+        plan(&edited.rollout)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("relay-specs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

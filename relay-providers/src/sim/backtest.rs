@@ -293,16 +293,17 @@ pub struct SweepReport {
 
 impl fmt::Display for SweepReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self.parameter.len().max(16);
         writeln!(
             f,
-            "{:<16} {:>6} {:>6} {:>12} {:>10} {:>10}",
+            "{:<w$} {:>6} {:>6} {:>12} {:>10} {:>10}",
             self.parameter, "caught", "missed", "false alarms", "median", "p90"
         )?;
         for (value, t) in &self.points {
             let time = |ms: Option<u64>| ms.map_or_else(|| "-".to_owned(), minutes);
             writeln!(
                 f,
-                "{value:<16} {:>6} {:>6} {:>12} {:>10} {:>10}",
+                "{value:<w$} {:>6} {:>6} {:>12} {:>10} {:>10}",
                 format!("{}/{}", t.caught, t.bad),
                 t.missed,
                 format!("{}/{}", t.false_alarms, t.good),
