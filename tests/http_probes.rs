@@ -343,6 +343,41 @@ async fn a_canary_judged_through_prometheus_promotes_the_good_release_and_rolls_
         matches!(&bad, Outcome::RolledBack { cause } if cause.contains("errors")),
         "{bad}"
     );
+
+    // The server's history of the last ten seconds, v2 and v3 each beside
+    // v1, as recordings: a backtest of the same analysis catches v3 and
+    // lets v2 through.
+    #[cfg(feature = "backtest")]
+    {
+        use relay::providers::http::History;
+        use relay::recording::Label;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let history = |candidate: &str| History {
+            candidate: candidate.to_owned(),
+            stable: v1.clone(),
+            start_ms: now - 10_000,
+            end_ms: now,
+            step: Duration::from_secs(1),
+        };
+        let good = probe.history("v2", &["error_rate"], &history(&v2)).await.unwrap();
+        let bad = probe.history("v3", &["error_rate"], &history(&v3)).await.unwrap();
+        let of = |r: &relay::recording::Recording, role: relay::Role| {
+            r.samples.iter().filter(|s| s.role == Some(role)).count()
+        };
+        assert!(
+            of(&bad, relay::Role::Candidate) >= 8 && of(&bad, relay::Role::Stable) >= 8,
+            "{bad:?}"
+        );
+        let spec = RolloutSpec::new("web", release("v2"), canary());
+        let report = relay::backtest(&spec, &[good.labelled(Label::Good), bad.labelled(Label::Bad)]).unwrap();
+        let s = report.summary().overall;
+        assert_eq!((s.caught, s.missed, s.false_alarms), (1, 0, 0), "{report}");
+        let e = probe.history("x", &["sum(up)"], &history(&v2)).await.unwrap_err();
+        assert!(e.to_string().contains("{{revision}}"), "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -571,7 +571,10 @@ fn a_sweep_sets_a_field_of_every_check_of_that_name_or_of_its_judge() {
     let below = serde_json::json!(0.2);
     let mut n = 0;
     let edited = SpecFile::load_with(&path, |doc| n = set_in_checks(doc, "errors", "below", &below)).unwrap();
-    assert_eq!(n, 2, "the canary's analysis and the bake's each have a check called errors");
+    assert_eq!(
+        n, 2,
+        "the canary's analysis and the bake's each have a check called errors"
+    );
     let confidence = serde_json::json!(0.9);
     SpecFile::load_with(&path, |doc| {
         n = set_in_checks(doc, "latency", "confidence", &confidence);

@@ -16,7 +16,7 @@ pub use endpoint::IDEMPOTENCY_HEADER;
 pub use hook::WebhookHook;
 pub use notify::{SlackNotifier, WebhookNotifier, NOTICE_HEADER};
 pub use probe::{HttpProbe, HttpProbeBuilder, ERROR_RATE, LATENCY_MS};
-pub use prometheus::{PromQuery, PrometheusProbe};
+pub use prometheus::{History, PromQuery, PrometheusProbe};
 pub use reports::ReportUrl;
 pub use webhook::{WebhookGate, SIGNATURE_HEADER};
 

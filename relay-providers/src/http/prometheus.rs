@@ -141,6 +141,129 @@ pub(crate) fn values(data: &Value) -> (Vec<f64>, usize) {
     (out, result.len())
 }
 
+/// What [`PrometheusProbe::history`] records: which revisions, when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct History {
+    /// The candidate's revision, put for `{{revision}}`.
+    pub candidate: String,
+    /// The stable revision's.
+    pub stable: String,
+    /// The start of the range (unix milliseconds): time 0 of the recording.
+    pub start_ms: i64,
+    /// Its end (unix milliseconds).
+    pub end_ms: i64,
+    /// One point every `step`.
+    pub step: Duration,
+}
+
+impl PrometheusProbe {
+    /// A recording of what the server holds of `metrics` (registered query
+    /// names, or expressions) for `history.candidate` and `history.stable`
+    /// — each put for `{{revision}}`, the pair of selectors that tells the
+    /// two apart — from `start_ms` to `end_ms`, one point every `step`
+    /// (`/api/v1/query_range`): a series, time 0 at `start_ms`, for
+    /// [`relay_core::recording::ReplayProbe`] and a backtest. A point
+    /// Prometheus has no value for is left out; `NaN` is kept.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] for an empty or upside-down range, a zero
+    /// step, or an expression without `{{revision}}`; a query Prometheus
+    /// refuses names it; a server that cannot be reached is retryable.
+    pub async fn history(
+        &self,
+        name: &str,
+        metrics: &[&str],
+        history: &History,
+    ) -> Result<relay_core::recording::Recording> {
+        use relay_core::recording::{RecordedSample, Recording};
+        use relay_core::{RevisionId, Role, Scope};
+        if history.end_ms <= history.start_ms || history.step.is_zero() {
+            return Err(Error::invalid(
+                "history",
+                "give a range that ends after it starts, and a step above zero",
+            ));
+        }
+        let step_ms = u64::try_from(history.step.as_millis()).unwrap_or(u64::MAX);
+        let mut samples = Vec::new();
+        for metric in metrics {
+            let template = self.queries.get(*metric).map_or(*metric, |q| q.expr.as_str());
+            if !template.contains(super::REVISION_PLACEHOLDER) {
+                return Err(Error::invalid(
+                    format!("history.metrics.{metric}"),
+                    format!(
+                        "{template:?} does not name {}: it cannot tell the candidate from the stable revision",
+                        super::REVISION_PLACEHOLDER
+                    ),
+                ));
+            }
+            for (role, revision) in [(Role::Candidate, &history.candidate), (Role::Stable, &history.stable)] {
+                let query = ProbeQuery {
+                    metric: (*metric).to_owned(),
+                    scope: Scope::Revision(RevisionId::from(revision.as_str())),
+                    window: history.step,
+                    target: String::new(),
+                    context: None,
+                };
+                let expr = fill(template, &query, "history.metrics")?;
+                let url = self.url(
+                    "api/v1/query_range",
+                    &[
+                        ("query", expr.clone()),
+                        ("start", seconds(history.start_ms)),
+                        ("end", seconds(history.end_ms)),
+                        ("step", format!("{:.3}", history.step.as_secs_f64().max(0.001))),
+                    ],
+                )?;
+                let what = format!("Prometheus query {expr:?}");
+                let response = self.client.get(url).send().await.map_err(|e| unreachable(&what, e))?;
+                let status = response.status();
+                let body = response.bytes().await.map_err(|e| unreachable(&what, e))?;
+                if status.is_server_error() || status.as_u16() == 429 {
+                    return Err(Error::provider(PROVIDER, true, format!("{what}: status {status}")));
+                }
+                let json: Value = serde_json::from_slice(&body).map_err(|_| {
+                    Error::provider(PROVIDER, false, format!("{what}: the answer is not Prometheus JSON"))
+                })?;
+                if json["status"] != "success" {
+                    return Err(Error::invalid(
+                        format!("history.metrics.{metric}"),
+                        format!("{what}: {}", json["error"].as_str().unwrap_or("refused")),
+                    ));
+                }
+                // Every series' points, by time.
+                let mut points: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+                for series in json["data"]["result"].as_array().into_iter().flatten() {
+                    for point in series["values"].as_array().into_iter().flatten() {
+                        let (Some(t), Some(v)) = (point.get(0).and_then(Value::as_f64), number(point)) else {
+                            continue;
+                        };
+                        points.entry((t * 1000.0).round() as i64).or_default().push(v);
+                    }
+                }
+                for (at_ms, values) in points {
+                    samples.push(RecordedSample {
+                        rollout: String::new(),
+                        target: String::new(),
+                        step: None,
+                        measurement: 0,
+                        check: String::new(),
+                        role: Some(role),
+                        metric: (*metric).to_owned(),
+                        window_ms: step_ms,
+                        elapsed_ms: u64::try_from(at_ms - history.start_ms).unwrap_or(0),
+                        step_elapsed_ms: 0,
+                        values,
+                        counts: None,
+                        source: what.clone(),
+                    });
+                }
+            }
+        }
+        samples.sort_by_key(|s| s.elapsed_ms);
+        Ok(Recording::new(name, samples))
+    }
+}
+
 #[async_trait]
 impl HealthProbe for PrometheusProbe {
     #[tracing::instrument(skip_all, fields(metric = %query.metric, scope = %query.scope))]
