@@ -357,7 +357,7 @@ async fn check(spec: &str, targets: usize, rollouts: usize) {
     let workers = count("RELAY_FLEET_WORKERS", 3);
     let shared = Shared::open(spec).await;
     match &shared {
-        Shared::Postgres(_, pg) => assert_eq!(pg.migrate().await.unwrap(), 1),
+        Shared::Postgres(_, pg) => assert_eq!(pg.migrate().await.unwrap(), 2),
         Shared::DynamoDb(store) => store.create_table().await.unwrap(),
     }
     let store = shared.state();

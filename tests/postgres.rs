@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use relay::audit::ChainKey;
 use relay::providers::postgres::sdk::tokio_postgres;
-use relay::providers::postgres::{Postgres, PostgresAuditSink, PostgresStateStore};
+use relay::providers::postgres::{Postgres, PostgresAuditSink, PostgresRecording, PostgresStateStore};
 use relay::{testing, AuditSink, Error, Outcome, RolloutCommand, RolloutStatus, StateStore};
 use secrecy::SecretString;
 
@@ -97,16 +97,16 @@ async fn migrations_are_versioned_idempotent_and_safe_to_run_at_once() {
         tokio::spawn(async move { pg.migrate().await })
     });
     for run in runs {
-        assert_eq!(run.await.unwrap().unwrap(), 1);
+        assert_eq!(run.await.unwrap().unwrap(), 2);
     }
-    assert_eq!(pg.migrate().await.unwrap(), 1);
-    assert_eq!(pg.check_schema().await.unwrap(), 1);
+    assert_eq!(pg.migrate().await.unwrap(), 2);
+    assert_eq!(pg.check_schema().await.unwrap(), 2);
     let db = sql().await;
     let rows = db
         .query(&format!("SELECT version FROM {}.migrations", pg.schema_name()), &[])
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1, "each migration is recorded once");
+    assert_eq!(rows.len(), 2, "each migration is recorded once");
     // A schema from a newer relay is refused, not written to.
     db.execute(
         &format!("INSERT INTO {}.migrations (version) VALUES (99)", pg.schema_name()),
@@ -136,12 +136,48 @@ async fn a_role_that_may_only_read_and_write_rows_runs_the_store() {
         .unwrap()
         .schema(&s)
         .unwrap();
-    assert_eq!(limited.check_schema().await.unwrap(), 1);
+    assert_eq!(limited.check_schema().await.unwrap(), 2);
     testing::state_store_conformance(&PostgresStateStore::new(limited.clone())).await;
     testing::audit_sink_conformance(&PostgresAuditSink::new(limited.clone(), "main")).await;
     // Migrating a schema already at this version asks nothing of it; it
     // cannot delete, so cannot erase the audit log.
-    assert_eq!(limited.migrate().await.unwrap(), 1);
+    assert_eq!(limited.migrate().await.unwrap(), 2);
+    // It records what probes measure, in order, and reads it back.
+    let recordings = PostgresRecording::new(limited.clone());
+    let sample = |i: u64| relay::recording::RecordedSample {
+        rollout: "r1".into(),
+        target: "web".into(),
+        step: Some(2),
+        measurement: u32::try_from(i).unwrap(),
+        check: "errors".into(),
+        role: Some(relay::Role::Candidate),
+        metric: "error_rate".into(),
+        window_ms: 60_000,
+        elapsed_ms: 60_000 * i,
+        step_elapsed_ms: 60_000 * i,
+        values: vec![0.01 * i as f64, f64::NAN],
+        counts: Some(relay::Counts {
+            failures: i,
+            total: 100,
+        }),
+        source: "sim".into(),
+    };
+    for i in 1..=3 {
+        relay::recording::RecordingSink::record(&recordings, &sample(i))
+            .await
+            .unwrap();
+    }
+    let back = recordings.recording("r1").await.unwrap();
+    assert_eq!(back.samples.len(), 3);
+    for (i, got) in (1..=3).zip(&back.samples) {
+        let want = sample(i);
+        assert_eq!(
+            (got.measurement, got.elapsed_ms, got.counts),
+            (want.measurement, want.elapsed_ms, want.counts)
+        );
+        assert!(got.values[1].is_nan() && got.values[0] == want.values[0]);
+    }
+    assert!(recordings.recording("other").await.unwrap().samples.is_empty());
     let (client, conn) = tokio_postgres::connect(
         &url().replacen("//relay@", &format!("//{role}@"), 1),
         tokio_postgres::NoTls,

@@ -3,8 +3,9 @@
 //! trusted with the next one (a backtest).
 //!
 //! [`RecordingProbe`] wraps any probe and hands every sample it returns to
-//! a [`RecordingSink`] — [`JsonlRecording`] (a JSON Lines file) or
-//! [`MemoryRecording`] — with where in the rollout it was asked (the
+//! a [`RecordingSink`] — [`JsonlRecording`] (a JSON Lines file),
+//! [`MemoryRecording`], or beside the state in PostgreSQL
+//! (`relay::providers::postgres::PostgresRecording`) — with where in the rollout it was asked (the
 //! engine's [`QueryContext`]). [`Recording`] reads such a file back, and
 //! [`ReplayProbe`] answers an engine's queries from it: the engine judges
 //! the replayed samples with the same judges as live ones.

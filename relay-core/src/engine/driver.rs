@@ -921,6 +921,7 @@ impl Driver {
         // revision's retirement, a migration's contract half.
         let promotion = match rest.iter().position(|s| matches!(s, Step::Promote)) {
             Some(at) => rest.split_off(at),
+            None if plan.stable.is_some() => vec![Step::Promote, Step::Retire { role: Role::Stable }],
             None => vec![Step::Promote],
         };
         for (old, step) in rest.into_iter().enumerate() {

@@ -17,6 +17,7 @@
 //! | `commands` | operator commands per rollout: `rollout`, `seq` (1, 2, …), `command` (JSONB) |
 //! | `audit` | the audit chain: `chain`, `seq`, `line` (the entry as relay writes it, hashed) |
 //! | `audit_heads` | each chain's head: `chain`, `seq`, `hash`, written in the transaction of its entry |
+//! | `recordings` | what probes measured, for backtests ([`PostgresRecording`]): `rollout`, `seq` (an identity), `sample` (JSONB) |
 //!
 //! # Roles
 //! The role that migrates owns the schema (`CREATE` on the database). The
@@ -50,6 +51,7 @@
 //! connector of your choice and use [`Postgres::from_pool`].
 
 mod audit;
+mod recording;
 mod schema;
 mod state;
 
@@ -60,6 +62,7 @@ use relay_core::{Error, Result};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use audit::PostgresAuditSink;
+pub use recording::PostgresRecording;
 pub use state::PostgresStateStore;
 
 /// The PostgreSQL client crates relay uses, for building a pool with TLS.

@@ -53,6 +53,13 @@ const MIGRATIONS: &[&str] = &[
         seq BIGINT NOT NULL,
         hash TEXT NOT NULL
     );",
+    // 2: what probes measured, for backtests (PostgresRecording).
+    "CREATE TABLE {s}.recordings (
+        rollout TEXT NOT NULL,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        sample JSONB NOT NULL,
+        PRIMARY KEY (rollout, seq)
+    );",
 ];
 
 /// The schema version this library reads and writes.

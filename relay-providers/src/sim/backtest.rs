@@ -192,9 +192,11 @@ impl BacktestReport {
                 .filter_map(|r| Some((r, r.label?)))
         };
         let overall = Tally::of(judged().map(|(r, label)| {
+            // Rolled back by a failing verdict, or else (inconclusive past
+            // its limit) after the last verdict.
             let at = r
                 .rolled_back()
-                .then(|| r.decided_by.as_ref().map_or(0, |v| v.elapsed_ms));
+                .then(|| r.decided_by.as_ref().or(r.verdicts.last()).map_or(0, |v| v.elapsed_ms));
             (label, at)
         }));
         let names: std::collections::BTreeSet<&str> = self
