@@ -391,8 +391,9 @@ const COMMAND_HELP: &str = "
       that decided, and over labelled recordings how many bad releases
       it caught, missed, and good ones it rolled back. Exit 1 when it
       misses a bad one or rolls a good one back. --sweep judges with a
-      check's field (below, above, min_samples, ...) at each value, for
-      the trade-off between detection and false alarms. --output json.
+      check's field (below, above, min_samples, its judge's confidence,
+      its analysis's interval or count) at each value, for the trade-off
+      between detection and false alarms. --output json.
   diff <target> <from> <to>
       Release notes from one release to a later one (each a rollout id or a
       revision id): artifact, configuration, secret versions, strategy, the
@@ -932,17 +933,16 @@ fn backtest(spec: &Path, recordings: &[String], sweep: Option<&str>, json: bool)
     };
     let (target, values) = sweep.split_once('=').ok_or_else(bad)?;
     let (check, field) = target.rsplit_once('.').ok_or_else(bad)?;
-    let values: Vec<serde_json::Value> = values
-        .split(',')
-        .map(|v| serde_json::from_str(v.trim()).unwrap_or_else(|_| serde_json::Value::from(v.trim())))
-        .collect();
+    let values: Vec<String> = values.split(',').map(|v| v.trim().to_owned()).collect();
     let report = relay::sweep(
         target,
         &values,
         |v| {
+            // A number or a boolean as such, anything else (`30s`) as text.
+            let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::from(v.as_str()));
             let mut found = 0;
             let file = SpecFile::load_with(spec, |doc| {
-                found = relay::strategies::spec::set_in_checks(doc, check, field, v);
+                found = relay::strategies::spec::set_in_checks(doc, check, field, &v);
             })?;
             if found == 0 {
                 return Err(relay::Error::invalid(

@@ -235,9 +235,15 @@ async fn a_canary_judged_through_prometheus_promotes_the_good_release_and_rolls_
         readiness_delay: Duration::from_millis(20),
         ..Default::default()
     }));
+    // The engine's probe is recorded: Prometheus works under the recorder
+    // unchanged.
+    let recorded = Arc::new(relay::recording::MemoryRecording::new());
     let relay = Relay::builder()
         .target(target)
-        .probe(Arc::new(probe.clone()))
+        .probe(Arc::new(relay::recording::RecordingProbe::new(
+            probe.clone(),
+            recorded.clone(),
+        )))
         .artifacts(Arc::new(artifacts))
         .config(EngineConfig {
             poll_interval: Duration::from_millis(10),
@@ -342,6 +348,23 @@ async fn a_canary_judged_through_prometheus_promotes_the_good_release_and_rolls_
     assert!(
         matches!(&bad, Outcome::RolledBack { cause } if cause.contains("errors")),
         "{bad}"
+    );
+    let recording = recorded.recording("canaries");
+    let of_v3: Vec<_> = recording
+        .samples
+        .iter()
+        .filter(|s| s.source.contains(&v3) && s.step.is_some())
+        .collect();
+    assert!(!of_v3.is_empty(), "{recording:?}");
+    assert!(
+        of_v3
+            .iter()
+            .all(|s| s.metric == "error_rate" && s.role == Some(relay::Role::Candidate)),
+        "{of_v3:?}"
+    );
+    assert!(
+        of_v3.iter().any(|s| s.values.iter().any(|v| (v - 0.3).abs() < 0.05)),
+        "{of_v3:?}"
     );
 
     // The server's history of the last ten seconds, v2 and v3 each beside

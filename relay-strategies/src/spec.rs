@@ -821,14 +821,39 @@ impl Doc {
     }
 }
 
+/// The fields of an analysis, not of one of its checks.
+const ANALYSIS_FIELDS: [&str; 6] = [
+    "interval",
+    "count",
+    "failure_limit",
+    "inconclusive_limit",
+    "consecutive_error_limit",
+    "on_inconclusive",
+];
+
 /// Set `field` to `value` in every check called `check` anywhere in the
 /// document `doc` (a `checks:` list of any analysis, a bake's included) —
-/// in its `judge:` when the judge has that field (`confidence`); how many
-/// it set.
+/// in its `judge:` when the judge has that field (`confidence`), in the
+/// analysis that holds it for a field of the analysis (`interval`,
+/// `count`, the limits); how many it set.
 pub fn set_in_checks(doc: &mut serde_json::Value, check: &str, field: &str, value: &serde_json::Value) -> usize {
     use serde_json::Value;
     match doc {
         Value::Object(map) => {
+            // A field of the analysis itself (`interval`, `count`…) is set
+            // in the analysis that holds the check.
+            if ANALYSIS_FIELDS.contains(&field) {
+                let holds = map.get("checks").and_then(Value::as_array).is_some_and(|checks| {
+                    checks
+                        .iter()
+                        .any(|c| c.get("name").and_then(Value::as_str) == Some(check))
+                });
+                if holds {
+                    map.insert(field.to_owned(), value.clone());
+                    return 1;
+                }
+                return map.values_mut().map(|v| set_in_checks(v, check, field, value)).sum();
+            }
             let mut n = 0;
             for (key, v) in map.iter_mut() {
                 if key == "checks" {

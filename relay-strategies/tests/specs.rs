@@ -605,6 +605,15 @@ fn a_sweep_sets_a_field_of_every_check_of_that_name_or_of_its_judge() {
         "{}",
         plan(&edited.rollout)
     );
+    // A field of the analysis: set in each analysis that holds the check.
+    let count = serde_json::json!(9);
+    let edited = SpecFile::load_with(&path, |doc| n = set_in_checks(doc, "latency", "count", &count)).unwrap();
+    assert_eq!(n, 1, "one analysis holds a check called latency");
+    assert!(
+        plan(&edited.rollout).contains("9 x 1m: error_rate max < 0.05"),
+        "{}",
+        plan(&edited.rollout)
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
