@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{deploy_v1, release, World};
+use common::{release, World};
 use relay::providers::sim::{metrics, SimProbe};
 use relay::recording::{JsonlRecording, Label, RecordedSample, Recording, RecordingProbe, ReplayProbe};
 use relay::strategies::{CanaryStrategy, Direction, MannWhitneyJudge, ThresholdJudge};
@@ -59,13 +59,7 @@ async fn live(tag: &str, seed: u64, limit: f64) -> (Vec<String>, relay::Outcome,
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(format!("{tag}.jsonl"));
     let probe = RecordingProbe::new(SimProbe::new(w.target.clone()), Arc::new(JsonlRecording::new(&path)));
-    let relay = w
-        .stores()
-        .target(w.target.clone())
-        .probe(Arc::new(probe))
-        .build()
-        .unwrap();
-    deploy_v1(&relay).await;
+    let relay = w.relay_with_probe(Arc::new(probe)).await;
     let handle = relay.start(spec(tag, limit)).await.unwrap();
     let mut events = handle.events();
     let outcome = handle.wait();
@@ -182,23 +176,19 @@ fn query(window_s: u64, c: QueryContext) -> ProbeQuery {
 #[tokio::test]
 async fn a_series_answers_every_window_it_covers() {
     let series: Vec<RecordedSample> = (1..=12u64)
-        .map(|i| RecordedSample {
-            rollout: String::new(),
-            target: "web".into(),
-            step: None,
-            measurement: 0,
-            check: String::new(),
-            role: Some(Role::Candidate),
-            metric: "error_rate".into(),
-            window_ms: 10_000,
-            elapsed_ms: i * 10_000,
-            step_elapsed_ms: 0,
-            values: vec![i as f64 / 100.0],
-            counts: Some(relay::Counts {
-                failures: i,
-                total: 100,
-            }),
-            source: "sim".into(),
+        .map(|i| {
+            RecordedSample::series(
+                Some(Role::Candidate),
+                "error_rate",
+                10_000,
+                i * 10_000,
+                vec![i as f64 / 100.0],
+                Some(relay::Counts {
+                    failures: i,
+                    total: 100,
+                }),
+                "sim",
+            )
         })
         .collect();
     let replay = ReplayProbe::new(Arc::new(Recording::new("series", series)));

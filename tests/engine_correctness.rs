@@ -349,13 +349,7 @@ async fn a_failed_baseline_probe_call_counts_as_a_failed_measurement() {
         target: w.target.clone(),
         good: 1.into(),
     };
-    let relay = w
-        .stores()
-        .target(w.target.clone())
-        .probe(Arc::new(probe))
-        .build()
-        .unwrap();
-    deploy_v1(&relay).await;
+    let relay = w.relay_with_probe(Arc::new(probe)).await;
     let compare = relay::strategies::MannWhitneyJudge::new(relay::strategies::Direction::LowerIsBetter).min_samples(5);
     let analysis = AnalysisSpec::new(vec![Check::new(
         "latency",

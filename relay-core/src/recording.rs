@@ -100,6 +100,35 @@ mod values {
 }
 
 impl RecordedSample {
+    /// A point of a series, not recorded from a rollout: `values` (and
+    /// `counts`) of `role`'s `metric` over the `window_ms` ending
+    /// `elapsed_ms` after the series starts.
+    pub fn series(
+        role: Option<Role>,
+        metric: &str,
+        window_ms: u64,
+        elapsed_ms: u64,
+        values: Vec<f64>,
+        counts: Option<Counts>,
+        source: &str,
+    ) -> Self {
+        RecordedSample {
+            rollout: String::new(),
+            target: String::new(),
+            step: None,
+            measurement: 0,
+            check: String::new(),
+            role,
+            metric: metric.to_owned(),
+            window_ms,
+            elapsed_ms,
+            step_elapsed_ms: 0,
+            values,
+            counts,
+            source: source.to_owned(),
+        }
+    }
+
     /// The entry for `sample`, returned for `query`, asked at `ctx`.
     pub fn new(query: &ProbeQuery, ctx: &QueryContext, sample: &Sample) -> Self {
         RecordedSample {

@@ -1321,15 +1321,13 @@ async fn a_regression_during_the_bake_moves_traffic_back_to_the_kept_task_set() 
     assert!(outcome.is_success(), "{outcome}");
     let stable_sets = svc.task_sets().await;
 
-    let watch = AnalysisSpec::new(vec![Check::new(
+    let release = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
+    let check = Check::new(
         "no-errors",
         "errors",
         ThresholdJudge::below(1.0).statistic(Statistic::Max),
-    )])
-    .every(Duration::from_secs(3), 1);
-    let release = Release::new(format!("{repo}:v2").parse().unwrap()).replicas(2);
-    let spec = RolloutSpec::new("web", release, CanaryStrategy::new().set_weight(50))
-        .bake(relay::Bake::new(Duration::from_secs(60)).analysis(watch));
+    );
+    let spec = crate::rollouts::baked_canary(release, check, Duration::from_secs(3), Duration::from_secs(60));
     let handle = relay.start(spec).await.unwrap();
     let events = crate::rollouts::timed_events(&handle);
     let candidate = crate::rollouts::candidate_of(&relay, &handle).await;

@@ -59,6 +59,13 @@ impl World {
             .probe(Arc::new(SimProbe::new(self.target.clone())))
     }
 
+    /// An engine on this world's target with `probe`, v1 deployed.
+    pub async fn relay_with_probe(&self, probe: Arc<dyn relay::HealthProbe>) -> Relay {
+        let relay = self.stores().target(self.target.clone()).probe(probe).build().unwrap();
+        deploy_v1(&relay).await;
+        relay
+    }
+
     pub fn relay(&self) -> Relay {
         self.builder().build().unwrap()
     }

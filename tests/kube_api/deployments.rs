@@ -1013,15 +1013,13 @@ async fn a_regression_during_the_bake_sends_the_route_back_to_the_kept_deploymen
         .unwrap();
     let probe = Arc::new(PodReadinessProbe::new(provider_client().await, &ns, "app=web"));
     let relay = engine(target.clone(), artifacts(&["v2"])).probe(probe).build().unwrap();
-    let watch = AnalysisSpec::new(vec![Check::new(
+    let release = Release::new(format!("{REPO}:v2").parse().unwrap()).replicas(4);
+    let check = Check::new(
         "not-crashing",
         "crash_looping",
         ThresholdJudge::below(0.5).statistic(Statistic::Max),
-    )])
-    .every(Duration::from_secs(1), 1);
-    let release = Release::new(format!("{REPO}:v2").parse().unwrap()).replicas(4);
-    let spec = RolloutSpec::new("web", release, CanaryStrategy::new().set_weight(50))
-        .bake(relay::Bake::new(Duration::from_secs(120)).analysis(watch));
+    );
+    let spec = crate::rollouts::baked_canary(release, check, Duration::from_secs(1), Duration::from_secs(120));
     let handle = relay.start(spec).await.unwrap();
     let events = crate::rollouts::timed_events(&handle);
     let cand = crate::rollouts::candidate_of(&relay, &handle).await;

@@ -3,6 +3,19 @@
 
 use relay::{EventKind, Relay, RevisionId, RolloutHandle};
 
+/// A canary to 50%, then a bake of `bake` that measures `check` every
+/// `every`: a regression during it rolls back to the kept previous revision.
+pub fn baked_canary(
+    release: relay::Release,
+    check: relay::Check,
+    every: std::time::Duration,
+    bake: std::time::Duration,
+) -> relay::RolloutSpec {
+    let watch = relay::AnalysisSpec::new(vec![check]).every(every, 1);
+    relay::RolloutSpec::new("web", release, relay::strategies::CanaryStrategy::new().set_weight(50))
+        .bake(relay::Bake::new(bake).analysis(watch))
+}
+
 /// The candidate revision of the rollout `handle` drives, from its record.
 pub async fn candidate_of(relay: &Relay, handle: &RolloutHandle) -> RevisionId {
     relay

@@ -241,21 +241,16 @@ impl PrometheusProbe {
                     }
                 }
                 for (at_ms, values) in points {
-                    samples.push(RecordedSample {
-                        rollout: String::new(),
-                        target: String::new(),
-                        step: None,
-                        measurement: 0,
-                        check: String::new(),
-                        role: Some(role),
-                        metric: (*metric).to_owned(),
-                        window_ms: step_ms,
-                        elapsed_ms: u64::try_from(at_ms - history.start_ms).unwrap_or(0),
-                        step_elapsed_ms: 0,
+                    let elapsed = u64::try_from(at_ms - history.start_ms).unwrap_or(0);
+                    samples.push(RecordedSample::series(
+                        Some(role),
+                        metric,
+                        step_ms,
+                        elapsed,
                         values,
-                        counts: None,
-                        source: what.clone(),
-                    });
+                        None,
+                        &what,
+                    ));
                 }
             }
         }

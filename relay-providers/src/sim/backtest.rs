@@ -634,21 +634,15 @@ pub fn simulate(
                             context: None,
                         };
                         let sample = probe.sample(&query).await?;
-                        samples.push(RecordedSample {
-                            rollout: String::new(),
-                            target: String::new(),
-                            step: None,
-                            measurement: 0,
-                            check: String::new(),
-                            role: Some(role),
-                            metric: metric.into(),
-                            window_ms: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
-                            elapsed_ms: u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
-                            step_elapsed_ms: 0,
-                            values: sample.values.iter().map(|v| six_digits(*v)).collect(),
-                            counts: sample.counts,
-                            source: "sim".into(),
-                        });
+                        samples.push(RecordedSample::series(
+                            Some(role),
+                            metric,
+                            u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+                            u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
+                            sample.values.iter().map(|v| six_digits(*v)).collect(),
+                            sample.counts,
+                            "sim",
+                        ));
                     }
                 }
             }
