@@ -130,7 +130,8 @@ impl ReportSource for ReportFiles {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Severity {
-    /// Not graded.
+    /// Not graded: below `Low`, so it fails only a gate set to fail at
+    /// `Unknown` (every finding).
     Unknown,
     /// Low.
     Low,

@@ -1628,6 +1628,7 @@ async fn an_ecs_task_hook_runs_the_task_to_its_end_once_per_attempt() {
         ("RELAY_HOOK_POINT", "pre_traffic"),
         ("RELAY_CANDIDATE", "rev-2"),
         ("RELAY_STABLE", "rev-1"),
+        ("RELAY_ATTEMPT", "1"),
     ] {
         assert!(
             env.contains(&(name.to_owned(), value.to_owned())),

@@ -1360,6 +1360,7 @@ async fn a_job_hook_runs_a_job_to_its_end_once_per_attempt() {
         ("RELAY_HOOK_POINT", "pre_traffic"),
         ("RELAY_CANDIDATE", "rev-2"),
         ("RELAY_HOOK_KEY", "r1/2/smoke"),
+        ("RELAY_ATTEMPT", "1"),
     ] {
         assert!(
             env.iter().any(|e| e.name == k && e.value.as_deref() == Some(v)),

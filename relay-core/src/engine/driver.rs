@@ -1062,9 +1062,6 @@ impl Driver {
         Ok(StepEnd::Done)
     }
 
-    /// Run `spec`'s hook (at plan step `step`; `None` after a rollback),
-    /// each attempt bounded by its timeout and audited, a failed one tried
-    /// again while its retries last. Whether it passed, and its last word.
     /// Run analysis step `index`: a failure is notified as such.
     async fn analyze_step(&mut self, index: usize, analysis: &AnalysisSpec) -> Result<StepEnd, Stop> {
         let judged = self.analyze(analysis).await;
@@ -1078,6 +1075,9 @@ impl Driver {
         judged
     }
 
+    /// Run `spec`'s hook (at plan step `step`; `None` after a rollback),
+    /// each attempt bounded by its timeout and audited, a failed one tried
+    /// again while its retries last. Whether it passed, and its last word.
     async fn run_hook(&mut self, step: Option<usize>, spec: &HookSpec) -> Result<(bool, String), Stop> {
         let Some(hook) = self.inner.hooks.get(&spec.name).cloned() else {
             return Ok((
