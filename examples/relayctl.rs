@@ -80,9 +80,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use relay::providers::sim::{RevisionBehavior, SimProbe, SimTarget};
 use relay::strategies::spec::{parse_duration, PipelineFile, SpecFile};
 use relay::{
-    audit::ChainKey, Artifact, ArtifactRef, ArtifactStore, Capabilities, Digest, EventKind, FileStateStore,
-    JsonlAuditSink, ManualApproval, Plan, PlanContext, Relay, RelayBuilder, RevisionState, RolloutCommand,
-    RolloutEvents, RolloutRecord, RolloutSpec, RolloutStatus, Routing, StateStore, Step, Target, TrafficSplit,
+    audit::ChainKey, Artifact, ArtifactRef, ArtifactStore, Digest, EventKind, FileStateStore, JsonlAuditSink,
+    ManualApproval, Plan, Relay, RelayBuilder, RolloutCommand, RolloutEvents, RolloutRecord, RolloutStatus, StateStore,
+    Step, Target, TrafficSplit,
 };
 use serde::Deserialize;
 
@@ -657,7 +657,7 @@ impl Ctl {
                 b = b.gate(gate);
             }
         }
-        for gate in gate_names(&spec.rollout) {
+        for gate in spec.rollout.gate_names() {
             if !supply_chain.contains(&gate) {
                 b = b.gate(Arc::new(ManualApproval::new(gate)));
             }
@@ -1002,33 +1002,6 @@ fn report_source(template: &str) -> Outcome<Arc<dyn relay::scan::ReportSource>> 
         ));
     }
     Ok(Arc::new(relay::scan::ReportFiles::new(template)))
-}
-
-fn gate_names(spec: &RolloutSpec) -> Vec<String> {
-    let ctx = PlanContext {
-        target: spec.target.clone(),
-        capabilities: Capabilities::new(Routing::Weighted, 2),
-        replicas: spec.release.replicas,
-        stable: Some(RevisionState::new(
-            "stable".into(),
-            spec.release.replicas,
-            spec.release.replicas,
-        )),
-    };
-    let steps = spec.strategy.plan(&ctx).unwrap_or_default();
-    let mut names: Vec<String> = spec
-        .gates_before_start
-        .iter()
-        .chain(&spec.gates_before_promotion)
-        .cloned()
-        .chain(steps.into_iter().filter_map(|s| match s {
-            Step::Gate { name } => Some(name),
-            _ => None,
-        }))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
 }
 
 async fn wave_result(wave: relay::WaveHandle) -> Outcome<()> {

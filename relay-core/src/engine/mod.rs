@@ -333,6 +333,37 @@ impl RolloutSpec {
         self
     }
 
+    /// Every gate the rollout names, sorted: before start, before
+    /// promotion, and the strategy's own gate steps (as it plans on a
+    /// target that routes by weight beside a stable revision) — what an
+    /// application registers before it starts the rollout.
+    pub fn gate_names(&self) -> Vec<String> {
+        let ctx = PlanContext {
+            target: self.target.clone(),
+            capabilities: crate::Capabilities::new(Routing::Weighted, 2),
+            replicas: self.release.replicas,
+            stable: Some(crate::RevisionState::new(
+                "stable".into(),
+                self.release.replicas,
+                self.release.replicas,
+            )),
+        };
+        let steps = self.strategy.plan(&ctx).unwrap_or_default();
+        let mut names: Vec<String> = self
+            .gates_before_start
+            .iter()
+            .chain(&self.gates_before_promotion)
+            .cloned()
+            .chain(steps.into_iter().filter_map(|s| match s {
+                Step::Gate { name } => Some(name),
+                _ => None,
+            }))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Check gate `name` before anything changes.
     pub fn gate_before_start(mut self, name: impl Into<String>) -> Self {
         self.gates_before_start.push(name.into());

@@ -17,8 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use relay_core::recording::{Label, Recording, ReplayProbe};
 use relay_core::{
-    Artifact, ArtifactRef, ArtifactStore, Digest, Error, EventKind, Gate, GateContext, GateDecision, Outcome,
-    PlanContext, Relay, Release, Result, RevisionState, RolloutSpec, Step, Verdict, VerdictOutcome,
+    Artifact, ArtifactRef, ArtifactStore, Digest, Error, EventKind, Gate, GateContext, GateDecision, Outcome, Relay,
+    Result, RevisionSpec, RolloutSpec, Target, TrafficSplit, Verdict, VerdictOutcome,
 };
 use serde::Serialize;
 
@@ -385,34 +385,6 @@ impl Gate for Passing {
     }
 }
 
-/// The gates `spec` names, wherever.
-fn gate_names(spec: &RolloutSpec) -> Vec<String> {
-    let ctx = PlanContext {
-        target: spec.target.clone(),
-        capabilities: relay_core::Capabilities::new(relay_core::Routing::Weighted, 2),
-        replicas: spec.release.replicas,
-        stable: Some(RevisionState::new(
-            "stable".into(),
-            spec.release.replicas,
-            spec.release.replicas,
-        )),
-    };
-    let mut names: Vec<String> = spec
-        .gates_before_start
-        .iter()
-        .chain(&spec.gates_before_promotion)
-        .cloned()
-        .collect();
-    for step in spec.strategy.plan(&ctx).unwrap_or_default() {
-        if let Step::Gate { name } = step {
-            names.push(name);
-        }
-    }
-    names.sort();
-    names.dedup();
-    names
-}
-
 /// Run the rollout `spec` describes against each recording, in virtual
 /// time, and say what it would have done: its outcome, every verdict (its
 /// step, its time since the rollout started, the values that decided it)
@@ -433,22 +405,44 @@ fn gate_names(spec: &RolloutSpec) -> Vec<String> {
 pub fn backtest(spec: &RolloutSpec, recordings: &[Recording]) -> Result<BacktestReport> {
     let spec = spec.clone();
     let recordings: Vec<Arc<Recording>> = recordings.iter().cloned().map(Arc::new).collect();
+    in_virtual_time("backtest", move || async move {
+        let mut runs = Vec::with_capacity(recordings.len());
+        for recording in recordings {
+            runs.push(run(&spec, recording).await?);
+        }
+        Ok(BacktestReport { runs })
+    })
+}
+
+/// Run `work` on a thread of its own, in a current-thread runtime whose
+/// clock is paused (virtual time), and wait for it; `what` names it in
+/// errors.
+fn in_virtual_time<T, F>(what: &'static str, work: impl FnOnce() -> F + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>>,
+{
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
             .build()
-            .map_err(|e| Error::provider("backtest", false, format!("cannot start a runtime: {e}")))?;
-        rt.block_on(async {
-            let mut runs = Vec::with_capacity(recordings.len());
-            for recording in recordings {
-                runs.push(run(&spec, recording).await?);
-            }
-            Ok(BacktestReport { runs })
-        })
+            .map_err(|e| Error::provider(what, false, format!("cannot start a runtime: {e}")))?
+            .block_on(work())
     })
     .join()
-    .map_err(|_| Error::provider("backtest", false, "the backtest thread panicked"))?
+    .map_err(|_| Error::provider(what, false, format!("the {what} thread panicked")))?
+}
+
+/// A revision of `repository` built from `tag` (its digest is the tag's).
+fn revision(repository: &str, tag: &str) -> RevisionSpec {
+    let artifact = Artifact {
+        repository: repository.to_owned(),
+        tag: Some(tag.to_owned()),
+        digest: Digest::of(tag.as_bytes()),
+        metadata: BTreeMap::new(),
+    };
+    RevisionSpec::new(artifact, BTreeMap::new(), BTreeMap::new())
 }
 
 async fn run(template: &RolloutSpec, recording: Arc<Recording>) -> Result<BacktestRun> {
@@ -462,27 +456,18 @@ async fn run(template: &RolloutSpec, recording: Arc<Recording>) -> Result<Backte
     );
     let replay = Arc::new(ReplayProbe::new(recording.clone()));
     let mut builder = Relay::builder()
-        .target(target)
+        .target(target.clone())
         .artifacts(Arc::new(AnyArtifact))
         .probe(replay.clone());
-    for name in gate_names(template) {
+    for name in template.gate_names() {
         builder = builder.gate(Arc::new(Passing(name)));
     }
     let relay = builder.build()?;
-    let stable_ref: ArtifactRef = format!("{}:backtest-stable", template.release.artifact.repository).parse()?;
-    let stable = Release::new(stable_ref).replicas(template.release.replicas);
-    let deployed = relay
-        .start(RolloutSpec::new(&template.target, stable, AllAtOnce))
-        .await?
-        .wait()
-        .await?;
-    if !deployed.is_success() {
-        return Err(Error::provider(
-            "backtest",
-            false,
-            format!("the stable revision did not deploy: {deployed}"),
-        ));
-    }
+    // The stable revision the candidate replaces, running with all traffic.
+    let stable = revision(&template.release.artifact.repository, "backtest-stable");
+    target.stage(&stable, template.release.replicas).await?;
+    target.route(&TrafficSplit::all(&stable.id)).await?;
+    target.promote(&stable.id).await?;
     let mut spec = template.clone();
     let name: String = recording
         .name
@@ -537,25 +522,6 @@ async fn run(template: &RolloutSpec, recording: Arc<Recording>) -> Result<Backte
     })
 }
 
-/// All replicas and all traffic at once, for the stable revision a
-/// backtest starts from (the strategies live in their own crate).
-#[derive(Debug)]
-struct AllAtOnce;
-
-impl relay_core::Strategy for AllAtOnce {
-    fn name(&self) -> &str {
-        "all-at-once"
-    }
-
-    fn plan(&self, ctx: &PlanContext) -> Result<Vec<Step>> {
-        Ok(vec![
-            Step::Stage { replicas: ctx.replicas },
-            Step::Route { candidate_weight: 100 },
-            Step::Promote,
-        ])
-    }
-}
-
 /// How a simulated candidate behaves from `at` on (see [`simulate`]).
 #[derive(Clone, Debug)]
 pub struct Phase {
@@ -584,73 +550,55 @@ pub fn simulate(
     phases: Vec<Phase>,
 ) -> Result<Recording> {
     use relay_core::recording::RecordedSample;
-    use relay_core::{HealthProbe, ProbeQuery, RevisionSpec, Role, Scope, Target, TrafficSplit};
+    use relay_core::{HealthProbe, ProbeQuery, Role, Scope};
     let name = name.to_owned();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .map_err(|e| Error::provider("simulate", false, format!("cannot start a runtime: {e}")))?;
-        rt.block_on(async move {
-            let instant = |b: RevisionBehavior| RevisionBehavior {
-                readiness_delay: Duration::ZERO,
-                ..b
-            };
-            let target = Arc::new(SimTarget::new("sim").seed(seed));
-            let revision = |tag: &str| {
-                let artifact = Artifact {
-                    repository: "sim".into(),
-                    tag: Some(tag.into()),
-                    digest: Digest::of(tag.as_bytes()),
-                    metadata: BTreeMap::new(),
-                };
-                RevisionSpec::new(artifact, BTreeMap::new(), BTreeMap::new())
-            };
-            let (old, new) = (revision("stable"), revision("candidate"));
-            target.behavior(&old.artifact.digest, instant(stable));
-            let mut phases = phases.into_iter().peekable();
-            for spec in [&old, &new] {
-                target.stage(spec, 4).await?;
+    in_virtual_time("simulation", move || async move {
+        let instant = |b: RevisionBehavior| RevisionBehavior {
+            readiness_delay: Duration::ZERO,
+            ..b
+        };
+        let target = Arc::new(SimTarget::new("sim").seed(seed));
+        let (old, new) = (revision("sim", "stable"), revision("sim", "candidate"));
+        target.behavior(&old.artifact.digest, instant(stable));
+        let mut phases = phases.into_iter().peekable();
+        for spec in [&old, &new] {
+            target.stage(spec, 4).await?;
+        }
+        target.route(&TrafficSplit::canary(&old.id, &new.id, 50)?).await?;
+        target.promote(&old.id).await?;
+        let probe = SimProbe::new(target.clone());
+        let mut samples = Vec::new();
+        let mut at = Duration::ZERO;
+        while at + every <= duration {
+            while let Some(p) = phases.next_if(|p| p.at <= at) {
+                target.behavior(&new.artifact.digest, instant(p.candidate));
             }
-            target.route(&TrafficSplit::canary(&old.id, &new.id, 50)?).await?;
-            target.promote(&old.id).await?;
-            let probe = SimProbe::new(target.clone());
-            let mut samples = Vec::new();
-            let mut at = Duration::ZERO;
-            while at + every <= duration {
-                while let Some(p) = phases.next_if(|p| p.at <= at) {
-                    target.behavior(&new.artifact.digest, instant(p.candidate));
-                }
-                tokio::time::sleep(every).await;
-                at += every;
-                for (role, id) in [(Role::Candidate, &new.id), (Role::Stable, &old.id)] {
-                    for metric in [super::metrics::ERROR_RATE, super::metrics::LATENCY_MS] {
-                        let query = ProbeQuery {
-                            metric: metric.into(),
-                            scope: Scope::Revision(id.clone()),
-                            window: every,
-                            target: "sim".into(),
-                            context: None,
-                        };
-                        let sample = probe.sample(&query).await?;
-                        samples.push(RecordedSample::series(
-                            Some(role),
-                            metric,
-                            u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
-                            u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
-                            sample.values.iter().map(|v| six_digits(*v)).collect(),
-                            sample.counts,
-                            "sim",
-                        ));
-                    }
+            tokio::time::sleep(every).await;
+            at += every;
+            for (role, id) in [(Role::Candidate, &new.id), (Role::Stable, &old.id)] {
+                for metric in [super::metrics::ERROR_RATE, super::metrics::LATENCY_MS] {
+                    let query = ProbeQuery {
+                        metric: metric.into(),
+                        scope: Scope::Revision(id.clone()),
+                        window: every,
+                        target: "sim".into(),
+                        context: None,
+                    };
+                    let sample = probe.sample(&query).await?;
+                    samples.push(RecordedSample::series(
+                        Some(role),
+                        metric,
+                        u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+                        u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
+                        sample.values.iter().map(|v| six_digits(*v)).collect(),
+                        sample.counts,
+                        "sim",
+                    ));
                 }
             }
-            Ok(Recording::new(name, samples))
-        })
+        }
+        Ok(Recording::new(name, samples))
     })
-    .join()
-    .map_err(|_| Error::provider("simulate", false, "the simulation thread panicked"))?
 }
 
 fn six_digits(v: f64) -> f64 {
