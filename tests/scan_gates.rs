@@ -226,7 +226,12 @@ async fn a_document_about_another_artifact_is_refused() {
     let r = failed(decide(&VulnerabilityGate::new("scan", source.clone()), &v2).await);
     assert!(r.contains(&format!("for another artifact ({v1}), not {v2}")), "{r}");
     let r = failed(decide(&SbomGate::new("sbom", source.clone()), &v2).await);
-    assert!(r.contains(&format!("names {v1}, not {v2}")), "{r}");
+    assert!(
+        r.contains(&format!(
+            "SBOM (its metadata.component) is for another artifact ({v1}), not {v2}"
+        )),
+        "{r}"
+    );
 
     // A report that names no digest cannot be bound at all.
     w.artifacts.attach(
@@ -242,7 +247,10 @@ async fn a_document_about_another_artifact_is_refused() {
     // An SBOM that names no digest, or is not CycloneDX.
     w.artifacts.attach(&v2, "sbom", cyclonedx(&v2, "tag only"));
     let r = failed(decide(&SbomGate::new("sbom", source.clone()), &v2).await);
-    assert!(r.contains("names no digest"), "{r}");
+    assert!(
+        r.contains(&format!("is for another artifact (no digest), not {v2}")),
+        "{r}"
+    );
     w.artifacts
         .attach(&v2, "sbom", br#"{"spdxVersion": "SPDX-2.3"}"#.to_vec());
     let r = failed(decide(&SbomGate::new("sbom", source.clone()), &v2).await);

@@ -269,20 +269,63 @@ impl VulnerabilityReport {
     }
 }
 
-/// The document `kind` of the artifact in `ctx`, or the decision to give
-/// without one.
-async fn fetch(
+/// A document the gates read: parsed, and saying which digests it is
+/// about.
+trait Document: Sized {
+    /// What it is called in a refusal.
+    const WHAT: &'static str;
+    fn parse(bytes: &[u8]) -> Result<Self>;
+    fn digests(&self) -> &BTreeSet<String>;
+}
+
+/// The document `kind` of the artifact in `ctx`, read and bound to its
+/// digest; or the refusal to give: none, unreadable, or about another
+/// artifact.
+async fn document<D: Document>(
     source: &dyn ReportSource,
     ctx: &GateContext,
     kind: ReportKind,
-) -> Result<std::result::Result<(Digest, Vec<u8>), GateDecision>> {
+) -> Result<std::result::Result<(Digest, D), GateDecision>> {
     let digest: Digest = ctx.digest.parse()?;
-    Ok(match source.report(&digest, kind).await? {
-        Some(bytes) => Ok((digest, bytes)),
-        None => Err(GateDecision::Fail {
+    let Some(bytes) = source.report(&digest, kind).await? else {
+        return Ok(Err(GateDecision::Fail {
             reason: format!("no {kind} report for {digest}: produce one for this exact digest before releasing it"),
-        }),
-    })
+        }));
+    };
+    let doc = match D::parse(&bytes) {
+        Ok(doc) => doc,
+        Err(e) => return Ok(Err(GateDecision::Fail { reason: e.to_string() })),
+    };
+    if !doc.digests().contains(digest.as_str()) {
+        let names = match doc.digests().iter().cloned().collect::<Vec<_>>().join(", ") {
+            n if n.is_empty() => "no digest".to_owned(),
+            n => n,
+        };
+        return Ok(Err(GateDecision::Fail {
+            reason: format!("the {} is for another artifact ({names}), not {digest}", D::WHAT),
+        }));
+    }
+    Ok(Ok((digest, doc)))
+}
+
+impl Document for VulnerabilityReport {
+    const WHAT: &'static str = "vulnerability report";
+    fn parse(bytes: &[u8]) -> Result<Self> {
+        VulnerabilityReport::parse(bytes)
+    }
+    fn digests(&self) -> &BTreeSet<String> {
+        &self.digests
+    }
+}
+
+impl Document for Sbom {
+    const WHAT: &'static str = "SBOM (its metadata.component)";
+    fn parse(bytes: &[u8]) -> Result<Self> {
+        Sbom::parse(bytes)
+    }
+    fn digests(&self) -> &BTreeSet<String> {
+        &self.digests
+    }
 }
 
 /// Fails a rollout whose artifact has findings at or above a severity (see
@@ -335,22 +378,11 @@ impl Gate for VulnerabilityGate {
     }
 
     async fn check(&self, ctx: &GateContext) -> Result<GateDecision> {
-        let (digest, bytes) = match fetch(self.source.as_ref(), ctx, ReportKind::Vulnerabilities).await? {
-            Ok(found) => found,
-            Err(decision) => return Ok(decision),
-        };
-        let report = match VulnerabilityReport::parse(&bytes) {
-            Ok(r) => r,
-            Err(e) => return Ok(GateDecision::Fail { reason: e.to_string() }),
-        };
-        if !report.digests.contains(digest.as_str()) {
-            return Ok(GateDecision::Fail {
-                reason: format!(
-                    "the vulnerability report is for another artifact ({}), not {digest}",
-                    report.digests.iter().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            });
-        }
+        let (digest, report) =
+            match document::<VulnerabilityReport>(self.source.as_ref(), ctx, ReportKind::Vulnerabilities).await? {
+                Ok(found) => found,
+                Err(refusal) => return Ok(refusal),
+            };
         let (mut blocking, mut waived, mut expired) = (Vec::new(), 0usize, Vec::new());
         for finding in report.findings.iter().filter(|f| f.severity >= self.fail_at) {
             match self.allowed.iter().find(|a| a.id == finding.id) {
@@ -488,24 +520,10 @@ impl Gate for SbomGate {
     }
 
     async fn check(&self, ctx: &GateContext) -> Result<GateDecision> {
-        let (digest, bytes) = match fetch(self.source.as_ref(), ctx, ReportKind::Sbom).await? {
+        let (digest, sbom) = match document::<Sbom>(self.source.as_ref(), ctx, ReportKind::Sbom).await? {
             Ok(found) => found,
-            Err(decision) => return Ok(decision),
+            Err(refusal) => return Ok(refusal),
         };
-        let sbom = match Sbom::parse(&bytes) {
-            Ok(s) => s,
-            Err(e) => return Ok(GateDecision::Fail { reason: e.to_string() }),
-        };
-        if !sbom.digests.contains(digest.as_str()) {
-            let names = if sbom.digests.is_empty() {
-                "no digest".to_owned()
-            } else {
-                sbom.digests.iter().cloned().collect::<Vec<_>>().join(", ")
-            };
-            return Ok(GateDecision::Fail {
-                reason: format!("the SBOM's metadata.component names {names}, not {digest}: it is not this artifact's"),
-            });
-        }
         Ok(GateDecision::Pass {
             by: format!(
                 "CycloneDX {} SBOM for {digest} ({} components)",
