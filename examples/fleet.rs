@@ -29,19 +29,16 @@ use secrecy::{ExposeSecret, SecretString};
 
 type Failure = Box<dyn std::error::Error>;
 
+#[path = "support/postgres_url.rs"]
+mod postgres_url;
+
 /// Set in the first engine's environment: the schema to work in.
 const CHILD: &str = "RELAY_FLEET_EXAMPLE_SCHEMA";
 const ROLLOUT: &str = "fleet-example";
-/// Where the URL may come from instead of the command line.
-const URL_VAR: &str = "RELAY_POSTGRES_URL";
 
 #[tokio::main]
 async fn main() -> Result<(), Failure> {
-    let url = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var(URL_VAR).ok())
-        .ok_or("usage: fleet <postgres URL> (or set RELAY_POSTGRES_URL)")?;
-    let url = SecretString::from(url);
+    let url = postgres_url::from_args("fleet")?;
     match std::env::var(CHILD) {
         Ok(schema) => first_engine(&url, &schema).await,
         Err(_) => second_engine(&url).await,
@@ -137,7 +134,7 @@ async fn take_over(url: &SecretString, pg: &Postgres, schema: &str) -> Result<()
     // The URL (it may hold a password) goes in the child's environment,
     // which only this user can read, not on its command line.
     let mut child = Command::new(std::env::current_exe()?)
-        .env(URL_VAR, url.expose_secret())
+        .env(postgres_url::URL_VAR, url.expose_secret())
         .env(CHILD, schema)
         .spawn()?;
     loop {

@@ -37,20 +37,16 @@ use relay::strategies::{AllAtOnceStrategy, CanaryStrategy, ThresholdJudge};
 use relay::{
     AnalysisSpec, AuditSink, Bake, Check, EngineConfig, HookPoint, HookSpec, Outcome, Relay, Release, RolloutSpec,
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 type Failure = Box<dyn std::error::Error>;
 
-/// Where the URL may come from instead of the command line.
-const URL_VAR: &str = "RELAY_POSTGRES_URL";
+#[path = "support/postgres_url.rs"]
+mod postgres_url;
 
 #[tokio::main]
 async fn main() -> Result<(), Failure> {
-    let url = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var(URL_VAR).ok())
-        .ok_or("usage: migration <postgres URL> (or set RELAY_POSTGRES_URL)")?;
-    let url = SecretString::from(url);
+    let url = postgres_url::from_args("migration")?;
     let (db, conn) = tokio_postgres::connect(url.expose_secret(), tokio_postgres::NoTls)
         .await
         .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;

@@ -178,15 +178,7 @@ fn yaml_and_toml_describe_the_same_rollout() {
         let a = bake.analysis.as_ref().unwrap();
         assert_eq!((a.interval.as_secs(), a.checks[0].name.as_str()), (60, "errors"));
     }
-    let plan = |s: &relay_core::RolloutSpec| {
-        let ctx = relay_core::PlanContext {
-            target: "web".into(),
-            capabilities: relay_core::Capabilities::new(relay_core::Routing::Weighted, 2),
-            replicas: 4,
-            stable: Some(relay_core::RevisionState::new("old".into(), 4, 4)),
-        };
-        serde_json::to_string(&s.strategy.plan(&ctx).unwrap()).unwrap()
-    };
+    let plan = |s: &relay_core::RolloutSpec| serde_json::to_string(&steps_of(s)).unwrap();
     assert_eq!(plan(&y), plan(&t), "the same steps from either format");
     let steps: Vec<Step> = serde_json::from_str(&plan(&y)).unwrap();
     let pause = steps.iter().find_map(|s| match s {
@@ -194,6 +186,18 @@ fn yaml_and_toml_describe_the_same_rollout() {
         _ => None,
     });
     assert_eq!(pause, Some(std::time::Duration::from_secs(600)), "10m");
+}
+
+/// The steps `spec`'s strategy plans on a weighted target beside a stable
+/// revision of 4 replicas.
+fn steps_of(spec: &relay_core::RolloutSpec) -> Vec<Step> {
+    let ctx = relay_core::PlanContext {
+        target: "web".into(),
+        capabilities: relay_core::Capabilities::new(relay_core::Routing::Weighted, 2),
+        replicas: 4,
+        stable: Some(relay_core::RevisionState::new("old".into(), 4, 4)),
+    };
+    spec.strategy.plan(&ctx).unwrap()
 }
 
 /// Replace `from` with `to` in the valid YAML.
@@ -586,15 +590,7 @@ fn a_sweep_sets_a_field_of_every_check_of_that_name_or_of_its_judge() {
     .unwrap();
     assert_eq!(n, 1);
     let plan = |s: &relay_core::RolloutSpec| {
-        let ctx = relay_core::PlanContext {
-            target: "web".into(),
-            capabilities: relay_core::Capabilities::new(relay_core::Routing::Weighted, 2),
-            replicas: 4,
-            stable: Some(relay_core::RevisionState::new("old".into(), 4, 4)),
-        };
-        s.strategy
-            .plan(&ctx)
-            .unwrap()
+        steps_of(s)
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()

@@ -260,6 +260,16 @@ impl TaskSetService {
             .collect()
     }
 
+    /// A target on this service and an engine on it whose probe reads the
+    /// `Errors` each target group reports to CloudWatch ([`errors_probe`]),
+    /// with the namespace those go to.
+    async fn judged_by_cloudwatch(&self) -> (EcsServiceTarget, String, Relay, Arc<TasksStartAtOnce>) {
+        let target = self.target(None).await;
+        let (namespace, probe) = errors_probe(self, &target);
+        let (relay, wrapped) = self.relay(target.clone(), Some(probe)).await;
+        (target, namespace, relay, wrapped)
+    }
+
     /// An engine on `target` (behind [`TasksStartAtOnce`], returned too so
     /// its request log can be read).
     async fn relay(&self, target: EcsServiceTarget, probe: Option<CloudWatchProbe>) -> (Relay, Arc<TasksStartAtOnce>) {
@@ -805,9 +815,7 @@ async fn blue_green_switches_the_listener_and_deletes_the_old_task_set() {
 async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate() {
     let svc = task_set_service().await;
     let repo = two_images(&svc.cfg).await;
-    let target = svc.target(None).await;
-    let (namespace, probe) = errors_probe(&svc, &target);
-    let (relay, _) = svc.relay(target.clone(), Some(probe)).await;
+    let (target, namespace, relay, _) = svc.judged_by_cloudwatch().await;
     let outcome = deploy(&relay, &repo, "v1", AllAtOnceStrategy).await;
     assert!(outcome.is_success(), "{outcome}");
     let stable_sets = svc.task_sets().await;
@@ -840,9 +848,7 @@ async fn a_failing_cloudwatch_analysis_restores_stable_and_deletes_the_candidate
 async fn a_failed_first_release_is_rolled_back_to_nothing_deployed() {
     let svc = task_set_service().await;
     let repo = two_images(&svc.cfg).await;
-    let target = svc.target(None).await;
-    let (namespace, probe) = errors_probe(&svc, &target);
-    let (relay, wrapped) = svc.relay(target.clone(), Some(probe)).await;
+    let (target, namespace, relay, wrapped) = svc.judged_by_cloudwatch().await;
     let failed = a_canary_failing_its_analysis(&svc, &relay, &target, &namespace, &format!("{repo}:v1")).await;
     let (id, outcome) = (failed.id, failed.outcome);
     assert_eq!(
@@ -934,9 +940,7 @@ async fn a_canary_and_a_rollback_keep_authentication_stickiness_and_rules() {
         .rules()[0]
         .clone();
 
-    let target = svc.target(None).await;
-    let (namespace, probe) = errors_probe(&svc, &target);
-    let (relay, _) = svc.relay(target.clone(), Some(probe)).await;
+    let (target, namespace, relay, _) = svc.judged_by_cloudwatch().await;
     let kept = |actions: Vec<elbv2::types::Action>, weights: [i32; 2], when: &str| {
         assert_eq!(actions.len(), 2, "{when}: {actions:?}");
         let auth = actions[0].authenticate_oidc_config().expect("authentication first");
@@ -1314,9 +1318,7 @@ async fn publish_errors(
 async fn a_regression_during_the_bake_moves_traffic_back_to_the_kept_task_set() {
     let svc = task_set_service().await;
     let repo = two_images(&svc.cfg).await;
-    let target = svc.target(None).await;
-    let (namespace, probe) = errors_probe(&svc, &target);
-    let (relay, _) = svc.relay(target.clone(), Some(probe)).await;
+    let (target, namespace, relay, _) = svc.judged_by_cloudwatch().await;
     let outcome = deploy(&relay, &repo, "v1", AllAtOnceStrategy).await;
     assert!(outcome.is_success(), "{outcome}");
     let stable_sets = svc.task_sets().await;
@@ -1328,23 +1330,11 @@ async fn a_regression_during_the_bake_moves_traffic_back_to_the_kept_task_set() 
         ThresholdJudge::below(1.0).statistic(Statistic::Max),
     );
     let spec = crate::rollouts::baked_canary(release, check, Duration::from_secs(3), Duration::from_secs(60));
-    let handle = relay.start(spec).await.unwrap();
-    let events = crate::rollouts::timed_events(&handle);
-    let candidate = crate::rollouts::candidate_of(&relay, &handle).await;
-    crate::rollouts::until_step_starts(&handle, "bake").await;
+    let (handle, events, candidate) = crate::rollouts::start_until_bake(&relay, spec).await;
     assert_eq!(svc.weights().await, [0, 100], "the candidate has every request");
     assert_eq!(svc.task_sets().await.len(), 2, "the previous task set still runs");
     publish_errors(&svc, &target, &candidate, &namespace).await;
-
-    let outcome = handle.wait().await.unwrap();
-    assert!(
-        matches!(&outcome, Outcome::RolledBack { cause } if cause.starts_with("during the bake")),
-        "{outcome}"
-    );
-    let took =
-        crate::rollouts::verdict_to_traffic(&events.await.unwrap()).expect("a failing verdict, then traffic back");
-    eprintln!("bake rollback (ECS on moto): failing verdict -> 100% on the previous task set in {took:?}");
-    assert!(took < Duration::from_secs(30), "{took:?}");
+    crate::rollouts::rolled_back_during_bake(handle, events, "ECS task sets on moto").await;
     assert_eq!(
         svc.weights().await,
         [100, 0],
@@ -1559,7 +1549,7 @@ async fn runbooks_name_the_real_service_listener_and_target_groups() {
 /// when its container exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ecs_task_hook_runs_the_task_to_its_end_once_per_attempt() {
-    use relay::hook::{Hook, HookContext, HookRun};
+    use relay::hook::{Hook, HookRun};
     use relay::providers::aws::EcsTaskHook;
     let cfg = config().await;
     let ecs = ecs::Client::new(&cfg);
@@ -1575,17 +1565,7 @@ async fn an_ecs_task_hook_runs_the_task_to_its_end_once_per_attempt() {
         ))
         .network(vpc.subnets.clone(), [vpc.security_group.clone()], false)
         .poll_interval(Duration::from_millis(50));
-    let ctx = |attempt: u32| HookContext {
-        key: "r1/2/smoke".into(),
-        rollout: "r1".into(),
-        target: "web".into(),
-        at: relay::HookPoint::PreTraffic,
-        candidate: RevisionId::from("rev-2"),
-        artifact: "registry.invalid/web@sha256:00".into(),
-        stable: Some(RevisionId::from("rev-1")),
-        candidate_weight: 0,
-        attempt,
-    };
+    let ctx = |attempt: u32| crate::rollouts::smoke_hook_context("registry.invalid/web@sha256:00", attempt);
     // ECS, finishing the task: once it runs, stop it as an exited container.
     let stopper = {
         let (ecs, cluster) = (ecs.clone(), cluster.clone());

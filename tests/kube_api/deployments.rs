@@ -1020,10 +1020,7 @@ async fn a_regression_during_the_bake_sends_the_route_back_to_the_kept_deploymen
         ThresholdJudge::below(0.5).statistic(Statistic::Max),
     );
     let spec = crate::rollouts::baked_canary(release, check, Duration::from_secs(1), Duration::from_secs(120));
-    let handle = relay.start(spec).await.unwrap();
-    let events = crate::rollouts::timed_events(&handle);
-    let cand = crate::rollouts::candidate_of(&relay, &handle).await;
-    crate::rollouts::until_step_starts(&handle, "bake").await;
+    let (handle, events, cand) = crate::rollouts::start_until_bake(&relay, spec).await;
     assert_eq!(
         route_weights(&client, &ns).await,
         (0, 100),
@@ -1035,16 +1032,7 @@ async fn a_regression_during_the_bake_sends_the_route_back_to_the_kept_deploymen
         "the stable is kept whole"
     );
     kubelet.fail(&cand.to_string());
-
-    let outcome = handle.wait().await.unwrap();
-    assert!(
-        matches!(&outcome, Outcome::RolledBack { cause } if cause.starts_with("during the bake")),
-        "{outcome}"
-    );
-    let took =
-        crate::rollouts::verdict_to_traffic(&events.await.unwrap()).expect("a failing verdict, then traffic back");
-    println!("bake rollback (Kubernetes HTTPRoute): failing verdict -> 100% on the kept Deployment in {took:?}");
-    assert!(took < Duration::from_secs(30), "{took:?}");
+    crate::rollouts::rolled_back_during_bake(handle, events, "Kubernetes HTTPRoute").await;
     assert_eq!(route_weights(&client, &ns).await, (100, 0));
     assert!(get(&client, &ns, "web-canary").await.is_none());
     let stable = get(&client, &ns, "web").await.unwrap();
@@ -1282,7 +1270,7 @@ async fn runbooks_name_the_real_deployments_service_and_route() {
 /// same Job rather than create a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_hook_runs_a_job_to_its_end_once_per_attempt() {
-    use relay::hook::{Hook, HookContext};
+    use relay::hook::Hook;
     use relay::providers::kubernetes::sdk::k8s_openapi::api::batch::v1::Job;
     use relay::providers::kubernetes::sdk::kube::api::ListParams;
     use relay::providers::kubernetes::{JobHook, HOOK_LABEL};
@@ -1329,17 +1317,7 @@ async fn a_job_hook_runs_a_job_to_its_end_once_per_attempt() {
             }
         })
     };
-    let ctx = |attempt: u32| HookContext {
-        key: "r1/2/smoke".into(),
-        rollout: "r1".into(),
-        target: "web".into(),
-        at: relay::HookPoint::PreTraffic,
-        candidate: RevisionId::from("rev-2"),
-        artifact: pinned("v2"),
-        stable: Some(RevisionId::from("rev-1")),
-        candidate_weight: 0,
-        attempt,
-    };
+    let ctx = |attempt: u32| crate::rollouts::smoke_hook_context(&pinned("v2"), attempt);
     let ender = end_next("Complete", "12 checks passed");
     let run = tokio::time::timeout(Duration::from_secs(30), hook.run(&ctx(1)))
         .await

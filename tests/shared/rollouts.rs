@@ -3,6 +3,22 @@
 
 use relay::{EventKind, Relay, RevisionId, RolloutHandle};
 
+/// What a smoke-test hook before traffic is told at `attempt` of rollout
+/// `r1` (step 2), whose candidate `rev-2` is `artifact`, beside `rev-1`.
+pub fn smoke_hook_context(artifact: &str, attempt: u32) -> relay::hook::HookContext {
+    relay::hook::HookContext {
+        key: "r1/2/smoke".into(),
+        rollout: "r1".into(),
+        target: "web".into(),
+        at: relay::HookPoint::PreTraffic,
+        candidate: RevisionId::from("rev-2"),
+        artifact: artifact.to_owned(),
+        stable: Some(RevisionId::from("rev-1")),
+        candidate_weight: 0,
+        attempt,
+    }
+}
+
 /// A canary to 50%, then a bake of `bake` that measures `check` every
 /// `every`: a regression during it rolls back to the kept previous revision.
 pub fn baked_canary(
@@ -39,6 +55,42 @@ pub async fn until_step_starts(handle: &RolloutHandle, kind: &str) {
         }
     }
     panic!("the rollout ended before a {kind} step");
+}
+
+/// Start `spec` (a [`baked_canary`]) and wait until its bake starts: the
+/// handle, its events as [`timed_events`] collects them, the candidate.
+pub async fn start_until_bake(
+    relay: &Relay,
+    spec: relay::RolloutSpec,
+) -> (
+    RolloutHandle,
+    tokio::task::JoinHandle<Vec<(tokio::time::Instant, relay::RolloutEvent)>>,
+    RevisionId,
+) {
+    let handle = relay.start(spec).await.unwrap();
+    let events = timed_events(&handle);
+    let candidate = candidate_of(relay, &handle).await;
+    until_step_starts(&handle, "bake").await;
+    (handle, events, candidate)
+}
+
+/// Wait until a failure during the bake rolled the rollout back, and check
+/// that traffic was back on the previous revision within 30 s of the
+/// failing verdict; prints the time for BENCHMARKS.md (*Rollback during a
+/// bake*), saying `where`.
+pub async fn rolled_back_during_bake(
+    handle: RolloutHandle,
+    events: tokio::task::JoinHandle<Vec<(tokio::time::Instant, relay::RolloutEvent)>>,
+    r#where: &str,
+) {
+    let outcome = handle.wait().await.unwrap();
+    assert!(
+        matches!(&outcome, relay::Outcome::RolledBack { cause } if cause.starts_with("during the bake")),
+        "{outcome}"
+    );
+    let took = verdict_to_traffic(&events.await.unwrap()).expect("a failing verdict, then traffic back");
+    println!("bake rollback ({where}): failing verdict -> 100% on the previous revision in {took:?}");
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
 }
 
 /// Every event of the rollout `handle` drives, each with the moment this
